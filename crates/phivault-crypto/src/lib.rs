@@ -1,0 +1,461 @@
+//! Key hierarchy, authenticated encryption and blind-index tokens for phivault.
+//!
+//! The hierarchy is: a [`MasterKey`] (held outside the database, see [`KeyProvider`]) wraps
+//! key-encryption keys ([`KeyEncryptionKey`]); a key-encryption key wraps data keys
+//! ([`DataKey`], one per patient compartment plus one directory key per tenant) and the
+//! tenant's [`IndexKey`]. Every seal is AES-256-GCM (aws-lc-rs) with a fresh random 96-bit
+//! nonce and caller-supplied associated data, so a ciphertext moved to another row, another
+//! resource or another version fails to open.
+//!
+//! Guarantees:
+//! - secret key material lives in types without `Debug`/`Display`/`Serialize` output of the
+//!   key, zeroized on drop;
+//! - [`SecretKey::open`] either returns the exact plaintext sealed under the same key and
+//!   associated data, or [`CryptoError::Integrity`];
+//! - blind-index tokens are HMAC-SHA256 over length-prefixed parts, so `("ab","c")` and
+//!   `("a","bc")` never collide.
+//!
+//! The `bench-noop-cipher` feature replaces sealing by a copy, to measure the cost of
+//! encryption in benchmarks. It must never be enabled in a shipped build; the binary refuses
+//! to serve with it.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::hmac;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Length in bytes of every symmetric key.
+pub const KEY_LEN: usize = 32;
+
+/// True when this build replaces encryption by a copy (bench-only).
+pub const NOOP_CIPHER: bool = cfg!(feature = "bench-noop-cipher");
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CryptoError {
+    /// A ciphertext did not open: wrong key, wrong associated data, or altered bytes.
+    #[error("integrity check failed: the ciphertext was altered or does not belong here")]
+    Integrity,
+    /// The system random generator failed.
+    #[error("the system random generator failed")]
+    Random,
+    /// Key material had the wrong shape.
+    #[error("malformed key material: {0}")]
+    Malformed(&'static str),
+    /// Reading or writing a key file failed.
+    #[error("key file {path}: {source}")]
+    KeyFile {
+        /// The file concerned (a path, never key material).
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Fills `buf` from the system's secure random generator.
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), CryptoError> {
+    SystemRandom::new()
+        .fill(buf)
+        .map_err(|_| CryptoError::Random)
+}
+
+/// A 256-bit secret key, zeroized on drop, never printed.
+pub struct SecretKey {
+    bytes: Zeroizing<[u8; KEY_LEN]>,
+}
+
+impl SecretKey {
+    /// A fresh random key.
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        random_bytes(bytes.as_mut())?;
+        Ok(Self { bytes })
+    }
+
+    /// A key from exactly [`KEY_LEN`] bytes.
+    pub fn from_slice(raw: &[u8]) -> Result<Self, CryptoError> {
+        let arr: [u8; KEY_LEN] = raw
+            .try_into()
+            .map_err(|_| CryptoError::Malformed("a key is 32 bytes"))?;
+        Ok(Self {
+            bytes: Zeroizing::new(arr),
+        })
+    }
+
+    fn aead(&self) -> Result<LessSafeKey, CryptoError> {
+        let unbound = UnboundKey::new(&AES_256_GCM, self.bytes.as_ref())
+            .map_err(|_| CryptoError::Malformed("AES-256-GCM key"))?;
+        Ok(LessSafeKey::new(unbound))
+    }
+
+    /// Seals `plaintext` bound to `aad`; the result is `nonce || ciphertext || tag`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        Sealer::new(self)?.seal(aad, plaintext)
+    }
+
+    /// Opens what [`SecretKey::seal`] produced with the same key and `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        Sealer::new(self)?.open(aad, sealed)
+    }
+
+    /// Wraps another key under this one, bound to `aad`.
+    pub fn wrap(&self, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>, CryptoError> {
+        // Key wrapping always uses AES-GCM, even in the no-op benchmark build.
+        seal_aes(&self.aead()?, aad, key.bytes.as_ref())
+    }
+
+    /// Unwraps a key wrapped by [`SecretKey::wrap`].
+    pub fn unwrap_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
+        let plain = Zeroizing::new(open_aes(&self.aead()?, aad, wrapped)?);
+        SecretKey::from_slice(&plain)
+    }
+
+    /// Hex form, for writing a key file. The result is zeroized on drop.
+    fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.bytes.as_ref()))
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretKey").finish_non_exhaustive()
+    }
+}
+
+/// A key prepared for repeated sealing (the AES key schedule is computed once).
+pub struct Sealer {
+    key: LessSafeKey,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer").finish_non_exhaustive()
+    }
+}
+
+impl Sealer {
+    /// Prepares `key` for sealing and opening.
+    pub fn new(key: &SecretKey) -> Result<Self, CryptoError> {
+        Ok(Self { key: key.aead()? })
+    }
+
+    /// Seals `plaintext` bound to `aad`; the result is `nonce || ciphertext || tag`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if NOOP_CIPHER {
+            let mut out = vec![0u8; NONCE_LEN];
+            out.extend_from_slice(plaintext);
+            return Ok(out);
+        }
+        seal_aes(&self.key, aad, plaintext)
+    }
+
+    /// Opens what [`Sealer::seal`] produced under the same key and `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if NOOP_CIPHER {
+            return sealed
+                .get(NONCE_LEN..)
+                .map(<[u8]>::to_vec)
+                .ok_or(CryptoError::Integrity);
+        }
+        open_aes(&self.key, aad, sealed)
+    }
+}
+
+fn seal_aes(key: &LessSafeKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    random_bytes(&mut nonce)?;
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let mut body = out.split_off(NONCE_LEN);
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut body,
+    )
+    .map_err(|_| CryptoError::Integrity)?;
+    out.extend_from_slice(&body);
+    body.zeroize();
+    Ok(out)
+}
+
+fn open_aes(key: &LessSafeKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+        return Err(CryptoError::Integrity);
+    }
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Integrity)?;
+    let mut buf = body.to_vec();
+    let len = key
+        .open_in_place(nonce, Aad::from(aad), &mut buf)
+        .map_err(|_| CryptoError::Integrity)?
+        .len();
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// The root of the key hierarchy. It never enters the database.
+pub struct MasterKey(SecretKey);
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MasterKey").finish_non_exhaustive()
+    }
+}
+
+impl MasterKey {
+    /// A fresh random master key.
+    pub fn generate() -> Result<Self, CryptoError> {
+        Ok(Self(SecretKey::generate()?))
+    }
+
+    /// Parses the key file format: 64 hex digits, surrounding whitespace ignored.
+    pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
+        let raw = Zeroizing::new(
+            hex::decode(text.trim())
+                .map_err(|_| CryptoError::Malformed("a master key is 64 hex digits"))?,
+        );
+        Ok(Self(SecretKey::from_slice(&raw)?))
+    }
+
+    /// The key used to wrap key-encryption keys.
+    pub fn key(&self) -> &SecretKey {
+        &self.0
+    }
+}
+
+/// Where the master key comes from. The local file provider is the one shipped; a cloud KMS
+/// or an HSM can implement the same trait.
+pub trait KeyProvider: Send + Sync {
+    /// Returns the master key.
+    fn master_key(&self) -> Result<MasterKey, CryptoError>;
+    /// A short description for logs (a path or a key name, never key material).
+    fn describe(&self) -> String;
+}
+
+/// A master key in a local file (64 hex digits), created with mode 0600 when missing.
+#[derive(Debug, Clone)]
+pub struct FileKeyProvider {
+    path: PathBuf,
+}
+
+impl FileKeyProvider {
+    /// A provider reading `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Creates the key file with a fresh key unless it exists. Returns true when created.
+    pub fn create_if_missing(&self) -> Result<bool, CryptoError> {
+        if self.path.exists() {
+            return Ok(false);
+        }
+        let io = |source| CryptoError::KeyFile {
+            path: self.path.clone(),
+            source,
+        };
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
+        let key = MasterKey::generate()?;
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut file = opts.open(&self.path).map_err(io)?;
+        let hex = key.0.to_hex();
+        file.write_all(hex.as_bytes()).map_err(io)?;
+        file.write_all(b"\n").map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(true)
+    }
+
+    /// The path of the key file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl KeyProvider for FileKeyProvider {
+    fn master_key(&self) -> Result<MasterKey, CryptoError> {
+        let text = Zeroizing::new(fs::read_to_string(&self.path).map_err(|source| {
+            CryptoError::KeyFile {
+                path: self.path.clone(),
+                source,
+            }
+        })?);
+        MasterKey::from_hex(&text)
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+}
+
+/// A master key given directly (tests, or a key read from the environment).
+pub struct StaticKeyProvider(Zeroizing<String>);
+
+impl StaticKeyProvider {
+    /// A provider from the hex form of a key.
+    pub fn from_hex(hex: impl Into<String>) -> Self {
+        Self(Zeroizing::new(hex.into()))
+    }
+}
+
+impl fmt::Debug for StaticKeyProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticKeyProvider").finish_non_exhaustive()
+    }
+}
+
+impl KeyProvider for StaticKeyProvider {
+    fn master_key(&self) -> Result<MasterKey, CryptoError> {
+        MasterKey::from_hex(&self.0)
+    }
+    fn describe(&self) -> String {
+        "static key".to_owned()
+    }
+}
+
+/// Key for blind-index tokens: HMAC-SHA256 over length-prefixed parts.
+pub struct IndexKey {
+    key: hmac::Key,
+}
+
+impl fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IndexKey").finish_non_exhaustive()
+    }
+}
+
+impl IndexKey {
+    /// An index key from secret key material.
+    pub fn new(key: &SecretKey) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, key.bytes.as_ref()),
+        }
+    }
+
+    /// The blind token of `parts`: equal parts give equal tokens, nothing else does.
+    pub fn token(&self, parts: &[&str]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        for part in parts {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part.as_bytes());
+        }
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
+/// Compares two byte strings in constant time.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// SHA-256 of `data` (for storing hashes of tokens, never the tokens).
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_binding() {
+        let k = SecretKey::generate().unwrap();
+        let sealed = k.seal(b"t|Patient|1|1", b"hello").unwrap();
+        assert_eq!(k.open(b"t|Patient|1|1", &sealed).unwrap(), b"hello");
+        if NOOP_CIPHER {
+            return;
+        }
+        assert!(!sealed.windows(5).any(|w| w == b"hello"));
+        // wrong aad (another version, another id)
+        assert!(matches!(
+            k.open(b"t|Patient|1|2", &sealed),
+            Err(CryptoError::Integrity)
+        ));
+        // flipped byte anywhere
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(k.open(b"t|Patient|1|1", &bad).is_err(), "byte {i}");
+        }
+        // wrong key
+        let other = SecretKey::generate().unwrap();
+        assert!(other.open(b"t|Patient|1|1", &sealed).is_err());
+        // truncated
+        assert!(k.open(b"t|Patient|1|1", &sealed[..10]).is_err());
+    }
+
+    #[test]
+    fn nonces_differ() {
+        let k = SecretKey::generate().unwrap();
+        let a = k.seal(b"", b"same").unwrap();
+        let b = k.seal(b"", b"same").unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn wrap_unwrap() {
+        let kek = SecretKey::generate().unwrap();
+        let dek = SecretKey::generate().unwrap();
+        let w = kek.wrap(b"dek-1", &dek).unwrap();
+        let back = kek.unwrap_key(b"dek-1", &w).unwrap();
+        assert_eq!(back.bytes.as_ref(), dek.bytes.as_ref());
+        assert!(kek.unwrap_key(b"dek-2", &w).is_err());
+    }
+
+    #[test]
+    fn tokens_are_length_prefixed() {
+        let k = IndexKey::new(&SecretKey::generate().unwrap());
+        assert_eq!(k.token(&["a", "bc"]), k.token(&["a", "bc"]));
+        assert_ne!(k.token(&["ab", "c"]), k.token(&["a", "bc"]));
+        let k2 = IndexKey::new(&SecretKey::generate().unwrap());
+        assert_ne!(k.token(&["a"]), k2.token(&["a"]));
+    }
+
+    #[test]
+    fn key_file_created_0600_and_readable() {
+        let dir = std::env::temp_dir().join(format!("pvk-{}", std::process::id()));
+        let p = FileKeyProvider::new(dir.join("master.key"));
+        assert!(p.create_if_missing().unwrap());
+        assert!(!p.create_if_missing().unwrap());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(p.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let a = p.master_key().unwrap();
+        let b = p.master_key().unwrap();
+        assert_eq!(a.0.bytes.as_ref(), b.0.bytes.as_ref());
+        assert!(MasterKey::from_hex("zz").is_err());
+        assert_eq!(format!("{a:?}"), "MasterKey { .. }");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ct_eq_works() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+    }
+}

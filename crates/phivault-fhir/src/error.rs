@@ -1,0 +1,140 @@
+//! The error of this crate, with FHIR issue codes.
+
+/// FHIR `OperationOutcome.issue.code` values used here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IssueCode {
+    /// Content invalid against the specification or a profile (`invalid`).
+    Invalid,
+    /// A structural issue in the content (`structure`).
+    Structure,
+    /// A required element is missing (`required`).
+    Required,
+    /// An element or header value is invalid (`value`).
+    Value,
+    /// The operation or parameter is not supported (`not-supported`).
+    NotSupported,
+    /// The reference could not be resolved / the resource does not exist (`not-found`).
+    NotFound,
+    /// The resource was deleted (`deleted`).
+    Deleted,
+    /// Version conflict (`conflict`).
+    Conflict,
+    /// Content too long or too many entries (`too-long`).
+    TooLong,
+    /// Too costly: too many entries / results (`too-costly`).
+    TooCostly,
+    /// Authentication needed (`login`).
+    Login,
+    /// Access denied (`forbidden`).
+    Forbidden,
+    /// Integrity failure of stored data (`exception`).
+    Exception,
+    /// Transient problem (`transient`).
+    Transient,
+    /// Request processing failed (`processing`).
+    Processing,
+}
+
+impl IssueCode {
+    /// The FHIR code.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IssueCode::Invalid => "invalid",
+            IssueCode::Structure => "structure",
+            IssueCode::Required => "required",
+            IssueCode::Value => "value",
+            IssueCode::NotSupported => "not-supported",
+            IssueCode::NotFound => "not-found",
+            IssueCode::Deleted => "deleted",
+            IssueCode::Conflict => "conflict",
+            IssueCode::TooLong => "too-long",
+            IssueCode::TooCostly => "too-costly",
+            IssueCode::Login => "login",
+            IssueCode::Forbidden => "forbidden",
+            IssueCode::Exception => "exception",
+            IssueCode::Transient => "transient",
+            IssueCode::Processing => "processing",
+        }
+    }
+}
+
+/// One problem found in a body, with the FHIRPath-like location of the element
+/// (e.g. `Patient.name[0].family`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Issue code.
+    pub code: IssueCode,
+    /// Location, like `Patient.name[0].family`, or empty when it concerns the whole body.
+    pub path: String,
+    /// What is wrong, for the client. Never echoes element values (they can be PHI).
+    pub message: String,
+}
+
+/// Errors of this crate. Messages name paths and parameters, never element values.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum FhirError {
+    /// The body is not JSON.
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// Not a supported resource type.
+    #[error("unknown or unsupported resource type '{0}'")]
+    UnknownType(String),
+    /// The body's resourceType differs from the one expected.
+    #[error("resourceType '{found}' does not match the expected type '{expected}'")]
+    WrongType {
+        /// Expected type.
+        expected: String,
+        /// Type found in the body.
+        found: String,
+    },
+    /// Not a valid FHIR id.
+    #[error("'{0}' is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})")]
+    InvalidId(String),
+    /// The body does not conform to the R4 structure definitions.
+    #[error("the resource does not conform to FHIR R4: {}", .0.first().map(|i| format!("{}: {}", i.path, i.message)).unwrap_or_default())]
+    Invalid(Vec<Issue>),
+    /// A search parameter is unknown or unsupported.
+    #[error("unknown or unsupported search parameter '{0}'")]
+    UnknownSearchParam(String),
+    /// A search parameter value is malformed or uses an unsupported modifier/prefix.
+    #[error("search parameter '{param}': {message}")]
+    BadSearchValue {
+        /// Parameter name.
+        param: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A Bundle is not a valid transaction or batch.
+    #[error("Bundle.entry[{index}]: {message}")]
+    BadBundleEntry {
+        /// Entry index.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A Bundle-level problem (type, size).
+    #[error("Bundle: {0}")]
+    BadBundle(String),
+}
+
+impl FhirError {
+    /// The issues to put in an OperationOutcome.
+    pub fn issues(&self) -> Vec<Issue> {
+        match self {
+            FhirError::Invalid(issues) => issues.clone(),
+            other => vec![Issue {
+                code: match other {
+                    FhirError::UnknownType(_) | FhirError::UnknownSearchParam(_) => {
+                        IssueCode::NotSupported
+                    }
+                    FhirError::MalformedJson(_) => IssueCode::Structure,
+                    _ => IssueCode::Invalid,
+                },
+                path: String::new(),
+                message: other.to_string(),
+            }],
+        }
+    }
+}

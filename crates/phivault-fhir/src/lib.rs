@@ -1,0 +1,32 @@
+//! FHIR R4 JSON handling for phivault, without I/O.
+//!
+//! This crate owns what a FHIR request means: which resource types exist here
+//! ([`ResourceType`]), what a valid id is ([`Id`]), whether a body conforms to the official R4
+//! structure definitions ([`Validator`], which yields a [`ValidResource`] only for conforming
+//! bodies), which patient compartment a resource belongs to ([`compartment_patient`]), which
+//! normalized values each search parameter indexes ([`index_entries`]) and how a search query
+//! parses ([`SearchQuery::parse`]), how transaction and batch Bundles read
+//! ([`BundleRequest`]), and how errors are told to clients ([`OperationOutcome`]).
+//!
+//! Guarantees: every public parser returns a typed value or a [`FhirError`] naming the path of
+//! the offending element; nothing here panics on input. Index values and query values go
+//! through the same normalization, so a value found by search is exactly a value indexed.
+
+mod bundle;
+mod error;
+mod outcome;
+mod search;
+mod types;
+mod validate;
+
+pub use bundle::{
+    BundleEntry, BundleKind, BundleRequest, EntryMethod, EntryUrl, rewrite_references,
+};
+pub use error::{FhirError, Issue, IssueCode};
+pub use outcome::OperationOutcome;
+pub use search::{
+    IndexEntry, SearchParam, SearchParamDef, SearchParamKind, SearchQuery, compartment_patient,
+    index_entries, normalize_string, search_params,
+};
+pub use types::{Id, ResourceType};
+pub use validate::{ValidResource, Validator};

@@ -1,0 +1,122 @@
+//! Resource types and ids.
+
+use std::fmt;
+
+use crate::FhirError;
+
+/// A resource type this server stores. Only supported types can be constructed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceType(&'static str);
+
+impl ResourceType {
+    /// Every type this server stores, in the CapabilityStatement's order.
+    pub const ALL: &'static [&'static str] = &[
+        "Patient",
+        "Practitioner",
+        "PractitionerRole",
+        "Organization",
+        "Location",
+        "CareTeam",
+        "Encounter",
+        "Observation",
+        "Condition",
+        "Procedure",
+        "MedicationRequest",
+        "AllergyIntolerance",
+        "Immunization",
+        "DiagnosticReport",
+        "DocumentReference",
+        "CarePlan",
+        "Consent",
+        "Task",
+    ];
+
+    /// The Patient type.
+    pub const PATIENT: ResourceType = ResourceType("Patient");
+
+    /// Parses a type name; unknown or unsupported names are refused.
+    pub fn parse(name: &str) -> Result<Self, FhirError> {
+        Self::ALL
+            .iter()
+            .find(|t| **t == name)
+            .map(|t| ResourceType(t))
+            .ok_or_else(|| FhirError::UnknownType(name.chars().take(64).collect()))
+    }
+
+    /// Iterates over all supported types.
+    pub fn all() -> impl Iterator<Item = ResourceType> {
+        Self::ALL.iter().map(|t| ResourceType(t))
+    }
+
+    /// The type's name.
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// A FHIR logical id: `[A-Za-z0-9\-\.]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(String);
+
+impl Id {
+    /// Parses an id; anything outside the FHIR id grammar is refused.
+    pub fn parse(s: &str) -> Result<Self, FhirError> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if ok {
+            Ok(Id(s.to_owned()))
+        } else {
+            Err(FhirError::InvalidId(s.chars().take(80).collect()))
+        }
+    }
+
+    /// A new random id (UUID v4, lower-case).
+    pub fn generate() -> Self {
+        Id(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(Id::parse("abc-1.2").is_ok());
+        assert!(Id::parse("").is_err());
+        assert!(Id::parse("a/b").is_err());
+        assert!(Id::parse(&"a".repeat(65)).is_err());
+        assert!(Id::parse(&"a".repeat(64)).is_ok());
+        assert_eq!(Id::generate().as_str().len(), 36);
+    }
+
+    #[test]
+    fn types() {
+        assert_eq!(
+            ResourceType::parse("Patient").unwrap(),
+            ResourceType::PATIENT
+        );
+        assert!(ResourceType::parse("Patients").is_err());
+        assert!(ResourceType::parse("patient").is_err());
+    }
+}
