@@ -114,9 +114,21 @@ pub enum FhirError {
         /// What is wrong.
         message: String,
     },
-    /// A Bundle-level problem (type, size).
+    /// A Bundle-level problem (type, structure).
     #[error("Bundle: {0}")]
     BadBundle(String),
+    /// A Bundle has more entries than the configured limit.
+    #[error("Bundle: too many entries: {count} (limit {limit})")]
+    TooManyEntries {
+        /// Entries in the Bundle.
+        count: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The shipped FHIR schema could not be loaded or compiled: a fault of the build, not of
+    /// the request (a server should not start with it).
+    #[error("internal: the FHIR schema could not be loaded: {0}")]
+    SchemaUnavailable(String),
 }
 
 impl FhirError {
@@ -130,6 +142,8 @@ impl FhirError {
                         IssueCode::NotSupported
                     }
                     FhirError::MalformedJson(_) => IssueCode::Structure,
+                    FhirError::TooManyEntries { .. } => IssueCode::TooCostly,
+                    FhirError::SchemaUnavailable(_) => IssueCode::Exception,
                     _ => IssueCode::Invalid,
                 },
                 path: String::new(),

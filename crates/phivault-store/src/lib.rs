@@ -1,1 +1,364 @@
-//! placeholder
+//! The encrypted, versioned FHIR resource store of phivault, over SQLite (embedded default)
+//! and PostgreSQL (scale).
+//!
+//! This crate is the only one that talks SQL. It owns the schema and its migrations (one
+//! directory per backend under `migrations/`), the versioned resource table, the
+//! current-version pointers, the blind search index, the wrapped keys, and the FHIR
+//! interactions that change them: create, read, vread, update with optimistic concurrency,
+//! soft delete, history, search and atomic transaction/batch Bundles.
+//!
+//! Guarantees (DESIGN.md invariants 1, 4 and 7):
+//! - every resource version is sealed with AES-256-GCM under the data key of its patient
+//!   compartment (or the tenant's directory key), with associated data binding tenant, type,
+//!   id, version, deletion flag and key id; no column holds PHI in the clear (search values are
+//!   HMAC tokens, data-key owners are HMAC tokens);
+//! - a row that fails to open, or whose decrypted content or version disagrees with where it
+//!   was found, is reported as [`StoreError::Integrity`] and never returned;
+//! - a write returns only after its transaction has committed (SQLite in WAL mode with
+//!   `synchronous=FULL`, PostgreSQL's default durability).
+
+mod backend;
+mod bundle;
+mod keys;
+mod resources;
+mod search;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use phivault_crypto::{CryptoError, KeyProvider};
+use phivault_fhir::{FhirError, IssueCode};
+use serde_json::Value;
+use sqlx::AnyPool;
+
+pub use backend::Backend;
+pub use search::SearchPage;
+
+/// How to open a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `sqlite://path/to/file.db` or `postgres://user@host/db`.
+    pub database_url: String,
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the database counts as unavailable.
+    pub acquire_timeout: Duration,
+    /// The tenant whose data this store serves.
+    pub tenant: String,
+    /// Largest number of entries in a transaction or batch Bundle.
+    pub max_bundle_entries: usize,
+}
+
+impl StoreOptions {
+    /// Options with defaults for everything but the URL.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+            tenant: "default".to_owned(),
+            max_bundle_entries: 1000,
+        }
+    }
+}
+
+/// A resource as stored: its current or requested version, decrypted and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResource {
+    /// Type.
+    pub rtype: phivault_fhir::ResourceType,
+    /// Id.
+    pub id: phivault_fhir::Id,
+    /// Version (`meta.versionId`).
+    pub version: u64,
+    /// `meta.lastUpdated`.
+    pub last_updated: String,
+    /// The body, with `id` and `meta` stamped by the server.
+    pub body: Value,
+}
+
+/// One version in a resource's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    /// Version.
+    pub version: u64,
+    /// When the version was written.
+    pub last_updated: String,
+    /// True when this version is a deletion.
+    pub deleted: bool,
+    /// The body (None for a deletion).
+    pub body: Option<Value>,
+}
+
+/// The errors of the store. Messages name types, ids and versions, never content.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No such resource.
+    #[error("{rtype}/{id} is not known")]
+    NotFound {
+        /// Type.
+        rtype: String,
+        /// Id.
+        id: String,
+    },
+    /// No such version of a resource.
+    #[error("{rtype}/{id}/_history/{version} is not known")]
+    VersionNotFound {
+        /// Type.
+        rtype: String,
+        /// Id.
+        id: String,
+        /// Version asked for.
+        version: u64,
+    },
+    /// The resource (or the version asked for) is a deletion.
+    #[error("{rtype}/{id} was deleted (version {version})")]
+    Gone {
+        /// Type.
+        rtype: String,
+        /// Id.
+        id: String,
+        /// The deletion's version.
+        version: u64,
+    },
+    /// `If-Match` named another version than the current one.
+    #[error(
+        "If-Match expected version {expected} of {rtype}/{id} but the current version is {current}"
+    )]
+    PreconditionFailed {
+        /// Type.
+        rtype: String,
+        /// Id.
+        id: String,
+        /// Version in If-Match.
+        expected: u64,
+        /// Current version (0 when the resource does not exist).
+        current: u64,
+    },
+    /// Another write to the same resource won the race.
+    #[error("{rtype}/{id} was changed concurrently; read it again and retry")]
+    Conflict {
+        /// Type.
+        rtype: String,
+        /// Id.
+        id: String,
+    },
+    /// Stored data failed its integrity check and was not served.
+    #[error(
+        "integrity failure: the stored data of {rtype}/{id} was altered or misplaced and is not served"
+    )]
+    Integrity {
+        /// Type.
+        rtype: String,
+        /// Id.
+        id: String,
+    },
+    /// The database cannot be reached.
+    #[error("the database is unavailable; try again later")]
+    Unavailable(#[source] sqlx::Error),
+    /// A Bundle entry failed (transactions fail whole).
+    #[error("Bundle.entry[{index}]: {source}")]
+    Entry {
+        /// Entry index.
+        index: usize,
+        /// Why.
+        source: Box<StoreError>,
+    },
+    /// A client request was malformed (FHIR-level).
+    #[error(transparent)]
+    Fhir(#[from] FhirError),
+    /// Key material could not be used.
+    #[error("key error: {0}")]
+    Crypto(#[from] CryptoError),
+    /// Another database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// Schema migration failed.
+    #[error("schema migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Bad configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
+            sqlx::Error::Database(db) => {
+                // PostgreSQL shutdown / connection classes (08*, 57P0*), SQLite busy/locked.
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                if code.starts_with("08") || code.starts_with("57P") || code == "5" || code == "6" {
+                    StoreError::Unavailable(e)
+                } else {
+                    StoreError::Database(e)
+                }
+            }
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+impl StoreError {
+    /// The HTTP status this error answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            StoreError::NotFound { .. } | StoreError::VersionNotFound { .. } => 404,
+            StoreError::Gone { .. } => 410,
+            StoreError::PreconditionFailed { .. } => 412,
+            StoreError::Conflict { .. } => 409,
+            StoreError::Unavailable(_) => 503,
+            StoreError::Entry { source, .. } => source.http_status(),
+            StoreError::Fhir(FhirError::UnknownType(_)) => 404,
+            StoreError::Fhir(FhirError::Invalid(_)) => 422,
+            StoreError::Fhir(_) => 400,
+            StoreError::Integrity { .. }
+            | StoreError::Crypto(_)
+            | StoreError::Database(_)
+            | StoreError::Migrate(_)
+            | StoreError::Config(_) => 500,
+        }
+    }
+
+    /// The FHIR issue code.
+    pub fn issue_code(&self) -> IssueCode {
+        match self {
+            StoreError::NotFound { .. } | StoreError::VersionNotFound { .. } => IssueCode::NotFound,
+            StoreError::Gone { .. } => IssueCode::Deleted,
+            StoreError::PreconditionFailed { .. } | StoreError::Conflict { .. } => {
+                IssueCode::Conflict
+            }
+            StoreError::Unavailable(_) => IssueCode::Transient,
+            StoreError::Entry { source, .. } => source.issue_code(),
+            StoreError::Fhir(f) => f
+                .issues()
+                .first()
+                .map(|i| i.code)
+                .unwrap_or(IssueCode::Invalid),
+            StoreError::Integrity { .. } => IssueCode::Exception,
+            _ => IssueCode::Exception,
+        }
+    }
+
+    /// True for faults on our side whose detail must stay in the log (500s).
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Crypto(_)
+                | StoreError::Database(_)
+                | StoreError::Migrate(_)
+                | StoreError::Config(_)
+        ) || matches!(self, StoreError::Entry { source, .. } if source.is_internal())
+    }
+}
+
+/// The store. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.inner.backend)
+            .field("tenant", &self.inner.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    tenant: String,
+    keys: keys::Keyring,
+    /// SQLite allows one writer: writes queue here instead of failing with SQLITE_BUSY.
+    write_lock: Option<tokio::sync::Mutex<()>>,
+    max_bundle_entries: usize,
+}
+
+impl Store {
+    /// Opens (creating when needed) the database, applies migrations, and loads or creates
+    /// the key-encryption key and the tenant's index and directory keys.
+    pub async fn open(opts: &StoreOptions, keys: &dyn KeyProvider) -> Result<Store, StoreError> {
+        let backend = Backend::from_url(&opts.database_url)?;
+        let pool = backend.connect(opts).await?;
+        backend.migrate(&pool).await?;
+        let write_lock = match backend {
+            Backend::Sqlite => Some(tokio::sync::Mutex::new(())),
+            Backend::Postgres => None,
+        };
+        let master = keys.master_key()?;
+        let keyring = keys::Keyring::load(&pool, write_lock.as_ref(), master, &opts.tenant).await?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                tenant: opts.tenant.clone(),
+                keys: keyring,
+                write_lock,
+                max_bundle_entries: opts.max_bundle_entries,
+            }),
+        })
+    }
+
+    /// Which backend this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// The tenant served.
+    pub fn tenant(&self) -> &str {
+        &self.inner.tenant
+    }
+
+    /// Largest number of Bundle entries accepted.
+    pub fn max_bundle_entries(&self) -> usize {
+        self.inner.max_bundle_entries
+    }
+
+    /// Checks that the database answers.
+    pub async fn health(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool (waits for connections to return).
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    /// The raw pool, for tests that tamper with rows and for tools that inspect the schema.
+    #[doc(hidden)]
+    pub fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+}
+
+/// Now, as a FHIR instant with millisecond precision, and as unix seconds.
+pub(crate) fn now() -> (String, i64) {
+    let t = time::OffsetDateTime::now_utc();
+    let t = t
+        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t);
+    let text = t
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned());
+    (text, t.unix_timestamp())
+}
+
+/// Unix seconds as a FHIR instant.
+pub(crate) fn instant_from_unix(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+}

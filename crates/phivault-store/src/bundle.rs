@@ -1,0 +1,239 @@
+//! Transaction (atomic) and batch Bundles.
+
+use std::collections::HashMap;
+
+use phivault_fhir::{
+    BundleEntry, BundleKind, BundleRequest, EntryMethod, Id, OperationOutcome, SearchQuery,
+};
+use serde_json::{Value, json};
+use sqlx::AnyConnection;
+
+use crate::resources::Prepared;
+use crate::{Store, StoreError, StoredResource};
+
+/// What an entry needs besides the request: its prepared write, if any.
+struct Work {
+    entry: BundleEntry,
+    prepared: Option<Prepared>,
+}
+
+fn status_line(code: u16) -> String {
+    let text = match code {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        409 => "Conflict",
+        410 => "Gone",
+        412 => "Precondition Failed",
+        422 => "Unprocessable Entity",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    format!("{code} {text}")
+}
+
+fn written_entry(stored: &StoredResource, created: bool) -> Value {
+    json!({
+        "fullUrl": format!("{}/{}", stored.rtype, stored.id),
+        "resource": stored.body,
+        "response": {
+            "status": status_line(if created { 201 } else { 200 }),
+            "location": format!("{}/{}/_history/{}", stored.rtype, stored.id, stored.version),
+            "etag": format!("W/\"{}\"", stored.version),
+            "lastModified": stored.last_updated,
+        }
+    })
+}
+
+/// Processing order required by FHIR for transactions: DELETE, POST, PUT, GET.
+fn rank(m: EntryMethod) -> u8 {
+    match m {
+        EntryMethod::Delete => 0,
+        EntryMethod::Post => 1,
+        EntryMethod::Put => 2,
+        EntryMethod::Get => 3,
+    }
+}
+
+impl Store {
+    /// Runs a transaction or batch Bundle and returns the response Bundle.
+    pub async fn bundle(&self, request: BundleRequest) -> Result<Value, StoreError> {
+        match request.kind {
+            BundleKind::Transaction => self.transaction(request).await,
+            BundleKind::Batch => self.batch(request).await,
+        }
+    }
+
+    /// Ids for new resources, `urn:uuid:` references resolved, keys and tokens prepared.
+    async fn plan(
+        &self,
+        entries: Vec<BundleEntry>,
+        resolve: bool,
+    ) -> Result<Vec<Work>, StoreError> {
+        let mut map: HashMap<String, String> = HashMap::new();
+        let mut ids: Vec<Option<Id>> = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let id = match e.method {
+                EntryMethod::Post => Some(Id::generate()),
+                EntryMethod::Put => e.url.id.clone(),
+                _ => None,
+            };
+            if let (Some(full), Some(id)) = (&e.full_url, &id) {
+                map.insert(full.clone(), format!("{}/{}", e.url.rtype, id));
+            }
+            ids.push(id);
+        }
+        let mut work = Vec::with_capacity(entries.len());
+        for (index, (mut entry, id)) in entries.into_iter().zip(ids).enumerate() {
+            let prepared = match (entry.resource.take(), id) {
+                (Some(mut resource), Some(id)) => {
+                    if resolve && !map.is_empty() {
+                        resource.rewrite_references(&map);
+                    }
+                    Some(
+                        self.prepare(resource, id)
+                            .await
+                            .map_err(|e| StoreError::Entry {
+                                index,
+                                source: Box::new(e),
+                            })?,
+                    )
+                }
+                _ => None,
+            };
+            work.push(Work { entry, prepared });
+        }
+        Ok(work)
+    }
+
+    async fn transaction(&self, request: BundleRequest) -> Result<Value, StoreError> {
+        let work = self.plan(request.entries, true).await?;
+        let mut order: Vec<usize> = (0..work.len()).collect();
+        order.sort_by_key(|&i| (rank(work[i].entry.method), i));
+        let mut slots: Vec<Option<Work>> = work.into_iter().map(Some).collect();
+        let mut responses: Vec<Value> = vec![Value::Null; slots.len()];
+        let _guard = self.write_guard().await;
+        let mut tx = self.inner.pool.begin().await?;
+        for index in order {
+            let Some(w) = slots[index].take() else {
+                continue;
+            };
+            let response = self
+                .run_entry(&mut tx, w)
+                .await
+                .map_err(|e| StoreError::Entry {
+                    index,
+                    source: Box::new(e),
+                })?;
+            responses[index] = response;
+        }
+        tx.commit().await?;
+        Ok(json!({
+            "resourceType": "Bundle",
+            "type": "transaction-response",
+            "entry": responses,
+        }))
+    }
+
+    async fn batch(&self, request: BundleRequest) -> Result<Value, StoreError> {
+        let mut responses = Vec::with_capacity(request.entries.len());
+        for entry in request.entries {
+            let one = async {
+                let mut work = self.plan(vec![entry], false).await?;
+                let w = work
+                    .pop()
+                    .ok_or_else(|| StoreError::Config("empty plan".to_owned()))?;
+                let _guard = self.write_guard().await;
+                let mut tx = self.inner.pool.begin().await?;
+                let r = self.run_entry(&mut tx, w).await?;
+                tx.commit().await?;
+                Ok::<Value, StoreError>(r)
+            }
+            .await;
+            responses.push(match one {
+                Ok(v) => v,
+                Err(e) => {
+                    let e = match e {
+                        StoreError::Entry { source, .. } => *source,
+                        other => other,
+                    };
+                    let status = e.http_status();
+                    let message = if e.is_internal() {
+                        tracing::error!(error = %e, "batch entry failed");
+                        "internal error".to_owned()
+                    } else {
+                        e.to_string()
+                    };
+                    json!({
+                        "response": {
+                            "status": status_line(status),
+                            "outcome": OperationOutcome::error(e.issue_code(), message).to_json(),
+                        }
+                    })
+                }
+            });
+        }
+        Ok(json!({
+            "resourceType": "Bundle",
+            "type": "batch-response",
+            "entry": responses,
+        }))
+    }
+
+    async fn run_entry(&self, conn: &mut AnyConnection, w: Work) -> Result<Value, StoreError> {
+        let url = &w.entry.url;
+        match (w.entry.method, w.prepared) {
+            (EntryMethod::Post, Some(p)) => {
+                let out = self.put_in(conn, p, None, true).await?;
+                Ok(written_entry(&out.stored, true))
+            }
+            (EntryMethod::Put, Some(p)) => {
+                let out = self.put_in(conn, p, w.entry.if_match, false).await?;
+                Ok(written_entry(&out.stored, out.created))
+            }
+            (EntryMethod::Delete, _) => {
+                let id = url.id.as_ref().ok_or_else(|| {
+                    StoreError::Config("DELETE entry without id passed parsing".to_owned())
+                })?;
+                self.delete_in(conn, url.rtype, id).await?;
+                Ok(json!({ "response": { "status": status_line(204) } }))
+            }
+            (EntryMethod::Get, _) => match (&url.id, url.version) {
+                (Some(id), Some(v)) => {
+                    let r = self.vread(url.rtype, id, v).await?;
+                    Ok(json!({ "resource": r.body, "response": {
+                        "status": status_line(200), "etag": format!("W/\"{}\"", r.version) } }))
+                }
+                (Some(id), None) => {
+                    let r = self.read_in(conn, url.rtype, id).await?;
+                    Ok(json!({ "resource": r.body, "response": {
+                        "status": status_line(200), "etag": format!("W/\"{}\"", r.version) } }))
+                }
+                (None, _) => {
+                    let q = SearchQuery::parse(url.rtype, &url.query, false)?;
+                    let page = self.search(url.rtype, &q).await?;
+                    let entries: Vec<Value> = page
+                        .resources
+                        .into_iter()
+                        .map(|r| {
+                            json!({
+                                "fullUrl": format!("{}/{}", r.rtype, r.id),
+                                "resource": r.body,
+                                "search": { "mode": "match" },
+                            })
+                        })
+                        .collect();
+                    Ok(json!({ "resource": {
+                        "resourceType": "Bundle", "type": "searchset",
+                        "total": page.total, "entry": entries,
+                    }, "response": { "status": status_line(200) } }))
+                }
+            },
+            (EntryMethod::Post | EntryMethod::Put, None) => Err(StoreError::Config(
+                "a write entry without a resource passed parsing".to_owned(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,630 @@
+//! Versioned resources: create, read, vread, update, delete, history.
+//!
+//! Each version row holds `sealed = AES-256-GCM(data key, body)` with associated data binding
+//! tenant, type, id, version, deletion flag and key id. A deletion is a version too, sealing a
+//! small tombstone, so its flag cannot be flipped unnoticed. `current_resources` points at the
+//! latest version; a read cross-checks pointer, version row and the highest version stored.
+
+use std::sync::Arc;
+
+use phivault_crypto::Sealer;
+use phivault_fhir::{Id, ResourceType, ValidResource, compartment_patient, index_entries};
+use serde_json::{Value, json};
+use sqlx::{AnyConnection, Row};
+
+use crate::keys::{DataKey, Owner};
+use crate::{HistoryEntry, Store, StoreError, StoredResource};
+
+/// A resource ready to be written: its key and index tokens are known, its version not yet.
+pub(crate) struct Prepared {
+    pub(crate) resource: ValidResource,
+    pub(crate) id: Id,
+    key: DataKey,
+    tokens: Vec<Vec<u8>>,
+}
+
+/// What a put did.
+pub(crate) struct PutOutcome {
+    pub(crate) stored: StoredResource,
+    pub(crate) created: bool,
+}
+
+fn aad(tenant: &str, rtype: &str, id: &str, version: i64, deleted: bool, key_id: &str) -> Vec<u8> {
+    format!(
+        "phivault/v1|{tenant}|{rtype}|{id}|{version}|{}|{key_id}",
+        u8::from(deleted)
+    )
+    .into_bytes()
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    pub(crate) async fn write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.inner.write_lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        }
+    }
+
+    /// Computes the compartment key and the index tokens of a resource that will get `id`.
+    pub(crate) async fn prepare(
+        &self,
+        resource: ValidResource,
+        id: Id,
+    ) -> Result<Prepared, StoreError> {
+        let rtype = resource.resource_type();
+        let owner = if rtype == ResourceType::PATIENT {
+            Owner::Patient(id.clone())
+        } else {
+            match compartment_patient(&resource) {
+                Some(p) => Owner::Patient(p),
+                None => Owner::Directory,
+            }
+        };
+        let key = self
+            .inner
+            .keys
+            .data_key(&self.inner.pool, self.inner.write_lock.as_ref(), &owner)
+            .await?;
+        let keys = &self.inner.keys;
+        let mut tokens: Vec<Vec<u8>> = index_entries(&resource)
+            .iter()
+            .map(|e| keys.search_token(rtype.as_str(), &e.param, &e.value))
+            .collect();
+        tokens.sort();
+        tokens.dedup();
+        Ok(Prepared {
+            resource,
+            id,
+            key,
+            tokens,
+        })
+    }
+
+    /// Creates a resource with a new server-assigned id.
+    pub async fn create(&self, resource: ValidResource) -> Result<StoredResource, StoreError> {
+        let prepared = self.prepare(resource, Id::generate()).await?;
+        let _guard = self.write_guard().await;
+        let mut tx = self.inner.pool.begin().await?;
+        let out = self.put_in(&mut tx, prepared, None, true).await?;
+        tx.commit().await?;
+        Ok(out.stored)
+    }
+
+    /// Updates (or creates, when unknown) the resource `id`. With `if_match`, the current
+    /// version must be that one. Returns the stored resource and whether it was created.
+    pub async fn update(
+        &self,
+        id: &Id,
+        resource: ValidResource,
+        if_match: Option<u64>,
+    ) -> Result<(StoredResource, bool), StoreError> {
+        let prepared = self.prepare(resource, id.clone()).await?;
+        let _guard = self.write_guard().await;
+        let mut tx = self.inner.pool.begin().await?;
+        let out = self.put_in(&mut tx, prepared, if_match, false).await?;
+        tx.commit().await?;
+        Ok((out.stored, out.created))
+    }
+
+    /// Deletes (softly: history keeps every version). Returns the deletion's version, or
+    /// `None` when the resource was already deleted.
+    pub async fn delete(&self, rtype: ResourceType, id: &Id) -> Result<Option<u64>, StoreError> {
+        let _guard = self.write_guard().await;
+        let mut tx = self.inner.pool.begin().await?;
+        let out = self.delete_in(&mut tx, rtype, id).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Reads the current version.
+    pub async fn read(&self, rtype: ResourceType, id: &Id) -> Result<StoredResource, StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        self.read_in(&mut conn, rtype, id).await
+    }
+
+    /// Reads one version.
+    pub async fn vread(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+        version: u64,
+    ) -> Result<StoredResource, StoreError> {
+        let row = sqlx::query(
+            "SELECT key_id, sealed, deleted FROM resource_versions \
+             WHERE tenant = $1 AND rtype = $2 AND id = $3 AND version = $4",
+        )
+        .bind(&self.inner.tenant)
+        .bind(rtype.as_str())
+        .bind(id.as_str())
+        .bind(to_i64(version))
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::VersionNotFound {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+                version,
+            });
+        };
+        let key_id: String = row.try_get("key_id")?;
+        let sealed: Vec<u8> = row.try_get("sealed")?;
+        let deleted: i64 = row.try_get("deleted")?;
+        let body = self
+            .open_version(rtype, id, to_i64(version), deleted != 0, &key_id, &sealed)
+            .await?;
+        if deleted != 0 {
+            return Err(StoreError::Gone {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+                version,
+            });
+        }
+        Ok(stored_from(rtype, id, version, body))
+    }
+
+    /// Every version of a resource, newest first (at most `count`, skipping `offset`).
+    pub async fn history(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+        count: usize,
+        offset: usize,
+    ) -> Result<(u64, Vec<HistoryEntry>), StoreError> {
+        let total: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM resource_versions WHERE tenant = $1 AND rtype = $2 AND id = $3",
+        )
+        .bind(&self.inner.tenant)
+        .bind(rtype.as_str())
+        .bind(id.as_str())
+        .fetch_one(&self.inner.pool)
+        .await?
+        .try_get("n")?;
+        if total == 0 {
+            return Err(StoreError::NotFound {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT version, key_id, sealed, deleted FROM resource_versions \
+             WHERE tenant = $1 AND rtype = $2 AND id = $3 ORDER BY version DESC \
+             LIMIT $4 OFFSET $5",
+        )
+        .bind(&self.inner.tenant)
+        .bind(rtype.as_str())
+        .bind(id.as_str())
+        .bind(i64::try_from(count).unwrap_or(i64::MAX))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let version: i64 = row.try_get("version")?;
+            let key_id: String = row.try_get("key_id")?;
+            let sealed: Vec<u8> = row.try_get("sealed")?;
+            let deleted = row.try_get::<i64, _>("deleted")? != 0;
+            let body = self
+                .open_version(rtype, id, version, deleted, &key_id, &sealed)
+                .await?;
+            let last_updated = last_updated_of(&body, deleted);
+            out.push(HistoryEntry {
+                version: to_u64(version),
+                last_updated,
+                deleted,
+                body: (!deleted).then_some(body),
+            });
+        }
+        Ok((to_u64(total), out))
+    }
+
+    /// Writes a new version of a prepared resource inside a transaction.
+    pub(crate) async fn put_in(
+        &self,
+        conn: &mut AnyConnection,
+        prepared: Prepared,
+        if_match: Option<u64>,
+        create_only: bool,
+    ) -> Result<PutOutcome, StoreError> {
+        let Prepared {
+            mut resource,
+            id,
+            key,
+            tokens,
+        } = prepared;
+        let rtype = resource.resource_type();
+        let tenant = &self.inner.tenant;
+        let current = if create_only {
+            None
+        } else {
+            sqlx::query(
+                "SELECT version FROM current_resources WHERE tenant = $1 AND rtype = $2 AND id = $3",
+            )
+            .bind(tenant)
+            .bind(rtype.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.try_get::<i64, _>("version"))
+            .transpose()?
+        };
+        if let Some(expected) = if_match {
+            let cur = current.map(to_u64).unwrap_or(0);
+            if cur != expected {
+                return Err(StoreError::PreconditionFailed {
+                    rtype: rtype.to_string(),
+                    id: id.to_string(),
+                    expected,
+                    current: cur,
+                });
+            }
+        }
+        let version = current.unwrap_or(0) + 1;
+        let (now_text, now_secs) = crate::now();
+        resource.stamp(&id, to_u64(version), &now_text);
+        let plaintext = serde_json::to_vec(resource.body())
+            .map_err(|e| StoreError::Config(format!("cannot serialize a resource: {e}")))?;
+        let sealed = key.sealer.seal(
+            &aad(
+                tenant,
+                rtype.as_str(),
+                id.as_str(),
+                version,
+                false,
+                &key.key_id,
+            ),
+            &plaintext,
+        )?;
+        sqlx::query(
+            "INSERT INTO resource_versions \
+             (tenant, rtype, id, version, key_id, sealed, deleted, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
+        )
+        .bind(tenant)
+        .bind(rtype.as_str())
+        .bind(id.as_str())
+        .bind(version)
+        .bind(&key.key_id)
+        .bind(sealed)
+        .bind(now_secs)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| conflict_or(e, rtype, &id))?;
+        match current {
+            None => {
+                sqlx::query(
+                    "INSERT INTO current_resources \
+                     (tenant, rtype, id, version, key_id, deleted, recorded_at) \
+                     VALUES ($1, $2, $3, $4, $5, 0, $6)",
+                )
+                .bind(tenant)
+                .bind(rtype.as_str())
+                .bind(id.as_str())
+                .bind(version)
+                .bind(&key.key_id)
+                .bind(now_secs)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| conflict_or(e, rtype, &id))?;
+            }
+            Some(old) => {
+                let done = sqlx::query(
+                    "UPDATE current_resources SET version = $1, key_id = $2, deleted = 0, \
+                     recorded_at = $3 WHERE tenant = $4 AND rtype = $5 AND id = $6 AND version = $7",
+                )
+                .bind(version)
+                .bind(&key.key_id)
+                .bind(now_secs)
+                .bind(tenant)
+                .bind(rtype.as_str())
+                .bind(id.as_str())
+                .bind(old)
+                .execute(&mut *conn)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::Conflict {
+                        rtype: rtype.to_string(),
+                        id: id.to_string(),
+                    });
+                }
+                self.drop_index_in(conn, rtype, &id).await?;
+            }
+        }
+        for token in tokens {
+            sqlx::query(
+                "INSERT INTO search_index (tenant, rtype, token, id) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(tenant)
+            .bind(rtype.as_str())
+            .bind(token)
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let version = to_u64(version);
+        Ok(PutOutcome {
+            stored: StoredResource {
+                rtype,
+                id,
+                version,
+                last_updated: now_text,
+                body: resource.into_body(),
+            },
+            created: current.is_none(),
+        })
+    }
+
+    async fn drop_index_in(
+        &self,
+        conn: &mut AnyConnection,
+        rtype: ResourceType,
+        id: &Id,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM search_index WHERE tenant = $1 AND rtype = $2 AND id = $3")
+            .bind(&self.inner.tenant)
+            .bind(rtype.as_str())
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes inside a transaction.
+    pub(crate) async fn delete_in(
+        &self,
+        conn: &mut AnyConnection,
+        rtype: ResourceType,
+        id: &Id,
+    ) -> Result<Option<u64>, StoreError> {
+        let tenant = &self.inner.tenant;
+        let row = sqlx::query(
+            "SELECT version, key_id, deleted FROM current_resources \
+             WHERE tenant = $1 AND rtype = $2 AND id = $3",
+        )
+        .bind(tenant)
+        .bind(rtype.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+            });
+        };
+        let old: i64 = row.try_get("version")?;
+        let key_id: String = row.try_get("key_id")?;
+        if row.try_get::<i64, _>("deleted")? != 0 {
+            return Ok(None);
+        }
+        let sealer = self.sealer_of(rtype, id, &key_id).await?;
+        let version = old + 1;
+        let (now_text, now_secs) = crate::now();
+        let tombstone = serde_json::to_vec(&json!({ "deleted": true, "lastUpdated": now_text }))
+            .map_err(|e| StoreError::Config(format!("cannot serialize a tombstone: {e}")))?;
+        let sealed = sealer.seal(
+            &aad(tenant, rtype.as_str(), id.as_str(), version, true, &key_id),
+            &tombstone,
+        )?;
+        sqlx::query(
+            "INSERT INTO resource_versions \
+             (tenant, rtype, id, version, key_id, sealed, deleted, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, $7)",
+        )
+        .bind(tenant)
+        .bind(rtype.as_str())
+        .bind(id.as_str())
+        .bind(version)
+        .bind(&key_id)
+        .bind(sealed)
+        .bind(now_secs)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| conflict_or(e, rtype, id))?;
+        let done = sqlx::query(
+            "UPDATE current_resources SET version = $1, deleted = 1, recorded_at = $2 \
+             WHERE tenant = $3 AND rtype = $4 AND id = $5 AND version = $6",
+        )
+        .bind(version)
+        .bind(now_secs)
+        .bind(tenant)
+        .bind(rtype.as_str())
+        .bind(id.as_str())
+        .bind(old)
+        .execute(&mut *conn)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+            });
+        }
+        self.drop_index_in(conn, rtype, id).await?;
+        Ok(Some(to_u64(version)))
+    }
+
+    /// Reads the current version through `conn` (inside or outside a transaction).
+    pub(crate) async fn read_in(
+        &self,
+        conn: &mut AnyConnection,
+        rtype: ResourceType,
+        id: &Id,
+    ) -> Result<StoredResource, StoreError> {
+        let row = sqlx::query(
+            "SELECT c.version AS cur, c.deleted AS cur_deleted, c.key_id AS cur_key, \
+                    v.version AS v_version, v.key_id AS key_id, v.sealed AS sealed, \
+                    v.deleted AS deleted, \
+                    (SELECT MAX(m.version) FROM resource_versions m \
+                      WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version \
+             FROM current_resources c \
+             LEFT JOIN resource_versions v ON v.tenant = c.tenant AND v.rtype = c.rtype \
+                  AND v.id = c.id AND v.version = c.version \
+             WHERE c.tenant = $1 AND c.rtype = $2 AND c.id = $3",
+        )
+        .bind(&self.inner.tenant)
+        .bind(rtype.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+            });
+        };
+        self.open_current(rtype, id, &row).await
+    }
+
+    /// Opens a row of the current-version query (shared by read and search).
+    pub(crate) async fn open_current(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+        row: &sqlx::any::AnyRow,
+    ) -> Result<StoredResource, StoreError> {
+        let cur: i64 = row.try_get("cur")?;
+        let cur_deleted: i64 = row.try_get("cur_deleted")?;
+        let cur_key: String = row.try_get("cur_key")?;
+        let v_version: Option<i64> = row.try_get("v_version")?;
+        let max_version: Option<i64> = row.try_get("max_version")?;
+        let key_id: Option<String> = row.try_get("key_id")?;
+        let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
+        let deleted: Option<i64> = row.try_get("deleted")?;
+        let consistent = v_version == Some(cur)
+            && max_version == Some(cur)
+            && deleted == Some(cur_deleted)
+            && key_id.as_deref() == Some(cur_key.as_str());
+        let (Some(key_id), Some(sealed), true) = (key_id, sealed, consistent) else {
+            return Err(self.integrity(rtype, id, cur, "current pointer disagrees with versions"));
+        };
+        let is_deleted = cur_deleted != 0;
+        let body = self
+            .open_version(rtype, id, cur, is_deleted, &key_id, &sealed)
+            .await?;
+        if is_deleted {
+            return Err(StoreError::Gone {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+                version: to_u64(cur),
+            });
+        }
+        Ok(stored_from(rtype, id, to_u64(cur), body))
+    }
+
+    async fn sealer_of(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+        key_id: &str,
+    ) -> Result<Arc<Sealer>, StoreError> {
+        self.inner
+            .keys
+            .sealer(&self.inner.pool, key_id)
+            .await?
+            .ok_or_else(|| self.integrity(rtype, id, 0, "data key missing"))
+    }
+
+    /// Decrypts a version row and checks that its content belongs where it was found.
+    pub(crate) async fn open_version(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+        version: i64,
+        deleted: bool,
+        key_id: &str,
+        sealed: &[u8],
+    ) -> Result<Value, StoreError> {
+        let sealer = self.sealer_of(rtype, id, key_id).await?;
+        let aad = aad(
+            &self.inner.tenant,
+            rtype.as_str(),
+            id.as_str(),
+            version,
+            deleted,
+            key_id,
+        );
+        let plain = sealer
+            .open(&aad, sealed)
+            .map_err(|_| self.integrity(rtype, id, version, "ciphertext does not open"))?;
+        let body: Value = serde_json::from_slice(&plain)
+            .map_err(|_| self.integrity(rtype, id, version, "plaintext is not JSON"))?;
+        if !deleted {
+            let ok = body.get("resourceType").and_then(Value::as_str) == Some(rtype.as_str())
+                && body.get("id").and_then(Value::as_str) == Some(id.as_str())
+                && body
+                    .pointer("/meta/versionId")
+                    .and_then(Value::as_str)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    == Some(version);
+            if !ok {
+                return Err(self.integrity(rtype, id, version, "content does not match its row"));
+            }
+        }
+        Ok(body)
+    }
+
+    /// Logs an integrity failure (ids only, no content) and builds the error.
+    pub(crate) fn integrity(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+        version: i64,
+        why: &'static str,
+    ) -> StoreError {
+        tracing::error!(
+            target: "phivault::integrity",
+            tenant = %self.inner.tenant,
+            rtype = %rtype,
+            id = %id,
+            version,
+            why,
+            "stored data failed its integrity check; not served"
+        );
+        StoreError::Integrity {
+            rtype: rtype.to_string(),
+            id: id.to_string(),
+        }
+    }
+}
+
+fn last_updated_of(body: &Value, deleted: bool) -> String {
+    let ptr = if deleted {
+        "/lastUpdated"
+    } else {
+        "/meta/lastUpdated"
+    };
+    body.pointer(ptr)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn stored_from(rtype: ResourceType, id: &Id, version: u64, body: Value) -> StoredResource {
+    StoredResource {
+        rtype,
+        id: id.clone(),
+        version,
+        last_updated: last_updated_of(&body, false),
+        body,
+    }
+}
+
+/// A unique-key violation on a version row means a concurrent writer took that version.
+fn conflict_or(e: sqlx::Error, rtype: ResourceType, id: &Id) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.kind() == sqlx::error::ErrorKind::UniqueViolation {
+            return StoreError::Conflict {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+            };
+        }
+    }
+    StoreError::from(e)
+}

@@ -1,0 +1,143 @@
+//! Search over the blind index: every parameter value becomes an HMAC token, matched by
+//! equality; no plaintext value reaches SQL.
+
+use phivault_fhir::{Id, ResourceType, SearchQuery};
+use sqlx::Row;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+
+use crate::{Store, StoreError, StoredResource};
+
+/// One page of search results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPage {
+    /// How many resources match in all.
+    pub total: u64,
+    /// This page's resources, ordered by id.
+    pub resources: Vec<StoredResource>,
+}
+
+/// A WHERE clause with its bind values, numbered from `$1`.
+struct Filter {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+enum Bind {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl Filter {
+    fn placeholder(&mut self, b: Bind) -> String {
+        self.binds.push(b);
+        format!("${}", self.binds.len())
+    }
+
+    fn bind_all<'q>(
+        &'q self,
+        mut q: Query<'q, sqlx::Any, AnyArguments<'q>>,
+    ) -> Query<'q, sqlx::Any, AnyArguments<'q>> {
+        for b in &self.binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s.as_str()),
+                Bind::Bytes(v) => q.bind(v.as_slice()),
+            };
+        }
+        q
+    }
+}
+
+impl Store {
+    fn filter(&self, rtype: ResourceType, query: &SearchQuery) -> Filter {
+        let mut f = Filter {
+            sql: String::new(),
+            binds: Vec::new(),
+        };
+        let t = f.placeholder(Bind::Text(self.inner.tenant.clone()));
+        let r = f.placeholder(Bind::Text(rtype.as_str().to_owned()));
+        let mut sql = format!("c.tenant = {t} AND c.rtype = {r} AND c.deleted = 0");
+        if let Some(ids) = &query.ids {
+            let list: Vec<String> = ids
+                .iter()
+                .map(|id| f.placeholder(Bind::Text(id.as_str().to_owned())))
+                .collect();
+            if list.is_empty() {
+                sql.push_str(" AND 1 = 0");
+            } else {
+                sql.push_str(&format!(" AND c.id IN ({})", list.join(", ")));
+            }
+        }
+        for param in &query.params {
+            let tokens: Vec<String> = param
+                .any_of
+                .iter()
+                .map(|e| {
+                    let token = self
+                        .inner
+                        .keys
+                        .search_token(rtype.as_str(), &e.param, &e.value);
+                    f.placeholder(Bind::Bytes(token))
+                })
+                .collect();
+            if tokens.is_empty() {
+                sql.push_str(" AND 1 = 0");
+                continue;
+            }
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
+                 AND s.rtype = c.rtype AND s.id = c.id AND s.token IN ({}))",
+                tokens.join(", ")
+            ));
+        }
+        f.sql = sql;
+        f
+    }
+
+    /// Runs a search: resources of `rtype` matching every parameter, one page of them.
+    pub async fn search(
+        &self,
+        rtype: ResourceType,
+        query: &SearchQuery,
+    ) -> Result<SearchPage, StoreError> {
+        let f = self.filter(rtype, query);
+        let count_sql = format!(
+            "SELECT COUNT(*) AS n FROM current_resources c WHERE {}",
+            f.sql
+        );
+        let total: i64 = f
+            .bind_all(sqlx::query(&count_sql))
+            .fetch_one(&self.inner.pool)
+            .await?
+            .try_get("n")?;
+        let page_sql = format!(
+            "SELECT c.id AS id, c.version AS cur, c.deleted AS cur_deleted, c.key_id AS cur_key, \
+                    v.version AS v_version, v.key_id AS key_id, v.sealed AS sealed, \
+                    v.deleted AS deleted, \
+                    (SELECT MAX(m.version) FROM resource_versions m \
+                      WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version \
+             FROM current_resources c \
+             LEFT JOIN resource_versions v ON v.tenant = c.tenant AND v.rtype = c.rtype \
+                  AND v.id = c.id AND v.version = c.version \
+             WHERE {} ORDER BY c.id LIMIT {} OFFSET {}",
+            f.sql, query.count, query.offset
+        );
+        let rows = f
+            .bind_all(sqlx::query(&page_sql))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        let mut resources = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let id = Id::parse(&id).map_err(|_| StoreError::Integrity {
+                rtype: rtype.to_string(),
+                id: "(invalid id in the database)".to_owned(),
+            })?;
+            resources.push(self.open_current(rtype, &id, &row).await?);
+        }
+        Ok(SearchPage {
+            total: u64::try_from(total).unwrap_or(0),
+            resources,
+        })
+    }
+}

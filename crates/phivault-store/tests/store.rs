@@ -1,0 +1,458 @@
+//! The store's suite, run on SQLite always and on PostgreSQL when
+//! `PHIVAULT_TEST_DATABASE_URL` is set (each test in its own schema).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::OnceLock;
+
+use phivault_crypto::StaticKeyProvider;
+use phivault_fhir::{BundleRequest, Id, ResourceType, SearchQuery, ValidResource, Validator};
+use phivault_store::{Store, StoreError, StoreOptions};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+fn validator() -> &'static Validator {
+    static V: OnceLock<Validator> = OnceLock::new();
+    V.get_or_init(|| Validator::new().unwrap())
+}
+
+fn valid(body: Value) -> ValidResource {
+    validator().validate(body, None).unwrap()
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 32];
+    phivault_crypto::random_bytes(&mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A fresh, empty store on each backend under test.
+struct Fixture {
+    store: Store,
+    url: String,
+    key: String,
+    _dir: tempfile::TempDir,
+    label: &'static str,
+}
+
+impl Fixture {
+    async fn reopen(&self, key_hex: &str) -> Result<Store, StoreError> {
+        Store::open(
+            &StoreOptions::new(self.url.clone()),
+            &StaticKeyProvider::from_hex(key_hex),
+        )
+        .await
+    }
+}
+
+async fn fixtures() -> Vec<Fixture> {
+    let mut out = Vec::new();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/phivault.db", dir.path().display());
+    let key = random_hex();
+    let store = Store::open(
+        &StoreOptions::new(url.clone()),
+        &StaticKeyProvider::from_hex(key.clone()),
+    )
+    .await
+    .unwrap();
+    out.push(Fixture {
+        store,
+        url,
+        key,
+        _dir: dir,
+        label: "sqlite",
+    });
+    if let Ok(base) = std::env::var("PHIVAULT_TEST_DATABASE_URL") {
+        let schema = format!("pv_store_{}", &random_hex()[..12]);
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
+            .await
+            .expect("PHIVAULT_TEST_DATABASE_URL must point at a running PostgreSQL");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let key = random_hex();
+        let store = Store::open(
+            &StoreOptions::new(url.clone()),
+            &StaticKeyProvider::from_hex(key.clone()),
+        )
+        .await
+        .unwrap();
+        out.push(Fixture {
+            store,
+            url,
+            key,
+            _dir: tempfile::tempdir().unwrap(),
+            label: "postgres",
+        });
+    }
+    out
+}
+
+fn patient(family: &str, given: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "name": [{ "family": family, "given": [given] }],
+        "gender": "female",
+        "birthDate": "1970-01-02",
+        "identifier": [{ "system": "urn:mrn", "value": format!("MRN-{family}") }],
+    })
+}
+
+fn observation(patient_id: &Id, code: &str) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": { "coding": [{ "system": "http://loinc.org", "code": code }] },
+        "subject": { "reference": format!("Patient/{patient_id}") },
+        "effectiveDateTime": "2024-03-05T10:00:00Z",
+        "valueQuantity": { "value": 72, "unit": "/min" },
+    })
+}
+
+fn query(rtype: ResourceType, pairs: &[(&str, &str)]) -> SearchQuery {
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
+    SearchQuery::parse(rtype, &pairs, false).unwrap()
+}
+
+#[tokio::test]
+async fn create_read_update_delete_history() {
+    for f in fixtures().await {
+        let s = &f.store;
+        let created = s.create(valid(patient("Smith", "Ann"))).await.unwrap();
+        assert_eq!(created.version, 1, "{}", f.label);
+        let id = created.id.clone();
+        let read = s.read(ResourceType::PATIENT, &id).await.unwrap();
+        assert_eq!(read.body, created.body);
+        assert_eq!(read.body["meta"]["versionId"], "1");
+
+        // If-Match with a stale version is refused and changes nothing.
+        let mut body = patient("Smythe", "Ann");
+        body["id"] = json!(id.as_str());
+        let err = s
+            .update(&id, valid(body.clone()), Some(7))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::PreconditionFailed { current: 1, .. }),
+            "{err:?}"
+        );
+        assert_eq!(s.read(ResourceType::PATIENT, &id).await.unwrap().version, 1);
+
+        let (updated, created_now) = s.update(&id, valid(body), Some(1)).await.unwrap();
+        assert!(!created_now);
+        assert_eq!(updated.version, 2);
+        let v1 = s.vread(ResourceType::PATIENT, &id, 1).await.unwrap();
+        assert_eq!(v1.body["name"][0]["family"], "Smith");
+
+        assert_eq!(s.delete(ResourceType::PATIENT, &id).await.unwrap(), Some(3));
+        assert_eq!(s.delete(ResourceType::PATIENT, &id).await.unwrap(), None);
+        let gone = s.read(ResourceType::PATIENT, &id).await.unwrap_err();
+        assert!(
+            matches!(gone, StoreError::Gone { version: 3, .. }),
+            "{gone:?}"
+        );
+        assert_eq!(gone.http_status(), 410);
+        let (total, hist) = s.history(ResourceType::PATIENT, &id, 10, 0).await.unwrap();
+        assert_eq!(total, 3);
+        let versions: Vec<(u64, bool)> = hist.iter().map(|h| (h.version, h.deleted)).collect();
+        assert_eq!(versions, vec![(3, true), (2, false), (1, false)]);
+
+        let missing = Id::parse("does-not-exist").unwrap();
+        assert_eq!(
+            s.read(ResourceType::PATIENT, &missing)
+                .await
+                .unwrap_err()
+                .http_status(),
+            404
+        );
+        assert_eq!(
+            s.delete(ResourceType::PATIENT, &missing)
+                .await
+                .unwrap_err()
+                .http_status(),
+            404
+        );
+
+        // Update-as-create with a client id.
+        let cid = Id::parse("client-chosen-1").unwrap();
+        let mut body = patient("Lee", "Bo");
+        body["id"] = json!("client-chosen-1");
+        let (r, created_now) = s.update(&cid, valid(body), None).await.unwrap();
+        assert!(created_now);
+        assert_eq!(r.version, 1);
+    }
+}
+
+#[tokio::test]
+async fn ciphertext_holds_no_plaintext_and_search_works() {
+    for f in fixtures().await {
+        let s = &f.store;
+        let marker = format!("Zq{}", &random_hex()[..10]);
+        let p = s.create(valid(patient(&marker, "José"))).await.unwrap();
+        let o = s.create(valid(observation(&p.id, "8867-4"))).await.unwrap();
+
+        let rows = sqlx::query("SELECT sealed FROM resource_versions")
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+        assert!(rows.len() >= 2);
+        for row in rows {
+            let sealed: Vec<u8> = row.try_get("sealed").unwrap();
+            if phivault_crypto::NOOP_CIPHER {
+                continue;
+            }
+            let hay = String::from_utf8_lossy(&sealed);
+            assert!(!hay.contains(&marker), "{}", f.label);
+            assert!(!hay.contains("8867-4"));
+        }
+
+        let by_family = s
+            .search(
+                ResourceType::PATIENT,
+                &query(
+                    ResourceType::PATIENT,
+                    &[("family", &marker.to_lowercase()[..5])],
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(by_family.total, 1, "{}", f.label);
+        assert_eq!(by_family.resources[0].id, p.id);
+        let by_given = s
+            .search(
+                ResourceType::PATIENT,
+                &query(ResourceType::PATIENT, &[("given", "JOSE")]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(by_given.total, 1);
+        let nobody = s
+            .search(
+                ResourceType::PATIENT,
+                &query(ResourceType::PATIENT, &[("family", "nobody-here")]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(nobody.total, 0);
+
+        let obs = ResourceType::parse("Observation").unwrap();
+        for (param, value, hits) in [
+            ("code", "http://loinc.org|8867-4", 1),
+            ("code", "8867-4", 1),
+            ("code", "http://snomed.info/sct|8867-4", 0),
+            ("patient", p.id.as_str(), 1),
+            ("subject", &format!("Patient/{}", p.id), 1),
+            ("date", "2024-03", 1),
+            ("date", "2024-03-06", 0),
+            ("status", "final", 1),
+        ] {
+            let page = s.search(obs, &query(obs, &[(param, value)])).await.unwrap();
+            assert_eq!(page.total, hits, "{} {param}={value}", f.label);
+            if hits == 1 {
+                assert_eq!(page.resources[0].id, o.id);
+            }
+        }
+        // Deleted resources leave the index.
+        s.delete(obs, &o.id).await.unwrap();
+        let page = s
+            .search(obs, &query(obs, &[("code", "8867-4")]))
+            .await
+            .unwrap();
+        assert_eq!(page.total, 0);
+    }
+}
+
+#[tokio::test]
+async fn tampering_is_detected_and_nothing_is_served() {
+    for f in fixtures().await {
+        let s = &f.store;
+        let a = s.create(valid(patient("Alpha", "Ann"))).await.unwrap();
+        let b = s.create(valid(patient("Bravo", "Bob"))).await.unwrap();
+        let pt = ResourceType::PATIENT;
+
+        // 1. Flip one byte of A's ciphertext.
+        let sealed: Vec<u8> =
+            sqlx::query("SELECT sealed FROM resource_versions WHERE rtype = 'Patient' AND id = $1")
+                .bind(a.id.as_str())
+                .fetch_one(s.pool())
+                .await
+                .unwrap()
+                .try_get("sealed")
+                .unwrap();
+        let mut flipped = sealed.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x01;
+        set_sealed(s, &a.id, 1, flipped).await;
+        if !phivault_crypto::NOOP_CIPHER {
+            let err = s.read(pt, &a.id).await.unwrap_err();
+            assert!(
+                matches!(err, StoreError::Integrity { .. }),
+                "{}: {err:?}",
+                f.label
+            );
+            assert!(err.to_string().contains("integrity"));
+            let err = s
+                .search(pt, &query(pt, &[("family", "alpha")]))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Integrity { .. }));
+        }
+        set_sealed(s, &a.id, 1, sealed.clone()).await;
+        assert_eq!(s.read(pt, &a.id).await.unwrap().id, a.id);
+
+        // 2. Copy A's ciphertext over B's: B must not be served (and not as A).
+        set_sealed(s, &b.id, 1, sealed.clone()).await;
+        let err = s.read(pt, &b.id).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Integrity { .. }),
+            "{}: {err:?}",
+            f.label
+        );
+
+        // 3. Replay an old version's ciphertext as the current one.
+        let mut body = patient("Alpha2", "Ann");
+        body["id"] = json!(a.id.as_str());
+        s.update(&a.id, valid(body), None).await.unwrap();
+        set_sealed(s, &a.id, 2, sealed.clone()).await;
+        let err = s.read(pt, &a.id).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Integrity { .. }),
+            "{}: {err:?}",
+            f.label
+        );
+
+        // 4. Roll the current pointer back to version 1 while version 2 exists.
+        sqlx::query("UPDATE current_resources SET version = 1 WHERE id = $1")
+            .bind(a.id.as_str())
+            .execute(s.pool())
+            .await
+            .unwrap();
+        let err = s.read(pt, &a.id).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Integrity { .. }),
+            "{}: {err:?}",
+            f.label
+        );
+    }
+}
+
+async fn set_sealed(s: &Store, id: &Id, version: i64, sealed: Vec<u8>) {
+    let done =
+        sqlx::query("UPDATE resource_versions SET sealed = $1 WHERE id = $2 AND version = $3")
+            .bind(sealed)
+            .bind(id.as_str())
+            .bind(version)
+            .execute(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(done.rows_affected(), 1);
+}
+
+#[tokio::test]
+async fn wrong_master_key_is_refused_and_right_one_reads() {
+    for f in fixtures().await {
+        let p = f.store.create(valid(patient("Key", "Kim"))).await.unwrap();
+        let err = f.reopen(&random_hex()).await.unwrap_err();
+        assert!(err.to_string().contains("master key"), "{}: {err}", f.label);
+        let again = f.reopen(&f.key).await.unwrap();
+        assert_eq!(
+            again.read(ResourceType::PATIENT, &p.id).await.unwrap().body,
+            p.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn transaction_is_atomic_and_resolves_references() {
+    for f in fixtures().await {
+        let s = &f.store;
+        let good = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                { "fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111",
+                  "resource": patient("Txn", "Tia"),
+                  "request": { "method": "POST", "url": "Patient" } },
+                { "fullUrl": "urn:uuid:22222222-2222-4222-8222-222222222222",
+                  "resource": {
+                    "resourceType": "Observation", "status": "final",
+                    "code": { "coding": [{ "system": "http://loinc.org", "code": "1-1" }] },
+                    "subject": { "reference": "urn:uuid:11111111-1111-4111-8111-111111111111" } },
+                  "request": { "method": "POST", "url": "Observation" } },
+            ]
+        });
+        let req = BundleRequest::parse(validator(), good, 100).unwrap();
+        let resp = s.bundle(req).await.unwrap();
+        assert_eq!(resp["type"], "transaction-response");
+        let obs = &resp["entry"][1]["resource"];
+        let pid = resp["entry"][0]["resource"]["id"].as_str().unwrap();
+        assert_eq!(
+            obs["subject"]["reference"],
+            format!("Patient/{pid}"),
+            "{}",
+            f.label
+        );
+
+        // A failing entry (stale If-Match on an existing resource) rolls back everything.
+        let mut upd = patient("Txn", "Changed");
+        upd["id"] = json!(pid);
+        let bad = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                { "resource": patient("Rollback", "Rita"),
+                  "request": { "method": "POST", "url": "Patient" } },
+                { "resource": upd,
+                  "request": { "method": "PUT", "url": format!("Patient/{pid}"), "ifMatch": "W/\"9\"" } },
+            ]
+        });
+        let req = BundleRequest::parse(validator(), bad, 100).unwrap();
+        let err = s.bundle(req).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Entry { index: 1, .. }),
+            "{}: {err:?}",
+            f.label
+        );
+        assert_eq!(err.http_status(), 412);
+        let pt = ResourceType::PATIENT;
+        let page = s
+            .search(pt, &query(pt, &[("family", "rollback")]))
+            .await
+            .unwrap();
+        assert_eq!(page.total, 0, "{}: rolled-back create is visible", f.label);
+        let still = s.read(pt, &Id::parse(pid).unwrap()).await.unwrap();
+        assert_eq!(still.version, 1);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_do_not_fail() {
+    for f in fixtures().await {
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let s = f.store.clone();
+            tasks.push(tokio::spawn(async move {
+                for j in 0..10 {
+                    s.create(valid(patient(&format!("Conc{i}x{j}"), "C")))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let pt = ResourceType::PATIENT;
+        let page = f
+            .store
+            .search(pt, &query(pt, &[("given", "c"), ("_count", "100")]))
+            .await
+            .unwrap();
+        assert_eq!(page.total, 80, "{}", f.label);
+    }
+}
