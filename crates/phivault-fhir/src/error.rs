@@ -34,6 +34,8 @@ pub enum IssueCode {
     Transient,
     /// Request processing failed (`processing`).
     Processing,
+    /// Informational note, e.g. on success (`informational`).
+    Informational,
 }
 
 impl IssueCode {
@@ -55,6 +57,7 @@ impl IssueCode {
             IssueCode::Exception => "exception",
             IssueCode::Transient => "transient",
             IssueCode::Processing => "processing",
+            IssueCode::Informational => "informational",
         }
     }
 }
@@ -146,7 +149,10 @@ impl FhirError {
                     FhirError::SchemaUnavailable(_) => IssueCode::Exception,
                     _ => IssueCode::Invalid,
                 },
-                path: String::new(),
+                path: match other {
+                    FhirError::BadBundleEntry { index, .. } => format!("Bundle.entry[{index}]"),
+                    _ => String::new(),
+                },
                 message: other.to_string(),
             }],
         }

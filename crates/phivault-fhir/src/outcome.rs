@@ -25,18 +25,18 @@ impl OperationOutcome {
         o
     }
 
-    /// An outcome with one informational issue (successful operations).
+    /// An outcome with one informational issue (successful operations), with the issue code
+    /// `informational`.
     pub fn information(message: impl Into<String>) -> Self {
         let mut o = Self::default();
         o.push(
             "information",
             Issue {
-                code: IssueCode::Processing,
+                code: IssueCode::Informational,
                 path: String::new(),
                 message: message.into(),
             },
         );
-        o.issues[0].1.code = IssueCode::Processing;
         o
     }
 

@@ -1,8 +1,51 @@
 //! Search parameters: definitions, index extraction, normalization, query parsing.
+//!
+//! The store keeps no plaintext index: for each [`IndexEntry`] it stores
+//! `HMAC(index_key, tenant|type|param|value)`, so search is equality of normalized values.
+//! Everything that decides *which* values are equal lives here, on both sides:
+//! [`index_entries`] produces the values of a resource and [`SearchQuery::parse`] the values a
+//! query looks for, through the same normalization. What each kind supports:
+//!
+//! * **string** (names): case- and accent-insensitive, matching the whole value, a whole
+//!   word, or a prefix (of the value or of a word) of at least [`MIN_PREFIX_CHARS`]
+//!   characters; `:exact` matches the trimmed raw value.
+//! * **token**: `code`, `system|code`, `|code` (no system); codes are case-sensitive.
+//! * **reference**: `Type/id` or a bare id (meaning `Patient/id`); relative references only.
+//! * **date**: equality at year, month or day precision (`2020`, `2020-03`, `2020-03-14`).
+//!
+//! Order comparisons (`lt`, `ge`, ...) and free-text modifiers cannot be served by a blind
+//! index and are refused with a message saying so.
+
+use std::collections::BTreeSet;
 
 use serde_json::Value;
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
 
 use crate::{FhirError, Id, ResourceType, ValidResource};
+use SearchParamKind::{Date, Reference, String as Str, Token};
+
+/// Shortest prefix of a name (in characters) that is indexed and can be searched as a prefix.
+const MIN_PREFIX_CHARS: usize = 3;
+
+/// Longest prefix (in characters) that is indexed; a longer query matches whole values and
+/// words only. Bounds the index entries of one value.
+const MAX_PREFIX_CHARS: usize = 64;
+
+/// At most this many words of one string value are indexed as words.
+const MAX_WORDS: usize = 16;
+
+/// At most this many comma-separated values in one search parameter.
+const MAX_OR_VALUES: usize = 100;
+
+/// Default page size.
+const DEFAULT_COUNT: usize = 50;
+
+/// Largest page size.
+const MAX_COUNT: usize = 1000;
+
+/// Parameter names quoted in messages are cut to this many characters.
+const MAX_NAME_CHARS: usize = 64;
 
 /// The kind of a search parameter, which fixes how its values are normalized and matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +61,18 @@ pub enum SearchParamKind {
     Date,
 }
 
+impl SearchParamKind {
+    /// The FHIR search parameter type (`string`, `token`, `reference`, `date`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SearchParamKind::String => "string",
+            SearchParamKind::Token => "token",
+            SearchParamKind::Reference => "reference",
+            SearchParamKind::Date => "date",
+        }
+    }
+}
+
 /// A search parameter this server supports for a type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SearchParamDef {
@@ -29,9 +84,254 @@ pub struct SearchParamDef {
     pub expression: &'static str,
 }
 
+// The table. Each expression is `Type.path | Type.path ...` over element names (arrays are
+// flattened); it is both documentation and what `index_entries` evaluates. A `where(...)`
+// step is documentation only: the `patient` parameter keeps references to a Patient by name.
+
+const fn def(
+    name: &'static str,
+    kind: SearchParamKind,
+    expression: &'static str,
+) -> SearchParamDef {
+    SearchParamDef {
+        name,
+        kind,
+        expression,
+    }
+}
+
+const PATIENT: &[SearchParamDef] = &[
+    def(
+        "name",
+        Str,
+        "Patient.name.family | Patient.name.given | Patient.name.text | Patient.name.prefix | Patient.name.suffix",
+    ),
+    def("family", Str, "Patient.name.family"),
+    def("given", Str, "Patient.name.given"),
+    def("identifier", Token, "Patient.identifier"),
+    def("gender", Token, "Patient.gender"),
+    def("birthdate", Date, "Patient.birthDate"),
+];
+
+const PRACTITIONER: &[SearchParamDef] = &[
+    def(
+        "name",
+        Str,
+        "Practitioner.name.family | Practitioner.name.given | Practitioner.name.text | Practitioner.name.prefix | Practitioner.name.suffix",
+    ),
+    def("family", Str, "Practitioner.name.family"),
+    def("given", Str, "Practitioner.name.given"),
+    def("identifier", Token, "Practitioner.identifier"),
+];
+
+const PRACTITIONER_ROLE: &[SearchParamDef] =
+    &[def("identifier", Token, "PractitionerRole.identifier")];
+
+const ORGANIZATION: &[SearchParamDef] = &[
+    def("name", Str, "Organization.name"),
+    def("identifier", Token, "Organization.identifier"),
+];
+
+const LOCATION: &[SearchParamDef] = &[def("identifier", Token, "Location.identifier")];
+
+const CARE_TEAM: &[SearchParamDef] = &[
+    def("identifier", Token, "CareTeam.identifier"),
+    def("status", Token, "CareTeam.status"),
+    def(
+        "patient",
+        Reference,
+        "CareTeam.subject.where(resolve() is Patient)",
+    ),
+    def("subject", Reference, "CareTeam.subject"),
+];
+
+const ENCOUNTER: &[SearchParamDef] = &[
+    def("identifier", Token, "Encounter.identifier"),
+    def("code", Token, "Encounter.type"),
+    def("status", Token, "Encounter.status"),
+    def(
+        "patient",
+        Reference,
+        "Encounter.subject.where(resolve() is Patient)",
+    ),
+    def("subject", Reference, "Encounter.subject"),
+    def("date", Date, "Encounter.period.start"),
+];
+
+const OBSERVATION: &[SearchParamDef] = &[
+    def("identifier", Token, "Observation.identifier"),
+    def("code", Token, "Observation.code"),
+    def("status", Token, "Observation.status"),
+    def(
+        "patient",
+        Reference,
+        "Observation.subject.where(resolve() is Patient)",
+    ),
+    def("subject", Reference, "Observation.subject"),
+    def(
+        "date",
+        Date,
+        "Observation.effectiveDateTime | Observation.effectivePeriod.start | Observation.effectiveInstant | Observation.issued",
+    ),
+];
+
+const CONDITION: &[SearchParamDef] = &[
+    def("identifier", Token, "Condition.identifier"),
+    def("code", Token, "Condition.code"),
+    def("clinical-status", Token, "Condition.clinicalStatus"),
+    def(
+        "patient",
+        Reference,
+        "Condition.subject.where(resolve() is Patient)",
+    ),
+    def("subject", Reference, "Condition.subject"),
+    def(
+        "date",
+        Date,
+        "Condition.onsetDateTime | Condition.recordedDate",
+    ),
+];
+
+const PROCEDURE: &[SearchParamDef] = &[
+    def("identifier", Token, "Procedure.identifier"),
+    def("code", Token, "Procedure.code"),
+    def("status", Token, "Procedure.status"),
+    def(
+        "patient",
+        Reference,
+        "Procedure.subject.where(resolve() is Patient)",
+    ),
+    def("subject", Reference, "Procedure.subject"),
+    def(
+        "date",
+        Date,
+        "Procedure.performedDateTime | Procedure.performedPeriod.start",
+    ),
+];
+
+const MEDICATION_REQUEST: &[SearchParamDef] = &[
+    def("identifier", Token, "MedicationRequest.identifier"),
+    def("code", Token, "MedicationRequest.medicationCodeableConcept"),
+    def("status", Token, "MedicationRequest.status"),
+    def(
+        "patient",
+        Reference,
+        "MedicationRequest.subject.where(resolve() is Patient)",
+    ),
+    def("subject", Reference, "MedicationRequest.subject"),
+    def("date", Date, "MedicationRequest.authoredOn"),
+];
+
+const ALLERGY_INTOLERANCE: &[SearchParamDef] = &[
+    def("identifier", Token, "AllergyIntolerance.identifier"),
+    def("code", Token, "AllergyIntolerance.code"),
+    def(
+        "clinical-status",
+        Token,
+        "AllergyIntolerance.clinicalStatus",
+    ),
+    def("patient", Reference, "AllergyIntolerance.patient"),
+    def("subject", Reference, "AllergyIntolerance.patient"),
+    def(
+        "date",
+        Date,
+        "AllergyIntolerance.recordedDate | AllergyIntolerance.onsetDateTime",
+    ),
+];
+
+const IMMUNIZATION: &[SearchParamDef] = &[
+    def("identifier", Token, "Immunization.identifier"),
+    def("code", Token, "Immunization.vaccineCode"),
+    def("status", Token, "Immunization.status"),
+    def("patient", Reference, "Immunization.patient"),
+    def("subject", Reference, "Immunization.patient"),
+    def("date", Date, "Immunization.occurrenceDateTime"),
+];
+
+const DIAGNOSTIC_REPORT: &[SearchParamDef] = &[
+    def("identifier", Token, "DiagnosticReport.identifier"),
+    def("code", Token, "DiagnosticReport.code"),
+    def("status", Token, "DiagnosticReport.status"),
+    def(
+        "patient",
+        Reference,
+        "DiagnosticReport.subject.where(resolve() is Patient)",
+    ),
+    def("subject", Reference, "DiagnosticReport.subject"),
+    def(
+        "date",
+        Date,
+        "DiagnosticReport.effectiveDateTime | DiagnosticReport.effectivePeriod.start",
+    ),
+];
+
+const DOCUMENT_REFERENCE: &[SearchParamDef] = &[
+    def("identifier", Token, "DocumentReference.identifier"),
+    def("code", Token, "DocumentReference.type"),
+    def("status", Token, "DocumentReference.status"),
+    def(
+        "patient",
+        Reference,
+        "DocumentReference.subject.where(resolve() is Patient)",
+    ),
+    def("subject", Reference, "DocumentReference.subject"),
+    def("date", Date, "DocumentReference.date"),
+];
+
+const CARE_PLAN: &[SearchParamDef] = &[
+    def("identifier", Token, "CarePlan.identifier"),
+    def("code", Token, "CarePlan.category"),
+    def("status", Token, "CarePlan.status"),
+    def(
+        "patient",
+        Reference,
+        "CarePlan.subject.where(resolve() is Patient)",
+    ),
+    def("subject", Reference, "CarePlan.subject"),
+    def("date", Date, "CarePlan.period.start"),
+];
+
+const CONSENT: &[SearchParamDef] = &[
+    def("identifier", Token, "Consent.identifier"),
+    def("code", Token, "Consent.category"),
+    def("status", Token, "Consent.status"),
+    def("patient", Reference, "Consent.patient"),
+    def("subject", Reference, "Consent.patient"),
+    def("date", Date, "Consent.dateTime"),
+];
+
+const TASK: &[SearchParamDef] = &[
+    def("identifier", Token, "Task.identifier"),
+    def("code", Token, "Task.code"),
+    def("status", Token, "Task.status"),
+    def("patient", Reference, "Task.for.where(resolve() is Patient)"),
+    def("subject", Reference, "Task.for"),
+    def("date", Date, "Task.authoredOn"),
+];
+
 /// The parameters supported for `rtype` (not counting `_id`, `_count`, which apply to all).
 pub fn search_params(rtype: ResourceType) -> &'static [SearchParamDef] {
-    todo!()
+    match rtype.as_str() {
+        "Patient" => PATIENT,
+        "Practitioner" => PRACTITIONER,
+        "PractitionerRole" => PRACTITIONER_ROLE,
+        "Organization" => ORGANIZATION,
+        "Location" => LOCATION,
+        "CareTeam" => CARE_TEAM,
+        "Encounter" => ENCOUNTER,
+        "Observation" => OBSERVATION,
+        "Condition" => CONDITION,
+        "Procedure" => PROCEDURE,
+        "MedicationRequest" => MEDICATION_REQUEST,
+        "AllergyIntolerance" => ALLERGY_INTOLERANCE,
+        "Immunization" => IMMUNIZATION,
+        "DiagnosticReport" => DIAGNOSTIC_REPORT,
+        "DocumentReference" => DOCUMENT_REFERENCE,
+        "CarePlan" => CARE_PLAN,
+        "Consent" => CONSENT,
+        "Task" => TASK,
+        _ => &[],
+    }
 }
 
 /// One value to put in the blind index: `(param, normalized value)`. The store hashes
@@ -46,9 +346,199 @@ pub struct IndexEntry {
     pub value: String,
 }
 
+impl IndexEntry {
+    fn new(param: impl Into<String>, value: impl Into<String>) -> Self {
+        IndexEntry {
+            param: param.into(),
+            value: value.into(),
+        }
+    }
+}
+
 /// Every index entry of a resource (deduplicated, sorted).
 pub fn index_entries(resource: &ValidResource) -> Vec<IndexEntry> {
-    todo!()
+    let mut out = BTreeSet::new();
+    for def in search_params(resource.resource_type()) {
+        for value in values_at(resource.body(), def.expression) {
+            match def.kind {
+                SearchParamKind::String => index_string(def.name, value, &mut out),
+                SearchParamKind::Token => index_token(def.name, value, &mut out),
+                SearchParamKind::Reference => {
+                    if let Some(target) = reference_target(def.name, value) {
+                        out.insert(IndexEntry::new(def.name, target));
+                    }
+                }
+                SearchParamKind::Date => {
+                    if let Some(date) = value.as_str() {
+                        for v in date_precisions(date) {
+                            out.insert(IndexEntry::new(def.name, v));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The values an expression selects in a body, arrays flattened.
+fn values_at<'v>(body: &'v Value, expression: &str) -> Vec<&'v Value> {
+    let mut out = Vec::new();
+    for path in expression.split('|') {
+        let mut current = vec![body];
+        // The first step is the type name; `where(...)` steps are documentation.
+        for step in path
+            .trim()
+            .split('.')
+            .skip(1)
+            .filter(|s| !s.starts_with("where("))
+        {
+            let mut next = Vec::new();
+            for value in current {
+                match value.get(step) {
+                    Some(Value::Array(items)) => next.extend(items.iter()),
+                    Some(item) => next.push(item),
+                    None => {}
+                }
+            }
+            current = next;
+        }
+        out.extend(current);
+    }
+    out
+}
+
+/// Name entries: the normalized value, its words, their prefixes; the raw value as `:exact`.
+fn index_string(param: &str, value: &Value, out: &mut BTreeSet<IndexEntry>) {
+    let Some(raw) = value.as_str() else {
+        return;
+    };
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return;
+    }
+    out.insert(IndexEntry::new(format!("{param}:exact"), trimmed));
+    let normalized = normalize_string(trimmed);
+    if normalized.is_empty() {
+        return;
+    }
+    push_with_prefixes(param, &normalized, out);
+    if normalized.contains(' ') {
+        for word in normalized.split(' ').take(MAX_WORDS) {
+            push_with_prefixes(param, word, out);
+        }
+    }
+}
+
+/// `value` and each of its prefixes of [`MIN_PREFIX_CHARS`]..=[`MAX_PREFIX_CHARS`] characters
+/// (a prefix ending in a space is skipped: a normalized query never ends in one).
+fn push_with_prefixes(param: &str, value: &str, out: &mut BTreeSet<IndexEntry>) {
+    out.insert(IndexEntry::new(param, value));
+    for (count, (end, c)) in value
+        .char_indices()
+        .map(|(i, c)| (i + c.len_utf8(), c))
+        .enumerate()
+        .map(|(n, x)| (n + 1, x))
+    {
+        if count > MAX_PREFIX_CHARS {
+            break;
+        }
+        if count >= MIN_PREFIX_CHARS && c != ' ' {
+            out.insert(IndexEntry::new(param, &value[..end]));
+        }
+    }
+}
+
+/// Token entries of a code, Coding, CodeableConcept or Identifier.
+fn index_token(param: &str, value: &Value, out: &mut BTreeSet<IndexEntry>) {
+    let mut push = |system: Option<&str>, code: Option<&str>| {
+        let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
+            return;
+        };
+        let system = system.map(str::trim).unwrap_or_default();
+        out.insert(IndexEntry::new(param, format!("{system}|{code}")));
+        out.insert(IndexEntry::new(param, format!("*|{code}")));
+    };
+    fn text<'v>(value: &'v Value, key: &str) -> Option<&'v str> {
+        value.get(key).and_then(Value::as_str)
+    }
+    match value {
+        Value::String(code) => push(None, Some(code)),
+        Value::Object(object) => {
+            if let Some(codings) = object.get("coding").and_then(Value::as_array) {
+                for coding in codings {
+                    push(text(coding, "system"), text(coding, "code"));
+                }
+            } else if object.contains_key("value") {
+                push(text(value, "system"), text(value, "value"));
+            } else {
+                push(text(value, "system"), text(value, "code"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The indexed form of a Reference element for `param`: `Type/id` (relative references only),
+/// and for `patient` only references to a Patient.
+fn reference_target(param: &str, value: &Value) -> Option<String> {
+    let reference = value.get("reference").and_then(Value::as_str)?;
+    let (rtype, id) = parse_relative_reference(reference)?;
+    if param == "patient" && rtype != "Patient" {
+        return None;
+    }
+    Some(format!("{rtype}/{id}"))
+}
+
+/// `Type/id` or `Type/id/_history/n` -> `(Type, id)`; anything else (absolute URLs,
+/// `urn:uuid:`, `#contained`) is `None`.
+fn parse_relative_reference(reference: &str) -> Option<(&str, Id)> {
+    let parts: Vec<&str> = reference.split('/').collect();
+    let (rtype, id) = match parts.as_slice() {
+        [rtype, id] => (*rtype, *id),
+        [rtype, id, "_history", version]
+            if !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (*rtype, *id)
+        }
+        _ => return None,
+    };
+    if !is_type_name(rtype) {
+        return None;
+    }
+    Some((rtype, Id::parse(id).ok()?))
+}
+
+/// A FHIR resource type name: an upper-case ASCII letter, then ASCII letters.
+fn is_type_name(s: &str) -> bool {
+    s.len() <= MAX_NAME_CHARS
+        && s.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
+        && s.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
+/// `YYYY`, `YYYY-MM`, `YYYY-MM-DD` of a date, dateTime or instant, as far as present.
+fn date_precisions(value: &str) -> Vec<String> {
+    let date = value.split('T').next().unwrap_or_default();
+    let parts: Vec<&str> = date.split('-').collect();
+    let well_formed = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit());
+    let mut out = Vec::new();
+    match parts.as_slice() {
+        [y, rest @ ..] if well_formed(y, 4) && rest.len() <= 2 => {
+            out.push((*y).to_owned());
+            if let [m, rest @ ..] = rest
+                && well_formed(m, 2)
+            {
+                out.push(format!("{y}-{m}"));
+                if let [d] = rest
+                    && well_formed(d, 2)
+                {
+                    out.push(format!("{y}-{m}-{d}"));
+                }
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 /// The patient compartment a resource belongs to: the Patient's own id, or the id in its
@@ -56,13 +546,38 @@ pub fn index_entries(resource: &ValidResource) -> Vec<IndexEntry> {
 /// any compartment (Practitioner, Organization, ...) and for references that are not to a
 /// Patient. For a Patient without an id yet, `None`.
 pub fn compartment_patient(resource: &ValidResource) -> Option<Id> {
-    todo!()
+    if resource.resource_type() == ResourceType::PATIENT {
+        return resource.id();
+    }
+    // The `patient` search parameter names the element that links a resource to its patient.
+    let def = search_params(resource.resource_type())
+        .iter()
+        .find(|d| d.name == "patient")?;
+    values_at(resource.body(), def.expression)
+        .into_iter()
+        .filter_map(|v| v.get("reference").and_then(Value::as_str))
+        .filter_map(parse_relative_reference)
+        .find(|(rtype, _)| *rtype == "Patient")
+        .map(|(_, id)| id)
 }
 
 /// Case/accent-insensitive normal form: NFKD, combining marks removed, lower-case,
 /// whitespace collapsed, trimmed.
 pub fn normalize_string(s: &str) -> String {
-    todo!()
+    let folded: String = s
+        .nfkd()
+        .filter(|c| !is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .filter(|c| !is_combining_mark(*c))
+        .collect();
+    let mut out = String::with_capacity(folded.len());
+    for word in folded.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
 }
 
 /// One parsed search parameter: the entries to match (OR between them).
@@ -102,9 +617,928 @@ impl SearchQuery {
         pairs: &[(String, String)],
         lenient: bool,
     ) -> Result<SearchQuery, FhirError> {
-        todo!()
+        let mut query = SearchQuery {
+            ids: None,
+            params: Vec::new(),
+            count: DEFAULT_COUNT,
+            offset: 0,
+            ignored: Vec::new(),
+        };
+        for (name, value) in pairs {
+            match name.as_str() {
+                "_id" => {
+                    let ids = parse_ids(value)?;
+                    query.ids = Some(match query.ids.take() {
+                        // `_id` repeated: AND, so only ids in both lists.
+                        Some(before) => before.into_iter().filter(|i| ids.contains(i)).collect(),
+                        None => ids,
+                    });
+                }
+                "_count" => {
+                    query.count = value
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_COUNT).contains(n))
+                        .ok_or_else(|| {
+                            bad(name, format!("must be an integer from 1 to {MAX_COUNT}"))
+                        })?;
+                }
+                "_offset" => {
+                    query.offset = value
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| bad(name, "must be a non-negative integer"))?;
+                }
+                "_format" => {
+                    // A `+` sent unencoded arrives as a space.
+                    if !matches!(
+                        value.trim(),
+                        "json"
+                            | "application/json"
+                            | "application/fhir+json"
+                            | "application/fhir json"
+                    ) {
+                        return Err(bad(
+                            name,
+                            "only json, application/json and application/fhir+json are supported",
+                        ));
+                    }
+                }
+                _ => {
+                    let (base, modifier) = match name.split_once(':') {
+                        Some((base, modifier)) => (base, Some(modifier)),
+                        None => (name.as_str(), None),
+                    };
+                    match search_params(rtype).iter().find(|d| d.name == base) {
+                        Some(def) => query.params.push(parse_param(def, name, modifier, value)?),
+                        None if lenient => query.ignored.push(truncate(name)),
+                        None => return Err(FhirError::UnknownSearchParam(truncate(name))),
+                    }
+                }
+            }
+        }
+        Ok(query)
     }
 }
 
-#[allow(dead_code)]
-fn _unused(_: &Value) {}
+/// A `BadSearchValue` for `param`.
+fn bad(param: &str, message: impl Into<String>) -> FhirError {
+    FhirError::BadSearchValue {
+        param: truncate(param),
+        message: message.into(),
+    }
+}
+
+/// At most [`MAX_NAME_CHARS`] characters of a client-chosen name.
+fn truncate(s: &str) -> String {
+    s.chars().take(MAX_NAME_CHARS).collect()
+}
+
+/// `_id=a,b`: valid ids only.
+fn parse_ids(value: &str) -> Result<Vec<Id>, FhirError> {
+    let parts = split_unescaped(value, ',');
+    if parts.len() > MAX_OR_VALUES {
+        return Err(bad(
+            "_id",
+            format!("too many values (limit {MAX_OR_VALUES})"),
+        ));
+    }
+    parts
+        .iter()
+        .map(|p| Id::parse(unescape(p).trim()).map_err(|_| bad("_id", "not a valid id")))
+        .collect()
+}
+
+/// One indexed parameter: each comma-separated value to its index entry.
+fn parse_param(
+    def: &SearchParamDef,
+    name: &str,
+    modifier: Option<&str>,
+    value: &str,
+) -> Result<SearchParam, FhirError> {
+    let modifier_refused = |m: &str| {
+        bad(
+            name,
+            format!(
+                "modifier ':{}' is not supported on encrypted indexes",
+                truncate(m)
+            ),
+        )
+    };
+    let parts = split_unescaped(value, ',');
+    if parts.len() > MAX_OR_VALUES {
+        return Err(bad(
+            name,
+            format!("too many values (limit {MAX_OR_VALUES})"),
+        ));
+    }
+    let mut any_of = Vec::with_capacity(parts.len());
+    for part in parts {
+        let entry = match def.kind {
+            SearchParamKind::String => match modifier {
+                None => {
+                    let normalized = normalize_string(&unescape(&part));
+                    if normalized.is_empty() {
+                        return Err(bad(name, "empty value"));
+                    }
+                    IndexEntry::new(def.name, normalized)
+                }
+                Some("exact") => {
+                    let raw = unescape(&part);
+                    let raw = raw.trim();
+                    if raw.is_empty() {
+                        return Err(bad(name, "empty value"));
+                    }
+                    IndexEntry::new(format!("{}:exact", def.name), raw)
+                }
+                Some(m) => return Err(modifier_refused(m)),
+            },
+            SearchParamKind::Token => match modifier {
+                None => IndexEntry::new(def.name, parse_token(name, &part)?),
+                Some(m) => return Err(modifier_refused(m)),
+            },
+            SearchParamKind::Reference => {
+                let target_type = match modifier {
+                    None => None,
+                    Some(m) if is_type_name(m) => Some(m),
+                    Some(m) => return Err(modifier_refused(m)),
+                };
+                let target = parse_reference_query(def.name, name, target_type, &part)?;
+                IndexEntry::new(def.name, target)
+            }
+            SearchParamKind::Date => match modifier {
+                None => IndexEntry::new(def.name, parse_date_query(name, &unescape(&part))?),
+                Some(m) => return Err(modifier_refused(m)),
+            },
+        };
+        if !any_of.contains(&entry) {
+            any_of.push(entry);
+        }
+    }
+    Ok(SearchParam {
+        name: name.to_owned(),
+        raw: value.to_owned(),
+        any_of,
+    })
+}
+
+/// `code` -> `*|code`; `system|code` -> `system|code`; `|code` -> `|code`.
+fn parse_token(name: &str, part: &str) -> Result<String, FhirError> {
+    let pieces = split_unescaped(part, '|');
+    match pieces.as_slice() {
+        [code] => {
+            let code = unescape(code);
+            let code = code.trim();
+            if code.is_empty() {
+                return Err(bad(name, "empty value"));
+            }
+            Ok(format!("*|{code}"))
+        }
+        [system, rest @ ..] => {
+            // The code is everything after the first `|`.
+            let code = unescape(&rest.join("|"));
+            let code = code.trim();
+            if code.is_empty() {
+                return Err(bad(
+                    name,
+                    "a system without a code (system|) is not supported; give system|code",
+                ));
+            }
+            Ok(format!("{}|{code}", unescape(system).trim()))
+        }
+        [] => Err(bad(name, "empty value")),
+    }
+}
+
+/// `Type/id`, `Type/id/_history/n` or a bare `id` (a Patient, or the `:Type` modifier's type)
+/// -> `Type/id`.
+fn parse_reference_query(
+    param: &str,
+    name: &str,
+    target_type: Option<&str>,
+    part: &str,
+) -> Result<String, FhirError> {
+    let value = unescape(part);
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(bad(name, "empty value"));
+    }
+    let (rtype, id) = if value.contains('/') {
+        let (rtype, id) = parse_relative_reference(value).ok_or_else(|| {
+            bad(
+                name,
+                "not a valid reference (Type/id or id; relative references only)",
+            )
+        })?;
+        if target_type.is_some_and(|t| t != rtype) {
+            return Err(bad(
+                name,
+                "the reference type differs from the :Type modifier",
+            ));
+        }
+        (rtype.to_owned(), id)
+    } else {
+        let id = Id::parse(value).map_err(|_| bad(name, "not a valid id"))?;
+        (target_type.unwrap_or("Patient").to_owned(), id)
+    };
+    if param == "patient" && rtype != "Patient" {
+        return Err(bad(name, "must reference a Patient"));
+    }
+    Ok(format!("{rtype}/{id}"))
+}
+
+/// `[eq]YYYY`, `[eq]YYYY-MM`, `[eq]YYYY-MM-DD` -> the date; anything else is refused.
+fn parse_date_query(name: &str, part: &str) -> Result<String, FhirError> {
+    let value = part.trim();
+    let value = match value.get(..2) {
+        Some("eq") => &value[2..],
+        Some(p @ ("ne" | "lt" | "gt" | "le" | "ge" | "sa" | "eb" | "ap")) => {
+            return Err(bad(
+                name,
+                format!(
+                    "prefix '{p}' is not supported: only equality at day, month or year \
+                     precision is supported on encrypted indexes"
+                ),
+            ));
+        }
+        _ => value,
+    };
+    if value.contains('T') {
+        return Err(bad(
+            name,
+            "a time is not supported: only equality at day, month or year precision is \
+             supported on encrypted indexes",
+        ));
+    }
+    let malformed = || bad(name, "not a valid date (YYYY, YYYY-MM or YYYY-MM-DD)");
+    let parts: Vec<&str> = value.split('-').collect();
+    let number = |s: &str, len: usize| -> Result<u16, FhirError> {
+        if s.len() == len && s.bytes().all(|b| b.is_ascii_digit()) {
+            s.parse::<u16>().map_err(|_| malformed())
+        } else {
+            Err(malformed())
+        }
+    };
+    let year = parts
+        .first()
+        .map_or_else(|| Err(malformed()), |y| number(y, 4))?;
+    if year == 0 || parts.len() > 3 {
+        return Err(malformed());
+    }
+    if let Some(month) = parts.get(1) {
+        let month =
+            time::Month::try_from(u8::try_from(number(month, 2)?).map_err(|_| malformed())?)
+                .map_err(|_| malformed())?;
+        if let Some(day) = parts.get(2) {
+            let day = u8::try_from(number(day, 2)?).map_err(|_| malformed())?;
+            time::Date::from_calendar_date(i32::from(year), month, day).map_err(|_| malformed())?;
+        }
+    }
+    Ok(value.to_owned())
+}
+
+/// Splits on `sep` where it is not escaped by a backslash; escapes are kept (see [`unescape`]).
+fn split_unescaped(s: &str, sep: char) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            current.push(c);
+            if let Some(next) = chars.next() {
+                current.push(next);
+            }
+        } else if c == sep {
+            parts.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
+        }
+    }
+    parts.push(current);
+    parts
+}
+
+/// Removes the search escapes `\,`, `\|`, `\$` and `\\`; other backslashes stay.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\'
+            && let Some(&next) = chars.peek()
+            && matches!(next, ',' | '|' | '$' | '\\')
+        {
+            out.push(next);
+            chars.next();
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::validate::tests::{condition, observation, synthea_patient, validator};
+
+    fn entry(param: &str, value: &str) -> IndexEntry {
+        IndexEntry::new(param, value)
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn entries_of(body: serde_json::Value) -> Vec<IndexEntry> {
+        index_entries(&validator().validate(body, None).unwrap())
+    }
+
+    #[test]
+    fn normalization_vectors() {
+        let cases = [
+            ("  José  ÁLVAREZ ", "jose alvarez"),
+            ("Smith", "smith"),
+            ("O'Brien", "o'brien"),
+            ("Zoë\tMüller\n", "zoe muller"),
+            ("ＡＢＣ", "abc"),
+            ("ﬁnn", "finn"),
+            ("Ångström", "angstrom"),
+            ("Łukasz", "łukasz"),
+            ("Straße", "straße"),
+            ("İstanbul", "istanbul"),
+            ("Nguyễn Văn", "nguyen van"),
+            ("   ", ""),
+            ("", ""),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalize_string(input), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn every_type_has_identifier_and_sound_expressions() {
+        for rtype in ResourceType::all() {
+            let defs = search_params(rtype);
+            assert!(defs.iter().any(|d| d.name == "identifier"), "{rtype}");
+            for d in defs {
+                for path in d.expression.split('|') {
+                    assert!(
+                        path.trim().starts_with(&format!("{rtype}.")),
+                        "{rtype} {d:?}"
+                    );
+                }
+                assert_eq!(defs.iter().filter(|x| x.name == d.name).count(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn patient_index_entries() {
+        let entries = entries_of(synthea_patient());
+        let expected = [
+            entry("family", "alvarez"),
+            entry("family", "alv"),
+            entry("family", "alva"),
+            entry("family", "alvare"),
+            entry("family:exact", "Álvarez"),
+            entry("family", "smith-jones"),
+            entry("family", "smi"),
+            entry("given", "jose"),
+            entry("given", "jos"),
+            entry("given", "maria"),
+            entry("given", "jo"),
+            entry("given:exact", "José"),
+            entry("name", "alvarez"),
+            entry("name", "jose"),
+            entry("name", "mr."),
+            entry("name:exact", "Mr."),
+            entry("identifier", "http://hl7.org/fhir/sid/us-ssn|999-41-1742"),
+            entry("identifier", "*|999-41-1742"),
+            entry("gender", "|male"),
+            entry("gender", "*|male"),
+            entry("birthdate", "1970"),
+            entry("birthdate", "1970-04"),
+            entry("birthdate", "1970-04-13"),
+        ];
+        for e in &expected {
+            assert!(entries.contains(e), "missing {e:?}");
+        }
+        // Two-letter prefixes are not indexed; "jo" above is a whole given name.
+        assert!(!entries.contains(&entry("family", "al")));
+        assert!(!entries.contains(&entry("given", "ma")));
+        // Sorted and deduplicated.
+        let mut sorted = entries.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, entries);
+        // Every param key is a declared parameter (or its :exact form).
+        for e in &entries {
+            let base = e.param.strip_suffix(":exact").unwrap_or(&e.param);
+            assert!(PATIENT.iter().any(|d| d.name == base), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn multi_word_names_index_words_and_prefixes() {
+        let entries = entries_of(json!({
+            "resourceType": "Patient",
+            "name": [{"family": "van der Berg"}]
+        }));
+        for value in [
+            "van der berg",
+            "van der",
+            "van d",
+            "van",
+            "der",
+            "berg",
+            "ber",
+        ] {
+            assert!(entries.contains(&entry("family", value)), "{value}");
+        }
+        assert!(!entries.contains(&entry("family", "van ")));
+        assert!(entries.contains(&entry("family:exact", "van der Berg")));
+    }
+
+    #[test]
+    fn long_values_are_bounded() {
+        let long = "x".repeat(10_000);
+        let words = vec!["word"; 1000].join(" ");
+        let entries = entries_of(json!({
+            "resourceType": "Patient",
+            "name": [{"family": long, "text": words}]
+        }));
+        assert!(entries.len() < 300, "{}", entries.len());
+    }
+
+    #[test]
+    fn clinical_index_entries() {
+        let obs = entries_of(observation());
+        for e in [
+            entry("code", "http://loinc.org|8302-2"),
+            entry("code", "*|8302-2"),
+            entry("status", "|final"),
+            entry("status", "*|final"),
+            entry("patient", "Patient/b0a3fa2c-6b0e-4d8a-9a43-7fdd4bb8d1c3"),
+            entry("subject", "Patient/b0a3fa2c-6b0e-4d8a-9a43-7fdd4bb8d1c3"),
+            entry("date", "2019"),
+            entry("date", "2019-03"),
+            entry("date", "2019-03-14"),
+        ] {
+            assert!(obs.contains(&e), "missing {e:?} in {obs:?}");
+        }
+        // Category is not the code.
+        assert!(!obs.contains(&entry("code", "*|vital-signs")));
+
+        let cond = entries_of(condition());
+        for e in [
+            entry(
+                "clinical-status",
+                "http://terminology.hl7.org/CodeSystem/condition-clinical|active",
+            ),
+            entry("clinical-status", "*|active"),
+            entry("code", "http://snomed.info/sct|44054006"),
+            entry("patient", "Patient/p1"),
+            entry("date", "2001-07-02"),
+        ] {
+            assert!(cond.contains(&e), "missing {e:?} in {cond:?}");
+        }
+
+        // References to other types index under subject only; absolute and urn references not.
+        let enc = entries_of(json!({
+            "resourceType": "Encounter", "status": "finished",
+            "class": {"code": "AMB"},
+            "type": [{"coding": [{"code": "x1"}]}, {"coding": [{"system": "s", "code": "x2"}]}],
+            "subject": {"reference": "Group/g1"}
+        }));
+        assert!(enc.contains(&entry("subject", "Group/g1")));
+        assert!(!enc.iter().any(|e| e.param == "patient"));
+        assert!(enc.contains(&entry("code", "|x1")));
+        assert!(enc.contains(&entry("code", "*|x1")));
+        assert!(enc.contains(&entry("code", "s|x2")));
+        for reference in [
+            "http://other.example/fhir/Patient/p1",
+            "urn:uuid:0c3151bd-1cbf-4d64-b04d-cd9187a4c6e0",
+            "#p1",
+        ] {
+            let entries = entries_of(json!({
+                "resourceType": "Condition", "subject": {"reference": reference}
+            }));
+            assert!(
+                !entries
+                    .iter()
+                    .any(|e| e.param == "subject" || e.param == "patient"),
+                "{reference}"
+            );
+        }
+    }
+
+    #[test]
+    fn compartments() {
+        let v = validator();
+        let cases = [
+            (
+                synthea_patient(),
+                Some("b0a3fa2c-6b0e-4d8a-9a43-7fdd4bb8d1c3"),
+            ),
+            (json!({"resourceType": "Patient"}), None),
+            (observation(), Some("b0a3fa2c-6b0e-4d8a-9a43-7fdd4bb8d1c3")),
+            (condition(), Some("p1")),
+            (
+                json!({"resourceType": "AllergyIntolerance", "patient": {"reference": "Patient/a1"}}),
+                Some("a1"),
+            ),
+            (
+                json!({"resourceType": "Task", "intent": "order", "status": "ready", "for": {"reference": "Patient/t1"}}),
+                Some("t1"),
+            ),
+            (
+                json!({"resourceType": "CareTeam", "subject": {"reference": "Patient/c1"}}),
+                Some("c1"),
+            ),
+            (
+                json!({"resourceType": "Consent", "status": "active", "scope": {"text": "x"},
+                    "category": [{"text": "x"}], "patient": {"reference": "Patient/k1"}}),
+                Some("k1"),
+            ),
+            (
+                json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                    "subject": {"reference": "Group/g1"}}),
+                None,
+            ),
+            (json!({"resourceType": "Practitioner", "id": "d1"}), None),
+            (json!({"resourceType": "Organization", "id": "o1"}), None),
+        ];
+        for (body, expected) in cases {
+            let resource = v.validate(body, None).unwrap();
+            assert_eq!(
+                compartment_patient(&resource).as_ref().map(Id::as_str),
+                expected,
+                "{resource:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_vectors() {
+        let p = ResourceType::PATIENT;
+        let obs = ResourceType::parse("Observation").unwrap();
+        // (type, pairs, expected any_of of each param)
+        type Case = (ResourceType, Vec<(String, String)>, Vec<Vec<IndexEntry>>);
+        let cases: Vec<Case> = vec![
+            (
+                p,
+                pairs(&[("family", "Smi")]),
+                vec![vec![entry("family", "smi")]],
+            ),
+            (
+                p,
+                pairs(&[("family", " ÁLVAREZ ")]),
+                vec![vec![entry("family", "alvarez")]],
+            ),
+            (
+                p,
+                pairs(&[("family", "Li")]),
+                vec![vec![entry("family", "li")]],
+            ),
+            (
+                p,
+                pairs(&[("family:exact", "Álvarez")]),
+                vec![vec![entry("family:exact", "Álvarez")]],
+            ),
+            (
+                p,
+                pairs(&[("name", "jo,smith")]),
+                vec![vec![entry("name", "jo"), entry("name", "smith")]],
+            ),
+            (
+                p,
+                pairs(&[("name", r"a\,b")]),
+                vec![vec![entry("name", "a,b")]],
+            ),
+            (
+                p,
+                pairs(&[("given", "Jo"), ("given", "Mar")]),
+                vec![vec![entry("given", "jo")], vec![entry("given", "mar")]],
+            ),
+            (
+                p,
+                pairs(&[("gender", "male")]),
+                vec![vec![entry("gender", "*|male")]],
+            ),
+            (
+                p,
+                pairs(&[("identifier", "http://hl7.org/fhir/sid/us-ssn|999-41-1742")]),
+                vec![vec![entry(
+                    "identifier",
+                    "http://hl7.org/fhir/sid/us-ssn|999-41-1742",
+                )]],
+            ),
+            (
+                p,
+                pairs(&[("identifier", "|abc")]),
+                vec![vec![entry("identifier", "|abc")]],
+            ),
+            (
+                p,
+                pairs(&[("identifier", r"s|a\|b")]),
+                vec![vec![entry("identifier", "s|a|b")]],
+            ),
+            (
+                p,
+                pairs(&[("birthdate", "1970")]),
+                vec![vec![entry("birthdate", "1970")]],
+            ),
+            (
+                p,
+                pairs(&[("birthdate", "eq1970-04")]),
+                vec![vec![entry("birthdate", "1970-04")]],
+            ),
+            (
+                p,
+                pairs(&[("birthdate", "1970-04-13,1971")]),
+                vec![vec![
+                    entry("birthdate", "1970-04-13"),
+                    entry("birthdate", "1971"),
+                ]],
+            ),
+            (
+                obs,
+                pairs(&[("code", "http://loinc.org|8302-2")]),
+                vec![vec![entry("code", "http://loinc.org|8302-2")]],
+            ),
+            (
+                obs,
+                pairs(&[("code", "8302-2")]),
+                vec![vec![entry("code", "*|8302-2")]],
+            ),
+            (
+                obs,
+                pairs(&[("code", "A,a")]),
+                vec![vec![entry("code", "*|A"), entry("code", "*|a")]],
+            ),
+            (
+                obs,
+                pairs(&[("patient", "123")]),
+                vec![vec![entry("patient", "Patient/123")]],
+            ),
+            (
+                obs,
+                pairs(&[("patient", "Patient/123")]),
+                vec![vec![entry("patient", "Patient/123")]],
+            ),
+            (
+                obs,
+                pairs(&[("subject", "123")]),
+                vec![vec![entry("subject", "Patient/123")]],
+            ),
+            (
+                obs,
+                pairs(&[("subject", "Group/9")]),
+                vec![vec![entry("subject", "Group/9")]],
+            ),
+            (
+                obs,
+                pairs(&[("subject:Group", "9")]),
+                vec![vec![entry("subject", "Group/9")]],
+            ),
+            (
+                obs,
+                pairs(&[("subject", "Patient/1/_history/2")]),
+                vec![vec![entry("subject", "Patient/1")]],
+            ),
+            (
+                obs,
+                pairs(&[("date", "2019-03-14")]),
+                vec![vec![entry("date", "2019-03-14")]],
+            ),
+            (
+                obs,
+                pairs(&[("_format", "application/fhir+json"), ("_count", "10")]),
+                vec![],
+            ),
+        ];
+        for (rtype, pairs, expected) in cases {
+            let q = SearchQuery::parse(rtype, &pairs, false)
+                .unwrap_or_else(|e| panic!("{pairs:?}: {e}"));
+            let got: Vec<Vec<IndexEntry>> = q.params.iter().map(|p| p.any_of.clone()).collect();
+            assert_eq!(got, expected, "{pairs:?}");
+            for (param, (name, raw)) in q.params.iter().zip(&pairs) {
+                assert_eq!(&param.name, name);
+                assert_eq!(&param.raw, raw);
+            }
+        }
+    }
+
+    #[test]
+    fn index_and_query_agree() {
+        let resource = validator().validate(synthea_patient(), None).unwrap();
+        let entries = index_entries(&resource);
+        for (name, value) in [
+            ("family", "álvarez"),
+            ("family", "ALV"),
+            ("family", "smith-j"),
+            ("family:exact", "Álvarez"),
+            ("given", "MARIA"),
+            ("name", "Mr."),
+            ("identifier", "999-41-1742"),
+            ("gender", "male"),
+            ("birthdate", "1970-04"),
+        ] {
+            let q =
+                SearchQuery::parse(ResourceType::PATIENT, &pairs(&[(name, value)]), false).unwrap();
+            assert!(
+                q.params[0].any_of.iter().any(|e| entries.contains(e)),
+                "{name}={value}"
+            );
+        }
+        // Too short for a prefix; not a whitespace-separated word; exact is exact; codes and
+        // dates are not folded.
+        for (name, value) in [
+            ("family", "al"),
+            ("name", "mr"),
+            ("family", "jones"),
+            ("family:exact", "alvarez"),
+            ("gender", "MALE"),
+            ("birthdate", "1970-05"),
+        ] {
+            let q =
+                SearchQuery::parse(ResourceType::PATIENT, &pairs(&[(name, value)]), false).unwrap();
+            assert!(
+                !q.params[0].any_of.iter().any(|e| entries.contains(e)),
+                "{name}={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn control_parameters() {
+        let p = ResourceType::PATIENT;
+        let q = SearchQuery::parse(p, &[], false).unwrap();
+        assert_eq!((q.count, q.offset, q.ids), (50, 0, None));
+        let q = SearchQuery::parse(
+            p,
+            &pairs(&[
+                ("_id", "a,b"),
+                ("_id", "b,c"),
+                ("_count", "1000"),
+                ("_offset", "20"),
+            ]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(q.ids, Some(vec![Id::parse("b").unwrap()]));
+        assert_eq!((q.count, q.offset), (1000, 20));
+        let q = SearchQuery::parse(
+            p,
+            &pairs(&[("_sort", "x"), ("foo:bar", "y"), ("family", "x")]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(q.ignored, vec!["_sort".to_owned(), "foo:bar".to_owned()]);
+        assert_eq!(q.params.len(), 1);
+    }
+
+    #[test]
+    fn query_errors() {
+        const MARKER: &str = "ZQXMARKER";
+        let p = ResourceType::PATIENT;
+        let obs = ResourceType::parse("Observation").unwrap();
+        let org = ResourceType::parse("Organization").unwrap();
+        // (type, name, value, expected param in the error, phrase) ; param "" = UnknownSearchParam
+        let cases = [
+            (
+                p,
+                "family:contains",
+                "ZQXMARKER",
+                "family:contains",
+                "modifier ':contains' is not supported",
+            ),
+            (
+                p,
+                "family:missing",
+                "true",
+                "family:missing",
+                "not supported",
+            ),
+            (p, "family", "  ", "family", "empty value"),
+            (p, "family", "", "family", "empty value"),
+            (p, "gender:not", "male", "gender:not", "not supported"),
+            (
+                p,
+                "identifier",
+                "http://ZQXMARKER|",
+                "identifier",
+                "system without a code",
+            ),
+            (
+                p,
+                "birthdate",
+                "ge1970",
+                "birthdate",
+                "only equality at day, month or year precision",
+            ),
+            (p, "birthdate", "lt1970-01-01", "birthdate", "prefix 'lt'"),
+            (
+                p,
+                "birthdate",
+                "1970-01-01T10:00:00Z",
+                "birthdate",
+                "a time is not supported",
+            ),
+            (p, "birthdate", "1970-13", "birthdate", "not a valid date"),
+            (
+                p,
+                "birthdate",
+                "1970-02-30",
+                "birthdate",
+                "not a valid date",
+            ),
+            (p, "birthdate", "ZQXMARKER", "birthdate", "not a valid date"),
+            (p, "birthdate", "70", "birthdate", "not a valid date"),
+            (p, "birthdate", "0000", "birthdate", "not a valid date"),
+            (
+                obs,
+                "patient",
+                "Patient/ZQX MARKER",
+                "patient",
+                "not a valid reference",
+            ),
+            (obs, "patient", "ZQX MARKER", "patient", "not a valid id"),
+            (
+                obs,
+                "patient",
+                "Group/1",
+                "patient",
+                "must reference a Patient",
+            ),
+            (
+                obs,
+                "patient",
+                "http://x.example/Patient/1",
+                "patient",
+                "not a valid reference",
+            ),
+            (
+                obs,
+                "subject:Patient",
+                "Group/1",
+                "subject:Patient",
+                "differs",
+            ),
+            (
+                obs,
+                "subject:identifier",
+                "x",
+                "subject:identifier",
+                "not supported",
+            ),
+            (p, "_id", "ZQX MARKER", "_id", "not a valid id"),
+            (p, "_count", "0", "_count", "from 1 to 1000"),
+            (p, "_count", "1001", "_count", "from 1 to 1000"),
+            (p, "_count", "-1", "_count", "from 1 to 1000"),
+            (p, "_count", "ten", "_count", "from 1 to 1000"),
+            (p, "_offset", "-5", "_offset", "non-negative"),
+            (p, "_format", "xml", "_format", "only json"),
+            (
+                p,
+                "family",
+                &vec!["a"; 101].join(","),
+                "family",
+                "too many values",
+            ),
+            (org, "family", "x", "", ""),
+            (p, "code", "x", "", ""),
+            (p, "_sort", "x", "", ""),
+            (p, "name.family", "x", "", ""),
+        ];
+        for (rtype, name, value, param, phrase) in cases {
+            let err = SearchQuery::parse(rtype, &pairs(&[(name, value)]), true)
+                .err()
+                .filter(|_| !param.is_empty())
+                .or_else(|| SearchQuery::parse(rtype, &pairs(&[(name, value)]), false).err())
+                .unwrap_or_else(|| panic!("{name}={value} parsed"));
+            match (&err, param) {
+                (FhirError::UnknownSearchParam(n), "") => assert_eq!(n, name),
+                (
+                    FhirError::BadSearchValue {
+                        param: got,
+                        message,
+                    },
+                    _,
+                ) => {
+                    assert_eq!(got, param, "{name}={value}");
+                    assert!(message.contains(phrase), "{name}={value}: {message}");
+                }
+                _ => panic!("{name}={value}: {err:?}"),
+            }
+            assert!(!err.to_string().contains(MARKER), "{err}");
+            assert!(!err.to_string().contains("ZQX MARKER"), "{err}");
+        }
+    }
+}
