@@ -30,7 +30,7 @@ pub enum EntryMethod {
 
 /// The parsed `request.url` of an entry (relative: `Type`, `Type/id`, `Type/id/_history/v`,
 /// `Type?query`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EntryUrl {
     /// Resource type.
     pub rtype: ResourceType,
@@ -674,5 +674,18 @@ mod tests {
         ] {
             assert_eq!(parse_etag(etag), expected, "{etag}");
         }
+    }
+}
+
+// Query values can be PHI: Debug shows the parameter names only.
+impl std::fmt::Debug for EntryUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.query.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("EntryUrl")
+            .field("rtype", &self.rtype)
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .field("query_params", &names)
+            .finish()
     }
 }

@@ -338,7 +338,7 @@ pub fn search_params(rtype: ResourceType) -> &'static [SearchParamDef] {
 /// `tenant|type|param|value`; a query value normalized by [`SearchQuery::parse`] for the same
 /// param yields the same `(param, value)` pair exactly when FHIR search semantics say it
 /// matches. (So `param` may carry an internal suffix such as `family:exact`.)
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IndexEntry {
     /// Internal parameter key.
     pub param: String,
@@ -581,7 +581,7 @@ pub fn normalize_string(s: &str) -> String {
 }
 
 /// One parsed search parameter: the entries to match (OR between them).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SearchParam {
     /// Name as the client wrote it (for messages and self links).
     pub name: String,
@@ -1540,5 +1540,38 @@ mod tests {
             assert!(!err.to_string().contains(MARKER), "{err}");
             assert!(!err.to_string().contains("ZQX MARKER"), "{err}");
         }
+    }
+}
+
+// Values in search entries are PHI: Debug shows parameter names only.
+impl std::fmt::Debug for IndexEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexEntry")
+            .field("param", &self.param)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SearchParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchParam")
+            .field("name", &self.name)
+            .field("values", &self.any_of.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_search_values() {
+        let pairs = vec![("family".to_owned(), "Zqmarkerfamily".to_owned())];
+        let q = SearchQuery::parse(ResourceType::PATIENT, &pairs, false).unwrap();
+        let shown = format!("{q:?}").to_lowercase();
+        assert!(shown.contains("family"));
+        assert!(!shown.contains("zqmarker"), "{shown}");
     }
 }
