@@ -369,6 +369,19 @@ pub fn rewrite_references(body: &mut Value, map: &HashMap<String, String>) -> us
     replaced
 }
 
+// Query values can be PHI: Debug shows the parameter names only.
+impl std::fmt::Debug for EntryUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.query.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("EntryUrl")
+            .field("rtype", &self.rtype)
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .field("query_params", &names)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -674,18 +687,5 @@ mod tests {
         ] {
             assert_eq!(parse_etag(etag), expected, "{etag}");
         }
-    }
-}
-
-// Query values can be PHI: Debug shows the parameter names only.
-impl std::fmt::Debug for EntryUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.query.iter().map(|(k, _)| k.as_str()).collect();
-        f.debug_struct("EntryUrl")
-            .field("rtype", &self.rtype)
-            .field("id", &self.id)
-            .field("version", &self.version)
-            .field("query_params", &names)
-            .finish()
     }
 }

@@ -937,6 +937,24 @@ fn unescape(s: &str) -> String {
     out
 }
 
+// Values in search entries are PHI: Debug shows parameter names only.
+impl std::fmt::Debug for IndexEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexEntry")
+            .field("param", &self.param)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SearchParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchParam")
+            .field("name", &self.name)
+            .field("values", &self.any_of.len())
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1540,24 +1558,6 @@ mod tests {
             assert!(!err.to_string().contains(MARKER), "{err}");
             assert!(!err.to_string().contains("ZQX MARKER"), "{err}");
         }
-    }
-}
-
-// Values in search entries are PHI: Debug shows parameter names only.
-impl std::fmt::Debug for IndexEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IndexEntry")
-            .field("param", &self.param)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for SearchParam {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SearchParam")
-            .field("name", &self.name)
-            .field("values", &self.any_of.len())
-            .finish_non_exhaustive()
     }
 }
 

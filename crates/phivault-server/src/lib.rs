@@ -1,1 +1,236 @@
-//! placeholder
+//! The HTTPS FHIR R4 API of phivault.
+//!
+//! This crate owns the edge: routes, TLS (rustls with aws-lc-rs, a self-signed CA and
+//! localhost certificate made on first start), authentication of every request (for now the
+//! bootstrap admin token, stored only as a SHA-256 hash), the one error type that becomes a
+//! FHIR `OperationOutcome` with the right status, and security headers. Everything it does
+//! with data goes through `phivault-store`; the HTTP layer stays thin.
+//!
+//! Guarantees: no route answers without a valid token; no client mistake produces a 500 or a
+//! panic; internal detail goes to the log under a request id, never into a response; plain
+//! HTTP is served only on a loopback address and only when asked for explicitly.
+
+pub mod auth;
+mod capability;
+mod edge;
+mod error;
+mod fhir_routes;
+pub mod tls;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use phivault_fhir::Validator;
+use phivault_store::Store;
+
+pub use error::{ApiError, ServerError};
+
+/// How the server listens.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// HTTPS with the certificate and key in these PEM files.
+    Tls {
+        /// Certificate chain (PEM).
+        cert: PathBuf,
+        /// Private key (PEM).
+        key: PathBuf,
+    },
+    /// Plain HTTP; refused unless the listen address is loopback.
+    InsecureHttp,
+}
+
+/// Server settings (already merged from flags, environment, file and defaults).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// TLS or (loopback only) plain HTTP.
+    pub transport: Transport,
+    /// Public base URL of the FHIR API, e.g. `https://127.0.0.1:8443/fhir` (for links).
+    pub base_url: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// The compiled FHIR validator.
+    pub validator: Arc<Validator>,
+    /// Verifies bearer tokens.
+    pub auth: Arc<auth::BootstrapAuth>,
+    /// Base URL for links.
+    pub base_url: Arc<str>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// The application's routes (usable without sockets, e.g. `Router::oneshot` in tests).
+///
+/// Every route, the 404 fallback and the 405 answers pass through the same layers: security
+/// headers and a request id (outermost), request logging, authentication, then a panic guard
+/// that turns a panicking handler into a 500 OperationOutcome.
+pub fn router(state: AppState) -> axum::Router {
+    fhir_routes::routes()
+        .fallback(fhir_routes::no_route)
+        .method_not_allowed_fallback(fhir_routes::method_not_allowed)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            edge::panic_response,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::authenticate,
+        ))
+        .layer(axum::middleware::from_fn(edge::request_edge))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// How long in-flight requests may take to finish once shutdown is asked for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+///
+/// Binds `config.listen`; when its port is 0, the real port replaces `:0` in the base URL
+/// (used for links and printed). Once bound, prints `phivault: listening on <base_url>` to
+/// stdout, then serves. Plain HTTP is refused unless the listen address is loopback.
+pub async fn serve(
+    config: ServerConfig,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    if matches!(config.transport, Transport::InsecureHttp) && !config.listen.ip().is_loopback() {
+        return Err(ServerError::Config(format!(
+            "plain HTTP is served only on a loopback address, not on {}: \
+             remove --insecure-http to serve HTTPS, or listen on 127.0.0.1 or ::1",
+            config.listen
+        )));
+    }
+    let tls = match &config.transport {
+        Transport::Tls { cert, key } => {
+            // Another component may have installed the same provider already: fine.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    ServerError::io(
+                        format!(
+                            "loading the TLS certificate {} and key {}",
+                            cert.display(),
+                            key.display()
+                        ),
+                        e,
+                    )
+                })?;
+            Some(tls)
+        }
+        Transport::InsecureHttp => None,
+    };
+
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|e| ServerError::io(format!("listening on {}", config.listen), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ServerError::io("configuring the listening socket", e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| ServerError::io("reading the bound address", e))?;
+    let base_url = real_base_url(&config.base_url, config.listen.port(), bound.port());
+
+    let mut state = state;
+    state.base_url = Arc::from(base_url.as_str());
+    state.max_body_bytes = config.max_body_bytes;
+    let app = router(state);
+
+    match tls {
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let server = axum_server::from_tcp_rustls(listener, tls)
+                .map_err(|e| ServerError::io("registering the listening socket", e))?
+                .handle(handle.clone());
+            tokio::spawn(async move {
+                shutdown.await;
+                handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
+            });
+            announce(&base_url);
+            server
+                .serve(app.into_make_service())
+                .await
+                .map_err(|e| ServerError::io("serving HTTPS", e))
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| ServerError::io("registering the listening socket", e))?;
+            tracing::warn!(listen = %bound, "serving plain HTTP on a loopback address");
+            announce(&base_url);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(|e| ServerError::io("serving HTTP", e))
+        }
+    }
+}
+
+/// The stdout line tests and operators read once the socket is bound.
+fn announce(base_url: &str) {
+    let mut out = std::io::stdout().lock();
+    // Stdout closed (a detached service) is no reason not to serve.
+    let _ = writeln!(out, "phivault: listening on {base_url}");
+    let _ = out.flush();
+    tracing::info!(base_url = %base_url, "listening");
+}
+
+/// `base_url` with `:0` replaced by the real port when the configured port was 0.
+fn real_base_url(base_url: &str, configured_port: u16, bound_port: u16) -> String {
+    if configured_port != 0 {
+        return base_url.to_owned();
+    }
+    let real = format!(":{bound_port}");
+    if let Some(i) = base_url.find(":0/") {
+        format!("{}{}{}", &base_url[..i], real, &base_url[i + 2..])
+    } else if let Some(stripped) = base_url.strip_suffix(":0") {
+        format!("{stripped}{real}")
+    } else {
+        base_url.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_gets_the_real_port() {
+        assert_eq!(
+            real_base_url("https://127.0.0.1:0/fhir", 0, 4321),
+            "https://127.0.0.1:4321/fhir"
+        );
+        assert_eq!(
+            real_base_url("http://[::1]:0/fhir", 0, 80),
+            "http://[::1]:80/fhir"
+        );
+        assert_eq!(
+            real_base_url("https://127.0.0.1:0", 0, 9),
+            "https://127.0.0.1:9"
+        );
+        assert_eq!(
+            real_base_url("https://example.org/fhir", 0, 9),
+            "https://example.org/fhir"
+        );
+        assert_eq!(
+            real_base_url("https://127.0.0.1:8443/fhir", 8443, 8443),
+            "https://127.0.0.1:8443/fhir"
+        );
+    }
+}

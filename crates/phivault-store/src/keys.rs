@@ -126,11 +126,6 @@ impl Keyring {
         Ok(ring)
     }
 
-    /// The tenant's blind-index key.
-    pub(crate) fn index(&self) -> &IndexKey {
-        &self.index
-    }
-
     /// The blind token of a search value.
     pub(crate) fn search_token(&self, rtype: &str, param: &str, value: &str) -> Vec<u8> {
         self.index
@@ -164,10 +159,10 @@ impl Keyring {
             .read()
             .ok()
             .and_then(|m| m.get(&cache_key).cloned());
-        if let Some(key_id) = known {
-            if let Some(sealer) = self.cached(&key_id) {
-                return Ok(DataKey { key_id, sealer });
-            }
+        if let Some(key_id) = known
+            && let Some(sealer) = self.cached(&key_id)
+        {
+            return Ok(DataKey { key_id, sealer });
         }
         let found = self.find_owned(pool, kind, &token).await?;
         let (key_id, secret) = match found {

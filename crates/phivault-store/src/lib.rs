@@ -351,14 +351,3 @@ pub(crate) fn now() -> (String, i64) {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned());
     (text, t.unix_timestamp())
 }
-
-/// Unix seconds as a FHIR instant.
-pub(crate) fn instant_from_unix(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
-}

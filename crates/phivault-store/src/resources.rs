@@ -618,13 +618,13 @@ fn stored_from(rtype: ResourceType, id: &Id, version: u64, body: Value) -> Store
 
 /// A unique-key violation on a version row means a concurrent writer took that version.
 fn conflict_or(e: sqlx::Error, rtype: ResourceType, id: &Id) -> StoreError {
-    if let sqlx::Error::Database(db) = &e {
-        if db.kind() == sqlx::error::ErrorKind::UniqueViolation {
-            return StoreError::Conflict {
-                rtype: rtype.to_string(),
-                id: id.to_string(),
-            };
-        }
+    if let sqlx::Error::Database(db) = &e
+        && db.kind() == sqlx::error::ErrorKind::UniqueViolation
+    {
+        return StoreError::Conflict {
+            rtype: rtype.to_string(),
+            id: id.to_string(),
+        };
     }
     StoreError::from(e)
 }

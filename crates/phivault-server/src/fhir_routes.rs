@@ -1,0 +1,789 @@
+//! The FHIR REST routes: create, read, vread, update, delete, history, search, transaction
+//! and batch, metadata.
+//!
+//! Path segments, headers and query strings are parsed here into typed values
+//! ([`ResourceType`], [`Id`], versions, [`SearchQuery`]); bodies are read under the size
+//! limit and validated by the [`phivault_fhir::Validator`]; everything else is the store's.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use phivault_fhir::{
+    BundleRequest, FhirError, Id, Issue, IssueCode, OperationOutcome, ResourceType, SearchQuery,
+};
+use phivault_store::{HistoryEntry, StoredResource};
+use serde_json::{Value, json};
+
+use crate::error::fhir_json;
+use crate::{ApiError, AppState};
+
+/// Page size of history when `_count` is absent.
+const DEFAULT_COUNT: usize = 50;
+/// Largest page size.
+const MAX_COUNT: usize = 1000;
+
+/// The routes of the FHIR API (without fallbacks and layers).
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/fhir", post(transaction))
+        .route("/fhir/metadata", get(metadata))
+        .route("/fhir/{type}", get(search_get).post(create))
+        .route("/fhir/{type}/_search", post(search_post).get(search_get))
+        .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
+        .route("/fhir/{type}/{id}/_history", get(history))
+        .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
+}
+
+/// Unknown path: 404 OperationOutcome.
+pub(crate) async fn no_route() -> ApiError {
+    ApiError::NotFound
+}
+
+/// Known path, wrong method: 405 OperationOutcome (axum adds `Allow`).
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+// ---------------------------------------------------------------------------------------
+// Path segments
+
+fn path_error(_: PathRejection) -> ApiError {
+    ApiError::BadRequest("the request path is malformed (invalid percent-encoding)".to_owned())
+}
+
+fn rtype_of(s: &str) -> Result<ResourceType, ApiError> {
+    Ok(ResourceType::parse(s)?)
+}
+
+fn id_of(s: &str) -> Result<Id, ApiError> {
+    Ok(Id::parse(s)?)
+}
+
+fn version_of(s: &str) -> Result<u64, ApiError> {
+    let bad = || {
+        ApiError::BadRequest("the version in _history/{vid} must be a positive integer".to_owned())
+    };
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    s.parse::<u64>().ok().filter(|v| *v > 0).ok_or_else(bad)
+}
+
+// ---------------------------------------------------------------------------------------
+// Headers
+
+/// The media type of the body, lower-case, without parameters; `Err` when a charset other
+/// than UTF-8 is named.
+fn media_type(headers: &HeaderMap) -> Option<Result<String, ()>> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    for param in parts {
+        if let Some((name, val)) = param.split_once('=')
+            && name.trim().eq_ignore_ascii_case("charset")
+        {
+            let val = val.trim().trim_matches('"');
+            if !val.eq_ignore_ascii_case("utf-8") && !val.eq_ignore_ascii_case("utf8") {
+                return Some(Err(()));
+            }
+        }
+    }
+    Some(Ok(essence))
+}
+
+const JSON_TYPES: &str = "application/fhir+json or application/json (UTF-8)";
+const FORM_TYPE: &str = "application/x-www-form-urlencoded";
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    match media_type(headers) {
+        Some(Ok(t)) if t == "application/fhir+json" || t == "application/json" => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType {
+            expected: JSON_TYPES,
+        }),
+    }
+}
+
+fn require_form(headers: &HeaderMap) -> Result<(), ApiError> {
+    match media_type(headers) {
+        Some(Ok(t)) if t == FORM_TYPE => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType {
+            expected: FORM_TYPE,
+        }),
+    }
+}
+
+/// `If-Match: W/"n"` (or `"n"`), if present.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::BadRequest("If-Match must be a version ETag such as W/\"3\"".to_owned());
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    let quoted = text.strip_prefix("W/").unwrap_or(text);
+    let inner = quoted
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .ok_or_else(bad)?;
+    version_of(inner).map(Some).map_err(|_| bad())
+}
+
+/// `Prefer: handling=lenient`.
+fn lenient(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| {
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("handling")
+                    && v.trim().eq_ignore_ascii_case("lenient")
+            })
+        })
+}
+
+// ---------------------------------------------------------------------------------------
+// Bodies
+
+/// Reads the body, refusing more than `limit` bytes with 413 (from `Content-Length` before
+/// reading when it is sent, else while reading).
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(len) = declared
+        && len > limit as u64
+    {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|_| ApiError::BadRequest("the request body could not be read".to_owned()))?;
+        if buf.len().saturating_add(chunk.len()) > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// A JSON body of a FHIR request, checked for type and size.
+async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    require_json(headers)?;
+    read_body(body, headers, state.max_body_bytes).await
+}
+
+/// Parses JSON without quoting the input in the error (values are PHI).
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Eof => "unexpected end of input",
+            serde_json::error::Category::Io => "unreadable input",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Data => {
+                "syntax error"
+            }
+        };
+        ApiError::Fhir(FhirError::MalformedJson(format!(
+            "{what} at line {} column {}",
+            e.line(),
+            e.column()
+        )))
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Query strings
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component (`+` is a space).
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::BadRequest("malformed percent-encoding in the query".to_owned());
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = bytes
+                    .get(i + 1)
+                    .copied()
+                    .and_then(hex_value)
+                    .ok_or_else(bad)?;
+                let lo = bytes
+                    .get(i + 2)
+                    .copied()
+                    .and_then(hex_value)
+                    .ok_or_else(bad)?;
+                out.push(hi << 4 | lo);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out)
+        .map_err(|_| ApiError::BadRequest("the query is not valid UTF-8".to_owned()))
+}
+
+/// Splits and decodes `a=1&b=2` into pairs; empty pieces are skipped.
+fn parse_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|piece| {
+            let (k, v) = piece.split_once('=').unwrap_or((piece, ""));
+            Ok((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+/// Encodes a query component: unreserved characters and `:,/@` stay, the rest is `%XX`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:,/@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn query_string(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+// ---------------------------------------------------------------------------------------
+// Responses
+
+fn base(state: &AppState) -> &str {
+    state.base_url.trim_end_matches('/')
+}
+
+fn etag(version: u64) -> String {
+    format!("W/\"{version}\"")
+}
+
+/// A FHIR instant as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn http_date(instant: &str) -> Option<String> {
+    let t = time::OffsetDateTime::parse(instant, &time::format_description::well_known::Rfc3339)
+        .ok()?
+        .to_offset(time::UtcOffset::UTC);
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    t.format(&format).ok()
+}
+
+fn set_header(response: &mut Response, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, v);
+    }
+}
+
+/// A resource with its `ETag` and `Last-Modified` (and `Location` when asked for).
+fn resource_response(
+    state: &AppState,
+    status: StatusCode,
+    stored: &StoredResource,
+    location: bool,
+) -> Response {
+    let mut response = fhir_json(status, &stored.body);
+    set_header(&mut response, header::ETAG, &etag(stored.version));
+    if let Some(date) = http_date(&stored.last_updated) {
+        set_header(&mut response, header::LAST_MODIFIED, &date);
+    }
+    if location {
+        let url = format!(
+            "{}/{}/{}/_history/{}",
+            base(state),
+            stored.rtype,
+            stored.id,
+            stored.version
+        );
+        set_header(&mut response, header::LOCATION, &url);
+    }
+    response
+}
+
+// ---------------------------------------------------------------------------------------
+// Handlers
+
+async fn create(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(t) = path.map_err(path_error)?;
+    let rtype = rtype_of(&t)?;
+    let bytes = json_body(&state, &headers, body).await?;
+    // A body id is ignored: on create the server assigns the id (the store stamps it).
+    let resource = state.validator.parse(&bytes, Some(rtype))?;
+    let stored = state.store.create(resource).await?;
+    Ok(resource_response(
+        &state,
+        StatusCode::CREATED,
+        &stored,
+        true,
+    ))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((t, i)) = path.map_err(path_error)?;
+    let rtype = rtype_of(&t)?;
+    let id = id_of(&i)?;
+    let stored = state.store.read(rtype, &id).await?;
+    Ok(resource_response(&state, StatusCode::OK, &stored, false))
+}
+
+async fn vread(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((t, i, v)) = path.map_err(path_error)?;
+    let rtype = rtype_of(&t)?;
+    let id = id_of(&i)?;
+    let version = version_of(&v)?;
+    let stored = state.store.vread(rtype, &id, version).await?;
+    Ok(resource_response(&state, StatusCode::OK, &stored, false))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path((t, i)) = path.map_err(path_error)?;
+    let rtype = rtype_of(&t)?;
+    let id = id_of(&i)?;
+    let expected = if_match(&headers)?;
+    let bytes = json_body(&state, &headers, body).await?;
+    let resource = state.validator.parse(&bytes, Some(rtype))?;
+    match resource.id() {
+        None => return Err(ApiError::MissingId),
+        Some(body_id) if body_id != id => return Err(ApiError::IdMismatch),
+        Some(_) => {}
+    }
+    let (stored, created) = state.store.update(&id, resource, expected).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(resource_response(&state, status, &stored, created))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((t, i)) = path.map_err(path_error)?;
+    let rtype = rtype_of(&t)?;
+    let id = id_of(&i)?;
+    let version = state.store.delete(rtype, &id).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Some(v) = version {
+        set_header(&mut response, header::ETAG, &etag(v));
+    }
+    Ok(response)
+}
+
+/// `_count` / `_offset` of history, with the rules of search (`_count` from 1 to 1000);
+/// other parameters are refused, or ignored when lenient.
+fn history_paging(pairs: &[(String, String)], lenient: bool) -> Result<(usize, usize), ApiError> {
+    let mut count = DEFAULT_COUNT;
+    let mut offset = 0usize;
+    for (name, value) in pairs {
+        let bad = |message: String| {
+            ApiError::Fhir(FhirError::BadSearchValue {
+                param: name.clone(),
+                message,
+            })
+        };
+        match name.as_str() {
+            "_count" => {
+                count = value
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_COUNT).contains(n))
+                    .ok_or_else(|| bad(format!("must be an integer from 1 to {MAX_COUNT}")))?;
+            }
+            "_offset" => {
+                offset = value
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| bad("must be a non-negative integer".to_owned()))?;
+            }
+            "_format" => {}
+            _ if lenient => {}
+            other => {
+                return Err(ApiError::Fhir(FhirError::UnknownSearchParam(
+                    other.chars().take(64).collect(),
+                )));
+            }
+        }
+    }
+    Ok((count, offset))
+}
+
+fn history_entry(state: &AppState, rtype: ResourceType, id: &Id, h: HistoryEntry) -> Value {
+    let full_url = format!("{}/{}/{}", base(state), rtype, id);
+    let (method, url, status) = if h.deleted {
+        ("DELETE", format!("{rtype}/{id}"), "204 No Content")
+    } else if h.version == 1 {
+        ("POST", rtype.to_string(), "201 Created")
+    } else {
+        ("PUT", format!("{rtype}/{id}"), "200 OK")
+    };
+    let mut entry = json!({
+        "fullUrl": full_url,
+        "request": { "method": method, "url": url },
+        "response": {
+            "status": status,
+            "etag": etag(h.version),
+            "lastModified": h.last_updated,
+        },
+    });
+    if let Some(body) = h.body {
+        entry["resource"] = body;
+    }
+    entry
+}
+
+async fn history(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path((t, i)) = path.map_err(path_error)?;
+    let rtype = rtype_of(&t)?;
+    let id = id_of(&i)?;
+    let pairs = parse_pairs(query.as_deref().unwrap_or(""))?;
+    let (count, offset) = history_paging(&pairs, lenient(&headers))?;
+    let (total, versions) = state.store.history(rtype, &id, count, offset).await?;
+    let link = |offset: usize| {
+        format!(
+            "{}/{}/{}/_history?_count={count}&_offset={offset}",
+            base(&state),
+            rtype,
+            id
+        )
+    };
+    let mut links = vec![json!({ "relation": "self", "url": link(offset) })];
+    if (offset.saturating_add(count) as u64) < total {
+        links.push(json!({ "relation": "next", "url": link(offset + count) }));
+    }
+    let entries: Vec<Value> = versions
+        .into_iter()
+        .map(|h| history_entry(&state, rtype, &id, h))
+        .collect();
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "history",
+        "total": total,
+        "link": links,
+        "entry": entries,
+    });
+    Ok(fhir_json(StatusCode::OK, &bundle))
+}
+
+async fn search_get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(t) = path.map_err(path_error)?;
+    let rtype = rtype_of(&t)?;
+    let pairs = parse_pairs(query.as_deref().unwrap_or(""))?;
+    search(&state, rtype, &pairs, &headers).await
+}
+
+async fn search_post(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(t) = path.map_err(path_error)?;
+    let rtype = rtype_of(&t)?;
+    require_form(&headers)?;
+    let bytes = read_body(body, &headers, state.max_body_bytes).await?;
+    let form = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::BadRequest("the form body is not valid UTF-8".to_owned()))?;
+    let mut pairs = parse_pairs(query.as_deref().unwrap_or(""))?;
+    pairs.extend(parse_pairs(form)?);
+    search(&state, rtype, &pairs, &headers).await
+}
+
+/// The self link of a search: the parameters actually used, then `_count` and `_offset`.
+fn search_link(
+    state: &AppState,
+    rtype: ResourceType,
+    query: &SearchQuery,
+    offset: usize,
+) -> String {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if let Some(ids) = &query.ids {
+        let list: Vec<&str> = ids.iter().map(Id::as_str).collect();
+        pairs.push(("_id".to_owned(), list.join(",")));
+    }
+    for p in &query.params {
+        pairs.push((p.name.clone(), p.raw.clone()));
+    }
+    pairs.push(("_count".to_owned(), query.count.to_string()));
+    pairs.push(("_offset".to_owned(), offset.to_string()));
+    format!("{}/{}?{}", base(state), rtype, query_string(&pairs))
+}
+
+async fn search(
+    state: &AppState,
+    rtype: ResourceType,
+    pairs: &[(String, String)],
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let query = SearchQuery::parse(rtype, pairs, lenient(headers))?;
+    let page = state.store.search(rtype, &query).await?;
+
+    let mut links = vec![json!({
+        "relation": "self",
+        "url": search_link(state, rtype, &query, query.offset),
+    })];
+    let next = query.offset.saturating_add(query.count);
+    if query.count > 0 && (next as u64) < page.total {
+        links.push(json!({
+            "relation": "next",
+            "url": search_link(state, rtype, &query, next),
+        }));
+    }
+
+    let mut entries: Vec<Value> = Vec::with_capacity(page.resources.len() + 1);
+    if !query.ignored.is_empty() {
+        let names: Vec<String> = query
+            .ignored
+            .iter()
+            .map(|n| n.chars().take(64).collect())
+            .collect();
+        let mut outcome = OperationOutcome::default();
+        outcome.push(
+            "warning",
+            Issue {
+                code: IssueCode::NotSupported,
+                path: String::new(),
+                message: format!(
+                    "these search parameters are not supported and were ignored: {}",
+                    names.join(", ")
+                ),
+            },
+        );
+        entries.push(json!({
+            "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            "resource": outcome.to_json(),
+            "search": { "mode": "outcome" },
+        }));
+    }
+    for r in page.resources {
+        entries.push(json!({
+            "fullUrl": format!("{}/{}/{}", base(state), r.rtype, r.id),
+            "resource": r.body,
+            "search": { "mode": "match" },
+        }));
+    }
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "searchset",
+        "total": page.total,
+        "link": links,
+        "entry": entries,
+    });
+    Ok(fhir_json(StatusCode::OK, &bundle))
+}
+
+async fn transaction(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = json_body(&state, &headers, body).await?;
+    let value = parse_json(&bytes)?;
+    let limit = state.store.max_bundle_entries();
+    // Checked here too so that the answer is 413 whatever the parser reports.
+    if let Some(count) = value.get("entry").and_then(Value::as_array).map(Vec::len)
+        && count > limit
+    {
+        return Err(ApiError::Fhir(FhirError::TooManyEntries { count, limit }));
+    }
+    let request = BundleRequest::parse(&state.validator, value, limit)?;
+    let mut response = state.store.bundle(request).await?;
+    // The store answers relative `fullUrl`s (`Patient/123`); clients get absolute ones.
+    if let Some(entries) = response.get_mut("entry").and_then(Value::as_array_mut) {
+        for entry in entries {
+            if let Some(full) = entry.get_mut("fullUrl")
+                && let Some(rel) = full.as_str()
+                && !rel.contains(':')
+            {
+                *full = Value::String(format!("{}/{}", base(&state), rel));
+            }
+        }
+    }
+    Ok(fhir_json(StatusCode::OK, &response))
+}
+
+async fn metadata(State(state): State<AppState>) -> Response {
+    fhir_json(
+        StatusCode::OK,
+        &crate::capability::capability_statement(base(&state)),
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(version_of("1").unwrap(), 1);
+        assert_eq!(version_of("42").unwrap(), 42);
+        for bad in ["0", "", "-1", "+1", "1.0", "abc", "99999999999999999999"] {
+            assert!(version_of(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn if_match_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(if_match(&h).unwrap(), None);
+        h.insert(header::IF_MATCH, HeaderValue::from_static("W/\"3\""));
+        assert_eq!(if_match(&h).unwrap(), Some(3));
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"4\""));
+        assert_eq!(if_match(&h).unwrap(), Some(4));
+        for bad in ["3", "W/3", "*", "W/\"x\"", "W/\"0\""] {
+            h.insert(header::IF_MATCH, HeaderValue::from_static(bad));
+            assert!(if_match(&h).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(require_json(&h).is_err());
+        for ok in [
+            "application/fhir+json",
+            "application/json",
+            "application/fhir+json; charset=utf-8",
+            "Application/JSON;charset=UTF-8",
+            "application/fhir+json; fhirVersion=4.0",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ok));
+            assert!(require_json(&h).is_ok(), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/xml",
+            "application/fhir+xml",
+            "application/json; charset=latin1",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(bad));
+            assert!(require_json(&h).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn query_pairs() {
+        let pairs = parse_pairs("family=M%C3%BCller&given=a+b&&x&_count=2").unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("family".to_owned(), "Müller".to_owned()),
+                ("given".to_owned(), "a b".to_owned()),
+                ("x".to_owned(), String::new()),
+                ("_count".to_owned(), "2".to_owned()),
+            ]
+        );
+        assert!(parse_pairs("a=%zz").is_err());
+        assert!(parse_pairs("a=%C3").is_err());
+        assert!(parse_pairs("a=%4").is_err());
+        assert_eq!(
+            percent_encode("http://x|a b&c=d"),
+            "http://x%7Ca%20b%26c%3Dd"
+        );
+    }
+
+    #[test]
+    fn lenient_header() {
+        let mut h = HeaderMap::new();
+        assert!(!lenient(&h));
+        h.insert(
+            "prefer",
+            HeaderValue::from_static("return=minimal, handling=lenient"),
+        );
+        assert!(lenient(&h));
+        h.insert("prefer", HeaderValue::from_static("handling=strict"));
+        assert!(!lenient(&h));
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            http_date("2024-03-05T07:08:09.123Z").unwrap(),
+            "Tue, 05 Mar 2024 07:08:09 GMT"
+        );
+        assert_eq!(
+            http_date("2024-03-05T09:08:09+02:00").unwrap(),
+            "Tue, 05 Mar 2024 07:08:09 GMT"
+        );
+        assert!(http_date("yesterday").is_none());
+    }
+
+    #[test]
+    fn history_paging_rules() {
+        assert_eq!(history_paging(&[], false).unwrap(), (50, 0));
+        let p = vec![
+            ("_count".to_owned(), "1000".to_owned()),
+            ("_offset".to_owned(), "7".to_owned()),
+        ];
+        assert_eq!(history_paging(&p, false).unwrap(), (1000, 7));
+        for bad in ["0", "1001", "-1"] {
+            let p = vec![("_count".to_owned(), bad.to_owned())];
+            assert!(history_paging(&p, false).is_err(), "{bad}");
+        }
+        let bad = vec![("_since".to_owned(), "2020".to_owned())];
+        assert!(history_paging(&bad, false).is_err());
+        assert!(history_paging(&bad, true).is_ok());
+        let bad = vec![("_count".to_owned(), "x".to_owned())];
+        assert!(history_paging(&bad, true).is_err());
+    }
+}
