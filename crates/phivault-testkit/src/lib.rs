@@ -1,1 +1,34 @@
-//! placeholder
+//! Test kit of phivault (dev-only): helpers that start the real `phivault` binary and talk
+//! HTTPS to it, fixtures, and the tools the end-to-end suites need.
+//!
+//! What it owns:
+//! - [`Backend`] and [`backends`]: the storage suites run once on SQLite and, when
+//!   `PHIVAULT_TEST_DATABASE_URL` is set, once more on PostgreSQL, each server instance in a
+//!   fresh schema ([`PgSchema`]) dropped afterwards;
+//! - [`Server`]: `phivault serve` on port 0 in a temporary data directory, its stdout contract
+//!   parsed (bootstrap token, listening URL), its output drained in the background
+//!   ([`Server::stderr_text`]), a [`reqwest`] client that trusts only the server's generated
+//!   CA, SIGKILL ([`Server::kill`]) and restart on the same data;
+//! - [`Api`] and [`Resp`]: authenticated FHIR requests and assertions on OperationOutcomes;
+//! - [`Forwarder`]: a TCP forwarder between the server and PostgreSQL, to take the database
+//!   away and give it back;
+//! - [`Marker`] and the byte scanners: unique strings to find plaintext PHI at rest;
+//! - [`fixtures`]: FHIR resources and Bundles.
+//!
+//! Everything here is test code: failures panic with a message that says what was expected
+//! and includes the server's stderr where it helps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod api;
+mod backend;
+pub mod fixtures;
+mod forwarder;
+mod markers;
+mod server;
+
+pub use api::{Api, Resp, next_link, query, search_matches};
+pub use backend::{Backend, DATABASE_URL_ENV, PgSchema, backends, postgres_target, with_host};
+pub use forwarder::Forwarder;
+pub use markers::{Finding, Marker, random_u64, scan_bytes, scan_dir};
+pub use server::Server;
