@@ -1,0 +1,182 @@
+//! `phivault bench`: ingest and read-by-id figures on a fresh store, with synthetic data.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use phivault_crypto::FileKeyProvider;
+use phivault_fhir::{BundleRequest, Id, ResourceType, Validator};
+use phivault_store::{Store, StoreOptions};
+
+use crate::synth::{self, Rng};
+
+/// Resources per transaction Bundle (1 Patient + 99 Observations).
+pub(crate) const BUNDLE_SIZE: usize = 100;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub(crate) struct BenchOptions {
+    pub(crate) patients: u64,
+    pub(crate) reads: u64,
+    /// None: a temporary SQLite file, removed afterwards.
+    pub(crate) database_url: Option<String>,
+}
+
+/// The figures.
+#[derive(Debug, Clone)]
+pub(crate) struct BenchReport {
+    pub(crate) backend: &'static str,
+    pub(crate) resources: usize,
+    /// Time spent validating and storing (generation excluded).
+    pub(crate) ingest: Duration,
+    /// Latency of each read, sorted.
+    pub(crate) reads: Vec<Duration>,
+}
+
+impl BenchReport {
+    /// The plain lines printed by `phivault bench`.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let secs = self.ingest.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.resources as f64 / secs
+        } else {
+            0.0
+        };
+        let mut lines = vec![
+            format!("database: {}", self.backend),
+            format!(
+                "ingest: {} resources in {secs:.1} s = {rate:.0} resources/s (transaction bundles of {BUNDLE_SIZE})",
+                self.resources
+            ),
+        ];
+        if !self.reads.is_empty() {
+            let n = self.reads.len();
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            let total: Duration = self.reads.iter().sum();
+            let mean = us(total) / n as f64;
+            let p50 = us(self.reads[n / 2]);
+            let p99 = us(self.reads[((n * 99) / 100).min(n - 1)]);
+            lines.push(format!(
+                "read-by-id: {n} reads, mean {mean:.0} us, p50 {p50:.0} us, p99 {p99:.0} us"
+            ));
+        }
+        lines
+    }
+}
+
+/// Which cipher this build seals with.
+pub(crate) fn cipher_line() -> &'static str {
+    if phivault_crypto::NOOP_CIPHER {
+        "cipher: none (bench-noop-cipher build: data is NOT encrypted)"
+    } else {
+        "cipher: aes-256-gcm"
+    }
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("phivault-bench-{}", uuid::Uuid::new_v4()));
+        crate::commands::create_private_dir(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Best effort: a leftover temporary directory holds only synthetic data.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the benchmark.
+pub(crate) async fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    let dir = TempDir::new()?;
+    let keys = FileKeyProvider::new(dir.0.join("master.key"));
+    keys.create_if_missing()
+        .context("creating a temporary master key")?;
+    let url = match &opts.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}", dir.0.join("bench.db").display()),
+    };
+    let mut store_opts = StoreOptions::new(url);
+    store_opts.max_bundle_entries = BUNDLE_SIZE;
+    let store = Store::open(&store_opts, &keys)
+        .await
+        .context("opening the benchmark database")?;
+    let validator = Validator::new().context("loading the FHIR schema")?;
+    let result = measure(&store, &validator, opts).await;
+    store.close().await;
+    result
+}
+
+async fn measure(store: &Store, validator: &Validator, opts: &BenchOptions) -> Result<BenchReport> {
+    let mut rng = Rng::new(0x5048_4956_4155_4c54);
+    let mut written: Vec<(ResourceType, Id)> = Vec::new();
+    let mut ingest = Duration::ZERO;
+    let mut resources = 0usize;
+    for _ in 0..opts.patients {
+        let bundle = synth::patient_bundle(&mut rng, BUNDLE_SIZE - 1);
+        let start = Instant::now();
+        let request = BundleRequest::parse(validator, bundle, BUNDLE_SIZE)
+            .context("a synthetic Bundle did not validate")?;
+        let response = store
+            .bundle(request)
+            .await
+            .context("storing a synthetic Bundle")?;
+        ingest += start.elapsed();
+        for (rtype, id) in synth::written_references(&response) {
+            if let (Ok(rtype), Ok(id)) = (ResourceType::parse(&rtype), Id::parse(&id)) {
+                written.push((rtype, id));
+            }
+        }
+        resources += BUNDLE_SIZE;
+    }
+    if written.is_empty() && opts.reads > 0 {
+        bail!("the store reported no written resources to read back");
+    }
+    let mut reads = Vec::with_capacity(usize::try_from(opts.reads).unwrap_or(0));
+    for _ in 0..opts.reads {
+        let (rtype, id) = &written[rng.below(written.len())];
+        let start = Instant::now();
+        store
+            .read(*rtype, id)
+            .await
+            .context("reading back a synthetic resource")?;
+        reads.push(start.elapsed());
+    }
+    reads.sort();
+    Ok(BenchReport {
+        backend: store.backend().name(),
+        resources,
+        ingest,
+        reads,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lines() {
+        let report = BenchReport {
+            backend: "sqlite",
+            resources: 10_000,
+            ingest: Duration::from_millis(4200),
+            reads: (1..=99).map(Duration::from_micros).collect(),
+        };
+        let lines = report.lines();
+        assert_eq!(
+            lines[1],
+            "ingest: 10000 resources in 4.2 s = 2381 resources/s (transaction bundles of 100)"
+        );
+        assert_eq!(
+            lines[2],
+            "read-by-id: 99 reads, mean 50 us, p50 50 us, p99 99 us"
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! The commands: wire settings to the library crates and report on stdout/stderr.
+//!
+//! Stdout carries only the lines of docs/CONTRACTS.md (token, CA certificate, import summary,
+//! bench figures); logs go to stderr and never carry PHI or secrets.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use phivault_crypto::{FileKeyProvider, KeyProvider};
+use phivault_fhir::Validator;
+use phivault_server::auth::BootstrapAuth;
+use phivault_server::{AppState, ServerConfig, Transport, tls};
+use phivault_store::{Backend, Store, StoreError, StoreOptions};
+
+use crate::bench::{self, BenchOptions};
+use crate::cli::{BenchArgs, Cli, Command, ImportArgs, TokenCommand};
+use crate::config::{self, LogFormat, Settings};
+use crate::import::{self, ImportEvent};
+
+/// The largest Bundle `import` accepts when `max_bundle_entries` is not set: a local file
+/// from the operator is not a client request, and Synthea writes one Bundle per patient with
+/// thousands of entries.
+const IMPORT_MAX_BUNDLE_ENTRIES: usize = 1_000_000;
+
+/// Runs the command; the exit code for outcomes that are not errors of the command itself
+/// (an import with errors exits 1).
+pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+    let settings = || -> Result<Settings> {
+        let file = config::load_file(cli.config.as_deref())?;
+        Ok(config::resolve(cli.command.layer(), file)?)
+    };
+    match &cli.command {
+        Command::Serve(args) => {
+            let settings = settings()?;
+            if args.print_config {
+                print!("{}", settings.to_toml());
+                return Ok(ExitCode::SUCCESS);
+            }
+            init_tracing(settings.log_format, "info");
+            serve(&settings).await?;
+        }
+        Command::Init(_) => {
+            let settings = settings()?;
+            init_tracing(settings.log_format, "info");
+            init(&settings).await?;
+        }
+        Command::Import(args) => {
+            let settings = settings()?;
+            init_tracing(settings.log_format, "warn");
+            return import(&settings, args).await;
+        }
+        Command::BootstrapToken(TokenCommand::Reset(_)) => {
+            let settings = settings()?;
+            init_tracing(settings.log_format, "warn");
+            reset_token(&settings.data_dir)?;
+        }
+        Command::Bench(args) => {
+            init_tracing(LogFormat::Text, "warn");
+            bench(args).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr; verbosity from `RUST_LOG`, else `default_level`.
+fn init_tracing(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter);
+    // Fails only when a subscriber is already installed; the first one stays.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// The stdout line that shows a bootstrap admin token (docs/CONTRACTS.md).
+fn print_token(token: &str) {
+    println!("phivault: bootstrap admin token (shown once, store it now): {token}");
+}
+
+/// Commands that write real data refuse a build that does not encrypt.
+fn refuse_noop_cipher() -> Result<()> {
+    if phivault_crypto::NOOP_CIPHER {
+        bail!(
+            "this is a bench-only build (feature bench-noop-cipher) that does not encrypt; it \
+             refuses to store data. Rebuild without that feature."
+        );
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents) with mode 0700.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// The master key, and whether it was created by this run.
+struct MasterKeyFile {
+    keys: FileKeyProvider,
+    created: bool,
+}
+
+/// The data directory and the master key (created when missing).
+fn prepare_data_dir(settings: &Settings) -> Result<MasterKeyFile> {
+    let dir = &settings.data_dir;
+    create_private_dir(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(dir)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                data_dir = %dir.display(),
+                "the data directory is accessible to other users; chmod 700 it"
+            );
+        }
+    }
+    let keys = FileKeyProvider::new(&settings.master_key_file);
+    let created = keys
+        .create_if_missing()
+        .context("creating the master key")?;
+    // Read it once now, so a bad key file is reported as such before anything else.
+    keys.master_key()
+        .with_context(|| format!("reading the master key {}", keys.path().display()))?;
+    if created {
+        tracing::info!(path = %keys.path().display(), "created a new master key; back it up");
+    } else {
+        tracing::info!(path = %keys.path().display(), "master key file");
+    }
+    Ok(MasterKeyFile { keys, created })
+}
+
+/// Opens the store (never names the URL: it may hold a password).
+async fn open_store(
+    settings: &Settings,
+    key: &MasterKeyFile,
+    max_bundle_entries: usize,
+) -> Result<Store> {
+    let backend = Backend::from_url(&settings.database_url)
+        .map(|b| b.name())
+        .unwrap_or("configured");
+    let mut opts = StoreOptions::new(settings.database_url.clone());
+    opts.max_bundle_entries = max_bundle_entries;
+    let store = Store::open(&opts, &key.keys).await.map_err(|e| {
+        let key_problem = matches!(e, StoreError::Crypto(_) | StoreError::Integrity { .. });
+        let error = anyhow::Error::new(e).context(format!("opening the {backend} database"));
+        if key_problem && key.created {
+            error.context(format!(
+                "the master key {} was created just now, but the database was made with \
+                 another one (restore that key file)",
+                key.keys.path().display()
+            ))
+        } else {
+            error
+        }
+    })?;
+    tracing::info!(backend, "database open");
+    Ok(store)
+}
+
+/// Plain HTTP only on loopback (the server checks too; this gives the clearer message).
+fn check_transport(settings: &Settings) -> Result<()> {
+    if settings.insecure_http && !settings.listen.ip().is_loopback() {
+        bail!(
+            "insecure_http is allowed only on a loopback listen address (listen is {}); \
+             use TLS for anything else",
+            settings.listen
+        );
+    }
+    Ok(())
+}
+
+/// The CA certificate (and server certificate) under `<data_dir>/tls`; prints the CA line.
+fn certificates(settings: &Settings) -> Result<tls::CertPaths> {
+    let certs = tls::ensure_certificates(&settings.data_dir.join("tls"))
+        .context("preparing the TLS certificates")?;
+    let ca = std::fs::canonicalize(&certs.ca).unwrap_or_else(|_| certs.ca.clone());
+    println!("phivault: CA certificate: {}", ca.display());
+    Ok(certs)
+}
+
+/// `phivault serve`.
+async fn serve(settings: &Settings) -> Result<()> {
+    refuse_noop_cipher()?;
+    check_transport(settings)?;
+    let key = prepare_data_dir(settings)?;
+    let validator = Arc::new(Validator::new().context("loading the FHIR R4 schema")?);
+    let store = open_store(settings, &key, settings.max_bundle_entries).await?;
+    let (auth, token) = BootstrapAuth::load_or_create(&settings.data_dir)
+        .context("loading the bootstrap admin token")?;
+    if let Some(token) = token {
+        print_token(&token);
+    }
+    let transport = if settings.insecure_http {
+        tracing::warn!("serving plain HTTP (insecure_http): for local testing only");
+        Transport::InsecureHttp
+    } else {
+        let certs = certificates(settings)?;
+        Transport::Tls {
+            cert: certs.cert,
+            key: certs.key,
+        }
+    };
+    let base_url = settings.base_url();
+    let config = ServerConfig {
+        listen: settings.listen,
+        transport,
+        base_url: base_url.clone(),
+        max_body_bytes: settings.max_body_bytes,
+    };
+    let state = AppState {
+        store: store.clone(),
+        validator,
+        auth: Arc::new(auth),
+        base_url: base_url.into(),
+        max_body_bytes: settings.max_body_bytes,
+    };
+    let shutdown = shutdown_signal()?;
+    let served = phivault_server::serve(config, state, shutdown)
+        .await
+        .context("serving");
+    store.close().await;
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C. Installed before serving, so an early signal is not lost.
+fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        {
+            let ctrl_c_failed = tokio::select! {
+                r = tokio::signal::ctrl_c() => r.is_err(),
+                _ = term.recv() => false,
+            };
+            if ctrl_c_failed {
+                tracing::warn!("cannot listen for Ctrl-C; stop with SIGTERM");
+                term.recv().await;
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                tracing::warn!("cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+        tracing::info!("shutting down: draining requests");
+    })
+}
+
+/// `phivault init`.
+async fn init(settings: &Settings) -> Result<()> {
+    refuse_noop_cipher()?;
+    let key = prepare_data_dir(settings)?;
+    let store = open_store(settings, &key, settings.max_bundle_entries).await?;
+    store.close().await;
+    let (_, token) = BootstrapAuth::load_or_create(&settings.data_dir)
+        .context("creating the bootstrap admin token")?;
+    match token {
+        Some(token) => print_token(&token),
+        None => eprintln!(
+            "phivault: a bootstrap admin token exists already (not shown again); \
+             `phivault bootstrap-token reset` makes a new one"
+        ),
+    }
+    certificates(settings)?;
+    eprintln!(
+        "phivault: initialized {} (back up {} somewhere safe: without it the data is lost)",
+        settings.data_dir.display(),
+        settings.master_key_file.display()
+    );
+    Ok(())
+}
+
+/// `phivault bootstrap-token reset`.
+fn reset_token(data_dir: &Path) -> Result<()> {
+    if !data_dir.is_dir() {
+        bail!(
+            "the data directory {} does not exist; run `phivault init` first",
+            data_dir.display()
+        );
+    }
+    let token = BootstrapAuth::reset(data_dir).context("replacing the bootstrap admin token")?;
+    print_token(&token);
+    eprintln!("phivault: the old token no longer works once the server restarts");
+    Ok(())
+}
+
+/// `phivault import PATH...`.
+async fn import(settings: &Settings, args: &ImportArgs) -> Result<ExitCode> {
+    refuse_noop_cipher()?;
+    let key = prepare_data_dir(settings)?;
+    let limit = if settings.max_bundle_entries_set {
+        settings.max_bundle_entries
+    } else {
+        IMPORT_MAX_BUNDLE_ENTRIES
+    };
+    let validator = Validator::new().context("loading the FHIR R4 schema")?;
+    let store = open_store(settings, &key, limit).await?;
+
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files, {msg} {prefix:.dim}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    let resources = Cell::new(0usize);
+    bar.set_message("0 resources");
+    let progress = |event: ImportEvent<'_>| match event {
+        ImportEvent::Found { files } => bar.set_length(files as u64),
+        // The operator's own file names, on the operator's terminal (never in logs).
+        ImportEvent::FileStarted { file } => bar.set_prefix(
+            file.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+        ImportEvent::Imported { resources: n } => {
+            resources.set(resources.get() + n);
+            bar.set_message(format!("{} resources", resources.get()));
+        }
+        ImportEvent::Error(error) => bar.suspend(|| eprintln!("{error}")),
+        ImportEvent::FileDone => bar.inc(1),
+    };
+    let paths: Vec<PathBuf> = args.paths.clone();
+    let summary = import::import(&store, &validator, &paths, &progress).await;
+    bar.finish_and_clear();
+    store.close().await;
+    println!("{summary}");
+    Ok(if summary.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `phivault bench`.
+async fn bench(args: &BenchArgs) -> Result<()> {
+    let opts = BenchOptions {
+        patients: args.patients,
+        reads: args.reads,
+        database_url: args.database_url.clone(),
+    };
+    println!("{}", bench::cipher_line());
+    eprintln!(
+        "phivault: bench: ingesting {} transaction bundles of {}, then {} reads by id",
+        opts.patients,
+        bench::BUNDLE_SIZE,
+        opts.reads
+    );
+    let report = bench::run(&opts).await?;
+    for line in report.lines() {
+        println!("{line}");
+    }
+    Ok(())
+}

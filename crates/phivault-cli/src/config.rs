@@ -1,0 +1,530 @@
+//! Settings: flags > environment > configuration file > defaults.
+//!
+//! clap resolves the first two (each flag is an `Option` with an `env = "PHIVAULT_..."`), so a
+//! command's arguments become one [`Layer`]; the TOML file is another [`Layer`]; [`resolve`]
+//! stacks them over the defaults of docs/CONTRACTS.md.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file read when neither `--config` nor `PHIVAULT_CONFIG` names one (only if it exists).
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "phivault.toml";
+/// Default `data_dir`.
+pub(crate) const DEFAULT_DATA_DIR: &str = "./phivault-data";
+/// Default `listen`.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Default `max_body_bytes` (10 MiB).
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// Default `max_bundle_entries`.
+pub(crate) const DEFAULT_MAX_BUNDLE_ENTRIES: usize = 1000;
+
+/// Log output format (stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// One source of settings (the command line with the environment, or the file); `None`
+/// means "not set here". Also the schema of `phivault.toml`: unknown keys are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Layer {
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) database_url: Option<String>,
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) master_key_file: Option<PathBuf>,
+    pub(crate) insecure_http: Option<bool>,
+    pub(crate) max_body_bytes: Option<usize>,
+    pub(crate) max_bundle_entries: Option<usize>,
+    pub(crate) public_base_url: Option<String>,
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+impl Layer {
+    /// Each setting from `self` when set there, else from `lower`.
+    fn over(self, lower: Layer) -> Layer {
+        Layer {
+            data_dir: self.data_dir.or(lower.data_dir),
+            database_url: self.database_url.or(lower.database_url),
+            listen: self.listen.or(lower.listen),
+            master_key_file: self.master_key_file.or(lower.master_key_file),
+            insecure_http: self.insecure_http.or(lower.insecure_http),
+            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            max_bundle_entries: self.max_bundle_entries.or(lower.max_bundle_entries),
+            public_base_url: self.public_base_url.or(lower.public_base_url),
+            log_format: self.log_format.or(lower.log_format),
+        }
+    }
+}
+
+/// The merged settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settings {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) database_url: String,
+    pub(crate) listen: SocketAddr,
+    pub(crate) master_key_file: PathBuf,
+    pub(crate) insecure_http: bool,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_bundle_entries: usize,
+    /// True when `max_bundle_entries` was set (flag, env or file) rather than defaulted.
+    pub(crate) max_bundle_entries_set: bool,
+    /// As configured; [`Settings::base_url`] derives it from `listen` when unset.
+    pub(crate) public_base_url: Option<String>,
+    pub(crate) log_format: LogFormat,
+}
+
+impl Settings {
+    /// Public base URL of the FHIR API: `public_base_url`, else `https://<listen>/fhir`
+    /// (`http://` with `insecure_http`).
+    pub(crate) fn base_url(&self) -> String {
+        match &self.public_base_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.insecure_http { "http" } else { "https" };
+                format!("{scheme}://{}/fhir", self.listen)
+            }
+        }
+    }
+
+    /// The settings as a `phivault.toml` (a password in `database_url` is masked).
+    pub(crate) fn to_toml(&self) -> String {
+        let quote = |s: &str| {
+            // A TOML basic string: escape backslash and quote; control characters as \u.
+            let mut out = String::from("\"");
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        };
+        let mut out = String::new();
+        let mut line = |key: &str, value: String| {
+            out.push_str(key);
+            out.push_str(" = ");
+            out.push_str(&value);
+            out.push('\n');
+        };
+        line("data_dir", quote(&self.data_dir.display().to_string()));
+        line("database_url", quote(&mask_password(&self.database_url)));
+        line("listen", quote(&self.listen.to_string()));
+        line(
+            "master_key_file",
+            quote(&self.master_key_file.display().to_string()),
+        );
+        line("insecure_http", self.insecure_http.to_string());
+        line("max_body_bytes", self.max_body_bytes.to_string());
+        line("max_bundle_entries", self.max_bundle_entries.to_string());
+        line("public_base_url", quote(&self.base_url()));
+        line("log_format", quote(self.log_format.as_str()));
+        out
+    }
+}
+
+/// A configuration mistake. Messages name keys and files, never secrets.
+#[derive(Debug)]
+pub(crate) enum ConfigError {
+    /// The configuration file could not be read.
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid (syntax, unknown key, wrong type).
+    Parse { path: PathBuf, message: String },
+    /// A setting has a value that cannot work.
+    Invalid { key: &'static str, message: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The I/O cause is the error's source (printed after it by `{:#}`).
+            ConfigError::Read { path, .. } => {
+                write!(f, "cannot read the configuration file {}", path.display())
+            }
+            ConfigError::Parse { path, message } => {
+                write!(f, "configuration file {}: {message}", path.display())
+            }
+            ConfigError::Invalid { key, message } => write!(f, "setting {key}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the configuration file: `explicit` (from `--config`/`PHIVAULT_CONFIG`, must exist),
+/// else `./phivault.toml` when it exists, else an empty layer.
+pub(crate) fn load_file(explicit: Option<&Path>) -> Result<Layer, ConfigError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+            if !p.is_file() {
+                return Ok(Layer::default());
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    parse_file(&path, &text)
+}
+
+/// Parses the text of a configuration file (unknown keys are an error naming the key).
+pub(crate) fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        // `message()` names the key ("unknown field `x`, expected one of ..."); the line
+        // comes from the span. One line, without toml's multi-line excerpt.
+        let message = one_line(e.message());
+        let message = match e.span() {
+            Some(span) => {
+                let line = 1 + text
+                    .get(..span.start)
+                    .map_or(0, |before| before.matches('\n').count());
+                format!("line {line}: {message}")
+            }
+            None => message,
+        };
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        }
+    })
+}
+
+/// Merges `cli` (flags, then environment: clap already applied that order) over `file`
+/// over the defaults, and checks the values.
+pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> {
+    let merged = cli.over(file);
+    let data_dir = merged
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    if data_dir.as_os_str().is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "data_dir",
+            message: "must not be empty".to_owned(),
+        });
+    }
+    let database_url = merged
+        .database_url
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("phivault.db").display()));
+    if !(database_url.starts_with("sqlite:")
+        || database_url.starts_with("postgres:")
+        || database_url.starts_with("postgresql:"))
+    {
+        return Err(ConfigError::Invalid {
+            key: "database_url",
+            message: "must start with sqlite:// or postgres://".to_owned(),
+        });
+    }
+    let listen = match merged.listen {
+        Some(addr) => addr,
+        None => DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
+            key: "listen",
+            message: "the default address does not parse".to_owned(),
+        })?,
+    };
+    let master_key_file = merged
+        .master_key_file
+        .unwrap_or_else(|| data_dir.join("master.key"));
+    let insecure_http = merged.insecure_http.unwrap_or(false);
+    let max_body_bytes = merged.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if max_body_bytes == 0 {
+        return Err(ConfigError::Invalid {
+            key: "max_body_bytes",
+            message: "must be at least 1".to_owned(),
+        });
+    }
+    let max_bundle_entries_set = merged.max_bundle_entries.is_some();
+    let max_bundle_entries = merged
+        .max_bundle_entries
+        .unwrap_or(DEFAULT_MAX_BUNDLE_ENTRIES);
+    if max_bundle_entries == 0 {
+        return Err(ConfigError::Invalid {
+            key: "max_bundle_entries",
+            message: "must be at least 1".to_owned(),
+        });
+    }
+    let public_base_url = merged.public_base_url;
+    if let Some(url) = &public_base_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(ConfigError::Invalid {
+            key: "public_base_url",
+            message: "must start with https:// (or http://)".to_owned(),
+        });
+    }
+    Ok(Settings {
+        data_dir,
+        database_url,
+        listen,
+        master_key_file,
+        insecure_http,
+        max_body_bytes,
+        max_bundle_entries,
+        max_bundle_entries_set,
+        public_base_url,
+        log_format: merged.log_format.unwrap_or_default(),
+    })
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+pub(crate) fn mask_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &url[rest_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return url.to_owned();
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..rest_start],
+        &userinfo[..colon],
+        &rest[at..]
+    )
+}
+
+fn one_line(text: &str) -> String {
+    text.split('\n')
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> Layer {
+        parse_file(Path::new("test.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = resolve(Layer::default(), Layer::default()).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("./phivault-data"));
+        assert_eq!(s.database_url, "sqlite://./phivault-data/phivault.db");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(
+            s.master_key_file,
+            PathBuf::from("./phivault-data/master.key")
+        );
+        assert!(!s.insecure_http);
+        assert_eq!(s.max_body_bytes, 10_485_760);
+        assert_eq!(s.max_bundle_entries, 1000);
+        assert!(!s.max_bundle_entries_set);
+        assert_eq!(s.base_url(), "https://127.0.0.1:8443/fhir");
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn derived_defaults_follow_data_dir_and_listen() {
+        let cli = Layer {
+            data_dir: Some("/srv/pv".into()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            insecure_http: Some(true),
+            ..Layer::default()
+        };
+        let s = resolve(cli, Layer::default()).unwrap();
+        assert_eq!(s.database_url, "sqlite:///srv/pv/phivault.db");
+        assert_eq!(s.master_key_file, PathBuf::from("/srv/pv/master.key"));
+        assert_eq!(s.base_url(), "http://127.0.0.1:0/fhir");
+    }
+
+    #[test]
+    fn file_beats_default() {
+        let f = file(
+            r#"
+            data_dir = "/from/file"
+            listen = "0.0.0.0:9000"
+            max_body_bytes = 1234
+            max_bundle_entries = 5
+            insecure_http = true
+            log_format = "json"
+            public_base_url = "https://fhir.example.org/fhir/"
+            "#,
+        );
+        let s = resolve(Layer::default(), f).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(s.max_body_bytes, 1234);
+        assert_eq!(s.max_bundle_entries, 5);
+        assert!(s.max_bundle_entries_set);
+        assert!(s.insecure_http);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.base_url(), "https://fhir.example.org/fhir");
+    }
+
+    #[test]
+    fn command_line_beats_file() {
+        // The command-line layer is what clap produced from flags and environment.
+        let cli = Layer {
+            data_dir: Some("/from/cli".into()),
+            max_body_bytes: Some(99),
+            insecure_http: Some(false),
+            log_format: Some(LogFormat::Text),
+            ..Layer::default()
+        };
+        let f = file(
+            r#"
+            data_dir = "/from/file"
+            database_url = "postgres://pv@db/pv"
+            max_body_bytes = 1234
+            insecure_http = true
+            log_format = "json"
+            "#,
+        );
+        let s = resolve(cli, f).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/from/cli"));
+        assert_eq!(s.max_body_bytes, 99);
+        assert!(!s.insecure_http);
+        assert_eq!(s.log_format, LogFormat::Text);
+        // Not on the command line: the file's value.
+        assert_eq!(s.database_url, "postgres://pv@db/pv");
+        // Derived from the winning data_dir.
+        assert_eq!(s.master_key_file, PathBuf::from("/from/cli/master.key"));
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        use crate::cli::Cli;
+        use clap::Parser;
+
+        // clap gives flags > env; this checks the whole chain through the real parser, with
+        // the environment passed as a clap default (the same mechanism as `env = ...`),
+        // without touching the process environment.
+        let with_env = |args: &[&str], env_listen: Option<&str>| -> Settings {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            if let Some(v) = env_listen {
+                let v: &'static str = Box::leak(v.to_owned().into_boxed_str());
+                cmd = cmd.mut_subcommand("serve", |c| c.mut_arg("listen", |a| a.default_value(v)));
+            }
+            let matches = cmd.try_get_matches_from(args).unwrap();
+            let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap();
+            let layer = cli.command.layer();
+            let f = file("listen = \"127.0.0.3:3\"");
+            resolve(layer, f).unwrap()
+        };
+        let flag = with_env(
+            &["phivault", "serve", "--listen", "127.0.0.1:1"],
+            Some("127.0.0.2:2"),
+        );
+        assert_eq!(flag.listen.to_string(), "127.0.0.1:1");
+        let env = with_env(&["phivault", "serve"], Some("127.0.0.2:2"));
+        assert_eq!(env.listen.to_string(), "127.0.0.2:2");
+        let from_file = with_env(&["phivault", "serve"], None);
+        assert_eq!(from_file.listen.to_string(), "127.0.0.3:3");
+        let default = resolve(Layer::default(), Layer::default()).unwrap();
+        assert_eq!(default.listen.to_string(), "127.0.0.1:8443");
+        // The parser itself, without env.
+        let cli = Cli::try_parse_from(["phivault", "serve", "--insecure-http"]).unwrap();
+        assert_eq!(cli.command.layer().insecure_http, Some(true));
+        let cli = Cli::try_parse_from(["phivault", "serve", "--insecure-http=false"]).unwrap();
+        assert_eq!(cli.command.layer().insecure_http, Some(false));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse_file(
+            Path::new("x.toml"),
+            "data_dir = \"d\"\nlisten_addr = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("x.toml"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse_file(Path::new("x"), "listen = \"nowhere\"").is_err());
+        assert!(parse_file(Path::new("x"), "log_format = \"xml\"").is_err());
+        assert!(parse_file(Path::new("x"), "max_body_bytes = -1").is_err());
+        let bad_url = Layer {
+            database_url: Some("mysql://x".into()),
+            ..Layer::default()
+        };
+        assert!(resolve(bad_url, Layer::default()).is_err());
+        let zero = Layer {
+            max_bundle_entries: Some(0),
+            ..Layer::default()
+        };
+        assert!(resolve(zero, Layer::default()).is_err());
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = load_file(Some(Path::new("/nonexistent/phivault.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_password("postgres://pv:s3cret@db:5432/pv?sslmode=require"),
+            "postgres://pv:***@db:5432/pv?sslmode=require"
+        );
+        assert_eq!(mask_password("postgres://pv@db/pv"), "postgres://pv@db/pv");
+        assert_eq!(
+            mask_password("sqlite:///srv/a@b:c/x.db"),
+            "sqlite:///srv/a@b:c/x.db"
+        );
+        let s = resolve(
+            Layer {
+                database_url: Some("postgres://u:p4ss@h/d".into()),
+                ..Layer::default()
+            },
+            Layer::default(),
+        )
+        .unwrap();
+        assert!(!s.to_toml().contains("p4ss"));
+        // The printed settings read back as the same settings.
+        let again = resolve(Layer::default(), file(&s.to_toml().replace("***", "p4ss"))).unwrap();
+        assert_eq!(again.database_url, s.database_url);
+        assert_eq!(again.listen, s.listen);
+    }
+}
