@@ -18,7 +18,7 @@ pub enum ServerError {
     #[error("configuration: {0}")]
     Config(String),
     /// I/O on a file or socket.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,

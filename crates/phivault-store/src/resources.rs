@@ -37,6 +37,9 @@ fn aad(tenant: &str, rtype: &str, id: &str, version: i64, deleted: bool, key_id:
     .into_bytes()
 }
 
+/// Index rows written by one INSERT (well under both drivers' bind-parameter limits).
+const INDEX_ROWS_PER_INSERT: usize = 200;
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -337,16 +340,24 @@ impl Store {
                 self.drop_index_in(conn, rtype, &id).await?;
             }
         }
-        for token in tokens {
-            sqlx::query(
-                "INSERT INTO search_index (tenant, rtype, token, id) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(tenant)
-            .bind(rtype.as_str())
-            .bind(token)
-            .bind(id.as_str())
-            .execute(&mut *conn)
-            .await?;
+        // One statement per chunk of tokens instead of one per token: `tenant`, `rtype` and
+        // `id` are bound once as $1..$3, tokens follow as $4...
+        for chunk in tokens.chunks(INDEX_ROWS_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, $2, ${}, $3)", i + 4))
+                .collect();
+            let sql = format!(
+                "INSERT INTO search_index (tenant, rtype, token, id) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(tenant)
+                .bind(rtype.as_str())
+                .bind(id.as_str());
+            for token in chunk {
+                q = q.bind(token.as_slice());
+            }
+            q.execute(&mut *conn).await?;
         }
         let version = to_u64(version);
         Ok(PutOutcome {
