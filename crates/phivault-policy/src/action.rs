@@ -1,0 +1,106 @@
+//! Actions, mirroring the Cedar schema's.
+
+use std::fmt;
+
+/// What a principal asks to do. Each variant is the Cedar action of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Action {
+    /// Read the current version of a resource.
+    Read,
+    /// Read a given version of a resource.
+    Vread,
+    /// Search; also used to filter every hit of a search.
+    Search,
+    /// Read the history of a resource, a type or the server.
+    History,
+    /// Create a resource.
+    Create,
+    /// Update a resource.
+    Update,
+    /// Delete a resource.
+    Delete,
+    /// Submit a transaction or batch Bundle as a whole; each entry is then decided on its own.
+    Transaction,
+    /// Manage user accounts.
+    ManageUsers,
+    /// Manage OAuth2 clients.
+    ManageClients,
+    /// Manage keys (rotation).
+    ManageKeys,
+    /// Read the audit trail.
+    ReadAudit,
+    /// Export de-identified data.
+    ExportDeidentified,
+    /// Read the CapabilityStatement.
+    ReadCapabilities,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: &'static [Action] = &[
+        Action::Read,
+        Action::Vread,
+        Action::Search,
+        Action::History,
+        Action::Create,
+        Action::Update,
+        Action::Delete,
+        Action::Transaction,
+        Action::ManageUsers,
+        Action::ManageClients,
+        Action::ManageKeys,
+        Action::ReadAudit,
+        Action::ExportDeidentified,
+        Action::ReadCapabilities,
+    ];
+
+    /// The Cedar action id.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Vread => "vread",
+            Action::Search => "search",
+            Action::History => "history",
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+            Action::Transaction => "transaction",
+            Action::ManageUsers => "manage_users",
+            Action::ManageClients => "manage_clients",
+            Action::ManageKeys => "manage_keys",
+            Action::ReadAudit => "read_audit",
+            Action::ExportDeidentified => "export_deidentified",
+            Action::ReadCapabilities => "read_capabilities",
+        }
+    }
+
+    /// True for the FHIR interactions on resources (read, vread, search, history, create,
+    /// update, delete): the actions about a patient's data, decided on a resource.
+    pub fn is_clinical(&self) -> bool {
+        matches!(
+            self,
+            Action::Read
+                | Action::Vread
+                | Action::Search
+                | Action::History
+                | Action::Create
+                | Action::Update
+                | Action::Delete
+        )
+    }
+
+    /// True for the clinical actions that only read.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Action::Read | Action::Vread | Action::Search | Action::History
+        )
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
