@@ -102,6 +102,7 @@ mod hex32;
 pub mod lockout;
 pub mod password;
 pub mod recovery;
+pub mod service;
 pub mod token;
 pub mod totp;
 
@@ -109,6 +110,10 @@ pub use clock::{Clock, FixedClock, SystemClock};
 pub use lockout::{AddressLimited, AddressLimiter, LockedUntil, LoginThrottle};
 pub use password::{Password, PasswordHasher, PasswordPolicy, PolicyViolation};
 pub use recovery::{RecoveryCode, RecoveryCodeHash, RecoveryCodes};
+pub use service::{
+    Accounts, Authenticated, BreakGlassRecord, LoginOutcome, LoginRequest, ServiceError,
+    TotpEnrolment,
+};
 pub use token::{IssuedToken, TokenError, TokenHash, TokenKind, TokenRecord};
 pub use totp::{Totp, TotpError, TotpSecret};
 

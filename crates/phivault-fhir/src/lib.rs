@@ -25,8 +25,8 @@ pub use bundle::{
 pub use error::{FhirError, Issue, IssueCode};
 pub use outcome::OperationOutcome;
 pub use search::{
-    IndexEntry, SearchParam, SearchParamDef, SearchParamKind, SearchQuery, compartment_patient,
-    index_entries, normalize_string, search_params,
+    IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery,
+    compartment_patient, index_entries, normalize_string, search_params,
 };
 pub use types::{Id, ResourceType};
 pub use validate::{ValidResource, Validator};

@@ -143,6 +143,7 @@ const CARE_TEAM: &[SearchParamDef] = &[
         "CareTeam.subject.where(resolve() is Patient)",
     ),
     def("subject", Reference, "CareTeam.subject"),
+    def("participant", Reference, "CareTeam.participant.member"),
 ];
 
 const ENCOUNTER: &[SearchParamDef] = &[
@@ -355,10 +356,21 @@ impl IndexEntry {
     }
 }
 
+/// `_security` (security labels in `meta.security`), searchable on every type. Authorization
+/// uses it to keep labelled resources out of searches by principals without a grant.
+pub const SECURITY: SearchParamDef = def(
+    "_security",
+    SearchParamKind::Token,
+    "Resource.meta.security",
+);
+
 /// Every index entry of a resource (deduplicated, sorted).
 pub fn index_entries(resource: &ValidResource) -> Vec<IndexEntry> {
     let mut out = BTreeSet::new();
-    for def in search_params(resource.resource_type()) {
+    for def in search_params(resource.resource_type())
+        .iter()
+        .chain(std::iter::once(&SECURITY))
+    {
         for value in values_at(resource.body(), def.expression) {
             match def.kind {
                 SearchParamKind::String => index_string(def.name, value, &mut out),
@@ -670,7 +682,11 @@ impl SearchQuery {
                         Some((base, modifier)) => (base, Some(modifier)),
                         None => (name.as_str(), None),
                     };
-                    match search_params(rtype).iter().find(|d| d.name == base) {
+                    match search_params(rtype)
+                        .iter()
+                        .chain(std::iter::once(&SECURITY))
+                        .find(|d| d.name == base)
+                    {
                         Some(def) => query.params.push(parse_param(def, name, modifier, value)?),
                         None if lenient => query.ignored.push(truncate(name)),
                         None => return Err(FhirError::UnknownSearchParam(truncate(name))),
@@ -1573,5 +1589,47 @@ mod debug_tests {
         let shown = format!("{q:?}").to_lowercase();
         assert!(shown.contains("family"));
         assert!(!shown.contains("zqmarker"), "{shown}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod security_tests {
+    use super::*;
+    use crate::Validator;
+    use serde_json::json;
+
+    #[test]
+    fn security_labels_and_participants_are_indexed() {
+        let v = Validator::new().unwrap();
+        let p = v
+            .validate(
+                json!({"resourceType": "Patient", "meta": {"security": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]}}),
+                None,
+            )
+            .unwrap();
+        let entries = index_entries(&p);
+        let q = SearchQuery::parse(
+            ResourceType::PATIENT,
+            &[("_security".to_owned(), "PSY".to_owned())],
+            false,
+        )
+        .unwrap();
+        assert!(entries.contains(&q.params[0].any_of[0]));
+        let ct = v
+            .validate(
+                json!({"resourceType": "CareTeam", "subject": {"reference": "Patient/p1"},
+                       "participant": [{"member": {"reference": "Practitioner/dr1"}}]}),
+                None,
+            )
+            .unwrap();
+        let q = SearchQuery::parse(
+            ResourceType::parse("CareTeam").unwrap(),
+            &[("participant".to_owned(), "Practitioner/dr1".to_owned())],
+            false,
+        )
+        .unwrap();
+        assert!(index_entries(&ct).contains(&q.params[0].any_of[0]));
     }
 }
