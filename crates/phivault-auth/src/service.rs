@@ -241,6 +241,21 @@ impl Accounts {
         todo!()
     }
 
+    /// Every patient the user may reach through care relationships (grants and CareTeam
+    /// resources naming the user's Practitioner), for compartment-restricted searches.
+    pub async fn care_patients(&self, who: &Authenticated) -> Result<Vec<Id>, ServiceError> {
+        todo!()
+    }
+
+    /// The user's break-the-glass claim on a patient that is still active, if any.
+    pub async fn active_break_glass(
+        &self,
+        who: &Authenticated,
+        patient: &Id,
+    ) -> Result<Option<BreakGlassRecord>, ServiceError> {
+        todo!()
+    }
+
     /// Records a break-the-glass claim.
     pub async fn record_break_glass(
         &self,

@@ -133,6 +133,11 @@ impl Keyring {
             .to_vec()
     }
 
+    /// The blind owner token of a patient's data key (for compartment-restricted searches).
+    pub(crate) fn patient_owner(&self, patient: &Id) -> Vec<u8> {
+        self.owner_token(&Owner::Patient(patient.clone())).1
+    }
+
     fn owner_token(&self, owner: &Owner) -> (&'static str, Vec<u8>) {
         match owner {
             Owner::Patient(id) => (

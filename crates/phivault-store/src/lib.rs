@@ -32,7 +32,7 @@ use serde_json::Value;
 use sqlx::AnyPool;
 
 pub use backend::Backend;
-pub use search::SearchPage;
+pub use search::{SearchPage, SearchScope};
 
 /// How to open a [`Store`].
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! Search over the blind index: every parameter value becomes an HMAC token, matched by
 //! equality; no plaintext value reaches SQL.
 
-use phivault_fhir::{Id, ResourceType, SearchQuery};
+use phivault_fhir::{Id, IndexEntry, ResourceType, SearchQuery};
 use sqlx::Row;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
@@ -15,6 +15,39 @@ pub struct SearchPage {
     pub total: u64,
     /// This page's resources, ordered by id.
     pub resources: Vec<StoredResource>,
+}
+
+/// Which part of the data a search may see: the authorization layer's restriction, applied in
+/// SQL so that results and totals never include what the principal may not read.
+#[derive(Clone, Default)]
+pub struct SearchScope {
+    /// `None`: every patient compartment. `Some(list)`: only these patients' compartments.
+    pub patients: Option<Vec<Id>>,
+    /// Whether resources outside any compartment (Practitioner, Organization, ...) are visible.
+    pub directory: bool,
+    /// Resources carrying any of these `_security` entries are left out.
+    pub exclude_labels: Vec<IndexEntry>,
+}
+
+impl SearchScope {
+    /// No restriction (system-level access).
+    pub fn everything() -> Self {
+        Self {
+            patients: None,
+            directory: true,
+            exclude_labels: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SearchScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchScope")
+            .field("patients", &self.patients.as_ref().map(Vec::len))
+            .field("directory", &self.directory)
+            .field("exclude_labels", &self.exclude_labels.len())
+            .finish()
+    }
 }
 
 /// A WHERE clause with its bind values, numbered from `$1`.
@@ -49,7 +82,7 @@ impl Filter {
 }
 
 impl Store {
-    fn filter(&self, rtype: ResourceType, query: &SearchQuery) -> Filter {
+    fn filter(&self, rtype: ResourceType, query: &SearchQuery, scope: &SearchScope) -> Filter {
         let mut f = Filter {
             sql: String::new(),
             binds: Vec::new(),
@@ -67,6 +100,55 @@ impl Store {
             } else {
                 sql.push_str(&format!(" AND c.id IN ({})", list.join(", ")));
             }
+        }
+        if let Some(patients) = &scope.patients {
+            let owners: Vec<String> = patients
+                .iter()
+                .map(|p| f.placeholder(Bind::Bytes(self.inner.keys.patient_owner(p))))
+                .collect();
+            let mut parts = Vec::new();
+            if !owners.is_empty() {
+                parts.push(format!(
+                    "c.key_id IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = c.tenant \
+                     AND k.kind = 'patient' AND k.owner IN ({}))",
+                    owners.join(", ")
+                ));
+            }
+            if scope.directory {
+                parts.push(
+                    "c.key_id IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = c.tenant \
+                     AND k.kind = 'directory')"
+                        .to_owned(),
+                );
+            }
+            if parts.is_empty() {
+                sql.push_str(" AND 1 = 0");
+            } else {
+                sql.push_str(&format!(" AND ({})", parts.join(" OR ")));
+            }
+        } else if !scope.directory {
+            sql.push_str(
+                " AND c.key_id NOT IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = c.tenant \
+                 AND k.kind = 'directory')",
+            );
+        }
+        if !scope.exclude_labels.is_empty() {
+            let tokens: Vec<String> = scope
+                .exclude_labels
+                .iter()
+                .map(|e| {
+                    let token = self
+                        .inner
+                        .keys
+                        .search_token(rtype.as_str(), &e.param, &e.value);
+                    f.placeholder(Bind::Bytes(token))
+                })
+                .collect();
+            sql.push_str(&format!(
+                " AND NOT EXISTS (SELECT 1 FROM search_index x WHERE x.tenant = c.tenant \
+                 AND x.rtype = c.rtype AND x.id = c.id AND x.token IN ({}))",
+                tokens.join(", ")
+            ));
         }
         for param in &query.params {
             let tokens: Vec<String> = param
@@ -94,13 +176,25 @@ impl Store {
         f
     }
 
-    /// Runs a search: resources of `rtype` matching every parameter, one page of them.
+    /// Runs a search over everything: resources of `rtype` matching every parameter, one
+    /// page of them.
     pub async fn search(
         &self,
         rtype: ResourceType,
         query: &SearchQuery,
     ) -> Result<SearchPage, StoreError> {
-        let f = self.filter(rtype, query);
+        self.search_scoped(rtype, query, &SearchScope::everything())
+            .await
+    }
+
+    /// Runs a search restricted to what `scope` lets the principal see.
+    pub async fn search_scoped(
+        &self,
+        rtype: ResourceType,
+        query: &SearchQuery,
+        scope: &SearchScope,
+    ) -> Result<SearchPage, StoreError> {
+        let f = self.filter(rtype, query, scope);
         let count_sql = format!(
             "SELECT COUNT(*) AS n FROM current_resources c WHERE {}",
             f.sql

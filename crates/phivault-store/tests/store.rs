@@ -456,3 +456,64 @@ async fn concurrent_writers_do_not_fail() {
         assert_eq!(page.total, 80, "{}", f.label);
     }
 }
+
+#[tokio::test]
+async fn scoped_search_sees_only_allowed_compartments_and_labels() {
+    use phivault_store::SearchScope;
+    for f in fixtures().await {
+        let s = &f.store;
+        let a = s.create(valid(patient("Scopea", "Ann"))).await.unwrap();
+        let b = s.create(valid(patient("Scopeb", "Ben"))).await.unwrap();
+        let obs = ResourceType::parse("Observation").unwrap();
+        s.create(valid(observation(&a.id, "1-1"))).await.unwrap();
+        s.create(valid(observation(&b.id, "1-1"))).await.unwrap();
+        let mut labelled = observation(&a.id, "1-1");
+        labelled["meta"] = json!({"security": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]});
+        s.create(valid(labelled)).await.unwrap();
+        s.create(valid(
+            json!({"resourceType": "Practitioner", "name": [{"family": "Scopedoc"}]}),
+        ))
+        .await
+        .unwrap();
+
+        let q = query(obs, &[("code", "1-1")]);
+        assert_eq!(s.search(obs, &q).await.unwrap().total, 3, "{}", f.label);
+        let only_a = SearchScope {
+            patients: Some(vec![a.id.clone()]),
+            directory: false,
+            exclude_labels: Vec::new(),
+        };
+        let page = s.search_scoped(obs, &q, &only_a).await.unwrap();
+        assert_eq!(page.total, 2, "{}", f.label);
+        assert!(
+            page.resources
+                .iter()
+                .all(|r| r.body["subject"]["reference"] == format!("Patient/{}", a.id))
+        );
+        let psy = SearchQuery::parse(obs, &[("_security".to_owned(), "PSY".to_owned())], false)
+            .unwrap()
+            .params[0]
+            .any_of
+            .clone();
+        let no_labels = SearchScope {
+            exclude_labels: psy,
+            ..only_a.clone()
+        };
+        assert_eq!(s.search_scoped(obs, &q, &no_labels).await.unwrap().total, 1);
+        let nobody = SearchScope {
+            patients: Some(Vec::new()),
+            directory: false,
+            exclude_labels: Vec::new(),
+        };
+        assert_eq!(s.search_scoped(obs, &q, &nobody).await.unwrap().total, 0);
+        let pr = ResourceType::parse("Practitioner").unwrap();
+        let pq = query(pr, &[("family", "scopedoc")]);
+        assert_eq!(s.search_scoped(pr, &pq, &only_a).await.unwrap().total, 0);
+        let with_dir = SearchScope {
+            directory: true,
+            ..nobody
+        };
+        assert_eq!(s.search_scoped(pr, &pq, &with_dir).await.unwrap().total, 1);
+    }
+}
