@@ -1,9 +1,11 @@
 //! Accounts and credentials for phivault: argon2id passwords and the password policy, TOTP
 //! second factors, recovery codes, session and OAuth2 tokens, and login throttling.
 //!
-//! This crate is pure: it holds no database handle and speaks no HTTP. It decides and computes;
-//! the store crate persists what it hands out (PHC strings, hashes, sealed TOTP secrets,
-//! throttle state), and the server maps its errors to responses.
+//! The primitives (passwords, TOTP, recovery codes, tokens, lockout) are pure: they decide and
+//! compute without I/O. The [`service`] module ([`Accounts`]) joins them with the store, which
+//! persists what they hand out (PHC strings, hashes, sealed TOTP secrets, throttle state, care
+//! grants, break-the-glass claims); it speaks no HTTP, and the server maps its errors to
+//! responses.
 //!
 //! Guarantees:
 //! - **No credential in the clear at rest.** What this crate gives the store to keep is a

@@ -2,13 +2,25 @@
 //! crate with the store (which keeps users, hashed tokens, sealed TOTP secrets, grants and
 //! break-the-glass records) and with the policy crate's principals.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use phivault_fhir::Id;
-use phivault_policy::{Label, PrincipalRef, Role};
-use phivault_store::Store;
+use phivault_fhir::{Id, ResourceType, SearchQuery};
+use phivault_policy::{BreakGlass, Label, PrincipalKind, PrincipalRef, Role, ScopeSet, SmartScope};
+use phivault_store::accounts::{BreakGlassRow, ClientRow, GrantRow, NewUser, TokenRow, UserRow};
+use phivault_store::{Store, StoreError};
+use serde_json::Value;
+use subtle::ConstantTimeEq as _;
+use time::OffsetDateTime;
 
-use crate::{IssuedToken, Password};
+use crate::recovery::RECOVERY_CODE_COUNT;
+use crate::token;
+use crate::{
+    AddressLimiter, Clock, IssuedToken, LockedUntil, LoginThrottle, Password, PasswordHasher,
+    PasswordPolicy, RecoveryCodeHash, RecoveryCodes, SystemClock, TokenHash, TokenKind,
+    TokenRecord, Totp, TotpError, TotpSecret,
+};
 
 /// Errors of the service. Credential failures all display the same text.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +57,10 @@ pub enum ServiceError {
     /// Store failure.
     #[error(transparent)]
     Store(#[from] phivault_store::StoreError),
+    /// A primitive failed on our side (random generator, hashing task, corrupt stored
+    /// value): answer 500 and log; the text names what failed, never a secret.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// A login attempt.
@@ -126,10 +142,162 @@ pub struct BreakGlassRecord {
     pub expires_at: i64,
 }
 
+/// Roles whose accounts must have a second factor: their sessions are enrolment-only until
+/// TOTP is confirmed.
+fn is_staff(role: Role) -> bool {
+    matches!(
+        role,
+        Role::Admin | Role::Clinician | Role::Auditor | Role::Researcher
+    )
+}
+
+/// Longest username accepted, in characters.
+pub const MAX_USERNAME_CHARS: usize = 128;
+/// Longest OAuth2 client name accepted, in characters.
+pub const MAX_CLIENT_NAME_CHARS: usize = 200;
+/// Longest client id looked up (ours are `pvcl_` and a UUID).
+const MAX_CLIENT_ID_LEN: usize = 128;
+/// Unknown usernames whose failed logins are remembered (in memory) before the oldest state
+/// is dropped.
+const MAX_UNKNOWN_TRACKED: usize = 10_000;
+/// Compare-and-set attempts on a user's throttle state under contention.
+const THROTTLE_RETRIES: usize = 5;
+/// CareTeam resources read per page, and at most this many pages.
+const CARE_TEAM_PAGE: usize = 1000;
+const MAX_CARE_TEAM_PAGES: usize = 100;
+/// Stands in for a stored client secret hash when the client is unknown, so both paths
+/// compare a hash.
+const NO_CLIENT_SECRET: [u8; 32] = [0u8; 32];
+
+fn internal(what: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(what.to_string())
+}
+
+/// Checks a new username: 1 to 128 characters after trimming, no control characters, no `:`
+/// (authenticator apps use it to separate issuer and account). Returns it trimmed.
+fn check_username(username: &str) -> Result<String, ServiceError> {
+    let name = username.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_USERNAME_CHARS {
+        return Err(ServiceError::Invalid(format!(
+            "a username has 1 to {MAX_USERNAME_CHARS} characters"
+        )));
+    }
+    if name.chars().any(|c| c.is_control() || c == ':') {
+        return Err(ServiceError::Invalid(
+            "a username has no control characters and no `:`".to_owned(),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn parse_throttle(user_id: &str, text: Option<&str>) -> LoginThrottle {
+    match text {
+        None => LoginThrottle::new(),
+        Some(t) => serde_json::from_str(t).unwrap_or_else(|_| {
+            tracing::warn!(target: "phivault::auth", user_id, "unreadable throttle state reset");
+            LoginThrottle::new()
+        }),
+    }
+}
+
+fn parse_id(text: &str) -> Result<Id, ServiceError> {
+    Id::parse(text).map_err(|_| internal("a stored patient or practitioner id is not a FHIR id"))
+}
+
+/// Every requested scope is within one allowed scope: same context, same or any type, and no
+/// more permissions; non-data scopes must be registered as such.
+fn scopes_within(requested: &ScopeSet, allowed: &ScopeSet) -> bool {
+    let covered = |r: &SmartScope| {
+        allowed.data_scopes().iter().any(|a| {
+            a.context() == r.context()
+                && (a.resource_type().is_none() || a.resource_type() == r.resource_type())
+                && a.permissions().contains(r.permissions())
+        })
+    };
+    requested.data_scopes().iter().all(covered)
+        && requested
+            .other_scopes()
+            .iter()
+            .all(|o| allowed.other_scopes().contains(o))
+}
+
+/// The patient id of a `Patient/<id>` reference (relative, absolute or versioned).
+fn patient_of_reference(reference: &str) -> Option<Id> {
+    let (_, rest) = reference.rsplit_once("Patient/")?;
+    let id = rest.split('/').next()?;
+    Id::parse(id).ok()
+}
+
+/// A CareTeam grants access while its status is `active` or not given (proposed, suspended,
+/// inactive and entered-in-error teams do not).
+fn care_team_in_force(body: &Value) -> bool {
+    matches!(
+        body.get("status").and_then(Value::as_str),
+        None | Some("active")
+    )
+}
+
+fn token_row(record: &TokenRecord, launch_patient: Option<String>) -> TokenRow {
+    TokenRow {
+        token_hash: record.hash.as_bytes().to_vec(),
+        kind: record.kind.as_str().to_owned(),
+        principal_id: record.principal_id.clone(),
+        client_id: record.client_id.clone(),
+        scopes: record.scopes.clone(),
+        launch_patient,
+        issued_at: record.issued_at,
+        expires_at: record.expires_at,
+        revoked_at: record.revoked_at,
+    }
+}
+
+fn break_glass_record(row: BreakGlassRow) -> Result<BreakGlassRecord, ServiceError> {
+    Ok(BreakGlassRecord {
+        patient: parse_id(&row.patient_id)?,
+        id: row.id,
+        user_id: row.user_id,
+        reason: row.reason,
+        started_at: row.started_at,
+        expires_at: row.expires_at,
+    })
+}
+
+/// Failed-login state of usernames that do not exist, keyed by their directory token, so an
+/// unknown account locks like a known one and the two cannot be told apart.
+#[derive(Default)]
+struct UnknownThrottles {
+    states: HashMap<Vec<u8>, LoginThrottle>,
+}
+
+impl UnknownThrottles {
+    fn check(&self, key: &[u8], now: i64) -> Result<(), LockedUntil> {
+        self.states.get(key).map_or(Ok(()), |t| t.check(now))
+    }
+
+    fn record_failure(&mut self, key: Vec<u8>, now: i64) {
+        if self.states.len() >= MAX_UNKNOWN_TRACKED && !self.states.contains_key(&key) {
+            // Forget states whose lock is over (or never started) first; then everything.
+            self.states.retain(|_, t| t.check(now).is_err());
+            if self.states.len() >= MAX_UNKNOWN_TRACKED {
+                self.states.clear();
+            }
+        }
+        self.states.entry(key).or_default().record_failure(now);
+    }
+}
+
 /// The accounts service. Cheap to clone.
 #[derive(Clone)]
 pub struct Accounts {
     store: Store,
+    /// `None` only when the system random generator failed at start-up: every operation that
+    /// hashes a password then fails with [`ServiceError::Internal`].
+    hasher: Option<Arc<PasswordHasher>>,
+    policy: PasswordPolicy,
+    clock: Arc<dyn Clock>,
+    addresses: Arc<AddressLimiter>,
+    unknown: Arc<Mutex<UnknownThrottles>>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -138,11 +306,119 @@ impl std::fmt::Debug for Accounts {
     }
 }
 
-#[allow(unused_variables, clippy::unused_async)]
 impl Accounts {
     /// The service over a store, with OWASP argon2id parameters.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        let hasher = match PasswordHasher::new() {
+            Ok(h) => Some(Arc::new(h)),
+            Err(e) => {
+                tracing::error!(target: "phivault::auth", error = %e, "password hasher unavailable");
+                None
+            }
+        };
+        Self::build(store, hasher)
+    }
+
+    /// The service with another password hasher: cheap parameters for tests and benchmarks
+    /// (`PasswordHasher::with_params(8, 1, 1)`). Servers use [`Accounts::new`].
+    pub fn with_hasher(store: Store, hasher: PasswordHasher) -> Self {
+        Self::build(store, Some(Arc::new(hasher)))
+    }
+
+    fn build(store: Store, hasher: Option<Arc<PasswordHasher>>) -> Self {
+        Self {
+            store,
+            hasher,
+            policy: PasswordPolicy::default(),
+            clock: Arc::new(SystemClock),
+            addresses: Arc::new(AddressLimiter::default()),
+            unknown: Arc::new(Mutex::new(UnknownThrottles::default())),
+        }
+    }
+
+    /// The same service reading time from `clock` (a [`crate::FixedClock`] in tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The same service with another per-address login limiter (default: 20 attempts per 5
+    /// minutes per IPv4 address or IPv6 /64).
+    pub fn with_address_limiter(mut self, limiter: AddressLimiter) -> Self {
+        self.addresses = Arc::new(limiter);
+        self
+    }
+
+    /// The store this service keeps accounts in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_unix()
+    }
+
+    fn hasher(&self) -> Result<Arc<PasswordHasher>, ServiceError> {
+        self.hasher
+            .clone()
+            .ok_or_else(|| internal("password hasher unavailable"))
+    }
+
+    fn unknown(&self) -> MutexGuard<'_, UnknownThrottles> {
+        // Counters only: a state left half-updated by a panic is still usable.
+        self.unknown.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hashes on a blocking thread (argon2id takes tens of milliseconds and 19 MiB).
+    async fn hash_password(&self, password: Password) -> Result<String, ServiceError> {
+        let hasher = self.hasher()?;
+        tokio::task::spawn_blocking(move || hasher.hash(&password))
+            .await
+            .map_err(|_| internal("password hashing task failed"))?
+            .map_err(internal)
+    }
+
+    /// Verifies on a blocking thread; with no stored hash, spends the same time and answers
+    /// false. Hands the password back for a rehash.
+    async fn verify_password(
+        &self,
+        password: Password,
+        phc: Option<String>,
+    ) -> Result<(bool, Password), ServiceError> {
+        let hasher = self.hasher()?;
+        tokio::task::spawn_blocking(move || {
+            let ok = match &phc {
+                Some(phc) => hasher.verify(&password, phc),
+                None => {
+                    hasher.dummy_verify(&password);
+                    false
+                }
+            };
+            (ok, password)
+        })
+        .await
+        .map_err(|_| internal("password verification task failed"))
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<UserRow, ServiceError> {
+        self.store
+            .user_by_username(username)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("user".to_owned()))
+    }
+
+    /// The account behind an authenticated user principal; a disabled or vanished account is
+    /// a credential failure.
+    async fn user_of(&self, who: &Authenticated) -> Result<UserRow, ServiceError> {
+        if who.principal.kind() != PrincipalKind::User {
+            return Err(ServiceError::Invalid(
+                "this operation is for user accounts, not OAuth2 clients".to_owned(),
+            ));
+        }
+        match self.store.user_by_id(who.principal.id()).await? {
+            Some(u) if u.disabled_at.is_none() => Ok(u),
+            _ => Err(ServiceError::CredentialFailure),
+        }
     }
 
     /// Creates a user (password checked against the policy). Returns the user id.
@@ -152,12 +428,50 @@ impl Accounts {
         password: Password,
         role: Role,
     ) -> Result<String, ServiceError> {
-        todo!()
+        let username = check_username(username)?;
+        if role == Role::App {
+            return Err(ServiceError::Invalid(
+                "the app role is for OAuth2 clients, not users".to_owned(),
+            ));
+        }
+        self.policy
+            .check(&password, &username)
+            .map_err(|v| ServiceError::WeakPassword(v.to_string()))?;
+        // Cheap check before the expensive hash; the unique index decides races.
+        if self.store.user_by_username(&username).await?.is_some() {
+            return Err(ServiceError::UsernameTaken);
+        }
+        let password_hash = self.hash_password(password).await?;
+        let user_id = uuid::Uuid::new_v4().to_string();
+        let created = self
+            .store
+            .insert_user(&NewUser {
+                user_id: user_id.clone(),
+                username,
+                role: role.as_str().to_owned(),
+                password_hash,
+                created_at: self.now(),
+            })
+            .await?;
+        if !created {
+            return Err(ServiceError::UsernameTaken);
+        }
+        tracing::info!(target: "phivault::auth", user_id, role = %role, "user created");
+        Ok(user_id)
     }
 
     /// Links a user (role patient) to their Patient record.
     pub async fn link_patient(&self, username: &str, patient: &Id) -> Result<(), ServiceError> {
-        todo!()
+        let user = self.user_by_username(username).await?;
+        if user.role != Role::Patient.as_str() {
+            return Err(ServiceError::Invalid(
+                "only users with the patient role are linked to a Patient".to_owned(),
+            ));
+        }
+        self.store
+            .set_user_patient(&user.user_id, Some(patient.as_str()))
+            .await?;
+        Ok(())
     }
 
     /// Links a user (role clinician) to their Practitioner record.
@@ -166,12 +480,211 @@ impl Accounts {
         username: &str,
         practitioner: &Id,
     ) -> Result<(), ServiceError> {
-        todo!()
+        let user = self.user_by_username(username).await?;
+        if user.role != Role::Clinician.as_str() {
+            return Err(ServiceError::Invalid(
+                "only users with the clinician role are linked to a Practitioner".to_owned(),
+            ));
+        }
+        self.store
+            .set_user_practitioner(&user.user_id, Some(practitioner.as_str()))
+            .await?;
+        Ok(())
+    }
+
+    /// Disables a user: logins and existing tokens stop working; the row stays for the audit
+    /// trail.
+    pub async fn disable_user(&self, username: &str) -> Result<(), ServiceError> {
+        let user = self.user_by_username(username).await?;
+        self.store.disable_user(&user.user_id, self.now()).await?;
+        Ok(())
+    }
+
+    /// The username of an account, unsealed (administrators only; never log it).
+    pub async fn username(&self, user_id: &str) -> Result<String, ServiceError> {
+        let user = self
+            .store
+            .user_by_id(user_id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("user".to_owned()))?;
+        Ok(self.store.user_username(&user).await?)
+    }
+
+    /// How many user accounts exist (e.g. to offer first-admin bootstrap only on an empty
+    /// system).
+    pub async fn user_count(&self) -> Result<u64, ServiceError> {
+        Ok(self.store.user_count().await?)
+    }
+
+    /// Counts a failed login on a known account (compare-and-set, retried under contention,
+    /// so parallel guesses cannot lose counts).
+    async fn record_failure(&self, user: &UserRow, now: i64) -> Result<(), ServiceError> {
+        let mut old = user.throttle.clone();
+        for _ in 0..THROTTLE_RETRIES {
+            let mut throttle = parse_throttle(&user.user_id, old.as_deref());
+            throttle.record_failure(now);
+            let new = serde_json::to_string(&throttle).map_err(internal)?;
+            if self
+                .store
+                .replace_throttle(&user.user_id, old.as_deref(), Some(&new))
+                .await?
+            {
+                return Ok(());
+            }
+            match self.store.user_by_id(&user.user_id).await? {
+                Some(fresh) => old = fresh.throttle,
+                None => return Ok(()),
+            }
+        }
+        tracing::warn!(target: "phivault::auth", user_id = %user.user_id, "throttle update lost under contention");
+        Ok(())
+    }
+
+    /// Clears a known account's throttle after a complete login.
+    async fn record_success(&self, user: &UserRow) -> Result<(), ServiceError> {
+        let mut old = user.throttle.clone();
+        for _ in 0..THROTTLE_RETRIES {
+            if old.is_none() {
+                return Ok(());
+            }
+            if self
+                .store
+                .replace_throttle(&user.user_id, old.as_deref(), None)
+                .await?
+            {
+                return Ok(());
+            }
+            match self.store.user_by_id(&user.user_id).await? {
+                Some(fresh) => old = fresh.throttle,
+                None => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// A refused credential on a known account: counted, then the one answer for all.
+    async fn refuse(
+        &self,
+        user: &UserRow,
+        now: i64,
+        why: &'static str,
+    ) -> Result<LoginOutcome, ServiceError> {
+        tracing::info!(target: "phivault::auth", user_id = %user.user_id, why, "login refused");
+        self.record_failure(user, now).await?;
+        Err(ServiceError::CredentialFailure)
     }
 
     /// Password (+ TOTP or recovery code) login with lockout and per-address limits.
     pub async fn login(&self, request: LoginRequest) -> Result<LoginOutcome, ServiceError> {
-        todo!()
+        let now = self.now();
+        let LoginRequest {
+            username,
+            password,
+            totp,
+            recovery_code,
+            address,
+        } = request;
+        self.addresses
+            .check_and_record(address, now)
+            .map_err(|e| ServiceError::Throttled {
+                retry_after: e.retry_after_secs,
+            })?;
+        let Some(user) = self.store.user_by_username(&username).await? else {
+            let key = self.store.username_token(&username);
+            if let Err(lock) = self.unknown().check(&key, now) {
+                return Err(ServiceError::Throttled {
+                    retry_after: lock.retry_after(now),
+                });
+            }
+            self.verify_password(password, None).await?;
+            self.unknown().record_failure(key, now);
+            return Err(ServiceError::CredentialFailure);
+        };
+        let throttle = parse_throttle(&user.user_id, user.throttle.as_deref());
+        if let Err(lock) = throttle.check(now) {
+            return Err(ServiceError::Throttled {
+                retry_after: lock.retry_after(now),
+            });
+        }
+        if user.disabled_at.is_some() {
+            self.verify_password(password, None).await?;
+            tracing::info!(target: "phivault::auth", user_id = %user.user_id, "login to a disabled account refused");
+            return Err(ServiceError::CredentialFailure);
+        }
+        let (ok, password) = self
+            .verify_password(password, Some(user.password_hash.clone()))
+            .await?;
+        if !ok {
+            return self.refuse(&user, now, "wrong password").await;
+        }
+        let role = Role::parse(&user.role).map_err(internal)?;
+        if user.totp_enabled {
+            if let Some(code) = totp.as_deref() {
+                let secret = self
+                    .store
+                    .user_totp_secret(&user)
+                    .await?
+                    .ok_or_else(|| internal("TOTP enabled without a secret"))?;
+                let secret = TotpSecret::from_bytes(&secret).map_err(internal)?;
+                let checker = Totp::new(&secret, &user.user_id).map_err(internal)?;
+                let last = user.totp_last_step.and_then(|s| u64::try_from(s).ok());
+                let step = match checker.verify(code, now, last) {
+                    Ok(step) => step,
+                    Err(TotpError::Replayed) => {
+                        return self.refuse(&user, now, "TOTP code replayed").await;
+                    }
+                    Err(_) => return self.refuse(&user, now, "wrong TOTP code").await,
+                };
+                let step = i64::try_from(step).map_err(internal)?;
+                if !self.store.advance_totp_step(&user.user_id, step).await? {
+                    return self
+                        .refuse(&user, now, "TOTP code replayed concurrently")
+                        .await;
+                }
+            } else if let Some(code) = recovery_code.as_deref() {
+                let hashes: Vec<RecoveryCodeHash> = self
+                    .store
+                    .unused_recovery_codes(&user.user_id)
+                    .await?
+                    .into_iter()
+                    .map(RecoveryCodeHash::from_bytes)
+                    .collect();
+                let Some(hash) = RecoveryCodes::verify(code, &hashes).and_then(|i| hashes.get(i))
+                else {
+                    return self.refuse(&user, now, "wrong recovery code").await;
+                };
+                if !self
+                    .store
+                    .use_recovery_code(&user.user_id, hash.as_bytes(), now)
+                    .await?
+                {
+                    return self
+                        .refuse(&user, now, "recovery code used concurrently")
+                        .await;
+                }
+                tracing::info!(target: "phivault::auth", user_id = %user.user_id, "recovery code used");
+            } else {
+                return Err(ServiceError::SecondFactorRequired);
+            }
+        }
+        self.record_success(&user).await?;
+        if let Some(hasher) = &self.hasher
+            && hasher.needs_rehash(&user.password_hash)
+        {
+            let phc = self.hash_password(password).await?;
+            self.store.set_password_hash(&user.user_id, &phc).await?;
+        }
+        let (token, record) = TokenRecord::issue(TokenKind::Session, &user.user_id, None, "", now)
+            .map_err(internal)?;
+        self.store.insert_token(&token_row(&record, None)).await?;
+        let enrolment_only = is_staff(role) && !user.totp_enabled;
+        tracing::info!(target: "phivault::auth", user_id = %user.user_id, enrolment_only, "login");
+        Ok(LoginOutcome {
+            token,
+            expires_at: record.expires_at,
+            enrolment_only,
+            role,
+        })
     }
 
     /// Starts TOTP enrolment for the authenticated user.
@@ -179,7 +692,27 @@ impl Accounts {
         &self,
         who: &Authenticated,
     ) -> Result<TotpEnrolment, ServiceError> {
-        todo!()
+        let user = self.user_of(who).await?;
+        let already = || ServiceError::Invalid("TOTP is already enabled for this account".into());
+        if user.totp_enabled {
+            return Err(already());
+        }
+        let secret = TotpSecret::generate().map_err(internal)?;
+        let username = self.store.user_username(&user).await?;
+        let totp = Totp::new(&secret, &username).map_err(internal)?;
+        let url = totp.otpauth_url().map_err(internal)?;
+        if !self
+            .store
+            .begin_totp(&user.user_id, secret.expose_bytes())
+            .await?
+        {
+            return Err(already());
+        }
+        tracing::info!(target: "phivault::auth", user_id = %user.user_id, "TOTP enrolment started");
+        Ok(TotpEnrolment {
+            secret_base32: String::from(secret.to_base32().as_str()),
+            otpauth_url: String::from(url.as_str()),
+        })
     }
 
     /// Confirms enrolment with a first code; returns the recovery codes (shown once).
@@ -188,17 +721,135 @@ impl Accounts {
         who: &Authenticated,
         code: &str,
     ) -> Result<Vec<String>, ServiceError> {
-        todo!()
+        let user = self.user_of(who).await?;
+        if user.totp_enabled {
+            return Err(ServiceError::Invalid(
+                "TOTP is already enabled for this account".into(),
+            ));
+        }
+        let Some(secret) = self.store.user_totp_secret(&user).await? else {
+            return Err(ServiceError::Invalid(
+                "no TOTP enrolment is in progress".into(),
+            ));
+        };
+        let secret = TotpSecret::from_bytes(&secret).map_err(internal)?;
+        let checker = Totp::new(&secret, &user.user_id).map_err(internal)?;
+        let step = checker
+            .verify(code, self.now(), None)
+            .map_err(|_| ServiceError::CredentialFailure)?;
+        let step = i64::try_from(step).map_err(internal)?;
+        let codes = RecoveryCodes::generate(RECOVERY_CODE_COUNT).map_err(internal)?;
+        let hashes: Vec<[u8; 32]> = codes.hashes().iter().map(|h| *h.as_bytes()).collect();
+        if !self.store.enable_totp(&user.user_id, step, &hashes).await? {
+            return Err(ServiceError::Invalid(
+                "no TOTP enrolment is in progress".into(),
+            ));
+        }
+        tracing::info!(target: "phivault::auth", user_id = %user.user_id, "TOTP enabled");
+        Ok(codes
+            .codes()
+            .iter()
+            .map(|c| c.expose().to_owned())
+            .collect())
     }
 
-    /// Revokes a session or access token (logout).
+    /// Revokes a session or access token (logout). Revoking an unknown, malformed or already
+    /// revoked token succeeds (RFC 7009): the answer says nothing about the token.
     pub async fn revoke(&self, token: &str) -> Result<(), ServiceError> {
-        todo!()
+        let Ok((_, hash)) = token::parse(token) else {
+            return Ok(());
+        };
+        self.store.revoke_token(hash.as_bytes(), self.now()).await?;
+        Ok(())
     }
 
     /// Who a bearer token speaks for (session or access token).
     pub async fn authenticate(&self, bearer: &str) -> Result<Authenticated, ServiceError> {
-        todo!()
+        let fail = |why: &'static str| {
+            tracing::debug!(target: "phivault::auth", why, "bearer token refused");
+            ServiceError::CredentialFailure
+        };
+        let (kind, hash) = token::parse(bearer).map_err(|_| fail("malformed"))?;
+        if !matches!(kind, TokenKind::Session | TokenKind::Access) {
+            return Err(fail("not a session or access token"));
+        }
+        let row = self
+            .store
+            .token(hash.as_bytes())
+            .await?
+            .ok_or_else(|| fail("unknown"))?;
+        let record = TokenRecord {
+            hash: <[u8; 32]>::try_from(row.token_hash.as_slice())
+                .map(TokenHash::from_bytes)
+                .map_err(|_| fail("stored hash length"))?,
+            kind: row
+                .kind
+                .parse::<TokenKind>()
+                .map_err(|_| fail("stored kind"))?,
+            principal_id: row.principal_id,
+            client_id: row.client_id,
+            scopes: row.scopes,
+            issued_at: row.issued_at,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+        };
+        record
+            .check(self.now(), kind, None)
+            .map_err(|_| fail("expired, revoked or of another kind"))?;
+        let launch_patient = row.launch_patient.as_deref().map(parse_id).transpose()?;
+        if let Some(client_id) = record.client_id.as_deref() {
+            // A token bound to a client stops working when the client is disabled.
+            match self.store.client(client_id).await? {
+                Some(c) if c.disabled_at.is_none() => {}
+                _ => return Err(fail("client unknown or disabled")),
+            }
+        }
+        if kind == TokenKind::Access
+            && let Some(client_id) = record
+                .client_id
+                .as_deref()
+                .filter(|c| *c == record.principal_id)
+        {
+            // A client acting on its own (client credentials).
+            let scopes = ScopeSet::parse(&record.scopes).map_err(internal)?;
+            let mut principal = PrincipalRef::client(client_id, scopes).map_err(internal)?;
+            if let Some(p) = launch_patient {
+                principal = principal.with_launch_patient(p);
+            }
+            return Ok(Authenticated {
+                principal,
+                practitioner: None,
+                client_id: Some(client_id.to_owned()),
+                enrolment_only: false,
+            });
+        }
+        let user = match self.store.user_by_id(&record.principal_id).await? {
+            Some(u) if u.disabled_at.is_none() => u,
+            _ => return Err(fail("account unknown or disabled")),
+        };
+        let role = Role::parse(&user.role).map_err(internal)?;
+        let mut principal = PrincipalRef::user(&user.user_id, role).map_err(internal)?;
+        if role == Role::Patient
+            && let Some(p) = &user.patient_id
+        {
+            principal = principal
+                .with_linked_patient(parse_id(p)?)
+                .map_err(internal)?;
+        }
+        if kind == TokenKind::Access {
+            // A user acting through an app: the token's scopes narrow what the user may do.
+            principal = principal.with_scopes(ScopeSet::parse(&record.scopes).map_err(internal)?);
+            if let Some(p) = launch_patient {
+                principal = principal.with_launch_patient(p);
+            }
+        }
+        let practitioner = user.practitioner_id.as_deref().map(parse_id).transpose()?;
+        Ok(Authenticated {
+            principal,
+            practitioner,
+            client_id: record.client_id,
+            enrolment_only: kind == TokenKind::Session && is_staff(role) && !user.totp_enabled,
+        })
     }
 
     /// Registers an OAuth2 client with its allowed scopes; returns (client_id, secret).
@@ -208,7 +859,34 @@ impl Accounts {
         scopes: &str,
         launch_patient: Option<&Id>,
     ) -> Result<(String, IssuedToken), ServiceError> {
-        todo!()
+        let name = name.trim();
+        let chars = name.chars().count();
+        if chars == 0 || chars > MAX_CLIENT_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(ServiceError::Invalid(format!(
+                "a client name has 1 to {MAX_CLIENT_NAME_CHARS} characters, no control characters"
+            )));
+        }
+        let set = ScopeSet::parse(scopes).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        if set.data_scopes().is_empty() && set.other_scopes().is_empty() {
+            return Err(ServiceError::Invalid(
+                "a client needs at least one scope".to_owned(),
+            ));
+        }
+        let client_id = format!("pvcl_{}", uuid::Uuid::new_v4());
+        let secret = IssuedToken::generate(TokenKind::ClientSecret).map_err(internal)?;
+        self.store
+            .insert_client(&ClientRow {
+                client_id: client_id.clone(),
+                name: name.to_owned(),
+                secret_hash: secret.hash().as_bytes().to_vec(),
+                scopes: set.to_string(),
+                launch_patient: launch_patient.map(|p| p.as_str().to_owned()),
+                created_at: self.now(),
+                disabled_at: None,
+            })
+            .await?;
+        tracing::info!(target: "phivault::auth", client_id, "OAuth2 client registered");
+        Ok((client_id, secret))
     }
 
     /// OAuth2 client credentials grant: (access token, lifetime seconds, granted scopes).
@@ -218,7 +896,52 @@ impl Accounts {
         secret: &str,
         scope: Option<&str>,
     ) -> Result<(IssuedToken, i64, String), ServiceError> {
-        todo!()
+        let now = self.now();
+        let client = if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID_LEN {
+            None
+        } else {
+            self.store.client(client_id).await?
+        };
+        let presented = TokenHash::of(secret);
+        let stored = client
+            .as_ref()
+            .and_then(|c| <[u8; 32]>::try_from(c.secret_hash.as_slice()).ok())
+            .unwrap_or(NO_CLIENT_SECRET);
+        let matches = bool::from(presented.ct_eq(&TokenHash::from_bytes(stored)));
+        let client = match client {
+            Some(c) if matches && c.disabled_at.is_none() => c,
+            _ => {
+                tracing::info!(target: "phivault::auth", "client credentials refused");
+                return Err(ServiceError::CredentialFailure);
+            }
+        };
+        let allowed = ScopeSet::parse(&client.scopes).map_err(internal)?;
+        let granted = match scope.map(str::trim).filter(|s| !s.is_empty()) {
+            None => allowed,
+            Some(s) => {
+                let requested =
+                    ScopeSet::parse(s).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+                if !scopes_within(&requested, &allowed) {
+                    return Err(ServiceError::Invalid(
+                        "the requested scope exceeds what the client is registered for".to_owned(),
+                    ));
+                }
+                requested
+            }
+        };
+        let granted = granted.to_string();
+        let (token, record) = TokenRecord::issue(
+            TokenKind::Access,
+            &client.client_id,
+            Some(client.client_id.clone()),
+            granted.clone(),
+            now,
+        )
+        .map_err(internal)?;
+        self.store
+            .insert_token(&token_row(&record, client.launch_patient.clone()))
+            .await?;
+        Ok((token, record.expires_at.saturating_sub(now), granted))
     }
 
     /// Grants a user access to a patient (care relationship), optionally with labels.
@@ -229,7 +952,54 @@ impl Accounts {
         labels: &[Label],
         expires_at: Option<i64>,
     ) -> Result<(), ServiceError> {
-        todo!()
+        let now = self.now();
+        if expires_at.is_some_and(|end| end <= now) {
+            return Err(ServiceError::Invalid(
+                "the grant would end before it starts".to_owned(),
+            ));
+        }
+        let user = self.user_by_username(username).await?;
+        let labels: BTreeSet<&'static str> = labels.iter().map(Label::as_str).collect();
+        self.store
+            .upsert_grant(&GrantRow {
+                user_id: user.user_id.clone(),
+                patient_id: patient.as_str().to_owned(),
+                labels: labels.into_iter().collect::<Vec<_>>().join(" "),
+                created_at: now,
+                expires_at,
+            })
+            .await?;
+        tracing::info!(target: "phivault::auth", user_id = %user.user_id, "care grant");
+        Ok(())
+    }
+
+    /// CareTeam resources in force matching `pairs`, every page.
+    async fn care_teams(&self, pairs: &[(&str, String)]) -> Result<Vec<Value>, ServiceError> {
+        let rtype = ResourceType::parse("CareTeam").map_err(StoreError::from)?;
+        let mut out = Vec::new();
+        for page in 0..MAX_CARE_TEAM_PAGES {
+            let mut query: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect();
+            query.push(("_count".to_owned(), CARE_TEAM_PAGE.to_string()));
+            query.push(("_offset".to_owned(), (page * CARE_TEAM_PAGE).to_string()));
+            let query = SearchQuery::parse(rtype, &query, false).map_err(StoreError::from)?;
+            let found = self.store.search(rtype, &query).await?;
+            let n = found.resources.len();
+            out.extend(
+                found
+                    .resources
+                    .into_iter()
+                    .map(|r| r.body)
+                    .filter(care_team_in_force),
+            );
+            if n < CARE_TEAM_PAGE {
+                return Ok(out);
+            }
+        }
+        tracing::warn!(target: "phivault::auth", "care team search truncated");
+        Ok(out)
     }
 
     /// The care relationship of a user to a patient: (on care team or granted, label grants).
@@ -238,13 +1008,67 @@ impl Accounts {
         who: &Authenticated,
         patient: &Id,
     ) -> Result<(bool, Vec<Label>), ServiceError> {
-        todo!()
+        if who.enrolment_only {
+            return Err(ServiceError::EnrolmentRequired);
+        }
+        if who.principal.kind() != PrincipalKind::User {
+            return Ok((false, Vec::new()));
+        }
+        if let Some(grant) = self
+            .store
+            .grant(who.principal.id(), patient.as_str())
+            .await?
+            && grant.is_active(self.now())
+        {
+            let labels = grant
+                .labels
+                .split_ascii_whitespace()
+                .filter_map(|code| Label::parse(code).ok())
+                .collect();
+            return Ok((true, labels));
+        }
+        if let Some(practitioner) = &who.practitioner {
+            let teams = self
+                .care_teams(&[
+                    ("subject", format!("Patient/{patient}")),
+                    ("participant", format!("Practitioner/{practitioner}")),
+                ])
+                .await?;
+            if !teams.is_empty() {
+                return Ok((true, Vec::new()));
+            }
+        }
+        Ok((false, Vec::new()))
     }
 
     /// Every patient the user may reach through care relationships (grants and CareTeam
     /// resources naming the user's Practitioner), for compartment-restricted searches.
     pub async fn care_patients(&self, who: &Authenticated) -> Result<Vec<Id>, ServiceError> {
-        todo!()
+        if who.enrolment_only {
+            return Err(ServiceError::EnrolmentRequired);
+        }
+        if who.principal.kind() != PrincipalKind::User {
+            return Ok(Vec::new());
+        }
+        let mut out = BTreeSet::new();
+        for p in self
+            .store
+            .granted_patients(who.principal.id(), self.now())
+            .await?
+        {
+            out.insert(parse_id(&p)?);
+        }
+        if let Some(practitioner) = &who.practitioner {
+            let teams = self
+                .care_teams(&[("participant", format!("Practitioner/{practitioner}"))])
+                .await?;
+            out.extend(teams.iter().filter_map(|t| {
+                t.pointer("/subject/reference")
+                    .and_then(Value::as_str)
+                    .and_then(patient_of_reference)
+            }));
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// The user's break-the-glass claim on a patient that is still active, if any.
@@ -253,7 +1077,14 @@ impl Accounts {
         who: &Authenticated,
         patient: &Id,
     ) -> Result<Option<BreakGlassRecord>, ServiceError> {
-        todo!()
+        if who.principal.kind() != PrincipalKind::User {
+            return Ok(None);
+        }
+        self.store
+            .active_break_glass(who.principal.id(), patient.as_str(), self.now())
+            .await?
+            .map(break_glass_record)
+            .transpose()
     }
 
     /// Records a break-the-glass claim.
@@ -264,11 +1095,44 @@ impl Accounts {
         reason: &str,
         expires_at: i64,
     ) -> Result<String, ServiceError> {
-        todo!()
+        if who.enrolment_only {
+            return Err(ServiceError::EnrolmentRequired);
+        }
+        let user = self.user_of(who).await?;
+        if user.role != Role::Clinician.as_str() {
+            return Err(ServiceError::Invalid(
+                "only clinicians may break the glass".to_owned(),
+            ));
+        }
+        let now = self.now();
+        let at = |t: i64| {
+            OffsetDateTime::from_unix_timestamp(t)
+                .map_err(|_| ServiceError::Invalid("time out of range".to_owned()))
+        };
+        let claim = BreakGlass::restore(reason, at(now)?, at(expires_at)?)
+            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let id = uuid::Uuid::new_v4().to_string();
+        self.store
+            .insert_break_glass(&BreakGlassRow {
+                id: id.clone(),
+                user_id: user.user_id.clone(),
+                patient_id: patient.as_str().to_owned(),
+                reason: claim.reason().to_owned(),
+                started_at: now,
+                expires_at,
+            })
+            .await?;
+        tracing::warn!(target: "phivault::auth", user_id = %user.user_id, id, "break-the-glass claimed");
+        Ok(id)
     }
 
     /// Break-the-glass records, newest first.
     pub async fn list_break_glass(&self) -> Result<Vec<BreakGlassRecord>, ServiceError> {
-        todo!()
+        self.store
+            .list_break_glass()
+            .await?
+            .into_iter()
+            .map(break_glass_record)
+            .collect()
     }
 }

@@ -133,6 +133,15 @@ impl Keyring {
             .to_vec()
     }
 
+    /// The blind token of a directory value such as a username: HMAC under the tenant's index
+    /// key of (`directory`, tenant, `kind`, `value`), so a value of one kind never matches a
+    /// value of another kind, a search token or a key owner. The caller normalizes `value`.
+    pub(crate) fn directory_token(&self, kind: &str, value: &str) -> Vec<u8> {
+        self.index
+            .token(&["directory", &self.tenant, kind, value])
+            .to_vec()
+    }
+
     /// The blind owner token of a patient's data key (for compartment-restricted searches).
     pub(crate) fn patient_owner(&self, patient: &Id) -> Vec<u8> {
         self.owner_token(&Owner::Patient(patient.clone())).1

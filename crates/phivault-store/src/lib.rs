@@ -5,7 +5,10 @@
 //! directory per backend under `migrations/`), the versioned resource table, the
 //! current-version pointers, the blind search index, the wrapped keys, and the FHIR
 //! interactions that change them: create, read, vread, update with optimistic concurrency,
-//! soft delete, history, search and atomic transaction/batch Bundles.
+//! soft delete, history, search and atomic transaction/batch Bundles. It also keeps the
+//! accounts ([`accounts`]): users found by blind username tokens, sealed TOTP secrets and
+//! usernames, hashed tokens, client secrets and recovery codes, care grants and sealed
+//! break-the-glass reasons.
 //!
 //! Guarantees (DESIGN.md invariants 1, 4 and 7):
 //! - every resource version is sealed with AES-256-GCM under the data key of its patient
@@ -17,6 +20,7 @@
 //! - a write returns only after its transaction has committed (SQLite in WAL mode with
 //!   `synchronous=FULL`, PostgreSQL's default durability).
 
+pub mod accounts;
 mod backend;
 mod bundle;
 mod keys;
