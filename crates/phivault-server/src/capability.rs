@@ -83,6 +83,47 @@ fn resource_entry(rtype: ResourceType) -> Value {
     })
 }
 
+/// `rest.security`: what protects the API, truthfully.
+fn security(base_url: &str) -> Value {
+    let root = crate::auth_routes::server_root(base_url);
+    json!({
+        "cors": false,
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [
+                { "url": "token", "valueUri": format!("{root}/oauth/token") },
+                { "url": "revoke", "valueUri": format!("{root}/oauth/revoke") },
+            ],
+        }],
+        "service": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR",
+                "display": "SMART-on-FHIR",
+            }],
+            "text": "OAuth2 client credentials (client_secret_basic or client_secret_post) \
+                with SMART on FHIR v2 scopes; see /.well-known/smart-configuration",
+        }],
+        "description": "HTTPS only (TLS via rustls; plain HTTP only on loopback when \
+            explicitly enabled). Every request except this CapabilityStatement needs an \
+            Authorization: Bearer token: a user session (password, and TOTP for staff, at \
+            POST /auth/login; 8 hours) or an OAuth2 access token (client credentials at \
+            /oauth/token; 15 minutes, bound to its client, limited to its SMART v2 scopes, \
+            revocable at /oauth/revoke). Tokens are random and stored only as hashes. \
+            Authorization: Cedar policies, default deny, decided for every interaction on the \
+            resource's patient compartment, with the purpose of use (X-Purpose-Of-Use, an HL7 \
+            PurposeOfUse code; the role's default otherwise) and the patient's consent. \
+            Sensitivity labels in meta.security (restricted, mental health, substance use, \
+            HIV) need an explicit per-patient grant. Break-the-glass: a clinician refused may \
+            send X-Purpose-Of-Use: ETREAT with X-Break-Glass-Reason for one hour of read \
+            access to that patient, recorded and listed for review. Searches return and count \
+            only what the principal may read; _include and _revinclude are not supported. A \
+            refusal never tells whether a resource exists. Resources, search indexes and keys \
+            are encrypted at rest (AES-256-GCM, per-patient data keys; search values stored \
+            as HMAC tokens).",
+    })
+}
+
 /// The CapabilityStatement of this server at `base_url`.
 pub(crate) fn capability_statement(base_url: &str) -> Value {
     let now = time::OffsetDateTime::now_utc();
@@ -109,13 +150,7 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
                 values), so every parameter matches by equality: no ranges, no :contains, \
                 no _include, no _sort. Paging uses _count (default 50, at most 1000) and \
                 _offset.",
-            "security": {
-                "cors": false,
-                "description": "HTTPS only (TLS via rustls; plain HTTP only on loopback when \
-                    explicitly enabled). Every request needs an Authorization: Bearer token. \
-                    Resources, search indexes and keys are encrypted at rest (AES-256-GCM, \
-                    per-patient data keys; search values stored as HMAC tokens).",
-            },
+            "security": security(base_url),
             "resource": resources,
             "interaction": [
                 { "code": "transaction" },
@@ -128,6 +163,29 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn security_is_described() {
+        let s = security("https://h:1/fhir");
+        assert_eq!(s["cors"], false);
+        assert_eq!(s["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+        assert_eq!(
+            s["extension"][0]["extension"][0]["valueUri"],
+            "https://h:1/oauth/token"
+        );
+        let d = s["description"].as_str().unwrap_or_default();
+        for word in [
+            "TLS",
+            "Bearer",
+            "Cedar",
+            "default deny",
+            "X-Purpose-Of-Use",
+            "labels",
+            "Break-the-glass",
+        ] {
+            assert!(d.contains(word), "{word}");
+        }
+    }
 
     #[test]
     fn no_unimplemented_claims() {

@@ -7,6 +7,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use phivault_auth::ServiceError;
 use phivault_fhir::{FhirError, Issue, IssueCode, OperationOutcome};
 use phivault_store::StoreError;
 
@@ -44,9 +45,36 @@ impl ServerError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
-    /// No bearer token, or not a valid one (401, `login`).
-    #[error("authentication required: send a valid bearer token")]
+    /// No bearer token presented (401, `login`).
+    #[error("authentication failed")]
     Unauthorized,
+    /// A bearer token that is unknown, malformed, expired, revoked or bound to another client
+    /// (401, `login`, `error="invalid_token"`). One text for all of them.
+    #[error("authentication failed")]
+    InvalidToken,
+    /// Login refused: wrong username, password, TOTP or recovery code (401, `login`). One text
+    /// for all of them, so nothing tells whether an account exists.
+    #[error("authentication failed")]
+    LoginFailed,
+    /// The password was right and a TOTP (or recovery) code is needed (401, `login`).
+    #[error("a TOTP code is required")]
+    SecondFactorRequired,
+    /// Too many attempts for the account or the address (429 with `Retry-After`).
+    #[error("too many attempts; retry in {retry_after} s")]
+    Throttled {
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+    /// Authenticated, but not allowed (403, `forbidden`). The message says why (`access
+    /// denied: <reason>`, `TOTP enrolment required`), never whether a resource exists.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A named thing of the admin API does not exist (404). Never used for FHIR resources.
+    #[error("{0}")]
+    Missing(String),
+    /// The request conflicts with the current state (409), e.g. a username already taken.
+    #[error("{0}")]
+    Conflict(String),
     /// A FHIR-level client mistake (status per kind: 400, 404, 413, 422).
     #[error(transparent)]
     Fhir(#[from] FhirError),
@@ -98,13 +126,42 @@ impl ApiError {
         ApiError::Internal { reference }
     }
 
+    /// True for faults on the server's side (5xx): never folded into a Bundle entry's answer.
+    pub(crate) fn is_server_fault(&self) -> bool {
+        match self {
+            ApiError::Internal { .. } => true,
+            ApiError::Store(e) => e.http_status() >= 500,
+            ApiError::Fhir(e) => fhir_status(e).is_server_error(),
+            _ => false,
+        }
+    }
+
     /// Status and OperationOutcome of this error. Logs internal faults (with a fresh
     /// correlation id) as a side effect.
-    fn status_and_outcome(self) -> (StatusCode, OperationOutcome) {
+    pub(crate) fn status_and_outcome(self) -> (StatusCode, OperationOutcome) {
         match self {
-            ApiError::Unauthorized => (
+            e @ (ApiError::Unauthorized
+            | ApiError::InvalidToken
+            | ApiError::LoginFailed
+            | ApiError::SecondFactorRequired) => (
                 StatusCode::UNAUTHORIZED,
-                OperationOutcome::error(IssueCode::Login, ApiError::Unauthorized.to_string()),
+                OperationOutcome::error(IssueCode::Login, e.to_string()),
+            ),
+            e @ ApiError::Throttled { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                OperationOutcome::error(IssueCode::Transient, e.to_string()),
+            ),
+            ApiError::Forbidden(message) => (
+                StatusCode::FORBIDDEN,
+                OperationOutcome::error(IssueCode::Forbidden, message),
+            ),
+            ApiError::Missing(message) => (
+                StatusCode::NOT_FOUND,
+                OperationOutcome::error(IssueCode::NotFound, message),
+            ),
+            ApiError::Conflict(message) => (
+                StatusCode::CONFLICT,
+                OperationOutcome::error(IssueCode::Conflict, message),
             ),
             ApiError::Fhir(e) => fhir_outcome(e),
             ApiError::Store(e) => store_outcome(e),
@@ -230,16 +287,54 @@ pub(crate) fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Respons
         .into_response()
 }
 
+impl From<ServiceError> for ApiError {
+    /// The edge's answer to a failure of the accounts service. Credential failures are one
+    /// 401 whatever their cause; a store failure keeps its own mapping.
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::CredentialFailure => ApiError::LoginFailed,
+            ServiceError::Throttled { retry_after } => ApiError::Throttled {
+                retry_after: u64::try_from(retry_after).unwrap_or(0).max(1),
+            },
+            ServiceError::SecondFactorRequired => ApiError::SecondFactorRequired,
+            ServiceError::EnrolmentRequired => {
+                ApiError::Forbidden("TOTP enrolment required".to_owned())
+            }
+            e @ ServiceError::WeakPassword(_) => ApiError::BadRequest(e.to_string()),
+            e @ ServiceError::UsernameTaken => ApiError::Conflict(e.to_string()),
+            e @ ServiceError::NotFound(_) => ApiError::Missing(e.to_string()),
+            ServiceError::Invalid(message) => ApiError::BadRequest(message),
+            ServiceError::Store(e) => ApiError::Store(e),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let unauthorized = matches!(self, ApiError::Unauthorized);
+        let challenge = match &self {
+            ApiError::Unauthorized | ApiError::LoginFailed | ApiError::SecondFactorRequired => {
+                Some("Bearer realm=\"phivault\"")
+            }
+            ApiError::InvalidToken => Some("Bearer realm=\"phivault\", error=\"invalid_token\""),
+            _ => None,
+        };
+        let retry_after = match &self {
+            ApiError::Throttled { retry_after } => Some(*retry_after),
+            _ => None,
+        };
         let (status, outcome) = self.status_and_outcome();
         let mut response = fhir_json(status, &outcome.to_json());
-        if unauthorized {
+        if let Some(challenge) = challenge {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"phivault\""),
+                HeaderValue::from_static(challenge),
             );
+        }
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
@@ -360,5 +455,41 @@ mod tests {
             "Bearer realm=\"phivault\""
         );
         assert_eq!(r.headers()[header::CONTENT_TYPE], FHIR_JSON);
+        let r = ApiError::InvalidToken.into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"phivault\", error=\"invalid_token\""
+        );
+    }
+
+    #[test]
+    fn credential_failures_say_the_same() {
+        let texts: Vec<String> = [
+            ApiError::Unauthorized,
+            ApiError::InvalidToken,
+            ApiError::LoginFailed,
+            ApiError::from(ServiceError::CredentialFailure),
+        ]
+        .into_iter()
+        .map(|e| {
+            let (status, json) = outcome_of(e);
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            json["issue"][0]["diagnostics"].as_str().unwrap().to_owned()
+        })
+        .collect();
+        assert!(
+            texts.iter().all(|t| t == "authentication failed"),
+            "{texts:?}"
+        );
+    }
+
+    #[test]
+    fn throttled_says_when() {
+        let r = ApiError::from(ServiceError::Throttled { retry_after: 30 }).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "30");
+        let (status, _) = outcome_of(ApiError::Forbidden("access denied: no-permit".into()));
+        assert_eq!(status, StatusCode::FORBIDDEN);
     }
 }

@@ -3,7 +3,12 @@
 //!
 //! Path segments, headers and query strings are parsed here into typed values
 //! ([`ResourceType`], [`Id`], versions, [`SearchQuery`]); bodies are read under the size
-//! limit and validated by the [`phivault_fhir::Validator`]; everything else is the store's.
+//! limit and validated by the [`phivault_fhir::Validator`]; every interaction is authorized
+//! by [`guard`] before the store is asked; everything else is the store's.
+
+mod guard;
+
+use std::collections::{HashMap, HashSet};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -14,10 +19,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use phivault_fhir::{
-    BundleRequest, FhirError, Id, Issue, IssueCode, OperationOutcome, ResourceType, SearchQuery,
+    BundleEntry, BundleKind, BundleRequest, EntryMethod, FhirError, Id, Issue, IssueCode,
+    OperationOutcome, ResourceType, SearchQuery, ValidResource,
 };
-use phivault_store::{HistoryEntry, StoredResource};
+use phivault_policy::{Action, labels_of};
+use phivault_store::{HistoryEntry, StoreError, StoredResource};
 use serde_json::{Value, json};
+
+pub(crate) use guard::Access;
+use guard::{Current, Facts, refuse_includes};
 
 use crate::error::fhir_json;
 use crate::{ApiError, AppState};
@@ -52,7 +62,7 @@ pub(crate) async fn method_not_allowed() -> ApiError {
 // ---------------------------------------------------------------------------------------
 // Path segments
 
-fn path_error(_: PathRejection) -> ApiError {
+pub(crate) fn path_error(_: PathRejection) -> ApiError {
     ApiError::BadRequest("the request path is malformed (invalid percent-encoding)".to_owned())
 }
 
@@ -99,7 +109,7 @@ fn media_type(headers: &HeaderMap) -> Option<Result<String, ()>> {
 const JSON_TYPES: &str = "application/fhir+json or application/json (UTF-8)";
 const FORM_TYPE: &str = "application/x-www-form-urlencoded";
 
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     match media_type(headers) {
         Some(Ok(t)) if t == "application/fhir+json" || t == "application/json" => Ok(()),
         _ => Err(ApiError::UnsupportedMediaType {
@@ -108,7 +118,7 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn require_form(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_form(headers: &HeaderMap) -> Result<(), ApiError> {
     match media_type(headers) {
         Some(Ok(t)) if t == FORM_TYPE => Ok(()),
         _ => Err(ApiError::UnsupportedMediaType {
@@ -152,7 +162,11 @@ fn lenient(headers: &HeaderMap) -> bool {
 
 /// Reads the body, refusing more than `limit` bytes with 413 (from `Content-Length` before
 /// reading when it is sent, else while reading).
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -243,7 +257,7 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
 }
 
 /// Splits and decodes `a=1&b=2` into pairs; empty pieces are skipped.
-fn parse_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn parse_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -278,7 +292,7 @@ fn query_string(pairs: &[(String, String)]) -> String {
 // ---------------------------------------------------------------------------------------
 // Responses
 
-fn base(state: &AppState) -> &str {
+pub(crate) fn base(state: &AppState) -> &str {
     state.base_url.trim_end_matches('/')
 }
 
@@ -333,6 +347,7 @@ fn resource_response(
 
 async fn create(
     State(state): State<AppState>,
+    mut access: Access,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -342,40 +357,128 @@ async fn create(
     let bytes = json_body(&state, &headers, body).await?;
     // A body id is ignored: on create the server assigns the id (the store stamps it).
     let resource = state.validator.parse(&bytes, Some(rtype))?;
+    let creates_patient = rtype == ResourceType::PATIENT;
+    let facts = if creates_patient {
+        new_patient_facts(&resource, None)
+    } else {
+        Access::body_facts(&resource, &HashSet::new())
+    };
+    access.authorize_body(Action::Create, rtype, &facts).await?;
     let stored = state.store.create(resource).await?;
-    Ok(resource_response(
+    if creates_patient {
+        grant_creator(&access, &stored.id).await;
+    }
+    Ok(access.mark(resource_response(
         &state,
         StatusCode::CREATED,
         &stored,
         true,
-    ))
+    )))
+}
+
+/// The facts of a Patient about to be created with a server-assigned id: a new patient
+/// (`placeholder` stands for its id until the store assigns one).
+fn new_patient_facts(resource: &ValidResource, placeholder: Option<&Id>) -> Facts {
+    Facts {
+        patient: Some(placeholder.cloned().unwrap_or_else(Id::generate)),
+        labels: labels_of(resource.body()),
+        new_patient: true,
+    }
+}
+
+/// Gives a clinician who created a Patient a care relationship with it. The resource exists
+/// already: a failure is logged, not answered (a retry would create a second patient), and an
+/// administrator can grant access.
+async fn grant_creator(access: &Access, patient: &Id) {
+    if let Err(e) = access.grant_creator(patient).await {
+        let reference = uuid::Uuid::new_v4().to_string();
+        tracing::error!(
+            reference = %reference,
+            principal = %access.who().principal.id(),
+            error = %e,
+            "granting the creator of a new patient access to it failed"
+        );
+    }
 }
 
 async fn read(
     State(state): State<AppState>,
+    mut access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((t, i)) = path.map_err(path_error)?;
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
-    let stored = state.store.read(rtype, &id).await?;
-    Ok(resource_response(&state, StatusCode::OK, &stored, false))
+    let current = access.load(rtype, &id).await?;
+    access
+        .authorize_current(Action::Read, rtype, &current)
+        .await?;
+    match current {
+        Current::Live(stored) => {
+            Ok(access.mark(resource_response(&state, StatusCode::OK, &stored, false)))
+        }
+        other => Err(other.absent(rtype, &id)),
+    }
 }
 
 async fn vread(
     State(state): State<AppState>,
+    mut access: Access,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((t, i, v)) = path.map_err(path_error)?;
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
     let version = version_of(&v)?;
-    let stored = state.store.vread(rtype, &id, version).await?;
-    Ok(resource_response(&state, StatusCode::OK, &stored, false))
+    match state.store.vread(rtype, &id, version).await {
+        // Decided on the version asked for: it may lie in another compartment than the
+        // current one.
+        Ok(stored) => {
+            access
+                .authorize_stored(Action::Vread, rtype, &stored.body)
+                .await?;
+            Ok(access.mark(resource_response(&state, StatusCode::OK, &stored, false)))
+        }
+        // No such version, a deletion, or a version that fails its integrity check: answered
+        // only to who may read the resource (as currently stored); a refusal otherwise, the
+        // same as for a resource that does not exist.
+        Err(
+            e @ (StoreError::NotFound { .. }
+            | StoreError::VersionNotFound { .. }
+            | StoreError::Gone { .. }
+            | StoreError::Integrity { .. }),
+        ) => {
+            let current = access.load(rtype, &id).await?;
+            access
+                .authorize_current(Action::Vread, rtype, &current)
+                .await?;
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Authorizes an update of the resource as stored (`current`) and returns the action the new
+/// body is decided for: `Update`, or `Create` when the resource never existed.
+async fn authorize_replaced(
+    access: &mut Access,
+    rtype: ResourceType,
+    current: &Current,
+) -> Result<Action, ApiError> {
+    match current {
+        Current::Missing => Ok(Action::Create),
+        current => {
+            access
+                .authorize_current(Action::Update, rtype, current)
+                .await?;
+            Ok(Action::Update)
+        }
+    }
 }
 
 async fn update(
     State(state): State<AppState>,
+    mut access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -391,28 +494,39 @@ async fn update(
         Some(body_id) if body_id != id => return Err(ApiError::IdMismatch),
         Some(_) => {}
     }
+    // Both the stored resource and the new body: moving a resource into another compartment
+    // needs the right on both.
+    let current = access.load(rtype, &id).await?;
+    let action = authorize_replaced(&mut access, rtype, &current).await?;
+    let facts = Access::body_facts(&resource, &HashSet::new());
+    access.authorize_body(action, rtype, &facts).await?;
     let (stored, created) = state.store.update(&id, resource, expected).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(resource_response(&state, status, &stored, created))
+    Ok(access.mark(resource_response(&state, status, &stored, created)))
 }
 
 async fn delete(
     State(state): State<AppState>,
+    mut access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((t, i)) = path.map_err(path_error)?;
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
+    let current = access.load(rtype, &id).await?;
+    access
+        .authorize_current(Action::Delete, rtype, &current)
+        .await?;
     let version = state.store.delete(rtype, &id).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(v) = version {
         set_header(&mut response, header::ETAG, &etag(v));
     }
-    Ok(response)
+    Ok(access.mark(response))
 }
 
 /// `_count` / `_offset` of history, with the rules of search (`_count` from 1 to 1000);
@@ -480,6 +594,7 @@ fn history_entry(state: &AppState, rtype: ResourceType, id: &Id, h: HistoryEntry
 
 async fn history(
     State(state): State<AppState>,
+    mut access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -489,7 +604,19 @@ async fn history(
     let id = id_of(&i)?;
     let pairs = parse_pairs(query.as_deref().unwrap_or(""))?;
     let (count, offset) = history_paging(&pairs, lenient(&headers))?;
+    let current = access.load(rtype, &id).await?;
+    access
+        .authorize_current(Action::History, rtype, &current)
+        .await?;
     let (total, versions) = state.store.history(rtype, &id, count, offset).await?;
+    // Older versions may lie in another compartment, or carry other labels.
+    for version in &versions {
+        if let Some(body) = &version.body {
+            access
+                .authorize_stored(Action::History, rtype, body)
+                .await?;
+        }
+    }
     let link = |offset: usize| {
         format!(
             "{}/{}/{}/_history?_count={count}&_offset={offset}",
@@ -514,11 +641,12 @@ async fn history(
         "link": links,
         "entry": entries,
     });
-    Ok(fhir_json(StatusCode::OK, &bundle))
+    Ok(access.mark(fhir_json(StatusCode::OK, &bundle)))
 }
 
 async fn search_get(
     State(state): State<AppState>,
+    mut access: Access,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -526,11 +654,12 @@ async fn search_get(
     let Path(t) = path.map_err(path_error)?;
     let rtype = rtype_of(&t)?;
     let pairs = parse_pairs(query.as_deref().unwrap_or(""))?;
-    search(&state, rtype, &pairs, &headers).await
+    search(&state, &mut access, rtype, &pairs, &headers).await
 }
 
 async fn search_post(
     State(state): State<AppState>,
+    mut access: Access,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -544,7 +673,7 @@ async fn search_post(
         .map_err(|_| ApiError::BadRequest("the form body is not valid UTF-8".to_owned()))?;
     let mut pairs = parse_pairs(query.as_deref().unwrap_or(""))?;
     pairs.extend(parse_pairs(form)?);
-    search(&state, rtype, &pairs, &headers).await
+    search(&state, &mut access, rtype, &pairs, &headers).await
 }
 
 /// The self link of a search: the parameters actually used, then `_count` and `_offset`.
@@ -569,26 +698,29 @@ fn search_link(
 
 async fn search(
     state: &AppState,
+    access: &mut Access,
     rtype: ResourceType,
     pairs: &[(String, String)],
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Refused even when lenient: they would reach other compartments.
+    refuse_includes(pairs)?;
     let query = SearchQuery::parse(rtype, pairs, lenient(headers))?;
-    let page = state.store.search(rtype, &query).await?;
+    let (total, resources) = access.search(rtype, &query).await?;
 
     let mut links = vec![json!({
         "relation": "self",
         "url": search_link(state, rtype, &query, query.offset),
     })];
     let next = query.offset.saturating_add(query.count);
-    if query.count > 0 && (next as u64) < page.total {
+    if query.count > 0 && (next as u64) < total {
         links.push(json!({
             "relation": "next",
             "url": search_link(state, rtype, &query, next),
         }));
     }
 
-    let mut entries: Vec<Value> = Vec::with_capacity(page.resources.len() + 1);
+    let mut entries: Vec<Value> = Vec::with_capacity(resources.len() + 1);
     if !query.ignored.is_empty() {
         let names: Vec<String> = query
             .ignored
@@ -613,26 +745,245 @@ async fn search(
             "search": { "mode": "outcome" },
         }));
     }
-    for r in page.resources {
-        entries.push(json!({
-            "fullUrl": format!("{}/{}/{}", base(state), r.rtype, r.id),
-            "resource": r.body,
-            "search": { "mode": "match" },
-        }));
-    }
+    entries.extend(match_entries(state, resources));
     let bundle = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
         "type": "searchset",
-        "total": page.total,
+        "total": total,
         "link": links,
         "entry": entries,
     });
-    Ok(fhir_json(StatusCode::OK, &bundle))
+    Ok(access.mark(fhir_json(StatusCode::OK, &bundle)))
 }
 
+/// The `match` entries of a searchset.
+fn match_entries(state: &AppState, resources: Vec<StoredResource>) -> Vec<Value> {
+    resources
+        .into_iter()
+        .map(|r| {
+            json!({
+                "fullUrl": format!("{}/{}/{}", base(state), r.rtype, r.id),
+                "resource": r.body,
+                "search": { "mode": "match" },
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Transactions and batches
+
+/// What becomes of one entry once every entry is decided.
+enum Plan {
+    /// Refused (batch only): the entry's answer.
+    Refused(Value),
+    /// Run by the store. `check`: the action to decide again on the resource it returns (GET
+    /// read and vread); `creates_patient`: a POST of a Patient, whose creator is then granted
+    /// access to it.
+    Store {
+        rtype: ResourceType,
+        check: Option<Action>,
+        creates_patient: bool,
+    },
+    /// A search, run here (after the store's entries) so that it is scoped like any search.
+    Search(ResourceType, SearchQuery),
+}
+
+/// How `urn:uuid:` references of a transaction are decided before the store assigns ids: each
+/// POST of a Patient stands for a new patient with a placeholder id, and references to any
+/// entry's `fullUrl` are read as the store will resolve them.
+struct Placeholders {
+    /// `fullUrl` -> `Type/id` (placeholder ids for POSTs, the URL's id for PUTs).
+    refs: HashMap<String, String>,
+    /// Per entry: the placeholder id of a POSTed Patient.
+    patient_of: Vec<Option<Id>>,
+    /// Every placeholder patient id.
+    new_patients: HashSet<Id>,
+}
+
+fn placeholders(entries: &[BundleEntry]) -> Placeholders {
+    let mut p = Placeholders {
+        refs: HashMap::new(),
+        patient_of: Vec::with_capacity(entries.len()),
+        new_patients: HashSet::new(),
+    };
+    for e in entries {
+        let id = match e.method {
+            EntryMethod::Post => Some(Id::generate()),
+            EntryMethod::Put => e.url.id.clone(),
+            _ => None,
+        };
+        let new_patient = (e.method == EntryMethod::Post && e.url.rtype == ResourceType::PATIENT)
+            .then(|| id.clone())
+            .flatten();
+        if let Some(patient) = &new_patient {
+            p.new_patients.insert(patient.clone());
+        }
+        if let (Some(full), Some(id)) = (&e.full_url, &id) {
+            p.refs
+                .insert(full.clone(), format!("{}/{}", e.url.rtype, id));
+        }
+        p.patient_of.push(new_patient);
+    }
+    p
+}
+
+/// An error as the answer of one entry of a batch.
+fn error_entry(e: ApiError) -> Value {
+    let (status, outcome) = e.status_and_outcome();
+    json!({
+        "response": {
+            "status": format!(
+                "{} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("Error")
+            ),
+            "outcome": outcome.to_json(),
+        }
+    })
+}
+
+/// An entry's error as the error of a whole transaction, naming the entry.
+fn in_entry(index: usize, e: ApiError) -> ApiError {
+    match e {
+        ApiError::Forbidden(m) => ApiError::Forbidden(format!("Bundle.entry[{index}]: {m}")),
+        ApiError::BadRequest(m) => ApiError::BadRequest(format!("Bundle.entry[{index}]: {m}")),
+        ApiError::Fhir(f) => ApiError::Fhir(FhirError::BadBundleEntry {
+            index,
+            message: f.to_string(),
+        }),
+        ApiError::Store(s) => ApiError::Store(StoreError::Entry {
+            index,
+            source: Box::new(s),
+        }),
+        other => other,
+    }
+}
+
+/// Decides one entry (before anything runs).
+async fn plan_entry(
+    access: &mut Access,
+    entry: &BundleEntry,
+    placeholders: &Placeholders,
+    index: usize,
+    resolve: bool,
+) -> Result<Plan, ApiError> {
+    let rtype = entry.url.rtype;
+    let store = |check, creates_patient| Plan::Store {
+        rtype,
+        check,
+        creates_patient,
+    };
+    // The body as the store will write it (references resolved in a transaction).
+    let body = || -> Result<ValidResource, ApiError> {
+        let mut resource = entry.resource.clone().ok_or_else(|| {
+            ApiError::internal(&"a write entry without a resource passed parsing")
+        })?;
+        if resolve && !placeholders.refs.is_empty() {
+            resource.rewrite_references(&placeholders.refs);
+        }
+        Ok(resource)
+    };
+    let url_id = || {
+        entry
+            .url
+            .id
+            .clone()
+            .ok_or_else(|| ApiError::internal(&"an entry without an id passed parsing"))
+    };
+    let new_patients = if resolve {
+        placeholders.new_patients.clone()
+    } else {
+        HashSet::new()
+    };
+    match entry.method {
+        EntryMethod::Post => {
+            let resource = body()?;
+            let creates_patient = rtype == ResourceType::PATIENT;
+            let facts = if creates_patient {
+                let placeholder = placeholders.patient_of.get(index).cloned().flatten();
+                new_patient_facts(&resource, placeholder.as_ref())
+            } else {
+                Access::body_facts(&resource, &new_patients)
+            };
+            access.authorize_body(Action::Create, rtype, &facts).await?;
+            Ok(store(None, creates_patient))
+        }
+        EntryMethod::Put => {
+            let id = url_id()?;
+            let current = access.load(rtype, &id).await?;
+            let action = authorize_replaced(access, rtype, &current).await?;
+            let facts = Access::body_facts(&body()?, &new_patients);
+            access.authorize_body(action, rtype, &facts).await?;
+            Ok(store(None, false))
+        }
+        EntryMethod::Delete => {
+            let id = url_id()?;
+            let current = access.load(rtype, &id).await?;
+            access
+                .authorize_current(Action::Delete, rtype, &current)
+                .await?;
+            Ok(store(None, false))
+        }
+        EntryMethod::Get => match &entry.url.id {
+            Some(id) => {
+                let action = if entry.url.version.is_some() {
+                    Action::Vread
+                } else {
+                    Action::Read
+                };
+                let current = access.load(rtype, id).await?;
+                access.authorize_current(action, rtype, &current).await?;
+                Ok(store(Some(action), false))
+            }
+            None => {
+                refuse_includes(&entry.url.query)?;
+                let query = SearchQuery::parse(rtype, &entry.url.query, false)?;
+                access.authorize_query(rtype).await?;
+                Ok(Plan::Search(rtype, query))
+            }
+        },
+    }
+}
+
+/// The answer of a search entry: a searchset, scoped like any search.
+async fn search_entry(
+    state: &AppState,
+    access: &mut Access,
+    rtype: ResourceType,
+    query: &SearchQuery,
+) -> Result<Value, ApiError> {
+    let (total, resources) = access.search(rtype, query).await?;
+    Ok(json!({
+        "resource": {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": total,
+            "entry": match_entries(state, resources),
+        },
+        "response": { "status": "200 OK" },
+    }))
+}
+
+/// The status code of an entry's answer (`"201 Created"` -> 201).
+fn entry_status(answer: &Value) -> Option<u16> {
+    answer
+        .get("response")?
+        .get("status")?
+        .as_str()?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A transaction or batch: every entry is decided before anything runs. In a transaction, any
+/// refusal refuses the whole Bundle (403 naming the entry) and nothing is written; in a batch,
+/// refused entries answer 403 and the others run.
 async fn transaction(
     State(state): State<AppState>,
+    mut access: Access,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -646,19 +997,111 @@ async fn transaction(
         return Err(ApiError::Fhir(FhirError::TooManyEntries { count, limit }));
     }
     let request = BundleRequest::parse(&state.validator, value, limit)?;
-    let mut response = state.store.bundle(request).await?;
-    // The store answers relative `fullUrl`s (`Patient/123`); clients get absolute ones.
-    if let Some(entries) = response.get_mut("entry").and_then(Value::as_array_mut) {
-        for entry in entries {
-            if let Some(full) = entry.get_mut("fullUrl")
-                && let Some(rel) = full.as_str()
-                && !rel.contains(':')
-            {
-                *full = Value::String(format!("{}/{}", base(&state), rel));
+    access.require(Action::Transaction)?;
+    let kind = request.kind;
+    let atomic = kind == BundleKind::Transaction;
+    let placeholders = placeholders(&request.entries);
+
+    let mut plans = Vec::with_capacity(request.entries.len());
+    for (index, entry) in request.entries.iter().enumerate() {
+        match plan_entry(&mut access, entry, &placeholders, index, atomic).await {
+            Ok(plan) => plans.push(plan),
+            Err(e) if e.is_server_fault() => return Err(e),
+            Err(e) if atomic => return Err(in_entry(index, e)),
+            Err(e) => plans.push(Plan::Refused(error_entry(e))),
+        }
+    }
+
+    // The store runs the entries it may; refusals and searches are answered here.
+    let mut answers: Vec<Value> = vec![Value::Null; plans.len()];
+    let mut store_index = Vec::new();
+    let mut to_store = Vec::new();
+    for (index, (entry, plan)) in request.entries.into_iter().zip(&plans).enumerate() {
+        if matches!(plan, Plan::Store { .. }) {
+            store_index.push(index);
+            to_store.push(entry);
+        }
+    }
+    if !to_store.is_empty() {
+        let response = state
+            .store
+            .bundle(BundleRequest {
+                kind,
+                entries: to_store,
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Entry { index, source } => StoreError::Entry {
+                    index: store_index.get(index).copied().unwrap_or(index),
+                    source,
+                },
+                other => other,
+            })?;
+        if let Some(Value::Array(entries)) = response.get("entry").cloned() {
+            for (k, answer) in entries.into_iter().enumerate() {
+                if let Some(&index) = store_index.get(k) {
+                    answers[index] = answer;
+                }
             }
         }
     }
-    Ok(fhir_json(StatusCode::OK, &response))
+    for (index, plan) in plans.into_iter().enumerate() {
+        match plan {
+            Plan::Refused(answer) => answers[index] = answer,
+            Plan::Search(rtype, query) => {
+                answers[index] = match search_entry(&state, &mut access, rtype, &query).await {
+                    Ok(answer) => answer,
+                    Err(e) if atomic || e.is_server_fault() => return Err(in_entry(index, e)),
+                    Err(e) => error_entry(e),
+                };
+            }
+            Plan::Store {
+                rtype,
+                check,
+                creates_patient,
+            } => {
+                let status = entry_status(&answers[index]);
+                if let (Some(action), Some(200)) = (check, status)
+                    && let Some(resource) = answers[index].get("resource").cloned()
+                    && let Err(e) = access.authorize_stored(action, rtype, &resource).await
+                {
+                    // Decided on the stored resource before running; refused now only if the
+                    // Bundle itself moved it out of reach.
+                    if e.is_server_fault() {
+                        return Err(e);
+                    }
+                    tracing::warn!(index, "a Bundle read was refused after the Bundle ran");
+                    answers[index] = error_entry(e);
+                }
+                if creates_patient
+                    && status == Some(201)
+                    && let Some(id) = answers[index]
+                        .get("resource")
+                        .and_then(|r| r.get("id"))
+                        .and_then(Value::as_str)
+                        .and_then(|s| Id::parse(s).ok())
+                {
+                    grant_creator(&access, &id).await;
+                }
+            }
+        }
+    }
+
+    // The store answers relative `fullUrl`s (`Patient/123`); clients get absolute ones.
+    for entry in &mut answers {
+        if let Some(full) = entry.get_mut("fullUrl")
+            && let Some(rel) = full.as_str()
+            && !rel.contains(':')
+        {
+            *full = Value::String(format!("{}/{}", base(&state), rel));
+        }
+    }
+    let response = json!({
+        "resourceType": "Bundle",
+        "type": if atomic { "transaction-response" } else { "batch-response" },
+        "entry": answers,
+    });
+    Ok(access.mark(fhir_json(StatusCode::OK, &response)))
 }
 
 async fn metadata(State(state): State<AppState>) -> Response {

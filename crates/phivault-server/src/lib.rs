@@ -1,16 +1,32 @@
 //! The HTTPS FHIR R4 API of phivault.
 //!
 //! This crate owns the edge: routes, TLS (rustls with aws-lc-rs, a self-signed CA and
-//! localhost certificate made on first start), authentication of every request (for now the
-//! bootstrap admin token, stored only as a SHA-256 hash), the one error type that becomes a
-//! FHIR `OperationOutcome` with the right status, and security headers. Everything it does
-//! with data goes through `phivault-store`; the HTTP layer stays thin.
+//! localhost certificate made on first start), authentication of every request (session and
+//! OAuth2 access tokens, through `phivault-auth`), authorization of every FHIR interaction
+//! (Cedar policies, through `phivault-policy`), the one error type that becomes a FHIR
+//! `OperationOutcome` with the right status, and security headers. Everything it does with
+//! data goes through `phivault-store`; the HTTP layer stays thin.
 //!
-//! Guarantees: no route answers without a valid token; no client mistake produces a 500 or a
-//! panic; internal detail goes to the log under a request id, never into a response; plain
-//! HTTP is served only on a loopback address and only when asked for explicitly.
+//! Routes: the FHIR API under `/fhir`; login, logout and TOTP enrolment under `/auth`; the
+//! OAuth2 token and revocation endpoints under `/oauth`; SMART discovery at
+//! `/.well-known/smart-configuration`; the admin API under `/admin`.
+//!
+//! Guarantees:
+//! - **No route answers without a valid token**, except login, the OAuth2 endpoints (which
+//!   authenticate the client themselves), SMART discovery and the CapabilityStatement. Every
+//!   token failure is the same 401 "authentication failed".
+//! - **Default deny.** Every FHIR interaction is decided by the policy engine on the stored
+//!   resource's compartment and labels (and the new body's, for writes), with the purpose of
+//!   use; searches are restricted in SQL to what the principal may read, then every hit is
+//!   decided again. A refusal for a resource that does not exist is the same as for one the
+//!   principal cannot reach: existence never leaks.
+//! - No client mistake produces a 500 or a panic; internal detail goes to the log under a
+//!   request id, never into a response; logs never hold tokens, passwords, codes,
+//!   break-the-glass reasons or PHI; plain HTTP is served only on a loopback address and only
+//!   when asked for explicitly.
 
-pub mod auth;
+mod admin_routes;
+mod auth_routes;
 mod capability;
 mod edge;
 mod error;
@@ -23,7 +39,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use phivault_auth::Accounts;
 use phivault_fhir::Validator;
+use phivault_policy::PolicyEngine;
 use phivault_store::Store;
 
 pub use error::{ApiError, ServerError};
@@ -62,12 +80,40 @@ pub struct AppState {
     pub store: Store,
     /// The compiled FHIR validator.
     pub validator: Arc<Validator>,
-    /// Verifies bearer tokens.
-    pub auth: Arc<auth::BootstrapAuth>,
-    /// Base URL for links.
+    /// Accounts, sessions, OAuth2 clients and tokens, care relationships, break-the-glass.
+    pub accounts: Accounts,
+    /// The authorization policies (default deny).
+    pub policy: Arc<PolicyEngine>,
+    /// Base URL of the FHIR API, for links (`https://host:port/fhir`).
     pub base_url: Arc<str>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// The state over `store`: accounts in the same store and the default policy set.
+    /// `policy_file`, when given, adds an operator's Cedar policies to the defaults.
+    pub fn new(
+        store: Store,
+        validator: Arc<Validator>,
+        policy_file: Option<&std::path::Path>,
+        base_url: &str,
+        max_body_bytes: usize,
+    ) -> Result<AppState, ServerError> {
+        let policy = match policy_file {
+            None => PolicyEngine::new_default(),
+            Some(path) => PolicyEngine::with_extra_policy_file(path),
+        }
+        .map_err(|e| ServerError::Config(format!("authorization policies: {e}")))?;
+        Ok(AppState {
+            accounts: Accounts::new(store.clone()),
+            store,
+            validator,
+            policy: Arc::new(policy),
+            base_url: Arc::from(base_url),
+            max_body_bytes,
+        })
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -81,8 +127,14 @@ impl std::fmt::Debug for AppState {
 /// Every route, the 404 fallback and the 405 answers pass through the same layers: security
 /// headers and a request id (outermost), request logging, authentication, then a panic guard
 /// that turns a panicking handler into a 500 OperationOutcome.
+///
+/// Login reads the client's address (for per-address limiting) from the
+/// `ConnectInfo<SocketAddr>` extension: [`serve`] provides it; callers without sockets insert
+/// it into each request.
 pub fn router(state: AppState) -> axum::Router {
     fhir_routes::routes()
+        .merge(auth_routes::routes())
+        .merge(admin_routes::routes())
         .fallback(fhir_routes::no_route)
         .method_not_allowed_fallback(fhir_routes::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -165,7 +217,7 @@ pub async fn serve(
             });
             announce(&base_url);
             server
-                .serve(app.into_make_service())
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                 .await
                 .map_err(|e| ServerError::io("serving HTTPS", e))
         }
@@ -174,10 +226,13 @@ pub async fn serve(
                 .map_err(|e| ServerError::io("registering the listening socket", e))?;
             tracing::warn!(listen = %bound, "serving plain HTTP on a loopback address");
             announce(&base_url);
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(|e| ServerError::io("serving HTTP", e))
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| ServerError::io("serving HTTP", e))
         }
     }
 }

@@ -1,14 +1,23 @@
 //! Router tests without sockets: the real store (SQLite in a temporary directory), the real
-//! validator and the bootstrap token, driven through `Router::oneshot`.
+//! validator, the accounts service and the default policies, driven through `Router::oneshot`.
+//!
+//! Principals: a system-level app (`system/*.cruds`, client credentials) does the generic FHIR
+//! work; people are created through `Accounts` and log in through the routes, staff enrolling
+//! TOTP with codes computed from the enrolment's otpauth URL, as an authenticator app would.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use phivault_fhir::Validator;
-use phivault_server::auth::BootstrapAuth;
+use base64::Engine as _;
+use phivault_auth::{Accounts, FixedClock, Password, PasswordHasher};
+use phivault_fhir::{Id, Validator};
+use phivault_policy::Role;
 use phivault_server::{AppState, ServerConfig, ServerError, Transport, router};
 use phivault_store::{Store, StoreOptions};
 use serde_json::{Value, json};
@@ -16,11 +25,16 @@ use tower::ServiceExt;
 
 const BASE: &str = "https://127.0.0.1:8443/fhir";
 const MAX_BODY: usize = 64 * 1024;
+/// Every test user's password (passes the password policy).
+const PASSWORD: &str = "plum-orchard-lantern-47";
 
 struct Ctx {
     _dir: tempfile::TempDir,
     state: AppState,
+    /// An access token of a system-level app (`system/*.cruds`).
     token: String,
+    /// That app's client id.
+    app_id: String,
 }
 
 struct Answer {
@@ -69,6 +83,24 @@ impl Answer {
         );
         v
     }
+
+    /// The diagnostics of an OperationOutcome.
+    fn diagnostics(&self) -> String {
+        self.json()["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Asserts a 403 OperationOutcome saying `access denied: <reason>`.
+    fn assert_denied(&self, reason: &str) {
+        self.assert_outcome(StatusCode::FORBIDDEN, "forbidden");
+        assert_eq!(
+            self.diagnostics(),
+            format!("access denied: {reason}"),
+            "{self:?}"
+        );
+    }
 }
 
 async fn ctx() -> Ctx {
@@ -79,23 +111,50 @@ async fn ctx() -> Ctx {
     let mut opts = StoreOptions::new(format!("sqlite://{}/t.db", dir.path().display()));
     opts.max_bundle_entries = 10;
     let store = Store::open(&opts, &keys).await.unwrap();
-    let (auth, token) = BootstrapAuth::load_or_create(dir.path()).unwrap();
-    let state = AppState {
-        store,
-        validator: Arc::new(Validator::new().unwrap()),
-        auth: Arc::new(auth),
-        base_url: Arc::from(BASE),
-        max_body_bytes: MAX_BODY,
-    };
-    Ctx {
+    let mut state = AppState::new(
+        store.clone(),
+        Arc::new(Validator::new().unwrap()),
+        None,
+        BASE,
+        MAX_BODY,
+    )
+    .unwrap();
+    // Cheap password hashing: the tests hash and verify many passwords.
+    state.accounts = Accounts::with_hasher(store, PasswordHasher::with_params(8, 1, 1).unwrap());
+    let mut c = Ctx {
         _dir: dir,
         state,
-        token: token.unwrap(),
-    }
+        token: String::new(),
+        app_id: String::new(),
+    };
+    let (id, secret) = c.client("system", "system/*.cruds", None).await;
+    c.token = c.client_token(&id, &secret, None).await;
+    c.app_id = id;
+    c
+}
+
+/// The client address of requests by `who` (distinct per user, so that the per-address login
+/// limit of one test never meets another user's attempts).
+fn address_of(who: &str) -> SocketAddr {
+    let h = who
+        .bytes()
+        .fold(0u16, |h, b| h.wrapping_mul(31).wrapping_add(u16::from(b)));
+    SocketAddr::from(([10, 0, (h >> 8) as u8, h as u8], 40000))
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 impl Ctx {
-    async fn send(&self, req: Request<Body>) -> Answer {
+    async fn send(&self, mut req: Request<Body>) -> Answer {
+        if req.extensions().get::<ConnectInfo<SocketAddr>>().is_none() {
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 50000))));
+        }
         let resp = router(self.state.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -110,21 +169,33 @@ impl Ctx {
         }
     }
 
-    fn req(&self, method: Method, uri: &str) -> axum::http::request::Builder {
+    fn req_as(&self, token: &str, method: Method, uri: &str) -> axum::http::request::Builder {
         Request::builder()
             .method(method)
             .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+    }
+
+    fn req(&self, method: Method, uri: &str) -> axum::http::request::Builder {
+        self.req_as(&self.token, method, uri)
+    }
+
+    async fn get_as(&self, token: &str, uri: &str) -> Answer {
+        self.send(
+            self.req_as(token, Method::GET, uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
     }
 
     async fn get(&self, uri: &str) -> Answer {
-        self.send(self.req(Method::GET, uri).body(Body::empty()).unwrap())
-            .await
+        self.get_as(&self.token, uri).await
     }
 
-    async fn json(&self, method: Method, uri: &str, body: &Value) -> Answer {
+    async fn json_as(&self, token: &str, method: Method, uri: &str, body: &Value) -> Answer {
         self.send(
-            self.req(method, uri)
+            self.req_as(token, method, uri)
                 .header(header::CONTENT_TYPE, "application/fhir+json")
                 .body(Body::from(body.to_string()))
                 .unwrap(),
@@ -132,14 +203,155 @@ impl Ctx {
         .await
     }
 
-    async fn create(&self, body: &Value) -> (String, Answer) {
+    async fn json(&self, method: Method, uri: &str, body: &Value) -> Answer {
+        self.json_as(&self.token, method, uri, body).await
+    }
+
+    /// Creates `body` as `token`; 201 expected. Returns the id.
+    async fn create_as(&self, token: &str, body: &Value) -> (String, Answer) {
         let rtype = body["resourceType"].as_str().unwrap().to_owned();
         let a = self
-            .json(Method::POST, &format!("/fhir/{rtype}"), body)
+            .json_as(token, Method::POST, &format!("/fhir/{rtype}"), body)
             .await;
         assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
         let id = a.json()["id"].as_str().unwrap().to_owned();
         (id, a)
+    }
+
+    async fn create(&self, body: &Value) -> (String, Answer) {
+        self.create_as(&self.token, body).await
+    }
+
+    /// A POST of a plain JSON body (the `/auth` and `/admin` routes), with or without a token.
+    async fn post_json(&self, token: Option<&str>, uri: &str, body: &Value, from: &str) -> Answer {
+        let mut b = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let mut req = b.body(Body::from(body.to_string())).unwrap();
+        req.extensions_mut().insert(ConnectInfo(address_of(from)));
+        self.send(req).await
+    }
+
+    /// A POST of a form (the `/oauth` routes), with HTTP Basic client credentials or not.
+    async fn form(&self, uri: &str, body: &str, basic: Option<(&str, &str)>) -> Answer {
+        let mut b =
+            Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some((id, secret)) = basic {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+            b = b.header(header::AUTHORIZATION, format!("Basic {encoded}"));
+        }
+        self.send(b.body(Body::from(body.to_owned())).unwrap())
+            .await
+    }
+
+    /// Registers an OAuth2 client; returns its id and secret.
+    async fn client(&self, name: &str, scope: &str, launch: Option<&str>) -> (String, String) {
+        let launch = launch.map(|p| Id::parse(p).unwrap());
+        let (id, secret) = self
+            .state
+            .accounts
+            .create_client(name, scope, launch.as_ref())
+            .await
+            .unwrap();
+        (id, secret.expose().to_owned())
+    }
+
+    /// A client credentials access token.
+    async fn client_token(&self, id: &str, secret: &str, scope: Option<&str>) -> String {
+        let mut body = "grant_type=client_credentials".to_owned();
+        if let Some(scope) = scope {
+            body.push_str(&format!("&scope={}", scope.replace(' ', "+")));
+        }
+        let a = self.form("/oauth/token", &body, Some((id, secret))).await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        a.json()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a user with [`PASSWORD`].
+    async fn user(&self, username: &str, role: Role) {
+        self.state
+            .accounts
+            .create_user(username, Password::new(PASSWORD), role)
+            .await
+            .unwrap();
+    }
+
+    async fn login(&self, body: Value) -> Answer {
+        let from = body["username"].as_str().unwrap_or("-").to_owned();
+        self.post_json(None, "/auth/login", &body, &from).await
+    }
+
+    /// Logs in through the routes, enrolling TOTP first when the account needs it. Returns
+    /// the session token and the last TOTP code used (if any).
+    async fn session_with_code(&self, username: &str) -> (String, Option<String>) {
+        let a = self
+            .login(json!({ "username": username, "password": PASSWORD }))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        let v = a.json();
+        assert_eq!(v["token_type"], "Bearer");
+        assert!(v["expires_at"].as_i64().is_some(), "{v}");
+        let token = v["access_token"].as_str().unwrap().to_owned();
+        if v["enrolment_required"] != json!(true) {
+            return (token, None);
+        }
+        // The enrolment session reaches nothing but enrolment (and logout).
+        let a = self.get_as(&token, "/fhir/Patient").await;
+        a.assert_outcome(StatusCode::FORBIDDEN, "forbidden");
+        assert_eq!(a.diagnostics(), "TOTP enrolment required");
+        let a = self
+            .post_json(Some(&token), "/auth/totp/enroll", &json!({}), username)
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        let enrolment = a.json();
+        assert!(enrolment["secret"].as_str().is_some_and(|s| s.len() >= 32));
+        let totp = totp_rs::Totp::from_url(enrolment["otpauth_url"].as_str().unwrap()).unwrap();
+        let now = now_unix();
+        let code = totp.generate(now).to_string();
+        let a = self
+            .post_json(
+                Some(&token),
+                "/auth/totp/confirm",
+                &json!({ "code": code }),
+                username,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        assert_eq!(a.json()["recovery_codes"].as_array().unwrap().len(), 10);
+        // Each code works once: the next login uses the next step's.
+        let next = totp.generate(now + 30).to_string();
+        let a = self
+            .login(json!({ "username": username, "password": PASSWORD, "totp": next }))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        let v = a.json();
+        assert_eq!(v["enrolment_required"], false, "{v}");
+        (v["access_token"].as_str().unwrap().to_owned(), Some(next))
+    }
+
+    async fn session(&self, username: &str) -> String {
+        self.session_with_code(username).await.0
+    }
+
+    /// A user of `role` with a session.
+    async fn person(&self, username: &str, role: Role) -> String {
+        self.user(username, role).await;
+        self.session(username).await
+    }
+
+    /// `POST /admin/users/{username}/grants` as `admin`.
+    async fn grant(&self, admin: &str, username: &str, patient: &str, labels: &[&str]) {
+        let a = self
+            .post_json(
+                Some(admin),
+                &format!("/admin/users/{username}/grants"),
+                &json!({ "patient": patient, "labels": labels }),
+                "admin",
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT, "{a:?}");
     }
 }
 
@@ -172,38 +384,42 @@ fn assert_security_headers(a: &Answer) {
 async fn every_route_needs_a_valid_token() {
     let c = ctx().await;
     for uri in [
-        "/fhir/metadata",
         "/fhir/Patient",
         "/fhir/Patient/x",
+        "/fhir/Patient/x/_history",
+        "/admin/break-glass",
         "/nowhere",
     ] {
         let a = c.send(Request::get(uri).body(Body::empty()).unwrap()).await;
         a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+        assert_eq!(a.diagnostics(), "authentication failed");
         assert_eq!(
             a.header("www-authenticate"),
             Some("Bearer realm=\"phivault\"")
         );
         assert_security_headers(&a);
 
-        let a = c
-            .send(
-                Request::get(uri)
-                    .header(header::AUTHORIZATION, "Bearer pvb_00")
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await;
-        a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
-
-        let a = c
-            .send(
-                Request::get(uri)
-                    .header(header::AUTHORIZATION, format!("Basic {}", c.token))
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await;
-        a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+        // Unknown, malformed, or another scheme: the same answer, with invalid_token.
+        for value in [
+            "Bearer pvb_00".to_owned(),
+            "Bearer pva_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+            format!("Basic {}", c.token),
+        ] {
+            let a = c
+                .send(
+                    Request::get(uri)
+                        .header(header::AUTHORIZATION, value)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await;
+            a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+            assert_eq!(a.diagnostics(), "authentication failed");
+            assert_eq!(
+                a.header("www-authenticate"),
+                Some("Bearer realm=\"phivault\", error=\"invalid_token\"")
+            );
+        }
     }
     // A body is not read before authentication: an oversized unauthenticated POST is a 401.
     let a = c
@@ -215,6 +431,73 @@ async fn every_route_needs_a_valid_token() {
         )
         .await;
     a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+
+    // What needs no token: the CapabilityStatement and SMART discovery.
+    for uri in [
+        "/fhir/metadata",
+        "/.well-known/smart-configuration",
+        "/fhir/.well-known/smart-configuration",
+    ] {
+        let a = c.send(Request::get(uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(a.status, StatusCode::OK, "{uri}: {a:?}");
+        assert_security_headers(&a);
+    }
+}
+
+#[tokio::test]
+async fn tokens_expire_and_are_revoked() {
+    let c = ctx().await;
+    let (pid, _) = c.create(&patient("Expiry")).await;
+    let uri = format!("/fhir/Patient/{pid}");
+    let patient_token = {
+        c.user("pat", Role::Patient).await;
+        c.state
+            .accounts
+            .link_patient("pat", &Id::parse(&pid).unwrap())
+            .await
+            .unwrap();
+        c.session("pat").await
+    };
+    assert_eq!(c.get_as(&patient_token, &uri).await.status, StatusCode::OK);
+
+    // Logout revokes the session it is made with.
+    let a = c
+        .send(
+            c.req_as(&patient_token, Method::POST, "/auth/logout")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{a:?}");
+    let a = c.get_as(&patient_token, &uri).await;
+    a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+    assert_eq!(a.diagnostics(), "authentication failed");
+    assert_eq!(
+        a.header("www-authenticate"),
+        Some("Bearer realm=\"phivault\", error=\"invalid_token\"")
+    );
+
+    // Expired tokens: the same answer. Accounts on a fake clock issue the tokens.
+    let clock = Arc::new(FixedClock::new(i64::try_from(now_unix()).unwrap()));
+    let mut c = c;
+    c.state.accounts = Accounts::with_hasher(
+        c.state.store.clone(),
+        PasswordHasher::with_params(8, 1, 1).unwrap(),
+    )
+    .with_clock(clock.clone());
+    let (id, secret) = c.client("short", "system/*.rs", None).await;
+    let access = c.client_token(&id, &secret, None).await;
+    let session = c.session("pat").await;
+    assert_eq!(c.get_as(&access, &uri).await.status, StatusCode::OK);
+    clock.advance(15 * 60 + 1);
+    let a = c.get_as(&access, &uri).await;
+    a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+    assert_eq!(a.diagnostics(), "authentication failed");
+    assert_eq!(c.get_as(&session, &uri).await.status, StatusCode::OK);
+    clock.advance(8 * 3600);
+    let a = c.get_as(&session, &uri).await;
+    a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+    assert_eq!(a.diagnostics(), "authentication failed");
 }
 
 #[tokio::test]
@@ -685,7 +968,10 @@ async fn transaction_bundle() {
 #[tokio::test]
 async fn metadata_is_a_capability_statement() {
     let c = ctx().await;
-    let a = c.get("/fhir/metadata").await;
+    // Published without a token: it states the security.
+    let a = c
+        .send(Request::get("/fhir/metadata").body(Body::empty()).unwrap())
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
     assert_security_headers(&a);
     let cs = a.json();
@@ -696,7 +982,58 @@ async fn metadata_is_a_capability_statement() {
     assert_eq!(cs["implementation"]["url"], BASE);
     let rest = &cs["rest"][0];
     assert_eq!(rest["mode"], "server");
-    assert_eq!(rest["security"]["cors"], false);
+    let security = &rest["security"];
+    assert_eq!(security["cors"], false);
+    assert_eq!(
+        security["service"][0]["coding"][0],
+        json!({
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR",
+            "display": "SMART-on-FHIR",
+        })
+    );
+    let oauth = security["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["url"] == "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+        })
+        .expect("the oauth-uris extension");
+    let uri_of = |name: &str| {
+        oauth["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["url"] == name)
+            .map(|e| e["valueUri"].clone())
+    };
+    assert_eq!(
+        uri_of("token"),
+        Some(json!("https://127.0.0.1:8443/oauth/token"))
+    );
+    assert_eq!(
+        uri_of("revoke"),
+        Some(json!("https://127.0.0.1:8443/oauth/revoke"))
+    );
+    assert_eq!(
+        uri_of("authorize"),
+        None,
+        "no authorization endpoint is offered"
+    );
+    let description = security["description"].as_str().unwrap();
+    for claim in [
+        "TLS",
+        "Bearer",
+        "Cedar",
+        "default deny",
+        "X-Purpose-Of-Use",
+        "meta.security",
+        "Break-the-glass",
+        "X-Break-Glass-Reason",
+    ] {
+        assert!(description.contains(claim), "{claim}: {description}");
+    }
     let patient = rest["resource"]
         .as_array()
         .unwrap()
@@ -807,7 +1144,61 @@ async fn serves_https_and_refuses_plain_http_off_loopback() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
+    // Login sees the client's address (connection info is wired): a refusal, not a 500.
+    let r = client
+        .post(format!("https://127.0.0.1:{port}/auth/login"))
+        .header("content-type", "application/json")
+        .body(json!({ "username": "nobody", "password": PASSWORD }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 
+    stop.send(()).unwrap();
+    let served = tokio::time::timeout(std::time::Duration::from_secs(40), server)
+        .await
+        .expect("serve returns after shutdown")
+        .unwrap();
+    assert!(served.is_ok(), "{served:?}");
+
+    // Plain HTTP on loopback: connection info is wired there too.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = ServerConfig {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        transport: Transport::InsecureHttp,
+        base_url: format!("http://127.0.0.1:{port}/fhir"),
+        max_body_bytes: MAX_BODY,
+    };
+    let server = tokio::spawn(phivault_server::serve(
+        config,
+        c.state.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut answer = None;
+    for _ in 0..200 {
+        match plain
+            .post(format!("http://127.0.0.1:{port}/auth/login"))
+            .header("content-type", "application/json")
+            .body(json!({ "username": "nobody", "password": PASSWORD }).to_string())
+            .send()
+            .await
+        {
+            Ok(r) => {
+                answer = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+        }
+    }
+    assert_eq!(answer.expect("the server answers over HTTP").status(), 401);
     stop.send(()).unwrap();
     let served = tokio::time::timeout(std::time::Duration::from_secs(40), server)
         .await
@@ -889,18 +1280,1127 @@ async fn logs_hold_no_phi_and_no_token() {
         .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
 
+    // People: login with TOTP, a break-the-glass read with a reason that must stay out of
+    // the log, an admin call.
+    let admin = c.person("admin", Role::Admin).await;
+    c.user("doc", Role::Clinician).await;
+    let (doc, code) = c.session_with_code("doc").await;
+    let reason = format!("Rsn{}", uuid::Uuid::new_v4().simple());
+    let a = c
+        .send(
+            c.req_as(&doc, Method::GET, &format!("/fhir/Patient/{id}"))
+                .header("x-purpose-of-use", "ETREAT")
+                .header("x-break-glass-reason", reason.as_str())
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let a = c.get_as(&admin, "/admin/break-glass").await;
+    assert!(String::from_utf8_lossy(&a.body).contains(&reason), "{a:?}");
+    let a = c
+        .login(json!({ "username": "doc", "password": "wrong-password-123456" }))
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{a:?}");
+
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
         text.contains("/fhir/{type}"),
         "the route template is logged:\n{text}"
     );
-    assert!(
-        text.contains("bootstrap-admin"),
-        "the principal is logged:\n{text}"
-    );
+    assert!(text.contains(&c.app_id), "the principal is logged:\n{text}");
     assert!(!text.contains(&marker), "PHI in the log:\n{text}");
     assert!(
         !text.contains(&c.token[4..]),
         "the token in the log:\n{text}"
     );
+    for secret in [
+        &doc[4..],
+        &admin[4..],
+        PASSWORD,
+        "wrong-password-123456",
+        reason.as_str(),
+    ] {
+        assert!(!text.contains(secret), "a secret in the log:\n{text}");
+    }
+    if let Some(code) = code {
+        assert!(
+            !text.contains(&format!("\"{code}\"")),
+            "a TOTP code in the log"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Identity and authorization
+
+fn observation(patient: &str) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": { "coding": [{ "system": "http://loinc.org", "code": "8867-4" }] },
+        "subject": { "reference": format!("Patient/{patient}") },
+    })
+}
+
+/// An Observation labelled mental health (v3-ActCode PSY).
+fn psy_observation(patient: &str) -> Value {
+    let mut o = observation(patient);
+    o["meta"] = json!({
+        "security": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "code": "PSY",
+        }]
+    });
+    o
+}
+
+/// A request with a purpose of use and, optionally, a break-the-glass reason.
+fn with_purpose(
+    b: axum::http::request::Builder,
+    purpose: &str,
+    reason: Option<&str>,
+) -> axum::http::request::Builder {
+    let b = b.header("x-purpose-of-use", purpose);
+    match reason {
+        Some(r) => b.header("x-break-glass-reason", r),
+        None => b,
+    }
+}
+
+fn total(a: &Answer) -> u64 {
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    a.json()["total"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn login_refusals_say_which_without_revealing_accounts() {
+    let c = ctx().await;
+    c.user("nurse", Role::Clinician).await;
+    // Unknown user and wrong password: the same 401.
+    let unknown = c
+        .login(json!({ "username": "nobody", "password": PASSWORD }))
+        .await;
+    let wrong = c
+        .login(json!({ "username": "nurse", "password": "not-the-password-1" }))
+        .await;
+    for a in [&unknown, &wrong] {
+        a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+        assert_eq!(a.diagnostics(), "authentication failed");
+    }
+    assert_eq!(unknown.body, wrong.body);
+
+    // Enrolled staff: the password alone asks for the code; a replayed code is refused.
+    let (_, code) = c.session_with_code("nurse").await;
+    let code = code.expect("staff enrol TOTP");
+    let a = c
+        .login(json!({ "username": "nurse", "password": PASSWORD }))
+        .await;
+    a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+    assert_eq!(a.diagnostics(), "a TOTP code is required");
+    let a = c
+        .login(json!({ "username": "nurse", "password": PASSWORD, "totp": code }))
+        .await;
+    a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+    assert_eq!(a.diagnostics(), "authentication failed");
+    let a = c
+        .login(json!({ "username": "nurse", "password": PASSWORD, "totp": "000000x" }))
+        .await;
+    assert_eq!(a.diagnostics(), "authentication failed");
+
+    // Malformed bodies: 400/415, never echoing a value.
+    let a = c.login(json!({ "username": "nurse" })).await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "value");
+    let a = c
+        .login(json!({ "username": "nurse", "password": PASSWORD, "otp": "1" }))
+        .await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "value");
+    let mut req = Request::post("/auth/login")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("x"))
+        .unwrap();
+    req.extensions_mut().insert(ConnectInfo(address_of("x")));
+    c.send(req)
+        .await
+        .assert_outcome(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported");
+}
+
+#[tokio::test]
+async fn client_credentials_scopes_and_revocation() {
+    let c = ctx().await;
+    let (pid, _) = c.create(&patient("Scoped")).await;
+    let (oid, _) = c.create(&observation(&pid)).await;
+    let (id, secret) = c
+        .client("reader", "system/Patient.rs system/Observation.rs", None)
+        .await;
+
+    // Client authentication: HTTP Basic or in the form; a wrong secret is invalid_client.
+    let a = c
+        .form(
+            "/oauth/token",
+            &format!("grant_type=client_credentials&client_id={id}&client_secret={secret}"),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let v = a.json();
+    assert_eq!(v["token_type"], "Bearer");
+    assert!(
+        v["expires_in"].as_i64().is_some_and(|s| s > 0 && s <= 3600),
+        "{v}"
+    );
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    let a = c
+        .form(
+            "/oauth/token",
+            "grant_type=client_credentials",
+            Some((&id, "pvc_wrong")),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{a:?}");
+    assert_eq!(a.json()["error"], "invalid_client");
+    let a = c
+        .form(
+            "/oauth/token",
+            "grant_type=client_credentials",
+            Some(("no-such", &secret)),
+        )
+        .await;
+    assert_eq!(a.json()["error"], "invalid_client");
+    let a = c
+        .form("/oauth/token", "grant_type=password", Some((&id, &secret)))
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{a:?}");
+    assert_eq!(a.json()["error"], "unsupported_grant_type");
+    let a = c
+        .form(
+            "/oauth/token",
+            "grant_type=client_credentials&scope=patient/",
+            Some((&id, &secret)),
+        )
+        .await;
+    assert_eq!(a.json()["error"], "invalid_scope", "{a:?}");
+
+    // Narrowed scope: the token carries only what was asked for.
+    let narrow = c
+        .client_token(&id, &secret, Some("system/Observation.rs"))
+        .await;
+    let a = c.get_as(&narrow, &format!("/fhir/Observation/{oid}")).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let a = c.get_as(&narrow, &format!("/fhir/Patient/{pid}")).await;
+    a.assert_denied("scope-too-narrow");
+    // ... and the same for a Patient that does not exist.
+    let missing = c.get_as(&narrow, "/fhir/Patient/never-was").await;
+    missing.assert_denied("scope-too-narrow");
+    // Writing needs c/u/d.
+    let a = c
+        .json_as(
+            &narrow,
+            Method::POST,
+            "/fhir/Observation",
+            &observation(&pid),
+        )
+        .await;
+    a.assert_denied("scope-too-narrow");
+    // A scope beyond the registration is not granted.
+    let a = c
+        .form(
+            "/oauth/token",
+            "grant_type=client_credentials&scope=system/*.cruds",
+            Some((&id, &secret)),
+        )
+        .await;
+    match a.status {
+        StatusCode::BAD_REQUEST => assert_eq!(a.json()["error"], "invalid_scope"),
+        StatusCode::OK => {
+            let granted = a.json()["scope"].as_str().unwrap().to_owned();
+            assert!(!granted.contains("cruds"), "{granted}");
+        }
+        other => panic!("{other}: {a:?}"),
+    }
+
+    // Revocation: only the client's own tokens, always 200.
+    let full = c.client_token(&id, &secret, None).await;
+    let (other_id, other_secret) = c.client("other", "system/*.rs", None).await;
+    let a = c
+        .form(
+            "/oauth/revoke",
+            &format!("token={full}"),
+            Some((&other_id, &other_secret)),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(
+        c.get_as(&full, &format!("/fhir/Patient/{pid}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let a = c
+        .form(
+            "/oauth/revoke",
+            &format!("token={full}"),
+            Some((&id, "pvc_wrong")),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{a:?}");
+    let a = c
+        .form(
+            "/oauth/revoke",
+            &format!("token={full}"),
+            Some((&id, &secret)),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let a = c.get_as(&full, &format!("/fhir/Patient/{pid}")).await;
+    a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+    assert_eq!(a.diagnostics(), "authentication failed");
+    let a = c
+        .form("/oauth/revoke", "token=pva_nonsense", Some((&id, &secret)))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+
+    // A patient-scoped app reaches its launch patient only.
+    let (other_pid, _) = c.create(&patient("Elsewhere")).await;
+    let (pid2, psecret) = c.client("portal", "patient/*.rs", Some(&pid)).await;
+    let portal = c.client_token(&pid2, &psecret, None).await;
+    assert_eq!(
+        c.get_as(&portal, &format!("/fhir/Observation/{oid}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    c.get_as(&portal, &format!("/fhir/Patient/{other_pid}"))
+        .await
+        .assert_denied("scope-too-narrow");
+    assert_eq!(total(&c.get_as(&portal, "/fhir/Patient").await), 1);
+    assert_eq!(total(&c.get_as(&portal, "/fhir/Observation").await), 1);
+}
+
+#[tokio::test]
+async fn smart_configuration_is_truthful() {
+    let c = ctx().await;
+    let a = c
+        .send(
+            Request::get("/.well-known/smart-configuration")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.header("content-type"), Some("application/json"));
+    let v = a.json();
+    assert_eq!(v["token_endpoint"], "https://127.0.0.1:8443/oauth/token");
+    assert_eq!(
+        v["revocation_endpoint"],
+        "https://127.0.0.1:8443/oauth/revoke"
+    );
+    assert_eq!(v["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(
+        v["token_endpoint_auth_methods_supported"],
+        json!(["client_secret_basic", "client_secret_post"])
+    );
+    assert_eq!(
+        v["capabilities"],
+        json!(["permission-v2", "client-confidential-symmetric"])
+    );
+    assert!(v.get("authorization_endpoint").is_none());
+    let scopes = v["scopes_supported"].as_array().unwrap();
+    assert!(scopes.iter().any(|s| s == "system/*.rs"), "{v}");
+    assert!(scopes.iter().all(|s| s.as_str().unwrap().contains('/')));
+    // Every advertised scope can be registered and requested.
+    for scope in scopes {
+        let (id, secret) = c.client("s", scope.as_str().unwrap(), Some("p1")).await;
+        c.client_token(&id, &secret, None).await;
+    }
+}
+
+#[tokio::test]
+async fn clinicians_need_a_care_relationship() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let doc = c.person("doc", Role::Clinician).await;
+    let (pid, _) = c.create(&patient("Cared")).await;
+    let (oid, _) = c.create(&observation(&pid)).await;
+
+    // Not on the care team: refused, and a resource that does not exist answers the same.
+    let refused = c.get_as(&doc, &format!("/fhir/Patient/{pid}")).await;
+    refused.assert_denied("no-permit");
+    let missing = c.get_as(&doc, "/fhir/Patient/never-was").await;
+    missing.assert_denied("no-permit");
+    assert_eq!(refused.diagnostics(), missing.diagnostics());
+    c.get_as(&doc, &format!("/fhir/Observation/{oid}"))
+        .await
+        .assert_denied("no-permit");
+    c.get_as(&doc, "/fhir/Observation/never-was")
+        .await
+        .assert_denied("no-permit");
+    // Changing the id in the URL of a write: refused the same way.
+    let a = c
+        .json_as(&doc, Method::PUT, &format!("/fhir/Observation/{oid}"), &{
+            let mut o = observation(&pid);
+            o["id"] = json!(oid);
+            o
+        })
+        .await;
+    a.assert_denied("no-permit");
+    let a = c
+        .send(
+            c.req_as(&doc, Method::DELETE, &format!("/fhir/Observation/{oid}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    a.assert_denied("no-permit");
+    assert_eq!(total(&c.get_as(&doc, "/fhir/Patient").await), 0);
+
+    // Granted through the admin API: 200, and 404 only now for what does not exist.
+    c.grant(&admin, "doc", &pid, &[]).await;
+    let a = c.get_as(&doc, &format!("/fhir/Patient/{pid}")).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(
+        c.get_as(&doc, &format!("/fhir/Observation/{oid}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    c.get_as(&doc, &format!("/fhir/Observation/{oid}/_history/1"))
+        .await
+        .status
+        .is_success()
+        .then_some(())
+        .expect("vread");
+    assert_eq!(total(&c.get_as(&doc, "/fhir/Patient").await), 1);
+    // Purpose of use is part of the decision.
+    let a = c
+        .send(
+            with_purpose(
+                c.req_as(&doc, Method::GET, &format!("/fhir/Patient/{pid}")),
+                "HRESCH",
+                None,
+            )
+            .body(Body::empty())
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    let a = c
+        .send(
+            with_purpose(
+                c.req_as(&doc, Method::GET, &format!("/fhir/Patient/{pid}")),
+                "NOPE",
+                None,
+            )
+            .body(Body::empty())
+            .unwrap(),
+        )
+        .await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "value");
+    assert!(a.diagnostics().contains("X-Purpose-Of-Use"), "{a:?}");
+    assert!(!a.diagnostics().contains("NOPE"), "{a:?}");
+
+    // A clinician creating a Patient is given care of it.
+    let (new_pid, _) = c.create_as(&doc, &patient("Newborn")).await;
+    let a = c.get_as(&doc, &format!("/fhir/Patient/{new_pid}")).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    c.create_as(&doc, &observation(&new_pid)).await;
+}
+
+#[tokio::test]
+async fn patients_read_their_own_record_only() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let (own, _) = c.create(&patient("Own")).await;
+    let (other, _) = c.create(&patient("Other")).await;
+    let (own_obs, _) = c.create(&observation(&own)).await;
+    let (other_obs, _) = c.create(&observation(&other)).await;
+    c.create(&observation(&other)).await;
+    c.user("pat", Role::Patient).await;
+    let a = c
+        .post_json(
+            Some(&admin),
+            "/admin/users/pat/link-patient",
+            &json!({ "patient": own }),
+            "admin",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{a:?}");
+    let pat = c.session("pat").await;
+
+    assert_eq!(
+        c.get_as(&pat, &format!("/fhir/Patient/{own}")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        c.get_as(&pat, &format!("/fhir/Observation/{own_obs}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Changing the id in the URL: refused, exactly as for an id that does not exist.
+    let refused = c.get_as(&pat, &format!("/fhir/Patient/{other}")).await;
+    refused.assert_denied("no-permit");
+    let missing = c.get_as(&pat, "/fhir/Patient/does-not-exist").await;
+    missing.assert_denied("no-permit");
+    assert_eq!(refused.diagnostics(), missing.diagnostics());
+    c.get_as(&pat, &format!("/fhir/Observation/{other_obs}"))
+        .await
+        .assert_denied("no-permit");
+    c.get_as(&pat, &format!("/fhir/Observation/{other_obs}/_history"))
+        .await
+        .assert_denied("no-permit");
+    // Searches count their own only.
+    assert_eq!(total(&c.get_as(&pat, "/fhir/Observation").await), 1);
+    assert_eq!(total(&c.get_as(&pat, "/fhir/Patient").await), 1);
+    assert_eq!(
+        total(
+            &c.get_as(&pat, &format!("/fhir/Observation?patient={other}"))
+                .await
+        ),
+        0
+    );
+    // A patient does not write clinical data.
+    let a = c
+        .json_as(&pat, Method::POST, "/fhir/Observation", &observation(&own))
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+}
+
+#[tokio::test]
+async fn labelled_resources_need_a_grant() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let psych = c.person("psych", Role::Clinician).await;
+    let gp = c.person("gp", Role::Clinician).await;
+    let stranger = c.person("stranger", Role::Clinician).await;
+    let (pid, _) = c.create(&patient("Labelled")).await;
+    c.create(&observation(&pid)).await;
+    c.grant(&admin, "psych", &pid, &["PSY"]).await;
+    c.grant(&admin, "gp", &pid, &[]).await;
+
+    // Writing a labelled resource needs the grant too.
+    let a = c
+        .json_as(
+            &gp,
+            Method::POST,
+            "/fhir/Observation",
+            &psy_observation(&pid),
+        )
+        .await;
+    a.assert_denied("label-not-granted");
+    let (lid, _) = c.create_as(&psych, &psy_observation(&pid)).await;
+    let uri = format!("/fhir/Observation/{lid}");
+
+    assert_eq!(c.get_as(&psych, &uri).await.status, StatusCode::OK);
+    // On the care team without the label: told so.
+    c.get_as(&gp, &uri).await.assert_denied("label-not-granted");
+    // Out of reach: the label is not revealed, nor the existence.
+    c.get_as(&stranger, &uri).await.assert_denied("no-permit");
+    // Apps hold no label grants.
+    c.get(&uri).await.assert_denied("label-not-granted");
+    // Searches neither return nor count it, but do for who holds the grant.
+    assert_eq!(total(&c.get_as(&psych, "/fhir/Observation").await), 2);
+    assert_eq!(
+        total(
+            &c.get_as(&psych, &format!("/fhir/Observation?patient={pid}"))
+                .await
+        ),
+        2
+    );
+    assert_eq!(total(&c.get_as(&gp, "/fhir/Observation").await), 1);
+    assert_eq!(
+        total(&c.get_as(&gp, "/fhir/Observation?_security=PSY").await),
+        0
+    );
+    assert_eq!(total(&c.get("/fhir/Observation").await), 1);
+
+    c.grant(&admin, "gp", &pid, &["PSY"]).await;
+    assert_eq!(c.get_as(&gp, &uri).await.status, StatusCode::OK);
+
+    // The patient's own record passes labels.
+    c.user("pat", Role::Patient).await;
+    c.state
+        .accounts
+        .link_patient("pat", &Id::parse(&pid).unwrap())
+        .await
+        .unwrap();
+    let pat = c.session("pat").await;
+    assert_eq!(c.get_as(&pat, &uri).await.status, StatusCode::OK);
+    assert_eq!(total(&c.get_as(&pat, "/fhir/Observation").await), 2);
+}
+
+#[tokio::test]
+async fn break_the_glass_is_recorded_and_listed() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let doc = c.person("doc", Role::Clinician).await;
+    let (pid, _) = c.create(&patient("Emergency")).await;
+    c.create(&observation(&pid)).await;
+    c.create(&observation(&pid)).await;
+    let (other, _) = c.create(&patient("Unrelated")).await;
+    c.create(&observation(&other)).await;
+    let uri = format!("/fhir/Patient/{pid}");
+    let get = |purpose: &str, reason: Option<&str>, uri: &str| {
+        with_purpose(c.req_as(&doc, Method::GET, uri), purpose, reason)
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    c.get_as(&doc, &uri).await.assert_denied("no-permit");
+    // ETREAT alone is not a claim.
+    c.send(get("ETREAT", None, &uri))
+        .await
+        .assert_denied("no-permit");
+    // A reason needs ETREAT; it has bounds.
+    let a = c.send(get("TREAT", Some("unconscious in ED"), &uri)).await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "value");
+    let long = "x".repeat(501);
+    let a = c.send(get("ETREAT", Some(&long), &uri)).await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "value");
+
+    // The claim: allowed, recorded, flagged.
+    let a = c.send(get("ETREAT", Some("unconscious in ED"), &uri)).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.header("x-break-glass"), Some("recorded"));
+    let a = c.get_as(&admin, "/admin/break-glass").await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let records = a.json()["records"].as_array().unwrap().clone();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["patient"], pid.as_str());
+    assert_eq!(records[0]["reason"], "unconscious in ED");
+    let window =
+        records[0]["expires_at"].as_i64().unwrap() - records[0]["started_at"].as_i64().unwrap();
+    assert!((3590..=3600).contains(&window), "one hour: {window}");
+    // The clinician cannot read the review list.
+    c.get_as(&doc, "/admin/break-glass")
+        .await
+        .assert_denied("no-permit");
+
+    // While it lasts, ETREAT reads of that patient use the recorded claim.
+    let a = c.send(get("ETREAT", None, &uri)).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let a = c.send(get("ETREAT", None, "/fhir/Observation")).await;
+    assert_eq!(total(&a), 2, "only the claimed patient's");
+    // Not for another purpose, not for another patient, never for writes.
+    c.get_as(&doc, &uri).await.assert_denied("no-permit");
+    c.send(get("ETREAT", None, &format!("/fhir/Patient/{other}")))
+        .await
+        .assert_denied("no-permit");
+    let a = c
+        .send(
+            with_purpose(
+                c.req_as(&doc, Method::POST, "/fhir/Observation"),
+                "ETREAT",
+                Some("still unconscious"),
+            )
+            .header(header::CONTENT_TYPE, "application/fhir+json")
+            .body(Body::from(observation(&pid).to_string()))
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    // A claim for a resource that does not exist records nothing.
+    let a = c
+        .send(get("ETREAT", Some("looking"), "/fhir/Patient/never-was"))
+        .await;
+    a.assert_outcome(StatusCode::NOT_FOUND, "not-found");
+    let a = c.get_as(&admin, "/admin/break-glass").await;
+    assert_eq!(a.json()["records"].as_array().unwrap().len(), 1);
+
+    // A search naming one patient, as the first access: the claim is for that patient.
+    let q = format!("/fhir/Observation?patient={other}");
+    assert_eq!(total(&c.send(get("ETREAT", None, &q)).await), 0);
+    let a = c.send(get("ETREAT", Some("found collapsed"), &q)).await;
+    assert_eq!(total(&a), 1);
+    assert_eq!(a.header("x-break-glass"), Some("recorded"));
+    let a = c.get_as(&admin, "/admin/break-glass").await;
+    assert_eq!(a.json()["records"].as_array().unwrap().len(), 2);
+    // A search across patients claims nothing by itself.
+    let a = c
+        .send(get("ETREAT", Some("looking"), "/fhir/Patient"))
+        .await;
+    assert_eq!(total(&a), 2, "the two claimed patients");
+    assert_eq!(a.header("x-break-glass"), None);
+}
+
+#[tokio::test]
+async fn searches_never_count_other_patients() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let doc = c.person("doc", Role::Clinician).await;
+    let (mine, _) = c.create(&patient("Smith")).await;
+    let (theirs, _) = c.create(&patient("Smith")).await;
+    for _ in 0..2 {
+        c.create(&observation(&mine)).await;
+    }
+    for _ in 0..3 {
+        c.create(&observation(&theirs)).await;
+    }
+    // A resource outside any compartment of its type is not everyone's either.
+    c.create(&json!({ "resourceType": "Observation", "status": "final",
+        "code": { "coding": [{ "system": "http://loinc.org", "code": "8867-4" }] } }))
+        .await;
+    c.create(&json!({ "resourceType": "Practitioner", "name": [{ "family": "Who" }] }))
+        .await;
+    c.grant(&admin, "doc", &mine, &[]).await;
+
+    assert_eq!(total(&c.get("/fhir/Observation").await), 6);
+    assert_eq!(total(&c.get_as(&doc, "/fhir/Observation").await), 2);
+    assert_eq!(
+        total(&c.get_as(&doc, "/fhir/Patient?family=smith").await),
+        1
+    );
+    assert_eq!(
+        total(
+            &c.get_as(&doc, &format!("/fhir/Observation?patient={theirs}"))
+                .await
+        ),
+        0
+    );
+    assert_eq!(
+        total(&c.get_as(&doc, &format!("/fhir/Patient?_id={theirs}")).await),
+        0
+    );
+    let a = c.get_as(&doc, "/fhir/Observation?_count=1").await;
+    assert_eq!(a.json()["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(total(&a), 2);
+    // Directory resources are shared.
+    assert_eq!(total(&c.get_as(&doc, "/fhir/Practitioner").await), 1);
+    let a = c
+        .send(
+            c.req_as(&doc, Method::POST, "/fhir/Observation/_search")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("patient={theirs}")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(total(&a), 0);
+
+    // _include and _revinclude are refused, lenient or not.
+    for q in [
+        "_include=Observation:patient",
+        "_revinclude=Observation:patient",
+        "_include:iterate=Observation:patient",
+    ] {
+        let a = c.get_as(&doc, &format!("/fhir/Patient?{q}")).await;
+        a.assert_outcome(StatusCode::BAD_REQUEST, "not-supported");
+        let a = c
+            .send(
+                c.req_as(&doc, Method::GET, &format!("/fhir/Patient?{q}"))
+                    .header("prefer", "handling=lenient")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        a.assert_outcome(StatusCode::BAD_REQUEST, "not-supported");
+    }
+}
+
+#[tokio::test]
+async fn bundles_are_decided_entry_by_entry() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let doc = c.person("doc", Role::Clinician).await;
+    let (mine, _) = c.create(&patient("Mine")).await;
+    let (theirs, _) = c.create(&patient("Theirs")).await;
+    let (their_obs, _) = c.create(&observation(&theirs)).await;
+    c.grant(&admin, "doc", &mine, &[]).await;
+    let post =
+        |o: Value| json!({ "resource": o, "request": { "method": "POST", "url": "Observation" } });
+
+    // A transaction reaching another patient: refused whole, naming the entry; nothing written.
+    let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        post(observation(&mine)),
+        post(observation(&theirs)),
+    ]});
+    let a = c.json_as(&doc, Method::POST, "/fhir", &bundle).await;
+    a.assert_outcome(StatusCode::FORBIDDEN, "forbidden");
+    assert!(a.diagnostics().contains("Bundle.entry[1]"), "{a:?}");
+    assert_eq!(
+        total(&c.get(&format!("/fhir/Observation?patient={mine}")).await),
+        0
+    );
+    // Reading, deleting or searching another patient inside a transaction: the same.
+    for entry in [
+        json!({ "request": { "method": "GET", "url": format!("Observation/{their_obs}") } }),
+        json!({ "request": { "method": "GET", "url": format!("Observation/{their_obs}/_history/1") } }),
+        json!({ "request": { "method": "DELETE", "url": format!("Observation/{their_obs}") } }),
+        json!({ "request": { "method": "GET", "url": "Observation/never-was" } }),
+    ] {
+        let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+            post(observation(&mine)),
+            entry,
+        ]});
+        let a = c.json_as(&doc, Method::POST, "/fhir", &bundle).await;
+        a.assert_outcome(StatusCode::FORBIDDEN, "forbidden");
+        assert!(a.diagnostics().contains("Bundle.entry[1]"), "{a:?}");
+    }
+    assert_eq!(
+        total(&c.get(&format!("/fhir/Observation?patient={mine}")).await),
+        0
+    );
+    assert_eq!(
+        c.get(&format!("/fhir/Observation/{their_obs}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Moving a resource into a reachable compartment needs the right on the stored one too.
+    let mut moved = observation(&mine);
+    moved["id"] = json!(their_obs);
+    let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        { "resource": moved, "request": { "method": "PUT", "url": format!("Observation/{their_obs}") } },
+    ]});
+    c.json_as(&doc, Method::POST, "/fhir", &bundle)
+        .await
+        .assert_outcome(StatusCode::FORBIDDEN, "forbidden");
+
+    // A batch: the refused entry answers 403, the others run.
+    let bundle = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        post(observation(&mine)),
+        post(observation(&theirs)),
+        { "request": { "method": "GET", "url": "Observation" } },
+    ]});
+    let a = c.json_as(&doc, Method::POST, "/fhir", &bundle).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let b = a.json();
+    assert_eq!(b["type"], "batch-response");
+    assert!(
+        b["entry"][0]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("201"),
+        "{b}"
+    );
+    assert!(
+        b["entry"][1]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("403"),
+        "{b}"
+    );
+    assert_eq!(
+        b["entry"][1]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    // Searches inside a Bundle are scoped like any search.
+    assert_eq!(b["entry"][2]["resource"]["total"], 1, "{b}");
+    assert_eq!(
+        total(&c.get(&format!("/fhir/Observation?patient={mine}")).await),
+        1
+    );
+    assert_eq!(
+        total(&c.get(&format!("/fhir/Observation?patient={theirs}")).await),
+        1
+    );
+
+    // A transaction creating a patient and its data: the creator is given care of it.
+    let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        { "fullUrl": "urn:uuid:0d8f6c7e-5b0e-4b6e-9a52-4d5c1bb0a001",
+          "resource": patient("Admitted"),
+          "request": { "method": "POST", "url": "Patient" } },
+        post(json!({
+            "resourceType": "Observation", "status": "final",
+            "code": { "coding": [{ "system": "http://loinc.org", "code": "8867-4" }] },
+            "subject": { "reference": "urn:uuid:0d8f6c7e-5b0e-4b6e-9a52-4d5c1bb0a001" },
+        })),
+        { "request": { "method": "GET", "url": "Patient" } },
+    ]});
+    let a = c.json_as(&doc, Method::POST, "/fhir", &bundle).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let b = a.json();
+    let new_pid = b["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+    let a = c.get_as(&doc, &format!("/fhir/Patient/{new_pid}")).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(
+        total(
+            &c.get_as(&doc, &format!("/fhir/Observation?patient={new_pid}"))
+                .await
+        ),
+        1
+    );
+    // ... but a reference to an existing patient is not a new patient.
+    let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        { "fullUrl": "urn:uuid:0d8f6c7e-5b0e-4b6e-9a52-4d5c1bb0a002",
+          "resource": patient("Decoy"),
+          "request": { "method": "POST", "url": "Patient" } },
+        post(observation(&theirs)),
+    ]});
+    c.json_as(&doc, Method::POST, "/fhir", &bundle)
+        .await
+        .assert_outcome(StatusCode::FORBIDDEN, "forbidden");
+
+    // Admins run no Bundles.
+    let bundle = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": "Patient" } },
+    ]});
+    c.json_as(&admin, Method::POST, "/fhir", &bundle)
+        .await
+        .assert_denied("no-permit");
+}
+
+#[tokio::test]
+async fn history_and_versions_of_another_patient_are_refused() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let doc = c.person("doc", Role::Clinician).await;
+    let (mine, _) = c.create(&patient("Mine")).await;
+    let (theirs, _) = c.create(&patient("Theirs")).await;
+    c.grant(&admin, "doc", &mine, &[]).await;
+    let (their_obs, created) = c.create(&observation(&theirs)).await;
+    let (my_obs, _) = c.create_as(&doc, &observation(&mine)).await;
+
+    for uri in [
+        format!("/fhir/Observation/{their_obs}/_history"),
+        format!("/fhir/Observation/{their_obs}/_history/1"),
+        format!("/fhir/Patient/{theirs}/_history"),
+        "/fhir/Observation/never-was/_history".to_owned(),
+        "/fhir/Observation/never-was/_history/1".to_owned(),
+    ] {
+        c.get_as(&doc, &uri).await.assert_denied("no-permit");
+    }
+    assert_eq!(
+        c.get_as(&doc, &format!("/fhir/Observation/{my_obs}/_history"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // An Observation that once was another patient's: its history shows that version, so it
+    // is refused even though the current version is reachable.
+    let mut moved = created.json();
+    moved["subject"] = json!({ "reference": format!("Patient/{mine}") });
+    let a = c
+        .json(
+            Method::PUT,
+            &format!("/fhir/Observation/{their_obs}"),
+            &moved,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(
+        c.get_as(&doc, &format!("/fhir/Observation/{their_obs}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    c.get_as(&doc, &format!("/fhir/Observation/{their_obs}/_history"))
+        .await
+        .assert_denied("no-permit");
+    c.get_as(&doc, &format!("/fhir/Observation/{their_obs}/_history/1"))
+        .await
+        .assert_denied("no-permit");
+    assert_eq!(
+        c.get_as(&doc, &format!("/fhir/Observation/{their_obs}/_history/2"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Moving it back out needs the right on the target compartment.
+    let mut back = moved.clone();
+    back["subject"] = json!({ "reference": format!("Patient/{theirs}") });
+    c.json_as(
+        &doc,
+        Method::PUT,
+        &format!("/fhir/Observation/{their_obs}"),
+        &back,
+    )
+    .await
+    .assert_denied("no-permit");
+
+    // A deleted resource out of reach: refused, not "gone".
+    let (gone, _) = c.create(&observation(&theirs)).await;
+    let a = c
+        .send(
+            c.req(Method::DELETE, &format!("/fhir/Observation/{gone}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    c.get_as(&doc, &format!("/fhir/Observation/{gone}"))
+        .await
+        .assert_denied("no-permit");
+    c.get(&format!("/fhir/Observation/{gone}"))
+        .await
+        .assert_outcome(StatusCode::GONE, "deleted");
+}
+
+#[tokio::test]
+async fn admins_manage_accounts_but_see_no_clinical_data() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let (pid, _) = c.create(&patient("Private")).await;
+
+    c.get_as(&admin, &format!("/fhir/Patient/{pid}"))
+        .await
+        .assert_denied("no-permit");
+    c.get_as(&admin, "/fhir/Patient")
+        .await
+        .assert_denied("no-permit");
+    let a = c
+        .json_as(&admin, Method::POST, "/fhir/Patient", &patient("X"))
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    c.get_as(&admin, &format!("/fhir/Patient/{pid}/_history"))
+        .await
+        .assert_denied("no-permit");
+
+    // Users and clients.
+    let a = c
+        .post_json(
+            Some(&admin),
+            "/admin/users",
+            &json!({ "username": "newdoc", "password": PASSWORD, "role": "clinician" }),
+            "admin",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    assert!(a.json()["user_id"].as_str().is_some_and(|s| !s.is_empty()));
+    let a = c
+        .post_json(
+            Some(&admin),
+            "/admin/users",
+            &json!({ "username": "newdoc", "password": PASSWORD, "role": "clinician" }),
+            "admin",
+        )
+        .await;
+    a.assert_outcome(StatusCode::CONFLICT, "conflict");
+    let a = c
+        .post_json(
+            Some(&admin),
+            "/admin/users",
+            &json!({ "username": "x", "password": PASSWORD, "role": "wizard" }),
+            "admin",
+        )
+        .await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "value");
+    let a = c
+        .post_json(
+            Some(&admin),
+            "/admin/users",
+            &json!({ "username": "weak", "password": "password", "role": "patient" }),
+            "admin",
+        )
+        .await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "value");
+    assert!(!a.diagnostics().contains("\"password\""), "{a:?}");
+    let a = c
+        .post_json(
+            Some(&admin),
+            "/admin/clients",
+            &json!({ "name": "lab", "scope": "system/Observation.cruds" }),
+            "admin",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    let v = a.json();
+    let (id, secret) = (
+        v["client_id"].as_str().unwrap().to_owned(),
+        v["client_secret"].as_str().unwrap().to_owned(),
+    );
+    c.client_token(&id, &secret, None).await;
+    let a = c
+        .post_json(
+            Some(&admin),
+            "/admin/clients",
+            &json!({ "name": "bad", "scope": "system/Nothing.rs" }),
+            "admin",
+        )
+        .await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "value");
+
+    // Nobody else manages accounts.
+    let doc = c.session("newdoc").await;
+    let a = c
+        .post_json(
+            Some(&doc),
+            "/admin/users",
+            &json!({ "username": "mine", "password": PASSWORD, "role": "admin" }),
+            "newdoc",
+        )
+        .await;
+    a.assert_denied("no-permit");
+    let a = c
+        .post_json(
+            Some(&c.token),
+            "/admin/clients",
+            &json!({ "name": "more", "scope": "system/*.cruds" }),
+            "app",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    let a = c
+        .post_json(
+            Some(&doc),
+            "/admin/users/newdoc/grants",
+            &json!({ "patient": pid }),
+            "newdoc",
+        )
+        .await;
+    a.assert_denied("no-permit");
+}
+
+#[tokio::test]
+async fn searches_page_across_patients_with_different_label_grants() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let doc = c.person("doc", Role::Clinician).await;
+    let writer = c.person("writer", Role::Clinician).await;
+    let mut expected = BTreeSet::new();
+    let mut patients = Vec::new();
+    for (family, grant) in [
+        ("Plain", &[][..]),
+        ("Psy", &["PSY"][..]),
+        ("Hiv", &["HIV"][..]),
+    ] {
+        let (pid, _) = c.create(&patient(family)).await;
+        c.grant(&admin, "doc", &pid, grant).await;
+        c.grant(&admin, "writer", &pid, &["PSY", "HIV"]).await;
+        for _ in 0..2 {
+            expected.insert(c.create(&observation(&pid)).await.0);
+        }
+        let (psy, _) = c.create_as(&writer, &psy_observation(&pid)).await;
+        if grant.contains(&"PSY") {
+            expected.insert(psy);
+        }
+        patients.push(pid);
+    }
+    // Someone else's patient, for contrast.
+    let (theirs, _) = c.create(&patient("Theirs")).await;
+    c.create(&observation(&theirs)).await;
+
+    let a = c.get_as(&doc, "/fhir/Observation").await;
+    assert_eq!(total(&a), expected.len() as u64);
+    // Paging one by one visits each readable Observation exactly once.
+    let mut seen = BTreeSet::new();
+    let mut uri = "/fhir/Observation?_count=2".to_owned();
+    loop {
+        let a = c.get_as(&doc, &uri).await;
+        assert_eq!(total(&a), expected.len() as u64);
+        let b = a.json();
+        for e in b["entry"].as_array().unwrap() {
+            assert!(
+                seen.insert(e["resource"]["id"].as_str().unwrap().to_owned()),
+                "{b}"
+            );
+        }
+        match b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+        {
+            Some(next) => {
+                uri = next["url"]
+                    .as_str()
+                    .unwrap()
+                    .strip_prefix("https://127.0.0.1:8443")
+                    .unwrap()
+                    .to_owned();
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
 }

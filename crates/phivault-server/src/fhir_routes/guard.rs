@@ -1,0 +1,1068 @@
+//! Authorization of the FHIR interactions, in one place.
+//!
+//! Every interaction becomes an [`AccessRequest`] decided by the policy engine (default deny):
+//! the principal from the token, the purpose of use (`X-Purpose-Of-Use`, else the role's
+//! default), the resource's type, compartment patient and sensitivity labels as stored (and as
+//! sent, for writes), the principal's care relationship with that patient, the consent state
+//! and any break-the-glass claim.
+//!
+//! Rules kept here:
+//! - **Decide on what is stored.** Read, vread, history, update and delete load the current
+//!   resource first and decide on its compartment and labels (a deleted resource: on its last
+//!   live version); update decides on the new body too, so moving a resource into another
+//!   compartment needs both; vread and history also decide on every version they return.
+//! - **Existence never leaks.** A resource that does not exist is decided as one of the same
+//!   type in a compartment the principal cannot reach (a fresh random patient id, or the
+//!   directory): the refusal is the same as for an existing resource out of reach, and only a
+//!   principal who could reach it learns "not found". A refusal for a labelled resource says
+//!   `label-not-granted` only to a principal who could read it without the label.
+//! - **Searches never return or count what may not be read.** The store restricts the search
+//!   in SQL to the compartments (and the labels) the principal may read ([`SearchScope`]);
+//!   every hit is then decided again (defence in depth; a disagreement is logged as an error
+//!   and the hit dropped).
+//! - **Break-the-glass** (`X-Purpose-Of-Use: ETREAT` with `X-Break-Glass-Reason`): a clinician's
+//!   claim for one hour. An access allowed only because of it is recorded before any data is
+//!   returned (`X-Break-Glass: recorded`); later requests with ETREAT use the recorded claim
+//!   while it lasts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::Response;
+use phivault_auth::{Authenticated, BreakGlassRecord};
+use phivault_fhir::{
+    Id, IndexEntry, ResourceType, SearchQuery, ValidResource, compartment_patient,
+};
+use phivault_policy::{
+    AccessRequest, Action, Authorized, BreakGlass, DecisionContext, Denied, DenyReason, Label,
+    PrincipalKind, Purpose, ResourceRef, Role, ScopeContext, labels_of,
+};
+use phivault_store::{SearchScope, StoreError, StoredResource};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::{ApiError, AppState};
+
+/// `X-Purpose-Of-Use`: an HL7 v3 PurposeOfUse code (`TREAT`, `ETREAT`, ...).
+pub(crate) static X_PURPOSE_OF_USE: HeaderName = HeaderName::from_static("x-purpose-of-use");
+/// `X-Break-Glass-Reason`: why an emergency access is claimed (with `ETREAT`).
+pub(crate) static X_BREAK_GLASS_REASON: HeaderName =
+    HeaderName::from_static("x-break-glass-reason");
+/// `X-Break-Glass` on a response: `recorded` when this request made a break-the-glass access.
+pub(crate) static X_BREAK_GLASS: HeaderName = HeaderName::from_static("x-break-glass");
+
+/// Longest break-the-glass reason accepted, in characters.
+const MAX_REASON_CHARS: usize = 500;
+
+/// Every `meta.security` code that is a sensitivity label (canonical codes and the aliases
+/// [`Label`] reads), for keeping labelled resources out of searches by principals whose label
+/// grants are per patient. Matching by code alone may leave out a little more than needed
+/// (the same code in another system), never less.
+const LABEL_CODES: &str = "R,V,PSY,MH,BH,ETH,SUD,ETHUD,OPIOIDUD,HIV";
+
+/// The resource a request is about, as currently stored.
+pub(crate) enum Current {
+    /// The current version.
+    Live(StoredResource),
+    /// Deleted; the deletion's version and the last live version's body, when readable.
+    Deleted {
+        /// The deletion's version.
+        version: u64,
+        /// The body of the version before the deletion.
+        last: Option<Value>,
+    },
+    /// Never existed.
+    Missing,
+}
+
+impl Current {
+    /// The answer for a resource that is not live: 410 when deleted, else 404.
+    pub(crate) fn absent(&self, rtype: ResourceType, id: &Id) -> ApiError {
+        match self {
+            Current::Deleted { version, .. } => ApiError::Store(StoreError::Gone {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+                version: *version,
+            }),
+            Current::Live(_) | Current::Missing => ApiError::Store(StoreError::NotFound {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+            }),
+        }
+    }
+}
+
+/// Where a break-the-glass claim of a decision came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClaimSource {
+    /// No claim.
+    None,
+    /// `X-Break-Glass-Reason` on this request: recorded when relied on.
+    New,
+    /// A recorded claim still in force.
+    Recorded,
+}
+
+/// The facts of a resource the policies look at.
+#[derive(Clone)]
+pub(crate) struct Facts {
+    /// The compartment patient (`None`: directory, or no patient).
+    pub(crate) patient: Option<Id>,
+    /// Sensitivity labels.
+    pub(crate) labels: Vec<Label>,
+    /// The patient is created by this very request (a POST of a Patient, or a reference to
+    /// one in the same transaction): the creator is treated as on its care team.
+    pub(crate) new_patient: bool,
+}
+
+/// The authorization of one request: who, for which purpose, with which claim. Extracted from
+/// the request by every FHIR handler (and the admin API).
+pub(crate) struct Access {
+    state: AppState,
+    who: Authenticated,
+    purpose: Purpose,
+    /// The claim made by this request (`ETREAT` with a reason), if any.
+    claim: Option<BreakGlass>,
+    now: OffsetDateTime,
+    /// Patients whose break-the-glass access this request recorded.
+    recorded: HashSet<Id>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("principal", &self.who.principal.id())
+            .field("purpose", &self.purpose)
+            .field("claim", &self.claim.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromRequestParts<AppState> for Access {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let who = parts
+            .extensions
+            .get::<Authenticated>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)?;
+        Access::new(state.clone(), who, &parts.headers)
+    }
+}
+
+/// The purpose named by `X-Purpose-Of-Use`, if any.
+fn purpose_header(headers: &HeaderMap) -> Result<Option<Purpose>, ApiError> {
+    let mut values = headers.get_all(&X_PURPOSE_OF_USE).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::BadRequest(
+            "X-Purpose-Of-Use must be one HL7 PurposeOfUse code (v3-ActReason), such as TREAT, \
+             ETREAT, HPAYMT, HOPERAT or HRESCH"
+                .to_owned(),
+        )
+    };
+    if values.next().is_some() {
+        return Err(bad());
+    }
+    let text = value.to_str().map_err(|_| bad())?;
+    Purpose::parse(text).map(Some).map_err(|_| bad())
+}
+
+/// The reason named by `X-Break-Glass-Reason`, if any (1 to 500 characters, UTF-8).
+fn reason_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(&X_BREAK_GLASS_REASON).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "X-Break-Glass-Reason must be one reason of 1 to {MAX_REASON_CHARS} characters \
+             (UTF-8, no control characters)"
+        ))
+    };
+    if values.next().is_some() {
+        return Err(bad());
+    }
+    let text = std::str::from_utf8(value.as_bytes())
+        .map_err(|_| bad())?
+        .trim();
+    let chars = text.chars().count();
+    if chars == 0 || chars > MAX_REASON_CHARS || text.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    Ok(Some(text.to_owned()))
+}
+
+fn unix_time(t: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(t).ok()
+}
+
+/// A recorded claim as the policy crate's value (`None` when it cannot be read back).
+fn restore_claim(record: &BreakGlassRecord) -> Option<BreakGlass> {
+    BreakGlass::restore(
+        &record.reason,
+        unix_time(record.started_at)?,
+        unix_time(record.expires_at)?,
+    )
+    .ok()
+}
+
+/// True for the types outside any patient compartment (Practitioner, Organization, ...).
+pub(crate) fn is_directory(rtype: ResourceType) -> bool {
+    ResourceRef::new(rtype, None, Vec::new()).is_directory()
+}
+
+/// The refusal answered for a denied request.
+fn forbidden(reason: DenyReason) -> ApiError {
+    ApiError::Forbidden(format!("access denied: {}", reason.as_str()))
+}
+
+impl Access {
+    /// The authorization of a request by `who` with these headers.
+    pub(crate) fn new(
+        state: AppState,
+        who: Authenticated,
+        headers: &HeaderMap,
+    ) -> Result<Access, ApiError> {
+        let purpose =
+            purpose_header(headers)?.unwrap_or_else(|| who.principal.role().default_purpose());
+        let now = OffsetDateTime::now_utc();
+        let claim = match reason_header(headers)? {
+            None => None,
+            Some(_) if purpose != Purpose::EmergencyTreat => {
+                return Err(ApiError::BadRequest(
+                    "X-Break-Glass-Reason is only accepted with X-Purpose-Of-Use: ETREAT"
+                        .to_owned(),
+                ));
+            }
+            Some(reason) => Some(
+                BreakGlass::claim(&reason, now, BreakGlass::DEFAULT_WINDOW)
+                    .map_err(|e| ApiError::BadRequest(format!("X-Break-Glass-Reason: {e}")))?,
+            ),
+        };
+        Ok(Access {
+            state,
+            who,
+            purpose,
+            claim,
+            now,
+            recorded: HashSet::new(),
+        })
+    }
+
+    /// The authenticated principal.
+    pub(crate) fn who(&self) -> &Authenticated {
+        &self.who
+    }
+
+    fn role(&self) -> Role {
+        self.who.principal.role()
+    }
+
+    fn is_user(&self) -> bool {
+        self.who.principal.kind() == PrincipalKind::User
+    }
+
+    fn is_clinician(&self) -> bool {
+        self.is_user() && self.role() == Role::Clinician
+    }
+
+    /// Whether break-the-glass claims apply to this request at all.
+    fn glass_applies(&self) -> bool {
+        self.is_clinician() && self.purpose == Purpose::EmergencyTreat
+    }
+
+    /// The context of a decision with nothing established about a patient.
+    fn base_context(&self) -> DecisionContext {
+        let mut ctx = DecisionContext::new(self.purpose, self.now);
+        // Default consent rules until patients record consents: research and marketing need
+        // one, everything else is permitted.
+        ctx.consent_permits = !matches!(self.purpose, Purpose::Research | Purpose::Marketing);
+        ctx
+    }
+
+    /// The context of a decision about `facts`: care relationship, label grants and
+    /// break-the-glass claim for its patient.
+    async fn context(&self, facts: &Facts) -> Result<(DecisionContext, ClaimSource), ApiError> {
+        let mut ctx = self.base_context();
+        let mut source = ClaimSource::None;
+        if self.glass_applies()
+            && let Some(claim) = &self.claim
+        {
+            ctx.break_glass = Some(claim.clone());
+            source = ClaimSource::New;
+        }
+        let Some(patient) = &facts.patient else {
+            return Ok((ctx, source));
+        };
+        // A patient's own record is the engine's business (linked patient); clients have no
+        // care relationships.
+        if self.is_user() && self.role() != Role::Patient {
+            if facts.new_patient && self.is_clinician() {
+                ctx.care_team = true;
+            } else {
+                let (care_team, label_grants) =
+                    self.state.accounts.relationship(&self.who, patient).await?;
+                ctx.care_team = care_team;
+                ctx.label_grants = label_grants;
+            }
+        }
+        if self.glass_applies()
+            && source == ClaimSource::None
+            && let Some(record) = self
+                .state
+                .accounts
+                .active_break_glass(&self.who, patient)
+                .await?
+            && let Some(claim) = restore_claim(&record)
+        {
+            ctx.break_glass = Some(claim);
+            source = ClaimSource::Recorded;
+        }
+        Ok((ctx, source))
+    }
+
+    fn request(
+        &self,
+        action: Action,
+        resource: ResourceRef,
+        context: DecisionContext,
+    ) -> AccessRequest {
+        AccessRequest {
+            principal: self.who.principal.clone(),
+            action,
+            resource,
+            context,
+        }
+    }
+
+    /// Decides `action` on a resource with `facts` of type `rtype`. Allowed: the proof, after
+    /// recording the break-the-glass access it relies on, if any.
+    async fn decide(
+        &mut self,
+        action: Action,
+        rtype: ResourceType,
+        facts: &Facts,
+    ) -> Result<Result<Authorized, Denied>, ApiError> {
+        self.decide_with(action, rtype, facts, true).await
+    }
+
+    /// As [`Access::decide`]; `record` false for questions that grant no access (explaining
+    /// a refusal).
+    async fn decide_with(
+        &mut self,
+        action: Action,
+        rtype: ResourceType,
+        facts: &Facts,
+        record: bool,
+    ) -> Result<Result<Authorized, Denied>, ApiError> {
+        let (context, source) = self.context(facts).await?;
+        let resource = ResourceRef::new(rtype, facts.patient.clone(), facts.labels.clone());
+        let request = self.request(action, resource, context);
+        let decision = self.state.policy.decide(&request);
+        if record
+            && let Ok(proof) = &decision
+            && proof.break_glass()
+            && source == ClaimSource::New
+            && let (Some(patient), Some(claim)) = (&facts.patient, &self.claim)
+            && !self.recorded.contains(patient)
+        {
+            // Recorded before any data is returned: no record, no access.
+            let expires_at = claim.expires_at().unix_timestamp();
+            self.state
+                .accounts
+                .record_break_glass(&self.who, patient, claim.reason(), expires_at)
+                .await?;
+            tracing::warn!(
+                principal = %self.who.principal.id(),
+                action = %action,
+                rtype = %rtype,
+                "break-the-glass access recorded"
+            );
+            self.recorded.insert(patient.clone());
+        }
+        Ok(decision)
+    }
+
+    /// Decides an action that is not about one resource (transaction as a whole, admin
+    /// actions) and refuses with 403 when denied.
+    pub(crate) fn require(&self, action: Action) -> Result<Authorized, ApiError> {
+        let request = self.request(action, ResourceRef::none(), self.base_context());
+        self.state
+            .policy
+            .decide(&request)
+            .map_err(|d| forbidden(d.reason()))
+    }
+
+    /// The facts of a stored body of `rtype`: its compartment patient and labels.
+    pub(crate) fn stored_facts(
+        &self,
+        rtype: ResourceType,
+        body: &Value,
+    ) -> Result<Facts, ApiError> {
+        let labels = labels_of(body);
+        let patient = if is_directory(rtype) {
+            None
+        } else if rtype == ResourceType::PATIENT {
+            body.get("id")
+                .and_then(Value::as_str)
+                .and_then(|s| Id::parse(s).ok())
+        } else {
+            // Stored bodies were validated when written; validating again only gives the
+            // compartment rule its typed input. A failure is ours: refuse (fail closed).
+            let valid = self
+                .state
+                .validator
+                .validate(body.clone(), Some(rtype))
+                .map_err(|_| {
+                    ApiError::internal(&format!(
+                        "a stored {rtype} failed validation while deciding access"
+                    ))
+                })?;
+            compartment_patient(&valid)
+        };
+        Ok(Facts {
+            patient,
+            labels,
+            new_patient: false,
+        })
+    }
+
+    /// The facts of a body sent by the client (create, update).
+    pub(crate) fn body_facts(resource: &ValidResource, new_patients: &HashSet<Id>) -> Facts {
+        let patient = if is_directory(resource.resource_type()) {
+            None
+        } else {
+            compartment_patient(resource)
+        };
+        let new_patient = patient.as_ref().is_some_and(|p| new_patients.contains(p));
+        Facts {
+            patient,
+            labels: labels_of(resource.body()),
+            new_patient,
+        }
+    }
+
+    /// Refuses `denied` for `facts` without telling more than the refusal of a resource out
+    /// of reach would: `label-not-granted` only when the labels are the only obstacle.
+    async fn refusal(
+        &mut self,
+        action: Action,
+        rtype: ResourceType,
+        facts: &Facts,
+        denied: Denied,
+    ) -> Result<ApiError, ApiError> {
+        if denied.reason() == DenyReason::LabelNotGranted && !facts.labels.is_empty() {
+            let unlabelled = Facts {
+                labels: Vec::new(),
+                ..facts.clone()
+            };
+            if let Err(other) = self.decide_with(action, rtype, &unlabelled, false).await? {
+                return Ok(forbidden(other.reason()));
+            }
+        }
+        Ok(forbidden(denied.reason()))
+    }
+
+    /// Authorizes `action` on a stored body of `rtype`; 403 when denied.
+    pub(crate) async fn authorize_stored(
+        &mut self,
+        action: Action,
+        rtype: ResourceType,
+        body: &Value,
+    ) -> Result<Authorized, ApiError> {
+        let facts = self.stored_facts(rtype, body)?;
+        match self.decide(action, rtype, &facts).await? {
+            Ok(proof) => Ok(proof),
+            Err(denied) => Err(self.refusal(action, rtype, &facts, denied).await?),
+        }
+    }
+
+    /// Authorizes `action` on a body the client sent; 403 when denied.
+    pub(crate) async fn authorize_body(
+        &mut self,
+        action: Action,
+        rtype: ResourceType,
+        facts: &Facts,
+    ) -> Result<Authorized, ApiError> {
+        match self.decide(action, rtype, facts).await? {
+            Ok(proof) => Ok(proof),
+            Err(denied) => Err(forbidden(denied.reason())),
+        }
+    }
+
+    /// Decides `action` on a resource of `rtype` that does not exist, as if it were in a
+    /// compartment the principal cannot reach: Ok only when the principal could reach it.
+    pub(crate) async fn authorize_absent(
+        &mut self,
+        action: Action,
+        rtype: ResourceType,
+    ) -> Result<(), ApiError> {
+        let facts = Facts {
+            patient: (!is_directory(rtype)).then(Id::generate),
+            labels: Vec::new(),
+            new_patient: false,
+        };
+        // A fresh patient has no recorded claim, and a new claim is only recorded for a
+        // resource that exists: decide without recording.
+        let (context, _) = self.context(&facts).await?;
+        let request = self.request(
+            action,
+            ResourceRef::new(rtype, facts.patient, facts.labels),
+            context,
+        );
+        self.state
+            .policy
+            .decide(&request)
+            .map(|_| ())
+            .map_err(|d| forbidden(d.reason()))
+    }
+
+    /// The resource `rtype/id` as stored now.
+    pub(crate) async fn load(&self, rtype: ResourceType, id: &Id) -> Result<Current, ApiError> {
+        match self.state.store.read(rtype, id).await {
+            Ok(stored) => Ok(Current::Live(stored)),
+            Err(StoreError::NotFound { .. }) => Ok(Current::Missing),
+            Err(StoreError::Gone { version, .. }) => {
+                let last = match version.checked_sub(1).filter(|v| *v > 0) {
+                    Some(previous) => match self.state.store.vread(rtype, id, previous).await {
+                        Ok(s) => Some(s.body),
+                        Err(StoreError::Gone { .. } | StoreError::VersionNotFound { .. }) => None,
+                        Err(e) => return Err(e.into()),
+                    },
+                    None => None,
+                };
+                Ok(Current::Deleted { version, last })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Authorizes `action` on the resource as currently stored (the last live version of a
+    /// deleted one; as out of reach when there is none).
+    pub(crate) async fn authorize_current(
+        &mut self,
+        action: Action,
+        rtype: ResourceType,
+        current: &Current,
+    ) -> Result<(), ApiError> {
+        match current {
+            Current::Live(stored) => self
+                .authorize_stored(action, rtype, &stored.body)
+                .await
+                .map(|_| ()),
+            Current::Deleted {
+                last: Some(body), ..
+            } => self.authorize_stored(action, rtype, body).await.map(|_| ()),
+            Current::Deleted { last: None, .. } | Current::Missing => {
+                self.authorize_absent(action, rtype).await
+            }
+        }
+    }
+
+    /// Adds `X-Break-Glass: recorded` when this request made a break-the-glass access.
+    pub(crate) fn mark(&self, mut response: Response) -> Response {
+        if !self.recorded.is_empty() {
+            response
+                .headers_mut()
+                .insert(X_BREAK_GLASS.clone(), HeaderValue::from_static("recorded"));
+        }
+        response
+    }
+
+    /// Grants the creator of a new Patient a care relationship with it (clinicians; a
+    /// clinician creating a patient has no care team yet).
+    pub(crate) async fn grant_creator(&self, patient: &Id) -> Result<(), ApiError> {
+        if !self.is_clinician() {
+            return Ok(());
+        }
+        // `Accounts::grant` takes a username; the token names the user by id.
+        let username = zeroize::Zeroizing::new(
+            self.state
+                .accounts
+                .username(self.who.principal.id())
+                .await?,
+        );
+        self.state
+            .accounts
+            .grant(&username, patient, &[], None)
+            .await?;
+        Ok(())
+    }
+
+    // -------------------------------------------------------------------------------------
+    // Search
+
+    /// Authorizes a search of `rtype` as a query; 403 when denied. A query is across
+    /// patients, except for an app launched for one patient, whose searches never leave that
+    /// patient's compartment (its `patient/` scopes reach nothing else).
+    pub(crate) async fn authorize_query(&mut self, rtype: ResourceType) -> Result<(), ApiError> {
+        let principal = &self.who.principal;
+        let patient = match principal.kind() {
+            PrincipalKind::Client if !is_directory(rtype) => principal.launch_patient().cloned(),
+            _ => None,
+        };
+        let facts = Facts {
+            patient,
+            labels: Vec::new(),
+            new_patient: false,
+        };
+        self.authorize_body(Action::Search, rtype, &facts)
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs a search of `rtype` restricted to what the principal may read: a query-level
+    /// decision, the SQL scopes, then every hit decided again. Returns the total (of what the
+    /// principal may read) and the page's resources.
+    ///
+    /// Label grants are per patient and one SQL scope excludes the same labels everywhere, so
+    /// a clinician's reachable patients are grouped by the labels they may read there (all of
+    /// them under a break-the-glass claim), one scope per group; the groups are disjoint, and
+    /// their results are paged one group after the other, in a fixed order.
+    pub(crate) async fn search(
+        &mut self,
+        rtype: ResourceType,
+        query: &SearchQuery,
+    ) -> Result<(u64, Vec<StoredResource>), ApiError> {
+        self.authorize_query(rtype).await?;
+        let plan = self.search_plan(rtype, query).await?;
+
+        let mut total = 0u64;
+        let mut resources = Vec::new();
+        let mut skip = query.offset;
+        let mut room = query.count;
+        for scope in &plan.scopes {
+            let mut q = query.clone();
+            q.offset = if room > 0 { skip } else { 0 };
+            q.count = room;
+            let page = self.state.store.search_scoped(rtype, &q, scope).await?;
+            total = total.saturating_add(page.total);
+            if room > 0 {
+                room = room.saturating_sub(page.resources.len());
+                skip = skip.saturating_sub(usize::try_from(page.total).unwrap_or(usize::MAX));
+                resources.extend(page.resources);
+            }
+        }
+
+        let mut hits = Vec::with_capacity(resources.len());
+        for r in resources {
+            let facts = self.stored_facts(rtype, &r.body)?;
+            hits.push((r, facts));
+        }
+        // Contexts per patient, computed before the (synchronous) filter.
+        let mut contexts: HashMap<Option<Id>, DecisionContext> = HashMap::new();
+        for (_, facts) in &hits {
+            if contexts.contains_key(&facts.patient) {
+                continue;
+            }
+            let ctx = match (&plan.patients, &facts.patient) {
+                (Some(known), Some(patient)) => {
+                    let mut ctx = self.base_context();
+                    if let Some(f) = known.get(patient) {
+                        ctx.care_team = f.care_team;
+                        ctx.label_grants = f.label_grants.clone();
+                        ctx.break_glass = f.claim.clone();
+                    }
+                    ctx
+                }
+                _ => self.context(facts).await?.0,
+            };
+            contexts.insert(facts.patient.clone(), ctx);
+        }
+        let before = hits.len();
+        let base = self.base_context();
+        let kept = self.state.policy.filter(hits, |(_, facts)| {
+            let context = contexts
+                .get(&facts.patient)
+                .cloned()
+                .unwrap_or_else(|| base.clone());
+            self.request(
+                Action::Search,
+                ResourceRef::new(rtype, facts.patient.clone(), facts.labels.clone()),
+                context,
+            )
+        });
+        let dropped = before - kept.len();
+        if dropped > 0 {
+            tracing::error!(
+                dropped,
+                rtype = %rtype,
+                role = %self.role(),
+                "search: the SQL scope and the policies disagree; hits the policies refuse were dropped"
+            );
+        }
+        let total = total.saturating_sub(dropped as u64);
+        Ok((total, kept.into_iter().map(|((r, _), _)| r).collect()))
+    }
+
+    /// What a search of `rtype` may see, in SQL terms, and the facts to decide its hits with.
+    async fn search_plan(
+        &mut self,
+        rtype: ResourceType,
+        query: &SearchQuery,
+    ) -> Result<SearchPlan, ApiError> {
+        let directory = is_directory(rtype);
+        let all_labels = || label_entries(rtype, &BTreeSet::new());
+        let principal = self.who.principal.clone();
+        let nothing = SearchScope {
+            patients: Some(Vec::new()),
+            directory: false,
+            exclude_labels: Vec::new(),
+        };
+        let one = |scope| SearchPlan {
+            scopes: vec![scope],
+            patients: None,
+        };
+        match (principal.kind(), principal.role()) {
+            (PrincipalKind::Client, _) => {
+                let system = principal.scopes().is_some_and(|scopes| {
+                    scopes.data_scopes().iter().any(|s| {
+                        s.context() == ScopeContext::System
+                            && s.resource_type().is_none_or(|t| t == rtype)
+                    })
+                });
+                // Apps have no label grants: labelled resources are left out of their
+                // searches (the policies refuse them too).
+                let scope = if system && principal.launch_patient().is_none() {
+                    SearchScope {
+                        patients: None,
+                        directory: true,
+                        exclude_labels: all_labels()?,
+                    }
+                } else if let Some(launch) = principal.launch_patient() {
+                    SearchScope {
+                        patients: Some(vec![launch.clone()]),
+                        directory,
+                        exclude_labels: all_labels()?,
+                    }
+                } else {
+                    nothing
+                };
+                Ok(one(scope))
+            }
+            (PrincipalKind::User, Role::Patient) => {
+                // Their own compartment, labels included (a patient's own record passes them).
+                let scope = match principal.linked_patient() {
+                    Some(own) => SearchScope {
+                        patients: Some(vec![own.clone()]),
+                        directory,
+                        exclude_labels: Vec::new(),
+                    },
+                    None => SearchScope {
+                        directory,
+                        ..nothing
+                    },
+                };
+                Ok(one(scope))
+            }
+            (PrincipalKind::User, Role::Clinician) if directory => Ok(one(SearchScope {
+                patients: Some(Vec::new()),
+                directory: true,
+                exclude_labels: all_labels()?,
+            })),
+            (PrincipalKind::User, Role::Clinician) => self.clinician_plan(rtype, query).await,
+            // Other roles reach no clinical data by default; an operator's policy may grant
+            // more, which the per-hit decisions then apply (labels left out).
+            _ => Ok(one(SearchScope {
+                patients: None,
+                directory: true,
+                exclude_labels: all_labels()?,
+            })),
+        }
+    }
+
+    /// A clinician's search of a compartment type: the patients on their care team and those
+    /// under a break-the-glass claim, grouped by the labels they may read there.
+    async fn clinician_plan(
+        &mut self,
+        rtype: ResourceType,
+        query: &SearchQuery,
+    ) -> Result<SearchPlan, ApiError> {
+        let target = single_patient(rtype, query);
+        let mut claims: HashMap<Id, BreakGlass> = HashMap::new();
+        if self.glass_applies() {
+            let now = self.now.unix_timestamp();
+            let principal_id = self.who.principal.id().to_owned();
+            for record in self.state.accounts.list_break_glass().await? {
+                if record.user_id == principal_id
+                    && record.started_at <= now
+                    && now < record.expires_at
+                    && target.as_ref().is_none_or(|t| *t == record.patient)
+                    && !claims.contains_key(&record.patient)
+                    && let Some(claim) = restore_claim(&record)
+                {
+                    claims.insert(record.patient.clone(), claim);
+                }
+            }
+            // A claim made with a search that names one patient is a claim for that patient:
+            // decided (and recorded when relied on) before anything is read.
+            if let (Some(target), Some(claim)) = (&target, self.claim.clone())
+                && !claims.contains_key(target)
+            {
+                let facts = Facts {
+                    patient: Some(target.clone()),
+                    labels: Vec::new(),
+                    new_patient: false,
+                };
+                if let Ok(proof) = self.decide(Action::Search, rtype, &facts).await?
+                    && proof.break_glass()
+                {
+                    claims.insert(target.clone(), claim);
+                }
+            }
+        }
+        let candidates = match &target {
+            Some(t) => vec![t.clone()],
+            None => self.state.accounts.care_patients(&self.who).await?,
+        };
+        let mut patients: HashMap<Id, PatientFacts> = HashMap::new();
+        for p in candidates {
+            let (care_team, label_grants) = self.state.accounts.relationship(&self.who, &p).await?;
+            if care_team {
+                patients.insert(
+                    p,
+                    PatientFacts {
+                        care_team,
+                        label_grants,
+                        claim: None,
+                    },
+                );
+            }
+        }
+        for (p, claim) in claims {
+            patients
+                .entry(p)
+                .or_insert_with(|| PatientFacts {
+                    care_team: false,
+                    label_grants: Vec::new(),
+                    claim: None,
+                })
+                .claim = Some(claim);
+        }
+        // Group by what may be read: `None` (a claim: every label), else the granted labels.
+        let mut groups: BTreeMap<Option<BTreeSet<Label>>, Vec<Id>> = BTreeMap::new();
+        for (p, f) in &patients {
+            let key = match f.claim {
+                Some(_) => None,
+                None => Some(f.label_grants.iter().copied().collect()),
+            };
+            groups.entry(key).or_default().push(p.clone());
+        }
+        let mut scopes = Vec::with_capacity(groups.len().max(1));
+        for (key, mut members) in groups {
+            members.sort();
+            let exclude_labels = match key {
+                None => Vec::new(),
+                Some(allowed) => label_entries(rtype, &allowed)?,
+            };
+            scopes.push(SearchScope {
+                patients: Some(members),
+                directory: false,
+                exclude_labels,
+            });
+        }
+        if scopes.is_empty() {
+            scopes.push(SearchScope {
+                patients: Some(Vec::new()),
+                directory: false,
+                exclude_labels: Vec::new(),
+            });
+        }
+        Ok(SearchPlan {
+            scopes,
+            patients: Some(patients),
+        })
+    }
+}
+
+/// What a search may see.
+struct SearchPlan {
+    /// Disjoint SQL scopes, searched and paged in this order.
+    scopes: Vec<SearchScope>,
+    /// Clinicians: the facts of every patient the scopes reach (`None`: ask per patient).
+    patients: Option<HashMap<Id, PatientFacts>>,
+}
+
+/// A clinician's relationship with one patient, for deciding search hits.
+struct PatientFacts {
+    care_team: bool,
+    label_grants: Vec<Label>,
+    claim: Option<BreakGlass>,
+}
+
+/// The one patient a search is limited to, if it names exactly one: `Patient?_id=X`, or a
+/// `patient=X` parameter of a compartment type.
+fn single_patient(rtype: ResourceType, query: &SearchQuery) -> Option<Id> {
+    if rtype == ResourceType::PATIENT {
+        return match query.ids.as_deref() {
+            Some([id]) => Some(id.clone()),
+            _ => None,
+        };
+    }
+    query
+        .params
+        .iter()
+        .filter(|p| p.name.split(':').next() == Some("patient"))
+        .find_map(|p| match p.any_of.as_slice() {
+            [entry] => entry
+                .value
+                .strip_prefix("Patient/")
+                .and_then(|id| Id::parse(id).ok()),
+            _ => None,
+        })
+}
+
+/// The `_security` index entries of every sensitivity label except `allowed`, for `rtype`.
+fn label_entries(
+    rtype: ResourceType,
+    allowed: &BTreeSet<Label>,
+) -> Result<Vec<IndexEntry>, ApiError> {
+    let codes: Vec<&str> = LABEL_CODES
+        .split(',')
+        .filter(|code| Label::parse(code).is_ok_and(|l| !allowed.contains(&l)))
+        .collect();
+    if codes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let query = SearchQuery::parse(rtype, &[("_security".to_owned(), codes.join(","))], false)
+        .map_err(|e| ApiError::internal(&format!("the label exclusion query failed: {e}")))?;
+    Ok(query.params.into_iter().flat_map(|p| p.any_of).collect())
+}
+
+/// Refuses `_include` and `_revinclude` (and their `:iterate` forms) whatever the handling:
+/// they would reach resources of other compartments, and are not supported.
+pub(crate) fn refuse_includes(pairs: &[(String, String)]) -> Result<(), ApiError> {
+    for (name, _) in pairs {
+        let base = name.split(':').next().unwrap_or_default();
+        if matches!(base, "_include" | "_revinclude") {
+            return Err(ApiError::Fhir(
+                phivault_fhir::FhirError::UnknownSearchParam(base.to_owned()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purpose_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(purpose_header(&h).unwrap(), None);
+        h.insert(&X_PURPOSE_OF_USE, HeaderValue::from_static("ETREAT"));
+        assert_eq!(purpose_header(&h).unwrap(), Some(Purpose::EmergencyTreat));
+        for bad in ["treat", "BTG", "", "http://x|TREAT"] {
+            h.insert(&X_PURPOSE_OF_USE, HeaderValue::from_static(bad));
+            let e = purpose_header(&h).unwrap_err().to_string();
+            assert!(e.contains("X-Purpose-Of-Use"), "{e}");
+        }
+        h.insert(&X_PURPOSE_OF_USE, HeaderValue::from_static("TREAT"));
+        h.append(&X_PURPOSE_OF_USE, HeaderValue::from_static("HRESCH"));
+        assert!(purpose_header(&h).is_err());
+    }
+
+    #[test]
+    fn reason_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(reason_header(&h).unwrap(), None);
+        h.insert(
+            &X_BREAK_GLASS_REASON,
+            HeaderValue::from_static(" unconscious "),
+        );
+        assert_eq!(reason_header(&h).unwrap().as_deref(), Some("unconscious"));
+        h.insert(&X_BREAK_GLASS_REASON, HeaderValue::from_static("  "));
+        assert!(reason_header(&h).is_err());
+        let long = "x".repeat(501);
+        h.insert(&X_BREAK_GLASS_REASON, HeaderValue::from_str(&long).unwrap());
+        assert!(reason_header(&h).is_err());
+        let ok = "é".repeat(500);
+        h.insert(
+            &X_BREAK_GLASS_REASON,
+            HeaderValue::from_bytes(ok.as_bytes()).unwrap(),
+        );
+        assert_eq!(reason_header(&h).unwrap().unwrap().chars().count(), 500);
+    }
+
+    #[test]
+    fn includes_are_refused() {
+        for name in [
+            "_include",
+            "_revinclude",
+            "_include:iterate",
+            "_revinclude:iterate",
+        ] {
+            let pairs = vec![(name.to_owned(), "Observation:patient".to_owned())];
+            assert!(refuse_includes(&pairs).is_err(), "{name}");
+        }
+        assert!(refuse_includes(&[("family".to_owned(), "x".to_owned())]).is_ok());
+    }
+
+    #[test]
+    fn label_exclusion_covers_every_alias() {
+        let entries = label_entries(ResourceType::PATIENT, &BTreeSet::new()).unwrap();
+        assert_eq!(entries.len(), LABEL_CODES.split(',').count());
+        for code in LABEL_CODES.split(',') {
+            assert!(Label::parse(code).is_ok(), "{code}");
+        }
+        // PSY granted: its code and aliases are no longer excluded.
+        let psy = BTreeSet::from([Label::MentalHealth]);
+        let entries = label_entries(ResourceType::PATIENT, &psy).unwrap();
+        assert_eq!(entries.len(), LABEL_CODES.split(',').count() - 3);
+        assert!(
+            entries
+                .iter()
+                .all(|e| !["PSY", "MH", "BH"].contains(&e.value.as_str()))
+        );
+        let all: BTreeSet<Label> = Label::ALL.iter().copied().collect();
+        assert!(
+            label_entries(ResourceType::PATIENT, &all)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn single_patient_searches() {
+        let obs = ResourceType::parse("Observation").unwrap();
+        let q = |rtype, pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            SearchQuery::parse(rtype, &pairs, false).unwrap()
+        };
+        let p1 = Id::parse("p1").unwrap();
+        assert_eq!(
+            single_patient(obs, &q(obs, &[("patient", "p1")])),
+            Some(p1.clone())
+        );
+        assert_eq!(
+            single_patient(obs, &q(obs, &[("patient", "Patient/p1")])),
+            Some(p1.clone())
+        );
+        assert_eq!(single_patient(obs, &q(obs, &[("patient", "p1,p2")])), None);
+        assert_eq!(single_patient(obs, &q(obs, &[])), None);
+        let pat = ResourceType::PATIENT;
+        assert_eq!(single_patient(pat, &q(pat, &[("_id", "p1")])), Some(p1));
+        assert_eq!(single_patient(pat, &q(pat, &[("_id", "p1,p2")])), None);
+    }
+
+    #[test]
+    fn directory_types() {
+        assert!(!is_directory(ResourceType::PATIENT));
+        assert!(is_directory(ResourceType::parse("Practitioner").unwrap()));
+        assert!(!is_directory(ResourceType::parse("Observation").unwrap()));
+    }
+}
