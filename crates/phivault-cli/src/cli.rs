@@ -34,6 +34,47 @@ Relative paths are relative to the working directory. Log verbosity: RUST_LOG (d
 /// access-controlled.
 #[derive(Debug, Parser)]
 #[command(name = "phivault", version, after_help = SETTINGS_HELP)]
+pub(crate) struct Invocation {
+    /// Configuration file (TOML; keys listed below). Default: ./phivault.toml when it exists.
+    #[arg(
+        long,
+        global = true,
+        env = "PHIVAULT_CONFIG",
+        value_name = "FILE",
+        hide_env_values = true
+    )]
+    pub(crate) config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub(crate) command: TopCommand,
+}
+
+/// Every command: the server's own ([`Command`], run by `commands`) and the identity and
+/// policy administration (run by `admin`).
+#[derive(Debug, Subcommand)]
+pub(crate) enum TopCommand {
+    #[command(flatten)]
+    Core(Command),
+    /// Manage user accounts: create, link to a Patient or Practitioner, grant access to a
+    /// patient.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage OAuth2 clients (SMART backend apps).
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Check authorization policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Review break-the-glass (emergency) accesses.
+    #[command(subcommand, name = "break-glass")]
+    BreakGlass(BreakGlassCommand),
+}
+
+/// A server command with the configuration file, as `commands::run` takes it. It is also a
+/// parser of the server commands alone (the tests of `config` use it); the binary parses
+/// [`Invocation`].
+#[derive(Debug, Parser)]
+#[command(name = "phivault", version, after_help = SETTINGS_HELP)]
 pub(crate) struct Cli {
     /// Configuration file (TOML; keys listed below). Default: ./phivault.toml when it exists.
     #[arg(
@@ -51,21 +92,17 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Serve the FHIR API over HTTPS (creates the data directory, master key, certificates and
-    /// bootstrap token on first start).
+    /// Serve the FHIR API over HTTPS (creates the data directory, master key and certificates
+    /// on first start).
     #[command(after_help = SETTINGS_HELP)]
     Serve(ServeArgs),
-    /// Create the data directory, master key, database, certificates and bootstrap admin token,
-    /// then exit.
+    /// Create the data directory, master key, database and certificates, then exit.
     #[command(after_help = SETTINGS_HELP)]
     Init(StorageArgs),
     /// Import FHIR resources from *.json (Bundle of type transaction, batch or collection, or
     /// one resource) and *.ndjson (one resource per line) files, or directories of them.
     #[command(after_help = SETTINGS_HELP)]
     Import(ImportArgs),
-    /// Manage the bootstrap admin token.
-    #[command(subcommand)]
-    BootstrapToken(TokenCommand),
     /// Measure ingest and read-by-id speed on a fresh temporary store (synthetic data only).
     Bench(BenchArgs),
 }
@@ -77,24 +114,138 @@ impl Command {
             Command::Serve(a) => a.layer(),
             Command::Init(a) => a.layer(),
             Command::Import(a) => a.storage.layer(),
-            Command::BootstrapToken(TokenCommand::Reset(a)) => a.layer(),
             Command::Bench(_) => Layer::default(),
         }
     }
 }
 
+/// `phivault user ...`
 #[derive(Debug, Subcommand)]
-pub(crate) enum TokenCommand {
-    /// Replace the bootstrap admin token and print the new one (shown once). A running server
-    /// keeps the old one until restarted.
+pub(crate) enum UserCommand {
+    /// Create a user. Without --password-stdin a strong random password is generated and
+    /// printed once.
     #[command(after_help = SETTINGS_HELP)]
-    Reset(DataDirArgs),
+    Add(UserAddArgs),
+    /// Link a user (role patient) to their Patient record: their own compartment.
+    #[command(name = "link-patient", after_help = SETTINGS_HELP)]
+    LinkPatient(UserLinkArgs),
+    /// Link a user (role clinician) to their Practitioner record (CareTeam participants name
+    /// Practitioners).
+    #[command(name = "link-practitioner", after_help = SETTINGS_HELP)]
+    LinkPractitioner(UserLinkArgs),
+    /// Grant a user access to a patient (a care relationship), optionally to resources
+    /// carrying sensitivity labels, optionally until a time.
+    #[command(after_help = SETTINGS_HELP)]
+    Grant(UserGrantArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct UserAddArgs {
+    /// The login name.
+    #[arg(long, value_name = "USERNAME")]
+    pub(crate) username: String,
+    /// admin, clinician, patient, researcher or auditor.
+    #[arg(long, value_name = "ROLE")]
+    pub(crate) role: String,
+    /// Read the password from the first line of standard input instead of generating one.
+    #[arg(long)]
+    pub(crate) password_stdin: bool,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct UserLinkArgs {
+    /// The user's login name.
+    #[arg(value_name = "USERNAME")]
+    pub(crate) username: String,
+    /// The FHIR id of the record (Patient or Practitioner).
+    #[arg(value_name = "ID")]
+    pub(crate) id: String,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct UserGrantArgs {
+    /// The user's login name.
+    #[arg(value_name = "USERNAME")]
+    pub(crate) username: String,
+    /// The FHIR id of the Patient.
+    #[arg(value_name = "PATIENT_ID")]
+    pub(crate) patient: String,
+    /// Sensitivity labels also granted, comma-separated: R (restricted), PSY (mental health),
+    /// ETH (substance use), HIV.
+    #[arg(long, value_name = "LABELS", value_delimiter = ',')]
+    pub(crate) labels: Vec<String>,
+    /// When the grant ends (RFC 3339, e.g. 2027-01-31T18:00:00Z). Default: no end.
+    #[arg(long, value_name = "RFC3339")]
+    pub(crate) until: Option<String>,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
+}
+
+/// `phivault client ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientCommand {
+    /// Register an OAuth2 client (client credentials grant) and print its id and secret (the
+    /// secret is shown once).
+    #[command(after_help = SETTINGS_HELP)]
+    Add(ClientAddArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClientAddArgs {
+    /// A name for people (shown in the audit trail).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: String,
+    /// The SMART scopes the client may get, space-separated (e.g. "system/*.cruds" or
+    /// "patient/Observation.rs").
+    #[arg(long, value_name = "SCOPES")]
+    pub(crate) scope: String,
+    /// The patient whose compartment the client's patient/ scopes reach.
+    #[arg(long, value_name = "ID")]
+    pub(crate) launch_patient: Option<String>,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
+}
+
+/// `phivault policy ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Check a file of Cedar policies against the schema, together with the default policies.
+    /// Prints `ok: N policies`, or each problem (exit status 1).
+    Check(PolicyCheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PolicyCheckArgs {
+    /// The policy file (Cedar syntax).
+    #[arg(value_name = "FILE")]
+    pub(crate) file: PathBuf,
+}
+
+/// `phivault break-glass ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum BreakGlassCommand {
+    /// List break-the-glass accesses, newest first: time, user, patient, expiry.
+    #[command(after_help = SETTINGS_HELP)]
+    List(BreakGlassListArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BreakGlassListArgs {
+    /// Also show the stated reasons (they may describe the patient: for reviewers only).
+    #[arg(long)]
+    pub(crate) show_reasons: bool,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
 }
 
 /// The data directory alone.
 #[derive(Debug, Clone, Default, Args)]
 pub(crate) struct DataDirArgs {
-    /// Directory of the database, master key, certificates and bootstrap token hash
+    /// Directory of the database, master key and certificates
     /// [toml: data_dir] [default: ./phivault-data]
     #[arg(
         long,
@@ -106,7 +257,7 @@ pub(crate) struct DataDirArgs {
 }
 
 impl DataDirArgs {
-    fn layer(&self) -> Layer {
+    pub(crate) fn layer(&self) -> Layer {
         Layer {
             data_dir: self.data_dir.clone(),
             ..Layer::default()
@@ -114,7 +265,7 @@ impl DataDirArgs {
     }
 }
 
-/// Where the data lives (shared by serve, init and import).
+/// Where the data lives (shared by serve, init, import and the administration commands).
 #[derive(Debug, Clone, Default, Args)]
 pub(crate) struct StorageArgs {
     #[command(flatten)]
@@ -161,7 +312,7 @@ pub(crate) struct StorageArgs {
 }
 
 impl StorageArgs {
-    fn layer(&self) -> Layer {
+    pub(crate) fn layer(&self) -> Layer {
         Layer {
             database_url: self.database_url.clone(),
             master_key_file: self.master_key_file.clone(),
@@ -271,12 +422,12 @@ mod tests {
 
     #[test]
     fn command_line_is_consistent() {
-        Cli::command().debug_assert();
+        Invocation::command().debug_assert();
     }
 
     #[test]
     fn help_documents_every_key() {
-        let mut cmd = Cli::command();
+        let mut cmd = Invocation::command();
         let top = cmd.render_long_help().to_string();
         let serve = cmd
             .find_subcommand_mut("serve")
@@ -307,7 +458,7 @@ mod tests {
 
     #[test]
     fn import_takes_storage_flags() {
-        let cli = Cli::try_parse_from([
+        let cli = Invocation::try_parse_from([
             "phivault",
             "import",
             "a.json",
@@ -318,9 +469,77 @@ mod tests {
             "7",
         ])
         .unwrap();
-        let layer = cli.command.layer();
+        let TopCommand::Core(command) = &cli.command else {
+            panic!("import is a server command");
+        };
+        let layer = command.layer();
         assert_eq!(layer.data_dir, Some(PathBuf::from("/d")));
         assert_eq!(layer.max_bundle_entries, Some(7));
-        assert!(Cli::try_parse_from(["phivault", "import"]).is_err());
+        assert!(Invocation::try_parse_from(["phivault", "import"]).is_err());
+    }
+
+    #[test]
+    fn administration_commands_parse() {
+        let cli = Invocation::try_parse_from([
+            "phivault",
+            "user",
+            "add",
+            "--username",
+            "ann",
+            "--role",
+            "clinician",
+            "--password-stdin",
+            "--data-dir",
+            "/d",
+        ])
+        .unwrap();
+        let TopCommand::User(UserCommand::Add(a)) = &cli.command else {
+            panic!("user add: {cli:?}");
+        };
+        assert!(a.password_stdin);
+        assert_eq!(a.storage.layer().data_dir, Some(PathBuf::from("/d")));
+
+        let cli = Invocation::try_parse_from([
+            "phivault",
+            "user",
+            "grant",
+            "ann",
+            "p1",
+            "--labels",
+            "PSY,HIV",
+            "--until",
+            "2030-01-01T00:00:00Z",
+        ])
+        .unwrap();
+        let TopCommand::User(UserCommand::Grant(g)) = &cli.command else {
+            panic!("user grant: {cli:?}");
+        };
+        assert_eq!(g.labels, ["PSY", "HIV"]);
+        assert_eq!(g.until.as_deref(), Some("2030-01-01T00:00:00Z"));
+
+        for args in [
+            &["phivault", "user", "link-patient", "ann", "p1"][..],
+            &["phivault", "user", "link-practitioner", "ann", "dr1"],
+            &[
+                "phivault",
+                "client",
+                "add",
+                "--name",
+                "app",
+                "--scope",
+                "system/*.rs",
+            ],
+            &["phivault", "policy", "check", "extra.cedar"],
+            &["phivault", "break-glass", "list", "--show-reasons"],
+        ] {
+            assert!(Invocation::try_parse_from(args).is_ok(), "{args:?}");
+        }
+        for args in [
+            &["phivault", "user", "add", "--username", "ann"][..],
+            &["phivault", "client", "add", "--name", "app"],
+            &["phivault", "bootstrap-token", "reset"],
+        ] {
+            assert!(Invocation::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 }

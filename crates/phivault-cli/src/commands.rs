@@ -14,12 +14,11 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use phivault_crypto::{FileKeyProvider, KeyProvider};
 use phivault_fhir::Validator;
-use phivault_server::auth::BootstrapAuth;
 use phivault_server::{AppState, ServerConfig, Transport, tls};
 use phivault_store::{Backend, Store, StoreError, StoreOptions};
 
 use crate::bench::{self, BenchOptions};
-use crate::cli::{BenchArgs, Cli, Command, ImportArgs, TokenCommand};
+use crate::cli::{BenchArgs, Cli, Command, ImportArgs};
 use crate::config::{self, LogFormat, Settings};
 use crate::import::{self, ImportEvent};
 
@@ -55,11 +54,6 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             init_tracing(settings.log_format, "warn");
             return import(&settings, args).await;
         }
-        Command::BootstrapToken(TokenCommand::Reset(_)) => {
-            let settings = settings()?;
-            init_tracing(settings.log_format, "warn");
-            reset_token(&settings.data_dir)?;
-        }
         Command::Bench(args) => {
             init_tracing(LogFormat::Text, "warn");
             bench(args).await?;
@@ -81,11 +75,6 @@ fn init_tracing(format: LogFormat, default_level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-}
-
-/// The stdout line that shows a bootstrap admin token (docs/CONTRACTS.md).
-fn print_token(token: &str) {
-    println!("phivault: bootstrap admin token (shown once, store it now): {token}");
 }
 
 /// Commands that write real data refuse a build that does not encrypt.
@@ -205,11 +194,6 @@ async fn serve(settings: &Settings) -> Result<()> {
     let key = prepare_data_dir(settings)?;
     let validator = Arc::new(Validator::new().context("loading the FHIR R4 schema")?);
     let store = open_store(settings, &key, settings.max_bundle_entries).await?;
-    let (auth, token) = BootstrapAuth::load_or_create(&settings.data_dir)
-        .context("loading the bootstrap admin token")?;
-    if let Some(token) = token {
-        print_token(&token);
-    }
     let transport = if settings.insecure_http {
         tracing::warn!("serving plain HTTP (insecure_http): for local testing only");
         Transport::InsecureHttp
@@ -227,13 +211,26 @@ async fn serve(settings: &Settings) -> Result<()> {
         base_url: base_url.clone(),
         max_body_bytes: settings.max_body_bytes,
     };
-    let state = AppState {
-        store: store.clone(),
+    let state = AppState::new(
+        store.clone(),
         validator,
-        auth: Arc::new(auth),
-        base_url: base_url.into(),
-        max_body_bytes: settings.max_body_bytes,
-    };
+        None,
+        &base_url,
+        settings.max_body_bytes,
+    )
+    .context("loading the authorization policies")?;
+    if state
+        .accounts
+        .user_count()
+        .await
+        .context("counting the user accounts")?
+        == 0
+    {
+        println!(
+            "phivault: no accounts yet; create the first admin with: \
+             phivault user add --role admin --username NAME"
+        );
+    }
     let shutdown = shutdown_signal()?;
     let served = phivault_server::serve(config, state, shutdown)
         .await
@@ -278,35 +275,13 @@ async fn init(settings: &Settings) -> Result<()> {
     let key = prepare_data_dir(settings)?;
     let store = open_store(settings, &key, settings.max_bundle_entries).await?;
     store.close().await;
-    let (_, token) = BootstrapAuth::load_or_create(&settings.data_dir)
-        .context("creating the bootstrap admin token")?;
-    match token {
-        Some(token) => print_token(&token),
-        None => eprintln!(
-            "phivault: a bootstrap admin token exists already (not shown again); \
-             `phivault bootstrap-token reset` makes a new one"
-        ),
-    }
     certificates(settings)?;
     eprintln!(
-        "phivault: initialized {} (back up {} somewhere safe: without it the data is lost)",
+        "phivault: initialized {} (back up {} somewhere safe: without it the data is lost); \
+         create the first admin with `phivault user add --username NAME --role admin`",
         settings.data_dir.display(),
         settings.master_key_file.display()
     );
-    Ok(())
-}
-
-/// `phivault bootstrap-token reset`.
-fn reset_token(data_dir: &Path) -> Result<()> {
-    if !data_dir.is_dir() {
-        bail!(
-            "the data directory {} does not exist; run `phivault init` first",
-            data_dir.display()
-        );
-    }
-    let token = BootstrapAuth::reset(data_dir).context("replacing the bootstrap admin token")?;
-    print_token(&token);
-    eprintln!("phivault: the old token no longer works once the server restarts");
     Ok(())
 }
 

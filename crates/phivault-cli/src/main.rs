@@ -4,6 +4,7 @@
 //! Everything with behaviour lives in the library crates (`phivault-store`, `phivault-fhir`,
 //! `phivault-server`, ...); the modules here read settings and report.
 
+mod admin;
 mod bench;
 mod cli;
 mod commands;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let invocation = cli::Invocation::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -28,7 +29,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(commands::run(cli));
+    let outcome = runtime.block_on(async {
+        match invocation.command {
+            cli::TopCommand::Core(command) => {
+                commands::run(cli::Cli {
+                    config: invocation.config,
+                    command,
+                })
+                .await
+            }
+            other => admin::run(invocation.config.as_deref(), other).await,
+        }
+    });
     runtime.shutdown_timeout(Duration::from_secs(5));
     match outcome {
         Ok(code) => code,

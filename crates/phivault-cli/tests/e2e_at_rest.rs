@@ -5,11 +5,19 @@
 //! line contains any marker, as UTF-8, UTF-16LE/BE or hex, in any letter case or with
 //! accents stripped. The markers are first proven readable through the API, so the scan is
 //! known to look for what is there.
+//!
+//! The same holds for identities: a user's username, password, TOTP secret (base32 and raw),
+//! recovery codes, session tokens, an OAuth2 client's secret and access tokens, and a
+//! break-the-glass reason are each proven to work, then looked for the same way.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use phivault_testkit::fixtures::{self, BundleBuilder, LOINC, MRN_SYSTEM, SNOMED, coding};
-use phivault_testkit::{Api, Finding, Marker, Server, backends, query, scan_bytes, scan_dir};
+use phivault_testkit::{
+    Api, Finding, Marker, Server, backends, query, random_password, random_username, scan_bytes,
+    scan_dir, totp_secret_bytes,
+};
+use reqwest::Method;
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_phivault");
@@ -159,6 +167,77 @@ async fn plant(s: &Api) -> Planted {
     }
 }
 
+/// Credentials and other identity secrets, each proven to work (so the server holds what
+/// it needs to check them), as markers.
+async fn plant_identities(server: &Server, patient: &str) -> Vec<Marker> {
+    let username = random_username();
+    let password = random_password();
+    server
+        .create_user_with_password(&username, "clinician", &password)
+        .await;
+    // Staff enrol TOTP on their first login: secret, recovery codes, an enrolment-only
+    // session, then a session from a TOTP login.
+    let account = server
+        .sign_in(&username, "clinician", &password, false)
+        .await;
+    let totp = account.totp.clone().expect("a clinician enrols TOTP");
+    let enrolment_token = account
+        .enrolment_token
+        .clone()
+        .expect("the first session is enrolment-only");
+    let api = server.api_as(&account.token);
+    api.get(&query("Patient", &[("_count", "1")]))
+        .await
+        .assert_status(200);
+    // A recovery code works once, and gives another session.
+    let r = server
+        .login_with(json!({
+            "username": username,
+            "password": password,
+            "recovery_code": totp.recovery_codes[0],
+        }))
+        .await;
+    r.assert_status(200);
+    let recovery_session = r.json()["access_token"].as_str().unwrap().to_owned();
+    // Break-the-glass: the reason is sealed.
+    let reason = Marker::name();
+    let r = Api::send(
+        api.request(Method::GET, &format!("Patient/{patient}"))
+            .header("X-Purpose-Of-Use", "ETREAT")
+            .header("X-Break-Glass-Reason", reason.text()),
+    )
+    .await;
+    r.assert_status(200);
+    // An OAuth2 client: its secret and an access token.
+    let (client_id, client_secret) = server.add_client("at-rest", "system/*.rs", None).await;
+    let access = server
+        .client_credentials(&client_id, &client_secret, None)
+        .await;
+    server
+        .api_as(&access)
+        .get(&format!("Patient/{patient}"))
+        .await
+        .assert_status(200);
+    let (_, system_secret) = server.system_client().expect("the kit's system app");
+
+    let mut markers = vec![
+        Marker::literal(&username),
+        Marker::literal(&password),
+        Marker::literal(&totp.secret),
+        Marker::bytes("TOTP secret (raw bytes)", &totp_secret_bytes(&totp.secret)),
+        Marker::literal(&enrolment_token),
+        Marker::literal(&account.token),
+        Marker::literal(&recovery_session),
+        Marker::literal(&client_secret),
+        Marker::literal(system_secret),
+        Marker::literal(&access),
+        Marker::literal(server.token()),
+        reason,
+    ];
+    markers.extend(totp.recovery_codes.iter().map(|c| Marker::literal(c)));
+    markers
+}
+
 /// Every marker is readable through the API: proves the data is stored and that the
 /// scanner recognizes it.
 async fn assert_readable(s: &Api, planted: &Planted) {
@@ -222,12 +301,16 @@ fn assert_logs_clean(server: &Server, markers: &[Marker]) {
     let findings = scan_bytes("stderr (logs)", server.stderr_text().as_bytes(), markers);
     assert!(
         findings.is_empty(),
-        "PHI in the logs:\n{}",
+        "PHI or secrets in the logs:\n{}",
         report(&findings)
     );
     let out = server.stdout_text();
     let findings = scan_bytes("stdout", out.as_bytes(), markers);
-    assert!(findings.is_empty(), "PHI on stdout:\n{}", report(&findings));
+    assert!(
+        findings.is_empty(),
+        "PHI or secrets on stdout:\n{}",
+        report(&findings)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -235,8 +318,12 @@ async fn no_plaintext_phi_at_rest() {
     for backend in backends() {
         let mut server = Server::start(BIN, &backend, &[]).await;
         let api = server.api().clone();
-        let planted = plant(&api).await;
+        let mut planted = plant(&api).await;
         assert_readable(&api, &planted).await;
+        let patient = planted.ids[0].clone();
+        planted
+            .markers
+            .extend(plant_identities(&server, &patient).await);
 
         // while running: database, WAL, shm, keys, certificates
         assert_dir_clean(&server, &planted.markers, "while running");
@@ -289,6 +376,12 @@ async fn control(server: &Server) {
     } else {
         "BLOB"
     };
+    // A token-like secret in a text column, and raw key-like bytes in a blob.
+    let token = Marker::literal(&format!("pva_{}", random_password()));
+    let raw: Vec<u8> = (0u8..20)
+        .map(|i| i.wrapping_mul(37).wrapping_add(0xa5))
+        .collect();
+    let as_raw = Marker::bytes("control raw bytes", &raw);
     sqlx::query(&format!(
         "CREATE TABLE e2e_control (t TEXT NOT NULL, b {blob_type} NOT NULL)"
     ))
@@ -301,8 +394,14 @@ async fn control(server: &Server) {
         .execute(&db)
         .await
         .unwrap();
+    sqlx::query("INSERT INTO e2e_control (t, b) VALUES ($1, $2)")
+        .bind(token.text())
+        .bind(raw)
+        .execute(&db)
+        .await
+        .unwrap();
     db.close().await;
-    let markers = [as_text, as_blob];
+    let markers = [as_text, as_blob, token, as_raw];
     let findings = match server.schema() {
         Some(schema) => scan_bytes("pg_dump", &schema.dump(), &markers),
         None => scan_dir(server.data_dir(), &markers).1,

@@ -389,7 +389,6 @@ async fn authentication_is_required() {
         ];
         for h in &bad_headers {
             let requests = [
-                s.anonymous(Method::GET, "metadata"),
                 s.anonymous(Method::GET, &f.patient),
                 s.anonymous(Method::GET, &query("Patient", &[("gender", "male")])),
                 s.anonymous(Method::POST, "Patient")
@@ -416,6 +415,11 @@ async fn authentication_is_required() {
                 );
             }
         }
+        // The CapabilityStatement is public (FHIR and SMART clients read it before they have
+        // a token); every other route needs one.
+        let r = Api::send(s.anonymous(Method::GET, "metadata")).await;
+        r.assert_status(200);
+        assert_eq!(r.json()["resourceType"], "CapabilityStatement", "{r:?}");
         f.unchanged("unauthenticated requests").await;
         assert!(
             !f.server.stderr_text().contains(&token),

@@ -50,6 +50,15 @@ impl Api {
         }
     }
 
+    /// The same server with another bearer token.
+    pub fn with_token(&self, token: &str) -> Api {
+        Api {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            token: token.to_owned(),
+        }
+    }
+
     /// The FHIR base URL, e.g. `https://127.0.0.1:40123/fhir`.
     pub fn base(&self) -> &str {
         &self.base

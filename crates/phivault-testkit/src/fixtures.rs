@@ -11,6 +11,8 @@ pub const MRN_SYSTEM: &str = "urn:oid:2.16.840.1.113883.19.5.99999.1";
 pub const LOINC: &str = "http://loinc.org";
 /// SNOMED CT.
 pub const SNOMED: &str = "http://snomed.info/sct";
+/// HL7 v3 ActCode (sensitivity labels such as `PSY`, `ETH`, `HIV` in `meta.security`).
+pub const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 /// Condition clinical status code system.
 pub const CONDITION_CLINICAL: &str = "http://terminology.hl7.org/CodeSystem/condition-clinical";
 /// AllergyIntolerance clinical status code system.

@@ -50,6 +50,8 @@ const ACCENTED: &[&str] = &["É", "Ö", "Å", "Ñ", "Ü", "Ç"];
 pub struct Marker {
     text: String,
     core: String,
+    /// For [`Marker::bytes`]: the raw bytes looked for (instead of text encodings).
+    raw: Option<Vec<u8>>,
 }
 
 impl Marker {
@@ -60,6 +62,7 @@ impl Marker {
         Marker {
             text: format!("{accent}{core}"),
             core,
+            raw: None,
         }
     }
 
@@ -70,6 +73,7 @@ impl Marker {
         Marker {
             text: format!("{prefix}{core}"),
             core,
+            raw: None,
         }
     }
 
@@ -80,6 +84,33 @@ impl Marker {
         Marker {
             text: format!("{prefix}{core}"),
             core,
+            raw: None,
+        }
+    }
+
+    /// A given secret (a password, token, TOTP secret, recovery code, username) looked for
+    /// as it is, ASCII case-insensitively, in every text encoding and as hex.
+    pub fn literal(text: &str) -> Marker {
+        assert!(!text.is_empty(), "an empty marker finds everything");
+        Marker {
+            text: text.to_owned(),
+            core: text.to_ascii_lowercase(),
+            raw: None,
+        }
+    }
+
+    /// Raw bytes (e.g. a decoded TOTP secret) looked for as they are and as hex; `label`
+    /// names them in findings.
+    pub fn bytes(label: &str, bytes: &[u8]) -> Marker {
+        assert!(
+            bytes.len() >= 8,
+            "a short byte marker would match by chance"
+        );
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Marker {
+            text: label.to_owned(),
+            core: hex,
+            raw: Some(bytes.to_vec()),
         }
     }
 
@@ -95,6 +126,13 @@ impl Marker {
 
     /// The byte strings searched for (in an ASCII-lower-cased haystack), with their names.
     fn needles(&self) -> Vec<(&'static str, Vec<u8>)> {
+        if let Some(raw) = &self.raw {
+            // The haystack is ASCII-lower-cased: so is the needle.
+            return vec![
+                ("raw bytes", raw.to_ascii_lowercase()),
+                ("hex of raw bytes", self.core.as_bytes().to_vec()),
+            ];
+        }
         let utf8 = self.core.as_bytes().to_vec();
         let le: Vec<u8> = self
             .core
@@ -252,6 +290,29 @@ mod tests {
             );
         }
         assert!(scan_bytes("t", b"nothing here", &[m]).is_empty());
+    }
+
+    #[test]
+    fn literal_and_byte_markers() {
+        let token = Marker::literal("pva_AbC-dEf_0123456789xyzXYZ");
+        let found = scan_bytes(
+            "t",
+            b"..PVA_abc-DEF_0123456789XYZxyz..",
+            std::slice::from_ref(&token),
+        );
+        assert!(found.iter().any(|f| f.encoding == "UTF-8"), "{found:?}");
+        let raw = [0x41u8, 0x00, 0xff, 0x10, 0x5a, 0x7f, 0x80, 0x01, 0x02];
+        let m = Marker::bytes("totp secret", &raw);
+        let mut hay = b"xx".to_vec();
+        hay.extend_from_slice(&raw);
+        let found = scan_bytes("t", &hay, std::slice::from_ref(&m));
+        assert!(found.iter().any(|f| f.encoding == "raw bytes"), "{found:?}");
+        let found = scan_bytes("t", b"\\x4100FF105A7F800102", std::slice::from_ref(&m));
+        assert!(
+            found.iter().any(|f| f.encoding == "hex of raw bytes"),
+            "{found:?}"
+        );
+        assert!(scan_bytes("t", b"nothing", &[m, token]).is_empty());
     }
 
     #[test]

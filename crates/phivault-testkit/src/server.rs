@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 
 use crate::api::Api;
 use crate::backend::{Backend, PgSchema, with_host};
+use crate::identity::SYSTEM_SCOPE;
 
 /// Stdout line prefixes of `phivault serve` (docs/CONTRACTS.md).
-const TOKEN_LINE: &str = "phivault: bootstrap admin token (shown once, store it now): ";
 const CA_LINE: &str = "phivault: CA certificate: ";
 const LISTENING_LINE: &str = "phivault: listening on ";
 
@@ -23,7 +23,7 @@ const LISTENING_LINE: &str = "phivault: listening on ";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Environment variables of the binary that must not leak in from the test's environment.
-const PHIVAULT_ENV: &[&str] = &[
+pub(crate) const PHIVAULT_ENV: &[&str] = &[
     "PHIVAULT_CONFIG",
     "PHIVAULT_DATA_DIR",
     "PHIVAULT_DATABASE_URL",
@@ -49,7 +49,8 @@ pub struct Server {
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     api: Option<Api>,
-    token: Option<String>,
+    /// The system app (`system/*.cruds`) provisioned after the first start: (id, secret).
+    system_client: Option<(String, String)>,
     starts: usize,
     // Dropped last: the process is gone by then.
     schema: Option<PgSchema>,
@@ -125,7 +126,7 @@ impl Server {
             stdout: Arc::default(),
             stderr: Arc::default(),
             api: None,
-            token: None,
+            system_client: None,
             starts: 0,
             schema,
             data_dir,
@@ -199,16 +200,16 @@ impl Server {
         }));
         self.child = Some(child);
 
-        let mut token = None;
         let mut ca_line = None;
+        let mut unexpected = Vec::new();
         let waited = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = rx.recv().await {
-                if let Some(t) = line.strip_prefix(TOKEN_LINE) {
-                    token = Some(t.trim().to_owned());
-                } else if let Some(p) = line.strip_prefix(CA_LINE) {
+                if let Some(p) = line.strip_prefix(CA_LINE) {
                     ca_line = Some(p.trim().to_owned());
                 } else if let Some(url) = line.strip_prefix(LISTENING_LINE) {
                     return Some(url.trim().to_owned());
+                } else {
+                    unexpected.push(line);
                 }
             }
             None
@@ -237,21 +238,15 @@ impl Server {
                 );
             }
         };
-        if first {
-            let Some(t) = token else {
-                self.kill();
-                panic!(
-                    "contract: the first start prints the bootstrap token line; stdout:\n{}",
-                    self.stdout_text()
-                );
-            };
-            assert!(!t.is_empty(), "empty bootstrap token");
-            self.token = Some(t);
-        } else if token.is_some() {
+        // The identity work replaced the bootstrap token: no start prints a credential.
+        if let Some(line) = unexpected
+            .iter()
+            .find(|l| l.to_ascii_lowercase().contains("token"))
+        {
             self.kill();
             panic!(
-                "contract: the bootstrap token is printed on the first start only (the stored hash \
-                 is reused), but the restart printed one; stdout:\n{}",
+                "contract: `serve` prints no token (start #{}), but printed {line:?}; stdout:\n{}",
+                self.starts,
                 self.stdout_text()
             );
         }
@@ -274,7 +269,17 @@ impl Server {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_else(|e| panic!("cannot build the HTTPS client: {e}"));
-        let token = self.token.clone().unwrap_or_default();
+        // Without a token first: provisioning needs the client and the origin.
+        self.api = Some(Api::new(client.clone(), &base, ""));
+        let (client_id, secret) = match self.system_client.clone() {
+            Some(c) => c,
+            None => {
+                let c = self.add_client("e2e", SYSTEM_SCOPE, None).await;
+                self.system_client = Some(c.clone());
+                c
+            }
+        };
+        let token = self.client_credentials(&client_id, &secret, None).await;
         self.api = Some(Api::new(client, &base, &token));
     }
 
@@ -308,9 +313,22 @@ impl Server {
         self.api().base()
     }
 
-    /// The bootstrap admin token (from the first start).
+    /// The access token of the system app (`system/*.cruds`, client credentials) that the
+    /// kit provisions after each start: full access to every patient's unlabelled data.
     pub fn token(&self) -> &str {
-        self.token.as_deref().unwrap_or_default()
+        self.api().token()
+    }
+
+    /// The system app's client id and secret (provisioned after the first start).
+    pub fn system_client(&self) -> Option<(&str, &str)> {
+        self.system_client
+            .as_ref()
+            .map(|(id, secret)| (id.as_str(), secret.as_str()))
+    }
+
+    /// The binary.
+    pub(crate) fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// The HTTPS client of the running instance.
@@ -406,7 +424,7 @@ impl Server {
     }
 
     /// Starts the server again on the same data directory and database (killing it first if
-    /// it still runs). The token stays valid: the stored hash is reused.
+    /// it still runs), and obtains a fresh access token for the system app.
     pub async fn restart(&mut self) {
         self.kill();
         self.launch().await;
