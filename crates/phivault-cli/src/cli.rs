@@ -21,6 +21,7 @@ Settings (precedence: flag > environment > configuration file > default):
   max_body_bytes       PHIVAULT_MAX_BODY_BYTES       --max-body-bytes N      10485760
   max_bundle_entries   PHIVAULT_MAX_BUNDLE_ENTRIES   --max-bundle-entries N  1000
   public_base_url      PHIVAULT_PUBLIC_BASE_URL      --public-base-url URL   https://<listen>/fhir
+  policy_file          PHIVAULT_POLICY_FILE          --policy-file F         none (default policies only)
   log_format           PHIVAULT_LOG_FORMAT           --log-format text|json  text
 
 Configuration file: --config FILE or PHIVAULT_CONFIG, else ./phivault.toml when it exists.
@@ -370,6 +371,17 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) public_base_url: Option<String>,
 
+    /// Extra Cedar policies added to the default set, validated against the schema before the
+    /// server starts (check one with `phivault policy check FILE`) [toml: policy_file]
+    /// [default: none]
+    #[arg(
+        long,
+        env = "PHIVAULT_POLICY_FILE",
+        value_name = "FILE",
+        hide_env_values = true
+    )]
+    pub(crate) policy_file: Option<PathBuf>,
+
     /// Print the merged settings (as a phivault.toml, passwords masked) and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
@@ -382,6 +394,7 @@ impl ServeArgs {
             insecure_http: self.insecure_http,
             max_body_bytes: self.max_body_bytes,
             public_base_url: self.public_base_url.clone(),
+            policy_file: self.policy_file.clone(),
             ..self.storage.layer()
         }
     }

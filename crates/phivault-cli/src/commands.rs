@@ -214,7 +214,7 @@ async fn serve(settings: &Settings) -> Result<()> {
     let state = AppState::new(
         store.clone(),
         validator,
-        None,
+        settings.policy_file.as_deref(),
         &base_url,
         settings.max_body_bytes,
     )

@@ -55,6 +55,7 @@ pub(crate) struct Layer {
     pub(crate) max_bundle_entries: Option<usize>,
     pub(crate) public_base_url: Option<String>,
     pub(crate) log_format: Option<LogFormat>,
+    pub(crate) policy_file: Option<PathBuf>,
 }
 
 impl Layer {
@@ -70,6 +71,7 @@ impl Layer {
             max_bundle_entries: self.max_bundle_entries.or(lower.max_bundle_entries),
             public_base_url: self.public_base_url.or(lower.public_base_url),
             log_format: self.log_format.or(lower.log_format),
+            policy_file: self.policy_file.or(lower.policy_file),
         }
     }
 }
@@ -89,6 +91,8 @@ pub(crate) struct Settings {
     /// As configured; [`Settings::base_url`] derives it from `listen` when unset.
     pub(crate) public_base_url: Option<String>,
     pub(crate) log_format: LogFormat,
+    /// Operator policies added to the default set.
+    pub(crate) policy_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -139,6 +143,9 @@ impl Settings {
         line("max_bundle_entries", self.max_bundle_entries.to_string());
         line("public_base_url", quote(&self.base_url()));
         line("log_format", quote(self.log_format.as_str()));
+        if let Some(f) = &self.policy_file {
+            line("policy_file", quote(&f.display().to_string()));
+        }
         out
     }
 }
@@ -296,6 +303,7 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         max_bundle_entries_set,
         public_base_url,
         log_format: merged.log_format.unwrap_or_default(),
+        policy_file: merged.policy_file,
     })
 }
 
