@@ -349,6 +349,16 @@ impl Accounts {
         self
     }
 
+    /// Counts one credential attempt (login, OAuth2 token or revocation request) from
+    /// `address` against the per-address limit; `Throttled` once it is exceeded.
+    pub fn check_address(&self, address: IpAddr) -> Result<(), ServiceError> {
+        self.addresses
+            .check_and_record(address, self.now())
+            .map_err(|e| ServiceError::Throttled {
+                retry_after: e.retry_after_secs,
+            })
+    }
+
     /// The store this service keeps accounts in.
     pub fn store(&self) -> &Store {
         &self.store

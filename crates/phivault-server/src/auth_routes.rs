@@ -391,7 +391,15 @@ fn client_credentials(
 }
 
 /// `POST /oauth/token`: the client credentials grant.
-async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn token(
+    State(state): State<AppState>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(e) = limit_address(&state, connect) {
+        return e.into_response();
+    }
     match token_inner(&state, &headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
@@ -452,7 +460,15 @@ async fn token_inner(
 
 /// `POST /oauth/revoke` (RFC 7009): the authenticated client revokes one of its tokens.
 /// Always 200 once the client is authenticated, whether the token was valid or not.
-async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn revoke(
+    State(state): State<AppState>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(e) = limit_address(&state, connect) {
+        return e.into_response();
+    }
     match revoke_inner(&state, &headers, body).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => e.into_response(),
@@ -481,6 +497,18 @@ async fn revoke_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Resu
         Err(e) => return Err(OAuthError::from_service(e)),
     }
     Ok(())
+}
+
+/// Client authentication attempts count against the same per-address limit as logins.
+fn limit_address(
+    state: &AppState,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Result<(), Response> {
+    let address = peer(connect).map_err(IntoResponse::into_response)?;
+    state
+        .accounts
+        .check_address(address.ip())
+        .map_err(|e| OAuthError::from_service(e).into_response())
 }
 
 /// Checks a client's credentials. `Accounts` has no check of its own yet: a client

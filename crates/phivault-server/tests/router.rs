@@ -2404,3 +2404,29 @@ async fn searches_page_across_patients_with_different_label_grants() {
     }
     assert_eq!(seen, expected);
 }
+
+#[tokio::test]
+async fn token_requests_are_limited_per_address() {
+    let c = ctx().await;
+    let (id, _secret) = c.client("guesser", "system/Patient.rs", None).await;
+    // Guessing a client secret from one address: refused, then throttled.
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        let a = c
+            .form(
+                "/oauth/token",
+                "grant_type=client_credentials",
+                Some((&id, "pvc_guess")),
+            )
+            .await;
+        statuses.push(a.status);
+    }
+    assert_eq!(statuses[0], StatusCode::UNAUTHORIZED);
+    let last = statuses.last().copied().unwrap();
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    // The same limit holds for revocation requests from that address.
+    let a = c
+        .form("/oauth/revoke", "token=pva_x", Some((&id, "pvc_guess")))
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{a:?}");
+}
