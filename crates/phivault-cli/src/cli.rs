@@ -31,7 +31,7 @@ It holds the toml keys above (unknown keys are an error), e.g.:
   database_url = \"postgres://phivault@db.internal/phivault\"
 Relative paths are relative to the working directory. Log verbosity: RUST_LOG (default info).";
 
-/// phivault: a FHIR R4 server that keeps protected health information encrypted, audited and
+/// phivault: a FHIR R4 server that keeps protected health information encrypted and
 /// access-controlled.
 #[derive(Debug, Parser)]
 #[command(name = "phivault", version, after_help = SETTINGS_HELP)]
