@@ -41,7 +41,7 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         Ok(settings)
     };
     match command {
-        TopCommand::Core(_) => bail!("not an administration command"),
+        TopCommand::Core(_) | TopCommand::Audit(_) => bail!("not an administration command"),
         TopCommand::User(UserCommand::Add(args)) => {
             let accounts = open(&settings(&args.storage)?).await?;
             let result = user_add(&accounts, &args).await;

@@ -69,6 +69,9 @@ pub(crate) enum TopCommand {
     /// Review break-the-glass (emergency) accesses.
     #[command(subcommand, name = "break-glass")]
     BreakGlass(BreakGlassCommand),
+    /// Verify the tamper-evident audit trail and prove entries in it.
+    #[command(subcommand)]
+    Audit(crate::audit_cmd::AuditCommand),
 }
 
 /// A server command with the configuration file, as `commands::run` takes it. It is also a

@@ -5,6 +5,7 @@
 //! `phivault-server`, ...); the modules here read settings and report.
 
 mod admin;
+mod audit_cmd;
 mod bench;
 mod cli;
 mod commands;
@@ -37,6 +38,9 @@ fn main() -> ExitCode {
                     command,
                 })
                 .await
+            }
+            cli::TopCommand::Audit(command) => {
+                audit_cmd::run(invocation.config.as_deref(), command).await
             }
             other => admin::run(invocation.config.as_deref(), other).await,
         }

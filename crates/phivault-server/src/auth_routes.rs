@@ -397,8 +397,8 @@ async fn token(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(e) = limit_address(&state, connect) {
-        return e.into_response();
+    if let Some(refusal) = limit_address(&state, connect) {
+        return refusal;
     }
     match token_inner(&state, &headers, body).await {
         Ok(response) => response,
@@ -466,8 +466,8 @@ async fn revoke(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(e) = limit_address(&state, connect) {
-        return e.into_response();
+    if let Some(refusal) = limit_address(&state, connect) {
+        return refusal;
     }
     match revoke_inner(&state, &headers, body).await {
         Ok(()) => StatusCode::OK.into_response(),
@@ -499,16 +499,20 @@ async fn revoke_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Resu
     Ok(())
 }
 
-/// Client authentication attempts count against the same per-address limit as logins.
+/// Client authentication attempts count against the same per-address limit as logins:
+/// the refusal to send, if any.
 fn limit_address(
     state: &AppState,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-) -> Result<(), Response> {
-    let address = peer(connect).map_err(IntoResponse::into_response)?;
-    state
-        .accounts
-        .check_address(address.ip())
-        .map_err(|e| OAuthError::from_service(e).into_response())
+) -> Option<Response> {
+    match peer(connect) {
+        Err(e) => Some(e.into_response()),
+        Ok(address) => state
+            .accounts
+            .check_address(address.ip())
+            .err()
+            .map(|e| OAuthError::from_service(e).into_response()),
+    }
 }
 
 /// Checks a client's credentials. `Accounts` has no check of its own yet: a client

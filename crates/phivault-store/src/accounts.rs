@@ -274,7 +274,7 @@ impl Store {
         self.directory_token(USERNAME_KIND, &normalize_username(username))
     }
 
-    async fn directory_key(&self) -> Result<DataKey, StoreError> {
+    pub(crate) async fn directory_key(&self) -> Result<DataKey, StoreError> {
         self.inner
             .keys
             .data_key(

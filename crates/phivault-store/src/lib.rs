@@ -8,7 +8,9 @@
 //! soft delete, history, search and atomic transaction/batch Bundles. It also keeps the
 //! accounts ([`accounts`]): users found by blind username tokens, sealed TOTP secrets and
 //! usernames, hashed tokens, client secrets and recovery codes, care grants and sealed
-//! break-the-glass reasons.
+//! break-the-glass reasons. And it keeps the audit trail's bytes ([`audit`]): entries, signed
+//! checkpoints and the sealed checkpoint-signing key, whose hashes and signatures phivault-audit
+//! computes.
 //!
 //! Guarantees (DESIGN.md invariants 1, 4 and 7):
 //! - every resource version is sealed with AES-256-GCM under the data key of its patient
@@ -21,6 +23,7 @@
 //!   `synchronous=FULL`, PostgreSQL's default durability).
 
 pub mod accounts;
+pub mod audit;
 mod backend;
 mod bundle;
 mod keys;
@@ -37,6 +40,7 @@ use sqlx::AnyPool;
 
 pub use backend::Backend;
 pub use search::{SearchPage, SearchScope};
+pub use sqlx::AnyConnection;
 
 /// How to open a [`Store`].
 #[derive(Debug, Clone)]

@@ -517,3 +517,83 @@ async fn scoped_search_sees_only_allowed_compartments_and_labels() {
         assert_eq!(s.search_scoped(pr, &pq, &with_dir).await.unwrap().total, 1);
     }
 }
+
+#[tokio::test]
+async fn audit_rows_keys_and_checkpoints() {
+    use phivault_store::audit::{CheckpointRow, NewAuditRow};
+    for f in fixtures().await {
+        let s = &f.store;
+        assert_eq!(s.audit_tail().await.unwrap().seq, 1);
+        for i in 1..=5u64 {
+            let seq = s
+                .append_audit(|tail| {
+                    Ok::<_, StoreError>(NewAuditRow {
+                        body: format!("body-{}", tail.seq).into_bytes(),
+                        entry_hash: vec![tail.seq as u8; 32],
+                        prev_hash: tail.prev_hash.clone().unwrap_or_else(|| vec![0; 32]),
+                        time: 1000 + tail.seq as i64,
+                        actor: "u1".to_owned(),
+                        patient: (tail.seq.is_multiple_of(2)).then(|| "p1".to_owned()),
+                    })
+                })
+                .await
+                .unwrap();
+            assert_eq!(seq, i, "{}", f.label);
+        }
+        let tail = s.audit_tail().await.unwrap();
+        assert_eq!(tail.seq, 6);
+        assert_eq!(tail.prev_hash, Some(vec![5u8; 32]));
+        let page = s.audit_entries(2, 2).await.unwrap();
+        assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(page[0].prev_hash, vec![2u8; 32]);
+        assert_eq!(page[1].patient.as_deref(), Some("p1"));
+        assert_eq!(s.audit_entry(9).await.unwrap(), None);
+
+        let cp = CheckpointRow {
+            size: 5,
+            root: vec![1; 32],
+            last_entry_hash: vec![5; 32],
+            time: 7,
+            signature: vec![9; 64],
+        };
+        assert!(s.insert_audit_checkpoint(&cp).await.unwrap());
+        assert!(!s.insert_audit_checkpoint(&cp).await.unwrap());
+        assert_eq!(s.audit_checkpoints().await.unwrap(), vec![cp]);
+
+        let mut created = 0;
+        let k1 = s
+            .audit_signing_key(|| {
+                created += 1;
+                Ok::<_, StoreError>((vec![3; 32], zeroize::Zeroizing::new(vec![4; 48])))
+            })
+            .await
+            .unwrap();
+        let reopened = f.reopen(&f.key).await.unwrap();
+        let k2 = reopened
+            .audit_signing_key(|| -> Result<_, StoreError> { panic!("must not create again") })
+            .await
+            .unwrap();
+        assert_eq!(created, 1);
+        assert_eq!(k1.key_id, k2.key_id);
+        assert_eq!(k2.public_key, vec![3; 32]);
+        assert_eq!(k2.private_pkcs8.as_slice(), &[4; 48]);
+        // Sealed at rest, and bound to its row: moved to another key id it does not open.
+        let sealed: Vec<u8> = sqlx::query("SELECT sealed_private FROM audit_keys")
+            .fetch_one(s.pool())
+            .await
+            .unwrap()
+            .try_get("sealed_private")
+            .unwrap();
+        assert!(!sealed.windows(8).any(|w| w == [4u8; 8]));
+        sqlx::query("UPDATE audit_keys SET key_id = 'other'")
+            .execute(s.pool())
+            .await
+            .unwrap();
+        assert!(matches!(
+            reopened
+                .audit_signing_key(|| -> Result<_, StoreError> { panic!("found one") })
+                .await,
+            Err(StoreError::Integrity { .. })
+        ));
+    }
+}

@@ -1,0 +1,151 @@
+//! Audit entries and the hash chain.
+
+use serde::{Deserialize, Serialize};
+
+/// Domain separation of the chain hash (`"phivault-audit/v1"`).
+pub const CHAIN_DOMAIN: &[u8] = b"phivault-audit/v1";
+
+/// The `prev_hash` of the first entry: 32 zero bytes.
+pub const GENESIS_HASH: [u8; 32] = [0u8; 32];
+
+/// Who acted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActorKind {
+    /// A user account.
+    User,
+    /// An OAuth2 client (backend app).
+    Client,
+    /// An unauthenticated caller (failed login, refused request).
+    Anonymous,
+    /// The server itself.
+    System,
+}
+
+/// How the access ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Permitted and done.
+    Allowed,
+    /// Refused by authentication or policy.
+    Denied,
+    /// Failed on our side.
+    Error,
+}
+
+/// One audit entry. Ids only, never PHI values: no names, no resource content, no search
+/// values, no break-the-glass reasons.
+///
+/// The canonical bytes are the compact `serde_json` serialization of this struct, fields in
+/// this order: `seq, time, actor_id, actor_kind, role, purpose, break_glass, action,
+/// resource_type, resource_id, patient_id, outcome, source_address, request_id`; absent
+/// optional values are `null`, enums are lower-case strings. Unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// Position in the trail, from 1 (assigned by the log on append).
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub time: i64,
+    /// User id, client id, or `-` when unknown.
+    pub actor_id: String,
+    /// What kind of actor.
+    pub actor_kind: ActorKind,
+    /// Role name of a user.
+    pub role: Option<String>,
+    /// Purpose of use (e.g. `TREAT`).
+    pub purpose: Option<String>,
+    /// Whether break-the-glass was in force.
+    pub break_glass: bool,
+    /// `read`, `search`, `create`, `update`, `delete`, `export`, `login`, ...
+    pub action: String,
+    /// FHIR resource type.
+    pub resource_type: Option<String>,
+    /// FHIR resource id.
+    pub resource_id: Option<String>,
+    /// Patient compartment concerned.
+    pub patient_id: Option<String>,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Client address.
+    pub source_address: Option<String>,
+    /// Request correlation id.
+    pub request_id: String,
+}
+
+impl AuditEntry {
+    /// The canonical bytes (see the type's documentation).
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Parses canonical bytes, refusing anything that does not re-serialize to the same bytes.
+    pub fn from_canonical(bytes: &[u8]) -> Option<AuditEntry> {
+        let entry: AuditEntry = serde_json::from_slice(bytes).ok()?;
+        match entry.canonical_bytes() {
+            Ok(again) if again == bytes => Some(entry),
+            _ => None,
+        }
+    }
+}
+
+/// `SHA-256("phivault-audit/v1" || prev_hash || canonical)`.
+pub fn entry_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    crate::sha256(&[CHAIN_DOMAIN, prev_hash, canonical])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    pub(crate) fn sample(seq: u64) -> AuditEntry {
+        AuditEntry {
+            seq,
+            time: 1_700_000_000_000,
+            actor_id: "u1".to_owned(),
+            actor_kind: ActorKind::User,
+            role: Some("clinician".to_owned()),
+            purpose: None,
+            break_glass: false,
+            action: "read".to_owned(),
+            resource_type: Some("Patient".to_owned()),
+            resource_id: Some("p1".to_owned()),
+            patient_id: Some("p1".to_owned()),
+            outcome: Outcome::Allowed,
+            source_address: None,
+            request_id: "r1".to_owned(),
+        }
+    }
+
+    #[test]
+    fn canonical_form_is_fixed() {
+        let bytes = sample(3).canonical_bytes().unwrap();
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            "{\"seq\":3,\"time\":1700000000000,\"actor_id\":\"u1\",\"actor_kind\":\"user\",\
+             \"role\":\"clinician\",\"purpose\":null,\"break_glass\":false,\"action\":\"read\",\
+             \"resource_type\":\"Patient\",\"resource_id\":\"p1\",\"patient_id\":\"p1\",\
+             \"outcome\":\"allowed\",\"source_address\":null,\"request_id\":\"r1\"}"
+        );
+        assert_eq!(AuditEntry::from_canonical(&bytes), Some(sample(3)));
+        // Same content, other spelling: refused.
+        let spaced = String::from_utf8(bytes).unwrap().replace(',', ", ");
+        assert_eq!(AuditEntry::from_canonical(spaced.as_bytes()), None);
+    }
+
+    #[test]
+    fn chain_hash_binds_prev_and_body() {
+        let body = sample(1).canonical_bytes().unwrap();
+        let h = entry_hash(&GENESIS_HASH, &body);
+        assert_ne!(h, entry_hash(&[1u8; 32], &body));
+        let mut other = body.clone();
+        other[5] ^= 1;
+        assert_ne!(h, entry_hash(&GENESIS_HASH, &other));
+        let mut expect = CHAIN_DOMAIN.to_vec();
+        expect.extend_from_slice(&GENESIS_HASH);
+        expect.extend_from_slice(&body);
+        assert_eq!(h, crate::sha256(&[&expect]));
+    }
+}

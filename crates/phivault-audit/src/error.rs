@@ -1,0 +1,134 @@
+//! The errors of the audit trail.
+
+use phivault_store::StoreError;
+
+/// The errors of the audit trail. Tamper findings name the first bad entry by seq (see
+/// [`AuditError::first_bad_seq`]); messages name seqs and sizes, never entry content.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An entry could not be serialized.
+    #[error("cannot serialize an audit entry: {0}")]
+    Serialize(#[source] serde_json::Error),
+    /// The signing key is unusable.
+    #[error("audit signing key: {0}")]
+    Key(String),
+    /// An entry is missing: the trail jumps over `seq`.
+    #[error("audit entry {seq} is missing (next entry present: {next})")]
+    Missing {
+        /// The first missing seq.
+        seq: u64,
+        /// The seq found in its place.
+        next: u64,
+    },
+    /// An entry's body is not the canonical form of an entry.
+    #[error("audit entry {seq} is malformed (its body is not a canonical entry)")]
+    Malformed {
+        /// Seq of the row.
+        seq: u64,
+    },
+    /// An entry's body carries another seq than its row (moved or swapped).
+    #[error("audit entry {seq} holds the body of entry {claimed} (entries moved or swapped)")]
+    Misplaced {
+        /// Seq of the row.
+        seq: u64,
+        /// Seq inside the body.
+        claimed: u64,
+    },
+    /// An entry's stored previous hash is not the hash of the entry before it.
+    #[error("audit entry {seq} does not chain to the entry before it")]
+    ChainBroken {
+        /// Seq of the row.
+        seq: u64,
+    },
+    /// An entry's content does not hash to its stored hash (changed).
+    #[error("audit entry {seq} was altered (its hash does not match)")]
+    HashMismatch {
+        /// Seq of the row.
+        seq: u64,
+    },
+    /// A checkpoint's signature does not verify.
+    #[error("audit checkpoint of size {size} has an invalid signature")]
+    CheckpointSignature {
+        /// The checkpoint's size.
+        size: u64,
+    },
+    /// The entries do not reproduce a checkpoint's root or last hash: some entry after the
+    /// previous good checkpoint (`since`) and up to `size` was rewritten together with the
+    /// hashes after it.
+    #[error(
+        "audit entries {first}..={size} do not match the checkpoint of size {size} (rewritten)",
+        first = since + 1
+    )]
+    CheckpointMismatch {
+        /// The checkpoint's size.
+        size: u64,
+        /// Size of the last checkpoint that matched (0 when none).
+        since: u64,
+    },
+    /// A checkpoint covers more entries than are present: the tail was truncated.
+    #[error(
+        "audit trail truncated: checkpoint of size {size} but only {present} entries present \
+         (entry {first} onwards removed)",
+        first = present + 1
+    )]
+    Truncated {
+        /// The checkpoint's size.
+        size: u64,
+        /// Entries present.
+        present: u64,
+    },
+    /// A checkpoint row is malformed.
+    #[error("audit checkpoint of size {size} is malformed")]
+    CheckpointMalformed {
+        /// The checkpoint's size.
+        size: u64,
+    },
+    /// No checkpoint covers this entry yet.
+    #[error("audit entry {seq} is not covered by a checkpoint yet")]
+    NotCovered {
+        /// The seq asked for.
+        seq: u64,
+    },
+    /// No such entry.
+    #[error("audit entry {seq} does not exist")]
+    NoSuchEntry {
+        /// The seq asked for.
+        seq: u64,
+    },
+}
+
+impl AuditError {
+    /// The seq of the first bad entry, for tamper findings that can name one.
+    pub fn first_bad_seq(&self) -> Option<u64> {
+        match self {
+            AuditError::Missing { seq, .. }
+            | AuditError::Malformed { seq }
+            | AuditError::Misplaced { seq, .. }
+            | AuditError::ChainBroken { seq }
+            | AuditError::HashMismatch { seq } => Some(*seq),
+            AuditError::CheckpointMismatch { since, .. } => Some(since + 1),
+            AuditError::Truncated { present, .. } => Some(present + 1),
+            _ => None,
+        }
+    }
+
+    /// True for findings that mean the trail was tampered with (as opposed to I/O failures).
+    pub fn is_tamper(&self) -> bool {
+        matches!(
+            self,
+            AuditError::Missing { .. }
+                | AuditError::Malformed { .. }
+                | AuditError::Misplaced { .. }
+                | AuditError::ChainBroken { .. }
+                | AuditError::HashMismatch { .. }
+                | AuditError::CheckpointSignature { .. }
+                | AuditError::CheckpointMismatch { .. }
+                | AuditError::Truncated { .. }
+                | AuditError::CheckpointMalformed { .. }
+        )
+    }
+}

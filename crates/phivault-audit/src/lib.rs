@@ -1,0 +1,98 @@
+//! The tamper-evident audit trail of phivault (DESIGN.md invariants 2 and 3).
+//!
+//! This crate owns the format and the proofs; the store keeps the bytes. It has no SQL: the
+//! store hands it rows and takes the bytes and hashes it computes.
+//!
+//! - [`AuditEntry`]: who did what to which record, with what outcome. Ids only, never PHI
+//!   values. Its canonical bytes ([`AuditEntry::canonical_bytes`]) are the compact
+//!   `serde_json` serialization with the fields in their declared order and absent values as
+//!   `null`; verification re-serializes each stored body and refuses one that differs.
+//! - The hash chain ([`entry_hash`]): `entry_hash = SHA-256("phivault-audit/v1" || prev_hash ||
+//!   canonical bytes)`, with `prev_hash` of the first entry ([`GENESIS_HASH`]) 32 zero bytes.
+//! - The Merkle tree ([`merkle`]) over entry hashes, as RFC 6962 / RFC 9162: leaf =
+//!   `SHA-256(0x00 || entry_hash)`, node = `SHA-256(0x01 || left || right)`, with inclusion
+//!   proofs and their standalone verification ([`verify_inclusion`]).
+//! - Checkpoints ([`Checkpoint`]): tree size, root and last entry hash, signed with Ed25519
+//!   over the message documented at [`Checkpoint::signed_message`].
+//! - Verification ([`verify_chain`], [`ChainVerifier`]) names the first bad entry by seq: a
+//!   changed byte, a deleted entry, reordered entries, and a tail truncated after a
+//!   checkpoint.
+//! - [`AuditLog`]: the trail over a [`phivault_store::Store`]: append, checkpoint, verify,
+//!   prove.
+//!
+//! Crypto is aws-lc-rs (SHA-256, Ed25519); nothing is hand-rolled.
+
+mod checkpoint;
+mod entry;
+mod error;
+mod log;
+pub mod merkle;
+mod verify;
+
+pub use checkpoint::Checkpoint;
+pub use entry::{ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, Outcome, entry_hash};
+pub use error::AuditError;
+pub use log::{AuditLog, InclusionBundle};
+pub use merkle::{MerkleTree, verify_inclusion};
+pub use verify::{ChainVerifier, RecordedEntry, VerifyReport, verify_chain};
+
+/// SHA-256 of the concatenation of `parts` (aws-lc-rs).
+pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    let d = ctx.finish();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Hex (de)serialization of hashes and signatures in JSON.
+pub(crate) mod hexser {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) mod h32 {
+        use super::*;
+        pub(crate) fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&hex::encode(v))
+        }
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+            let text = String::deserialize(d)?;
+            let raw = hex::decode(text).map_err(serde::de::Error::custom)?;
+            <[u8; 32]>::try_from(raw.as_slice())
+                .map_err(|_| serde::de::Error::custom("expected 32 bytes"))
+        }
+    }
+
+    pub(crate) mod bytes {
+        use super::*;
+        pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&hex::encode(v))
+        }
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+            let text = String::deserialize(d)?;
+            hex::decode(text).map_err(serde::de::Error::custom)
+        }
+    }
+
+    pub(crate) mod path {
+        use super::*;
+        pub(crate) fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(hex::encode))
+        }
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<[u8; 32]>, D::Error> {
+            let texts = Vec::<String>::deserialize(d)?;
+            texts
+                .iter()
+                .map(|t| {
+                    let raw = hex::decode(t).map_err(serde::de::Error::custom)?;
+                    <[u8; 32]>::try_from(raw.as_slice())
+                        .map_err(|_| serde::de::Error::custom("expected 32 bytes"))
+                })
+                .collect()
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The audit trail at rest: entries, signed checkpoints and the checkpoint-signing key, for
+//! the audit log (phivault-audit), which computes every hash and signature; this module only
+//! keeps bytes and hands out the place of the next entry.
+//!
+//! - **Entries** (`audit_entries`): the canonical bytes of each entry (ids only, never PHI
+//!   values), its hash, the previous entry's hash, and the time, actor and patient copied out
+//!   for the access-log indexes. Sequence numbers start at 1 and are dense: an append reads
+//!   the last row (seq, hash) and inserts `seq + 1`. On SQLite that happens under the store's
+//!   write lock; on PostgreSQL under a transaction-scoped advisory lock (held until the
+//!   appending transaction ends, so appenders queue rather than race; append last in a
+//!   longer transaction), and should an appender that skips the lock take the same seq, the
+//!   primary key on `seq` makes the insert fail with a unique violation, after which the
+//!   append is retried (up to [`APPEND_ATTEMPTS`] times) from a savepoint, so a caller's
+//!   transaction survives the retry.
+//! - **Checkpoints** (`audit_checkpoints`): one row per checkpointed size, never updated.
+//! - **Signing keys** (`audit_keys`): the Ed25519 public key in the clear and the PKCS#8
+//!   private key sealed with the tenant's directory data key, bound (AEAD associated data) to
+//!   tenant, key id and data key id. The first key created is the active one.
+
+use std::fmt;
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use zeroize::Zeroizing;
+
+use crate::{Backend, Store, StoreError};
+
+/// How many times an append is tried on PostgreSQL when another appender took the same seq.
+pub const APPEND_ATTEMPTS: usize = 8;
+
+/// The PostgreSQL advisory lock key serializing appends (`"phivaudt"` as a big-endian i64).
+const APPEND_LOCK_KEY: i64 = 0x7068_6976_6175_6474;
+
+/// What the audit log hands in for the next entry, once it knows the entry's seq and the
+/// previous entry's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditRow {
+    /// The canonical bytes of the entry.
+    pub body: Vec<u8>,
+    /// The entry's hash (chained over `prev_hash` and `body`).
+    pub entry_hash: Vec<u8>,
+    /// The previous entry's hash as the audit log chained it (what it was handed, or the
+    /// genesis value for the first entry).
+    pub prev_hash: Vec<u8>,
+    /// Unix milliseconds.
+    pub time: i64,
+    /// Actor id.
+    pub actor: String,
+    /// Patient id, when the access concerned a patient.
+    pub patient: Option<String>,
+}
+
+/// The end of the trail an append builds on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditTail {
+    /// The seq the new entry gets (1 for the first entry).
+    pub seq: u64,
+    /// The last entry's hash (`None` before the first entry).
+    pub prev_hash: Option<Vec<u8>>,
+}
+
+/// An entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Sequence number.
+    pub seq: u64,
+    /// Tenant.
+    pub tenant: String,
+    /// Canonical bytes.
+    pub body: Vec<u8>,
+    /// Hash of this entry.
+    pub entry_hash: Vec<u8>,
+    /// Hash of the previous entry.
+    pub prev_hash: Vec<u8>,
+    /// Unix milliseconds.
+    pub time: i64,
+    /// Actor id.
+    pub actor: String,
+    /// Patient id.
+    pub patient: Option<String>,
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    /// Number of entries covered (seq 1..=size).
+    pub size: u64,
+    /// Merkle root of their hashes.
+    pub root: Vec<u8>,
+    /// Hash of entry `size`.
+    pub last_entry_hash: Vec<u8>,
+    /// Unix milliseconds.
+    pub time: i64,
+    /// Ed25519 signature.
+    pub signature: Vec<u8>,
+}
+
+/// The checkpoint-signing key, with its private half unsealed.
+pub struct AuditKey {
+    /// Key id.
+    pub key_id: String,
+    /// Raw Ed25519 public key.
+    pub public_key: Vec<u8>,
+    /// PKCS#8 private key (zeroized on drop).
+    pub private_pkcs8: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key_aad(tenant: &str, key_id: &str, dek_id: &str) -> Vec<u8> {
+    format!("phivault/audit-key|{tenant}|{key_id}|{dek_id}").into_bytes()
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Config(format!("audit seq {v} out of range")))
+}
+
+fn to_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Config(format!("audit seq {v} out of range")))
+}
+
+const ENTRY_COLUMNS: &str = "seq, tenant, body, entry_hash, prev_hash, time, actor, patient";
+
+fn entry_from(row: &AnyRow) -> Result<AuditRow, StoreError> {
+    Ok(AuditRow {
+        seq: to_u64(row.try_get("seq")?)?,
+        tenant: row.try_get("tenant")?,
+        body: row.try_get("body")?,
+        entry_hash: row.try_get("entry_hash")?,
+        prev_hash: row.try_get("prev_hash")?,
+        time: row.try_get("time")?,
+        actor: row.try_get("actor")?,
+        patient: row.try_get("patient")?,
+    })
+}
+
+fn checkpoint_from(row: &AnyRow) -> Result<CheckpointRow, StoreError> {
+    Ok(CheckpointRow {
+        size: to_u64(row.try_get("size")?)?,
+        root: row.try_get("root")?,
+        last_entry_hash: row.try_get("last_entry_hash")?,
+        time: row.try_get("time")?,
+        signature: row.try_get("signature")?,
+    })
+}
+
+async fn tail(conn: &mut AnyConnection) -> Result<AuditTail, StoreError> {
+    let row = sqlx::query("SELECT seq, entry_hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        None => Ok(AuditTail {
+            seq: 1,
+            prev_hash: None,
+        }),
+        Some(row) => {
+            let seq = to_u64(row.try_get("seq")?)?;
+            Ok(AuditTail {
+                seq: seq + 1,
+                prev_hash: Some(row.try_get("entry_hash")?),
+            })
+        }
+    }
+}
+
+impl Store {
+    /// The store's SQLite write lock (none on PostgreSQL). A caller that opens its own write
+    /// transaction (for example to append an audit entry with [`Store::append_audit_in`]
+    /// together with other writes) holds this guard until the transaction has ended.
+    pub async fn write_lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.write_guard().await
+    }
+
+    /// Appends an audit entry inside the caller's transaction `conn`: reads the tail of the
+    /// trail, calls `build` with it and inserts what `build` returns as entry `tail.seq`.
+    /// Returns that seq. On SQLite the caller holds [`Store::write_lock`]; on PostgreSQL a
+    /// concurrent appender that took the same seq makes this retry from a savepoint, calling
+    /// `build` again with the new tail.
+    pub async fn append_audit_in<F, E>(
+        &self,
+        conn: &mut AnyConnection,
+        mut build: F,
+    ) -> Result<u64, E>
+    where
+        F: FnMut(&AuditTail) -> Result<NewAuditRow, E>,
+        E: From<StoreError>,
+    {
+        let savepoints = self.inner.backend == Backend::Postgres;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if savepoints {
+                sqlx::query("SAVEPOINT phivault_audit_append")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(StoreError::from)?;
+            }
+            if savepoints {
+                // Appenders queue here until the holder's transaction ends, instead of racing
+                // for the same seq; the unique-violation retry below remains the safety net.
+                sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+                    .bind(APPEND_LOCK_KEY)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(StoreError::from)?;
+            }
+            let tail = tail(conn).await?;
+            let new = build(&tail)?;
+            let done = sqlx::query(
+                "INSERT INTO audit_entries (seq, tenant, body, entry_hash, prev_hash, time, \
+                 actor, patient) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(to_i64(tail.seq)?)
+            .bind(&self.inner.tenant)
+            .bind(new.body)
+            .bind(new.entry_hash)
+            .bind(new.prev_hash)
+            .bind(new.time)
+            .bind(new.actor)
+            .bind(new.patient)
+            .execute(&mut *conn)
+            .await;
+            match done {
+                Ok(_) => {
+                    if savepoints {
+                        sqlx::query("RELEASE SAVEPOINT phivault_audit_append")
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(StoreError::from)?;
+                    }
+                    return Ok(tail.seq);
+                }
+                Err(e) if savepoints && is_unique_violation(&e) && attempt < APPEND_ATTEMPTS => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT phivault_audit_append")
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(StoreError::from)?;
+                }
+                Err(e) => return Err(StoreError::from(e).into()),
+            }
+        }
+    }
+
+    /// Appends an audit entry in a transaction of its own (see [`Store::append_audit_in`]).
+    pub async fn append_audit<F, E>(&self, build: F) -> Result<u64, E>
+    where
+        F: FnMut(&AuditTail) -> Result<NewAuditRow, E>,
+        E: From<StoreError>,
+    {
+        let _guard = self.write_guard().await;
+        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
+        let seq = self.append_audit_in(&mut tx, build).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(seq)
+    }
+
+    /// Up to `limit` entries with seq greater than `after`, in seq order.
+    pub async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(to_i64(after)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(entry_from).collect()
+    }
+
+    /// The entry with this seq.
+    pub async fn audit_entry(&self, seq: u64) -> Result<Option<AuditRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE seq = $1"
+        ))
+        .bind(to_i64(seq)?)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(entry_from).transpose()
+    }
+
+    /// The tail of the trail: the seq the next entry would get and the last entry's hash.
+    pub async fn audit_tail(&self) -> Result<AuditTail, StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        tail(&mut conn).await
+    }
+
+    /// Stores a checkpoint. Returns `false` (and changes nothing) when one of that size exists.
+    pub async fn insert_audit_checkpoint(&self, cp: &CheckpointRow) -> Result<bool, StoreError> {
+        let _guard = self.write_guard().await;
+        let done = sqlx::query(
+            "INSERT INTO audit_checkpoints (size, root, last_entry_hash, time, signature) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(to_i64(cp.size)?)
+        .bind(cp.root.clone())
+        .bind(cp.last_entry_hash.clone())
+        .bind(cp.time)
+        .bind(cp.signature.clone())
+        .execute(&self.inner.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every checkpoint, smallest size first.
+    pub async fn audit_checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT size, root, last_entry_hash, time, signature FROM audit_checkpoints \
+             ORDER BY size",
+        )
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(checkpoint_from).collect()
+    }
+
+    /// The tenant's checkpoint-signing key, unsealed. When there is none, `create` makes one
+    /// (returning the raw public key and the PKCS#8 private key) and it is stored sealed.
+    /// Concurrent creators agree on the first key created.
+    pub async fn audit_signing_key<F, E>(&self, create: F) -> Result<AuditKey, E>
+    where
+        F: FnOnce() -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), E>,
+        E: From<StoreError>,
+    {
+        if let Some(key) = self.find_audit_key().await? {
+            return Ok(key);
+        }
+        let (public_key, private) = create()?;
+        let dek = self.directory_key().await?;
+        let tenant = &self.inner.tenant;
+        let key_id = uuid::Uuid::new_v4().to_string();
+        let sealed = dek
+            .sealer
+            .seal(&key_aad(tenant, &key_id, &dek.key_id), private.as_slice())
+            .map_err(StoreError::from)?;
+        let (_, now) = crate::now();
+        {
+            let _guard = self.write_guard().await;
+            sqlx::query(
+                "INSERT INTO audit_keys (key_id, tenant, public_key, sealed_private, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&key_id)
+            .bind(tenant)
+            .bind(public_key)
+            .bind(sealed)
+            .bind(now)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(StoreError::from)?;
+        }
+        Ok(self
+            .find_audit_key()
+            .await?
+            .ok_or_else(|| StoreError::Config("a new audit signing key vanished".to_owned()))?)
+    }
+
+    async fn find_audit_key(&self) -> Result<Option<AuditKey>, StoreError> {
+        let row = sqlx::query(
+            "SELECT key_id, public_key, sealed_private FROM audit_keys WHERE tenant = $1 \
+             ORDER BY created_at, key_id LIMIT 1",
+        )
+        .bind(&self.inner.tenant)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let key_id: String = row.try_get("key_id")?;
+        let public_key: Vec<u8> = row.try_get("public_key")?;
+        let sealed: Vec<u8> = row.try_get("sealed_private")?;
+        let dek = self.directory_key().await?;
+        let private = dek
+            .sealer
+            .open(&key_aad(&self.inner.tenant, &key_id, &dek.key_id), &sealed)
+            .map_err(|_| {
+                tracing::error!(
+                    target: "phivault::integrity",
+                    tenant = %self.inner.tenant,
+                    key_id = %key_id,
+                    "the audit signing key does not open"
+                );
+                StoreError::Integrity {
+                    rtype: "audit-key".to_owned(),
+                    id: key_id.clone(),
+                }
+            })?;
+        Ok(Some(AuditKey {
+            key_id,
+            public_key,
+            private_pkcs8: Zeroizing::new(private),
+        }))
+    }
+}
