@@ -218,7 +218,8 @@ async fn serve(settings: &Settings) -> Result<()> {
         &base_url,
         settings.max_body_bytes,
     )
-    .context("loading the authorization policies")?;
+    .await
+    .context("loading the authorization policies and the audit trail")?;
     if state
         .accounts
         .user_count()

@@ -8,14 +8,18 @@
 //! `/auth/logout`.
 
 use std::any::Any;
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use phivault_audit::{ActorKind, AuditEntry, Outcome};
 use phivault_auth::{Authenticated, ServiceError};
+use phivault_fhir::{Id, IssueCode, OperationOutcome, ResourceType};
+use phivault_policy::{PrincipalKind, Purpose};
 use tracing::Instrument;
 use zeroize::Zeroizing;
 
@@ -25,6 +29,20 @@ use crate::{ApiError, AppState};
 /// the token).
 #[derive(Debug, Clone)]
 struct PrincipalId(String);
+
+/// The request id given by [`request_edge`], in the request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub(crate) String);
+
+/// The principal of an authenticated request, in the response's extensions for the audit
+/// trail.
+#[derive(Debug, Clone)]
+struct AuditPrincipal(Authenticated);
+
+/// The compartment patient of the resource a FHIR decision was made on, put in the response's
+/// extensions by the guard for the audit trail.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditPatient(pub(crate) Id);
 
 /// `X-Request-Id`.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -46,9 +64,10 @@ const SECURITY_HEADERS: &[(HeaderName, &str)] = &[
 /// and `X-Request-Id` to the response, and logs one line: method, route template, status,
 /// latency, request id and principal. Never the raw path or query (they can hold PHI) and
 /// never a body.
-pub(crate) async fn request_edge(req: Request, next: Next) -> Response {
+pub(crate) async fn request_edge(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
+    req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = req.method().clone();
     let route = req
         .extensions()
@@ -158,12 +177,148 @@ pub(crate) async fn authenticate(
         let mut response =
             ApiError::Forbidden("TOTP enrolment required".to_owned()).into_response();
         response.extensions_mut().insert(principal);
+        response.extensions_mut().insert(AuditPrincipal(who));
         return response;
     }
+    let audited = AuditPrincipal(who.clone());
     req.extensions_mut().insert(who);
     let mut response = next.run(req).await;
     response.extensions_mut().insert(principal);
+    response.extensions_mut().insert(audited);
     response
+}
+
+/// The answer when the audit entry of a request cannot be stored: the request's own answer
+/// (a read's body included) is discarded.
+fn audit_unavailable() -> Response {
+    crate::error::fhir_json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &OperationOutcome::error(
+            IssueCode::Transient,
+            "the audit trail is unavailable; the request was not served",
+        )
+        .to_json(),
+    )
+}
+
+/// The outcome recorded for a response status.
+fn outcome_of(status: StatusCode) -> Outcome {
+    match status.as_u16() {
+        200..=399 => Outcome::Allowed,
+        401 | 403 | 429 => Outcome::Denied,
+        _ => Outcome::Error,
+    }
+}
+
+/// The resource type and id named by the path of a FHIR route whose template holds `{type}`
+/// (and `{id}`); only values that parse as a FHIR type and id are kept.
+fn resource_of(route: &str, path: &str) -> (Option<String>, Option<String>) {
+    if !route.starts_with("/fhir/{type}") {
+        return (None, None);
+    }
+    let mut segments = path.trim_start_matches('/').split('/').skip(1);
+    let rtype = segments
+        .next()
+        .and_then(|t| ResourceType::parse(t).ok())
+        .map(|t| t.to_string());
+    let id = if route.starts_with("/fhir/{type}/{id}") {
+        segments
+            .next()
+            .and_then(|i| Id::parse(i).ok())
+            .map(|i| i.to_string())
+    } else {
+        None
+    };
+    (rtype, id)
+}
+
+/// Appends one audit entry for every request, after the inner service answered and before
+/// the response leaves: who (the principal, or `anonymous`), the method and route template
+/// (never the raw URI: its query can hold PHI), the resource type and id of a FHIR instance
+/// route, the patient when the guard decided on one, the outcome from the status, the client
+/// address and the request id. When the entry cannot be stored, the response is replaced by a
+/// 503 (fail closed).
+pub(crate) async fn audit_trail(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let (resource_type, resource_id) = route
+        .as_deref()
+        .map(|r| resource_of(r, req.uri().path()))
+        .unwrap_or((None, None));
+    let purpose_header = req
+        .headers()
+        .get(&crate::fhir_routes::X_PURPOSE_OF_USE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Purpose::parse(v).ok());
+    let source_address = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| "-".to_owned());
+
+    let response = next.run(req).await;
+
+    let who = response.extensions().get::<AuditPrincipal>();
+    let (actor_id, actor_kind, role) = match who {
+        Some(AuditPrincipal(who)) => (
+            who.principal.id().to_owned(),
+            match who.principal.kind() {
+                PrincipalKind::User => ActorKind::User,
+                PrincipalKind::Client => ActorKind::Client,
+            },
+            Some(who.principal.role().as_str().to_owned()),
+        ),
+        None => ("anonymous".to_owned(), ActorKind::Anonymous, None),
+    };
+    let purpose = purpose_header
+        .or_else(|| who.map(|w| w.0.principal.role().default_purpose()))
+        .map(|p| p.as_str().to_owned());
+    let entry = AuditEntry {
+        seq: 0,
+        time: now_millis(),
+        actor_id,
+        actor_kind,
+        role,
+        purpose,
+        break_glass: response
+            .headers()
+            .contains_key(&crate::fhir_routes::X_BREAK_GLASS),
+        action: format!("{method} {}", route.as_deref().unwrap_or("(no route)")),
+        resource_type,
+        resource_id,
+        patient_id: response
+            .extensions()
+            .get::<AuditPatient>()
+            .map(|p| p.0.to_string()),
+        outcome: outcome_of(response.status()),
+        source_address,
+        request_id,
+    };
+    match state.audit.append(&entry).await {
+        Ok(_) => response,
+        Err(e) => {
+            // The error names the store's failure, never the entry's content.
+            tracing::error!(error = %e, "audit append failed; the response is withheld");
+            audit_unavailable()
+        }
+    }
+}
+
+/// Now, in unix milliseconds.
+fn now_millis() -> i64 {
+    let t = time::OffsetDateTime::now_utc();
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// The authenticated principal of a request (handlers of authenticated routes only).

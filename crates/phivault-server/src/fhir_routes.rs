@@ -26,7 +26,7 @@ use phivault_policy::{Action, labels_of};
 use phivault_store::{HistoryEntry, StoreError, StoredResource};
 use serde_json::{Value, json};
 
-pub(crate) use guard::Access;
+pub(crate) use guard::{Access, X_BREAK_GLASS, X_PURPOSE_OF_USE};
 use guard::{Current, Facts, refuse_includes};
 
 use crate::error::fhir_json;

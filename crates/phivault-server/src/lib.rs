@@ -26,6 +26,7 @@
 //!   when asked for explicitly.
 
 mod admin_routes;
+mod audit_routes;
 mod auth_routes;
 mod capability;
 mod edge;
@@ -39,6 +40,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use phivault_audit::AuditLog;
 use phivault_auth::Accounts;
 use phivault_fhir::Validator;
 use phivault_policy::PolicyEngine;
@@ -88,12 +90,16 @@ pub struct AppState {
     pub base_url: Arc<str>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// The audit trail of the store: one entry per request, appended before the response
+    /// leaves (shared: the log holds the checkpoint-signing key).
+    pub audit: Arc<AuditLog>,
 }
 
 impl AppState {
     /// The state over `store`: accounts in the same store and the default policy set.
-    /// `policy_file`, when given, adds an operator's Cedar policies to the defaults.
-    pub fn new(
+    /// `policy_file`, when given, adds an operator's Cedar policies to the defaults. Opens the
+    /// audit trail of `store` (creating its checkpoint-signing key on first use).
+    pub async fn new(
         store: Store,
         validator: Arc<Validator>,
         policy_file: Option<&std::path::Path>,
@@ -105,7 +111,11 @@ impl AppState {
             Some(path) => PolicyEngine::with_extra_policy_file(path),
         }
         .map_err(|e| ServerError::Config(format!("authorization policies: {e}")))?;
+        let audit = AuditLog::open(store.clone())
+            .await
+            .map_err(|e| ServerError::Config(format!("opening the audit trail: {e}")))?;
         Ok(AppState {
+            audit: Arc::new(audit),
             accounts: Accounts::new(store.clone()),
             store,
             validator,
@@ -122,11 +132,45 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+/// Every route of the router: (method, path template). The router is checked against this
+/// list by the tests (every entry answers, none is the 404 fallback), and the audit trail
+/// names these templates as actions.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/fhir"),
+    ("GET", "/fhir/metadata"),
+    ("GET", "/fhir/{type}"),
+    ("POST", "/fhir/{type}"),
+    ("POST", "/fhir/{type}/_search"),
+    ("GET", "/fhir/{type}/_search"),
+    ("GET", "/fhir/{type}/{id}"),
+    ("PUT", "/fhir/{type}/{id}"),
+    ("DELETE", "/fhir/{type}/{id}"),
+    ("GET", "/fhir/{type}/{id}/_history"),
+    ("GET", "/fhir/{type}/{id}/_history/{vid}"),
+    ("POST", "/auth/login"),
+    ("POST", "/auth/logout"),
+    ("POST", "/auth/totp/enroll"),
+    ("POST", "/auth/totp/confirm"),
+    ("POST", "/oauth/token"),
+    ("POST", "/oauth/revoke"),
+    ("GET", "/.well-known/smart-configuration"),
+    ("GET", "/fhir/.well-known/smart-configuration"),
+    ("POST", "/admin/users"),
+    ("POST", "/admin/users/{username}/link-patient"),
+    ("POST", "/admin/users/{username}/link-practitioner"),
+    ("POST", "/admin/users/{username}/grants"),
+    ("POST", "/admin/clients"),
+    ("GET", "/admin/break-glass"),
+    ("GET", "/audit/checkpoint"),
+];
+
 /// The application's routes (usable without sockets, e.g. `Router::oneshot` in tests).
 ///
 /// Every route, the 404 fallback and the 405 answers pass through the same layers: security
-/// headers and a request id (outermost), request logging, authentication, then a panic guard
-/// that turns a panicking handler into a 500 OperationOutcome.
+/// headers and a request id (outermost), request logging, the audit trail (one entry per
+/// request, appended before the response leaves; a failed append answers 503 instead),
+/// authentication, then a panic guard that turns a panicking handler into a 500
+/// OperationOutcome.
 ///
 /// Login reads the client's address (for per-address limiting) from the
 /// `ConnectInfo<SocketAddr>` extension: [`serve`] provides it; callers without sockets insert
@@ -135,6 +179,7 @@ pub fn router(state: AppState) -> axum::Router {
     fhir_routes::routes()
         .merge(auth_routes::routes())
         .merge(admin_routes::routes())
+        .merge(audit_routes::routes())
         .fallback(fhir_routes::no_route)
         .method_not_allowed_fallback(fhir_routes::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -143,6 +188,10 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             edge::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::audit_trail,
         ))
         .layer(axum::middleware::from_fn(edge::request_edge))
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -203,7 +252,13 @@ pub async fn serve(
     let mut state = state;
     state.base_url = Arc::from(base_url.as_str());
     state.max_body_bytes = config.max_body_bytes;
+    // Checkpoints while serving; stopped when serving ends.
+    let checkpoints = AbortOnDrop(tokio::spawn(audit_routes::checkpoint_loop(
+        state.audit.clone(),
+        audit_routes::CHECKPOINT_INTERVAL,
+    )));
     let app = router(state);
+    let _checkpoints = checkpoints;
 
     match tls {
         Some(tls) => {
@@ -234,6 +289,15 @@ pub async fn serve(
             .await
             .map_err(|e| ServerError::io("serving HTTP", e))
         }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

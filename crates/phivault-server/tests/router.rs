@@ -118,6 +118,7 @@ async fn ctx() -> Ctx {
         BASE,
         MAX_BODY,
     )
+    .await
     .unwrap();
     // Cheap password hashing: the tests hash and verify many passwords.
     state.accounts = Accounts::with_hasher(store, PasswordHasher::with_params(8, 1, 1).unwrap());
@@ -2429,4 +2430,180 @@ async fn token_requests_are_limited_per_address() {
         .form("/oauth/revoke", "token=pva_x", Some((&id, "pvc_guess")))
         .await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{a:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The audit trail
+
+/// The audit entries after `after` (seq), parsed.
+async fn audit_entries_after(c: &Ctx, after: u64) -> Vec<(phivault_audit::AuditEntry, String)> {
+    c.state
+        .audit
+        .store()
+        .audit_entries(after, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            let text = String::from_utf8(row.body.clone()).unwrap();
+            let entry = phivault_audit::AuditEntry::from_canonical(&row.body).unwrap();
+            (entry, text)
+        })
+        .collect()
+}
+
+/// The number of audit entries so far.
+async fn audit_count(c: &Ctx) -> u64 {
+    c.state.audit.store().audit_tail().await.unwrap().seq - 1
+}
+
+#[tokio::test]
+async fn every_route_is_audited_once_by_its_template() {
+    let c = ctx().await;
+    // Logout revokes the token it is called with: a throwaway session of its own.
+    let (id, secret) = c.client("throwaway", "system/*.cruds", None).await;
+    let throwaway = c.client_token(&id, &secret, None).await;
+    for (method, template) in phivault_server::ROUTES {
+        let uri = template
+            .replace("{type}", "Patient")
+            .replace("{id}", "placeholder-id")
+            .replace("{vid}", "1")
+            .replace("{username}", "nobody");
+        let token = if *template == "/auth/logout" {
+            &throwaway
+        } else {
+            &c.token
+        };
+        let (content_type, body) = if template.starts_with("/oauth/") {
+            ("application/x-www-form-urlencoded", "")
+        } else if template.starts_with("/fhir") {
+            ("application/fhir+json", "{}")
+        } else {
+            ("application/json", "{}")
+        };
+        let req = c
+            .req_as(token, Method::from_bytes(method.as_bytes()).unwrap(), &uri)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .unwrap();
+        let before = audit_count(&c).await;
+        let a = c.send(req).await;
+        // The router's routes and ROUTES agree: no entry is the fallback or a 405.
+        assert_ne!(
+            a.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}: {a:?}"
+        );
+        if a.status == StatusCode::NOT_FOUND {
+            assert_ne!(a.diagnostics(), "no such endpoint", "{method} {uri}: {a:?}");
+        }
+        let entries = audit_entries_after(&c, before).await;
+        assert_eq!(entries.len(), 1, "{method} {uri}: {entries:?}");
+        assert_eq!(entries[0].0.action, format!("{method} {template}"));
+        assert!(
+            !entries[0].1.contains("placeholder-id") || template.contains("{id}"),
+            "{method} {template}: {}",
+            entries[0].1
+        );
+    }
+    // The fallback and a 401 are audited too, without the raw path.
+    let before = audit_count(&c).await;
+    c.get("/somewhere/secret-path").await;
+    let a = c.get_as("not-a-token", "/fhir/Patient").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{a:?}");
+    let entries = audit_entries_after(&c, before).await;
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0].0.action, "GET (no route)");
+    assert!(!entries[0].1.contains("secret-path"));
+    assert_eq!(entries[1].0.action, "GET /fhir/{type}");
+    assert_eq!(entries[1].0.actor_id, "anonymous");
+    assert_eq!(entries[1].0.outcome, phivault_audit::Outcome::Denied);
+}
+
+#[tokio::test]
+async fn the_audit_trail_fails_closed() {
+    let c = ctx().await;
+    let (pid, _) = c.create(&patient("Zanzibarova")).await;
+    sqlx::query(
+        "CREATE TRIGGER audit_ro BEFORE INSERT ON audit_entries \
+         BEGIN SELECT RAISE(ABORT, 'read-only'); END;",
+    )
+    .execute(c.state.store.pool())
+    .await
+    .unwrap();
+    let a = c.get(&format!("/fhir/Patient/{pid}")).await;
+    a.assert_outcome(StatusCode::SERVICE_UNAVAILABLE, "transient");
+    assert_eq!(
+        a.diagnostics(),
+        "the audit trail is unavailable; the request was not served"
+    );
+    assert!(!String::from_utf8_lossy(&a.body).contains("Zanzibarova"));
+    assert_security_headers(&a);
+    sqlx::query("DROP TRIGGER audit_ro")
+        .execute(c.state.store.pool())
+        .await
+        .unwrap();
+    let a = c.get(&format!("/fhir/Patient/{pid}")).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert!(String::from_utf8_lossy(&a.body).contains("Zanzibarova"));
+}
+
+#[tokio::test]
+async fn the_audit_trail_verifies_records_denials_and_holds_no_search_values() {
+    let c = ctx().await;
+    let doc = c.person("doc", Role::Clinician).await;
+    let (pid, _) = c.create(&patient("Quillfeather")).await;
+    let before = audit_count(&c).await;
+    let a = c.get(&format!("/fhir/Patient/{pid}")).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let a = c.get("/fhir/Patient?family=PHIMARKERXYZZY").await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let a = c.get_as(&doc, &format!("/fhir/Patient/{pid}")).await;
+    a.assert_denied("no-permit");
+
+    let report = c.state.audit.verify(|_| {}).await.unwrap();
+    assert!(report.entries >= before + 3, "{report:?}");
+    let entries = audit_entries_after(&c, before).await;
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    let (read, _) = &entries[0];
+    assert_eq!(read.action, "GET /fhir/{type}/{id}");
+    assert_eq!(read.resource_type.as_deref(), Some("Patient"));
+    assert_eq!(read.resource_id.as_deref(), Some(pid.as_str()));
+    assert_eq!(read.patient_id.as_deref(), Some(pid.as_str()));
+    assert_eq!(read.actor_id, c.app_id);
+    assert_eq!(read.actor_kind, phivault_audit::ActorKind::Client);
+    assert_eq!(read.outcome, phivault_audit::Outcome::Allowed);
+    assert_eq!(read.source_address.as_deref(), Some("127.0.0.1"));
+    assert!(uuid::Uuid::parse_str(&read.request_id).is_ok(), "{read:?}");
+    let (search, _) = &entries[1];
+    assert_eq!(search.action, "GET /fhir/{type}");
+    let (denied, _) = &entries[2];
+    assert_eq!(denied.outcome, phivault_audit::Outcome::Denied);
+    assert_eq!(denied.actor_kind, phivault_audit::ActorKind::User);
+    assert_eq!(denied.role.as_deref(), Some("clinician"));
+    assert!(denied.purpose.is_some());
+    for (_, text) in audit_entries_after(&c, 0).await {
+        assert!(!text.contains("PHIMARKERXYZZY"), "{text}");
+        assert!(!text.contains("Quillfeather"), "{text}");
+    }
+
+    // The checkpoint route: 404 before the first checkpoint, then the latest one.
+    c.get("/audit/checkpoint")
+        .await
+        .assert_outcome(StatusCode::NOT_FOUND, "not-found");
+    let cp = c.state.audit.checkpoint().await.unwrap();
+    let a = c.get_as(&doc, "/audit/checkpoint").await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let got: phivault_audit::Checkpoint = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(got, cp);
+    assert_eq!(
+        c.send(
+            Request::get("/audit/checkpoint")
+                .body(Body::empty())
+                .unwrap()
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -43,6 +43,7 @@ use phivault_store::{SearchScope, StoreError, StoredResource};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::edge::AuditPatient;
 use crate::{ApiError, AppState};
 
 /// `X-Purpose-Of-Use`: an HL7 v3 PurposeOfUse code (`TREAT`, `ETREAT`, ...).
@@ -128,6 +129,8 @@ pub(crate) struct Access {
     now: OffsetDateTime,
     /// Patients whose break-the-glass access this request recorded.
     recorded: HashSet<Id>,
+    /// Compartment patients of the resources this request decided on (for the audit entry).
+    decided: HashSet<Id>,
 }
 
 impl std::fmt::Debug for Access {
@@ -255,6 +258,7 @@ impl Access {
             claim,
             now,
             recorded: HashSet::new(),
+            decided: HashSet::new(),
         })
     }
 
@@ -368,6 +372,9 @@ impl Access {
         let resource = ResourceRef::new(rtype, facts.patient.clone(), facts.labels.clone());
         let request = self.request(action, resource, context);
         let decision = self.state.policy.decide(&request);
+        if record && let Some(patient) = &facts.patient {
+            self.decided.insert(patient.clone());
+        }
         if record
             && let Ok(proof) = &decision
             && proof.break_glass()
@@ -568,8 +575,16 @@ impl Access {
         }
     }
 
-    /// Adds `X-Break-Glass: recorded` when this request made a break-the-glass access.
+    /// Adds `X-Break-Glass: recorded` when this request made a break-the-glass access, and,
+    /// for the audit trail, the patient decided on when there was exactly one.
     pub(crate) fn mark(&self, mut response: Response) -> Response {
+        if self.decided.len() == 1
+            && let Some(patient) = self.decided.iter().next()
+        {
+            response
+                .extensions_mut()
+                .insert(AuditPatient(patient.clone()));
+        }
         if !self.recorded.is_empty() {
             response
                 .headers_mut()
