@@ -310,7 +310,13 @@ pub(crate) async fn audit_trail(
         Err(e) => {
             // The error names the store's failure, never the entry's content.
             tracing::error!(error = %e, "audit append failed; the response is withheld");
-            audit_unavailable()
+            if response.status().is_server_error() {
+                // Already a failure carrying no data (e.g. the database is down, which is
+                // also why the entry could not be written): its message is the precise one.
+                response
+            } else {
+                audit_unavailable()
+            }
         }
     }
 }
