@@ -125,8 +125,8 @@ pub struct Authenticated {
     pub enrolment_only: bool,
 }
 
-/// A break-the-glass access, for review.
-#[derive(Debug, Clone)]
+/// A break-the-glass access, for review. `Debug` leaves the reason out.
+#[derive(Clone)]
 pub struct BreakGlassRecord {
     /// Record id.
     pub id: String,
@@ -140,6 +140,18 @@ pub struct BreakGlassRecord {
     pub started_at: i64,
     /// Unix time it ends.
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for BreakGlassRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakGlassRecord")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("patient", &self.patient)
+            .field("started_at", &self.started_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Roles whose accounts must have a second factor: their sessions are enrolment-only until

@@ -71,7 +71,8 @@ impl StoreOptions {
 }
 
 /// A resource as stored: its current or requested version, decrypted and checked.
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` shows type, id and version only: the body is PHI.
+#[derive(Clone, PartialEq)]
 pub struct StoredResource {
     /// Type.
     pub rtype: phivault_fhir::ResourceType,
@@ -85,8 +86,8 @@ pub struct StoredResource {
     pub body: Value,
 }
 
-/// One version in a resource's history.
-#[derive(Debug, Clone, PartialEq)]
+/// One version in a resource's history. `Debug` leaves the body out (PHI).
+#[derive(Clone, PartialEq)]
 pub struct HistoryEntry {
     /// Version.
     pub version: u64,
@@ -96,6 +97,25 @@ pub struct HistoryEntry {
     pub deleted: bool,
     /// The body (None for a deletion).
     pub body: Option<Value>,
+}
+
+impl std::fmt::Debug for StoredResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredResource")
+            .field("rtype", &self.rtype)
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for HistoryEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryEntry")
+            .field("version", &self.version)
+            .field("deleted", &self.deleted)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The errors of the store. Messages name types, ids and versions, never content.

@@ -597,3 +597,28 @@ async fn audit_rows_keys_and_checkpoints() {
         ));
     }
 }
+
+#[tokio::test]
+async fn debug_output_holds_no_content() {
+    let f = fixtures().await.remove(0);
+    let marker = format!("Zqdebug{}", &random_hex()[..8]);
+    let p = f
+        .store
+        .create(valid(patient(&marker, "Dee")))
+        .await
+        .unwrap();
+    assert!(
+        p.body.to_string().contains(&marker),
+        "the marker is in the body"
+    );
+    let shown = format!("{p:?}");
+    assert!(shown.contains(p.id.as_str()), "{shown}");
+    assert!(!shown.contains(&marker), "{shown}");
+    let (_, history) = f
+        .store
+        .history(ResourceType::PATIENT, &p.id, 10, 0)
+        .await
+        .unwrap();
+    let shown = format!("{history:?}");
+    assert!(!shown.contains(&marker), "{shown}");
+}
