@@ -90,6 +90,47 @@ impl AuditEntry {
     }
 }
 
+impl Outcome {
+    /// `allowed`, `denied` or `error` (as in the canonical bytes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// The FHIR `AuditEvent.action` code of an action: `C` create, `R` read (reads, searches,
+/// history), `U` update, `D` delete, `E` execute (everything else: logins, operations, bundles,
+/// administration).
+///
+/// Actions are either a request's `METHOD /route/template` (the server), a write recorded in a
+/// transaction by its kind (`create`, `update`, `delete`), or a command of the CLI (`cli ...`).
+pub fn action_code(action: &str) -> &'static str {
+    let (verb, route) = action.split_once(' ').unwrap_or((action, ""));
+    let fhir = route.starts_with("/fhir/");
+    match verb {
+        "create" => "C",
+        "read" | "search" => "R",
+        "update" => "U",
+        "delete" => "D",
+        "GET" | "HEAD" if fhir => "R",
+        "POST" if fhir && route.ends_with("/_search") => "R",
+        "POST" if route == "/fhir/{type}" => "C",
+        "PUT" | "PATCH" if fhir => "U",
+        "DELETE" if fhir => "D",
+        _ => "E",
+    }
+}
+
+impl AuditEntry {
+    /// The FHIR action code of this entry ([`action_code`]).
+    pub fn action_code(&self) -> &'static str {
+        action_code(&self.action)
+    }
+}
+
 /// `SHA-256("phivault-audit/v1" || prev_hash || canonical)`.
 pub fn entry_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     crate::sha256(&[CHAIN_DOMAIN, prev_hash, canonical])
@@ -133,6 +174,22 @@ mod tests {
         // Same content, other spelling: refused.
         let spaced = String::from_utf8(bytes).unwrap().replace(',', ", ");
         assert_eq!(AuditEntry::from_canonical(spaced.as_bytes()), None);
+    }
+
+    #[test]
+    fn action_codes() {
+        assert_eq!(action_code("GET /fhir/{type}/{id}"), "R");
+        assert_eq!(action_code("GET /fhir/{type}"), "R");
+        assert_eq!(action_code("POST /fhir/{type}/_search"), "R");
+        assert_eq!(action_code("POST /fhir/{type}"), "C");
+        assert_eq!(action_code("PUT /fhir/{type}/{id}"), "U");
+        assert_eq!(action_code("DELETE /fhir/{type}/{id}"), "D");
+        assert_eq!(action_code("POST /fhir"), "E");
+        assert_eq!(action_code("POST /auth/login"), "E");
+        assert_eq!(action_code("GET /audit/checkpoint"), "E");
+        assert_eq!(action_code("create"), "C");
+        assert_eq!(action_code("delete"), "D");
+        assert_eq!(action_code("cli import"), "E");
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub mod merkle;
 mod verify;
 
 pub use checkpoint::Checkpoint;
-pub use entry::{ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, Outcome, entry_hash};
+pub use entry::{
+    ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, Outcome, action_code, entry_hash,
+};
 pub use error::AuditError;
 pub use log::{AuditLog, InclusionBundle};
 pub use merkle::{MerkleTree, verify_inclusion};

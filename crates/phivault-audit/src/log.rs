@@ -136,6 +136,8 @@ fn build_row(entry: &AuditEntry, tail: &AuditTail) -> Result<NewAuditRow, AuditE
         entry_hash: hash.to_vec(),
         prev_hash: prev.to_vec(),
         time: entry.time,
+        action: entry.action_code().to_owned(),
+        outcome: entry.outcome.as_str().to_owned(),
         actor: entry.actor_id,
         patient: entry.patient_id,
     })

@@ -699,14 +699,17 @@ async fn grants_and_care_teams_make_relationships() {
             ("p5", "pr-other", "active"),
         ] {
             f.store
-                .create(valid(json!({
-                    "resourceType": "CareTeam",
-                    "status": status,
-                    "subject": { "reference": format!("Patient/{patient}") },
-                    "participant": [
-                        { "member": { "reference": format!("Practitioner/{practitioner}") } }
-                    ],
-                })))
+                .create(
+                    valid(json!({
+                        "resourceType": "CareTeam",
+                        "status": status,
+                        "subject": { "reference": format!("Patient/{patient}") },
+                        "participant": [
+                            { "member": { "reference": format!("Practitioner/{practitioner}") } }
+                        ],
+                    })),
+                    &phivault_store::NoAudit,
+                )
                 .await
                 .unwrap();
         }

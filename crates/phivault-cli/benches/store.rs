@@ -59,7 +59,9 @@ fn setup() -> Bench {
 impl Bench {
     fn ingest(&self, bundle: serde_json::Value) -> serde_json::Value {
         let request = BundleRequest::parse(&self.validator, bundle, BUNDLE_SIZE).unwrap();
-        self.runtime.block_on(self.store.bundle(request)).unwrap()
+        self.runtime
+            .block_on(self.store.bundle(request, &phivault_store::NoAudit))
+            .unwrap()
     }
 }
 

@@ -124,7 +124,7 @@ async fn measure(store: &Store, validator: &Validator, opts: &BenchOptions) -> R
         let request = BundleRequest::parse(validator, bundle, BUNDLE_SIZE)
             .context("a synthetic Bundle did not validate")?;
         let response = store
-            .bundle(request)
+            .bundle(request, &phivault_store::NoAudit)
             .await
             .context("storing a synthetic Bundle")?;
         ingest += start.elapsed();

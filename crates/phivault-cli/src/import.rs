@@ -275,8 +275,16 @@ impl Run<'_> {
     /// Update when the resource has an id, else create.
     async fn write(&self, resource: ValidResource) -> Result<(), StoreError> {
         match resource.id() {
-            Some(id) => self.store.update(&id, resource, None).await.map(|_| ()),
-            None => self.store.create(resource).await.map(|_| ()),
+            Some(id) => self
+                .store
+                .update(&id, resource, None, &phivault_store::NoAudit)
+                .await
+                .map(|_| ()),
+            None => self
+                .store
+                .create(resource, &phivault_store::NoAudit)
+                .await
+                .map(|_| ()),
         }
     }
 
@@ -290,7 +298,7 @@ impl Run<'_> {
                 }
             };
         let methods: Vec<EntryMethod> = request.entries.iter().map(|e| e.method).collect();
-        match self.store.bundle(request).await {
+        match self.store.bundle(request, &phivault_store::NoAudit).await {
             Ok(response) => {
                 let written = count_written(&response, &methods, &mut |_, _| {});
                 self.imported(written);
@@ -332,7 +340,7 @@ impl Run<'_> {
         };
         drop(body);
         let methods: Vec<EntryMethod> = request.entries.iter().map(|e| e.method).collect();
-        match self.store.bundle(request).await {
+        match self.store.bundle(request, &phivault_store::NoAudit).await {
             Ok(response) => {
                 let mut failures = Vec::new();
                 let written = count_written(&response, &methods, &mut |i, message| {

@@ -26,7 +26,7 @@ pub use error::{FhirError, Issue, IssueCode};
 pub use outcome::OperationOutcome;
 pub use search::{
     IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery,
-    compartment_patient, index_entries, normalize_string, search_params,
+    compartment_patient, compartment_patient_of, index_entries, normalize_string, search_params,
 };
 pub use types::{Id, ResourceType};
 pub use validate::{ValidResource, Validator};

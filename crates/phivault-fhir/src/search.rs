@@ -558,14 +558,21 @@ fn date_precisions(value: &str) -> Vec<String> {
 /// any compartment (Practitioner, Organization, ...) and for references that are not to a
 /// Patient. For a Patient without an id yet, `None`.
 pub fn compartment_patient(resource: &ValidResource) -> Option<Id> {
-    if resource.resource_type() == ResourceType::PATIENT {
-        return resource.id();
+    compartment_patient_of(resource.resource_type(), resource.body())
+}
+
+/// [`compartment_patient`] of a body of `rtype` known to be valid (for example one the store
+/// wrote after validation and has just decrypted).
+pub fn compartment_patient_of(rtype: ResourceType, body: &Value) -> Option<Id> {
+    if rtype == ResourceType::PATIENT {
+        return body
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| Id::parse(s).ok());
     }
     // The `patient` search parameter names the element that links a resource to its patient.
-    let def = search_params(resource.resource_type())
-        .iter()
-        .find(|d| d.name == "patient")?;
-    values_at(resource.body(), def.expression)
+    let def = search_params(rtype).iter().find(|d| d.name == "patient")?;
+    values_at(body, def.expression)
         .into_iter()
         .filter_map(|v| v.get("reference").and_then(Value::as_str))
         .filter_map(parse_relative_reference)

@@ -364,7 +364,10 @@ async fn create(
         Access::body_facts(&resource, &HashSet::new())
     };
     access.authorize_body(Action::Create, rtype, &facts).await?;
-    let stored = state.store.create(resource).await?;
+    let stored = state
+        .store
+        .create(resource, &phivault_store::NoAudit)
+        .await?;
     if creates_patient {
         grant_creator(&access, &stored.id).await;
     }
@@ -500,7 +503,10 @@ async fn update(
     let action = authorize_replaced(&mut access, rtype, &current).await?;
     let facts = Access::body_facts(&resource, &HashSet::new());
     access.authorize_body(action, rtype, &facts).await?;
-    let (stored, created) = state.store.update(&id, resource, expected).await?;
+    let (stored, created) = state
+        .store
+        .update(&id, resource, expected, &phivault_store::NoAudit)
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -521,7 +527,10 @@ async fn delete(
     access
         .authorize_current(Action::Delete, rtype, &current)
         .await?;
-    let version = state.store.delete(rtype, &id).await?;
+    let version = state
+        .store
+        .delete(rtype, &id, &phivault_store::NoAudit)
+        .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(v) = version {
         set_header(&mut response, header::ETAG, &etag(v));
@@ -1025,10 +1034,13 @@ async fn transaction(
     if !to_store.is_empty() {
         let response = state
             .store
-            .bundle(BundleRequest {
-                kind,
-                entries: to_store,
-            })
+            .bundle(
+                BundleRequest {
+                    kind,
+                    entries: to_store,
+                },
+                &phivault_store::NoAudit,
+            )
             .await
             .map_err(|e| match e {
                 StoreError::Entry { index, source } => StoreError::Entry {

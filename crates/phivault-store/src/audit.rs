@@ -48,6 +48,10 @@ pub struct NewAuditRow {
     pub actor: String,
     /// Patient id, when the access concerned a patient.
     pub patient: Option<String>,
+    /// FHIR AuditEvent action code (`C`, `R`, `U`, `D`, `E`).
+    pub action: String,
+    /// `allowed`, `denied` or `error`.
+    pub outcome: String,
 }
 
 /// The end of the trail an append builds on.
@@ -78,6 +82,32 @@ pub struct AuditRow {
     pub actor: String,
     /// Patient id.
     pub patient: Option<String>,
+    /// Action code copied out of the body (`None` on rows written before schema v4 until
+    /// they are filled in).
+    pub action: Option<String>,
+    /// Outcome copied out of the body (as `action`).
+    pub outcome: Option<String>,
+}
+
+/// Filters of an audit search ([`Store::audit_search`]); every given filter must hold.
+/// Matching is on the columns copied out of the bodies: a reader that relies on a match
+/// re-checks it against the body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Entries about this patient id.
+    pub patient: Option<String>,
+    /// Entries by this actor id.
+    pub actor: Option<String>,
+    /// Entries at or after this time (unix ms).
+    pub since: Option<i64>,
+    /// Entries before this time (unix ms, exclusive).
+    pub until: Option<i64>,
+    /// Action code.
+    pub action: Option<String>,
+    /// Outcome.
+    pub outcome: Option<String>,
+    /// Only entries with a seq below this one (paging, newest first).
+    pub before_seq: Option<u64>,
 }
 
 /// A signed checkpoint as stored.
@@ -129,7 +159,8 @@ fn to_u64(v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Config(format!("audit seq {v} out of range")))
 }
 
-const ENTRY_COLUMNS: &str = "seq, tenant, body, entry_hash, prev_hash, time, actor, patient";
+const ENTRY_COLUMNS: &str =
+    "seq, tenant, body, entry_hash, prev_hash, time, actor, patient, action, outcome";
 
 fn entry_from(row: &AnyRow) -> Result<AuditRow, StoreError> {
     Ok(AuditRow {
@@ -141,6 +172,8 @@ fn entry_from(row: &AnyRow) -> Result<AuditRow, StoreError> {
         time: row.try_get("time")?,
         actor: row.try_get("actor")?,
         patient: row.try_get("patient")?,
+        action: row.try_get("action")?,
+        outcome: row.try_get("outcome")?,
     })
 }
 
@@ -152,6 +185,45 @@ fn checkpoint_from(row: &AnyRow) -> Result<CheckpointRow, StoreError> {
         time: row.try_get("time")?,
         signature: row.try_get("signature")?,
     })
+}
+
+enum AuditBind {
+    Text(String),
+    Int(i64),
+}
+
+/// The WHERE clause of an audit search and its values, bound as `$1...` in order.
+fn audit_where(query: &AuditQuery) -> Result<(String, Vec<AuditBind>), StoreError> {
+    let mut conds = Vec::new();
+    let mut binds = Vec::new();
+    let mut text = |column: &str, value: &Option<String>, conds: &mut Vec<String>| {
+        if let Some(v) = value {
+            binds.push(AuditBind::Text(v.clone()));
+            conds.push(format!("{column} = ${}", binds.len()));
+        }
+    };
+    text("patient", &query.patient, &mut conds);
+    text("actor", &query.actor, &mut conds);
+    text("action", &query.action, &mut conds);
+    text("outcome", &query.outcome, &mut conds);
+    if let Some(t) = query.since {
+        binds.push(AuditBind::Int(t));
+        conds.push(format!("time >= ${}", binds.len()));
+    }
+    if let Some(t) = query.until {
+        binds.push(AuditBind::Int(t));
+        conds.push(format!("time < ${}", binds.len()));
+    }
+    if let Some(seq) = query.before_seq {
+        binds.push(AuditBind::Int(to_i64(seq)?));
+        conds.push(format!("seq < ${}", binds.len()));
+    }
+    let clause = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    Ok((clause, binds))
 }
 
 async fn tail(conn: &mut AnyConnection) -> Result<AuditTail, StoreError> {
@@ -218,7 +290,7 @@ impl Store {
             let new = build(&tail)?;
             let done = sqlx::query(
                 "INSERT INTO audit_entries (seq, tenant, body, entry_hash, prev_hash, time, \
-                 actor, patient) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 actor, patient, action, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(to_i64(tail.seq)?)
             .bind(&self.inner.tenant)
@@ -228,6 +300,8 @@ impl Store {
             .bind(new.time)
             .bind(new.actor)
             .bind(new.patient)
+            .bind(new.action)
+            .bind(new.outcome)
             .execute(&mut *conn)
             .await;
             match done {
@@ -274,6 +348,85 @@ impl Store {
         .fetch_all(&self.inner.pool)
         .await?;
         rows.iter().map(entry_from).collect()
+    }
+
+    /// Up to `limit` entries matching `query`, newest (highest seq) first.
+    pub async fn audit_search(
+        &self,
+        query: &AuditQuery,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let (clause, binds) = audit_where(query)?;
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_entries{clause} ORDER BY seq DESC LIMIT ${}",
+            binds.len() + 1
+        );
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                AuditBind::Text(t) => q.bind(t),
+                AuditBind::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.bind(i64::from(limit)).fetch_all(&self.inner.pool).await?;
+        rows.iter().map(entry_from).collect()
+    }
+
+    /// How many entries match `query` (its `before_seq` included).
+    pub async fn audit_count(&self, query: &AuditQuery) -> Result<u64, StoreError> {
+        let (clause, binds) = audit_where(query)?;
+        let sql = format!("SELECT COUNT(*) AS n FROM audit_entries{clause}");
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                AuditBind::Text(t) => q.bind(t),
+                AuditBind::Int(i) => q.bind(i),
+            };
+        }
+        let row = q.fetch_one(&self.inner.pool).await?;
+        to_u64(row.try_get("n")?)
+    }
+
+    /// Fills in the `action` and `outcome` columns of rows written before schema v4, as
+    /// `derive` computes them from each row's body (`None` leaves a row as it is). Returns the
+    /// number of rows filled in.
+    pub async fn fill_audit_columns<F>(&self, mut derive: F) -> Result<u64, StoreError>
+    where
+        F: FnMut(&[u8]) -> Option<(String, String)>,
+    {
+        let mut filled = 0;
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, body FROM audit_entries WHERE action IS NULL AND seq > $1 \
+                 ORDER BY seq LIMIT 1000",
+            )
+            .bind(after)
+            .fetch_all(&self.inner.pool)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("seq")?;
+            let _guard = self.write_guard().await;
+            let mut tx = self.inner.pool.begin().await?;
+            for row in &rows {
+                let seq: i64 = row.try_get("seq")?;
+                let body: Vec<u8> = row.try_get("body")?;
+                if let Some((action, outcome)) = derive(&body) {
+                    sqlx::query(
+                        "UPDATE audit_entries SET action = $1, outcome = $2 \
+                         WHERE seq = $3 AND action IS NULL",
+                    )
+                    .bind(action)
+                    .bind(outcome)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+                    filled += 1;
+                }
+            }
+            tx.commit().await?;
+        }
+        Ok(filled)
     }
 
     /// The entry with this seq.

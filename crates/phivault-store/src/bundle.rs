@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sqlx::AnyConnection;
 
 use crate::resources::Prepared;
-use crate::{Store, StoreError, StoredResource};
+use crate::{AuditSink, Store, StoreError, StoredResource, WriteKind, Written};
 
 /// What an entry needs besides the request: its prepared write, if any.
 struct Work {
@@ -59,10 +59,16 @@ fn rank(m: EntryMethod) -> u8 {
 
 impl Store {
     /// Runs a transaction or batch Bundle and returns the response Bundle.
-    pub async fn bundle(&self, request: BundleRequest) -> Result<Value, StoreError> {
+    /// `audit` records the writes in their transaction: all of a transaction's writes at once,
+    /// each batch entry's write in that entry's own transaction.
+    pub async fn bundle(
+        &self,
+        request: BundleRequest,
+        audit: &dyn AuditSink,
+    ) -> Result<Value, StoreError> {
         match request.kind {
-            BundleKind::Transaction => self.transaction(request).await,
-            BundleKind::Batch => self.batch(request).await,
+            BundleKind::Transaction => self.transaction(request, audit).await,
+            BundleKind::Batch => self.batch(request, audit).await,
         }
     }
 
@@ -108,26 +114,35 @@ impl Store {
         Ok(work)
     }
 
-    async fn transaction(&self, request: BundleRequest) -> Result<Value, StoreError> {
+    async fn transaction(
+        &self,
+        request: BundleRequest,
+        audit: &dyn AuditSink,
+    ) -> Result<Value, StoreError> {
         let work = self.plan(request.entries, true).await?;
         let mut order: Vec<usize> = (0..work.len()).collect();
         order.sort_by_key(|&i| (rank(work[i].entry.method), i));
         let mut slots: Vec<Option<Work>> = work.into_iter().map(Some).collect();
         let mut responses: Vec<Value> = vec![Value::Null; slots.len()];
+        let mut written = Vec::new();
         let _guard = self.write_guard().await;
         let mut tx = self.inner.pool.begin().await?;
         for index in order {
             let Some(w) = slots[index].take() else {
                 continue;
             };
-            let response = self
-                .run_entry(&mut tx, w)
-                .await
-                .map_err(|e| StoreError::Entry {
-                    index,
-                    source: Box::new(e),
-                })?;
+            let (response, wrote) =
+                self.run_entry(&mut tx, w)
+                    .await
+                    .map_err(|e| StoreError::Entry {
+                        index,
+                        source: Box::new(e),
+                    })?;
             responses[index] = response;
+            written.extend(wrote);
+        }
+        if !written.is_empty() {
+            audit.record(&mut tx, &written).await?;
         }
         tx.commit().await?;
         Ok(json!({
@@ -137,7 +152,11 @@ impl Store {
         }))
     }
 
-    async fn batch(&self, request: BundleRequest) -> Result<Value, StoreError> {
+    async fn batch(
+        &self,
+        request: BundleRequest,
+        audit: &dyn AuditSink,
+    ) -> Result<Value, StoreError> {
         let mut responses = Vec::with_capacity(request.entries.len());
         for entry in request.entries {
             let one = async {
@@ -147,7 +166,10 @@ impl Store {
                     .ok_or_else(|| StoreError::Config("empty plan".to_owned()))?;
                 let _guard = self.write_guard().await;
                 let mut tx = self.inner.pool.begin().await?;
-                let r = self.run_entry(&mut tx, w).await?;
+                let (r, wrote) = self.run_entry(&mut tx, w).await?;
+                if let Some(wrote) = wrote {
+                    audit.record(&mut tx, &[wrote]).await?;
+                }
                 tx.commit().await?;
                 Ok::<Value, StoreError>(r)
             }
@@ -182,34 +204,54 @@ impl Store {
         }))
     }
 
-    async fn run_entry(&self, conn: &mut AnyConnection, w: Work) -> Result<Value, StoreError> {
+    /// Runs one entry; returns its response entry and what it wrote, if anything.
+    async fn run_entry(
+        &self,
+        conn: &mut AnyConnection,
+        w: Work,
+    ) -> Result<(Value, Option<Written>), StoreError> {
         let url = &w.entry.url;
         match (w.entry.method, w.prepared) {
             (EntryMethod::Post, Some(p)) => {
                 let out = self.put_in(conn, p, None, true).await?;
-                Ok(written_entry(&out.stored, true))
+                Ok((written_entry(&out.stored, true), Some(out.written())))
             }
             (EntryMethod::Put, Some(p)) => {
                 let out = self.put_in(conn, p, w.entry.if_match, false).await?;
-                Ok(written_entry(&out.stored, out.created))
+                Ok((written_entry(&out.stored, out.created), Some(out.written())))
             }
             (EntryMethod::Delete, _) => {
                 let id = url.id.as_ref().ok_or_else(|| {
                     StoreError::Config("DELETE entry without id passed parsing".to_owned())
                 })?;
-                self.delete_in(conn, url.rtype, id).await?;
-                Ok(json!({ "response": { "status": status_line(204) } }))
+                let wrote = self
+                    .delete_in(conn, url.rtype, id)
+                    .await?
+                    .map(|out| Written {
+                        kind: WriteKind::Delete,
+                        rtype: url.rtype,
+                        id: id.clone(),
+                        version: out.version,
+                        patient: out.patient,
+                    });
+                Ok((json!({ "response": { "status": status_line(204) } }), wrote))
             }
             (EntryMethod::Get, _) => match (&url.id, url.version) {
                 (Some(id), Some(v)) => {
                     let r = self.vread(url.rtype, id, v).await?;
-                    Ok(json!({ "resource": r.body, "response": {
-                        "status": status_line(200), "etag": format!("W/\"{}\"", r.version) } }))
+                    Ok((
+                        json!({ "resource": r.body, "response": {
+                        "status": status_line(200), "etag": format!("W/\"{}\"", r.version) } }),
+                        None,
+                    ))
                 }
                 (Some(id), None) => {
                     let r = self.read_in(conn, url.rtype, id).await?;
-                    Ok(json!({ "resource": r.body, "response": {
-                        "status": status_line(200), "etag": format!("W/\"{}\"", r.version) } }))
+                    Ok((
+                        json!({ "resource": r.body, "response": {
+                        "status": status_line(200), "etag": format!("W/\"{}\"", r.version) } }),
+                        None,
+                    ))
                 }
                 (None, _) => {
                     let q = SearchQuery::parse(url.rtype, &url.query, false)?;
@@ -225,10 +267,13 @@ impl Store {
                             })
                         })
                         .collect();
-                    Ok(json!({ "resource": {
+                    Ok((
+                        json!({ "resource": {
                         "resourceType": "Bundle", "type": "searchset",
                         "total": page.total, "entry": entries,
-                    }, "response": { "status": status_line(200) } }))
+                    }, "response": { "status": status_line(200) } }),
+                        None,
+                    ))
                 }
             },
             (EntryMethod::Post | EntryMethod::Put, None) => Err(StoreError::Config(

@@ -29,6 +29,7 @@ mod bundle;
 mod keys;
 mod resources;
 mod search;
+mod written;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,7 @@ use sqlx::AnyPool;
 pub use backend::Backend;
 pub use search::{SearchPage, SearchScope};
 pub use sqlx::AnyConnection;
+pub use written::{AuditSink, NoAudit, SinkFuture, WriteKind, Written};
 
 /// How to open a [`Store`].
 #[derive(Debug, Clone)]

@@ -8,12 +8,14 @@
 use std::sync::Arc;
 
 use phivault_crypto::Sealer;
-use phivault_fhir::{Id, ResourceType, ValidResource, compartment_patient, index_entries};
+use phivault_fhir::{
+    Id, ResourceType, ValidResource, compartment_patient, compartment_patient_of, index_entries,
+};
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Row};
 
 use crate::keys::{DataKey, Owner};
-use crate::{HistoryEntry, Store, StoreError, StoredResource};
+use crate::{AuditSink, HistoryEntry, Store, StoreError, StoredResource, WriteKind, Written};
 
 /// A resource ready to be written: its key and index tokens are known, its version not yet.
 pub(crate) struct Prepared {
@@ -21,12 +23,37 @@ pub(crate) struct Prepared {
     pub(crate) id: Id,
     key: DataKey,
     tokens: Vec<Vec<u8>>,
+    patient: Option<Id>,
 }
 
 /// What a put did.
 pub(crate) struct PutOutcome {
     pub(crate) stored: StoredResource,
     pub(crate) created: bool,
+    pub(crate) patient: Option<Id>,
+}
+
+impl PutOutcome {
+    /// What the audit sink is told about this write.
+    pub(crate) fn written(&self) -> Written {
+        Written {
+            kind: if self.created {
+                WriteKind::Create
+            } else {
+                WriteKind::Update
+            },
+            rtype: self.stored.rtype,
+            id: self.stored.id.clone(),
+            version: self.stored.version,
+            patient: self.patient.clone(),
+        }
+    }
+}
+
+/// What a deletion did: the tombstone's version and the compartment of the last live version.
+pub(crate) struct DeleteOutcome {
+    pub(crate) version: u64,
+    pub(crate) patient: Option<Id>,
 }
 
 fn aad(tenant: &str, rtype: &str, id: &str, version: i64, deleted: bool, key_id: &str) -> Vec<u8> {
@@ -63,13 +90,14 @@ impl Store {
         id: Id,
     ) -> Result<Prepared, StoreError> {
         let rtype = resource.resource_type();
-        let owner = if rtype == ResourceType::PATIENT {
-            Owner::Patient(id.clone())
+        let patient = if rtype == ResourceType::PATIENT {
+            Some(id.clone())
         } else {
-            match compartment_patient(&resource) {
-                Some(p) => Owner::Patient(p),
-                None => Owner::Directory,
-            }
+            compartment_patient(&resource)
+        };
+        let owner = match &patient {
+            Some(p) => Owner::Patient(p.clone()),
+            None => Owner::Directory,
         };
         let key = self
             .inner
@@ -88,43 +116,73 @@ impl Store {
             id,
             key,
             tokens,
+            patient,
         })
     }
 
-    /// Creates a resource with a new server-assigned id.
-    pub async fn create(&self, resource: ValidResource) -> Result<StoredResource, StoreError> {
+    /// Creates a resource with a new server-assigned id; `audit` records the write in its
+    /// transaction.
+    pub async fn create(
+        &self,
+        resource: ValidResource,
+        audit: &dyn AuditSink,
+    ) -> Result<StoredResource, StoreError> {
         let prepared = self.prepare(resource, Id::generate()).await?;
         let _guard = self.write_guard().await;
         let mut tx = self.inner.pool.begin().await?;
         let out = self.put_in(&mut tx, prepared, None, true).await?;
+        audit.record(&mut tx, &[out.written()]).await?;
         tx.commit().await?;
         Ok(out.stored)
     }
 
     /// Updates (or creates, when unknown) the resource `id`. With `if_match`, the current
-    /// version must be that one. Returns the stored resource and whether it was created.
+    /// version must be that one. Returns the stored resource and whether it was created;
+    /// `audit` records the write in its transaction.
     pub async fn update(
         &self,
         id: &Id,
         resource: ValidResource,
         if_match: Option<u64>,
+        audit: &dyn AuditSink,
     ) -> Result<(StoredResource, bool), StoreError> {
         let prepared = self.prepare(resource, id.clone()).await?;
         let _guard = self.write_guard().await;
         let mut tx = self.inner.pool.begin().await?;
         let out = self.put_in(&mut tx, prepared, if_match, false).await?;
+        audit.record(&mut tx, &[out.written()]).await?;
         tx.commit().await?;
         Ok((out.stored, out.created))
     }
 
     /// Deletes (softly: history keeps every version). Returns the deletion's version, or
-    /// `None` when the resource was already deleted.
-    pub async fn delete(&self, rtype: ResourceType, id: &Id) -> Result<Option<u64>, StoreError> {
+    /// `None` when the resource was already deleted (nothing is written, nothing recorded);
+    /// `audit` records a deletion in its transaction.
+    pub async fn delete(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+        audit: &dyn AuditSink,
+    ) -> Result<Option<u64>, StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.inner.pool.begin().await?;
-        let out = self.delete_in(&mut tx, rtype, id).await?;
+        let Some(out) = self.delete_in(&mut tx, rtype, id).await? else {
+            return Ok(None);
+        };
+        audit
+            .record(
+                &mut tx,
+                &[Written {
+                    kind: WriteKind::Delete,
+                    rtype,
+                    id: id.clone(),
+                    version: out.version,
+                    patient: out.patient,
+                }],
+            )
+            .await?;
         tx.commit().await?;
-        Ok(out)
+        Ok(Some(out.version))
     }
 
     /// Reads the current version.
@@ -241,6 +299,7 @@ impl Store {
             id,
             key,
             tokens,
+            patient,
         } = prepared;
         let rtype = resource.resource_type();
         let tenant = &self.inner.tenant;
@@ -369,6 +428,7 @@ impl Store {
                 body: resource.into_body(),
             },
             created: current.is_none(),
+            patient,
         })
     }
 
@@ -393,7 +453,7 @@ impl Store {
         conn: &mut AnyConnection,
         rtype: ResourceType,
         id: &Id,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<DeleteOutcome>, StoreError> {
         let tenant = &self.inner.tenant;
         let row = sqlx::query(
             "SELECT version, key_id, deleted FROM current_resources \
@@ -415,6 +475,10 @@ impl Store {
         if row.try_get::<i64, _>("deleted")? != 0 {
             return Ok(None);
         }
+        // The compartment of the version being deleted, for the audit trail; reading it also
+        // checks its integrity before a tombstone is stacked on it.
+        let live = self.read_in(conn, rtype, id).await?;
+        let patient = compartment_patient_of(rtype, &live.body);
         let sealer = self.sealer_of(rtype, id, &key_id).await?;
         let version = old + 1;
         let (now_text, now_secs) = crate::now();
@@ -458,7 +522,10 @@ impl Store {
             });
         }
         self.drop_index_in(conn, rtype, id).await?;
-        Ok(Some(to_u64(version)))
+        Ok(Some(DeleteOutcome {
+            version: to_u64(version),
+            patient,
+        }))
     }
 
     /// Reads the current version through `conn` (inside or outside a transaction).

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use phivault_crypto::StaticKeyProvider;
 use phivault_fhir::{BundleRequest, Id, ResourceType, SearchQuery, ValidResource, Validator};
-use phivault_store::{Store, StoreError, StoreOptions};
+use phivault_store::{NoAudit, Store, StoreError, StoreOptions};
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -125,7 +125,10 @@ fn query(rtype: ResourceType, pairs: &[(&str, &str)]) -> SearchQuery {
 async fn create_read_update_delete_history() {
     for f in fixtures().await {
         let s = &f.store;
-        let created = s.create(valid(patient("Smith", "Ann"))).await.unwrap();
+        let created = s
+            .create(valid(patient("Smith", "Ann")), &NoAudit)
+            .await
+            .unwrap();
         assert_eq!(created.version, 1, "{}", f.label);
         let id = created.id.clone();
         let read = s.read(ResourceType::PATIENT, &id).await.unwrap();
@@ -136,7 +139,7 @@ async fn create_read_update_delete_history() {
         let mut body = patient("Smythe", "Ann");
         body["id"] = json!(id.as_str());
         let err = s
-            .update(&id, valid(body.clone()), Some(7))
+            .update(&id, valid(body.clone()), Some(7), &NoAudit)
             .await
             .unwrap_err();
         assert!(
@@ -145,14 +148,24 @@ async fn create_read_update_delete_history() {
         );
         assert_eq!(s.read(ResourceType::PATIENT, &id).await.unwrap().version, 1);
 
-        let (updated, created_now) = s.update(&id, valid(body), Some(1)).await.unwrap();
+        let (updated, created_now) = s.update(&id, valid(body), Some(1), &NoAudit).await.unwrap();
         assert!(!created_now);
         assert_eq!(updated.version, 2);
         let v1 = s.vread(ResourceType::PATIENT, &id, 1).await.unwrap();
         assert_eq!(v1.body["name"][0]["family"], "Smith");
 
-        assert_eq!(s.delete(ResourceType::PATIENT, &id).await.unwrap(), Some(3));
-        assert_eq!(s.delete(ResourceType::PATIENT, &id).await.unwrap(), None);
+        assert_eq!(
+            s.delete(ResourceType::PATIENT, &id, &NoAudit)
+                .await
+                .unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            s.delete(ResourceType::PATIENT, &id, &NoAudit)
+                .await
+                .unwrap(),
+            None
+        );
         let gone = s.read(ResourceType::PATIENT, &id).await.unwrap_err();
         assert!(
             matches!(gone, StoreError::Gone { version: 3, .. }),
@@ -173,7 +186,7 @@ async fn create_read_update_delete_history() {
             404
         );
         assert_eq!(
-            s.delete(ResourceType::PATIENT, &missing)
+            s.delete(ResourceType::PATIENT, &missing, &NoAudit)
                 .await
                 .unwrap_err()
                 .http_status(),
@@ -184,7 +197,7 @@ async fn create_read_update_delete_history() {
         let cid = Id::parse("client-chosen-1").unwrap();
         let mut body = patient("Lee", "Bo");
         body["id"] = json!("client-chosen-1");
-        let (r, created_now) = s.update(&cid, valid(body), None).await.unwrap();
+        let (r, created_now) = s.update(&cid, valid(body), None, &NoAudit).await.unwrap();
         assert!(created_now);
         assert_eq!(r.version, 1);
     }
@@ -195,8 +208,14 @@ async fn ciphertext_holds_no_plaintext_and_search_works() {
     for f in fixtures().await {
         let s = &f.store;
         let marker = format!("Zq{}", &random_hex()[..10]);
-        let p = s.create(valid(patient(&marker, "José"))).await.unwrap();
-        let o = s.create(valid(observation(&p.id, "8867-4"))).await.unwrap();
+        let p = s
+            .create(valid(patient(&marker, "José")), &NoAudit)
+            .await
+            .unwrap();
+        let o = s
+            .create(valid(observation(&p.id, "8867-4")), &NoAudit)
+            .await
+            .unwrap();
 
         let rows = sqlx::query("SELECT sealed FROM resource_versions")
             .fetch_all(s.pool())
@@ -260,7 +279,7 @@ async fn ciphertext_holds_no_plaintext_and_search_works() {
             }
         }
         // Deleted resources leave the index.
-        s.delete(obs, &o.id).await.unwrap();
+        s.delete(obs, &o.id, &NoAudit).await.unwrap();
         let page = s
             .search(obs, &query(obs, &[("code", "8867-4")]))
             .await
@@ -273,8 +292,14 @@ async fn ciphertext_holds_no_plaintext_and_search_works() {
 async fn tampering_is_detected_and_nothing_is_served() {
     for f in fixtures().await {
         let s = &f.store;
-        let a = s.create(valid(patient("Alpha", "Ann"))).await.unwrap();
-        let b = s.create(valid(patient("Bravo", "Bob"))).await.unwrap();
+        let a = s
+            .create(valid(patient("Alpha", "Ann")), &NoAudit)
+            .await
+            .unwrap();
+        let b = s
+            .create(valid(patient("Bravo", "Bob")), &NoAudit)
+            .await
+            .unwrap();
         let pt = ResourceType::PATIENT;
 
         // 1. Flip one byte of A's ciphertext.
@@ -319,7 +344,7 @@ async fn tampering_is_detected_and_nothing_is_served() {
         // 3. Replay an old version's ciphertext as the current one.
         let mut body = patient("Alpha2", "Ann");
         body["id"] = json!(a.id.as_str());
-        s.update(&a.id, valid(body), None).await.unwrap();
+        s.update(&a.id, valid(body), None, &NoAudit).await.unwrap();
         set_sealed(s, &a.id, 2, sealed.clone()).await;
         let err = s.read(pt, &a.id).await.unwrap_err();
         assert!(
@@ -358,7 +383,11 @@ async fn set_sealed(s: &Store, id: &Id, version: i64, sealed: Vec<u8>) {
 #[tokio::test]
 async fn wrong_master_key_is_refused_and_right_one_reads() {
     for f in fixtures().await {
-        let p = f.store.create(valid(patient("Key", "Kim"))).await.unwrap();
+        let p = f
+            .store
+            .create(valid(patient("Key", "Kim")), &NoAudit)
+            .await
+            .unwrap();
         let err = f.reopen(&random_hex()).await.unwrap_err();
         assert!(err.to_string().contains("master key"), "{}: {err}", f.label);
         let again = f.reopen(&f.key).await.unwrap();
@@ -388,7 +417,7 @@ async fn transaction_is_atomic_and_resolves_references() {
             ]
         });
         let req = BundleRequest::parse(validator(), good, 100).unwrap();
-        let resp = s.bundle(req).await.unwrap();
+        let resp = s.bundle(req, &NoAudit).await.unwrap();
         assert_eq!(resp["type"], "transaction-response");
         let obs = &resp["entry"][1]["resource"];
         let pid = resp["entry"][0]["resource"]["id"].as_str().unwrap();
@@ -412,7 +441,7 @@ async fn transaction_is_atomic_and_resolves_references() {
             ]
         });
         let req = BundleRequest::parse(validator(), bad, 100).unwrap();
-        let err = s.bundle(req).await.unwrap_err();
+        let err = s.bundle(req, &NoAudit).await.unwrap_err();
         assert!(
             matches!(&err, StoreError::Entry { index: 1, .. }),
             "{}: {err:?}",
@@ -438,7 +467,7 @@ async fn concurrent_writers_do_not_fail() {
             let s = f.store.clone();
             tasks.push(tokio::spawn(async move {
                 for j in 0..10 {
-                    s.create(valid(patient(&format!("Conc{i}x{j}"), "C")))
+                    s.create(valid(patient(&format!("Conc{i}x{j}"), "C")), &NoAudit)
                         .await
                         .unwrap();
                 }
@@ -462,18 +491,29 @@ async fn scoped_search_sees_only_allowed_compartments_and_labels() {
     use phivault_store::SearchScope;
     for f in fixtures().await {
         let s = &f.store;
-        let a = s.create(valid(patient("Scopea", "Ann"))).await.unwrap();
-        let b = s.create(valid(patient("Scopeb", "Ben"))).await.unwrap();
+        let a = s
+            .create(valid(patient("Scopea", "Ann")), &NoAudit)
+            .await
+            .unwrap();
+        let b = s
+            .create(valid(patient("Scopeb", "Ben")), &NoAudit)
+            .await
+            .unwrap();
         let obs = ResourceType::parse("Observation").unwrap();
-        s.create(valid(observation(&a.id, "1-1"))).await.unwrap();
-        s.create(valid(observation(&b.id, "1-1"))).await.unwrap();
+        s.create(valid(observation(&a.id, "1-1")), &NoAudit)
+            .await
+            .unwrap();
+        s.create(valid(observation(&b.id, "1-1")), &NoAudit)
+            .await
+            .unwrap();
         let mut labelled = observation(&a.id, "1-1");
         labelled["meta"] = json!({"security": [{
             "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]});
-        s.create(valid(labelled)).await.unwrap();
-        s.create(valid(
-            json!({"resourceType": "Practitioner", "name": [{"family": "Scopedoc"}]}),
-        ))
+        s.create(valid(labelled), &NoAudit).await.unwrap();
+        s.create(
+            valid(json!({"resourceType": "Practitioner", "name": [{"family": "Scopedoc"}]})),
+            &NoAudit,
+        )
         .await
         .unwrap();
 
@@ -534,6 +574,8 @@ async fn audit_rows_keys_and_checkpoints() {
                         time: 1000 + tail.seq as i64,
                         actor: "u1".to_owned(),
                         patient: (tail.seq.is_multiple_of(2)).then(|| "p1".to_owned()),
+                        action: if tail.seq == 5 { "D" } else { "R" }.to_owned(),
+                        outcome: if tail.seq == 3 { "denied" } else { "allowed" }.to_owned(),
                     })
                 })
                 .await
@@ -548,6 +590,58 @@ async fn audit_rows_keys_and_checkpoints() {
         assert_eq!(page[0].prev_hash, vec![2u8; 32]);
         assert_eq!(page[1].patient.as_deref(), Some("p1"));
         assert_eq!(s.audit_entry(9).await.unwrap(), None);
+
+        // Searches: newest first, every filter applied, paging by seq.
+        use phivault_store::audit::AuditQuery;
+        let seqs = |rows: Vec<phivault_store::audit::AuditRow>| {
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>()
+        };
+        let all = AuditQuery::default();
+        assert_eq!(
+            seqs(s.audit_search(&all, 10).await.unwrap()),
+            vec![5, 4, 3, 2, 1]
+        );
+        assert_eq!(s.audit_count(&all).await.unwrap(), 5);
+        let p1 = AuditQuery {
+            patient: Some("p1".to_owned()),
+            ..AuditQuery::default()
+        };
+        assert_eq!(seqs(s.audit_search(&p1, 10).await.unwrap()), vec![4, 2]);
+        let p1_before_4 = AuditQuery {
+            before_seq: Some(4),
+            ..p1.clone()
+        };
+        assert_eq!(
+            seqs(s.audit_search(&p1_before_4, 10).await.unwrap()),
+            vec![2]
+        );
+        assert_eq!(s.audit_count(&p1_before_4).await.unwrap(), 1);
+        let q = AuditQuery {
+            action: Some("D".to_owned()),
+            ..AuditQuery::default()
+        };
+        assert_eq!(seqs(s.audit_search(&q, 10).await.unwrap()), vec![5]);
+        let q = AuditQuery {
+            outcome: Some("denied".to_owned()),
+            actor: Some("u1".to_owned()),
+            ..AuditQuery::default()
+        };
+        assert_eq!(seqs(s.audit_search(&q, 10).await.unwrap()), vec![3]);
+        let q = AuditQuery {
+            actor: Some("u2".to_owned()),
+            ..AuditQuery::default()
+        };
+        assert!(s.audit_search(&q, 10).await.unwrap().is_empty());
+        let q = AuditQuery {
+            since: Some(1002),
+            until: Some(1004),
+            ..AuditQuery::default()
+        };
+        assert_eq!(seqs(s.audit_search(&q, 10).await.unwrap()), vec![3, 2]);
+        assert_eq!(seqs(s.audit_search(&all, 2).await.unwrap()), vec![5, 4]);
+        let page1 = s.audit_entries(0, 10).await.unwrap();
+        assert_eq!(page1[4].action.as_deref(), Some("D"));
+        assert_eq!(page1[2].outcome.as_deref(), Some("denied"));
 
         let cp = CheckpointRow {
             size: 5,
@@ -604,7 +698,7 @@ async fn debug_output_holds_no_content() {
     let marker = format!("Zqdebug{}", &random_hex()[..8]);
     let p = f
         .store
-        .create(valid(patient(&marker, "Dee")))
+        .create(valid(patient(&marker, "Dee")), &NoAudit)
         .await
         .unwrap();
     assert!(
@@ -621,4 +715,145 @@ async fn debug_output_holds_no_content() {
         .unwrap();
     let shown = format!("{history:?}");
     assert!(!shown.contains(&marker), "{shown}");
+}
+
+/// A sink that records what it is told, writes a row through the transaction it is handed
+/// (so a rollback of the write takes the row with it), and fails on demand.
+#[derive(Default)]
+struct RecordingSink {
+    seen: std::sync::Mutex<Vec<phivault_store::Written>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl phivault_store::AuditSink for RecordingSink {
+    fn record<'a>(
+        &'a self,
+        conn: &'a mut phivault_store::AnyConnection,
+        written: &'a [phivault_store::Written],
+    ) -> phivault_store::SinkFuture<'a> {
+        Box::pin(async move {
+            let n = {
+                let mut seen = self.seen.lock().unwrap();
+                seen.extend(written.iter().cloned());
+                seen.len() as i64
+            };
+            // A row in the writing transaction: visible only if the write commits.
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (size, root, last_entry_hash, time, signature) \
+                 VALUES ($1, $2, $2, 0, $2)",
+            )
+            .bind(1_000_000 + n)
+            .bind(vec![0u8; 32])
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::from)?;
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Config("the audit sink refused".to_owned()));
+            }
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn writes_are_recorded_in_their_transaction_and_roll_back_with_it() {
+    use phivault_store::{WriteKind, Written};
+    for f in fixtures().await {
+        let s = &f.store;
+        let sink = RecordingSink::default();
+        let obs = ResourceType::parse("Observation").unwrap();
+        let p = s
+            .create(valid(patient("Sink", "Sam")), &sink)
+            .await
+            .unwrap();
+        let o = s
+            .create(valid(observation(&p.id, "1-1")), &sink)
+            .await
+            .unwrap();
+        let mut body = o.body.clone();
+        body["status"] = json!("amended");
+        s.update(&o.id, valid(body.clone()), None, &sink)
+            .await
+            .unwrap();
+        assert_eq!(s.delete(obs, &o.id, &sink).await.unwrap(), Some(3));
+        // Already deleted: nothing written, nothing recorded.
+        assert_eq!(s.delete(obs, &o.id, &sink).await.unwrap(), None);
+        let who = Some(p.id.clone());
+        assert_eq!(
+            *sink.seen.lock().unwrap(),
+            vec![
+                Written {
+                    kind: WriteKind::Create,
+                    rtype: ResourceType::PATIENT,
+                    id: p.id.clone(),
+                    version: 1,
+                    patient: who.clone()
+                },
+                Written {
+                    kind: WriteKind::Create,
+                    rtype: obs,
+                    id: o.id.clone(),
+                    version: 1,
+                    patient: who.clone()
+                },
+                Written {
+                    kind: WriteKind::Update,
+                    rtype: obs,
+                    id: o.id.clone(),
+                    version: 2,
+                    patient: who.clone()
+                },
+                Written {
+                    kind: WriteKind::Delete,
+                    rtype: obs,
+                    id: o.id.clone(),
+                    version: 3,
+                    patient: who.clone()
+                },
+            ],
+            "{}",
+            f.label
+        );
+        let rows = |s: &Store| {
+            let pool = s.pool().clone();
+            async move {
+                sqlx::query("SELECT COUNT(*) AS n FROM audit_checkpoints")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                    .try_get::<i64, _>("n")
+                    .unwrap()
+            }
+        };
+        assert_eq!(rows(s).await, 4, "{}", f.label);
+
+        // A failing sink: no write commits, and the sink's own row is gone with it.
+        sink.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = s.create(valid(patient("Refused", "Rae")), &sink).await;
+        assert!(err.is_err(), "{}", f.label);
+        let q = query(ResourceType::PATIENT, &[("family", "Refused")]);
+        assert_eq!(s.search(ResourceType::PATIENT, &q).await.unwrap().total, 0);
+        let mut changed = p.body.clone();
+        changed["active"] = json!(false);
+        assert!(s.update(&p.id, valid(changed), None, &sink).await.is_err());
+        assert_eq!(
+            s.read(ResourceType::PATIENT, &p.id).await.unwrap().version,
+            1,
+            "{}",
+            f.label
+        );
+        assert!(s.delete(ResourceType::PATIENT, &p.id, &sink).await.is_err());
+        assert!(s.read(ResourceType::PATIENT, &p.id).await.is_ok());
+        let txn = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                { "resource": patient("Refused", "Tx"),
+                  "request": { "method": "POST", "url": "Patient" } },
+            ]
+        });
+        let req = BundleRequest::parse(validator(), txn, 100).unwrap();
+        assert!(s.bundle(req, &sink).await.is_err());
+        assert_eq!(s.search(ResourceType::PATIENT, &q).await.unwrap().total, 0);
+        assert_eq!(rows(s).await, 4, "{}", f.label);
+    }
 }

@@ -1,0 +1,77 @@
+//! The audit sink of writes (DESIGN.md invariant 2: "writes and their audit entry commit in one
+//! transaction").
+//!
+//! Every write of the store ([`Store::create`](crate::Store::create),
+//! [`Store::update`](crate::Store::update), [`Store::delete`](crate::Store::delete) and the
+//! writes of [`Store::bundle`](crate::Store::bundle)) takes an [`AuditSink`] and calls it with
+//! what it wrote inside the write's transaction, after the last change and before the commit.
+//! When the sink fails, the transaction rolls back: no write is committed without its audit
+//! entries. The sink is a trait so the store knows nothing about the entries' format (that is
+//! phivault-audit's) and so a benchmark can measure the store with the audit switched off.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use phivault_fhir::{Id, ResourceType};
+use sqlx::AnyConnection;
+
+use crate::StoreError;
+
+/// What kind of write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// A new resource (create, or an update that created it).
+    Create,
+    /// A new version of an existing resource.
+    Update,
+    /// A deletion (a tombstone version).
+    Delete,
+}
+
+impl WriteKind {
+    /// `create`, `update` or `delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteKind::Create => "create",
+            WriteKind::Update => "update",
+            WriteKind::Delete => "delete",
+        }
+    }
+}
+
+/// One resource version written by a transaction. Ids only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// What kind of write.
+    pub kind: WriteKind,
+    /// Resource type.
+    pub rtype: ResourceType,
+    /// Resource id.
+    pub id: Id,
+    /// The version written.
+    pub version: u64,
+    /// The patient compartment the resource is in (for a deletion: the one of its last live
+    /// version); `None` for resources outside any compartment.
+    pub patient: Option<Id>,
+}
+
+/// A boxed future of the sink.
+pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// Records the writes of a transaction inside that transaction.
+pub trait AuditSink: Send + Sync {
+    /// Records `written` (in write order, never empty) through `conn`, the writing
+    /// transaction. An error rolls the transaction back.
+    fn record<'a>(&'a self, conn: &'a mut AnyConnection, written: &'a [Written]) -> SinkFuture<'a>;
+}
+
+/// A sink that records nothing: for tests of the store itself and for the benchmark of the
+/// store without auditing. The server and the CLI never use it for a data write.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoAudit;
+
+impl AuditSink for NoAudit {
+    fn record<'a>(&'a self, _: &'a mut AnyConnection, _: &'a [Written]) -> SinkFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+}
