@@ -4,9 +4,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use phivault_audit::{ActorKind, AuditEntry, AuditLog, Outcome};
 use phivault_crypto::FileKeyProvider;
 use phivault_fhir::{BundleRequest, Id, ResourceType, Validator};
-use phivault_store::{Store, StoreOptions};
+use phivault_store::{
+    AnyConnection, AuditSink, SinkFuture, Store, StoreError, StoreOptions, Written,
+};
 
 use crate::synth::{self, Rng};
 
@@ -31,6 +34,9 @@ pub(crate) struct BenchReport {
     pub(crate) ingest: Duration,
     /// Latency of each read, sorted.
     pub(crate) reads: Vec<Duration>,
+    /// Entries in the audit trail and the time a full `audit verify` of it took (`None` in a
+    /// bench-no-audit build).
+    pub(crate) verify: Option<(u64, Duration)>,
 }
 
 impl BenchReport {
@@ -60,6 +66,17 @@ impl BenchReport {
                 "read-by-id: {n} reads, mean {mean:.0} us, p50 {p50:.0} us, p99 {p99:.0} us"
             ));
         }
+        if let Some((entries, took)) = self.verify {
+            let secs = took.as_secs_f64();
+            let rate = if secs > 0.0 {
+                entries as f64 / secs
+            } else {
+                0.0
+            };
+            lines.push(format!(
+                "audit verify: {entries} entries in {secs:.2} s = {rate:.0} entries/s"
+            ));
+        }
         lines
     }
 }
@@ -70,6 +87,62 @@ pub(crate) fn cipher_line() -> &'static str {
         "cipher: none (bench-noop-cipher build: data is NOT encrypted)"
     } else {
         "cipher: aes-256-gcm"
+    }
+}
+
+/// Whether this build audits what the benchmark does.
+pub(crate) fn audit_line() -> &'static str {
+    if AUDIT {
+        "audit: on (each written resource and each request appends an entry, as the server does)"
+    } else {
+        "audit: off (bench-no-audit build: nothing is audited)"
+    }
+}
+
+/// Off only in a `bench-no-audit` build; no server or CLI path can switch the audit off.
+const AUDIT: bool = !cfg!(feature = "bench-no-audit");
+
+/// The benchmark's audit: what the server does per request. Each resource a transaction
+/// writes gets an entry inside the transaction ([`AuditSink`]), the request gets its own entry
+/// after the commit, and each read gets an entry before its answer would leave.
+struct BenchAudit {
+    log: AuditLog,
+}
+
+impl BenchAudit {
+    fn entry(action: &str, rtype: Option<ResourceType>, id: Option<&Id>) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            time: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+            actor_id: "bench".to_owned(),
+            actor_kind: ActorKind::Client,
+            role: Some("app".to_owned()),
+            purpose: Some("TREAT".to_owned()),
+            break_glass: false,
+            action: action.to_owned(),
+            resource_type: rtype.map(|t| t.to_string()),
+            resource_id: id.map(|i| i.to_string()),
+            patient_id: None,
+            outcome: Outcome::Allowed,
+            source_address: Some("127.0.0.1".to_owned()),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+}
+
+impl AuditSink for BenchAudit {
+    fn record<'a>(&'a self, conn: &'a mut AnyConnection, written: &'a [Written]) -> SinkFuture<'a> {
+        Box::pin(async move {
+            for w in written {
+                let mut entry = Self::entry(w.kind.as_str(), Some(w.rtype), Some(&w.id));
+                entry.patient_id = w.patient.as_ref().map(|p| p.to_string());
+                self.log
+                    .append_in(conn, &entry)
+                    .await
+                    .map_err(|e| StoreError::Config(format!("audit append: {e}")))?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -108,12 +181,30 @@ pub(crate) async fn run(opts: &BenchOptions) -> Result<BenchReport> {
         .await
         .context("opening the benchmark database")?;
     let validator = Validator::new().context("loading the FHIR schema")?;
-    let result = measure(&store, &validator, opts).await;
+    let audit = if AUDIT {
+        Some(BenchAudit {
+            log: AuditLog::open(store.clone())
+                .await
+                .context("opening the audit trail")?,
+        })
+    } else {
+        None
+    };
+    let result = measure(&store, &validator, audit.as_ref(), opts).await;
     store.close().await;
     result
 }
 
-async fn measure(store: &Store, validator: &Validator, opts: &BenchOptions) -> Result<BenchReport> {
+async fn measure(
+    store: &Store,
+    validator: &Validator,
+    audit: Option<&BenchAudit>,
+    opts: &BenchOptions,
+) -> Result<BenchReport> {
+    let sink: &dyn AuditSink = match audit {
+        Some(a) => a,
+        None => &phivault_store::NoAudit,
+    };
     let mut rng = Rng::new(0x5048_4956_4155_4c54);
     let mut written: Vec<(ResourceType, Id)> = Vec::new();
     let mut ingest = Duration::ZERO;
@@ -124,9 +215,15 @@ async fn measure(store: &Store, validator: &Validator, opts: &BenchOptions) -> R
         let request = BundleRequest::parse(validator, bundle, BUNDLE_SIZE)
             .context("a synthetic Bundle did not validate")?;
         let response = store
-            .bundle(request, &phivault_store::NoAudit)
+            .bundle(request, sink)
             .await
             .context("storing a synthetic Bundle")?;
+        if let Some(a) = audit {
+            a.log
+                .append(&BenchAudit::entry("POST /fhir", None, None))
+                .await
+                .context("auditing a synthetic Bundle")?;
+        }
         ingest += start.elapsed();
         for (rtype, id) in synth::written_references(&response) {
             if let (Ok(rtype), Ok(id)) = (ResourceType::parse(&rtype), Id::parse(&id)) {
@@ -146,14 +243,37 @@ async fn measure(store: &Store, validator: &Validator, opts: &BenchOptions) -> R
             .read(*rtype, id)
             .await
             .context("reading back a synthetic resource")?;
+        if let Some(a) = audit {
+            a.log
+                .append(&BenchAudit::entry(
+                    "GET /fhir/{type}/{id}",
+                    Some(*rtype),
+                    Some(id),
+                ))
+                .await
+                .context("auditing a read")?;
+        }
         reads.push(start.elapsed());
     }
     reads.sort();
+    let verify = match audit {
+        Some(a) => {
+            let start = Instant::now();
+            let report = a
+                .log
+                .verify(|_| {})
+                .await
+                .context("verifying the audit trail")?;
+            Some((report.entries, start.elapsed()))
+        }
+        None => None,
+    };
     Ok(BenchReport {
         backend: store.backend().name(),
         resources,
         ingest,
         reads,
+        verify,
     })
 }
 
@@ -168,6 +288,7 @@ mod tests {
             resources: 10_000,
             ingest: Duration::from_millis(4200),
             reads: (1..=99).map(Duration::from_micros).collect(),
+            verify: Some((50_000, Duration::from_millis(500))),
         };
         let lines = report.lines();
         assert_eq!(
@@ -177,6 +298,10 @@ mod tests {
         assert_eq!(
             lines[2],
             "read-by-id: 99 reads, mean 50 us, p50 50 us, p99 99 us"
+        );
+        assert_eq!(
+            lines[3],
+            "audit verify: 50000 entries in 0.50 s = 100000 entries/s"
         );
     }
 }

@@ -341,6 +341,7 @@ async fn bench(args: &BenchArgs) -> Result<()> {
         database_url: args.database_url.clone(),
     };
     println!("{}", bench::cipher_line());
+    println!("{}", bench::audit_line());
     eprintln!(
         "phivault: bench: ingesting {} transaction bundles of {}, then {} reads by id",
         opts.patients,
