@@ -14,8 +14,22 @@ use crate::AppState;
 use crate::edge::Who;
 use crate::error::ApiError;
 
-/// How often the serving process makes a checkpoint (when entries were added since the last).
-pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+/// When the serving process makes a checkpoint: every `every_entries` new entries, or every
+/// `interval` when fewer (but some) were added, whichever comes first; the trail's tail is
+/// looked at every `poll`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CheckpointPolicy {
+    pub(crate) interval: Duration,
+    pub(crate) every_entries: u64,
+    pub(crate) poll: Duration,
+}
+
+/// The server's checkpoint policy: every 10,000 entries or 60 s.
+pub(crate) const CHECKPOINTS: CheckpointPolicy = CheckpointPolicy {
+    interval: Duration::from_secs(60),
+    every_entries: 10_000,
+    poll: Duration::from_secs(1),
+};
 
 /// The audit routes.
 pub(crate) fn routes() -> Router<AppState> {
@@ -38,14 +52,15 @@ async fn latest_checkpoint(
         .ok_or_else(|| ApiError::Missing("no audit checkpoint yet".to_owned()))
 }
 
-/// Makes a checkpoint every `interval` when entries were added since the last one. Runs until
-/// aborted; a failure is logged (no PHI: the errors name seqs and sizes) and retried at the
-/// next tick.
-pub(crate) async fn checkpoint_loop(audit: Arc<AuditLog>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
+/// Makes checkpoints as `policy` says, only when entries were added since the last one. Runs
+/// until aborted; a failure is logged (no PHI: the errors name seqs and sizes) and retried at
+/// the next tick.
+pub(crate) async fn checkpoint_loop(audit: Arc<AuditLog>, policy: CheckpointPolicy) {
+    let mut ticker = tokio::time::interval(policy.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick completes at once: skip it, the first checkpoint comes after `interval`.
+    // The first tick completes at once: skip it.
     ticker.tick().await;
+    let mut last = tokio::time::Instant::now();
     loop {
         ticker.tick().await;
         let entries = match audit.store().audit_tail().await {
@@ -62,9 +77,12 @@ pub(crate) async fn checkpoint_loop(audit: Arc<AuditLog>, interval: Duration) {
                 continue;
             }
         };
-        if entries <= covered {
+        let due = entries - covered.min(entries) >= policy.every_entries
+            || last.elapsed() >= policy.interval;
+        if entries <= covered || !due {
             continue;
         }
+        last = tokio::time::Instant::now();
         match audit.checkpoint().await {
             Ok(cp) => tracing::info!(size = cp.size, "audit checkpoint made"),
             Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
@@ -107,7 +125,12 @@ mod tests {
         let opts = StoreOptions::new(format!("sqlite://{}/t.db", dir.path().display()));
         let store = Store::open(&opts, &keys).await.unwrap();
         let audit = Arc::new(AuditLog::open(store).await.unwrap());
-        let task = tokio::spawn(checkpoint_loop(audit.clone(), Duration::from_millis(50)));
+        let policy = CheckpointPolicy {
+            interval: Duration::from_millis(50),
+            every_entries: 1_000,
+            poll: Duration::from_millis(10),
+        };
+        let task = tokio::spawn(checkpoint_loop(audit.clone(), policy));
 
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(audit.checkpoints().await.unwrap().is_empty());
@@ -126,6 +149,41 @@ mod tests {
         assert_eq!(cps[0].size, 2);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(audit.checkpoints().await.unwrap().len(), 1);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn checkpoints_every_n_entries_before_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut key = [0u8; 32];
+        phivault_crypto::random_bytes(&mut key).unwrap();
+        let keys = phivault_crypto::StaticKeyProvider::from_hex(hex::encode(key));
+        let opts = StoreOptions::new(format!("sqlite://{}/t.db", dir.path().display()));
+        let store = Store::open(&opts, &keys).await.unwrap();
+        let audit = Arc::new(AuditLog::open(store).await.unwrap());
+        // The interval is never reached in this test: only the entry count can trigger.
+        let policy = CheckpointPolicy {
+            interval: Duration::from_secs(3600),
+            every_entries: 5,
+            poll: Duration::from_millis(10),
+        };
+        let task = tokio::spawn(checkpoint_loop(audit.clone(), policy));
+        for _ in 0..4 {
+            audit.append(&entry()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(audit.checkpoints().await.unwrap().is_empty());
+        audit.append(&entry()).await.unwrap();
+        let mut cps = Vec::new();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cps = audit.checkpoints().await.unwrap();
+            if !cps.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(cps.len(), 1);
+        assert_eq!(cps[0].size, 5);
         task.abort();
     }
 }

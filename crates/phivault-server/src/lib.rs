@@ -255,7 +255,7 @@ pub async fn serve(
     // Checkpoints while serving; stopped when serving ends.
     let checkpoints = AbortOnDrop(tokio::spawn(audit_routes::checkpoint_loop(
         state.audit.clone(),
-        audit_routes::CHECKPOINT_INTERVAL,
+        audit_routes::CHECKPOINTS,
     )));
     let app = router(state);
     let _checkpoints = checkpoints;
