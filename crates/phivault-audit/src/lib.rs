@@ -34,8 +34,8 @@ pub use entry::{
     ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, Outcome, action_code, entry_hash,
 };
 pub use error::AuditError;
-pub use log::{AuditLog, InclusionBundle};
-pub use merkle::{MerkleTree, verify_inclusion};
+pub use log::{AuditLog, InclusionBundle, TailReport, TailStart};
+pub use merkle::{Frontier, MerkleTree, verify_inclusion};
 pub use verify::{ChainVerifier, RecordedEntry, VerifyReport, verify_chain};
 
 /// SHA-256 of the concatenation of `parts` (aws-lc-rs).
