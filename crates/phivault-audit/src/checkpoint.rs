@@ -5,6 +5,7 @@ use phivault_store::audit::CheckpointRow;
 use serde::{Deserialize, Serialize};
 
 use crate::AuditError;
+use crate::merkle::Frontier;
 
 /// Domain separation of the signed checkpoint message.
 const CHECKPOINT_DOMAIN: &[u8] = b"phivault-audit/checkpoint/v1\n";
@@ -75,13 +76,16 @@ impl Checkpoint {
             .is_ok()
     }
 
-    pub(crate) fn to_row(&self) -> CheckpointRow {
+    /// The row stored, with the Merkle frontier at `size` (not signed; see
+    /// [`crate::merkle::Frontier`]).
+    pub(crate) fn to_row(&self, frontier: Option<&Frontier>) -> CheckpointRow {
         CheckpointRow {
             size: self.size,
             root: self.root.to_vec(),
             last_entry_hash: self.last_entry_hash.to_vec(),
             time: self.time,
             signature: self.signature.clone(),
+            frontier: frontier.map(Frontier::to_bytes),
         }
     }
 }

@@ -81,6 +81,13 @@ pub enum AuditError {
         /// Entries present.
         present: u64,
     },
+    /// A checkpoint's stored Merkle frontier does not reproduce its signed size and root
+    /// (the frontier is not signed: it was altered or is corrupt).
+    #[error("audit checkpoint of size {size} has a frontier that does not match its signed root")]
+    FrontierMismatch {
+        /// The checkpoint's size.
+        size: u64,
+    },
     /// A checkpoint row is malformed.
     #[error("audit checkpoint of size {size} is malformed")]
     CheckpointMalformed {
@@ -128,6 +135,7 @@ impl AuditError {
                 | AuditError::CheckpointSignature { .. }
                 | AuditError::CheckpointMismatch { .. }
                 | AuditError::Truncated { .. }
+                | AuditError::FrontierMismatch { .. }
                 | AuditError::CheckpointMalformed { .. }
         )
     }

@@ -11,14 +11,31 @@
 //!   canonical bytes)`, with `prev_hash` of the first entry ([`GENESIS_HASH`]) 32 zero bytes.
 //! - The Merkle tree ([`merkle`]) over entry hashes, as RFC 6962 / RFC 9162: leaf =
 //!   `SHA-256(0x00 || entry_hash)`, node = `SHA-256(0x01 || left || right)`, with inclusion
-//!   proofs and their standalone verification ([`verify_inclusion`]).
+//!   proofs and their standalone verification ([`verify_inclusion`]), and the tree's
+//!   [`Frontier`] (the roots of its perfect subtrees, largest first), from which the root of
+//!   every size follows and the tree grows on without its earlier leaves.
 //! - Checkpoints ([`Checkpoint`]): tree size, root and last entry hash, signed with Ed25519
-//!   over the message documented at [`Checkpoint::signed_message`].
+//!   over the message documented at [`Checkpoint::signed_message`]. Each is stored with its
+//!   frontier, which the signature does not cover: a stored frontier is used only once it
+//!   reproduces the signed root of a checkpoint whose signature verifies.
 //! - Verification ([`verify_chain`], [`ChainVerifier`]) names the first bad entry by seq: a
 //!   changed byte, a deleted entry, reordered entries, and a tail truncated after a
-//!   checkpoint.
+//!   checkpoint. [`AuditLog::verify`] (`phivault audit verify`) reads the whole trail and
+//!   every checkpoint. [`AuditLog::verify_tail`] (run by `phivault serve` before listening)
+//!   resumes from the last checkpoint (its signature, its frontier against its root, its
+//!   last entry against the stored entry at its size) and reads only the entries after it;
+//!   without a usable frontier it reads the whole trail and says why ([`TailStart`]).
 //! - [`AuditLog`]: the trail over a [`phivault_store::Store`]: append, checkpoint, verify,
-//!   prove.
+//!   prove. It keeps in memory the state it has verified (entry count, last hash, frontier),
+//!   so a checkpoint verifies only the entries added since, then signs and stores exactly
+//!   those it verified.
+//!
+//! What the incremental checks do not see: an entry altered, removed or reordered in the
+//! database *before* the point they resume from (the last checkpoint, or what this process
+//! has already verified), and entries removed from the very end of the trail after the last
+//! checkpoint (nothing signed covers them yet). A checkpoint never covers an entry it has not
+//! verified, but only the full verification (`phivault audit verify`) re-reads everything:
+//! run it periodically and on any suspicion.
 //!
 //! Crypto is aws-lc-rs (SHA-256, Ed25519); nothing is hand-rolled.
 
@@ -34,8 +51,8 @@ pub use entry::{
     ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, Outcome, action_code, entry_hash,
 };
 pub use error::AuditError;
-pub use log::{AuditLog, InclusionBundle};
-pub use merkle::{MerkleTree, verify_inclusion};
+pub use log::{AuditLog, InclusionBundle, TailReport, TailStart};
+pub use merkle::{Frontier, MerkleTree, verify_inclusion};
 pub use verify::{ChainVerifier, RecordedEntry, VerifyReport, verify_chain};
 
 /// SHA-256 of the concatenation of `parts` (aws-lc-rs).

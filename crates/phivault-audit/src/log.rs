@@ -10,7 +10,7 @@ use phivault_store::audit::{AuditTail, NewAuditRow};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::merkle::MerkleTree;
+use crate::merkle::{Frontier, MerkleTree};
 use crate::{
     AuditEntry, AuditError, ChainVerifier, Checkpoint, GENESIS_HASH, RecordedEntry, VerifyReport,
     entry_hash, verify_inclusion,
@@ -81,12 +81,71 @@ impl InclusionBundle {
     }
 }
 
+/// Where [`AuditLog::verify_tail`] started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TailStart {
+    /// After the last checkpoint (of `size` entries): its signature verified, its stored
+    /// frontier reproduced its signed root, and the stored entry `size` is the one it signed.
+    Checkpoint {
+        /// The checkpoint's size.
+        size: u64,
+    },
+    /// From the first entry: there is no checkpoint yet.
+    NoCheckpoint,
+    /// From the first entry: the last checkpoint (of `size` entries) has no stored frontier
+    /// (it was made before schema v4).
+    NoFrontier {
+        /// The checkpoint's size.
+        size: u64,
+    },
+    /// From the first entry: the last checkpoint's stored frontier does not reproduce its
+    /// signed root (the frontier is not signed: altered or corrupt), so it was refused and
+    /// the whole trail verified instead.
+    FrontierRefused {
+        /// The checkpoint's size.
+        size: u64,
+    },
+}
+
+/// What a successful [`AuditLog::verify_tail`] covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailReport {
+    /// Where it started.
+    pub start: TailStart,
+    /// The first entry verified (1 when verifying from the first entry; one past the trail
+    /// when nothing followed the checkpoint).
+    pub from_seq: u64,
+    /// Entries verified (`from_seq` onwards).
+    pub checked: u64,
+    /// Entries in the trail (the seq of the last one verified).
+    pub entries: u64,
+    /// Checkpoints whose root was checked (the one resumed from included).
+    pub checkpoints: usize,
+    /// Hash of the last entry ([`GENESIS_HASH`] when empty).
+    pub last_entry_hash: [u8; 32],
+    /// Merkle root of all entries.
+    pub root: [u8; 32],
+}
+
+/// The trail as this process has verified it: the first `frontier.size()` entries, the last
+/// with hash `last_entry_hash`.
+#[derive(Debug, Clone)]
+struct Verified {
+    last_entry_hash: [u8; 32],
+    frontier: Frontier,
+}
+
 /// The audit trail of one store: appends entries, makes signed checkpoints, verifies and
-/// proves. Holds the checkpoint-signing key (loaded, or created on first open).
+/// proves. Holds the checkpoint-signing key (loaded, or created on first open) and, once
+/// [`AuditLog::verify_tail`] or [`AuditLog::checkpoint`] has run, the state of the trail it
+/// verified, from which the next checkpoint goes on.
 pub struct AuditLog {
     store: Store,
     key_id: String,
     signer: Ed25519KeyPair,
+    /// Held for the whole of a checkpoint or tail verification (one at a time).
+    verified: tokio::sync::Mutex<Option<Verified>>,
 }
 
 impl fmt::Debug for AuditLog {
@@ -154,10 +213,20 @@ impl AuditLog {
                 "the stored public key does not match the private key".to_owned(),
             ));
         }
+        // Rows written before schema v4 lack the action and outcome copied out of their
+        // bodies, which audit searches filter on; one query when there is nothing to fill. A
+        // body that is not a canonical entry is left as it is (verification names it).
+        store
+            .fill_audit_columns(|body| {
+                AuditEntry::from_canonical(body)
+                    .map(|e| (e.action_code().to_owned(), e.outcome.as_str().to_owned()))
+            })
+            .await?;
         Ok(AuditLog {
             store,
             key_id: key.key_id,
             signer,
+            verified: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -189,11 +258,44 @@ impl AuditLog {
             .await
     }
 
-    /// Verifies the whole trail, then signs and stores a checkpoint over it (so a checkpoint
-    /// never blesses a tampered trail). When a checkpoint of that size exists, returns the
-    /// stored one.
+    /// Signs and stores a checkpoint over the trail as it is now, verifying only the entries
+    /// added since the state this process last verified (see [`AuditLog::verify_tail`],
+    /// which runs first when there is no such state yet): their chain, canonical bodies and
+    /// every checkpoint stored meanwhile. Entries appended while it runs are left to the next
+    /// checkpoint: a checkpoint covers exactly the entries it verified, and stores their
+    /// Merkle frontier. When a checkpoint of that size exists, returns the stored one (after
+    /// checking that it agrees).
+    ///
+    /// A checkpoint never blesses entries it has not verified, but it does not read again the
+    /// entries verified before: an entry altered in the database after this process verified
+    /// it is found by a full [`AuditLog::verify`] (`phivault audit verify`), not here.
     pub async fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
-        let report = self.verify(|_| {}).await?;
+        let mut state = self.verified.lock().await;
+        let current = match state.as_ref() {
+            Some(v) => v.clone(),
+            None => {
+                let (_, v) = self.verify_tail_locked(|_| {}).await?;
+                *state = Some(v.clone());
+                v
+            }
+        };
+        let since = current.frontier.size();
+        let later = self.checkpoints_from(since.saturating_add(1)).await?;
+        let target = self.store.audit_tail().await?.seq.saturating_sub(1);
+        if target < since {
+            return Err(AuditError::Truncated {
+                size: since,
+                present: target,
+            });
+        }
+        let mut v = ChainVerifier::resume_verified(
+            current.last_entry_hash,
+            current.frontier,
+            later,
+            self.public_key(),
+        )?;
+        self.read_into(&mut v, target, &mut |_| {}).await?;
+        let (report, frontier) = v.finish_with_frontier()?;
         let cp = Checkpoint::sign(
             &self.signer,
             report.entries,
@@ -201,15 +303,194 @@ impl AuditLog {
             report.last_entry_hash,
             now_millis(),
         );
-        if self.store.insert_audit_checkpoint(&cp.to_row()).await? {
+        let verified = Verified {
+            last_entry_hash: report.last_entry_hash,
+            frontier,
+        };
+        if self
+            .store
+            .insert_audit_checkpoint(&cp.to_row(Some(&verified.frontier)))
+            .await?
+        {
+            *state = Some(verified);
             return Ok(cp);
         }
+        // One of that size exists (made meanwhile, or earlier over the same entries).
         let existing = self
-            .checkpoints()
+            .checkpoints_from(cp.size)
             .await?
             .into_iter()
-            .find(|c| c.size == cp.size);
-        existing.ok_or(AuditError::CheckpointMalformed { size: cp.size })
+            .find(|c| c.size == cp.size)
+            .ok_or(AuditError::CheckpointMalformed { size: cp.size })?;
+        if !existing.verify_signature(self.public_key()) {
+            return Err(AuditError::CheckpointSignature { size: cp.size });
+        }
+        if existing.root != cp.root || existing.last_entry_hash != cp.last_entry_hash {
+            return Err(AuditError::CheckpointMismatch {
+                size: cp.size,
+                since,
+            });
+        }
+        *state = Some(verified);
+        Ok(existing)
+    }
+
+    /// Verifies the trail from its last checkpoint to its end, the check made at start-up:
+    /// a full verification costs time in the size of the trail, this one in the entries added
+    /// since the last checkpoint (the server makes one every minute).
+    ///
+    /// It reads the last stored checkpoint and refuses it when its signature does not verify
+    /// ([`AuditError::CheckpointSignature`]). When its stored Merkle frontier reproduces its
+    /// signed root, verification resumes there: the stored entry at seq = its size must be
+    /// the one it signed (its body canonical and hashing to the checkpoint's last entry hash),
+    /// a trail that no longer reaches it is reported truncated, and every entry after it is
+    /// checked as [`AuditLog::verify`] does (chain links, canonical bodies, the root of any
+    /// later checkpoint). When the last checkpoint has no frontier (made before schema v4) or
+    /// a frontier that does not reproduce its root (altered: it is not signed), or when there
+    /// is no checkpoint, the whole trail is verified from the first entry instead, and the
+    /// report says why ([`TailReport::start`]). Errors name the first bad entry as `verify`
+    /// does. `progress` is called with the number of entries verified after each page.
+    ///
+    /// What it does not see: entries before the last checkpoint (altered, removed or
+    /// reordered there, they are found by the full [`AuditLog::verify`]), and entries removed
+    /// from the very end of the trail after the last checkpoint (nothing signed covers them
+    /// yet).
+    ///
+    /// On success it also sets the verified state from which [`AuditLog::checkpoint`] goes
+    /// on; on failure it clears it.
+    pub async fn verify_tail(&self, progress: impl FnMut(u64)) -> Result<TailReport, AuditError> {
+        let mut state = self.verified.lock().await;
+        *state = None;
+        let (report, verified) = self.verify_tail_locked(progress).await?;
+        *state = Some(verified);
+        Ok(report)
+    }
+
+    /// [`AuditLog::verify_tail`], with the state lock held by the caller.
+    async fn verify_tail_locked(
+        &self,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(TailReport, Verified), AuditError> {
+        let (start, resumed) = self.tail_start().await?;
+        let mut v = match resumed {
+            Some(v) => v,
+            None => ChainVerifier::new(self.checkpoints().await?, self.public_key())?,
+        };
+        let checked_before = v.count();
+        let target = self.store.audit_tail().await?.seq.saturating_sub(1);
+        self.read_into(&mut v, target, &mut progress).await?;
+        let (report, frontier) = v.finish_with_frontier()?;
+        let resumed_from = matches!(start, TailStart::Checkpoint { .. });
+        let tail = TailReport {
+            start,
+            from_seq: checked_before + 1,
+            checked: report.entries - checked_before,
+            entries: report.entries,
+            checkpoints: report.checkpoints + usize::from(resumed_from),
+            last_entry_hash: report.last_entry_hash,
+            root: report.root,
+        };
+        let verified = Verified {
+            last_entry_hash: report.last_entry_hash,
+            frontier,
+        };
+        Ok((tail, verified))
+    }
+
+    /// Where a tail verification starts: after the last checkpoint (a verifier resumed there,
+    /// its entry checked) or, with the reason, from the first entry (`None`).
+    async fn tail_start(&self) -> Result<(TailStart, Option<ChainVerifier>), AuditError> {
+        let Some(row) = self.store.last_audit_checkpoint().await? else {
+            return Ok((TailStart::NoCheckpoint, None));
+        };
+        let cp = Checkpoint::try_from(&row)?;
+        let size = cp.size;
+        if !cp.verify_signature(self.public_key()) {
+            return Err(AuditError::CheckpointSignature { size });
+        }
+        let Some(bytes) = row.frontier.as_deref() else {
+            return Ok((TailStart::NoFrontier { size }, None));
+        };
+        let Some(frontier) = Frontier::from_bytes(size, bytes) else {
+            return Ok((TailStart::FrontierRefused { size }, None));
+        };
+        let later = self.checkpoints_from(size.saturating_add(1)).await?;
+        let v = match ChainVerifier::resume(&cp, frontier, later, self.public_key()) {
+            Ok(v) => v,
+            Err(AuditError::FrontierMismatch { .. }) => {
+                return Ok((TailStart::FrontierRefused { size }, None));
+            }
+            Err(e) => return Err(e),
+        };
+        if size > 0 {
+            // The first stored entry from seq = size on: the checkpoint's last entry, unless
+            // the trail was cut short.
+            match self
+                .store
+                .audit_entries(size - 1, 1)
+                .await?
+                .into_iter()
+                .next()
+            {
+                Some(row) => ChainVerifier::check_base_entry(&cp, &RecordedEntry::from(row))?,
+                None => {
+                    let present = self.store.audit_tail().await?.seq.saturating_sub(1);
+                    return Err(AuditError::Truncated { size, present });
+                }
+            }
+        }
+        Ok((TailStart::Checkpoint { size }, Some(v)))
+    }
+
+    /// Feeds `v` the stored entries after the ones it has verified, up to seq `target`
+    /// (entries appended later are left alone); `progress` gets the number fed so far after
+    /// each page.
+    async fn read_into(
+        &self,
+        v: &mut ChainVerifier,
+        target: u64,
+        progress: &mut impl FnMut(u64),
+    ) -> Result<(), AuditError> {
+        let first = v.count();
+        let mut after = first;
+        while after < target {
+            let rows = self.store.audit_entries(after, PAGE).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.seq;
+            for row in rows.into_iter().take_while(|r| r.seq <= target) {
+                v.push(&RecordedEntry::from(row))?;
+            }
+            progress(v.count() - first);
+        }
+        // Entries up to `target` were there when it was read: they cannot have gone since.
+        if v.count() < target {
+            return Err(AuditError::Missing {
+                seq: v.count() + 1,
+                next: target,
+            });
+        }
+        Ok(())
+    }
+
+    /// The checkpoints of size `min_size` or more, smallest first.
+    async fn checkpoints_from(&self, min_size: u64) -> Result<Vec<Checkpoint>, AuditError> {
+        self.store
+            .audit_checkpoints_from(min_size)
+            .await?
+            .iter()
+            .map(Checkpoint::try_from)
+            .collect()
+    }
+
+    /// The checkpoint of the largest size, if any (one query, whatever the number of
+    /// checkpoints). Its signature is not checked here.
+    pub async fn last_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        self.store
+            .last_audit_checkpoint()
+            .await?
+            .as_ref()
+            .map(Checkpoint::try_from)
+            .transpose()
     }
 
     /// The stored checkpoints, smallest first.

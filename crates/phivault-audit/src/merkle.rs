@@ -140,36 +140,74 @@ pub fn verify_inclusion(
     snode == 0 && aws_lc_rs::constant_time::verify_slices_are_equal(&r, root).is_ok()
 }
 
-/// The right edge of a growing tree: the roots of its perfect subtrees, largest first. Gives
-/// the root of every prefix in `O(log n)` memory (used by verification).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct CompactRange {
-    /// (height, hash) of each perfect subtree.
-    peaks: Vec<(u32, [u8; 32])>,
+/// The Merkle frontier (a "compact range" from the start) of a growing tree: the roots of its
+/// perfect subtrees, largest first, one per set bit of the tree's size. It gives the root of
+/// the tree in `O(log n)` memory and resumes the tree where it stopped: a frontier stored at a
+/// checkpoint lets verification go on from that checkpoint without re-reading the entries
+/// before it.
+///
+/// Byte form ([`Frontier::to_bytes`]): the subtree roots concatenated, largest subtree first,
+/// 32 bytes each, so `popcount(size) * 32` bytes. A stored frontier is not signed: trust it
+/// only once its [`Frontier::root`] equals a signed checkpoint root of the same size.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    /// Roots of the perfect subtrees, largest first.
+    peaks: Vec<[u8; 32]>,
 }
 
-impl CompactRange {
-    pub(crate) fn push(&mut self, entry_hash: &[u8; 32]) {
-        let mut node = (0u32, leaf_hash(entry_hash));
-        while let Some(&(height, left)) = self.peaks.last() {
-            if height != node.0 {
-                break;
-            }
-            self.peaks.pop();
-            node = (height + 1, node_hash(&left, &node.1));
-        }
-        self.peaks.push(node);
+impl Frontier {
+    /// The frontier of the empty tree.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    pub(crate) fn root(&self) -> [u8; 32] {
+    /// Appends an entry hash as the next leaf.
+    pub fn push(&mut self, entry_hash: &[u8; 32]) {
+        let mut node = leaf_hash(entry_hash);
+        // Each trailing one bit of the size is a perfect subtree of the leaf's height to merge.
+        let mut size = self.size;
+        while size & 1 == 1 {
+            let Some(left) = self.peaks.pop() else { break };
+            node = node_hash(&left, &node);
+            size >>= 1;
+        }
+        self.peaks.push(node);
+        self.size += 1;
+    }
+
+    /// Number of leaves.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The Merkle tree hash of the leaves pushed so far (equal to [`MerkleTree::root`] of the
+    /// same entries; the empty tree's root when none).
+    pub fn root(&self) -> [u8; 32] {
         let mut iter = self.peaks.iter().rev();
-        let Some(&(_, mut acc)) = iter.next() else {
+        let Some(&last) = iter.next() else {
             return empty_root();
         };
-        for (_, peak) in iter {
-            acc = node_hash(peak, &acc);
+        iter.fold(last, |acc, peak| node_hash(peak, &acc))
+    }
+
+    /// The byte form: the subtree roots, largest first, 32 bytes each.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.peaks.concat()
+    }
+
+    /// Parses the byte form of the frontier of a tree of `size` leaves; `None` unless `bytes`
+    /// holds exactly `popcount(size)` hashes.
+    pub fn from_bytes(size: u64, bytes: &[u8]) -> Option<Frontier> {
+        let count = usize::try_from(size.count_ones()).ok()?;
+        if bytes.len() != count.checked_mul(32)? {
+            return None;
         }
-        acc
+        let peaks = bytes
+            .chunks_exact(32)
+            .map(|c| <[u8; 32]>::try_from(c).ok())
+            .collect::<Option<Vec<_>>>()?;
+        Some(Frontier { size, peaks })
     }
 }
 
@@ -211,12 +249,9 @@ mod tests {
     #[test]
     fn proofs_verify_for_every_index_and_size() {
         let mut t = MerkleTree::new();
-        let mut compact = CompactRange::default();
         let hashes: Vec<[u8; 32]> = (0..40u8).map(h).collect();
         for x in &hashes {
             t.push(x);
-            compact.push(x);
-            assert_eq!(compact.root(), t.root(t.len()).unwrap());
         }
         for size in 1..=40u64 {
             let root = t.root(size).unwrap();
@@ -236,5 +271,66 @@ mod tests {
             }
         }
         assert!(t.prove(3, 3).is_none());
+    }
+
+    #[test]
+    fn frontier_root_equals_tree_root_for_every_size() {
+        let mut tree = MerkleTree::new();
+        let mut frontier = Frontier::new();
+        assert_eq!(frontier.root(), empty_root());
+        assert!(frontier.to_bytes().is_empty());
+        for i in 0..=70u8 {
+            let size = u64::from(i);
+            assert_eq!(frontier.size(), size);
+            assert_eq!(frontier.root(), tree.root(size).unwrap(), "size {size}");
+            // The byte form has one hash per set bit and round-trips.
+            let bytes = frontier.to_bytes();
+            assert_eq!(bytes.len(), size.count_ones() as usize * 32, "size {size}");
+            let back = Frontier::from_bytes(size, &bytes).unwrap();
+            assert_eq!(back, frontier);
+            // A frontier read back resumes the tree: the next leaves give the same roots.
+            let mut resumed = back;
+            let mut full = tree.clone();
+            for j in 0..5u8 {
+                resumed.push(&h(200 + j));
+                full.push(&h(200 + j));
+                assert_eq!(resumed.root(), full.root(full.len()).unwrap());
+            }
+            tree.push(&h(i));
+            frontier.push(&h(i));
+        }
+    }
+
+    #[test]
+    fn frontier_bytes_of_the_wrong_length_are_refused() {
+        let mut f = Frontier::new();
+        for i in 0..13u8 {
+            f.push(&h(i));
+        }
+        // 13 = 0b1101: three subtrees (8, 4, 1).
+        let bytes = f.to_bytes();
+        assert_eq!(bytes.len(), 96);
+        assert!(Frontier::from_bytes(13, &bytes).is_some());
+        assert!(Frontier::from_bytes(13, &bytes[..64]).is_none());
+        assert!(Frontier::from_bytes(13, &bytes[..95]).is_none());
+        assert!(Frontier::from_bytes(13, &[bytes.clone(), vec![0; 32]].concat()).is_none());
+        assert!(Frontier::from_bytes(12, &bytes).is_none());
+        assert!(Frontier::from_bytes(0, &bytes).is_none());
+        assert!(Frontier::from_bytes(0, &[]).is_some());
+        assert!(Frontier::from_bytes(0, &[0]).is_none());
+        // Right length, wrong content: parses, but its root is not the tree's.
+        let mut wrong = bytes.clone();
+        wrong[40] ^= 1;
+        assert_ne!(Frontier::from_bytes(13, &wrong).unwrap().root(), f.root());
+        // The same hashes read as another size of the same popcount grow another tree.
+        let mut other = Frontier::from_bytes(14, &bytes).unwrap();
+        let mut same = Frontier::from_bytes(13, &bytes).unwrap();
+        for x in [h(98), h(99)] {
+            other.push(&x);
+            same.push(&x);
+            f.push(&x);
+        }
+        assert_eq!(same.root(), f.root());
+        assert_ne!(other.root(), f.root());
     }
 }

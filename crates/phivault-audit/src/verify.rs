@@ -2,7 +2,7 @@
 
 use phivault_store::audit::AuditRow;
 
-use crate::merkle::CompactRange;
+use crate::merkle::Frontier;
 use crate::{AuditEntry, AuditError, Checkpoint, GENESIS_HASH, entry_hash};
 
 /// An entry as recorded: its row's seq, canonical bytes and stored hashes.
@@ -34,7 +34,8 @@ impl From<AuditRow> for RecordedEntry {
 pub struct VerifyReport {
     /// Entries verified.
     pub entries: u64,
-    /// Checkpoints verified.
+    /// Checkpoints verified (for a resumed verification, those after the one it resumed
+    /// from).
     pub checkpoints: usize,
     /// Entries after the last checkpoint (covered by the chain only).
     pub unsealed: u64,
@@ -58,7 +59,7 @@ pub struct ChainVerifier {
     last_good_checkpoint: u64,
     count: u64,
     prev: [u8; 32],
-    range: CompactRange,
+    range: Frontier,
 }
 
 impl ChainVerifier {
@@ -79,13 +80,98 @@ impl ChainVerifier {
             last_good_checkpoint: 0,
             count: 0,
             prev: GENESIS_HASH,
-            range: CompactRange::default(),
+            range: Frontier::new(),
         };
         v.check_checkpoints()?;
         Ok(v)
     }
 
-    /// Entries verified so far.
+    /// Resumes a verification after the checkpoint `base`, whose entries are not read again:
+    /// the verifier starts at entry `base.size + 1`, chained to `base.last_entry_hash`, with
+    /// the Merkle tree given by `frontier`. Checks the signatures of `base` and of `later`
+    /// (the checkpoints to reach from there; any of size `base.size` or less is ignored) under
+    /// `public_key`, and refuses a frontier that does not reproduce `base`'s signed size and
+    /// root ([`AuditError::FrontierMismatch`]).
+    ///
+    /// What this trusts: that the entries up to `base.size` are the ones `base` signed. The
+    /// entry at `base.size` itself can be checked with [`ChainVerifier::check_base_entry`];
+    /// the ones before it are only checked by a verification from the first entry.
+    pub fn resume(
+        base: &Checkpoint,
+        frontier: Frontier,
+        later: Vec<Checkpoint>,
+        public_key: &[u8],
+    ) -> Result<ChainVerifier, AuditError> {
+        if !base.verify_signature(public_key) {
+            return Err(AuditError::CheckpointSignature { size: base.size });
+        }
+        if frontier.size() != base.size || frontier.root() != base.root {
+            return Err(AuditError::FrontierMismatch { size: base.size });
+        }
+        Self::resume_verified(base.last_entry_hash, frontier, later, public_key)
+    }
+
+    /// Resumes after entries this process has verified itself: `frontier.size()` entries, the
+    /// last with hash `last_entry_hash`. Checks the signatures of `later` (those of a larger
+    /// size are kept).
+    pub(crate) fn resume_verified(
+        last_entry_hash: [u8; 32],
+        frontier: Frontier,
+        later: Vec<Checkpoint>,
+        public_key: &[u8],
+    ) -> Result<ChainVerifier, AuditError> {
+        let size = frontier.size();
+        let mut checkpoints: Vec<Checkpoint> =
+            later.into_iter().filter(|c| c.size > size).collect();
+        checkpoints.sort_by_key(|c| c.size);
+        for cp in &checkpoints {
+            if !cp.verify_signature(public_key) {
+                return Err(AuditError::CheckpointSignature { size: cp.size });
+            }
+        }
+        Ok(ChainVerifier {
+            checkpoints,
+            next_checkpoint: 0,
+            last_good_checkpoint: size,
+            count: size,
+            prev: last_entry_hash,
+            range: frontier,
+        })
+    }
+
+    /// Checks the stored entry at `base.size` against the checkpoint `base` it ends: a
+    /// canonical body of that seq whose recomputed hash (over its stored previous hash) is
+    /// both its stored hash and the checkpoint's last entry hash. Names the entry when it was
+    /// altered; the empty checkpoint (size 0) has no entry and `entry` is ignored.
+    pub fn check_base_entry(base: &Checkpoint, entry: &RecordedEntry) -> Result<(), AuditError> {
+        let seq = base.size;
+        if seq == 0 {
+            return Ok(());
+        }
+        if entry.seq != seq {
+            return Err(AuditError::Missing {
+                seq,
+                next: entry.seq,
+            });
+        }
+        let parsed =
+            AuditEntry::from_canonical(&entry.body).ok_or(AuditError::Malformed { seq })?;
+        if parsed.seq != seq {
+            return Err(AuditError::Misplaced {
+                seq,
+                claimed: parsed.seq,
+            });
+        }
+        let prev = <[u8; 32]>::try_from(entry.prev_hash.as_slice())
+            .map_err(|_| AuditError::ChainBroken { seq })?;
+        let hash = entry_hash(&prev, &entry.body);
+        if entry.entry_hash.as_slice() != hash.as_slice() || hash != base.last_entry_hash {
+            return Err(AuditError::HashMismatch { seq });
+        }
+        Ok(())
+    }
+
+    /// Entries verified so far (counting those before a resumed checkpoint).
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -139,19 +225,25 @@ impl ChainVerifier {
 
     /// Ends the verification: every checkpoint must have been reached.
     pub fn finish(self) -> Result<VerifyReport, AuditError> {
+        self.finish_with_frontier().map(|(report, _)| report)
+    }
+
+    /// [`ChainVerifier::finish`], also giving the Merkle frontier of the entries verified.
+    pub(crate) fn finish_with_frontier(self) -> Result<(VerifyReport, Frontier), AuditError> {
         if let Some(cp) = self.checkpoints.get(self.next_checkpoint) {
             return Err(AuditError::Truncated {
                 size: cp.size,
                 present: self.count,
             });
         }
-        Ok(VerifyReport {
+        let report = VerifyReport {
             entries: self.count,
             checkpoints: self.checkpoints.len(),
             unsealed: self.count - self.last_good_checkpoint,
             last_entry_hash: self.prev,
             root: self.range.root(),
-        })
+        };
+        Ok((report, self.range))
     }
 }
 

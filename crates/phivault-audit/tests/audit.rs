@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use phivault_audit::{
-    ActorKind, AuditEntry, AuditError, AuditLog, Checkpoint, GENESIS_HASH, InclusionBundle,
-    Outcome, entry_hash,
+    ActorKind, AuditEntry, AuditError, AuditLog, Checkpoint, Frontier, GENESIS_HASH,
+    InclusionBundle, Outcome, TailStart, entry_hash,
 };
 use phivault_crypto::StaticKeyProvider;
 use phivault_store::{Store, StoreOptions};
@@ -145,6 +145,14 @@ async fn set_body(store: &Store, seq: i64, body: Vec<u8>) {
         .unwrap();
 }
 
+/// Flips a bit inside the request id of entry `seq`'s body (still valid JSON).
+async fn flip_byte(store: &Store, seq: i64) {
+    let mut b = body(store, seq).await;
+    let at = b.len() - 3;
+    b[at] ^= 1;
+    set_body(store, seq, b).await;
+}
+
 async fn verify_err(log: &AuditLog) -> AuditError {
     let err = log.verify(|_| {}).await.unwrap_err();
     assert!(err.is_tamper(), "{err}");
@@ -202,8 +210,23 @@ async fn changed_byte_is_named() {
             f.label
         );
         assert_eq!(err.first_bad_seq(), Some(23));
-        // A checkpoint is refused over a tampered trail.
+        // Checkpoints are incremental: entry 23 is under the checkpoint of size 50 and is not
+        // read again, so with nothing new the stored checkpoint comes back (finding this
+        // change is the full verification's job, above).
+        assert_eq!(log.checkpoint().await.unwrap().size, 50);
+        // A checkpoint over new entries refuses a changed one among them, and blesses none.
+        for i in 51..=55 {
+            log.append(&entry(i)).await.unwrap();
+        }
+        flip_byte(&f.store, 53).await;
+        let err = log.checkpoint().await.unwrap_err();
+        assert!(
+            matches!(err, AuditError::HashMismatch { seq: 53 }),
+            "{}: {err}",
+            f.label
+        );
         assert!(log.checkpoint().await.is_err());
+        assert_eq!(log.last_checkpoint().await.unwrap().unwrap().size, 50);
     }
 }
 
@@ -477,5 +500,461 @@ async fn empty_trail_verifies() {
             "{}",
             f.label
         );
+    }
+}
+
+// ---- Incremental verification: `verify_tail` and checkpoints that go on from it. ----
+
+/// 50 entries with a checkpoint after every 10, then 7 more (51..=57) not yet covered; the
+/// log returned is a fresh one (another process: no verified state in memory).
+async fn with_tail(f: &Fixture) -> AuditLog {
+    let log = populated(&f.store).await;
+    for i in 51..=57u64 {
+        log.append(&entry(i)).await.unwrap();
+    }
+    AuditLog::open(f.reopen().await).await.unwrap()
+}
+
+async fn tail_err(log: &AuditLog) -> AuditError {
+    let err = log.verify_tail(|_| {}).await.unwrap_err();
+    assert!(err.is_tamper(), "{err}");
+    err
+}
+
+async fn frontier_of(store: &Store, size: i64) -> Option<Vec<u8>> {
+    sqlx::query("SELECT frontier FROM audit_checkpoints WHERE size = $1")
+        .bind(size)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .try_get("frontier")
+        .unwrap()
+}
+
+async fn set_frontier(store: &Store, size: i64, frontier: Option<Vec<u8>>) {
+    sqlx::query("UPDATE audit_checkpoints SET frontier = $1 WHERE size = $2")
+        .bind(frontier)
+        .bind(size)
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn clean_tail_verifies_only_the_new_entries() {
+    for f in fixtures().await {
+        let log = with_tail(&f).await;
+        let mut seen = Vec::new();
+        let report = log.verify_tail(|n| seen.push(n)).await.unwrap();
+        assert_eq!(
+            report.start,
+            TailStart::Checkpoint { size: 50 },
+            "{}",
+            f.label
+        );
+        assert_eq!(report.from_seq, 51);
+        assert_eq!(report.checked, 7);
+        assert_eq!(report.entries, 57);
+        assert_eq!(report.checkpoints, 1);
+        assert_eq!(seen, vec![7]);
+        let full = log.verify(|_| {}).await.unwrap();
+        assert_eq!(report.root, full.root);
+        assert_eq!(report.last_entry_hash, full.last_entry_hash);
+        // Every checkpoint stores its frontier: popcount(size) hashes, reproducing its root.
+        for size in [10u64, 50] {
+            let bytes = frontier_of(&f.store, size as i64).await.unwrap();
+            assert_eq!(bytes.len(), size.count_ones() as usize * 32);
+            let cp = log
+                .checkpoints()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|c| c.size == size)
+                .unwrap();
+            assert_eq!(Frontier::from_bytes(size, &bytes).unwrap().root(), cp.root);
+        }
+        // It reads nothing before the checkpoint: an entry changed there is for the full
+        // verification to find (documented).
+        flip_byte(&f.store, 23).await;
+        assert!(log.verify_tail(|_| {}).await.is_ok());
+        assert_eq!(verify_err(&log).await.first_bad_seq(), Some(23));
+    }
+}
+
+#[tokio::test]
+async fn tail_verification_from_nothing_and_from_the_empty_checkpoint() {
+    for f in fixtures().await {
+        let log = AuditLog::open(f.store.clone()).await.unwrap();
+        let report = log.verify_tail(|_| {}).await.unwrap();
+        assert_eq!(report.start, TailStart::NoCheckpoint, "{}", f.label);
+        assert_eq!((report.from_seq, report.checked, report.entries), (1, 0, 0));
+        assert_eq!(report.last_entry_hash, GENESIS_HASH);
+        log.checkpoint().await.unwrap();
+        let report = log.verify_tail(|_| {}).await.unwrap();
+        assert_eq!(report.start, TailStart::Checkpoint { size: 0 });
+        for i in 1..=3 {
+            log.append(&entry(i)).await.unwrap();
+        }
+        // No checkpoint yet but entries: all of them, from the first.
+        let report = log.verify_tail(|_| {}).await.unwrap();
+        assert_eq!((report.from_seq, report.checked), (1, 3));
+        assert_eq!(report.root, log.verify(|_| {}).await.unwrap().root);
+    }
+}
+
+#[tokio::test]
+async fn tail_changed_byte_is_named() {
+    for f in fixtures().await {
+        let log = with_tail(&f).await;
+        flip_byte(&f.store, 54).await;
+        let err = tail_err(&log).await;
+        assert!(
+            matches!(err, AuditError::HashMismatch { seq: 54 }),
+            "{}: {err}",
+            f.label
+        );
+        assert_eq!(err.first_bad_seq(), Some(54));
+        // The same as the full verification says.
+        assert_eq!(verify_err(&log).await.first_bad_seq(), Some(54));
+        // And no checkpoint is made over it (the failed check left no verified state).
+        assert!(log.checkpoint().await.is_err());
+        assert_eq!(log.last_checkpoint().await.unwrap().unwrap().size, 50);
+    }
+}
+
+#[tokio::test]
+async fn tail_deleted_entry_is_named() {
+    for f in fixtures().await {
+        let log = with_tail(&f).await;
+        sqlx::query("DELETE FROM audit_entries WHERE seq = 53")
+            .execute(f.store.pool())
+            .await
+            .unwrap();
+        let err = tail_err(&log).await;
+        assert!(
+            matches!(err, AuditError::Missing { seq: 53, next: 54 }),
+            "{}: {err}",
+            f.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn tail_swapped_entries_are_named() {
+    for f in fixtures().await {
+        let log = with_tail(&f).await;
+        let (a, b) = (body(&f.store, 55).await, body(&f.store, 56).await);
+        set_body(&f.store, 55, b).await;
+        set_body(&f.store, 56, a).await;
+        let err = tail_err(&log).await;
+        assert!(
+            matches!(
+                err,
+                AuditError::Misplaced {
+                    seq: 55,
+                    claimed: 56
+                }
+            ),
+            "{}: {err}",
+            f.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn tail_truncated_below_the_checkpoint_is_detected() {
+    for f in fixtures().await {
+        let log = with_tail(&f).await;
+        // The entry at seq = size removed, later ones kept: named.
+        sqlx::query("DELETE FROM audit_entries WHERE seq = 50")
+            .execute(f.store.pool())
+            .await
+            .unwrap();
+        let err = tail_err(&log).await;
+        assert!(
+            matches!(err, AuditError::Missing { seq: 50, next: 51 }),
+            "{}: {err}",
+            f.label
+        );
+        // Everything from 45 on removed: the trail no longer reaches the checkpoint.
+        sqlx::query("DELETE FROM audit_entries WHERE seq > 44")
+            .execute(f.store.pool())
+            .await
+            .unwrap();
+        let err = tail_err(&log).await;
+        assert!(
+            matches!(
+                err,
+                AuditError::Truncated {
+                    size: 50,
+                    present: 44
+                }
+            ),
+            "{}: {err}",
+            f.label
+        );
+        assert_eq!(err.first_bad_seq(), Some(45));
+        assert!(log.checkpoint().await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn tail_entry_at_the_checkpoint_altered_is_named() {
+    for f in fixtures().await {
+        let log = with_tail(&f).await;
+        // Its body changed, hashes kept.
+        let original = body(&f.store, 50).await;
+        flip_byte(&f.store, 50).await;
+        let err = tail_err(&log).await;
+        assert!(
+            matches!(err, AuditError::HashMismatch { seq: 50 }),
+            "{}: {err}",
+            f.label
+        );
+        // Its body and its stored hash rewritten to agree (and the next entry chained to it):
+        // it is not the entry the checkpoint signed.
+        let mut e = AuditEntry::from_canonical(&original).unwrap();
+        e.outcome = Outcome::Allowed;
+        e.actor_id = "someone-else".to_owned();
+        let row = f.store.audit_entry(50).await.unwrap().unwrap();
+        let prev: [u8; 32] = row.prev_hash.try_into().unwrap();
+        let b = e.canonical_bytes().unwrap();
+        let h = entry_hash(&prev, &b);
+        sqlx::query("UPDATE audit_entries SET body = $1, entry_hash = $2 WHERE seq = 50")
+            .bind(b)
+            .bind(h.to_vec())
+            .execute(f.store.pool())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit_entries SET prev_hash = $1 WHERE seq = 51")
+            .bind(h.to_vec())
+            .execute(f.store.pool())
+            .await
+            .unwrap();
+        let err = tail_err(&log).await;
+        assert!(
+            matches!(err, AuditError::HashMismatch { seq: 50 }),
+            "{}: {err}",
+            f.label
+        );
+        // A body that is not an entry: malformed.
+        set_body(&f.store, 50, b"{}".to_vec()).await;
+        let err = tail_err(&log).await;
+        assert!(
+            matches!(err, AuditError::Malformed { seq: 50 }),
+            "{}: {err}",
+            f.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn tail_refuses_a_bad_signature_on_the_last_checkpoint() {
+    for f in fixtures().await {
+        let log = with_tail(&f).await;
+        let sig: Vec<u8> = sqlx::query("SELECT signature FROM audit_checkpoints WHERE size = 50")
+            .fetch_one(f.store.pool())
+            .await
+            .unwrap()
+            .try_get("signature")
+            .unwrap();
+        let mut sig = sig;
+        sig[3] ^= 1;
+        sqlx::query("UPDATE audit_checkpoints SET signature = $1 WHERE size = 50")
+            .bind(sig)
+            .execute(f.store.pool())
+            .await
+            .unwrap();
+        let err = tail_err(&log).await;
+        assert!(
+            matches!(err, AuditError::CheckpointSignature { size: 50 }),
+            "{}: {err}",
+            f.label
+        );
+        assert_eq!(err.first_bad_seq(), None);
+    }
+}
+
+#[tokio::test]
+async fn tampered_frontier_is_refused_and_the_whole_trail_verified() {
+    for f in fixtures().await {
+        let log = with_tail(&f).await;
+        let good = frontier_of(&f.store, 50).await.unwrap();
+        // A flipped byte, a wrong length, a frontier of another checkpoint: each refused
+        // (never trusted), and the verification runs from the first entry instead.
+        let mut flipped = good.clone();
+        flipped[5] ^= 1;
+        let other = frontier_of(&f.store, 40).await.unwrap();
+        for bad in [flipped, good[..32].to_vec(), other] {
+            set_frontier(&f.store, 50, Some(bad)).await;
+            let report = log.verify_tail(|_| {}).await.unwrap();
+            assert_eq!(
+                report.start,
+                TailStart::FrontierRefused { size: 50 },
+                "{}",
+                f.label
+            );
+            assert_eq!(
+                (report.from_seq, report.checked, report.entries),
+                (1, 57, 57)
+            );
+            assert_eq!(report.checkpoints, 5);
+        }
+        // Since it verifies from the first entry, a change before the checkpoint is found.
+        flip_byte(&f.store, 12).await;
+        let err = tail_err(&log).await;
+        assert!(
+            matches!(err, AuditError::HashMismatch { seq: 12 }),
+            "{}: {err}",
+            f.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn checkpoint_without_a_frontier_falls_back_then_the_next_one_has_one() {
+    for f in fixtures().await {
+        let log = with_tail(&f).await;
+        // As a checkpoint made before schema v4.
+        set_frontier(&f.store, 50, None).await;
+        let report = log.verify_tail(|_| {}).await.unwrap();
+        assert_eq!(
+            report.start,
+            TailStart::NoFrontier { size: 50 },
+            "{}",
+            f.label
+        );
+        assert_eq!((report.from_seq, report.checked), (1, 57));
+        // The next checkpoint stores one, and the next check resumes from it.
+        let cp = log.checkpoint().await.unwrap();
+        assert_eq!(cp.size, 57);
+        assert!(frontier_of(&f.store, 57).await.is_some());
+        log.append(&entry(58)).await.unwrap();
+        let again = AuditLog::open(f.reopen().await).await.unwrap();
+        let report = again.verify_tail(|_| {}).await.unwrap();
+        assert_eq!(report.start, TailStart::Checkpoint { size: 57 });
+        assert_eq!((report.from_seq, report.checked), (58, 1));
+    }
+}
+
+#[tokio::test]
+async fn incremental_checkpoints_agree_with_full_verification() {
+    for f in fixtures().await {
+        let log = with_tail(&f).await;
+        // Cold: the first checkpoint loads its state by verifying the tail.
+        let cp = log.checkpoint().await.unwrap();
+        assert_eq!(cp.size, 57, "{}", f.label);
+        assert_eq!(cp.root, log.verify(|_| {}).await.unwrap().root);
+        // Warm: N more appends each time, for several N.
+        let mut next = 58u64;
+        for n in [1u64, 2, 9, 16, 33] {
+            for _ in 0..n {
+                log.append(&entry(next)).await.unwrap();
+                next += 1;
+            }
+            let cp = log.checkpoint().await.unwrap();
+            let full = log.verify(|_| {}).await.unwrap();
+            assert_eq!(cp.size, full.entries);
+            assert_eq!(cp.root, full.root, "{} after {n} more", f.label);
+            assert_eq!(cp.last_entry_hash, full.last_entry_hash);
+            assert!(cp.verify_signature(log.public_key()));
+            // Its stored frontier reproduces its root.
+            let bytes = frontier_of(&f.store, cp.size as i64).await.unwrap();
+            assert_eq!(
+                Frontier::from_bytes(cp.size, &bytes).unwrap().root(),
+                cp.root
+            );
+        }
+        // Another process's checkpoint meanwhile is checked, then gone on from.
+        let other = AuditLog::open(f.reopen().await).await.unwrap();
+        log.append(&entry(next)).await.unwrap();
+        let theirs = other.checkpoint().await.unwrap();
+        let ours = log.checkpoint().await.unwrap();
+        assert_eq!(ours, theirs);
+        // A new entry that does not chain to the verified state is refused.
+        log.append(&entry(next + 1)).await.unwrap();
+        sqlx::query("UPDATE audit_entries SET prev_hash = $1 WHERE seq = $2")
+            .bind(vec![7u8; 32])
+            .bind((next + 1) as i64)
+            .execute(f.store.pool())
+            .await
+            .unwrap();
+        let err = log.checkpoint().await.unwrap_err();
+        assert_eq!(err.first_bad_seq(), Some(next + 1), "{}: {err}", f.label);
+    }
+}
+
+#[tokio::test]
+async fn checkpoints_while_appending_cover_what_they_verified() {
+    for f in fixtures().await {
+        let log = std::sync::Arc::new(AuditLog::open(f.store.clone()).await.unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..3u64 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20u64 {
+                    log.append(&entry(t * 100 + i)).await.unwrap();
+                }
+            }));
+        }
+        let checkpointer = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut sizes = Vec::new();
+                for _ in 0..8 {
+                    sizes.push(log.checkpoint().await.unwrap().size);
+                    tokio::task::yield_now().await;
+                }
+                sizes
+            })
+        };
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let sizes = checkpointer.await.unwrap();
+        assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
+        let last = log.checkpoint().await.unwrap();
+        assert_eq!(last.size, 60, "{}", f.label);
+        // The full verification checks every checkpoint's root against the entries.
+        let report = log.verify(|_| {}).await.unwrap();
+        assert_eq!(report.entries, 60);
+        assert_eq!(report.unsealed, 0);
+    }
+}
+
+#[tokio::test]
+async fn open_fills_action_and_outcome_of_old_rows() {
+    for f in fixtures().await {
+        let log = populated(&f.store).await;
+        drop(log);
+        // As rows written before schema v4; one with a body that is not an entry.
+        sqlx::query("UPDATE audit_entries SET action = NULL, outcome = NULL WHERE seq <= 20")
+            .execute(f.store.pool())
+            .await
+            .unwrap();
+        set_body(&f.store, 5, b"not an entry".to_vec()).await;
+        let _log = AuditLog::open(f.reopen().await).await.unwrap();
+        let rows = f.store.audit_entries(0, 100).await.unwrap();
+        assert_eq!(rows.len(), 50, "{}", f.label);
+        for row in &rows {
+            if row.seq == 5 {
+                assert_eq!(row.action, None);
+                assert_eq!(row.outcome, None);
+                continue;
+            }
+            let expect = if row.seq.is_multiple_of(9) {
+                "denied"
+            } else {
+                "allowed"
+            };
+            assert_eq!(row.action.as_deref(), Some("R"), "seq {}", row.seq);
+            assert_eq!(row.outcome.as_deref(), Some(expect), "seq {}", row.seq);
+        }
+        // Searchable again.
+        let q = phivault_store::audit::AuditQuery {
+            outcome: Some("denied".to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(f.store.audit_count(&q).await.unwrap(), 5);
     }
 }

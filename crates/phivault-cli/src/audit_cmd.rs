@@ -4,12 +4,13 @@
 //! `verify` and `prove` open the same storage as `serve` (the master key must exist: it
 //! unseals the checkpoint-signing key); `check-proof` reads only files. The behaviour lives in
 //! phivault-audit. Stdout carries the result (`ok: N entries, M checkpoints`, the proof JSON,
-//! `ok: ...`) or `FAILED: ...` naming the first bad entry (exit status 1); progress goes to
-//! stderr.
+//! `ok: ...`) or `FAILED: ...` naming the first bad entry (exit status 1); progress and,
+//! for `verify`, the time taken and the rate (entries/s) go to stderr.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -138,6 +139,7 @@ async fn verify(log: &AuditLog, pinned: Option<&str>) -> Result<ExitCode> {
         "phivault: verifying the audit trail (checkpoint key {})",
         hex::encode(log.public_key())
     );
+    let started = Instant::now();
     let mut shown = 0;
     let result = log
         .verify(|n| {
@@ -156,6 +158,17 @@ async fn verify(log: &AuditLog, pinned: Option<&str>) -> Result<ExitCode> {
                     report.unsealed
                 );
             }
+            let elapsed = started.elapsed().as_secs_f64();
+            // Entries per second; an instant run (no entries, or too fast to time) shows 0.
+            let rate = if elapsed > 0.0 {
+                report.entries as f64 / elapsed
+            } else {
+                0.0
+            };
+            eprintln!(
+                "phivault: verified {} entries in {elapsed:.3} s ({rate:.0} entries/s)",
+                report.entries
+            );
             println!(
                 "ok: {} entries, {} checkpoints",
                 report.entries, report.checkpoints

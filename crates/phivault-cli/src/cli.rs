@@ -388,6 +388,13 @@ pub(crate) struct ServeArgs {
     /// Print the merged settings (as a phivault.toml, passwords masked) and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
+
+    /// Start even when the start-up check of the audit trail (from its last checkpoint on)
+    /// finds it tampered with; the finding is logged as an error. A deliberate choice for
+    /// this start only: there is no configuration key or environment variable for it.
+    /// Investigate first with `phivault audit verify`.
+    #[arg(long)]
+    pub(crate) allow_broken_audit: bool,
 }
 
 impl ServeArgs {
@@ -470,6 +477,34 @@ mod tests {
             assert!(serve.contains(&env), "phivault serve --help lacks {env}");
         }
         assert!(top.contains("PHIVAULT_CONFIG"));
+    }
+
+    #[test]
+    fn allow_broken_audit_is_a_flag_of_serve_only() {
+        let cli =
+            Invocation::try_parse_from(["phivault", "serve", "--allow-broken-audit"]).unwrap();
+        let TopCommand::Core(Command::Serve(args)) = &cli.command else {
+            panic!("serve: {cli:?}");
+        };
+        assert!(args.allow_broken_audit);
+        let cli = Invocation::try_parse_from(["phivault", "serve"]).unwrap();
+        let TopCommand::Core(Command::Serve(args)) = &cli.command else {
+            panic!("serve: {cli:?}");
+        };
+        assert!(!args.allow_broken_audit);
+        // Not a value flag, and not a flag of the other commands.
+        assert!(
+            Invocation::try_parse_from(["phivault", "serve", "--allow-broken-audit=true"]).is_err()
+        );
+        assert!(Invocation::try_parse_from(["phivault", "init", "--allow-broken-audit"]).is_err());
+        // No environment variable: the help names none for it.
+        let help = Invocation::command()
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--allow-broken-audit"));
+        assert!(!help.contains("PHIVAULT_ALLOW_BROKEN_AUDIT"));
     }
 
     #[test]

@@ -9,9 +9,11 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use phivault_audit::{AuditLog, TailStart};
 use phivault_crypto::{FileKeyProvider, KeyProvider};
 use phivault_fhir::Validator;
 use phivault_server::{AppState, ServerConfig, Transport, tls};
@@ -42,7 +44,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             init_tracing(settings.log_format, "info");
-            serve(&settings).await?;
+            serve(&settings, args.allow_broken_audit).await?;
         }
         Command::Init(_) => {
             let settings = settings()?;
@@ -187,8 +189,74 @@ fn certificates(settings: &Settings) -> Result<tls::CertPaths> {
     Ok(certs)
 }
 
+/// Verifies the audit trail from its last checkpoint on, before serving (DESIGN.md invariant
+/// 3). A tampered trail stops the start, unless `allow_broken` (`--allow-broken-audit`): then
+/// the finding is logged as an error and the server starts. Errors name entry seqs and
+/// checkpoint sizes, never entry content.
+async fn check_audit_trail(audit: &AuditLog, allow_broken: bool) -> Result<()> {
+    let started = Instant::now();
+    let mut shown = 0;
+    let result = audit
+        .verify_tail(|n| {
+            if n >= shown + 100_000 {
+                shown = n;
+                tracing::info!(entries = n, "verifying the audit trail");
+            }
+        })
+        .await;
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match result {
+        Ok(report) => {
+            match report.start {
+                TailStart::FrontierRefused { size } => tracing::warn!(
+                    checkpoint = size,
+                    "the stored frontier of the last audit checkpoint does not match its signed \
+                     root (altered or corrupt); verified the whole trail instead"
+                ),
+                TailStart::NoFrontier { size } => tracing::info!(
+                    checkpoint = size,
+                    "the last audit checkpoint predates stored frontiers; verified the whole \
+                     trail"
+                ),
+                _ => {}
+            }
+            tracing::info!(
+                entries = report.checked,
+                from_seq = report.from_seq,
+                trail_entries = report.entries,
+                elapsed_ms,
+                "audit trail verified at start"
+            );
+            Ok(())
+        }
+        Err(e) if e.is_tamper() => {
+            let finding = match e.first_bad_seq() {
+                Some(seq) => format!("first bad entry {seq}: {e}"),
+                None => e.to_string(),
+            };
+            if allow_broken {
+                tracing::error!(
+                    first_bad_seq = e.first_bad_seq(),
+                    error = %e,
+                    "the audit trail failed verification at start; serving anyway \
+                     (--allow-broken-audit). Investigate with `phivault audit verify`"
+                );
+                Ok(())
+            } else {
+                bail!(
+                    "the audit trail failed verification at start ({finding}); refusing to \
+                     serve. Investigate with `phivault audit verify` (same storage settings); \
+                     to start anyway, pass --allow-broken-audit (the failure is then logged as \
+                     an error)"
+                )
+            }
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("verifying the audit trail at start")),
+    }
+}
+
 /// `phivault serve`.
-async fn serve(settings: &Settings) -> Result<()> {
+async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
     refuse_noop_cipher()?;
     check_transport(settings)?;
     let key = prepare_data_dir(settings)?;
@@ -220,6 +288,10 @@ async fn serve(settings: &Settings) -> Result<()> {
     )
     .await
     .context("loading the authorization policies and the audit trail")?;
+    if let Err(e) = check_audit_trail(&state.audit, allow_broken_audit).await {
+        store.close().await;
+        return Err(e);
+    }
     if state
         .accounts
         .user_count()

@@ -487,6 +487,15 @@ mod tests {
     }
 
     #[test]
+    fn allow_broken_audit_is_not_a_file_key() {
+        // A per-start choice on the command line only (`serve --allow-broken-audit`).
+        let err = parse_file(Path::new("x.toml"), "allow_broken_audit = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allow_broken_audit"), "{err}");
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         assert!(parse_file(Path::new("x"), "listen = \"nowhere\"").is_err());
         assert!(parse_file(Path::new("x"), "log_format = \"xml\"").is_err());

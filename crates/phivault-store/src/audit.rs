@@ -12,7 +12,10 @@
 //!   primary key on `seq` makes the insert fail with a unique violation, after which the
 //!   append is retried (up to [`APPEND_ATTEMPTS`] times) from a savepoint, so a caller's
 //!   transaction survives the retry.
-//! - **Checkpoints** (`audit_checkpoints`): one row per checkpointed size, never updated.
+//! - **Checkpoints** (`audit_checkpoints`): one row per checkpointed size, never updated. Since
+//!   schema v4 a row may carry the Merkle frontier at that size (`frontier`, NULL on older
+//!   rows): it is not signed, so the audit log trusts it only after recomputing the signed
+//!   root from it.
 //! - **Signing keys** (`audit_keys`): the Ed25519 public key in the clear and the PKCS#8
 //!   private key sealed with the tenant's directory data key, bound (AEAD associated data) to
 //!   tenant, key id and data key id. The first key created is the active one.
@@ -123,6 +126,10 @@ pub struct CheckpointRow {
     pub time: i64,
     /// Ed25519 signature.
     pub signature: Vec<u8>,
+    /// The Merkle frontier at `size` (the roots of the perfect subtrees, largest first, 32
+    /// bytes each); `None` on checkpoints made before schema v4. Not covered by the
+    /// signature.
+    pub frontier: Option<Vec<u8>>,
 }
 
 /// The checkpoint-signing key, with its private half unsealed.
@@ -184,8 +191,11 @@ fn checkpoint_from(row: &AnyRow) -> Result<CheckpointRow, StoreError> {
         last_entry_hash: row.try_get("last_entry_hash")?,
         time: row.try_get("time")?,
         signature: row.try_get("signature")?,
+        frontier: row.try_get("frontier")?,
     })
 }
+
+const CHECKPOINT_COLUMNS: &str = "size, root, last_entry_hash, time, signature, frontier";
 
 enum AuditBind {
     Text(String),
@@ -450,14 +460,15 @@ impl Store {
     pub async fn insert_audit_checkpoint(&self, cp: &CheckpointRow) -> Result<bool, StoreError> {
         let _guard = self.write_guard().await;
         let done = sqlx::query(
-            "INSERT INTO audit_checkpoints (size, root, last_entry_hash, time, signature) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO audit_checkpoints (size, root, last_entry_hash, time, signature, \
+             frontier) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(to_i64(cp.size)?)
         .bind(cp.root.clone())
         .bind(cp.last_entry_hash.clone())
         .bind(cp.time)
         .bind(cp.signature.clone())
+        .bind(cp.frontier.clone())
         .execute(&self.inner.pool)
         .await;
         match done {
@@ -469,13 +480,36 @@ impl Store {
 
     /// Every checkpoint, smallest size first.
     pub async fn audit_checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT size, root, last_entry_hash, time, signature FROM audit_checkpoints \
-             ORDER BY size",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY size"
+        ))
         .fetch_all(&self.inner.pool)
         .await?;
         rows.iter().map(checkpoint_from).collect()
+    }
+
+    /// The checkpoints of size `min_size` or more, smallest size first.
+    pub async fn audit_checkpoints_from(
+        &self,
+        min_size: u64,
+    ) -> Result<Vec<CheckpointRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE size >= $1 ORDER BY size"
+        ))
+        .bind(to_i64(min_size)?)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(checkpoint_from).collect()
+    }
+
+    /// The checkpoint of the largest size, if any.
+    pub async fn last_audit_checkpoint(&self) -> Result<Option<CheckpointRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY size DESC LIMIT 1"
+        ))
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(checkpoint_from).transpose()
     }
 
     /// The tenant's checkpoint-signing key, unsealed. When there is none, `create` makes one

@@ -649,10 +649,27 @@ async fn audit_rows_keys_and_checkpoints() {
             last_entry_hash: vec![5; 32],
             time: 7,
             signature: vec![9; 64],
+            frontier: Some(vec![2; 64]),
         };
+        assert!(s.last_audit_checkpoint().await.unwrap().is_none());
         assert!(s.insert_audit_checkpoint(&cp).await.unwrap());
         assert!(!s.insert_audit_checkpoint(&cp).await.unwrap());
-        assert_eq!(s.audit_checkpoints().await.unwrap(), vec![cp]);
+        assert_eq!(s.audit_checkpoints().await.unwrap(), vec![cp.clone()]);
+        // A checkpoint without a frontier (as made before schema v4) reads back as such.
+        let old = CheckpointRow {
+            size: 3,
+            frontier: None,
+            ..cp.clone()
+        };
+        assert!(s.insert_audit_checkpoint(&old).await.unwrap());
+        assert_eq!(
+            s.audit_checkpoints().await.unwrap(),
+            vec![old.clone(), cp.clone()]
+        );
+        assert_eq!(s.last_audit_checkpoint().await.unwrap(), Some(cp.clone()));
+        assert_eq!(s.audit_checkpoints_from(4).await.unwrap(), vec![cp.clone()]);
+        assert_eq!(s.audit_checkpoints_from(3).await.unwrap().len(), 2);
+        assert!(s.audit_checkpoints_from(6).await.unwrap().is_empty());
 
         let mut created = 0;
         let k1 = s
