@@ -258,6 +258,34 @@ impl AuditLog {
             .await
     }
 
+    /// Appends `entries`, in order, inside the caller's transaction, with one read of the
+    /// tail and a few multi-row inserts (as [`AuditLog::append_in`] does one). Returns the seq
+    /// of the first; nothing is written when `entries` is empty.
+    pub async fn append_all_in(
+        &self,
+        conn: &mut AnyConnection,
+        entries: &[AuditEntry],
+    ) -> Result<u64, AuditError> {
+        if entries.is_empty() {
+            return Ok(self.store.audit_tail().await?.seq);
+        }
+        self.store
+            .append_audit_rows_in(conn, |tail| {
+                let mut at = tail.clone();
+                let mut rows = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let row = build_row(entry, &at)?;
+                    at = AuditTail {
+                        seq: at.seq + 1,
+                        prev_hash: Some(row.entry_hash.clone()),
+                    };
+                    rows.push(row);
+                }
+                Ok(rows)
+            })
+            .await
+    }
+
     /// Signs and stores a checkpoint over the trail as it is now, verifying only the entries
     /// added since the state this process last verified (see [`AuditLog::verify_tail`],
     /// which runs first when there is no such state yet): their chain, canonical bodies and

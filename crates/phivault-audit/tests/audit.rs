@@ -464,6 +464,39 @@ async fn append_in_commits_or_rolls_back_with_the_caller() {
 }
 
 #[tokio::test]
+async fn append_all_in_chains_many_entries_in_one_go() {
+    for f in fixtures().await {
+        let log = AuditLog::open(f.store.clone()).await.unwrap();
+        log.append(&entry(1)).await.unwrap();
+        let many: Vec<AuditEntry> = (0..250).map(entry).collect();
+        {
+            let _lock = f.store.write_lock().await;
+            let mut tx = f.store.pool().begin().await.unwrap();
+            assert_eq!(log.append_all_in(&mut tx, &many).await.unwrap(), 2);
+            tx.rollback().await.unwrap();
+        }
+        assert_eq!(f.store.audit_tail().await.unwrap().seq, 2, "{}", f.label);
+        {
+            let _lock = f.store.write_lock().await;
+            let mut tx = f.store.pool().begin().await.unwrap();
+            assert_eq!(log.append_all_in(&mut tx, &many).await.unwrap(), 2);
+            assert_eq!(log.append_in(&mut tx, &entry(9)).await.unwrap(), 252);
+            tx.commit().await.unwrap();
+        }
+        log.append(&entry(10)).await.unwrap();
+        let report = log.verify(|_| {}).await.unwrap();
+        assert_eq!(report.entries, 253, "{}", f.label);
+        let cp = log.checkpoint().await.unwrap();
+        assert_eq!(cp.size, 253);
+        // Each row is the entry it was given, at its place.
+        let row = f.store.audit_entry(101).await.unwrap().unwrap();
+        let body = AuditEntry::from_canonical(&row.body).unwrap();
+        assert_eq!(body.seq, 101);
+        assert_eq!(body.resource_id, entry(99).resource_id);
+    }
+}
+
+#[tokio::test]
 async fn concurrent_appends_stay_one_chain() {
     for f in fixtures().await {
         let log = std::sync::Arc::new(AuditLog::open(f.store.clone()).await.unwrap());

@@ -133,14 +133,18 @@ impl BenchAudit {
 impl AuditSink for BenchAudit {
     fn record<'a>(&'a self, conn: &'a mut AnyConnection, written: &'a [Written]) -> SinkFuture<'a> {
         Box::pin(async move {
-            for w in written {
-                let mut entry = Self::entry(w.kind.as_str(), Some(w.rtype), Some(&w.id));
-                entry.patient_id = w.patient.as_ref().map(|p| p.to_string());
-                self.log
-                    .append_in(conn, &entry)
-                    .await
-                    .map_err(|e| StoreError::Config(format!("audit append: {e}")))?;
-            }
+            let entries: Vec<AuditEntry> = written
+                .iter()
+                .map(|w| {
+                    let mut entry = Self::entry(w.kind.as_str(), Some(w.rtype), Some(&w.id));
+                    entry.patient_id = w.patient.as_ref().map(|p| p.to_string());
+                    entry
+                })
+                .collect();
+            self.log
+                .append_all_in(conn, &entries)
+                .await
+                .map_err(|e| StoreError::Config(format!("audit append: {e}")))?;
             Ok(())
         })
     }

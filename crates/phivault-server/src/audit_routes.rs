@@ -41,13 +41,11 @@ async fn latest_checkpoint(
     State(state): State<AppState>,
     _who: Who,
 ) -> Result<Json<Checkpoint>, ApiError> {
-    let mut checkpoints = state
+    state
         .audit
-        .checkpoints()
+        .last_checkpoint()
         .await
-        .map_err(|e| ApiError::internal(&e))?;
-    checkpoints
-        .pop()
+        .map_err(|e| ApiError::internal(&e))?
         .map(Json)
         .ok_or_else(|| ApiError::Missing("no audit checkpoint yet".to_owned()))
 }
@@ -70,8 +68,8 @@ pub(crate) async fn checkpoint_loop(audit: Arc<AuditLog>, policy: CheckpointPoli
                 continue;
             }
         };
-        let covered = match audit.checkpoints().await {
-            Ok(cps) => cps.last().map_or(0, |c| c.size),
+        let covered = match audit.last_checkpoint().await {
+            Ok(cp) => cp.map_or(0, |c| c.size),
             Err(e) => {
                 tracing::error!(error = %e, "audit checkpoint: reading the checkpoints failed");
                 continue;

@@ -31,6 +31,9 @@ use crate::{Backend, Store, StoreError};
 /// How many times an append is tried on PostgreSQL when another appender took the same seq.
 pub const APPEND_ATTEMPTS: usize = 8;
 
+/// Audit rows written by one INSERT (9 values each: well under both drivers' limits).
+const AUDIT_ROWS_PER_INSERT: usize = 100;
+
 /// The PostgreSQL advisory lock key serializing appends (`"phivaudt"` as a big-endian i64).
 const APPEND_LOCK_KEY: i64 = 0x7068_6976_6175_6474;
 
@@ -277,6 +280,24 @@ impl Store {
         F: FnMut(&AuditTail) -> Result<NewAuditRow, E>,
         E: From<StoreError>,
     {
+        self.append_audit_rows_in(conn, |tail| Ok(vec![build(tail)?]))
+            .await
+    }
+
+    /// Appends several entries inside the caller's transaction, as
+    /// [`Store::append_audit_in`] does one: `build` gets the tail and returns the rows of
+    /// entries `tail.seq`, `tail.seq + 1`, ... (each chained onto the one before it), which
+    /// are inserted with a few multi-row statements. Returns the first seq (the tail's seq when
+    /// `build` returns nothing).
+    pub async fn append_audit_rows_in<F, E>(
+        &self,
+        conn: &mut AnyConnection,
+        mut build: F,
+    ) -> Result<u64, E>
+    where
+        F: FnMut(&AuditTail) -> Result<Vec<NewAuditRow>, E>,
+        E: From<StoreError>,
+    {
         let savepoints = self.inner.backend == Backend::Postgres;
         let mut attempt = 0;
         loop {
@@ -286,8 +307,6 @@ impl Store {
                     .execute(&mut *conn)
                     .await
                     .map_err(StoreError::from)?;
-            }
-            if savepoints {
                 // Appenders queue here until the holder's transaction ends, instead of racing
                 // for the same seq; the unique-violation retry below remains the safety net.
                 sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) AS l")
@@ -297,25 +316,10 @@ impl Store {
                     .map_err(StoreError::from)?;
             }
             let tail = tail(conn).await?;
-            let new = build(&tail)?;
-            let done = sqlx::query(
-                "INSERT INTO audit_entries (seq, tenant, body, entry_hash, prev_hash, time, \
-                 actor, patient, action, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(to_i64(tail.seq)?)
-            .bind(&self.inner.tenant)
-            .bind(new.body)
-            .bind(new.entry_hash)
-            .bind(new.prev_hash)
-            .bind(new.time)
-            .bind(new.actor)
-            .bind(new.patient)
-            .bind(new.action)
-            .bind(new.outcome)
-            .execute(&mut *conn)
-            .await;
+            let rows = build(&tail)?;
+            let done = self.insert_audit_rows(conn, tail.seq, rows).await;
             match done {
-                Ok(_) => {
+                Ok(()) => {
                     if savepoints {
                         sqlx::query("RELEASE SAVEPOINT phivault_audit_append")
                             .execute(&mut *conn)
@@ -333,6 +337,60 @@ impl Store {
                 Err(e) => return Err(StoreError::from(e).into()),
             }
         }
+    }
+
+    /// Inserts `rows` as entries `first`, `first + 1`, ...
+    async fn insert_audit_rows(
+        &self,
+        conn: &mut AnyConnection,
+        first: u64,
+        rows: Vec<NewAuditRow>,
+    ) -> Result<(), sqlx::Error> {
+        let mut seq = first;
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<NewAuditRow> = rows.by_ref().take(AUDIT_ROWS_PER_INSERT).collect();
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 9 + 2;
+                    format!(
+                        "(${}, $1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO audit_entries (seq, tenant, body, entry_hash, prev_hash, time, \
+                 actor, patient, action, outcome) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(&self.inner.tenant);
+            for row in chunk {
+                let s = i64::try_from(seq)
+                    .map_err(|_| sqlx::Error::Protocol(format!("audit seq {seq} out of range")))?;
+                q = q
+                    .bind(s)
+                    .bind(row.body)
+                    .bind(row.entry_hash)
+                    .bind(row.prev_hash)
+                    .bind(row.time)
+                    .bind(row.actor)
+                    .bind(row.patient)
+                    .bind(row.action)
+                    .bind(row.outcome);
+                seq += 1;
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
     }
 
     /// Appends an audit entry in a transaction of its own (see [`Store::append_audit_in`]).
