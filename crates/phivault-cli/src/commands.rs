@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use phivault_audit::Outcome;
 use phivault_crypto::{FileKeyProvider, KeyProvider};
 use phivault_fhir::Validator;
 use phivault_server::{AppState, ServerConfig, Transport, tls};
@@ -19,6 +20,7 @@ use phivault_store::{Backend, Store, StoreError, StoreOptions};
 
 use crate::bench::{self, BenchOptions};
 use crate::cli::{BenchArgs, Cli, Command, ImportArgs};
+use crate::cli_audit::CliAudit;
 use crate::config::{self, LogFormat, Settings};
 use crate::import::{self, ImportEvent};
 
@@ -322,10 +324,25 @@ async fn import(settings: &Settings, args: &ImportArgs) -> Result<ExitCode> {
         ImportEvent::FileDone => bar.inc(1),
     };
     let paths: Vec<PathBuf> = args.paths.clone();
-    let summary = import::import(&store, &validator, &paths, &progress).await;
+    // Each written resource gets its audit entry in its transaction, the run one at the end.
+    let audit = match CliAudit::open(&store, "import").await {
+        Ok(audit) => audit,
+        Err(e) => {
+            store.close().await;
+            return Err(e);
+        }
+    };
+    let summary = import::import(&store, &validator, &audit, &paths, &progress).await;
     bar.finish_and_clear();
+    let outcome = if summary.errors.is_empty() {
+        Outcome::Allowed
+    } else {
+        Outcome::Error
+    };
+    let recorded = audit.command_entry(outcome, None, None).await;
     store.close().await;
     println!("{summary}");
+    recorded?;
     Ok(if summary.errors.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -10,7 +10,6 @@
 use phivault_audit::{ActorKind, AuditEntry, Outcome};
 use phivault_testkit::fixtures::{self, BundleBuilder};
 use phivault_testkit::{Backend, Marker, Server, backends, query, random_username};
-use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -351,4 +350,174 @@ async fn a_refused_read_names_its_patient() {
         }
         server.assert_no_panic();
     }
+}
+
+/// The actor id the CLI records for the user running these tests.
+fn cli_actor() -> String {
+    ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .map(|u| u.trim().to_owned())
+        .find(|u| !u.is_empty())
+        .map_or_else(|| "cli".to_owned(), |u| format!("cli:{u}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_commands_that_touch_data_are_audited() {
+    for backend in backends() {
+        let server = Server::start(BIN, &backend, &[]).await;
+        let s = server.api().clone();
+        let actor = cli_actor();
+
+        // `phivault import`: one entry per resource in its transaction, then the run's.
+        let mut bundle = BundleBuilder::transaction();
+        let family = Marker::name();
+        let urn = bundle.post(fixtures::patient(family.text(), "Imported"));
+        bundle.post(heart_rate(&urn));
+        let file = server.data_dir().join("import-bundle.json");
+        std::fs::write(&file, bundle.build().to_string()).unwrap();
+        let path = file.display().to_string();
+        let before = last_seq(&server).await;
+        let out = server.cli(&["import", &path], None).await;
+        out.assert_ok("import");
+        assert!(out.stdout.contains("imported: 2 resources"), "{out:?}");
+        let pid = s
+            .search_ids(&query("Patient", &[("family", family.text())]))
+            .await;
+        assert_eq!(pid.len(), 1, "{pid:?}");
+        let pid = pid[0].clone();
+        let oid = s
+            .search_ids(&query(
+                "Observation",
+                &[("patient", &format!("Patient/{pid}"))],
+            ))
+            .await;
+        assert_eq!(oid.len(), 1, "{oid:?}");
+        // The two searches above are audited too: take the import's entries only.
+        let entries: Vec<AuditEntry> = entries_after(&server, before)
+            .await
+            .into_iter()
+            .filter(|e| e.actor_kind == ActorKind::System)
+            .collect();
+        assert_eq!(entries.len(), 3, "{}: {entries:?}", backend.name());
+        let mut written: Vec<_> = entries[..2].iter().map(summary).collect();
+        written.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(
+            written,
+            vec![
+                (
+                    "create".to_owned(),
+                    some("Observation"),
+                    some(&oid[0]),
+                    some(&pid),
+                    Outcome::Allowed
+                ),
+                (
+                    "create".to_owned(),
+                    some("Patient"),
+                    some(&pid),
+                    some(&pid),
+                    Outcome::Allowed
+                ),
+            ]
+        );
+        assert_eq!(
+            summary(&entries[2]),
+            ("cli import".to_owned(), None, None, None, Outcome::Allowed)
+        );
+        for e in &entries {
+            assert_eq!(e.actor_id, actor);
+            assert_eq!((e.role.as_ref(), e.purpose.as_ref()), (None, None));
+            assert_eq!(e.request_id, entries[2].request_id, "one run");
+            assert!(uuid_like(&e.request_id), "{e:?}");
+        }
+
+        // `phivault user add`: one entry; a failing one is audited as an error.
+        let before = last_seq(&server).await;
+        let username = random_username();
+        server.create_user(&username, "clinician").await;
+        let out = server
+            .cli(
+                &[
+                    "user",
+                    "add",
+                    "--username",
+                    &username,
+                    "--role",
+                    "clinician",
+                    "--password-stdin",
+                ],
+                Some("another-long-password-91\n"),
+            )
+            .await;
+        out.assert_error("a second user add of the same name", "");
+        let grant = server.cli(&["user", "grant", &username, &pid], None).await;
+        grant.assert_ok("user grant");
+        let entries = entries_after(&server, before).await;
+        let got: Vec<_> = entries.iter().map(summary).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "cli user add".to_owned(),
+                    None,
+                    None,
+                    None,
+                    Outcome::Allowed
+                ),
+                ("cli user add".to_owned(), None, None, None, Outcome::Error),
+                (
+                    "cli user grant".to_owned(),
+                    some("Patient"),
+                    some(&pid),
+                    some(&pid),
+                    Outcome::Allowed
+                ),
+            ],
+            "{}",
+            backend.name()
+        );
+        assert!(
+            entries
+                .iter()
+                .all(|e| e.actor_id == actor && e.actor_kind == ActorKind::System)
+        );
+        assert_ne!(
+            entries[0].request_id, entries[1].request_id,
+            "a request id per run"
+        );
+        for e in &entries {
+            let text = serde_json::to_string(e).unwrap();
+            assert!(
+                !text.contains(&username),
+                "no account names in the trail: {text}"
+            );
+        }
+
+        // When the trail refuses inserts: nothing is imported, and the commands fail saying so.
+        refuse_audit_inserts(&server, true).await;
+        let lost = Marker::name();
+        let mut bundle = BundleBuilder::transaction();
+        bundle.post(fixtures::patient(lost.text(), "Lost"));
+        std::fs::write(&file, bundle.build().to_string()).unwrap();
+        let out = server.cli(&["import", &path], None).await;
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(out.stderr.contains("audit"), "{out:?}");
+        let out = server.cli(&["break-glass", "list"], None).await;
+        out.assert_error("break-glass list without a trail", "audit");
+        refuse_audit_inserts(&server, false).await;
+        let found = s
+            .search_ids(&query("Patient", &[("family", lost.text())]))
+            .await;
+        assert!(found.is_empty(), "{}: {found:?}", backend.name());
+        server
+            .cli(&["audit", "verify"], None)
+            .await
+            .assert_ok("audit verify");
+        server.assert_no_panic();
+    }
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
 }
