@@ -140,10 +140,7 @@ impl AuditSlot {
 
     /// A decision was made on a resource of `patient`'s compartment.
     pub(crate) fn note_patient(&self, patient: &Id) {
-        let mut notes = self.notes();
-        if !notes.patients.contains(patient) {
-            notes.patients.insert(patient.clone());
-        }
+        self.notes().patients.insert(patient.clone());
     }
 
     /// The request's own entry was committed with its write, as entry `seq`.
