@@ -6,6 +6,10 @@
 //! the behaviour lives there. Stdout carries only the contract lines of docs/CONTRACTS.md
 //! (a generated password, a client's id and secret, `ok: N policies`, the break-the-glass
 //! table); confirmations go to stderr; a failure is one line on stderr and exit status 1.
+//!
+//! Every command that opens the store leaves one audit entry (`cli user add`, ...) with its
+//! outcome, after the operation (see `cli_audit`); `policy check` reads a file only and is not
+//! audited.
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::Path;
@@ -24,6 +28,7 @@ use crate::cli::{
     BreakGlassCommand, BreakGlassListArgs, ClientAddArgs, ClientCommand, PolicyCommand,
     StorageArgs, TopCommand, UserAddArgs, UserCommand, UserGrantArgs,
 };
+use crate::cli_audit::CliAudit;
 use crate::config::{self, LogFormat, Settings};
 
 /// Characters of a generated password: 24 of 62 letters and digits, about 143 bits.
@@ -44,18 +49,22 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         TopCommand::Core(_) | TopCommand::Audit(_) => bail!("not an administration command"),
         TopCommand::User(UserCommand::Add(args)) => {
             let accounts = open(&settings(&args.storage)?).await?;
-            let result = user_add(&accounts, &args).await;
+            let result = audited(&accounts, "user add", None, user_add(&accounts, &args)).await;
             close(accounts).await;
             result?;
         }
         TopCommand::User(UserCommand::LinkPatient(args)) => {
             let id = parse_id(&args.id, "patient")?;
             let accounts = open(&settings(&args.storage)?).await?;
-            let result = accounts
-                .0
-                .link_patient(&args.username, &id)
-                .await
-                .with_context(|| format!("linking user {} to Patient/{id}", args.username));
+            let link = async {
+                accounts
+                    .0
+                    .link_patient(&args.username, &id)
+                    .await
+                    .with_context(|| format!("linking user {} to Patient/{id}", args.username))
+            };
+            let about = About::patient("Patient", &id);
+            let result = audited(&accounts, "user link-patient", Some(about), link).await;
             close(accounts).await;
             result?;
             eprintln!("phivault: user {} linked to Patient/{id}", args.username);
@@ -63,11 +72,18 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         TopCommand::User(UserCommand::LinkPractitioner(args)) => {
             let id = parse_id(&args.id, "practitioner")?;
             let accounts = open(&settings(&args.storage)?).await?;
-            let result = accounts
-                .0
-                .link_practitioner(&args.username, &id)
-                .await
-                .with_context(|| format!("linking user {} to Practitioner/{id}", args.username));
+            let link = async {
+                accounts
+                    .0
+                    .link_practitioner(&args.username, &id)
+                    .await
+                    .with_context(|| format!("linking user {} to Practitioner/{id}", args.username))
+            };
+            let about = About {
+                resource: ("Practitioner", &id),
+                patient: None,
+            };
+            let result = audited(&accounts, "user link-practitioner", Some(about), link).await;
             close(accounts).await;
             result?;
             eprintln!(
@@ -78,16 +94,20 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         TopCommand::User(UserCommand::Grant(args)) => {
             let grant = Grant::parse(&args, OffsetDateTime::now_utc())?;
             let accounts = open(&settings(&args.storage)?).await?;
-            let result = accounts
-                .0
-                .grant(&args.username, &grant.patient, &grant.labels, grant.until)
-                .await
-                .with_context(|| {
-                    format!(
-                        "granting user {} access to Patient/{}",
-                        args.username, grant.patient
-                    )
-                });
+            let grant_it = async {
+                accounts
+                    .0
+                    .grant(&args.username, &grant.patient, &grant.labels, grant.until)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "granting user {} access to Patient/{}",
+                            args.username, grant.patient
+                        )
+                    })
+            };
+            let about = About::patient("Patient", &grant.patient);
+            let result = audited(&accounts, "user grant", Some(about), grant_it).await;
             close(accounts).await;
             result?;
             eprintln!("phivault: {}", grant.describe(&args.username));
@@ -95,11 +115,15 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         TopCommand::Client(ClientCommand::Add(args)) => {
             let launch = check_client(&args)?;
             let accounts = open(&settings(&args.storage)?).await?;
-            let result = accounts
-                .0
-                .create_client(&args.name, &args.scope, launch.as_ref())
-                .await
-                .context("registering the client");
+            let create = async {
+                accounts
+                    .0
+                    .create_client(&args.name, &args.scope, launch.as_ref())
+                    .await
+                    .context("registering the client")
+            };
+            // The secret is shown only once the registration is in the audit trail.
+            let result = audited(&accounts, "client add", None, create).await;
             close(accounts).await;
             let (client_id, secret) = result?;
             let mut out = std::io::stdout().lock();
@@ -113,16 +137,55 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         }
         TopCommand::BreakGlass(BreakGlassCommand::List(args)) => {
             let accounts = open(&settings(&args.storage)?).await?;
-            let result = accounts
-                .0
-                .list_break_glass()
-                .await
-                .context("listing break-the-glass records");
+            let list = async {
+                accounts
+                    .0
+                    .list_break_glass()
+                    .await
+                    .context("listing break-the-glass records")
+            };
+            let result = audited(&accounts, "break-glass list", None, list).await;
             close(accounts).await;
             print!("{}", break_glass_table(&result?, &args));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What an administration command was about, for its audit entry.
+struct About<'a> {
+    /// The resource (type, id).
+    resource: (&'a str, &'a Id),
+    /// The patient concerned.
+    patient: Option<&'a Id>,
+}
+
+impl<'a> About<'a> {
+    /// A resource of `patient`'s own (the Patient itself).
+    fn patient(rtype: &'a str, patient: &'a Id) -> About<'a> {
+        About {
+            resource: (rtype, patient),
+            patient: Some(patient),
+        }
+    }
+}
+
+/// Runs `operation` as `phivault <command>` and appends its audit entry with the outcome. The
+/// trail is opened first (when it cannot be, the command is not run); when the entry cannot
+/// be appended afterwards, the command fails, saying so.
+async fn audited<T>(
+    opened: &Opened,
+    command: &str,
+    about: Option<About<'_>>,
+    operation: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let audit = CliAudit::open(&opened.1, command).await?;
+    let result = operation.await;
+    let (resource, patient) = match about {
+        Some(a) => (Some(a.resource), a.patient),
+        None => (None, None),
+    };
+    audit.finish(result, resource, patient).await
 }
 
 /// Warnings and errors of the libraries to stderr (`RUST_LOG` overrides).

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use phivault_audit::{AuditLog, TailStart};
+use phivault_audit::{AuditLog, Outcome, TailStart};
 use phivault_crypto::{FileKeyProvider, KeyProvider};
 use phivault_fhir::Validator;
 use phivault_server::{AppState, ServerConfig, Transport, tls};
@@ -21,6 +21,7 @@ use phivault_store::{Backend, Store, StoreError, StoreOptions};
 
 use crate::bench::{self, BenchOptions};
 use crate::cli::{BenchArgs, Cli, Command, ImportArgs};
+use crate::cli_audit::CliAudit;
 use crate::config::{self, LogFormat, Settings};
 use crate::import::{self, ImportEvent};
 
@@ -394,10 +395,25 @@ async fn import(settings: &Settings, args: &ImportArgs) -> Result<ExitCode> {
         ImportEvent::FileDone => bar.inc(1),
     };
     let paths: Vec<PathBuf> = args.paths.clone();
-    let summary = import::import(&store, &validator, &paths, &progress).await;
+    // Each written resource gets its audit entry in its transaction, the run one at the end.
+    let audit = match CliAudit::open(&store, "import").await {
+        Ok(audit) => audit,
+        Err(e) => {
+            store.close().await;
+            return Err(e);
+        }
+    };
+    let summary = import::import(&store, &validator, &audit, &paths, &progress).await;
     bar.finish_and_clear();
+    let outcome = if summary.errors.is_empty() {
+        Outcome::Allowed
+    } else {
+        Outcome::Error
+    };
+    let recorded = audit.command_entry(outcome, None, None).await;
     store.close().await;
     println!("{summary}");
+    recorded?;
     Ok(if summary.errors.is_empty() {
         ExitCode::SUCCESS
     } else {

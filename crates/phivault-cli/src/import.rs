@@ -13,6 +13,9 @@
 //! messages name files, entry indexes (0-based, as `Bundle.entry[K]`) and line numbers
 //! (1-based), never resource content.
 //!
+//! Every write goes through the store with the caller's [`AuditSink`] (the binary's records
+//! one audit entry per written resource in the write's transaction).
+//!
 //! This file is self-contained (it is also included by the integration tests).
 
 use std::fmt;
@@ -21,7 +24,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use phivault_fhir::{BundleRequest, EntryMethod, FhirError, ValidResource, Validator};
-use phivault_store::{Store, StoreError};
+use phivault_store::{AuditSink, Store, StoreError};
 use serde_json::{Value, json};
 
 /// Where in a file an error is.
@@ -97,18 +100,21 @@ pub(crate) enum ImportEvent<'a> {
     FileDone,
 }
 
-/// Imports every `.json`/`.ndjson` file under `paths` into `store`.
+/// Imports every `.json`/`.ndjson` file under `paths` into `store`; `audit` records each write
+/// in its transaction.
 ///
 /// Bundles larger than `store.max_bundle_entries()` are refused.
 pub(crate) async fn import(
     store: &Store,
     validator: &Validator,
+    audit: &dyn AuditSink,
     paths: &[PathBuf],
     progress: &dyn Fn(ImportEvent<'_>),
 ) -> ImportSummary {
     let mut run = Run {
         store,
         validator,
+        audit,
         progress,
         summary: ImportSummary::default(),
     };
@@ -198,6 +204,7 @@ fn collect(path: &Path, named: bool, out: &mut Vec<(PathBuf, Kind)>, run: &mut R
 struct Run<'a> {
     store: &'a Store,
     validator: &'a Validator,
+    audit: &'a dyn AuditSink,
     progress: &'a dyn Fn(ImportEvent<'_>),
     summary: ImportSummary,
 }
@@ -277,14 +284,10 @@ impl Run<'_> {
         match resource.id() {
             Some(id) => self
                 .store
-                .update(&id, resource, None, &phivault_store::NoAudit)
+                .update(&id, resource, None, self.audit)
                 .await
                 .map(|_| ()),
-            None => self
-                .store
-                .create(resource, &phivault_store::NoAudit)
-                .await
-                .map(|_| ()),
+            None => self.store.create(resource, self.audit).await.map(|_| ()),
         }
     }
 
@@ -298,7 +301,7 @@ impl Run<'_> {
                 }
             };
         let methods: Vec<EntryMethod> = request.entries.iter().map(|e| e.method).collect();
-        match self.store.bundle(request, &phivault_store::NoAudit).await {
+        match self.store.bundle(request, self.audit).await {
             Ok(response) => {
                 let written = count_written(&response, &methods, &mut |_, _| {});
                 self.imported(written);
@@ -340,7 +343,7 @@ impl Run<'_> {
         };
         drop(body);
         let methods: Vec<EntryMethod> = request.entries.iter().map(|e| e.method).collect();
-        match self.store.bundle(request, &phivault_store::NoAudit).await {
+        match self.store.bundle(request, self.audit).await {
             Ok(response) => {
                 let mut failures = Vec::new();
                 let written = count_written(&response, &methods, &mut |i, message| {

@@ -8,6 +8,7 @@ mod admin;
 mod audit_cmd;
 mod bench;
 mod cli;
+mod cli_audit;
 mod commands;
 mod config;
 mod import;

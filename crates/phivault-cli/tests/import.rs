@@ -45,7 +45,14 @@ impl Fixture {
     }
 
     async fn import(&self, paths: &[PathBuf]) -> ImportSummary {
-        import::import(&self.store, validator(), paths, &|_| {}).await
+        import::import(
+            &self.store,
+            validator(),
+            &phivault_store::NoAudit,
+            paths,
+            &|_| {},
+        )
+        .await
     }
 
     async fn read(&self, rtype: &str, id: &str) -> Result<Value, StoreError> {
@@ -278,6 +285,7 @@ async fn directories_collections_and_batches() {
     let summary = import::import(
         &fx.store,
         validator(),
+        &phivault_store::NoAudit,
         std::slice::from_ref(&dir),
         &|e| match e {
             ImportEvent::Found { files } => seen.borrow_mut().push(format!("found {files}")),
@@ -334,4 +342,97 @@ async fn missing_and_unsupported_paths_are_errors() {
     assert_eq!(summary.errors.len(), 2, "{:?}", summary.errors);
     assert_eq!(summary.files, 0);
     assert!(summary.errors.iter().all(|e| e.place == Place::File));
+}
+
+/// A sink that keeps what it was told, or fails.
+#[derive(Default)]
+struct Recording {
+    written: std::sync::Mutex<Vec<phivault_store::Written>>,
+    fail: bool,
+}
+
+impl phivault_store::AuditSink for Recording {
+    fn record<'a>(
+        &'a self,
+        _: &'a mut phivault_store::AnyConnection,
+        written: &'a [phivault_store::Written],
+    ) -> phivault_store::SinkFuture<'a> {
+        Box::pin(async move {
+            if self.fail {
+                return Err(StoreError::Config("the audit refuses".to_owned()));
+            }
+            self.written.lock().unwrap().extend_from_slice(written);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn every_write_goes_through_the_audit_sink() {
+    use phivault_store::WriteKind;
+    let fx = Fixture::new().await;
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            { "resource": patient(Some("s-1"), "Sinkwell"),
+              "request": { "method": "PUT", "url": "Patient/s-1" } },
+            { "resource": observation(Some("s-2"), "Patient/s-1"),
+              "request": { "method": "PUT", "url": "Observation/s-2" } }
+        ]
+    });
+    let file = fx.file("sink.json", &bundle.to_string());
+    let single = fx.file("one.json", &patient(Some("s-1"), "Sinkwell").to_string());
+
+    // A failing sink: nothing is written, and the files say why.
+    let failing = Recording {
+        fail: true,
+        ..Recording::default()
+    };
+    let summary = import::import(
+        &fx.store,
+        validator(),
+        &failing,
+        std::slice::from_ref(&file),
+        &|_| {},
+    )
+    .await;
+    assert_eq!(summary.resources, 0);
+    assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
+    assert!(matches!(
+        fx.read("Patient", "s-1").await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let sink = Recording::default();
+    let summary = import::import(&fx.store, validator(), &sink, &[file, single], &|_| {}).await;
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let written: Vec<(WriteKind, String, String, Option<String>)> = sink
+        .written
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w.kind,
+                w.rtype.to_string(),
+                w.id.to_string(),
+                w.patient.as_ref().map(ToString::to_string),
+            )
+        })
+        .collect();
+    let p = Some("s-1".to_owned());
+    assert_eq!(
+        written,
+        vec![
+            (WriteKind::Create, "Patient".into(), "s-1".into(), p.clone()),
+            (
+                WriteKind::Create,
+                "Observation".into(),
+                "s-2".into(),
+                p.clone()
+            ),
+            (WriteKind::Update, "Patient".into(), "s-1".into(), p),
+        ]
+    );
 }

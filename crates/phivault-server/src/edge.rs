@@ -6,9 +6,21 @@
 //! extensions. Every failure is the same 401 "authentication failed". A few routes need no
 //! token ([`is_public`]); a session that must enrol TOTP first reaches only `/auth/totp/*` and
 //! `/auth/logout`.
+//!
+//! The audit trail ([`audit_trail`]): every request gets an [`AuditSlot`] in its extensions
+//! before anything else runs. The parts that learn something about the request write it
+//! there: [`authenticate`] the principal, the FHIR guard (`fhir_routes::guard::Access`) the
+//! effective purpose of use, break-the-glass and every patient it decided on (allowed or
+//! denied), and the audit sink of a write (`crate::audit_sink`) that the request's entry was
+//! committed with the write. A route that knows the patient its request is about without going
+//! through the guard either notes it in the slot ([`AuditSlot::note_patient`], from the
+//! request's extensions) or puts an [`AuditPatient`] in its response's extensions; the latter
+//! wins.
 
 use std::any::Any;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
@@ -34,15 +46,156 @@ struct PrincipalId(String);
 #[derive(Debug, Clone)]
 pub(crate) struct RequestId(pub(crate) String);
 
-/// The principal of an authenticated request, in the response's extensions for the audit
-/// trail.
+/// The patient a request was about, put in the response's extensions by a route that knows it
+/// without the guard (the guard notes its patients in the [`AuditSlot`]). When present, it is
+/// the patient of the request's audit entry, whatever the slot holds.
 #[derive(Debug, Clone)]
-struct AuditPrincipal(Authenticated);
-
-/// The compartment patient of the resource a FHIR decision was made on, put in the response's
-/// extensions by the guard for the audit trail.
-#[derive(Debug, Clone)]
+#[allow(dead_code)] // Constructed by routes outside the FHIR guard (admin and audit routes).
 pub(crate) struct AuditPatient(pub(crate) Id);
+
+/// Who made a request, as the audit trail names them.
+#[derive(Debug, Clone)]
+struct Actor {
+    id: String,
+    kind: ActorKind,
+    role: Option<String>,
+    /// The role's default purpose of use (when the request names none).
+    default_purpose: Purpose,
+}
+
+/// What the parts of a request tell the audit trail while it runs (ids only).
+#[derive(Debug, Default)]
+struct AuditNotes {
+    /// The authenticated principal.
+    actor: Option<Actor>,
+    /// The effective purpose of use, as the guard decided with it.
+    purpose: Option<Purpose>,
+    /// A decision relied on break-the-glass.
+    break_glass: bool,
+    /// Every compartment patient a decision was made on (allowed or denied).
+    patients: BTreeSet<Id>,
+    /// The request's own entry was committed with its write: its seq.
+    entry_written: Option<u64>,
+    /// An audit sink failed, so its write was rolled back.
+    sink_failed: bool,
+}
+
+/// The fixed facts of a request, known before it runs.
+#[derive(Debug)]
+struct RequestFacts {
+    /// `METHOD /route/template`.
+    action: String,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    /// `X-Purpose-Of-Use` when it parses (the guard's purpose wins).
+    purpose_header: Option<Purpose>,
+    source_address: Option<String>,
+    request_id: String,
+}
+
+/// The request-scoped audit context: put in the request's extensions by [`audit_trail`],
+/// filled in by the parts the request passes, read when its entry is written (by the audit
+/// sink of a write, inside the write's transaction, or by [`audit_trail`] afterwards).
+#[derive(Debug, Clone)]
+pub(crate) struct AuditSlot {
+    facts: Arc<RequestFacts>,
+    notes: Arc<Mutex<AuditNotes>>,
+}
+
+impl AuditSlot {
+    fn notes(&self) -> MutexGuard<'_, AuditNotes> {
+        // A panic while holding the lock (none is possible: only assignments happen under
+        // it) leaves the notes as they were; they stay usable.
+        self.notes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The slot of a request (present on every request that passed [`audit_trail`]).
+    pub(crate) fn of(extensions: &axum::http::Extensions) -> Option<AuditSlot> {
+        extensions.get::<AuditSlot>().cloned()
+    }
+
+    /// The authenticated principal.
+    fn note_principal(&self, who: &Authenticated) {
+        let actor = Actor {
+            id: who.principal.id().to_owned(),
+            kind: match who.principal.kind() {
+                PrincipalKind::User => ActorKind::User,
+                PrincipalKind::Client => ActorKind::Client,
+            },
+            role: Some(who.principal.role().as_str().to_owned()),
+            default_purpose: who.principal.role().default_purpose(),
+        };
+        self.notes().actor = Some(actor);
+    }
+
+    /// The effective purpose of use.
+    pub(crate) fn note_purpose(&self, purpose: Purpose) {
+        self.notes().purpose = Some(purpose);
+    }
+
+    /// A decision relied on break-the-glass.
+    pub(crate) fn note_break_glass(&self) {
+        self.notes().break_glass = true;
+    }
+
+    /// A decision was made on a resource of `patient`'s compartment.
+    pub(crate) fn note_patient(&self, patient: &Id) {
+        self.notes().patients.insert(patient.clone());
+    }
+
+    /// The request's own entry was committed with its write, as entry `seq`.
+    pub(crate) fn note_entry_written(&self, seq: u64) {
+        self.notes().entry_written = Some(seq);
+    }
+
+    /// An audit sink failed (its write was rolled back).
+    pub(crate) fn note_sink_failed(&self) {
+        self.notes().sink_failed = true;
+    }
+
+    /// The request's `METHOD /route/template`.
+    pub(crate) fn action(&self) -> &str {
+        &self.facts.action
+    }
+
+    /// An entry of this request: who, purpose, break-the-glass, address and request id from
+    /// the slot; the rest as given.
+    pub(crate) fn entry(
+        &self,
+        action: String,
+        resource_type: Option<String>,
+        resource_id: Option<String>,
+        patient_id: Option<String>,
+        outcome: Outcome,
+    ) -> AuditEntry {
+        let notes = self.notes();
+        let (actor_id, actor_kind, role) = match &notes.actor {
+            Some(a) => (a.id.clone(), a.kind, a.role.clone()),
+            None => ("anonymous".to_owned(), ActorKind::Anonymous, None),
+        };
+        let purpose = notes
+            .purpose
+            .or(self.facts.purpose_header)
+            .or_else(|| notes.actor.as_ref().map(|a| a.default_purpose))
+            .map(|p| p.as_str().to_owned());
+        AuditEntry {
+            seq: 0,
+            time: now_millis(),
+            actor_id,
+            actor_kind,
+            role,
+            purpose,
+            break_glass: notes.break_glass,
+            action,
+            resource_type,
+            resource_id,
+            patient_id,
+            outcome,
+            source_address: self.facts.source_address.clone(),
+            request_id: self.facts.request_id.clone(),
+        }
+    }
+}
 
 /// `X-Request-Id`.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -173,18 +326,18 @@ pub(crate) async fn authenticate(
     };
     drop(token);
     let principal = PrincipalId(who.principal.id().to_owned());
+    if let Some(slot) = AuditSlot::of(req.extensions()) {
+        slot.note_principal(&who);
+    }
     if who.enrolment_only && !enrolment_allows(req.uri().path()) {
         let mut response =
             ApiError::Forbidden("TOTP enrolment required".to_owned()).into_response();
         response.extensions_mut().insert(principal);
-        response.extensions_mut().insert(AuditPrincipal(who));
         return response;
     }
-    let audited = AuditPrincipal(who.clone());
     req.extensions_mut().insert(who);
     let mut response = next.run(req).await;
     response.extensions_mut().insert(principal);
-    response.extensions_mut().insert(audited);
     response
 }
 
@@ -232,15 +385,21 @@ fn resource_of(route: &str, path: &str) -> (Option<String>, Option<String>) {
     (rtype, id)
 }
 
-/// Appends one audit entry for every request, after the inner service answered and before
-/// the response leaves: who (the principal, or `anonymous`), the method and route template
-/// (never the raw URI: its query can hold PHI), the resource type and id of a FHIR instance
-/// route, the patient when the guard decided on one, the outcome from the status, the client
-/// address and the request id. When the entry cannot be stored, the response is replaced by a
-/// 503 (fail closed).
+/// Gives the request its [`AuditSlot`], runs it, and makes sure it has its audit entry
+/// before the response leaves: who (the principal, or `anonymous`), the method and route
+/// template (never the raw URI: its query can hold PHI), the resource type and id of a FHIR
+/// instance route, the patient when exactly one was decided on (allowed or denied; an
+/// [`AuditPatient`] in the response's extensions wins), the effective purpose of use,
+/// break-the-glass, the outcome from the status, the client address and the request id.
+///
+/// A single-resource write commits the request's entry in its own transaction (the audit sink
+/// notes it in the slot): nothing more is appended then. Otherwise the entry is appended here,
+/// and when it cannot be stored the response is replaced by a 503 (fail closed). A write whose
+/// audit sink failed was rolled back: its failure is answered as the 503 of an unavailable
+/// trail too.
 pub(crate) async fn audit_trail(
     State(state): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let method = req.method().clone();
@@ -266,51 +425,58 @@ pub(crate) async fn audit_trail(
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_else(|| "-".to_owned());
+    let slot = AuditSlot {
+        facts: Arc::new(RequestFacts {
+            action: format!("{method} {}", route.as_deref().unwrap_or("(no route)")),
+            resource_type,
+            resource_id,
+            purpose_header,
+            source_address,
+            request_id,
+        }),
+        notes: Arc::new(Mutex::new(AuditNotes::default())),
+    };
+    req.extensions_mut().insert(slot.clone());
 
     let response = next.run(req).await;
 
-    let who = response.extensions().get::<AuditPrincipal>();
-    let (actor_id, actor_kind, role) = match who {
-        Some(AuditPrincipal(who)) => (
-            who.principal.id().to_owned(),
-            match who.principal.kind() {
-                PrincipalKind::User => ActorKind::User,
-                PrincipalKind::Client => ActorKind::Client,
-            },
-            Some(who.principal.role().as_str().to_owned()),
-        ),
-        None => ("anonymous".to_owned(), ActorKind::Anonymous, None),
+    let (written, sink_failed, single_patient) = {
+        let notes = slot.notes();
+        let single = match notes.patients.len() {
+            1 => notes.patients.iter().next().map(Id::to_string),
+            _ => None,
+        };
+        (notes.entry_written, notes.sink_failed, single)
     };
-    let purpose = purpose_header
-        .or_else(|| who.map(|w| w.0.principal.role().default_purpose()))
-        .map(|p| p.as_str().to_owned());
-    let entry = AuditEntry {
-        seq: 0,
-        time: now_millis(),
-        actor_id,
-        actor_kind,
-        role,
-        purpose,
-        break_glass: response
-            .headers()
-            .contains_key(&crate::fhir_routes::X_BREAK_GLASS),
-        action: format!("{method} {}", route.as_deref().unwrap_or("(no route)")),
-        resource_type,
-        resource_id,
-        patient_id: response
-            .extensions()
-            .get::<AuditPatient>()
-            .map(|p| p.0.to_string()),
-        outcome: outcome_of(response.status()),
-        source_address,
-        request_id,
-    };
+    if written.is_some() {
+        return response;
+    }
+    let patient_id = response
+        .extensions()
+        .get::<AuditPatient>()
+        .map(|p| p.0.to_string())
+        .or(single_patient);
+    let mut entry = slot.entry(
+        slot.action().to_owned(),
+        slot.facts.resource_type.clone(),
+        slot.facts.resource_id.clone(),
+        patient_id,
+        outcome_of(response.status()),
+    );
+    entry.break_glass |= response
+        .headers()
+        .contains_key(&crate::fhir_routes::X_BREAK_GLASS);
+    // A write refused because its audit entries could not be stored: the trail is the reason.
+    let refused_by_sink = sink_failed
+        && response.status().is_server_error()
+        && response.status() != StatusCode::SERVICE_UNAVAILABLE;
     match state.audit.append(&entry).await {
+        Ok(_) if refused_by_sink => audit_unavailable(),
         Ok(_) => response,
         Err(e) => {
             // The error names the store's failure, never the entry's content.
             tracing::error!(error = %e, "audit append failed; the response is withheld");
-            if response.status().is_server_error() {
+            if response.status().is_server_error() && !refused_by_sink {
                 // Already a failure carrying no data (e.g. the database is down, which is
                 // also why the entry could not be written): its message is the precise one.
                 response

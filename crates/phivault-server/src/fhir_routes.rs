@@ -4,7 +4,8 @@
 //! Path segments, headers and query strings are parsed here into typed values
 //! ([`ResourceType`], [`Id`], versions, [`SearchQuery`]); bodies are read under the size
 //! limit and validated by the [`phivault_fhir::Validator`]; every interaction is authorized
-//! by [`guard`] before the store is asked; everything else is the store's.
+//! by [`guard`] before the store is asked; everything else is the store's. Every write passes
+//! a [`RequestSink`], so its audit entries commit in its transaction (see `audit_sink`).
 
 mod guard;
 
@@ -29,6 +30,7 @@ use serde_json::{Value, json};
 pub(crate) use guard::{Access, X_BREAK_GLASS, X_PURPOSE_OF_USE};
 use guard::{Current, Facts, refuse_includes};
 
+use crate::audit_sink::RequestSink;
 use crate::error::fhir_json;
 use crate::{ApiError, AppState};
 
@@ -364,10 +366,9 @@ async fn create(
         Access::body_facts(&resource, &HashSet::new())
     };
     access.authorize_body(Action::Create, rtype, &facts).await?;
-    let stored = state
-        .store
-        .create(resource, &phivault_store::NoAudit)
-        .await?;
+    let sink = RequestSink::single_write(&state, access.audit_slot());
+    let stored = state.store.create(resource, &sink).await?;
+    sink.committed();
     if creates_patient {
         grant_creator(&access, &stored.id).await;
     }
@@ -503,10 +504,9 @@ async fn update(
     let action = authorize_replaced(&mut access, rtype, &current).await?;
     let facts = Access::body_facts(&resource, &HashSet::new());
     access.authorize_body(action, rtype, &facts).await?;
-    let (stored, created) = state
-        .store
-        .update(&id, resource, expected, &phivault_store::NoAudit)
-        .await?;
+    let sink = RequestSink::single_write(&state, access.audit_slot());
+    let (stored, created) = state.store.update(&id, resource, expected, &sink).await?;
+    sink.committed();
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -527,10 +527,9 @@ async fn delete(
     access
         .authorize_current(Action::Delete, rtype, &current)
         .await?;
-    let version = state
-        .store
-        .delete(rtype, &id, &phivault_store::NoAudit)
-        .await?;
+    let sink = RequestSink::single_write(&state, access.audit_slot());
+    let version = state.store.delete(rtype, &id, &sink).await?;
+    sink.committed();
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(v) = version {
         set_header(&mut response, header::ETAG, &etag(v));
@@ -1032,6 +1031,9 @@ async fn transaction(
         }
     }
     if !to_store.is_empty() {
+        // One audit entry per written resource, in the transaction that writes it; the
+        // Bundle request's own entry follows from the audit middleware.
+        let sink = RequestSink::per_resource(&state, access.audit_slot());
         let response = state
             .store
             .bundle(
@@ -1039,7 +1041,7 @@ async fn transaction(
                     kind,
                     entries: to_store,
                 },
-                &phivault_store::NoAudit,
+                &sink,
             )
             .await
             .map_err(|e| match e {

@@ -27,6 +27,7 @@
 
 mod admin_routes;
 mod audit_routes;
+mod audit_sink;
 mod auth_routes;
 mod capability;
 mod edge;

@@ -2607,3 +2607,340 @@ async fn the_audit_trail_verifies_records_denials_and_holds_no_search_values() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// The entries after `before`, as (action, resource type, resource id, patient, outcome).
+async fn audit_summary(
+    c: &Ctx,
+    before: u64,
+) -> Vec<(
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    phivault_audit::Outcome,
+)> {
+    audit_entries_after(c, before)
+        .await
+        .into_iter()
+        .map(|(e, _)| {
+            (
+                e.action,
+                e.resource_type,
+                e.resource_id,
+                e.patient_id,
+                e.outcome,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn writes_commit_with_their_audit_entry() {
+    use phivault_audit::Outcome::Allowed;
+    let c = ctx().await;
+    let s = |v: &str| Some(v.to_owned());
+
+    // Create: one entry, naming the new resource and its patient, by the app.
+    let before = audit_count(&c).await;
+    let (pid, created) = c.create(&patient("Atomically")).await;
+    let entries = audit_entries_after(&c, before).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let (entry, text) = &entries[0];
+    assert_eq!(
+        (
+            entry.action.as_str(),
+            entry.resource_type.as_deref(),
+            entry.resource_id.as_deref(),
+            entry.patient_id.as_deref(),
+            entry.outcome
+        ),
+        (
+            "POST /fhir/{type}",
+            Some("Patient"),
+            Some(pid.as_str()),
+            Some(pid.as_str()),
+            Allowed
+        )
+    );
+    assert_eq!(entry.actor_id, c.app_id);
+    assert_eq!(entry.actor_kind, phivault_audit::ActorKind::Client);
+    assert_eq!(entry.source_address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        Some(entry.request_id.as_str()),
+        created.header("x-request-id")
+    );
+    assert!(!text.contains("Atomically"), "{text}");
+
+    // An Observation of that patient: its entry names the patient.
+    let before = audit_count(&c).await;
+    let (oid, _) = c.create(&observation(&pid)).await;
+    assert_eq!(
+        audit_summary(&c, before).await,
+        vec![(
+            "POST /fhir/{type}".to_owned(),
+            s("Observation"),
+            s(&oid),
+            s(&pid),
+            Allowed
+        )]
+    );
+
+    // Update and delete: one entry each.
+    let before = audit_count(&c).await;
+    let mut body = patient("Atomically");
+    body["id"] = json!(pid);
+    body["gender"] = json!("other");
+    let a = c
+        .json(Method::PUT, &format!("/fhir/Patient/{pid}"), &body)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let a = c
+        .send(
+            c.req(Method::DELETE, &format!("/fhir/Observation/{oid}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{a:?}");
+    // Deleting it again writes nothing: the request's entry comes from the middleware.
+    let a = c
+        .send(
+            c.req(Method::DELETE, &format!("/fhir/Observation/{oid}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(a.status.is_success(), "{a:?}");
+    assert_eq!(
+        audit_summary(&c, before).await,
+        vec![
+            (
+                "PUT /fhir/{type}/{id}".to_owned(),
+                s("Patient"),
+                s(&pid),
+                s(&pid),
+                Allowed
+            ),
+            (
+                "DELETE /fhir/{type}/{id}".to_owned(),
+                s("Observation"),
+                s(&oid),
+                s(&pid),
+                Allowed
+            ),
+            (
+                "DELETE /fhir/{type}/{id}".to_owned(),
+                s("Observation"),
+                s(&oid),
+                s(&pid),
+                Allowed
+            ),
+        ]
+    );
+
+    // A transaction of two: one entry per written resource, then the Bundle request's.
+    let urn = "urn:uuid:0b8f3f55-2f6b-4a57-9d3c-0a0b0c0d0e0f";
+    let mut urn_observation = observation("x");
+    urn_observation["subject"]["reference"] = json!(urn);
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            { "fullUrl": urn, "resource": patient("Bundled"),
+              "request": { "method": "POST", "url": "Patient" } },
+            { "resource": urn_observation, "request": { "method": "POST", "url": "Observation" } }
+        ]
+    });
+    let before = audit_count(&c).await;
+    let a = c.json(Method::POST, "/fhir", &bundle).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let b = a.json();
+    let new_pid = b["entry"][0]["resource"]["id"].as_str().unwrap().to_owned();
+    let new_oid = b["entry"][1]["resource"]["id"].as_str().unwrap().to_owned();
+    let entries = audit_entries_after(&c, before).await;
+    let mut written: Vec<_> = entries[..2]
+        .iter()
+        .map(|(e, _)| {
+            (
+                e.action.clone(),
+                e.resource_type.clone(),
+                e.resource_id.clone(),
+                e.patient_id.clone(),
+                e.outcome,
+            )
+        })
+        .collect();
+    written.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        written,
+        vec![
+            (
+                "create".to_owned(),
+                s("Observation"),
+                s(&new_oid),
+                s(&new_pid),
+                Allowed
+            ),
+            (
+                "create".to_owned(),
+                s("Patient"),
+                s(&new_pid),
+                s(&new_pid),
+                Allowed
+            ),
+        ]
+    );
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    let (request, _) = &entries[2];
+    assert_eq!(request.action, "POST /fhir");
+    assert_eq!(request.outcome, Allowed);
+    for (e, _) in &entries {
+        assert_eq!(e.request_id, entries[2].0.request_id, "one request");
+        assert_eq!(e.actor_id, c.app_id);
+    }
+    assert_eq!(
+        phivault_audit::action_code(&entries[0].0.action),
+        "C",
+        "writes carry their FHIR action code"
+    );
+
+    // The trail still verifies.
+    c.state.audit.verify(|_| {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn writes_fail_closed_and_roll_back_when_the_audit_refuses() {
+    let c = ctx().await;
+    let (pid, _) = c.create(&patient("Steadfast")).await;
+    let (oid, _) = c.create(&observation(&pid)).await;
+    let before = c.get(&format!("/fhir/Patient/{pid}")).await.json();
+    sqlx::query(
+        "CREATE TRIGGER audit_ro BEFORE INSERT ON audit_entries \
+         BEGIN SELECT RAISE(ABORT, 'read-only'); END;",
+    )
+    .execute(c.state.store.pool())
+    .await
+    .unwrap();
+
+    let unavailable = |a: &Answer, what: &str| {
+        a.assert_outcome(StatusCode::SERVICE_UNAVAILABLE, "transient");
+        assert_eq!(
+            a.diagnostics(),
+            "the audit trail is unavailable; the request was not served",
+            "{what}"
+        );
+        assert_security_headers(a);
+    };
+    let a = c
+        .json(Method::POST, "/fhir/Patient", &patient("Unrecorded"))
+        .await;
+    unavailable(&a, "create");
+    let mut body = before.clone();
+    body["gender"] = json!("unknown");
+    let a = c
+        .json(Method::PUT, &format!("/fhir/Patient/{pid}"), &body)
+        .await;
+    unavailable(&a, "update");
+    let a = c
+        .send(
+            c.req(Method::DELETE, &format!("/fhir/Observation/{oid}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    unavailable(&a, "delete");
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            { "resource": patient("Unrecorded"), "request": { "method": "POST", "url": "Patient" } },
+            { "resource": observation(&pid),
+              "request": { "method": "POST", "url": "Observation" } }
+        ]
+    });
+    let a = c.json(Method::POST, "/fhir", &bundle).await;
+    unavailable(&a, "transaction");
+    let mut batch = bundle.clone();
+    batch["type"] = json!("batch");
+    let a = c.json(Method::POST, "/fhir", &batch).await;
+    unavailable(&a, "batch");
+
+    sqlx::query("DROP TRIGGER audit_ro")
+        .execute(c.state.store.pool())
+        .await
+        .unwrap();
+    // Nothing of it was written.
+    let a = c.get(&format!("/fhir/Patient/{pid}")).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.json(), before, "the update was rolled back");
+    let a = c.get(&format!("/fhir/Observation/{oid}")).await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "the delete was rolled back: {a:?}"
+    );
+    let a = c.get("/fhir/Patient?family=Unrecorded").await;
+    assert_eq!(total(&a), 0, "{a:?}");
+    let a = c.get(&format!("/fhir/Observation?patient={pid}")).await;
+    assert_eq!(total(&a), 1, "{a:?}");
+    let a = c.get(&format!("/fhir/Patient/{pid}/_history")).await;
+    assert_eq!(total(&a), 1, "{a:?}");
+    c.state.audit.verify(|_| {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn refusals_name_the_patient_and_break_the_glass_is_flagged() {
+    let c = ctx().await;
+    let doc = c.person("doc", Role::Clinician).await;
+    let (pid, _) = c.create(&patient("Guarded")).await;
+    let (oid, _) = c.create(&observation(&pid)).await;
+    let before = audit_count(&c).await;
+    c.get_as(&doc, &format!("/fhir/Observation/{oid}"))
+        .await
+        .assert_denied("no-permit");
+    let a = c
+        .send(
+            c.req_as(&doc, Method::DELETE, &format!("/fhir/Observation/{oid}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    // A resource that does not exist names no patient (not even the one it is decided as).
+    c.get_as(&doc, "/fhir/Observation/never-was")
+        .await
+        .assert_denied("no-permit");
+    let entries = audit_entries_after(&c, before).await;
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    for (e, _) in &entries[..2] {
+        assert_eq!(e.outcome, phivault_audit::Outcome::Denied, "{e:?}");
+        assert_eq!(e.patient_id.as_deref(), Some(pid.as_str()), "{e:?}");
+        assert_eq!(e.resource_id.as_deref(), Some(oid.as_str()), "{e:?}");
+        assert_eq!(e.purpose.as_deref(), Some("TREAT"), "{e:?}");
+        assert!(!e.break_glass, "{e:?}");
+    }
+    assert_eq!(entries[2].0.outcome, phivault_audit::Outcome::Denied);
+    assert_eq!(entries[2].0.patient_id, None, "{:?}", entries[2].0);
+
+    // Break-the-glass: the claimed read is flagged, with the effective purpose.
+    let before = audit_count(&c).await;
+    let a = c
+        .send(
+            with_purpose(
+                c.req_as(&doc, Method::GET, &format!("/fhir/Observation/{oid}")),
+                "ETREAT",
+                Some("unresponsive"),
+            )
+            .body(Body::empty())
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let entries = audit_entries_after(&c, before).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let (e, text) = &entries[0];
+    assert!(e.break_glass, "{e:?}");
+    assert_eq!(e.purpose.as_deref(), Some("ETREAT"));
+    assert_eq!(e.patient_id.as_deref(), Some(pid.as_str()));
+    assert!(!text.contains("unresponsive"), "no reason in the trail");
+}

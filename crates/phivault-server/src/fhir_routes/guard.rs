@@ -24,6 +24,11 @@
 //!   claim for one hour. An access allowed only because of it is recorded before any data is
 //!   returned (`X-Break-Glass: recorded`); later requests with ETREAT use the recorded claim
 //!   while it lasts.
+//!
+//! For the audit trail, the guard notes in the request's [`AuditSlot`] the effective purpose
+//! of use, every compartment patient it decided on (allowed or denied: a refused request's
+//! entry names the patient too, when there was exactly one) and whether an allowed decision
+//! relied on break-the-glass (a new claim or a recorded one).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -43,7 +48,7 @@ use phivault_store::{SearchScope, StoreError, StoredResource};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::edge::AuditPatient;
+use crate::edge::AuditSlot;
 use crate::{ApiError, AppState};
 
 /// `X-Purpose-Of-Use`: an HL7 v3 PurposeOfUse code (`TREAT`, `ETREAT`, ...).
@@ -129,8 +134,8 @@ pub(crate) struct Access {
     now: OffsetDateTime,
     /// Patients whose break-the-glass access this request recorded.
     recorded: HashSet<Id>,
-    /// Compartment patients of the resources this request decided on (for the audit entry).
-    decided: HashSet<Id>,
+    /// The request's audit context: purpose, decided patients, break-the-glass.
+    slot: AuditSlot,
 }
 
 impl std::fmt::Debug for Access {
@@ -155,7 +160,11 @@ impl FromRequestParts<AppState> for Access {
             .get::<Authenticated>()
             .cloned()
             .ok_or(ApiError::Unauthorized)?;
-        Access::new(state.clone(), who, &parts.headers)
+        // Every request passes the audit middleware first; without its slot, refuse (an
+        // access that could not be audited is not given).
+        let slot = AuditSlot::of(&parts.extensions)
+            .ok_or_else(|| ApiError::internal(&"a FHIR request without its audit context"))?;
+        Access::new(state.clone(), who, &parts.headers, slot)
     }
 }
 
@@ -229,14 +238,17 @@ fn forbidden(reason: DenyReason) -> ApiError {
 }
 
 impl Access {
-    /// The authorization of a request by `who` with these headers.
+    /// The authorization of a request by `who` with these headers; `slot` is the request's
+    /// audit context.
     pub(crate) fn new(
         state: AppState,
         who: Authenticated,
         headers: &HeaderMap,
+        slot: AuditSlot,
     ) -> Result<Access, ApiError> {
         let purpose =
             purpose_header(headers)?.unwrap_or_else(|| who.principal.role().default_purpose());
+        slot.note_purpose(purpose);
         let now = OffsetDateTime::now_utc();
         let claim = match reason_header(headers)? {
             None => None,
@@ -258,8 +270,13 @@ impl Access {
             claim,
             now,
             recorded: HashSet::new(),
-            decided: HashSet::new(),
+            slot,
         })
+    }
+
+    /// The request's audit context (for the audit sink of its writes).
+    pub(crate) fn audit_slot(&self) -> AuditSlot {
+        self.slot.clone()
     }
 
     /// The authenticated principal.
@@ -373,7 +390,10 @@ impl Access {
         let request = self.request(action, resource, context);
         let decision = self.state.policy.decide(&request);
         if record && let Some(patient) = &facts.patient {
-            self.decided.insert(patient.clone());
+            self.slot.note_patient(patient);
+        }
+        if record && decision.as_ref().is_ok_and(Authorized::break_glass) {
+            self.slot.note_break_glass();
         }
         if record
             && let Ok(proof) = &decision
@@ -575,16 +595,10 @@ impl Access {
         }
     }
 
-    /// Adds `X-Break-Glass: recorded` when this request made a break-the-glass access, and,
-    /// for the audit trail, the patient decided on when there was exactly one.
+    /// Adds `X-Break-Glass: recorded` when this request recorded a break-the-glass access.
+    /// (The audit trail learns patients and break-the-glass from the slot, refusals
+    /// included.)
     pub(crate) fn mark(&self, mut response: Response) -> Response {
-        if self.decided.len() == 1
-            && let Some(patient) = self.decided.iter().next()
-        {
-            response
-                .extensions_mut()
-                .insert(AuditPatient(patient.clone()));
-        }
         if !self.recorded.is_empty() {
             response
                 .headers_mut()
@@ -706,6 +720,9 @@ impl Access {
                 context,
             )
         });
+        if kept.iter().any(|(_, proof)| proof.break_glass()) {
+            self.slot.note_break_glass();
+        }
         let dropped = before - kept.len();
         if dropped > 0 {
             tracing::error!(

@@ -1,0 +1,192 @@
+//! The audit trail of CLI commands (DESIGN.md invariant 2, issue 5: "an audit entry for every
+//! request and every CLI operation that touches data").
+//!
+//! Every command that touches data writes entries as the system actor `cli:<OS user>` (from
+//! `$USER`, else `$LOGNAME`, else `cli`), with no role and no purpose, a fresh request id per
+//! run shared by all the run's entries, and the action `cli <command>`:
+//! - `import` writes through the store with [`CliAudit`] as its [`AuditSink`]: each imported
+//!   resource gets an entry (`create`, `update` or `delete`, type, id, patient) inside the
+//!   transaction that writes it, so no resource is stored without its entry; then one
+//!   `cli import` entry for the run (outcome `error` when anything failed);
+//! - the administration commands (`user add|link-patient|link-practitioner|grant`,
+//!   `client add`, `break-glass list`) append one entry after the operation, with its outcome;
+//!   when that entry cannot be written the command fails, saying so.
+//!
+//! Not audited: `audit verify|prove|check-proof` (verification must not change the trail it
+//! checks, and a proof is of the trail as it is), `init` (creates an empty store), `bench` (a
+//! fresh temporary store of synthetic data), `policy check` (reads a file, not the store) and
+//! `serve` (the server audits each of its requests itself).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use phivault_audit::{ActorKind, AuditEntry, AuditLog, Outcome};
+use phivault_fhir::Id;
+use phivault_store::{AnyConnection, AuditSink, SinkFuture, Store, StoreError, Written};
+
+/// The audit context of one CLI run.
+pub(crate) struct CliAudit {
+    log: Arc<AuditLog>,
+    actor: String,
+    /// `cli <command>`.
+    action: String,
+    request_id: String,
+}
+
+impl std::fmt::Debug for CliAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CliAudit")
+            .field("actor", &self.actor)
+            .field("action", &self.action)
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `cli:<OS user>` from `user` (`$USER`) or `logname` (`$LOGNAME`), else `cli`.
+fn actor_of(user: Option<String>, logname: Option<String>) -> String {
+    [user, logname]
+        .into_iter()
+        .flatten()
+        .map(|u| u.trim().to_owned())
+        .find(|u| !u.is_empty())
+        .map_or_else(|| "cli".to_owned(), |u| format!("cli:{u}"))
+}
+
+/// Now, in unix milliseconds.
+fn now_millis() -> i64 {
+    let t = time::OffsetDateTime::now_utc();
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+impl CliAudit {
+    /// The audit context of `phivault <command>` (e.g. `user add`) on `store`'s trail.
+    pub(crate) async fn open(store: &Store, command: &str) -> Result<CliAudit> {
+        let log = AuditLog::open(store.clone())
+            .await
+            .context("opening the audit trail")?;
+        Ok(CliAudit {
+            log: Arc::new(log),
+            actor: actor_of(std::env::var("USER").ok(), std::env::var("LOGNAME").ok()),
+            action: format!("cli {command}"),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+
+    fn entry(
+        &self,
+        action: String,
+        resource: Option<(String, String)>,
+        patient: Option<String>,
+        outcome: Outcome,
+    ) -> AuditEntry {
+        let (resource_type, resource_id) = resource.unzip();
+        AuditEntry {
+            seq: 0,
+            time: now_millis(),
+            actor_id: self.actor.clone(),
+            actor_kind: ActorKind::System,
+            role: None,
+            purpose: None,
+            break_glass: false,
+            action,
+            resource_type,
+            resource_id,
+            patient_id: patient,
+            outcome,
+            source_address: None,
+            request_id: self.request_id.clone(),
+        }
+    }
+
+    /// Appends the command's own entry (`cli <command>`) with `outcome`, naming `resource`
+    /// (type and id) and `patient` when the command was about them.
+    pub(crate) async fn command_entry(
+        &self,
+        outcome: Outcome,
+        resource: Option<(&str, &Id)>,
+        patient: Option<&Id>,
+    ) -> Result<()> {
+        let entry = self.entry(
+            self.action.clone(),
+            resource.map(|(t, id)| (t.to_owned(), id.to_string())),
+            patient.map(ToString::to_string),
+            outcome,
+        );
+        self.log.append(&entry).await.map(|_| ()).map_err(|e| {
+            anyhow!(
+                "the audit entry of `phivault {}` could not be written: {e}",
+                self.command()
+            )
+        })
+    }
+
+    /// Appends the command's entry for `result` (allowed when Ok, error otherwise) and returns
+    /// `result`; when the entry cannot be written, that is the command's failure (after the
+    /// command's own error, if any).
+    pub(crate) async fn finish<T>(
+        &self,
+        result: Result<T>,
+        resource: Option<(&str, &Id)>,
+        patient: Option<&Id>,
+    ) -> Result<T> {
+        let outcome = if result.is_ok() {
+            Outcome::Allowed
+        } else {
+            Outcome::Error
+        };
+        let recorded = self.command_entry(outcome, resource, patient).await;
+        match (result, recorded) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(audit)) => Err(audit),
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(audit)) => Err(anyhow!("{e:#} (and {audit:#})")),
+        }
+    }
+
+    /// `<command>` of `cli <command>`.
+    fn command(&self) -> &str {
+        self.action.strip_prefix("cli ").unwrap_or(&self.action)
+    }
+}
+
+impl AuditSink for CliAudit {
+    /// One entry per written resource (`create`, `update`, `delete`), in the write's
+    /// transaction.
+    fn record<'a>(&'a self, conn: &'a mut AnyConnection, written: &'a [Written]) -> SinkFuture<'a> {
+        Box::pin(async move {
+            for w in written {
+                let entry = self.entry(
+                    w.kind.as_str().to_owned(),
+                    Some((w.rtype.to_string(), w.id.to_string())),
+                    w.patient.as_ref().map(ToString::to_string),
+                    Outcome::Allowed,
+                );
+                self.log
+                    .append_in(conn, &entry)
+                    .await
+                    .map_err(|e| match e {
+                        phivault_audit::AuditError::Store(e) => e,
+                        other => StoreError::Config(format!(
+                            "the audit entry could not be written: {other}"
+                        )),
+                    })?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_actor_is_the_os_user() {
+        assert_eq!(actor_of(Some("ana".into()), Some("bo".into())), "cli:ana");
+        assert_eq!(actor_of(None, Some("bo".into())), "cli:bo");
+        assert_eq!(actor_of(Some(" ".into()), Some("bo".into())), "cli:bo");
+        assert_eq!(actor_of(Some(String::new()), None), "cli");
+        assert_eq!(actor_of(None, None), "cli");
+    }
+}
