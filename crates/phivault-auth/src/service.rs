@@ -125,6 +125,27 @@ pub struct Authenticated {
     pub enrolment_only: bool,
 }
 
+/// Who a user account is, for showing who acted (an access log): the username, the role and
+/// the linked Practitioner. `Debug` leaves the username out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserSummary {
+    /// The username (sealed at rest; never log it).
+    pub username: String,
+    /// The role.
+    pub role: Role,
+    /// The Practitioner the user is linked to, if any.
+    pub practitioner: Option<Id>,
+}
+
+impl std::fmt::Debug for UserSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSummary")
+            .field("role", &self.role)
+            .field("practitioner", &self.practitioner)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A break-the-glass access, for review. `Debug` leaves the reason out.
 #[derive(Clone)]
 pub struct BreakGlassRecord {
@@ -530,6 +551,38 @@ impl Accounts {
             .await?
             .ok_or_else(|| ServiceError::NotFound("user".to_owned()))?;
         Ok(self.store.user_username(&user).await?)
+    }
+
+    /// Who the account `user_id` is (disabled accounts included: they still name who acted
+    /// in the past); `None` when there is no such account. A stored role or Practitioner id
+    /// that does not parse is an internal fault.
+    pub async fn user_summary(&self, user_id: &str) -> Result<Option<UserSummary>, ServiceError> {
+        let Some(user) = self.store.user_by_id(user_id).await? else {
+            return Ok(None);
+        };
+        let role = Role::parse(&user.role)
+            .map_err(|_| internal(format_args!("user {user_id} has an unknown stored role")))?;
+        let practitioner = user
+            .practitioner_id
+            .as_deref()
+            .map(Id::parse)
+            .transpose()
+            .map_err(|_| {
+                internal(format_args!(
+                    "user {user_id} is linked to a malformed Practitioner id"
+                ))
+            })?;
+        Ok(Some(UserSummary {
+            username: self.store.user_username(&user).await?,
+            role,
+            practitioner,
+        }))
+    }
+
+    /// The registered name of the OAuth2 client `client_id` (disabled clients included);
+    /// `None` when there is no such client.
+    pub async fn client_name(&self, client_id: &str) -> Result<Option<String>, ServiceError> {
+        Ok(self.store.client(client_id).await?.map(|c| c.name))
     }
 
     /// How many user accounts exist (e.g. to offer first-admin bootstrap only on an empty

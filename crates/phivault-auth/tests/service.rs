@@ -972,3 +972,56 @@ async fn no_credential_username_or_reason_at_rest() {
         check("closed");
     }
 }
+
+#[tokio::test]
+async fn user_summaries_and_client_names_for_access_logs() {
+    for f in fixtures().await {
+        let a = &f.accounts;
+        let clinician = a
+            .create_user("Dr.Qwobble", Password::new(PASSWORD), Role::Clinician)
+            .await
+            .unwrap();
+        let patient = a
+            .create_user("pat-summary", Password::new(PASSWORD), Role::Patient)
+            .await
+            .unwrap();
+
+        let s = a.user_summary(&clinician).await.unwrap().unwrap();
+        assert_eq!(s.username, "Dr.Qwobble", "{}", f.label);
+        assert_eq!(s.role, Role::Clinician);
+        assert_eq!(s.practitioner, None);
+        // Debug names the role, never the username.
+        let debug = format!("{s:?}");
+        assert!(
+            debug.contains("Clinician") && !debug.contains("Qwobble"),
+            "{debug}"
+        );
+
+        a.link_practitioner("Dr.Qwobble", &id("prac-1"))
+            .await
+            .unwrap();
+        let s = a.user_summary(&clinician).await.unwrap().unwrap();
+        assert_eq!(s.practitioner, Some(id("prac-1")));
+        let s = a.user_summary(&patient).await.unwrap().unwrap();
+        assert_eq!((s.role, s.practitioner), (Role::Patient, None));
+
+        // Disabled accounts still name who acted; unknown ids are None, not an error.
+        a.disable_user("Dr.Qwobble").await.unwrap();
+        assert!(a.user_summary(&clinician).await.unwrap().is_some());
+        assert_eq!(a.user_summary("no-such-user").await.unwrap(), None);
+        assert_eq!(a.user_summary("").await.unwrap(), None);
+
+        let (client_id, _) = a
+            .create_client("  Lab feed  ", "system/Observation.rs", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            a.client_name(&client_id).await.unwrap().as_deref(),
+            Some("Lab feed")
+        );
+        assert_eq!(a.client_name("pvcl_unknown").await.unwrap(), None);
+        // A user id is not a client id, nor the other way round.
+        assert_eq!(a.client_name(&clinician).await.unwrap(), None);
+        assert_eq!(a.user_summary(&client_id).await.unwrap(), None);
+    }
+}

@@ -68,7 +68,9 @@ impl Authorized {
         self.resource_type
     }
 
-    /// The patient compartment it is allowed in (`None`: none, or a query across patients).
+    /// The patient compartment it is allowed in (`None`: none, or a query across patients);
+    /// for [`Action::ReadAudit`], the patient whose access log may be read (`None`: the whole
+    /// trail).
     pub fn patient(&self) -> Option<&Id> {
         self.patient.as_ref()
     }
@@ -241,6 +243,7 @@ struct Names {
     client: EntityTypeName,
     resource: EntityTypeName,
     system: EntityTypeName,
+    audit: EntityTypeName,
     actions: HashMap<Action, EntityUid>,
 }
 
@@ -256,6 +259,7 @@ impl Names {
             client: ty("PhiVault::Client")?,
             resource: ty("PhiVault::Resource")?,
             system: ty("PhiVault::System")?,
+            audit: ty("PhiVault::AuditTrail")?,
             actions: Action::ALL
                 .iter()
                 .map(|a| {
@@ -434,13 +438,15 @@ impl PolicyEngine {
                     );
                 let ctx = &request.context;
                 let clinical = request.action.is_clinical();
+                // A read of the audit trail keeps the patient whose access log it is.
+                let about_patient = clinical || request.action == Action::ReadAudit;
                 Ok(Authorized {
                     principal_kind: request.principal.kind(),
                     principal_id: request.principal.id().to_owned(),
                     role: request.principal.role(),
                     action: request.action,
                     resource_type: request.resource.rtype.filter(|_| clinical),
-                    patient: request.resource.patient.clone().filter(|_| clinical),
+                    patient: request.resource.patient.clone().filter(|_| about_patient),
                     purpose: ctx.purpose,
                     break_glass_until: ctx
                         .break_glass
@@ -554,6 +560,8 @@ impl PolicyEngine {
         // The resource entity stands for the facts of this request only; its id is not used.
         if request.action.is_clinical() {
             EntityUid::from_type_name_and_id(self.names.resource.clone(), EntityId::new("this"))
+        } else if request.action == Action::ReadAudit {
+            EntityUid::from_type_name_and_id(self.names.audit.clone(), EntityId::new("this"))
         } else {
             EntityUid::from_type_name_and_id(self.names.system.clone(), EntityId::new("phivault"))
         }
@@ -592,6 +600,24 @@ impl PolicyEngine {
                     ),
                     ("labels".to_owned(), label_set(&r.labels)),
                 ]),
+                HashSet::new(),
+            )
+            .map_err(|_| ())?
+        } else if request.action == Action::ReadAudit {
+            // The part of the trail asked about: one patient's entries, or all ("").
+            Entity::new(
+                self.resource_uid(request),
+                HashMap::from([(
+                    "patient".to_owned(),
+                    RestrictedExpression::new_string(
+                        request
+                            .resource
+                            .patient
+                            .as_ref()
+                            .map_or("", Id::as_str)
+                            .to_owned(),
+                    ),
+                )]),
                 HashSet::new(),
             )
             .map_err(|_| ())?

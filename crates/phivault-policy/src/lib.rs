@@ -25,10 +25,10 @@
 //!
 //! Default roles: `admin` (users, clients, keys; no clinical data), `clinician` (patients on
 //! their care team, for TREAT/ETREAT/HOPERAT/HPAYMT within consent; deletes for TREAT only;
-//! break-the-glass reads with ETREAT), `patient` (reads their own compartment, creates their
-//! own Consent and Task), `researcher` (de-identified exports), `auditor` (audit trail), and
-//! `app` clients (what their scopes allow, within consent). Everyone may read the
-//! CapabilityStatement.
+//! break-the-glass reads with ETREAT), `patient` (reads their own compartment and their own
+//! access log, creates their own Consent and Task), `researcher` (de-identified exports),
+//! `auditor` (the whole audit trail), and `app` clients (what their scopes allow, within
+//! consent). Everyone may read the CapabilityStatement.
 
 mod action;
 mod engine;

@@ -162,7 +162,9 @@ fn check_id(id: &str) -> Result<String, PolicyError> {
 
 /// What a clinical action is about: one resource, a type-level query, or a query over all
 /// types. Built from the stored resource's metadata (never from what the client claims), or,
-/// before the resource is known, from the request. Ignored for the non-clinical actions.
+/// before the resource is known, from the request. For [`Action::ReadAudit`], only `patient`
+/// counts: the patient whose access log is read, or `None` for the whole trail
+/// ([`ResourceRef::audit_trail`]). Ignored for the other non-clinical actions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResourceRef {
     /// The resource type; `None` for a query over all types (`GET /?_type=...`,
@@ -188,6 +190,16 @@ impl ResourceRef {
     /// No resource: for the non-clinical actions and transactions.
     pub fn none() -> Self {
         ResourceRef::default()
+    }
+
+    /// The audit trail, for [`Action::ReadAudit`]: the entries about `patient` (that
+    /// patient's access log), or the whole trail (`None`).
+    pub fn audit_trail(patient: Option<Id>) -> Self {
+        ResourceRef {
+            rtype: None,
+            patient,
+            labels: Vec::new(),
+        }
     }
 
     /// True when the type lies outside the patient compartment (Practitioner, Organization,
@@ -328,7 +340,8 @@ pub struct AccessRequest {
     pub principal: PrincipalRef,
     /// To do what.
     pub action: Action,
-    /// On what (ignored for the non-clinical actions).
+    /// On what (for [`Action::ReadAudit`]: which part of the trail; ignored for the other
+    /// non-clinical actions).
     pub resource: ResourceRef,
     /// In which circumstances.
     pub context: DecisionContext,

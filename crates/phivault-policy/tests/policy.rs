@@ -975,3 +975,87 @@ fn check_file() {
         Err(PolicyError::Io { .. })
     ));
 }
+
+/// Reading the audit trail: auditors read all of it (the whole trail, or one patient's
+/// access log); a patient reads their own access log only, in their own session; nobody
+/// else, whatever the facts say.
+#[test]
+fn audit_trail_and_access_logs() {
+    let whole = ResourceRef::audit_trail(None);
+    let own = ResourceRef::audit_trail(Some(id(OWN)));
+    let other = ResourceRef::audit_trail(Some(id(OTHER)));
+    let read = |p: &PrincipalRef, r: &ResourceRef| {
+        let mut req = request(p, Action::ReadAudit, r.clone(), p.role().default_purpose());
+        // Every fact in their favour: care team, grants, an active break-the-glass claim.
+        req.context.care_team = true;
+        req.context.label_grants = Label::ALL.to_vec();
+        req.context.break_glass = Some(glass());
+        ENGINE.decide(&req)
+    };
+
+    // Auditors: everything.
+    let auditor = user(Role::Auditor);
+    for r in [&whole, &own, &other] {
+        let proof = read(&auditor, r).unwrap();
+        assert_eq!(proof.policies(), ["auditor.audit"]);
+        assert_eq!(proof.patient(), r.patient.as_ref());
+    }
+
+    // A patient: their own access log, nothing else of the trail.
+    let patient = user(Role::Patient);
+    let proof = read(&patient, &own).unwrap();
+    assert_eq!(proof.policies(), ["patient.own_access_log"]);
+    assert_eq!(proof.action(), Action::ReadAudit);
+    assert_eq!(proof.patient(), Some(&id(OWN)));
+    for purpose in Purpose::ALL {
+        let r = request(&patient, Action::ReadAudit, own.clone(), *purpose);
+        assert!(allowed(&r), "own access log for {purpose}");
+    }
+    assert_eq!(
+        read(&patient, &other).unwrap_err().reason(),
+        DenyReason::NoPermit
+    );
+    assert_eq!(
+        read(&patient, &whole).unwrap_err().reason(),
+        DenyReason::NoPermit
+    );
+    // Another patient (linked to OTHER) does not read OWN's log, and OWN's is not theirs.
+    let someone = PrincipalRef::user("u-someone", Role::Patient)
+        .unwrap()
+        .with_linked_patient(id(OTHER))
+        .unwrap();
+    assert!(read(&someone, &other).is_ok());
+    assert!(read(&someone, &own).is_err());
+    // A patient user not linked to any record reads no access log.
+    let unlinked = PrincipalRef::user("u-unlinked", Role::Patient).unwrap();
+    for r in [&whole, &own, &other] {
+        assert!(read(&unlinked, r).is_err());
+    }
+    // An app acting for the patient (a token with SMART scopes, even every patient scope):
+    // not the access log.
+    let delegated = user(Role::Patient).with_scopes(scopes("patient/*.cruds"));
+    assert!(read(&delegated, &own).is_err());
+
+    // Everyone else: nothing, not even the log of a patient on their care team.
+    for role in [Role::Admin, Role::Clinician, Role::Researcher] {
+        let p = user(role);
+        for r in [&whole, &own, &other] {
+            assert_eq!(
+                read(&p, r).unwrap_err().reason(),
+                DenyReason::NoPermit,
+                "{role} {:?}",
+                r.patient
+            );
+        }
+    }
+    for scope in ["system/*.cruds", "patient/*.cruds"] {
+        let app = client(scope);
+        for r in [&whole, &own, &other] {
+            assert!(read(&app, r).is_err(), "app {scope}");
+        }
+    }
+    let launched = PrincipalRef::client("c-app", scopes("patient/*.cruds"))
+        .unwrap()
+        .with_launch_patient(id(OWN));
+    assert!(read(&launched, &own).is_err());
+}

@@ -83,6 +83,68 @@ fn resource_entry(rtype: ResourceType) -> Value {
     })
 }
 
+/// The audit trail as `AuditEvent`s (read and search, auditors only by default).
+fn audit_event_entry() -> Value {
+    let param = |name: &str, kind: &str, definition: &str, documentation: &str| {
+        json!({
+            "name": name,
+            "definition": definition,
+            "type": kind,
+            "documentation": documentation,
+        })
+    };
+    json!({
+        "type": "AuditEvent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "The audit trail (one event per request, and per resource written in \
+            a Bundle), in the spirit of IHE BALP: read-only, for the auditor role. Results are \
+            newest first, paged with _count (default 50, at most 500) and the next link's \
+            opaque cursor. Break-the-glass events carry meta.security BTG and purposeOfEvent \
+            ETREAT. A patient reads their own access log with Patient/{id}/$access-log.",
+        "interaction": [{ "code": "read" }, { "code": "search-type" }],
+        "versioning": "no-version",
+        "readHistory": false,
+        "updateCreate": false,
+        "conditionalCreate": false,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": false,
+        "conditionalDelete": "not-supported",
+        "searchParam": [
+            param(
+                "patient",
+                "reference",
+                "http://hl7.org/fhir/SearchParameter/AuditEvent-patient",
+                "The patient the event is about: an id or Patient/id. One value.",
+            ),
+            param(
+                "agent",
+                "reference",
+                "http://hl7.org/fhir/SearchParameter/AuditEvent-agent",
+                "Who acted: the id of a user or client (agent.who.identifier.value). One value.",
+            ),
+            param(
+                "date",
+                "date",
+                "http://hl7.org/fhir/SearchParameter/AuditEvent-date",
+                "When recorded: a date (YYYY, YYYY-MM, YYYY-MM-DD, in UTC) or an instant, \
+                 with the prefixes eq (default), ge, gt, le, lt; repeat for a range.",
+            ),
+            param(
+                "action",
+                "token",
+                "http://hl7.org/fhir/SearchParameter/AuditEvent-action",
+                "C, R, U, D or E. One value.",
+            ),
+            param(
+                "outcome",
+                "token",
+                "http://hl7.org/fhir/SearchParameter/AuditEvent-outcome",
+                "0 (allowed), 4 (denied) or 8 (error). One value.",
+            ),
+        ],
+    })
+}
+
 /// `rest.security`: what protects the API, truthfully.
 fn security(base_url: &str) -> Value {
     let root = crate::auth_routes::server_root(base_url);
@@ -130,7 +192,26 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
     let date = now
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned());
-    let resources: Vec<Value> = ResourceType::all().map(resource_entry).collect();
+    let mut resources: Vec<Value> = ResourceType::all().map(resource_entry).collect();
+    if let Some(patient) = resources
+        .iter_mut()
+        .find(|r| r["type"] == "Patient")
+        .and_then(Value::as_object_mut)
+    {
+        patient.insert(
+            "operation".to_owned(),
+            json!([{
+                "name": "access-log",
+                "definition": "urn:phivault:OperationDefinition/Patient-access-log",
+                "documentation": "GET Patient/{id}/$access-log: the patient's access log \
+                    (AuditEvents about them, newest first, paged like AuditEvent search; \
+                    parameters date, action, outcome, _count): who (name and role), when, \
+                    what and why, break-the-glass flagged. For that patient's own session \
+                    and for auditors; everyone else is refused.",
+            }]),
+        );
+    }
+    resources.push(audit_event_entry());
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -9,7 +9,9 @@
 //!
 //! Routes: the FHIR API under `/fhir`; login, logout and TOTP enrolment under `/auth`; the
 //! OAuth2 token and revocation endpoints under `/oauth`; SMART discovery at
-//! `/.well-known/smart-configuration`; the admin API under `/admin`.
+//! `/.well-known/smart-configuration`; the admin API under `/admin`; the audit trail as FHIR
+//! `AuditEvent`s (`/fhir/AuditEvent`, for auditors) and each patient's access log
+//! (`/fhir/Patient/{id}/$access-log`, for that patient).
 //!
 //! Guarantees:
 //! - **No route answers without a valid token**, except login, the OAuth2 endpoints (which
@@ -26,6 +28,7 @@
 //!   when asked for explicitly.
 
 mod admin_routes;
+mod audit_event;
 mod audit_routes;
 mod audit_sink;
 mod auth_routes;
@@ -163,6 +166,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/clients"),
     ("GET", "/admin/break-glass"),
     ("GET", "/audit/checkpoint"),
+    ("GET", "/fhir/AuditEvent"),
+    ("GET", "/fhir/AuditEvent/{id}"),
+    ("GET", "/fhir/Patient/{id}/$access-log"),
 ];
 
 /// The application's routes (usable without sockets, e.g. `Router::oneshot` in tests).
@@ -181,6 +187,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(auth_routes::routes())
         .merge(admin_routes::routes())
         .merge(audit_routes::routes())
+        .merge(audit_event::routes())
         .fallback(fhir_routes::no_route)
         .method_not_allowed_fallback(fhir_routes::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
