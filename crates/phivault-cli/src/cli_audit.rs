@@ -155,23 +155,26 @@ impl AuditSink for CliAudit {
     /// transaction.
     fn record<'a>(&'a self, conn: &'a mut AnyConnection, written: &'a [Written]) -> SinkFuture<'a> {
         Box::pin(async move {
-            for w in written {
-                let entry = self.entry(
-                    w.kind.as_str().to_owned(),
-                    Some((w.rtype.to_string(), w.id.to_string())),
-                    w.patient.as_ref().map(ToString::to_string),
-                    Outcome::Allowed,
-                );
-                self.log
-                    .append_in(conn, &entry)
-                    .await
-                    .map_err(|e| match e {
-                        phivault_audit::AuditError::Store(e) => e,
-                        other => StoreError::Config(format!(
-                            "the audit entry could not be written: {other}"
-                        )),
-                    })?;
-            }
+            let entries: Vec<_> = written
+                .iter()
+                .map(|w| {
+                    self.entry(
+                        w.kind.as_str().to_owned(),
+                        Some((w.rtype.to_string(), w.id.to_string())),
+                        w.patient.as_ref().map(ToString::to_string),
+                        Outcome::Allowed,
+                    )
+                })
+                .collect();
+            self.log
+                .append_all_in(conn, &entries)
+                .await
+                .map_err(|e| match e {
+                    phivault_audit::AuditError::Store(e) => e,
+                    other => {
+                        StoreError::Config(format!("the audit entry could not be written: {other}"))
+                    }
+                })?;
             Ok(())
         })
     }

@@ -108,19 +108,22 @@ impl RequestSink {
             *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(seq);
             return Ok(());
         }
-        for w in written {
-            let entry = self.slot.entry(
-                w.kind.as_str().to_owned(),
-                Some(w.rtype.to_string()),
-                Some(w.id.to_string()),
-                w.patient.as_ref().map(ToString::to_string),
-                Outcome::Allowed,
-            );
-            self.audit
-                .append_in(conn, &entry)
-                .await
-                .map_err(store_error)?;
-        }
+        let entries: Vec<_> = written
+            .iter()
+            .map(|w| {
+                self.slot.entry(
+                    w.kind.as_str().to_owned(),
+                    Some(w.rtype.to_string()),
+                    Some(w.id.to_string()),
+                    w.patient.as_ref().map(ToString::to_string),
+                    Outcome::Allowed,
+                )
+            })
+            .collect();
+        self.audit
+            .append_all_in(conn, &entries)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 }

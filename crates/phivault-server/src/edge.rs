@@ -366,6 +366,24 @@ fn outcome_of(status: StatusCode) -> Outcome {
 /// The resource type and id named by the path of a FHIR route whose template holds `{type}`
 /// (and `{id}`); only values that parse as a FHIR type and id are kept.
 fn resource_of(route: &str, path: &str) -> (Option<String>, Option<String>) {
+    let last = || path.rsplit('/').next().unwrap_or_default();
+    match route {
+        "/fhir/AuditEvent/{id}" => {
+            // AuditEvent ids are entry seqs.
+            let id = last().parse::<u64>().ok().map(|seq| seq.to_string());
+            return (Some("AuditEvent".to_owned()), id);
+        }
+        "/fhir/AuditEvent" => return (Some("AuditEvent".to_owned()), None),
+        "/fhir/Patient/{id}/$access-log" => {
+            let id = path
+                .split('/')
+                .nth(3)
+                .and_then(|i| Id::parse(i).ok())
+                .map(|i| i.to_string());
+            return (Some("Patient".to_owned()), id);
+        }
+        _ => {}
+    }
     if !route.starts_with("/fhir/{type}") {
         return (None, None);
     }
@@ -527,6 +545,34 @@ pub(crate) fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources_named_by_routes() {
+        assert_eq!(
+            resource_of("/fhir/{type}/{id}", "/fhir/Patient/abc"),
+            (Some("Patient".to_owned()), Some("abc".to_owned()))
+        );
+        assert_eq!(
+            resource_of("/fhir/{type}", "/fhir/Observation"),
+            (Some("Observation".to_owned()), None)
+        );
+        assert_eq!(
+            resource_of("/fhir/AuditEvent/{id}", "/fhir/AuditEvent/42"),
+            (Some("AuditEvent".to_owned()), Some("42".to_owned()))
+        );
+        assert_eq!(
+            resource_of("/fhir/AuditEvent/{id}", "/fhir/AuditEvent/x%20y"),
+            (Some("AuditEvent".to_owned()), None)
+        );
+        assert_eq!(
+            resource_of(
+                "/fhir/Patient/{id}/$access-log",
+                "/fhir/Patient/p-1/$access-log"
+            ),
+            (Some("Patient".to_owned()), Some("p-1".to_owned()))
+        );
+        assert_eq!(resource_of("/auth/login", "/auth/login"), (None, None));
+    }
 
     #[test]
     fn bearer_tokens() {

@@ -94,8 +94,10 @@ pub struct AppState {
     pub base_url: Arc<str>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// The audit trail of the store: one entry per request, appended before the response
-    /// leaves (shared: the log holds the checkpoint-signing key).
+    /// The audit trail of the store: one entry per request, committed in the write's own
+    /// transaction for a single-resource write, otherwise appended before the response leaves;
+    /// plus one entry per resource a Bundle writes, in its transaction (shared: the log holds
+    /// the checkpoint-signing key).
     pub audit: Arc<AuditLog>,
 }
 
@@ -175,7 +177,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 ///
 /// Every route, the 404 fallback and the 405 answers pass through the same layers: security
 /// headers and a request id (outermost), request logging, the audit trail (one entry per
-/// request, appended before the response leaves; a failed append answers 503 instead),
+/// request, committed with a single-resource write or appended before the response leaves;
+/// a failed append answers 503 instead and a write whose entry fails is rolled back),
 /// authentication, then a panic guard that turns a panicking handler into a 500
 /// OperationOutcome.
 ///

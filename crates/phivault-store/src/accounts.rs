@@ -441,7 +441,7 @@ impl Store {
         code_hashes: &[[u8; 32]],
     ) -> Result<bool, StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE users SET totp_enabled = 1, totp_last_step = $1 \
              WHERE tenant = $2 AND user_id = $3 AND totp_enabled = 0 AND totp_sealed IS NOT NULL",
@@ -571,7 +571,7 @@ impl Store {
         code_hashes: &[[u8; 32]],
     ) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         replace_codes_in(&mut tx, user_id, code_hashes).await?;
         tx.commit().await?;
         Ok(())

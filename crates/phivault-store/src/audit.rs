@@ -400,7 +400,7 @@ impl Store {
         E: From<StoreError>,
     {
         let _guard = self.write_guard().await;
-        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
+        let mut tx = self.begin_write().await?;
         let seq = self.append_audit_in(&mut tx, build).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(seq)
@@ -475,7 +475,7 @@ impl Store {
             let Some(last) = rows.last() else { break };
             after = last.try_get("seq")?;
             let _guard = self.write_guard().await;
-            let mut tx = self.inner.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             for row in &rows {
                 let seq: i64 = row.try_get("seq")?;
                 let body: Vec<u8> = row.try_get("body")?;

@@ -126,7 +126,7 @@ impl Store {
         let mut responses: Vec<Value> = vec![Value::Null; slots.len()];
         let mut written = Vec::new();
         let _guard = self.write_guard().await;
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for index in order {
             let Some(w) = slots[index].take() else {
                 continue;
@@ -165,7 +165,7 @@ impl Store {
                     .pop()
                     .ok_or_else(|| StoreError::Config("empty plan".to_owned()))?;
                 let _guard = self.write_guard().await;
-                let mut tx = self.inner.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let (r, wrote) = self.run_entry(&mut tx, w).await?;
                 if let Some(wrote) = wrote {
                     audit.record(&mut tx, &[wrote]).await?;

@@ -76,6 +76,18 @@ fn to_u64(v: i64) -> u64 {
 }
 
 impl Store {
+    /// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`: the database's write
+    /// lock is taken at the start (waiting up to the busy timeout for another process, e.g.
+    /// `phivault import` next to a running server), so a transaction that reads and then
+    /// writes (the audit tail, a current version) cannot fail half-way with a stale snapshot.
+    /// In this process the caller also holds [`Store::write_lock`].
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.inner.backend {
+            crate::Backend::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
+            crate::Backend::Postgres => self.inner.pool.begin().await?,
+        })
+    }
+
     pub(crate) async fn write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match &self.inner.write_lock {
             Some(l) => Some(l.lock().await),
@@ -129,7 +141,7 @@ impl Store {
     ) -> Result<StoredResource, StoreError> {
         let prepared = self.prepare(resource, Id::generate()).await?;
         let _guard = self.write_guard().await;
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let out = self.put_in(&mut tx, prepared, None, true).await?;
         audit.record(&mut tx, &[out.written()]).await?;
         tx.commit().await?;
@@ -148,7 +160,7 @@ impl Store {
     ) -> Result<(StoredResource, bool), StoreError> {
         let prepared = self.prepare(resource, id.clone()).await?;
         let _guard = self.write_guard().await;
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let out = self.put_in(&mut tx, prepared, if_match, false).await?;
         audit.record(&mut tx, &[out.written()]).await?;
         tx.commit().await?;
@@ -165,7 +177,7 @@ impl Store {
         audit: &dyn AuditSink,
     ) -> Result<Option<u64>, StoreError> {
         let _guard = self.write_guard().await;
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let Some(out) = self.delete_in(&mut tx, rtype, id).await? else {
             return Ok(None);
         };
