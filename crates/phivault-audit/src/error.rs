@@ -10,6 +10,10 @@ pub enum AuditError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A group commit holding the entry failed (the store's failure, as text: it is shared by
+    /// every entry of the group).
+    #[error("the audit entry could not be written: {0}")]
+    Append(String),
     /// An entry could not be serialized.
     #[error("cannot serialize an audit entry: {0}")]
     Serialize(#[source] serde_json::Error),

@@ -146,6 +146,55 @@ pub struct AuditLog {
     signer: Ed25519KeyPair,
     /// Held for the whole of a checkpoint or tail verification (one at a time).
     verified: tokio::sync::Mutex<Option<Verified>>,
+    /// Entries waiting for the next group commit ([`AuditLog::append`]).
+    pending: std::sync::Mutex<Vec<Pending>>,
+    /// Held by the appender that commits a group (one group at a time).
+    committer: tokio::sync::Mutex<()>,
+}
+
+/// An entry waiting for its group commit, and where its seq (or the group's failure) goes.
+struct Pending {
+    entry: AuditEntry,
+    reply: tokio::sync::oneshot::Sender<Result<u64, String>>,
+}
+
+/// The rows of `entries` as consecutive entries from `tail` on, each chained onto the one
+/// before it.
+fn chained_rows(entries: &[AuditEntry], tail: &AuditTail) -> Result<Vec<NewAuditRow>, AuditError> {
+    let mut at = tail.clone();
+    let mut rows = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let row = build_row(entry, &at)?;
+        at = AuditTail {
+            seq: at.seq + 1,
+            prev_hash: Some(row.entry_hash.clone()),
+        };
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Writes one group in a transaction of its own and answers every appender in it.
+async fn commit_group(store: Store, group: Vec<Pending>) {
+    let (entries, replies): (Vec<AuditEntry>, Vec<_>) =
+        group.into_iter().map(|p| (p.entry, p.reply)).unzip();
+    let written = store
+        .append_audit_rows(|tail| chained_rows(&entries, tail))
+        .await;
+    match written {
+        Ok(first) => {
+            for (seq, reply) in (first..).zip(replies) {
+                // An appender that gave up waiting does not need its seq.
+                let _ = reply.send(Ok(seq));
+            }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(text.clone()));
+            }
+        }
+    }
 }
 
 impl fmt::Debug for AuditLog {
@@ -227,6 +276,8 @@ impl AuditLog {
             key_id: key.key_id,
             signer,
             verified: tokio::sync::Mutex::new(None),
+            pending: std::sync::Mutex::new(Vec::new()),
+            committer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -242,8 +293,42 @@ impl AuditLog {
 
     /// Appends `entry` in a transaction of its own; its `seq` is assigned (the one given is
     /// ignored). Returns the seq.
+    ///
+    /// Group commit: appenders that arrive while a group is being committed wait, and the
+    /// next of them commits all the entries waiting by then in one transaction (one fsync
+    /// for the group), then every appender of the group gets its seq. Each appender returns
+    /// only once its entry is committed (durable), and gets the group's error when the group
+    /// could not be written. The commit runs in a task of its own, so an appender that is
+    /// cancelled (a client that went away) neither loses the other entries of its group nor
+    /// leaves them waiting.
     pub async fn append(&self, entry: &AuditEntry) -> Result<u64, AuditError> {
-        self.store.append_audit(|tail| build_row(entry, tail)).await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Pending {
+                entry: entry.clone(),
+                reply,
+            });
+        {
+            let _turn = self.committer.lock().await;
+            let group =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            // Empty when an earlier committer took this entry into its group.
+            if !group.is_empty() {
+                let task = tokio::spawn(commit_group(self.store.clone(), group));
+                if task.await.is_err() {
+                    tracing::error!("an audit group commit task failed");
+                }
+            }
+        }
+        match answer.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(text)) => Err(AuditError::Append(text)),
+            Err(_) => Err(AuditError::Append(
+                "the group commit holding the entry ended without an answer".to_owned(),
+            )),
+        }
     }
 
     /// Appends `entry` inside the caller's transaction (see
@@ -270,19 +355,7 @@ impl AuditLog {
             return Ok(self.store.audit_tail().await?.seq);
         }
         self.store
-            .append_audit_rows_in(conn, |tail| {
-                let mut at = tail.clone();
-                let mut rows = Vec::with_capacity(entries.len());
-                for entry in entries {
-                    let row = build_row(entry, &at)?;
-                    at = AuditTail {
-                        seq: at.seq + 1,
-                        prev_hash: Some(row.entry_hash.clone()),
-                    };
-                    rows.push(row);
-                }
-                Ok(rows)
-            })
+            .append_audit_rows_in(conn, |tail| chained_rows(entries, tail))
             .await
     }
 

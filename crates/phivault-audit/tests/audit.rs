@@ -1019,3 +1019,52 @@ async fn two_processes_append_to_one_sqlite_trail() {
     let report = a.verify(|_| {}).await.unwrap();
     assert_eq!(report.entries, 100);
 }
+
+/// Appenders arriving together are committed in groups: each gets its own seq, every seq is
+/// taken once, and the trail is one chain; when the group cannot be written, each appender
+/// of it gets the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_gives_each_appender_its_own_committed_seq() {
+    for f in fixtures().await {
+        let log = std::sync::Arc::new(AuditLog::open(f.store.clone()).await.unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..64u64 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(
+                async move { log.append(&entry(i)).await.unwrap() },
+            ));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=64).collect::<Vec<_>>(), "{}", f.label);
+        // Each appender's seq holds its own entry.
+        let report = log.verify(|_| {}).await.unwrap();
+        assert_eq!(report.entries, 64);
+
+        // The table refuses inserts (a SQLite trigger): every appender of the group fails,
+        // nothing is written.
+        if f.label == "sqlite" {
+            sqlx::query(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_entries \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            )
+            .execute(f.store.pool())
+            .await
+            .unwrap();
+            let mut tasks = Vec::new();
+            for i in 0..8u64 {
+                let log = log.clone();
+                tasks.push(tokio::spawn(
+                    async move { log.append(&entry(100 + i)).await },
+                ));
+            }
+            for t in tasks {
+                assert!(t.await.unwrap().is_err());
+            }
+            assert_eq!(f.store.audit_tail().await.unwrap().seq, 65);
+        }
+    }
+}

@@ -21,6 +21,8 @@ pub(crate) const BUNDLE_SIZE: usize = 100;
 pub(crate) struct BenchOptions {
     pub(crate) patients: u64,
     pub(crate) reads: u64,
+    /// Concurrent readers of the second read phase.
+    pub(crate) readers: u64,
     /// None: a temporary SQLite file, removed afterwards.
     pub(crate) database_url: Option<String>,
 }
@@ -34,6 +36,8 @@ pub(crate) struct BenchReport {
     pub(crate) ingest: Duration,
     /// Latency of each read, sorted.
     pub(crate) reads: Vec<Duration>,
+    /// Readers, reads and the wall time of the concurrent phase.
+    pub(crate) concurrent: Option<(u64, u64, Duration)>,
     /// Entries in the audit trail and the time a full `audit verify` of it took (`None` in a
     /// bench-no-audit build).
     pub(crate) verify: Option<(u64, Duration)>,
@@ -64,6 +68,13 @@ impl BenchReport {
             let p99 = us(self.reads[((n * 99) / 100).min(n - 1)]);
             lines.push(format!(
                 "read-by-id: {n} reads, mean {mean:.0} us, p50 {p50:.0} us, p99 {p99:.0} us"
+            ));
+        }
+        if let Some((readers, n, took)) = self.concurrent {
+            let secs = took.as_secs_f64();
+            let rate = if secs > 0.0 { n as f64 / secs } else { 0.0 };
+            lines.push(format!(
+                "read-by-id, {readers} concurrent readers: {n} reads in {secs:.2} s = {rate:.0} reads/s"
             ));
         }
         if let Some((entries, took)) = self.verify {
@@ -106,7 +117,7 @@ const AUDIT: bool = !cfg!(feature = "bench-no-audit");
 /// writes gets an entry inside the transaction ([`AuditSink`]), the request gets its own entry
 /// after the commit, and each read gets an entry before its answer would leave.
 struct BenchAudit {
-    log: AuditLog,
+    log: std::sync::Arc<AuditLog>,
 }
 
 impl BenchAudit {
@@ -187,9 +198,11 @@ pub(crate) async fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let validator = Validator::new().context("loading the FHIR schema")?;
     let audit = if AUDIT {
         Some(BenchAudit {
-            log: AuditLog::open(store.clone())
-                .await
-                .context("opening the audit trail")?,
+            log: std::sync::Arc::new(
+                AuditLog::open(store.clone())
+                    .await
+                    .context("opening the audit trail")?,
+            ),
         })
     } else {
         None
@@ -260,6 +273,40 @@ async fn measure(
         reads.push(start.elapsed());
     }
     reads.sort();
+    // The same reads again, split among concurrent readers (as concurrent requests would):
+    // with the audit on, their entries share group commits.
+    let mut concurrent = None;
+    if opts.reads > 0 {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        let per = opts.reads.div_ceil(opts.readers);
+        for r in 0..opts.readers {
+            let store = store.clone();
+            let log = audit.map(|a| a.log.clone());
+            let mut rng = Rng::new(0x5245_4144 + r);
+            let picks: Vec<(ResourceType, Id)> = (0..per)
+                .map(|_| written[rng.below(written.len())].clone())
+                .collect();
+            tasks.push(tokio::spawn(async move {
+                for (rtype, id) in picks {
+                    store.read(rtype, &id).await?;
+                    if let Some(log) = &log {
+                        log.append(&BenchAudit::entry(
+                            "GET /fhir/{type}/{id}",
+                            Some(rtype),
+                            Some(&id),
+                        ))
+                        .await?;
+                    }
+                }
+                Ok::<(), anyhow::Error>(())
+            }));
+        }
+        for t in tasks {
+            t.await.context("a concurrent reader failed")??;
+        }
+        concurrent = Some((opts.readers, per * opts.readers, started.elapsed()));
+    }
     let verify = match audit {
         Some(a) => {
             let start = Instant::now();
@@ -277,6 +324,7 @@ async fn measure(
         resources,
         ingest,
         reads,
+        concurrent,
         verify,
     })
 }
@@ -292,6 +340,7 @@ mod tests {
             resources: 10_000,
             ingest: Duration::from_millis(4200),
             reads: (1..=99).map(Duration::from_micros).collect(),
+            concurrent: Some((8, 99, Duration::from_millis(33))),
             verify: Some((50_000, Duration::from_millis(500))),
         };
         let lines = report.lines();
@@ -305,6 +354,10 @@ mod tests {
         );
         assert_eq!(
             lines[3],
+            "read-by-id, 8 concurrent readers: 99 reads in 0.03 s = 3000 reads/s"
+        );
+        assert_eq!(
+            lines[4],
             "audit verify: 50000 entries in 0.50 s = 100000 entries/s"
         );
     }

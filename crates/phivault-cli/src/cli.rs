@@ -431,6 +431,10 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) reads: u64,
 
+    /// Readers for the concurrent read phase (the same number of reads, split among them).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub(crate) readers: u64,
+
     /// Benchmark against this (empty) database instead of a temporary SQLite file. Its
     /// content is not removed afterwards.
     #[arg(long, value_name = "URL")]

@@ -426,6 +426,7 @@ async fn bench(args: &BenchArgs) -> Result<()> {
     let opts = BenchOptions {
         patients: args.patients,
         reads: args.reads,
+        readers: args.readers,
         database_url: args.database_url.clone(),
     };
     println!("{}", bench::cipher_line());

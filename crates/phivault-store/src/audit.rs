@@ -393,6 +393,19 @@ impl Store {
         Ok(())
     }
 
+    /// Appends entries in a transaction of their own (see [`Store::append_audit_rows_in`]).
+    pub async fn append_audit_rows<F, E>(&self, build: F) -> Result<u64, E>
+    where
+        F: FnMut(&AuditTail) -> Result<Vec<NewAuditRow>, E>,
+        E: From<StoreError>,
+    {
+        let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
+        let seq = self.append_audit_rows_in(&mut tx, build).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(seq)
+    }
+
     /// Appends an audit entry in a transaction of its own (see [`Store::append_audit_in`]).
     pub async fn append_audit<F, E>(&self, build: F) -> Result<u64, E>
     where
