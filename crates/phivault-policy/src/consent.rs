@@ -281,6 +281,25 @@ impl Consent {
         Ok(Some(consent))
     }
 
+    /// A stored consent of `patient` that can no longer be applied (it breaks a rule added
+    /// after it was written): taken as denying every purpose, so that what it said is never
+    /// widened (fail closed). Break-the-glass and the patient's own access still pass.
+    pub fn unreadable(patient: Id) -> Consent {
+        Consent {
+            patient,
+            active: true,
+            scope: ConsentScope::PatientPrivacy,
+            provision: Some(Provision {
+                kind: Some(ProvisionType::Deny),
+                purposes: Vec::new(),
+                period: None,
+                actors: Vec::new(),
+                classes: Vec::new(),
+                exceptions: Vec::new(),
+            }),
+        }
+    }
+
     /// The patient who consents.
     pub fn patient(&self) -> &Id {
         &self.patient
@@ -948,6 +967,14 @@ mod tests {
         assert!(ConsentDefaults::parse_setting("permit").unwrap());
         assert!(!ConsentDefaults::parse_setting("deny").unwrap());
         assert!(ConsentDefaults::parse_setting("Deny").is_err());
+    }
+
+    #[test]
+    fn unreadable_consents_deny_everything() {
+        let c = Consent::unreadable(Id::parse("p1").unwrap());
+        for p in Purpose::ALL {
+            assert_eq!(c.decide(&q(*p)), Some(ProvisionType::Deny), "{p}");
+        }
     }
 
     #[test]
