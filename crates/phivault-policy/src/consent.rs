@@ -961,7 +961,7 @@ mod tests {
         assert!(ConsentVerdict::NoConsent.permits(&defaults, Purpose::Operations));
         assert!(ConsentVerdict::Permit.permits(&defaults, Purpose::Research));
         assert!(!ConsentVerdict::Deny.permits(&defaults, Purpose::Treat));
-        let mut strict = defaults.clone();
+        let mut strict = defaults;
         strict.set(Purpose::Operations, false);
         assert!(!ConsentVerdict::NoConsent.permits(&strict, Purpose::Operations));
         assert!(ConsentDefaults::parse_setting("permit").unwrap());

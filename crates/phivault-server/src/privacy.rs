@@ -229,7 +229,8 @@ mod tests {
     #[test]
     fn bad_registers_are_refused_by_entry_and_field() {
         let good = default_processing_activities();
-        let cases: [(fn(&mut ProcessingActivity), &str); 5] = [
+        type Change = fn(&mut ProcessingActivity);
+        let cases: [(Change, &str); 5] = [
             (|a| a.name = " ".to_owned(), "processing_activities[1].name"),
             (|a| a.purposes.clear(), "processing_activities[1].purposes"),
             (
@@ -251,7 +252,7 @@ mod tests {
             let e = check_processing_activities(&bad).unwrap_err();
             assert!(e.starts_with(expected), "{e}");
         }
-        let mut twice = good.clone();
+        let mut twice = good;
         twice[1].name = twice[0].name.clone();
         let e = check_processing_activities(&twice).unwrap_err();
         assert!(e.contains("another entry"), "{e}");

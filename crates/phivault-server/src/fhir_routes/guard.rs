@@ -503,7 +503,8 @@ impl Access {
         };
         // A patient being created has no consents yet; patients' own access does not depend
         // on consent (and they reach no one else's record).
-        if !facts.new_patient && !(self.is_user() && self.role() == Role::Patient) {
+        let patient_user = self.is_user() && self.role() == Role::Patient;
+        if !facts.new_patient && !patient_user {
             ctx.consent_permits = self.consent_permits(patient, rtype).await?;
         }
         // A patient's own record is the engine's business (linked patient); clients have no
