@@ -288,7 +288,11 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
         settings.max_body_bytes,
     )
     .await
-    .context("loading the authorization policies and the audit trail")?;
+    .context("loading the authorization policies and the audit trail")?
+    .with_privacy(
+        settings.consent_defaults.clone(),
+        settings.processing_activities.clone(),
+    );
     if let Err(e) = check_audit_trail(&state.audit, allow_broken_audit).await {
         store.close().await;
         return Err(e);

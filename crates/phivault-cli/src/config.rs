@@ -4,10 +4,15 @@
 //! command's arguments become one [`Layer`]; the TOML file is another [`Layer`]; [`resolve`]
 //! stacks them over the defaults of docs/CONTRACTS.md.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use phivault_policy::{ConsentDefaults, Purpose};
+use phivault_server::{
+    ProcessingActivity, check_processing_activities, default_processing_activities,
+};
 use serde::Deserialize;
 
 /// The file read when neither `--config` nor `PHIVAULT_CONFIG` names one (only if it exists).
@@ -56,6 +61,10 @@ pub(crate) struct Layer {
     pub(crate) public_base_url: Option<String>,
     pub(crate) log_format: Option<LogFormat>,
     pub(crate) policy_file: Option<PathBuf>,
+    /// `[consent_defaults]`: purpose of use code -> "permit" | "deny" (file only).
+    pub(crate) consent_defaults: Option<BTreeMap<String, String>>,
+    /// `[[processing_activities]]`: the register of processing activities (file only).
+    pub(crate) processing_activities: Option<Vec<ProcessingActivity>>,
 }
 
 impl Layer {
@@ -72,6 +81,8 @@ impl Layer {
             public_base_url: self.public_base_url.or(lower.public_base_url),
             log_format: self.log_format.or(lower.log_format),
             policy_file: self.policy_file.or(lower.policy_file),
+            consent_defaults: self.consent_defaults.or(lower.consent_defaults),
+            processing_activities: self.processing_activities.or(lower.processing_activities),
         }
     }
 }
@@ -93,6 +104,11 @@ pub(crate) struct Settings {
     pub(crate) log_format: LogFormat,
     /// Operator policies added to the default set.
     pub(crate) policy_file: Option<PathBuf>,
+    /// What each purpose of use gets when no consent of the patient applies (built-in:
+    /// HRESCH and HMARKT deny, every other purpose permit), with the configured overrides.
+    pub(crate) consent_defaults: ConsentDefaults,
+    /// The register of processing activities (built-in unless configured).
+    pub(crate) processing_activities: Vec<ProcessingActivity>,
 }
 
 impl Settings {
@@ -145,6 +161,19 @@ impl Settings {
         line("log_format", quote(self.log_format.as_str()));
         if let Some(f) = &self.policy_file {
             line("policy_file", quote(&f.display().to_string()));
+        }
+        out.push_str(&format!(
+            "# processing_activities: {} entries\n",
+            self.processing_activities.len()
+        ));
+        out.push_str("\n[consent_defaults]\n");
+        for p in Purpose::ALL {
+            let d = if self.consent_defaults.permits(*p) {
+                "permit"
+            } else {
+                "deny"
+            };
+            out.push_str(&format!("{p} = \"{d}\"\n"));
         }
         out
     }
@@ -292,6 +321,31 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
             message: "must start with https:// (or http://)".to_owned(),
         });
     }
+    let mut consent_defaults = ConsentDefaults::default();
+    for (code, value) in merged.consent_defaults.unwrap_or_default() {
+        let purpose = Purpose::parse(&code).map_err(|_| ConfigError::Invalid {
+            key: "consent_defaults",
+            message: format!(
+                "`{}` is not an HL7 PurposeOfUse code (TREAT, ETREAT, HPAYMT, HOPERAT, HRESCH, \
+                 HMARKT, ...)",
+                code.chars().take(40).collect::<String>()
+            ),
+        })?;
+        let permit = ConsentDefaults::parse_setting(&value).map_err(|_| ConfigError::Invalid {
+            key: "consent_defaults",
+            message: format!("{purpose} must be \"permit\" or \"deny\""),
+        })?;
+        consent_defaults.set(purpose, permit);
+    }
+    let processing_activities = merged
+        .processing_activities
+        .unwrap_or_else(default_processing_activities);
+    check_processing_activities(&processing_activities).map_err(|message| {
+        ConfigError::Invalid {
+            key: "processing_activities",
+            message,
+        }
+    })?;
     Ok(Settings {
         data_dir,
         database_url,
@@ -304,6 +358,8 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         public_base_url,
         log_format: merged.log_format.unwrap_or_default(),
         policy_file: merged.policy_file,
+        consent_defaults,
+        processing_activities,
     })
 }
 
@@ -510,6 +566,76 @@ mod tests {
             ..Layer::default()
         };
         assert!(resolve(zero, Layer::default()).is_err());
+    }
+
+    #[test]
+    fn consent_defaults_and_the_register() {
+        let s = resolve(Layer::default(), Layer::default()).unwrap();
+        assert!(!s.consent_defaults.permits(Purpose::Research));
+        assert!(!s.consent_defaults.permits(Purpose::Marketing));
+        assert!(s.consent_defaults.permits(Purpose::Treat));
+        assert_eq!(s.processing_activities, default_processing_activities());
+        let f = file(
+            r#"
+            [consent_defaults]
+            HRESCH = "permit"
+            HOPERAT = "deny"
+
+            [[processing_activities]]
+            name = "treatment"
+            description = "care"
+            purposes = ["TREAT"]
+            legal_basis = "art. 9(2)(h)"
+            data_subjects = ["patients"]
+            data_classes = ["Observation"]
+            recipients = ["care team"]
+            retention = "10 years"
+            "#,
+        );
+        let s = resolve(Layer::default(), f).unwrap();
+        assert!(s.consent_defaults.permits(Purpose::Research));
+        assert!(!s.consent_defaults.permits(Purpose::Operations));
+        assert!(!s.consent_defaults.permits(Purpose::Marketing));
+        assert_eq!(s.processing_activities.len(), 1);
+        assert_eq!(s.processing_activities[0].retention, "10 years");
+        // The printed settings carry the defaults.
+        let printed = s.to_toml();
+        assert!(printed.contains("HRESCH = \"permit\""), "{printed}");
+        let again = resolve(Layer::default(), file(&printed)).unwrap();
+        assert_eq!(again.consent_defaults, s.consent_defaults);
+
+        let bad = [
+            ("[consent_defaults]\nCURIOSITY = \"permit\"\n", "CURIOSITY"),
+            ("[consent_defaults]\nHRESCH = \"maybe\"\n", "HRESCH must be"),
+        ];
+        for (text, mentions) in bad {
+            let e = resolve(Layer::default(), file(text))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("consent_defaults") && e.contains(mentions),
+                "{e}"
+            );
+        }
+        let e = resolve(
+            Layer::default(),
+            file(
+                "[[processing_activities]]\nname = \"x\"\ndescription = \"\"\n\
+                 purposes = [\"NOPE\"]\nlegal_basis = \"\"\ndata_subjects = []\n\
+                 data_classes = [\"Patient\"]\nrecipients = []\nretention = \"1y\"\n",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("processing_activities[0].purposes"), "{e}");
+        // Unknown keys of an entry are named.
+        let e = parse_file(
+            Path::new("x.toml"),
+            "[[processing_activities]]\nname = \"x\"\nretention_days = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("retention_days"), "{e}");
     }
 
     #[test]

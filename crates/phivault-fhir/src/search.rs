@@ -299,6 +299,15 @@ const CONSENT: &[SearchParamDef] = &[
     def("patient", Reference, "Consent.patient"),
     def("subject", Reference, "Consent.patient"),
     def("date", Date, "Consent.dateTime"),
+    def("scope", Token, "Consent.scope"),
+    def("category", Token, "Consent.category"),
+    // Equality with the start or the end date of the root provision's period (a blind index
+    // cannot compare ranges).
+    def(
+        "period",
+        Date,
+        "Consent.provision.period.start | Consent.provision.period.end",
+    ),
 ];
 
 const TASK: &[SearchParamDef] = &[
@@ -1036,6 +1045,36 @@ mod tests {
                 }
                 assert_eq!(defs.iter().filter(|x| x.name == d.name).count(), 1);
             }
+        }
+    }
+
+    #[test]
+    fn consent_index_entries() {
+        let entries = entries_of(serde_json::json!({
+            "resourceType": "Consent",
+            "status": "active",
+            "scope": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                "code": "research"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": "Patient/k1"},
+            "provision": {"type": "permit", "period": {"start": "2026-01-02", "end": "2027"}},
+        }));
+        for e in [
+            entry("patient", "Patient/k1"),
+            entry("status", "*|active"),
+            entry(
+                "scope",
+                "http://terminology.hl7.org/CodeSystem/consentscope|research",
+            ),
+            entry("scope", "*|research"),
+            entry("category", "http://loinc.org|59284-0"),
+            entry("code", "*|59284-0"),
+            entry("period", "2026-01-02"),
+            entry("period", "2026-01"),
+            entry("period", "2027"),
+        ] {
+            assert!(entries.contains(&e), "{e:?} in {entries:?}");
         }
     }
 

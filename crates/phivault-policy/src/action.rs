@@ -34,6 +34,8 @@ pub enum Action {
     ExportDeidentified,
     /// Read the CapabilityStatement.
     ReadCapabilities,
+    /// Read the register of processing activities (GDPR art. 30).
+    ReadProcessingActivities,
 }
 
 impl Action {
@@ -53,6 +55,7 @@ impl Action {
         Action::ReadAudit,
         Action::ExportDeidentified,
         Action::ReadCapabilities,
+        Action::ReadProcessingActivities,
     ];
 
     /// The Cedar action id.
@@ -72,6 +75,7 @@ impl Action {
             Action::ReadAudit => "read_audit",
             Action::ExportDeidentified => "export_deidentified",
             Action::ReadCapabilities => "read_capabilities",
+            Action::ReadProcessingActivities => "read_processing_activities",
         }
     }
 

@@ -46,6 +46,16 @@ pub enum PolicyError {
     /// A break-the-glass claim is malformed (empty reason, window out of bounds).
     #[error("invalid break-the-glass claim: {0}")]
     InvalidBreakGlass(&'static str),
+    /// A patient-privacy or research `Consent` cannot be applied as written (422 at the
+    /// edge). `path` locates the problem (`Consent.provision.provision[1]`); the message never
+    /// echoes element values.
+    #[error("{path}: {message}")]
+    InvalidConsent {
+        /// Where in the Consent.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The built-in schema or policies do not load (a bug in this crate, caught by its tests).
     #[error("built-in policy configuration is broken: {0}")]
     BuiltIn(String),

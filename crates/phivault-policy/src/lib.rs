@@ -5,7 +5,8 @@
 //! decision is made on: principals and roles ([`PrincipalRef`], [`Role`]), purpose of use
 //! ([`Purpose`], HL7 PurposeOfUse codes), sensitivity labels read from `meta.security`
 //! ([`Label`], [`labels_of`]), SMART on FHIR scopes ([`ScopeSet`]) and break-the-glass claims
-//! ([`BreakGlass`]). The caller computes what needs the store (care team, label grants,
+//! ([`BreakGlass`]), and patients' consents ([`Consent`], [`evaluate`], [`ConsentDefaults`]:
+//! the rules are in the `consent` module's docs). The caller computes what needs the store (care team, label grants,
 //! consent) and passes it in a [`DecisionContext`]; this crate does no I/O beyond reading a
 //! policy file it is given.
 //!
@@ -28,9 +29,11 @@
 //! break-the-glass reads with ETREAT), `patient` (reads their own compartment and their own
 //! access log, creates their own Consent and Task), `researcher` (de-identified exports),
 //! `auditor` (the whole audit trail), and `app` clients (what their scopes allow, within
-//! consent). Everyone may read the CapabilityStatement.
+//! consent). Everyone may read the CapabilityStatement and the register of processing
+//! activities.
 
 mod action;
+mod consent;
 mod engine;
 mod error;
 mod label;
@@ -39,6 +42,10 @@ mod request;
 mod scope;
 
 pub use action::Action;
+pub use consent::{
+    CLIENT_ACTOR_SYSTEM, CONSENT_SCOPE_SYSTEM, Consent, ConsentActor, ConsentDefaults,
+    ConsentQuery, ConsentScope, ConsentVerdict, ProvisionType, RESOURCE_TYPES_SYSTEM, evaluate,
+};
 pub use engine::{
     Authorized, DEFAULT_POLICIES, Denied, DenyReason, EXTRA_POLICY_PREFIX, PolicyEngine, SCHEMA,
 };

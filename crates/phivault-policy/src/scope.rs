@@ -302,7 +302,7 @@ impl ScopeSet {
     ) -> bool {
         let usable = |s: &&SmartScope| with_user || s.context != ScopeContext::User;
         match action {
-            Action::ReadCapabilities => true,
+            Action::ReadCapabilities | Action::ReadProcessingActivities => true,
             Action::Transaction => self.data.iter().any(|s| usable(&s)),
             _ => match Permissions::needed_by(action) {
                 Some(need) => self

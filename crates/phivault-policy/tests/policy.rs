@@ -273,7 +273,24 @@ fn non_clinical_actions_by_role() {
             "app {action}"
         );
     }
+    // The register of processing activities: everyone, apps without data scopes included.
+    for role in Role::ALL.iter().filter(|r| **r != Role::App) {
+        let r = request(
+            &user(*role),
+            ReadProcessingActivities,
+            ResourceRef::none(),
+            role.default_purpose(),
+        );
+        assert!(allowed(&r), "{role}");
+    }
     let bare = client("openid");
+    let r = request(
+        &bare,
+        ReadProcessingActivities,
+        ResourceRef::none(),
+        Purpose::Treat,
+    );
+    assert!(allowed(&r));
     let r = request(&bare, Transaction, ResourceRef::none(), Purpose::Treat);
     assert_eq!(reason(&r), DenyReason::ScopeTooNarrow);
     let r = request(&bare, ReadCapabilities, ResourceRef::none(), Purpose::Treat);
@@ -501,9 +518,18 @@ fn patients_own_compartment() {
             let create = request(&pat, Action::Create, own, *purpose);
             let may_create = matches!(t.as_str(), "Consent" | "Task");
             assert_eq!(allowed(&create), may_create, "create {t}");
+            // Updates: their own consents only (withdrawal); never a delete.
+            let own = ResourceRef::new(t, Some(id(OWN)), vec![]);
+            let update = request(&pat, Action::Update, own.clone(), *purpose);
+            assert_eq!(allowed(&update), t.as_str() == "Consent", "update {t}");
+            assert!(!allowed(&request(&pat, Action::Delete, own, *purpose)));
             let theirs = ResourceRef::new(t, Some(id(OTHER)), vec![]);
             assert!(
-                !allowed(&request(&pat, Action::Create, theirs, *purpose)),
+                !allowed(&request(&pat, Action::Create, theirs.clone(), *purpose)),
+                "{t}"
+            );
+            assert!(
+                !allowed(&request(&pat, Action::Update, theirs, *purpose)),
                 "{t}"
             );
         }

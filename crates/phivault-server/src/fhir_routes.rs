@@ -21,9 +21,9 @@ use axum::routing::{get, post};
 use futures::StreamExt;
 use phivault_fhir::{
     BundleEntry, BundleKind, BundleRequest, EntryMethod, FhirError, Id, Issue, IssueCode,
-    OperationOutcome, ResourceType, SearchQuery, ValidResource,
+    OperationOutcome, ResourceType, SearchQuery, ValidResource, compartment_patient,
 };
-use phivault_policy::{Action, labels_of};
+use phivault_policy::{Action, Consent, PolicyError, labels_of};
 use phivault_store::{HistoryEntry, StoreError, StoredResource};
 use serde_json::{Value, json};
 
@@ -359,6 +359,7 @@ async fn create(
     let bytes = json_body(&state, &headers, body).await?;
     // A body id is ignored: on create the server assigns the id (the store stamps it).
     let resource = state.validator.parse(&bytes, Some(rtype))?;
+    check_consent(&resource)?;
     let creates_patient = rtype == ResourceType::PATIENT;
     let facts = if creates_patient {
         new_patient_facts(&resource, None)
@@ -366,6 +367,7 @@ async fn create(
         Access::body_facts(&resource, &HashSet::new())
     };
     access.authorize_body(Action::Create, rtype, &facts).await?;
+    check_consent_patient(&state, &resource, &HashSet::new()).await?;
     let sink = RequestSink::single_write(&state, access.audit_slot());
     let stored = state.store.create(resource, &sink).await?;
     sink.committed();
@@ -493,6 +495,7 @@ async fn update(
     let expected = if_match(&headers)?;
     let bytes = json_body(&state, &headers, body).await?;
     let resource = state.validator.parse(&bytes, Some(rtype))?;
+    check_consent(&resource)?;
     match resource.id() {
         None => return Err(ApiError::MissingId),
         Some(body_id) if body_id != id => return Err(ApiError::IdMismatch),
@@ -504,6 +507,7 @@ async fn update(
     let action = authorize_replaced(&mut access, rtype, &current).await?;
     let facts = Access::body_facts(&resource, &HashSet::new());
     access.authorize_body(action, rtype, &facts).await?;
+    check_consent_patient(&state, &resource, &HashSet::new()).await?;
     let sink = RequestSink::single_write(&state, access.audit_slot());
     let (stored, created) = state.store.update(&id, resource, expected, &sink).await?;
     sink.committed();
@@ -869,8 +873,68 @@ fn in_entry(index: usize, e: ApiError) -> ApiError {
     }
 }
 
+/// The checks of a Consent body made before any decision: it names a patient, and its
+/// provisions are ones this server can apply (422 naming the problem's path).
+fn check_consent(resource: &ValidResource) -> Result<(), ApiError> {
+    if resource.resource_type().as_str() != "Consent" {
+        return Ok(());
+    }
+    let unprocessable = |code, path: &str, message: &str| {
+        ApiError::Fhir(FhirError::Invalid(vec![Issue {
+            code,
+            path: path.to_owned(),
+            message: message.to_owned(),
+        }]))
+    };
+    if compartment_patient(resource).is_none() {
+        return Err(unprocessable(
+            IssueCode::Required,
+            "Consent.patient",
+            "a Consent needs a patient: a reference `Patient/{id}`",
+        ));
+    }
+    match Consent::parse(resource.body()) {
+        Ok(_) => Ok(()),
+        Err(PolicyError::InvalidConsent { path, message }) => {
+            Err(unprocessable(IssueCode::Invalid, &path, &message))
+        }
+        Err(other) => Err(ApiError::internal(&other)),
+    }
+}
+
+/// The check of a Consent body made once the write is authorized (so that only a principal
+/// who may write in that compartment learns whether the patient exists): its patient exists
+/// (or is created by the same transaction, `new_patients`). 422 otherwise.
+async fn check_consent_patient(
+    state: &AppState,
+    resource: &ValidResource,
+    new_patients: &HashSet<Id>,
+) -> Result<(), ApiError> {
+    if resource.resource_type().as_str() != "Consent" {
+        return Ok(());
+    }
+    let Some(patient) = compartment_patient(resource) else {
+        return Ok(());
+    };
+    if new_patients.contains(&patient) {
+        return Ok(());
+    }
+    let message = match state.store.read(ResourceType::PATIENT, &patient).await {
+        Ok(_) => return Ok(()),
+        Err(StoreError::NotFound { .. }) => "the Consent's patient does not exist",
+        Err(StoreError::Gone { .. }) => "the Consent's patient was deleted",
+        Err(e) => return Err(e.into()),
+    };
+    Err(ApiError::Fhir(FhirError::Invalid(vec![Issue {
+        code: IssueCode::NotFound,
+        path: "Consent.patient".to_owned(),
+        message: message.to_owned(),
+    }])))
+}
+
 /// Decides one entry (before anything runs).
 async fn plan_entry(
+    state: &AppState,
     access: &mut Access,
     entry: &BundleEntry,
     placeholders: &Placeholders,
@@ -908,6 +972,7 @@ async fn plan_entry(
     match entry.method {
         EntryMethod::Post => {
             let resource = body()?;
+            check_consent(&resource)?;
             let creates_patient = rtype == ResourceType::PATIENT;
             let facts = if creates_patient {
                 let placeholder = placeholders.patient_of.get(index).cloned().flatten();
@@ -916,14 +981,18 @@ async fn plan_entry(
                 Access::body_facts(&resource, &new_patients)
             };
             access.authorize_body(Action::Create, rtype, &facts).await?;
+            check_consent_patient(state, &resource, &new_patients).await?;
             Ok(store(None, creates_patient))
         }
         EntryMethod::Put => {
             let id = url_id()?;
             let current = access.load(rtype, &id).await?;
+            let resource = body()?;
+            check_consent(&resource)?;
             let action = authorize_replaced(access, rtype, &current).await?;
-            let facts = Access::body_facts(&body()?, &new_patients);
+            let facts = Access::body_facts(&resource, &new_patients);
             access.authorize_body(action, rtype, &facts).await?;
+            check_consent_patient(state, &resource, &new_patients).await?;
             Ok(store(None, false))
         }
         EntryMethod::Delete => {
@@ -1012,7 +1081,7 @@ async fn transaction(
 
     let mut plans = Vec::with_capacity(request.entries.len());
     for (index, entry) in request.entries.iter().enumerate() {
-        match plan_entry(&mut access, entry, &placeholders, index, atomic).await {
+        match plan_entry(&state, &mut access, entry, &placeholders, index, atomic).await {
             Ok(plan) => plans.push(plan),
             Err(e) if e.is_server_fault() => return Err(e),
             Err(e) if atomic => return Err(in_entry(index, e)),

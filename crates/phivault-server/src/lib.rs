@@ -11,7 +11,8 @@
 //! OAuth2 token and revocation endpoints under `/oauth`; SMART discovery at
 //! `/.well-known/smart-configuration`; the admin API under `/admin`; the audit trail as FHIR
 //! `AuditEvent`s (`/fhir/AuditEvent`, for auditors) and each patient's access log
-//! (`/fhir/Patient/{id}/$access-log`, for that patient).
+//! (`/fhir/Patient/{id}/$access-log`, for that patient); the register of processing
+//! activities (GDPR art. 30) at `/privacy/processing-activities`.
 //!
 //! Guarantees:
 //! - **No route answers without a valid token**, except login, the OAuth2 endpoints (which
@@ -20,7 +21,10 @@
 //! - **Default deny.** Every FHIR interaction is decided by the policy engine on the stored
 //!   resource's compartment and labels (and the new body's, for writes), with the purpose of
 //!   use; searches are restricted in SQL to what the principal may read, then every hit is
-//!   decided again. A refusal for a resource that does not exist is the same as for one the
+//!   decided again. Consent is read at decision time: the patient's active patient-privacy
+//!   and research `Consent`s (through the store, not the principal's access), else the
+//!   configured default of the purpose; a withdrawal binds the next request of every token.
+//!   A refusal for a resource that does not exist is the same as for one the
 //!   principal cannot reach: existence never leaks.
 //! - No client mistake produces a 500 or a panic; internal detail goes to the log under a
 //!   request id, never into a response; logs never hold tokens, passwords, codes,
@@ -36,6 +40,7 @@ mod capability;
 mod edge;
 mod error;
 mod fhir_routes;
+mod privacy;
 pub mod tls;
 
 use std::io::Write;
@@ -47,10 +52,11 @@ use std::time::Duration;
 use phivault_audit::AuditLog;
 use phivault_auth::Accounts;
 use phivault_fhir::Validator;
-use phivault_policy::PolicyEngine;
+use phivault_policy::{ConsentDefaults, PolicyEngine};
 use phivault_store::Store;
 
 pub use error::{ApiError, ServerError};
+pub use privacy::{ProcessingActivity, check_processing_activities, default_processing_activities};
 
 /// How the server listens.
 #[derive(Debug, Clone)]
@@ -99,6 +105,10 @@ pub struct AppState {
     /// plus one entry per resource a Bundle writes, in its transaction (shared: the log holds
     /// the checkpoint-signing key).
     pub audit: Arc<AuditLog>,
+    /// What each purpose of use gets when no consent of the patient applies.
+    pub consent_defaults: Arc<ConsentDefaults>,
+    /// The register of processing activities (GDPR art. 30).
+    pub processing_activities: Arc<[ProcessingActivity]>,
 }
 
 impl AppState {
@@ -128,7 +138,21 @@ impl AppState {
             policy: Arc::new(policy),
             base_url: Arc::from(base_url),
             max_body_bytes,
+            consent_defaults: Arc::new(ConsentDefaults::default()),
+            processing_activities: Arc::from(default_processing_activities()),
         })
+    }
+
+    /// The state with these consent defaults and register of processing activities (checked
+    /// by the caller with [`check_processing_activities`]) instead of the built-in ones.
+    pub fn with_privacy(
+        mut self,
+        consent_defaults: ConsentDefaults,
+        processing_activities: Vec<ProcessingActivity>,
+    ) -> AppState {
+        self.consent_defaults = Arc::new(consent_defaults);
+        self.processing_activities = Arc::from(processing_activities);
+        self
     }
 }
 
@@ -171,6 +195,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/fhir/AuditEvent"),
     ("GET", "/fhir/AuditEvent/{id}"),
     ("GET", "/fhir/Patient/{id}/$access-log"),
+    ("GET", "/privacy/processing-activities"),
 ];
 
 /// The application's routes (usable without sockets, e.g. `Router::oneshot` in tests).
@@ -191,6 +216,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(admin_routes::routes())
         .merge(audit_routes::routes())
         .merge(audit_event::routes())
+        .merge(privacy::routes())
         .fallback(fhir_routes::no_route)
         .method_not_allowed_fallback(fhir_routes::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -27,6 +27,9 @@ pub struct SearchScope {
     pub directory: bool,
     /// Resources carrying any of these `_security` entries are left out.
     pub exclude_labels: Vec<IndexEntry>,
+    /// These patients' compartments are left out (for example, patients whose consent
+    /// denies the request's purpose of use).
+    pub exclude_patients: Vec<Id>,
 }
 
 impl SearchScope {
@@ -36,6 +39,7 @@ impl SearchScope {
             patients: None,
             directory: true,
             exclude_labels: Vec::new(),
+            exclude_patients: Vec::new(),
         }
     }
 }
@@ -46,6 +50,7 @@ impl std::fmt::Debug for SearchScope {
             .field("patients", &self.patients.as_ref().map(Vec::len))
             .field("directory", &self.directory)
             .field("exclude_labels", &self.exclude_labels.len())
+            .field("exclude_patients", &self.exclude_patients.len())
             .finish()
     }
 }
@@ -131,6 +136,18 @@ impl Store {
                 " AND c.key_id NOT IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = c.tenant \
                  AND k.kind = 'directory')",
             );
+        }
+        if !scope.exclude_patients.is_empty() {
+            let owners: Vec<String> = scope
+                .exclude_patients
+                .iter()
+                .map(|p| f.placeholder(Bind::Bytes(self.inner.keys.patient_owner(p))))
+                .collect();
+            sql.push_str(&format!(
+                " AND c.key_id NOT IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = c.tenant \
+                 AND k.kind = 'patient' AND k.owner IN ({}))",
+                owners.join(", ")
+            ));
         }
         if !scope.exclude_labels.is_empty() {
             let tokens: Vec<String> = scope

@@ -523,6 +523,7 @@ async fn scoped_search_sees_only_allowed_compartments_and_labels() {
             patients: Some(vec![a.id.clone()]),
             directory: false,
             exclude_labels: Vec::new(),
+            exclude_patients: Vec::new(),
         };
         let page = s.search_scoped(obs, &q, &only_a).await.unwrap();
         assert_eq!(page.total, 2, "{}", f.label);
@@ -545,7 +546,26 @@ async fn scoped_search_sees_only_allowed_compartments_and_labels() {
             patients: Some(Vec::new()),
             directory: false,
             exclude_labels: Vec::new(),
+            exclude_patients: Vec::new(),
         };
+        // Every compartment but a's (and never the directory).
+        let but_a = SearchScope {
+            patients: None,
+            directory: false,
+            exclude_labels: Vec::new(),
+            exclude_patients: vec![a.id.clone()],
+        };
+        assert_eq!(
+            s.search_scoped(obs, &q, &but_a).await.unwrap().total,
+            1,
+            "{}",
+            f.label
+        );
+        let neither = SearchScope {
+            patients: Some(vec![a.id.clone()]),
+            ..but_a.clone()
+        };
+        assert_eq!(s.search_scoped(obs, &q, &neither).await.unwrap().total, 0);
         assert_eq!(s.search_scoped(obs, &q, &nobody).await.unwrap().total, 0);
         let pr = ResourceType::parse("Practitioner").unwrap();
         let pq = query(pr, &[("family", "scopedoc")]);

@@ -20,8 +20,20 @@
 //!   in SQL to the compartments (and the labels) the principal may read ([`SearchScope`]);
 //!   every hit is then decided again (defence in depth; a disagreement is logged as an error
 //!   and the hit dropped).
+//! - **Consent is read at decision time.** Each decision about a patient's resource reads that
+//!   patient's active `Consent`s (`Consent?patient=X&status=active` through the store, with a
+//!   system-level scope: not through the requesting principal's access) and evaluates them
+//!   for the purpose of use, the resource type and the principal (its Practitioner, its
+//!   OAuth2 client); with no applicable provision, the configured default of the purpose
+//!   decides. Consents are cached for the request only, so a withdrawal (status `inactive`,
+//!   or a deny provision) binds the next request of every principal, tokens already issued
+//!   included. Searches apply the same verdicts in SQL: patients whose consent denies are left
+//!   out of the scope (or, for a purpose denied by default, only the patients whose consent
+//!   permits are in it), so results and totals agree with the per-hit decisions. A patient's
+//!   own access does not depend on consent.
 //! - **Break-the-glass** (`X-Purpose-Of-Use: ETREAT` with `X-Break-Glass-Reason`): a clinician's
-//!   claim for one hour. An access allowed only because of it is recorded before any data is
+//!   claim for one hour. It passes a denying consent too (flagged and reviewed like any
+//!   break-the-glass access): an emergency is when the record is needed most. An access allowed only because of it is recorded before any data is
 //!   returned (`X-Break-Glass: recorded`); later requests with ETREAT use the recorded claim
 //!   while it lasts.
 //!
@@ -31,6 +43,7 @@
 //! relied on break-the-glass (a new claim or a recorded one).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -39,10 +52,12 @@ use axum::response::Response;
 use phivault_auth::{Authenticated, BreakGlassRecord};
 use phivault_fhir::{
     Id, IndexEntry, ResourceType, SearchQuery, ValidResource, compartment_patient,
+    compartment_patient_of,
 };
 use phivault_policy::{
-    AccessRequest, Action, Authorized, BreakGlass, DecisionContext, Denied, DenyReason, Label,
-    PrincipalKind, Purpose, ResourceRef, Role, ScopeContext, labels_of,
+    AccessRequest, Action, Authorized, BreakGlass, Consent, ConsentQuery, ConsentVerdict,
+    DecisionContext, Denied, DenyReason, Label, PrincipalKind, Purpose, ResourceRef, Role,
+    ScopeContext, evaluate, labels_of,
 };
 use phivault_store::{SearchScope, StoreError, StoredResource};
 use serde_json::Value;
@@ -136,7 +151,20 @@ pub(crate) struct Access {
     recorded: HashSet<Id>,
     /// The request's audit context: purpose, decided patients, break-the-glass.
     slot: AuditSlot,
+    /// Patients' active consents, read during this request only.
+    consents: Mutex<ConsentCache>,
 }
+
+/// The consents read by one request.
+#[derive(Default)]
+struct ConsentCache {
+    by_patient: HashMap<Id, Arc<Vec<Consent>>>,
+    /// Every active consent of the tenant was read: a patient without an entry has none.
+    complete: bool,
+}
+
+/// Largest page read when loading consents.
+const CONSENT_PAGE: usize = 1000;
 
 impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -271,6 +299,7 @@ impl Access {
             now,
             recorded: HashSet::new(),
             slot,
+            consents: Mutex::new(ConsentCache::default()),
         })
     }
 
@@ -301,18 +330,166 @@ impl Access {
         self.is_clinician() && self.purpose == Purpose::EmergencyTreat
     }
 
-    /// The context of a decision with nothing established about a patient.
+    /// The context of a decision with nothing established about a patient: the purpose's
+    /// consent default (the policies consult consent only for a patient's resources).
     fn base_context(&self) -> DecisionContext {
         let mut ctx = DecisionContext::new(self.purpose, self.now);
-        // Default consent rules until patients record consents: research and marketing need
-        // one, everything else is permitted.
-        ctx.consent_permits = !matches!(self.purpose, Purpose::Research | Purpose::Marketing);
+        ctx.consent_permits = self.state.consent_defaults.permits(self.purpose);
         ctx
     }
 
-    /// The context of a decision about `facts`: care relationship, label grants and
-    /// break-the-glass claim for its patient.
-    async fn context(&self, facts: &Facts) -> Result<(DecisionContext, ClaimSource), ApiError> {
+    fn lock_consents(&self) -> std::sync::MutexGuard<'_, ConsentCache> {
+        // A panic while holding the lock leaves a cache that is still consistent (entries
+        // are inserted whole): keep using it.
+        self.consents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads every page of active Consents matching `pairs` within `scope`, through the store
+    /// (a system-level read, not the principal's access), grouped by patient. A stored
+    /// consent that can no longer be applied is taken as denying everything (fail closed).
+    async fn load_consents(
+        &self,
+        pairs: Vec<(String, String)>,
+        scope: &SearchScope,
+    ) -> Result<HashMap<Id, Vec<Consent>>, ApiError> {
+        let rtype = consent_type()?;
+        let mut query = SearchQuery::parse(rtype, &pairs, false)
+            .map_err(|e| ApiError::internal(&format!("the consent query failed: {e}")))?;
+        query.count = CONSENT_PAGE;
+        query.offset = 0;
+        let mut out: HashMap<Id, Vec<Consent>> = HashMap::new();
+        loop {
+            let page = self.state.store.search_scoped(rtype, &query, scope).await?;
+            let read = page.resources.len();
+            for r in page.resources {
+                let Some(patient) = compartment_patient_of(rtype, &r.body) else {
+                    continue;
+                };
+                let consent = match Consent::parse(&r.body) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(_) => {
+                        tracing::error!(
+                            "a stored Consent cannot be applied; it is taken as denying every                              purpose until it is corrected"
+                        );
+                        Consent::unreadable(patient.clone())
+                    }
+                };
+                out.entry(patient).or_default().push(consent);
+            }
+            query.offset = query.offset.saturating_add(read);
+            if read == 0 || u64::try_from(query.offset).unwrap_or(u64::MAX) >= page.total {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The active consents of `patient` (cached for this request).
+    async fn consents_of(&self, patient: &Id) -> Result<Arc<Vec<Consent>>, ApiError> {
+        {
+            let cache = self.lock_consents();
+            if let Some(c) = cache.by_patient.get(patient) {
+                return Ok(c.clone());
+            }
+            if cache.complete {
+                return Ok(Arc::new(Vec::new()));
+            }
+        }
+        let pairs = vec![
+            ("patient".to_owned(), format!("Patient/{patient}")),
+            ("status".to_owned(), "active".to_owned()),
+        ];
+        let scope = SearchScope {
+            patients: Some(vec![patient.clone()]),
+            ..SearchScope::default()
+        };
+        let mut found = self.load_consents(pairs, &scope).await?;
+        let consents = Arc::new(found.remove(patient).unwrap_or_default());
+        self.lock_consents()
+            .by_patient
+            .insert(patient.clone(), consents.clone());
+        Ok(consents)
+    }
+
+    /// Reads every active consent of the tenant into the cache (for searches across
+    /// patients).
+    async fn load_all_consents(&self) -> Result<(), ApiError> {
+        if self.lock_consents().complete {
+            return Ok(());
+        }
+        let pairs = vec![("status".to_owned(), "active".to_owned())];
+        let scope = SearchScope {
+            patients: None,
+            directory: false,
+            ..SearchScope::default()
+        };
+        let found = self.load_consents(pairs, &scope).await?;
+        let mut cache = self.lock_consents();
+        cache.by_patient = found.into_iter().map(|(p, c)| (p, Arc::new(c))).collect();
+        cache.complete = true;
+        Ok(())
+    }
+
+    /// The consents' verdict on this request for a resource of `rtype` of `patient`.
+    fn verdict(&self, consents: &[Consent], rtype: ResourceType) -> ConsentVerdict {
+        let query = ConsentQuery {
+            purpose: self.purpose,
+            rtype: Some(rtype),
+            practitioner: self.who.practitioner.as_ref(),
+            client: self.who.client_id.as_deref(),
+            now: self.now,
+        };
+        evaluate(consents, &query)
+    }
+
+    /// Whether `patient`'s consents (else the purpose's default) allow this request on a
+    /// resource of `rtype`.
+    async fn consent_permits(&self, patient: &Id, rtype: ResourceType) -> Result<bool, ApiError> {
+        let consents = self.consents_of(patient).await?;
+        Ok(self
+            .verdict(&consents, rtype)
+            .permits(&self.state.consent_defaults, self.purpose))
+    }
+
+    /// The restriction consent puts on a search of `rtype` across patients: `(Some(only),
+    /// _)` when the purpose is denied by default (only the patients whose consent permits),
+    /// else `(None, excluded)` (the patients whose consent denies).
+    async fn consent_scope(
+        &self,
+        rtype: ResourceType,
+    ) -> Result<(Option<Vec<Id>>, Vec<Id>), ApiError> {
+        self.load_all_consents().await?;
+        let by_default = self.state.consent_defaults.permits(self.purpose);
+        let cache = self.lock_consents();
+        let mut chosen: Vec<Id> = cache
+            .by_patient
+            .iter()
+            .filter(|(_, consents)| {
+                let permits = self
+                    .verdict(consents, rtype)
+                    .permits(&self.state.consent_defaults, self.purpose);
+                permits != by_default
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        chosen.sort();
+        Ok(if by_default {
+            (None, chosen)
+        } else {
+            (Some(chosen), Vec::new())
+        })
+    }
+
+    /// The context of a decision about `facts` of type `rtype`: care relationship, label
+    /// grants, consent and break-the-glass claim for its patient.
+    async fn context(
+        &self,
+        rtype: ResourceType,
+        facts: &Facts,
+    ) -> Result<(DecisionContext, ClaimSource), ApiError> {
         let mut ctx = self.base_context();
         let mut source = ClaimSource::None;
         if self.glass_applies()
@@ -324,6 +501,12 @@ impl Access {
         let Some(patient) = &facts.patient else {
             return Ok((ctx, source));
         };
+        // A patient being created has no consents yet; patients' own access does not depend
+        // on consent (and they reach no one else's record).
+        let patient_user = self.is_user() && self.role() == Role::Patient;
+        if !facts.new_patient && !patient_user {
+            ctx.consent_permits = self.consent_permits(patient, rtype).await?;
+        }
         // A patient's own record is the engine's business (linked patient); clients have no
         // care relationships.
         if self.is_user() && self.role() != Role::Patient {
@@ -385,7 +568,7 @@ impl Access {
         facts: &Facts,
         record: bool,
     ) -> Result<Result<Authorized, Denied>, ApiError> {
-        let (context, source) = self.context(facts).await?;
+        let (context, source) = self.context(rtype, facts).await?;
         let resource = ResourceRef::new(rtype, facts.patient.clone(), facts.labels.clone());
         let request = self.request(action, resource, context);
         let decision = self.state.policy.decide(&request);
@@ -540,7 +723,7 @@ impl Access {
         };
         // A fresh patient has no recorded claim, and a new claim is only recorded for a
         // resource that exists: decide without recording.
-        let (context, _) = self.context(&facts).await?;
+        let (context, _) = self.context(rtype, &facts).await?;
         let request = self.request(
             action,
             ResourceRef::new(rtype, facts.patient, facts.labels),
@@ -696,6 +879,7 @@ impl Access {
             let ctx = match (&plan.patients, &facts.patient) {
                 (Some(known), Some(patient)) => {
                     let mut ctx = self.base_context();
+                    ctx.consent_permits = self.consent_permits(patient, rtype).await?;
                     if let Some(f) = known.get(patient) {
                         ctx.care_team = f.care_team;
                         ctx.label_grants = f.label_grants.clone();
@@ -703,7 +887,7 @@ impl Access {
                     }
                     ctx
                 }
-                _ => self.context(facts).await?.0,
+                _ => self.context(rtype, facts).await?.0,
             };
             contexts.insert(facts.patient.clone(), ctx);
         }
@@ -748,7 +932,7 @@ impl Access {
         let nothing = SearchScope {
             patients: Some(Vec::new()),
             directory: false,
-            exclude_labels: Vec::new(),
+            ..SearchScope::default()
         };
         let one = |scope| SearchPlan {
             scopes: vec![scope],
@@ -765,16 +949,18 @@ impl Access {
                 // Apps have no label grants: labelled resources are left out of their
                 // searches (the policies refuse them too).
                 let scope = if system && principal.launch_patient().is_none() {
-                    SearchScope {
-                        patients: None,
-                        directory: true,
-                        exclude_labels: all_labels()?,
-                    }
+                    self.across_patients(rtype, all_labels()?).await?
                 } else if let Some(launch) = principal.launch_patient() {
+                    let reachable = directory || self.consent_permits(launch, rtype).await?;
                     SearchScope {
-                        patients: Some(vec![launch.clone()]),
+                        patients: Some(if reachable {
+                            vec![launch.clone()]
+                        } else {
+                            Vec::new()
+                        }),
                         directory,
                         exclude_labels: all_labels()?,
+                        exclude_patients: Vec::new(),
                     }
                 } else {
                     nothing
@@ -782,12 +968,13 @@ impl Access {
                 Ok(one(scope))
             }
             (PrincipalKind::User, Role::Patient) => {
-                // Their own compartment, labels included (a patient's own record passes them).
+                // Their own compartment, labels included (a patient's own record passes them;
+                // consent does not bind their own access).
                 let scope = match principal.linked_patient() {
                     Some(own) => SearchScope {
                         patients: Some(vec![own.clone()]),
                         directory,
-                        exclude_labels: Vec::new(),
+                        ..SearchScope::default()
                     },
                     None => SearchScope {
                         directory,
@@ -800,16 +987,33 @@ impl Access {
                 patients: Some(Vec::new()),
                 directory: true,
                 exclude_labels: all_labels()?,
+                exclude_patients: Vec::new(),
             })),
             (PrincipalKind::User, Role::Clinician) => self.clinician_plan(rtype, query).await,
             // Other roles reach no clinical data by default; an operator's policy may grant
             // more, which the per-hit decisions then apply (labels left out).
-            _ => Ok(one(SearchScope {
-                patients: None,
-                directory: true,
-                exclude_labels: all_labels()?,
-            })),
+            _ => Ok(one(self.across_patients(rtype, all_labels()?).await?)),
         }
+    }
+
+    /// A scope over every compartment (and the directory), less what the patients' consents
+    /// refuse this request (nothing to refuse for a directory type).
+    async fn across_patients(
+        &self,
+        rtype: ResourceType,
+        exclude_labels: Vec<IndexEntry>,
+    ) -> Result<SearchScope, ApiError> {
+        let (patients, exclude_patients) = if is_directory(rtype) {
+            (None, Vec::new())
+        } else {
+            self.consent_scope(rtype).await?
+        };
+        Ok(SearchScope {
+            patients,
+            directory: true,
+            exclude_labels,
+            exclude_patients,
+        })
     }
 
     /// A clinician's search of a compartment type: the patients on their care team and those
@@ -870,6 +1074,19 @@ impl Access {
                 );
             }
         }
+        // Consent: the care team's patients whose consent refuses this request are left out
+        // (a break-the-glass claim passes consent).
+        // Many patients: one read of every consent rather than one per patient.
+        if patients.len() > 50 {
+            self.load_all_consents().await?;
+        }
+        let mut consenting = HashMap::with_capacity(patients.len());
+        for (p, f) in patients {
+            if self.consent_permits(&p, rtype).await? {
+                consenting.insert(p, f);
+            }
+        }
+        let mut patients = consenting;
         for (p, claim) in claims {
             patients
                 .entry(p)
@@ -900,13 +1117,14 @@ impl Access {
                 patients: Some(members),
                 directory: false,
                 exclude_labels,
+                exclude_patients: Vec::new(),
             });
         }
         if scopes.is_empty() {
             scopes.push(SearchScope {
                 patients: Some(Vec::new()),
                 directory: false,
-                exclude_labels: Vec::new(),
+                ..SearchScope::default()
             });
         }
         Ok(SearchPlan {
@@ -968,6 +1186,12 @@ fn label_entries(
     let query = SearchQuery::parse(rtype, &[("_security".to_owned(), codes.join(","))], false)
         .map_err(|e| ApiError::internal(&format!("the label exclusion query failed: {e}")))?;
     Ok(query.params.into_iter().flat_map(|p| p.any_of).collect())
+}
+
+/// The Consent type.
+fn consent_type() -> Result<ResourceType, ApiError> {
+    ResourceType::parse("Consent")
+        .map_err(|_| ApiError::internal(&"the Consent type is not supported"))
 }
 
 /// Refuses `_include` and `_revinclude` (and their `:iterate` forms) whatever the handling:
