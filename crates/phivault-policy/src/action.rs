@@ -34,6 +34,9 @@ pub enum Action {
     ExportDeidentified,
     /// Read the CapabilityStatement.
     ReadCapabilities,
+    /// Erase a patient (crypto-shredding of the compartment): decided on the patient's
+    /// `Patient` resource reference (type Patient, the patient's id, no labels).
+    Erase,
 }
 
 impl Action {
@@ -53,6 +56,7 @@ impl Action {
         Action::ReadAudit,
         Action::ExportDeidentified,
         Action::ReadCapabilities,
+        Action::Erase,
     ];
 
     /// The Cedar action id.
@@ -72,6 +76,7 @@ impl Action {
             Action::ReadAudit => "read_audit",
             Action::ExportDeidentified => "export_deidentified",
             Action::ReadCapabilities => "read_capabilities",
+            Action::Erase => "erase",
         }
     }
 
