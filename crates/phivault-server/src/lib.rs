@@ -11,7 +11,9 @@
 //! OAuth2 token and revocation endpoints under `/oauth`; SMART discovery at
 //! `/.well-known/smart-configuration`; the admin API under `/admin`; the audit trail as FHIR
 //! `AuditEvent`s (`/fhir/AuditEvent`, for auditors) and each patient's access log
-//! (`/fhir/Patient/{id}/$access-log`, for that patient).
+//! (`/fhir/Patient/{id}/$access-log`, for that patient); the erasure of a patient by
+//! crypto-shredding (`POST /fhir/Patient/{id}/$erase`, admins), answering a signed erasure
+//! certificate.
 //!
 //! Guarantees:
 //! - **No route answers without a valid token**, except login, the OAuth2 endpoints (which
@@ -34,6 +36,7 @@ mod audit_sink;
 mod auth_routes;
 mod capability;
 mod edge;
+mod erasure_routes;
 mod error;
 mod fhir_routes;
 pub mod tls;
@@ -171,6 +174,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/fhir/AuditEvent"),
     ("GET", "/fhir/AuditEvent/{id}"),
     ("GET", "/fhir/Patient/{id}/$access-log"),
+    ("POST", "/fhir/Patient/{id}/$erase"),
 ];
 
 /// The application's routes (usable without sockets, e.g. `Router::oneshot` in tests).
@@ -191,6 +195,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(admin_routes::routes())
         .merge(audit_routes::routes())
         .merge(audit_event::routes())
+        .merge(erasure_routes::routes())
         .fallback(fhir_routes::no_route)
         .method_not_allowed_fallback(fhir_routes::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
