@@ -105,16 +105,20 @@ async fn erase_of(
     sink.committed();
     let cert = state.audit.certify_erasure(&record);
     // The index tokens go in the background; searches skip the compartment meanwhile.
-    let store = state.store.clone();
-    tokio::spawn(async move {
-        match store.sweep_erasures().await {
-            Ok(r) => tracing::info!(
-                erasures = r.erasures,
-                index_rows = r.index_rows,
-                "erased compartments swept"
-            ),
-            Err(e) => tracing::error!(error = %e, "sweeping erased compartments failed"),
-        }
-    });
+    tokio::spawn(sweep(state.store.clone()));
     Ok(fhir_json(StatusCode::OK, &certificate_parameters(&cert)))
+}
+
+/// Deletes the search tokens of erased compartments not swept yet (after each erasure, and
+/// when the server starts, for a sweep that was interrupted). Logs ids and counts only.
+pub(crate) async fn sweep(store: phivault_store::Store) {
+    match store.sweep_erasures().await {
+        Ok(r) if r.erasures > 0 => tracing::info!(
+            erasures = r.erasures,
+            index_rows = r.index_rows,
+            "erased compartments swept"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "sweeping erased compartments failed"),
+    }
 }

@@ -273,6 +273,8 @@ pub async fn serve(
         state.audit.clone(),
         audit_routes::CHECKPOINTS,
     )));
+    // Finishes the index sweep of erasures interrupted before (a crash, a failed sweep).
+    tokio::spawn(erasure_routes::sweep(state.store.clone()));
     let app = router(state);
     let _checkpoints = checkpoints;
 
