@@ -109,6 +109,24 @@ async fn erase_of(
     Ok(fhir_json(StatusCode::OK, &certificate_parameters(&cert)))
 }
 
+/// How often the serving process drops from its key cache the keys erased by others.
+pub(crate) const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Drops erased keys from the store's cache every `every`, until aborted (reads and writes
+/// never use an erased key anyway; this bounds how long one stays in memory).
+pub(crate) async fn evict_loop(store: phivault_store::Store, every: std::time::Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut since = 0;
+    loop {
+        ticker.tick().await;
+        match store.evict_erased_keys(since).await {
+            Ok(latest) => since = latest,
+            Err(e) => tracing::error!(error = %e, "evicting erased keys failed"),
+        }
+    }
+}
+
 /// Deletes the search tokens of erased compartments not swept yet (after each erasure, and
 /// when the server starts, for a sweep that was interrupted). Logs ids and counts only.
 pub(crate) async fn sweep(store: phivault_store::Store) {

@@ -275,8 +275,14 @@ pub async fn serve(
     )));
     // Finishes the index sweep of erasures interrupted before (a crash, a failed sweep).
     tokio::spawn(erasure_routes::sweep(state.store.clone()));
+    // Keys erased by another process (`phivault erase`) leave this one's memory too.
+    let evictions = AbortOnDrop(tokio::spawn(erasure_routes::evict_loop(
+        state.store.clone(),
+        erasure_routes::EVICT_EVERY,
+    )));
     let app = router(state);
     let _checkpoints = checkpoints;
+    let _evictions = evictions;
 
     match tls {
         Some(tls) => {

@@ -36,7 +36,10 @@
 //! cache, but never uses it for an erased key: every read query returns, with each version
 //! row, whether its key's row still exists, and a version whose key row is gone is not opened
 //! (the cache is not consulted); every write checks the key row in its transaction. So a
-//! shredded key cannot serve data in any process after the erasure commits.
+//! shredded key cannot serve data in any process after the erasure commits. The other process
+//! also drops the key from its memory on its first read or write that meets the erasure, and
+//! a long-running one evicts erased keys periodically ([`Store::evict_erased_keys`]; the
+//! server does it every few seconds).
 
 use phivault_fhir::{Id, ResourceType};
 use sqlx::{AnyConnection, Row};
@@ -182,6 +185,56 @@ impl Store {
         })
     }
 
+    /// How many of the data keys this store holds (in the database and in its cache) open the
+    /// version row `rtype/id/version` (sealed bytes `sealed`, stored with key id `key_id` and
+    /// deletion flag `deleted`), trying each key both under the row's key id and under its own
+    /// in the associated data. For the tests that prove an erasure: 0 for every row of an
+    /// erased compartment.
+    #[doc(hidden)]
+    pub async fn keys_that_open(
+        &self,
+        rtype: &str,
+        id: &str,
+        version: i64,
+        deleted: bool,
+        key_id: &str,
+        sealed: &[u8],
+    ) -> Result<usize, StoreError> {
+        let tenant = &self.inner.tenant;
+        let sealers = self.inner.keys.every_sealer(&self.inner.pool).await?;
+        Ok(sealers
+            .iter()
+            .filter(|(own_id, sealer)| {
+                [key_id, own_id.as_str()].iter().any(|k| {
+                    let aad = crate::resources::aad(tenant, rtype, id, version, deleted, k);
+                    sealer.open(&aad, sealed).is_ok()
+                })
+            })
+            .count())
+    }
+
+    /// Drops from this process's key cache every key erased (by any process) after
+    /// `since_ms` (unix milliseconds; 0 for all); returns the latest erasure time seen, to pass
+    /// next time. A long-running process (the server) calls it periodically, so a key erased
+    /// by another process (`phivault erase`) leaves its memory within that period even if it
+    /// never touches the compartment again; reads and writes never use such a key meanwhile.
+    pub async fn evict_erased_keys(&self, since_ms: i64) -> Result<i64, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, erased_at FROM erasures WHERE tenant = $1 AND erased_at >= $2",
+        )
+        .bind(&self.inner.tenant)
+        .bind(since_ms)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let mut latest = since_ms;
+        for row in rows {
+            let key_id: String = row.try_get("key_id")?;
+            latest = latest.max(row.try_get::<i64, _>("erased_at")?);
+            self.inner.keys.forget_key(&key_id);
+        }
+        Ok(latest)
+    }
+
     /// Whether `patient` was erased (their key owner token is in the ledger).
     pub async fn is_erased(&self, patient: &Id) -> Result<bool, StoreError> {
         let owner = self.inner.keys.patient_owner(patient);
@@ -296,6 +349,7 @@ impl Store {
         if found {
             return Ok(());
         }
+        self.inner.keys.forget_key(key_id);
         match patient {
             Some(p) => Err(StoreError::PatientErased {
                 patient: p.to_string(),
@@ -319,10 +373,14 @@ impl Store {
             .fetch_optional(&self.inner.pool)
             .await;
         match erased {
-            Ok(Some(_)) => StoreError::Erased {
-                rtype: rtype.to_string(),
-                id: id.to_string(),
-            },
+            Ok(Some(_)) => {
+                // Erased by another process: this one lets go of the key too.
+                self.inner.keys.forget_key(key_id);
+                StoreError::Erased {
+                    rtype: rtype.to_string(),
+                    id: id.to_string(),
+                }
+            }
             Ok(None) => self.integrity(rtype, id, version, "data key missing"),
             Err(e) => StoreError::from(e),
         }

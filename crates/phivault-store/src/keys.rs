@@ -266,6 +266,48 @@ impl Keyring {
         }
     }
 
+    /// Every data key this store holds: each row of `data_keys` of the tenant, unwrapped, and
+    /// each key in the cache (for the tests that prove an erasure).
+    pub(crate) async fn every_sealer(
+        &self,
+        pool: &AnyPool,
+    ) -> Result<Vec<(String, Arc<Sealer>)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT key_id, kind, kek_id, wrapped FROM data_keys WHERE tenant = $1")
+                .bind(&self.tenant)
+                .fetch_all(pool)
+                .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let key_id: String = row.try_get("key_id")?;
+            let kind: String = row.try_get("kind")?;
+            let kek_id: String = row.try_get("kek_id")?;
+            let wrapped: Vec<u8> = row.try_get("wrapped")?;
+            let secret = self.unwrap(&kind, &key_id, &kek_id, &wrapped)?;
+            out.push((key_id, Arc::new(Sealer::new(&secret)?)));
+        }
+        // Cached keys the database no longer has (a key cached under the id of a row is
+        // that row's key).
+        if let Ok(m) = self.by_id.read() {
+            let missing: Vec<_> = m
+                .iter()
+                .filter(|(k, _)| !out.iter().any(|(id, _)| id == *k))
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect();
+            out.extend(missing);
+        }
+        Ok(out)
+    }
+
+    /// Drops the unwrapped key `key_id` from the cache (an erasure made by another process,
+    /// learnt from the database). An owner entry still naming it leads to the database, which
+    /// no longer has the key.
+    pub(crate) fn forget_key(&self, key_id: &str) {
+        if let Ok(mut m) = self.by_id.write() {
+            m.remove(key_id);
+        }
+    }
+
     fn cached(&self, key_id: &str) -> Option<Arc<Sealer>> {
         self.by_id.read().ok().and_then(|m| m.get(key_id).cloned())
     }

@@ -56,7 +56,14 @@ pub(crate) struct DeleteOutcome {
     pub(crate) patient: Option<Id>,
 }
 
-fn aad(tenant: &str, rtype: &str, id: &str, version: i64, deleted: bool, key_id: &str) -> Vec<u8> {
+pub(crate) fn aad(
+    tenant: &str,
+    rtype: &str,
+    id: &str,
+    version: i64,
+    deleted: bool,
+    key_id: &str,
+) -> Vec<u8> {
     format!(
         "phivault/v1|{tenant}|{rtype}|{id}|{version}|{}|{key_id}",
         u8::from(deleted)
