@@ -454,6 +454,11 @@ pub(crate) struct BenchArgs {
     /// content is not removed afterwards.
     #[arg(long, value_name = "URL")]
     pub(crate) database_url: Option<String>,
+
+    /// Resources of the large patient whose erasure is timed (next to one of 10); 0 skips the
+    /// erasure figures.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub(crate) erasure_resources: u64,
 }
 
 #[cfg(test)]

@@ -427,6 +427,7 @@ async fn bench(args: &BenchArgs) -> Result<()> {
         patients: args.patients,
         reads: args.reads,
         database_url: args.database_url.clone(),
+        erasure_resources: args.erasure_resources,
     };
     println!("{}", bench::cipher_line());
     println!("{}", bench::audit_line());
