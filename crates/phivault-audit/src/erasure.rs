@@ -144,7 +144,7 @@ mod tests {
         assert!(!c.verify(&public));
         // The embedded key is not trusted: a forger's own key and signature are refused.
         let forger = pair();
-        let mut c = cert.clone();
+        let mut c = cert;
         c.resources = 0;
         c.public_key = forger.public_key().as_ref().to_vec();
         c.signature = forger.sign(&c.signed_message()).as_ref().to_vec();
