@@ -25,6 +25,10 @@
 //!   resumes from the last checkpoint (its signature, its frontier against its root, its
 //!   last entry against the stored entry at its size) and reads only the entries after it;
 //!   without a usable frontier it reads the whole trail and says why ([`TailStart`]).
+//! - Erasure certificates ([`ErasureCertificate`]): a patient's erasure (id, time, destroyed
+//!   key id, resources made unreadable) signed with the same Ed25519 key as checkpoints, over a
+//!   message with its own domain ([`ErasureCertificate::signed_message`]), by
+//!   [`AuditLog::certify_erasure`].
 //! - [`AuditLog`]: the trail over a [`phivault_store::Store`]: append, checkpoint, verify,
 //!   prove. It keeps in memory the state it has verified (entry count, last hash, frontier),
 //!   so a checkpoint verifies only the entries added since, then signs and stores exactly
@@ -41,6 +45,7 @@
 
 mod checkpoint;
 mod entry;
+mod erasure;
 mod error;
 mod log;
 pub mod merkle;
@@ -50,6 +55,7 @@ pub use checkpoint::Checkpoint;
 pub use entry::{
     ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, Outcome, action_code, entry_hash,
 };
+pub use erasure::{ERASURE_DOMAIN, ERASURE_FORMAT, ErasureCertificate};
 pub use error::AuditError;
 pub use log::{AuditLog, InclusionBundle, TailReport, TailStart};
 pub use merkle::{Frontier, MerkleTree, verify_inclusion};

@@ -5,15 +5,15 @@ use std::fmt;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use phivault_store::AnyConnection;
-use phivault_store::Store;
 use phivault_store::audit::{AuditTail, NewAuditRow};
+use phivault_store::{ErasureRecord, Store};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::merkle::{Frontier, MerkleTree};
 use crate::{
-    AuditEntry, AuditError, ChainVerifier, Checkpoint, GENESIS_HASH, RecordedEntry, VerifyReport,
-    entry_hash, verify_inclusion,
+    AuditEntry, AuditError, ChainVerifier, Checkpoint, ErasureCertificate, GENESIS_HASH,
+    RecordedEntry, VerifyReport, entry_hash, verify_inclusion,
 };
 
 /// Entries read per page while verifying or proving.
@@ -284,6 +284,12 @@ impl AuditLog {
     /// The raw Ed25519 public key that verifies checkpoints.
     pub fn public_key(&self) -> &[u8] {
         self.signer.public_key().as_ref()
+    }
+
+    /// Signs the certificate of an erasure with the trail's Ed25519 key (the checkpoints'
+    /// key; the message is domain-separated, see [`ErasureCertificate::signed_message`]).
+    pub fn certify_erasure(&self, record: &ErasureRecord) -> ErasureCertificate {
+        ErasureCertificate::sign(&self.signer, self.public_key(), record)
     }
 
     /// The store.

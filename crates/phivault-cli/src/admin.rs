@@ -135,6 +135,21 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         TopCommand::Policy(PolicyCommand::Check(args)) => {
             return Ok(policy_check(&args.file));
         }
+        TopCommand::Erase(args) => {
+            let id = parse_id(&args.patient, "patient")?;
+            if !args.yes {
+                bail!(
+                    "erasing Patient/{id} destroys all of the patient's data for good and cannot \
+                     be undone; run again with --yes to confirm"
+                );
+            }
+            let opened = open(&settings(&args.storage)?).await?;
+            let result = erase(&opened, &id).await;
+            close(opened).await;
+            let cert = result?;
+            let text = serde_json::to_string_pretty(&cert).context("printing the certificate")?;
+            println!("{text}");
+        }
         TopCommand::BreakGlass(BreakGlassCommand::List(args)) => {
             let accounts = open(&settings(&args.storage)?).await?;
             let list = async {
@@ -150,6 +165,40 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `phivault erase`: the erasure (its `erase` entry commits with it), the run's `cli erase`
+/// entry with its outcome, the certificate signed with the trail's key; then the sweep of the
+/// compartment's search tokens (reported on stderr; a failure there is reported and left to
+/// the next sweep: searches skip the erased compartment anyway).
+async fn erase(opened: &Opened, patient: &Id) -> Result<phivault_audit::ErasureCertificate> {
+    let store = &opened.1;
+    let audit = CliAudit::open(store, "erase").await?;
+    let erased = store
+        .erase_patient(patient, &audit)
+        .await
+        .with_context(|| format!("erasing Patient/{patient}"));
+    let about = About::patient("Patient", patient);
+    let record = audit
+        .finish(erased, Some(about.resource), about.patient)
+        .await?;
+    let cert = audit.log().certify_erasure(&record);
+    eprintln!(
+        "phivault: Patient/{patient} erased: data key {} destroyed, {} resources made \
+         unreadable",
+        record.key_id, record.resources
+    );
+    match store.sweep_erasures().await {
+        Ok(r) => eprintln!(
+            "phivault: {} search index rows of erased patients deleted",
+            r.index_rows
+        ),
+        Err(e) => eprintln!(
+            "phivault: warning: deleting the search index rows of erased patients failed \
+             ({e}); they are never matched; the next erasure or server start retries"
+        ),
+    }
+    Ok(cert)
 }
 
 /// What an administration command was about, for its audit entry.

@@ -1,4 +1,5 @@
-//! `phivault bench`: ingest and read-by-id figures on a fresh store, with synthetic data.
+//! `phivault bench`: ingest, read-by-id and erasure figures on a fresh store, with synthetic
+//! data.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,6 +26,22 @@ pub(crate) struct BenchOptions {
     pub(crate) readers: u64,
     /// None: a temporary SQLite file, removed afterwards.
     pub(crate) database_url: Option<String>,
+    /// Resources of the large patient erased (0: no erasure figures).
+    pub(crate) erasure_resources: u64,
+}
+
+/// Resources of the small patient erased (for comparison with the large one).
+pub(crate) const SMALL_ERASURE: usize = 10;
+
+/// How long erasures took: the crypto-shredding transaction itself, then the index sweep that
+/// follows it (in the background on the server).
+#[derive(Debug, Clone)]
+pub(crate) struct ErasureFigures {
+    /// (resources made unreadable, time of `erase_patient`) for the small and large patient.
+    pub(crate) small: (u64, Duration),
+    pub(crate) large: (u64, Duration),
+    /// (index rows deleted, time) of the sweep after the large erasure.
+    pub(crate) sweep: (u64, Duration),
 }
 
 /// The figures.
@@ -41,6 +58,8 @@ pub(crate) struct BenchReport {
     /// Entries in the audit trail and the time a full `audit verify` of it took (`None` in a
     /// bench-no-audit build).
     pub(crate) verify: Option<(u64, Duration)>,
+    /// Erasure figures (`None` when not asked for).
+    pub(crate) erasure: Option<ErasureFigures>,
 }
 
 impl BenchReport {
@@ -86,6 +105,22 @@ impl BenchReport {
             };
             lines.push(format!(
                 "audit verify: {entries} entries in {secs:.2} s = {rate:.0} entries/s"
+            ));
+        }
+        if let Some(e) = &self.erasure {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            lines.push(format!(
+                "erasure: patient of {} resources in {:.1} ms, patient of {} resources in {:.1} ms \
+                 (key destroyed, ledger and audit entry, one transaction)",
+                e.small.0,
+                ms(e.small.1),
+                e.large.0,
+                ms(e.large.1)
+            ));
+            lines.push(format!(
+                "erasure index sweep (after the erasure, in the background): {} rows in {:.1} ms",
+                e.sweep.0,
+                ms(e.sweep.1)
             ));
         }
         lines
@@ -307,6 +342,12 @@ async fn measure(
         }
         concurrent = Some((opts.readers, per * opts.readers, started.elapsed()));
     }
+    let erasure = if opts.erasure_resources > 0 {
+        let large = usize::try_from(opts.erasure_resources).unwrap_or(usize::MAX);
+        Some(erasures(store, validator, sink, &mut rng, large).await?)
+    } else {
+        None
+    };
     let verify = match audit {
         Some(a) => {
             let start = Instant::now();
@@ -326,6 +367,89 @@ async fn measure(
         reads,
         concurrent,
         verify,
+        erasure,
+    })
+}
+
+/// Stores a patient with `resources` resources (the Patient and Observations), in transaction
+/// Bundles of [`BUNDLE_SIZE`]; returns the patient's id.
+async fn patient_with(
+    store: &Store,
+    validator: &Validator,
+    sink: &dyn AuditSink,
+    rng: &mut Rng,
+    resources: usize,
+) -> Result<Id> {
+    let first = resources.clamp(1, BUNDLE_SIZE);
+    let bundle = synth::patient_bundle(rng, first - 1);
+    let request = BundleRequest::parse(validator, bundle, BUNDLE_SIZE)
+        .context("a synthetic Bundle did not validate")?;
+    let response = store
+        .bundle(request, sink)
+        .await
+        .context("storing a synthetic Bundle")?;
+    let patient = synth::written_references(&response)
+        .into_iter()
+        .find(|(t, _)| t == "Patient")
+        .and_then(|(_, id)| Id::parse(&id).ok())
+        .context("the synthetic Bundle wrote no Patient")?;
+    let subject = format!("Patient/{patient}");
+    let mut left = resources - first;
+    while left > 0 {
+        let n = left.min(BUNDLE_SIZE);
+        let entries: Vec<serde_json::Value> = (0..n)
+            .map(|_| {
+                serde_json::json!({
+                    "fullUrl": format!("urn:uuid:{}", rng.uuid()),
+                    "resource": synth::observation(rng, &subject),
+                    "request": { "method": "POST", "url": "Observation" }
+                })
+            })
+            .collect();
+        let bundle = serde_json::json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries });
+        let request = BundleRequest::parse(validator, bundle, BUNDLE_SIZE)
+            .context("a synthetic Bundle did not validate")?;
+        store
+            .bundle(request, sink)
+            .await
+            .context("storing a synthetic Bundle")?;
+        left -= n;
+    }
+    Ok(patient)
+}
+
+/// Erases a patient of [`SMALL_ERASURE`] resources and one of `large`, timing each erasure
+/// (not the ingest), then the index sweep.
+async fn erasures(
+    store: &Store,
+    validator: &Validator,
+    sink: &dyn AuditSink,
+    rng: &mut Rng,
+    large: usize,
+) -> Result<ErasureFigures> {
+    let small_patient = patient_with(store, validator, sink, rng, SMALL_ERASURE).await?;
+    let large_patient = patient_with(store, validator, sink, rng, large).await?;
+    // The sweep of earlier erasures (none) is not timed with this one.
+    store.sweep_erasures().await.context("sweeping")?;
+    let mut timed = Vec::new();
+    for patient in [&small_patient, &large_patient] {
+        let start = Instant::now();
+        let record = store
+            .erase_patient(patient, sink)
+            .await
+            .context("erasing a synthetic patient")?;
+        timed.push((record.resources, start.elapsed()));
+        if timed.len() == 1 {
+            store.sweep_erasures().await.context("sweeping")?;
+        }
+    }
+    let start = Instant::now();
+    let swept = store.sweep_erasures().await.context("sweeping")?;
+    let sweep = (swept.index_rows, start.elapsed());
+    Ok(ErasureFigures {
+        small: timed[0],
+        large: timed[1],
+        sweep,
     })
 }
 
@@ -342,6 +466,11 @@ mod tests {
             reads: (1..=99).map(Duration::from_micros).collect(),
             concurrent: Some((8, 99, Duration::from_millis(33))),
             verify: Some((50_000, Duration::from_millis(500))),
+            erasure: Some(ErasureFigures {
+                small: (10, Duration::from_micros(2500)),
+                large: (10_000, Duration::from_micros(3100)),
+                sweep: (120_000, Duration::from_millis(900)),
+            }),
         };
         let lines = report.lines();
         assert_eq!(
@@ -359,6 +488,11 @@ mod tests {
         assert_eq!(
             lines[4],
             "audit verify: 50000 entries in 0.50 s = 100000 entries/s"
+        );
+        assert_eq!(
+            lines[4],
+            "erasure: patient of 10 resources in 2.5 ms, patient of 10000 resources in 3.1 ms \
+             (key destroyed, ledger and audit entry, one transaction)"
         );
     }
 }

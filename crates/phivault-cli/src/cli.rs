@@ -72,6 +72,25 @@ pub(crate) enum TopCommand {
     /// Verify the tamper-evident audit trail and prove entries in it.
     #[command(subcommand)]
     Audit(crate::audit_cmd::AuditCommand),
+    /// Erase a patient for good by crypto-shredding: destroys the patient's data key, so every
+    /// version of every resource in their compartment becomes unreadable at once; records it
+    /// in the erasure ledger and the audit trail, prints the signed erasure certificate (JSON)
+    /// on stdout, then deletes the compartment's search tokens. Requires --yes.
+    #[command(after_help = SETTINGS_HELP)]
+    Erase(EraseArgs),
+}
+
+/// `phivault erase PATIENT_ID --yes`
+#[derive(Debug, Clone, Args)]
+pub(crate) struct EraseArgs {
+    /// The id of the Patient to erase.
+    #[arg(value_name = "PATIENT_ID")]
+    pub(crate) patient: String,
+    /// Confirm: the erasure cannot be undone (without it the command refuses).
+    #[arg(long)]
+    pub(crate) yes: bool,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
 }
 
 /// A server command with the configuration file, as `commands::run` takes it. It is also a
@@ -439,6 +458,11 @@ pub(crate) struct BenchArgs {
     /// content is not removed afterwards.
     #[arg(long, value_name = "URL")]
     pub(crate) database_url: Option<String>,
+
+    /// Resources of the large patient whose erasure is timed (next to one of 10); 0 skips the
+    /// erasure figures.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub(crate) erasure_resources: u64,
 }
 
 #[cfg(test)]

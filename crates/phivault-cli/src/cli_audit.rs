@@ -8,6 +8,8 @@
 //!   resource gets an entry (`create`, `update` or `delete`, type, id, patient) inside the
 //!   transaction that writes it, so no resource is stored without its entry; then one
 //!   `cli import` entry for the run (outcome `error` when anything failed);
+//! - `erase` writes its `erase` entry (Patient, id, patient) inside the erasure's transaction
+//!   (the store's [`AuditSink`]), then one `cli erase` entry for the run with its outcome;
 //! - the administration commands (`user add|link-patient|link-practitioner|grant`,
 //!   `client add`, `break-glass list`) append one entry after the operation, with its outcome;
 //!   when that entry cannot be written the command fails, saying so.
@@ -142,6 +144,11 @@ impl CliAudit {
             (Err(e), Ok(())) => Err(e),
             (Err(e), Err(audit)) => Err(anyhow!("{e:#} (and {audit:#})")),
         }
+    }
+
+    /// The audit trail (whose key signs erasure certificates).
+    pub(crate) fn log(&self) -> &AuditLog {
+        &self.log
     }
 
     /// `<command>` of `cli <command>`.

@@ -432,6 +432,7 @@ async fn bench(args: &BenchArgs) -> Result<()> {
         reads: args.reads,
         readers: args.readers,
         database_url: args.database_url.clone(),
+        erasure_resources: args.erasure_resources,
     };
     println!("{}", bench::cipher_line());
     println!("{}", bench::audit_line());

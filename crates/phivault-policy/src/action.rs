@@ -36,6 +36,9 @@ pub enum Action {
     ReadCapabilities,
     /// Read the register of processing activities (GDPR art. 30).
     ReadProcessingActivities,
+    /// Erase a patient (crypto-shredding of the compartment): decided on the patient's
+    /// `Patient` resource reference (type Patient, the patient's id, no labels).
+    Erase,
 }
 
 impl Action {
@@ -56,6 +59,7 @@ impl Action {
         Action::ExportDeidentified,
         Action::ReadCapabilities,
         Action::ReadProcessingActivities,
+        Action::Erase,
     ];
 
     /// The Cedar action id.
@@ -76,6 +80,7 @@ impl Action {
             Action::ExportDeidentified => "export_deidentified",
             Action::ReadCapabilities => "read_capabilities",
             Action::ReadProcessingActivities => "read_processing_activities",
+            Action::Erase => "erase",
         }
     }
 

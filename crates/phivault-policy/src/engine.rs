@@ -438,8 +438,11 @@ impl PolicyEngine {
                     );
                 let ctx = &request.context;
                 let clinical = request.action.is_clinical();
-                // A read of the audit trail keeps the patient whose access log it is.
-                let about_patient = clinical || request.action == Action::ReadAudit;
+                // A read of the audit trail keeps the patient whose access log it is, an
+                // erasure the patient erased.
+                let about_patient = clinical
+                    || request.action == Action::ReadAudit
+                    || request.action == Action::Erase;
                 Ok(Authorized {
                     principal_kind: request.principal.kind(),
                     principal_id: request.principal.id().to_owned(),
@@ -558,7 +561,7 @@ impl PolicyEngine {
 
     fn resource_uid(&self, request: &AccessRequest) -> EntityUid {
         // The resource entity stands for the facts of this request only; its id is not used.
-        if request.action.is_clinical() {
+        if request.action.is_clinical() || request.action == Action::Erase {
             EntityUid::from_type_name_and_id(self.names.resource.clone(), EntityId::new("this"))
         } else if request.action == Action::ReadAudit {
             EntityUid::from_type_name_and_id(self.names.audit.clone(), EntityId::new("this"))
@@ -577,7 +580,7 @@ impl PolicyEngine {
             HashSet::new(),
         )
         .map_err(|_| ())?;
-        let resource = if request.action.is_clinical() {
+        let resource = if request.action.is_clinical() || request.action == Action::Erase {
             let r = &request.resource;
             Entity::new(
                 self.resource_uid(request),

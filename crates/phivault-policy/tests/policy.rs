@@ -1085,3 +1085,89 @@ fn audit_trail_and_access_logs() {
         .with_launch_patient(id(OWN));
     assert!(read(&launched, &own).is_err());
 }
+
+// ---------------------------------------------------------------------------------------
+// Erasure.
+
+#[test]
+fn erasure_is_for_admins_only() {
+    let patient = |p: &str| ResourceRef::new(rtype("Patient"), Some(id(p)), vec![]);
+    // Admins, in their own session, for any patient; the proof names the patient.
+    let admin = user(Role::Admin);
+    for p in [OWN, CARE, OTHER] {
+        let r = request(
+            &admin,
+            Action::Erase,
+            patient(p),
+            Purpose::SystemAdministration,
+        );
+        let proof = ENGINE.decide(&r).unwrap();
+        assert_eq!(proof.policies(), ["admin.erase"]);
+        assert_eq!(proof.patient(), Some(&id(p)));
+        assert_eq!(proof.action(), Action::Erase);
+    }
+    // Nobody else: not the patient (their request goes through staff), not their care team
+    // with any purpose or break-the-glass, not the auditor or researcher.
+    for role in [
+        Role::Clinician,
+        Role::Patient,
+        Role::Auditor,
+        Role::Researcher,
+    ] {
+        let principal = user(role);
+        for p in [OWN, CARE, OTHER] {
+            for purpose in [
+                role.default_purpose(),
+                Purpose::Treat,
+                Purpose::EmergencyTreat,
+            ] {
+                let mut r = request(&principal, Action::Erase, patient(p), purpose);
+                if purpose == Purpose::EmergencyTreat {
+                    r.context.break_glass = Some(glass());
+                }
+                assert!(!allowed(&r), "{role} erase {p} {purpose:?}");
+            }
+        }
+    }
+    // Apps, whatever their scopes; an admin's token restricted by scopes neither.
+    for scope in ["system/*.cruds", "system/Patient.d", "user/*.*"] {
+        let r = request(
+            &client(scope),
+            Action::Erase,
+            patient(OTHER),
+            Purpose::Treat,
+        );
+        assert!(!allowed(&r), "app {scope}");
+        let scoped_admin = user(Role::Admin).with_scopes(scopes(scope));
+        let r = request(
+            &scoped_admin,
+            Action::Erase,
+            patient(OTHER),
+            Purpose::SystemAdministration,
+        );
+        assert!(!allowed(&r), "admin with {scope}");
+    }
+    // Only a Patient, and only a real one: another type or no patient is refused.
+    let r = request(
+        &admin,
+        Action::Erase,
+        obs(OTHER, &[]),
+        Purpose::SystemAdministration,
+    );
+    assert!(!allowed(&r));
+    let r = request(
+        &admin,
+        Action::Erase,
+        ResourceRef::new(rtype("Patient"), None, vec![]),
+        Purpose::SystemAdministration,
+    );
+    assert!(!allowed(&r));
+    // Admins still get no clinical data.
+    let r = request(
+        &admin,
+        Action::Read,
+        patient(OTHER),
+        Purpose::SystemAdministration,
+    );
+    assert!(!allowed(&r));
+}

@@ -374,7 +374,7 @@ fn resource_of(route: &str, path: &str) -> (Option<String>, Option<String>) {
             return (Some("AuditEvent".to_owned()), id);
         }
         "/fhir/AuditEvent" => return (Some("AuditEvent".to_owned()), None),
-        "/fhir/Patient/{id}/$access-log" => {
+        "/fhir/Patient/{id}/$access-log" | "/fhir/Patient/{id}/$erase" => {
             let id = path
                 .split('/')
                 .nth(3)
@@ -569,6 +569,10 @@ mod tests {
                 "/fhir/Patient/{id}/$access-log",
                 "/fhir/Patient/p-1/$access-log"
             ),
+            (Some("Patient".to_owned()), Some("p-1".to_owned()))
+        );
+        assert_eq!(
+            resource_of("/fhir/Patient/{id}/$erase", "/fhir/Patient/p-1/$erase"),
             (Some("Patient".to_owned()), Some("p-1".to_owned()))
         );
         assert_eq!(resource_of("/auth/login", "/auth/login"), (None, None));

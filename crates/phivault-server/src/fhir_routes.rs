@@ -68,6 +68,12 @@ pub(crate) fn path_error(_: PathRejection) -> ApiError {
     ApiError::BadRequest("the request path is malformed (invalid percent-encoding)".to_owned())
 }
 
+/// The answer to a malformed path, for handlers that answer a [`Response`].
+pub(crate) fn path_error_response() -> Response {
+    ApiError::BadRequest("the request path is malformed (invalid percent-encoding)".to_owned())
+        .into_response()
+}
+
 fn rtype_of(s: &str) -> Result<ResourceType, ApiError> {
     Ok(ResourceType::parse(s)?)
 }
@@ -452,6 +458,7 @@ async fn vread(
             e @ (StoreError::NotFound { .. }
             | StoreError::VersionNotFound { .. }
             | StoreError::Gone { .. }
+            | StoreError::Erased { .. }
             | StoreError::Integrity { .. }),
         ) => {
             let current = access.load(rtype, &id).await?;

@@ -12,7 +12,9 @@
 //! `/.well-known/smart-configuration`; the admin API under `/admin`; the audit trail as FHIR
 //! `AuditEvent`s (`/fhir/AuditEvent`, for auditors) and each patient's access log
 //! (`/fhir/Patient/{id}/$access-log`, for that patient); the register of processing
-//! activities (GDPR art. 30) at `/privacy/processing-activities`.
+//! activities (GDPR art. 30) at `/privacy/processing-activities`; the erasure of a patient by
+//! crypto-shredding (`POST /fhir/Patient/{id}/$erase`, admins), answering a signed erasure
+//! certificate.
 //!
 //! Guarantees:
 //! - **No route answers without a valid token**, except login, the OAuth2 endpoints (which
@@ -38,6 +40,7 @@ mod audit_sink;
 mod auth_routes;
 mod capability;
 mod edge;
+mod erasure_routes;
 mod error;
 mod fhir_routes;
 mod privacy;
@@ -196,6 +199,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/fhir/AuditEvent/{id}"),
     ("GET", "/fhir/Patient/{id}/$access-log"),
     ("GET", "/privacy/processing-activities"),
+    ("POST", "/fhir/Patient/{id}/$erase"),
 ];
 
 /// The application's routes (usable without sockets, e.g. `Router::oneshot` in tests).
@@ -217,6 +221,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(audit_routes::routes())
         .merge(audit_event::routes())
         .merge(privacy::routes())
+        .merge(erasure_routes::routes())
         .fallback(fhir_routes::no_route)
         .method_not_allowed_fallback(fhir_routes::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -294,8 +299,16 @@ pub async fn serve(
         state.audit.clone(),
         audit_routes::CHECKPOINTS,
     )));
+    // Finishes the index sweep of erasures interrupted before (a crash, a failed sweep).
+    tokio::spawn(erasure_routes::sweep(state.store.clone()));
+    // Keys erased by another process (`phivault erase`) leave this one's memory too.
+    let evictions = AbortOnDrop(tokio::spawn(erasure_routes::evict_loop(
+        state.store.clone(),
+        erasure_routes::EVICT_EVERY,
+    )));
     let app = router(state);
     let _checkpoints = checkpoints;
+    let _evictions = evictions;
 
     match tls {
         Some(tls) => {

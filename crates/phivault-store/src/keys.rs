@@ -182,6 +182,14 @@ impl Keyring {
         let (key_id, secret) = match found {
             Some(x) => x,
             None => {
+                // An erased patient never gets a new key: their compartment stays closed.
+                if let Owner::Patient(patient) = owner
+                    && self.owner_erased(pool, &token).await?
+                {
+                    return Err(StoreError::PatientErased {
+                        patient: patient.to_string(),
+                    });
+                }
                 let _guard = match write_lock {
                     Some(l) => Some(l.lock().await),
                     None => None,
@@ -224,6 +232,80 @@ impl Keyring {
         let sealer = Arc::new(Sealer::new(&secret)?);
         self.remember(key_id, sealer.clone());
         Ok(Some(sealer))
+    }
+
+    /// Whether the patient key owner `token` is in the erasure ledger.
+    pub(crate) async fn owner_erased(
+        &self,
+        pool: &AnyPool,
+        token: &[u8],
+    ) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT key_id FROM erasures WHERE tenant = $1 AND owner = $2")
+                .bind(&self.tenant)
+                .bind(token.to_vec())
+                .fetch_optional(pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Drops `patient`'s key (id `key_id`) from this process's caches: called once its
+    /// erasure has committed. Other processes keep what they cached until their cache is
+    /// emptied, but never use it on an erased key: every read of a version checks, in the same
+    /// query, that the row of the version's key still exists, and every write checks it inside
+    /// its transaction (see `Store::erase_patient`).
+    pub(crate) fn forget(&self, key_id: &str, patient: &Id) {
+        let (kind, token) = self.owner_token(&Owner::Patient(patient.clone()));
+        let cache_key = phivault_crypto::sha256(&[kind.as_bytes(), b"|", &token].concat());
+        if let Ok(mut m) = self.by_owner.write() {
+            m.remove(&cache_key);
+        }
+        if let Ok(mut m) = self.by_id.write() {
+            m.remove(key_id);
+        }
+    }
+
+    /// Every data key this store holds: each row of `data_keys` of the tenant, unwrapped, and
+    /// each key in the cache (for the tests that prove an erasure).
+    pub(crate) async fn every_sealer(
+        &self,
+        pool: &AnyPool,
+    ) -> Result<Vec<(String, Arc<Sealer>)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT key_id, kind, kek_id, wrapped FROM data_keys WHERE tenant = $1")
+                .bind(&self.tenant)
+                .fetch_all(pool)
+                .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let key_id: String = row.try_get("key_id")?;
+            let kind: String = row.try_get("kind")?;
+            let kek_id: String = row.try_get("kek_id")?;
+            let wrapped: Vec<u8> = row.try_get("wrapped")?;
+            let secret = self.unwrap(&kind, &key_id, &kek_id, &wrapped)?;
+            out.push((key_id, Arc::new(Sealer::new(&secret)?)));
+        }
+        // Cached keys the database no longer has (a key cached under the id of a row is
+        // that row's key).
+        if let Ok(m) = self.by_id.read() {
+            let missing: Vec<_> = m
+                .iter()
+                .filter(|(k, _)| !out.iter().any(|(id, _)| id == *k))
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect();
+            out.extend(missing);
+        }
+        Ok(out)
+    }
+
+    /// Drops the unwrapped key `key_id` from the cache (an erasure made by another process,
+    /// learnt from the database). An owner entry still naming it leads to the database, which
+    /// no longer has the key.
+    pub(crate) fn forget_key(&self, key_id: &str) {
+        if let Ok(mut m) = self.by_id.write() {
+            m.remove(key_id);
+        }
     }
 
     fn cached(&self, key_id: &str) -> Option<Arc<Sealer>> {

@@ -19,6 +19,11 @@
 //!   HMAC tokens, data-key owners are HMAC tokens);
 //! - a row that fails to open, or whose decrypted content or version disagrees with where it
 //!   was found, is reported as [`StoreError::Integrity`] and never returned;
+//! - erasing a patient ([`Store::erase_patient`]) deletes the only copy of their wrapped data
+//!   key and records the erasure in the erasure ledger in one transaction whose cost does not
+//!   depend on how many resources the patient has; afterwards every version of the
+//!   compartment answers [`StoreError::Erased`] (never an integrity failure), searches leave
+//!   it out, and writes into it are refused ([`StoreError::PatientErased`]);
 //! - a write returns only after its transaction has committed (SQLite in WAL mode with
 //!   `synchronous=FULL`, PostgreSQL's default durability).
 
@@ -26,6 +31,7 @@ pub mod accounts;
 pub mod audit;
 mod backend;
 mod bundle;
+mod erasure;
 mod keys;
 mod resources;
 mod search;
@@ -40,6 +46,7 @@ use serde_json::Value;
 use sqlx::AnyPool;
 
 pub use backend::Backend;
+pub use erasure::{ErasureRecord, SweepReport};
 pub use search::{SearchPage, SearchScope};
 pub use sqlx::AnyConnection;
 pub use written::{AuditSink, NoAudit, SinkFuture, WriteKind, Written};
@@ -152,6 +159,28 @@ pub enum StoreError {
         /// The deletion's version.
         version: u64,
     },
+    /// The resource (or version) was in a patient compartment that was erased: its data key
+    /// is destroyed and it can never be read again (410).
+    #[error("{rtype}/{id} was erased (its patient's data was erased)")]
+    Erased {
+        /// Type.
+        rtype: String,
+        /// Id.
+        id: String,
+    },
+    /// A write into the compartment of a patient who was erased (410): refused, so no data
+    /// lands under a destroyed key and no new key is made for that patient.
+    #[error("Patient/{patient} was erased; its compartment accepts no more data")]
+    PatientErased {
+        /// The erased patient's id.
+        patient: String,
+    },
+    /// The patient was erased before (409).
+    #[error("patient already erased: Patient/{patient}")]
+    AlreadyErased {
+        /// The patient's id.
+        patient: String,
+    },
     /// `If-Match` named another version than the current one.
     #[error(
         "If-Match expected version {expected} of {rtype}/{id} but the current version is {current}"
@@ -239,7 +268,10 @@ impl StoreError {
     pub fn http_status(&self) -> u16 {
         match self {
             StoreError::NotFound { .. } | StoreError::VersionNotFound { .. } => 404,
-            StoreError::Gone { .. } => 410,
+            StoreError::Gone { .. }
+            | StoreError::Erased { .. }
+            | StoreError::PatientErased { .. } => 410,
+            StoreError::AlreadyErased { .. } => 409,
             StoreError::PreconditionFailed { .. } => 412,
             StoreError::Conflict { .. } => 409,
             StoreError::Unavailable(_) => 503,
@@ -259,10 +291,12 @@ impl StoreError {
     pub fn issue_code(&self) -> IssueCode {
         match self {
             StoreError::NotFound { .. } | StoreError::VersionNotFound { .. } => IssueCode::NotFound,
-            StoreError::Gone { .. } => IssueCode::Deleted,
-            StoreError::PreconditionFailed { .. } | StoreError::Conflict { .. } => {
-                IssueCode::Conflict
-            }
+            StoreError::Gone { .. }
+            | StoreError::Erased { .. }
+            | StoreError::PatientErased { .. } => IssueCode::Deleted,
+            StoreError::PreconditionFailed { .. }
+            | StoreError::Conflict { .. }
+            | StoreError::AlreadyErased { .. } => IssueCode::Conflict,
             StoreError::Unavailable(_) => IssueCode::Transient,
             StoreError::Entry { source, .. } => source.issue_code(),
             StoreError::Fhir(f) => f

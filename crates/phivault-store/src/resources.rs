@@ -56,7 +56,14 @@ pub(crate) struct DeleteOutcome {
     pub(crate) patient: Option<Id>,
 }
 
-fn aad(tenant: &str, rtype: &str, id: &str, version: i64, deleted: bool, key_id: &str) -> Vec<u8> {
+pub(crate) fn aad(
+    tenant: &str,
+    rtype: &str,
+    id: &str,
+    version: i64,
+    deleted: bool,
+    key_id: &str,
+) -> Vec<u8> {
     format!(
         "phivault/v1|{tenant}|{rtype}|{id}|{version}|{}|{key_id}",
         u8::from(deleted)
@@ -211,8 +218,10 @@ impl Store {
         version: u64,
     ) -> Result<StoredResource, StoreError> {
         let row = sqlx::query(
-            "SELECT key_id, sealed, deleted FROM resource_versions \
-             WHERE tenant = $1 AND rtype = $2 AND id = $3 AND version = $4",
+            "SELECT v.key_id AS key_id, v.sealed AS sealed, v.deleted AS deleted, \
+                    (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = v.key_id) AS key_live \
+             FROM resource_versions v \
+             WHERE v.tenant = $1 AND v.rtype = $2 AND v.id = $3 AND v.version = $4",
         )
         .bind(&self.inner.tenant)
         .bind(rtype.as_str())
@@ -230,8 +239,17 @@ impl Store {
         let key_id: String = row.try_get("key_id")?;
         let sealed: Vec<u8> = row.try_get("sealed")?;
         let deleted: i64 = row.try_get("deleted")?;
+        let key_live = row.try_get::<i64, _>("key_live")? > 0;
         let body = self
-            .open_version(rtype, id, to_i64(version), deleted != 0, &key_id, &sealed)
+            .open_version(
+                rtype,
+                id,
+                to_i64(version),
+                deleted != 0,
+                &key_id,
+                &sealed,
+                key_live,
+            )
             .await?;
         if deleted != 0 {
             return Err(StoreError::Gone {
@@ -267,8 +285,11 @@ impl Store {
             });
         }
         let rows = sqlx::query(
-            "SELECT version, key_id, sealed, deleted FROM resource_versions \
-             WHERE tenant = $1 AND rtype = $2 AND id = $3 ORDER BY version DESC \
+            "SELECT v.version AS version, v.key_id AS key_id, v.sealed AS sealed, \
+                    v.deleted AS deleted, \
+                    (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = v.key_id) AS key_live \
+             FROM resource_versions v \
+             WHERE v.tenant = $1 AND v.rtype = $2 AND v.id = $3 ORDER BY v.version DESC \
              LIMIT $4 OFFSET $5",
         )
         .bind(&self.inner.tenant)
@@ -284,8 +305,9 @@ impl Store {
             let key_id: String = row.try_get("key_id")?;
             let sealed: Vec<u8> = row.try_get("sealed")?;
             let deleted = row.try_get::<i64, _>("deleted")? != 0;
+            let key_live = row.try_get::<i64, _>("key_live")? > 0;
             let body = self
-                .open_version(rtype, id, version, deleted, &key_id, &sealed)
+                .open_version(rtype, id, version, deleted, &key_id, &sealed, key_live)
                 .await?;
             let last_updated = last_updated_of(&body, deleted);
             out.push(HistoryEntry {
@@ -315,6 +337,10 @@ impl Store {
         } = prepared;
         let rtype = resource.resource_type();
         let tenant = &self.inner.tenant;
+        // The key may have been erased since it was looked up (or cached): checked, and on
+        // PostgreSQL locked against an erasure, inside this transaction.
+        self.hold_key_in(conn, &key.key_id, patient.as_ref())
+            .await?;
         let current = if create_only {
             None
         } else {
@@ -491,7 +517,8 @@ impl Store {
         // checks its integrity before a tombstone is stacked on it.
         let live = self.read_in(conn, rtype, id).await?;
         let patient = compartment_patient_of(rtype, &live.body);
-        let sealer = self.sealer_of(rtype, id, &key_id).await?;
+        self.hold_key_in(conn, &key_id, patient.as_ref()).await?;
+        let sealer = self.sealer_of(rtype, id, old, &key_id).await?;
         let version = old + 1;
         let (now_text, now_secs) = crate::now();
         let tombstone = serde_json::to_vec(&json!({ "deleted": true, "lastUpdated": now_text }))
@@ -552,7 +579,8 @@ impl Store {
                     v.version AS v_version, v.key_id AS key_id, v.sealed AS sealed, \
                     v.deleted AS deleted, \
                     (SELECT MAX(m.version) FROM resource_versions m \
-                      WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version \
+                      WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version, \
+                    (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = c.key_id) AS key_live \
              FROM current_resources c \
              LEFT JOIN resource_versions v ON v.tenant = c.tenant AND v.rtype = c.rtype \
                   AND v.id = c.id AND v.version = c.version \
@@ -587,6 +615,7 @@ impl Store {
         let key_id: Option<String> = row.try_get("key_id")?;
         let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
         let deleted: Option<i64> = row.try_get("deleted")?;
+        let key_live = row.try_get::<i64, _>("key_live")? > 0;
         let consistent = v_version == Some(cur)
             && max_version == Some(cur)
             && deleted == Some(cur_deleted)
@@ -596,7 +625,7 @@ impl Store {
         };
         let is_deleted = cur_deleted != 0;
         let body = self
-            .open_version(rtype, id, cur, is_deleted, &key_id, &sealed)
+            .open_version(rtype, id, cur, is_deleted, &key_id, &sealed, key_live)
             .await?;
         if is_deleted {
             return Err(StoreError::Gone {
@@ -612,16 +641,21 @@ impl Store {
         &self,
         rtype: ResourceType,
         id: &Id,
+        version: i64,
         key_id: &str,
     ) -> Result<Arc<Sealer>, StoreError> {
-        self.inner
-            .keys
-            .sealer(&self.inner.pool, key_id)
-            .await?
-            .ok_or_else(|| self.integrity(rtype, id, 0, "data key missing"))
+        match self.inner.keys.sealer(&self.inner.pool, key_id).await? {
+            Some(sealer) => Ok(sealer),
+            None => Err(self.key_missing(rtype, id, version, key_id).await),
+        }
     }
 
     /// Decrypts a version row and checks that its content belongs where it was found.
+    /// `key_live` says whether the row of its data key existed when the row was read (same
+    /// query): when not, the key is never taken from the cache, and the version is
+    /// [`StoreError::Erased`] when the erasure ledger names the key (an integrity failure
+    /// otherwise).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn open_version(
         &self,
         rtype: ResourceType,
@@ -630,8 +664,12 @@ impl Store {
         deleted: bool,
         key_id: &str,
         sealed: &[u8],
+        key_live: bool,
     ) -> Result<Value, StoreError> {
-        let sealer = self.sealer_of(rtype, id, key_id).await?;
+        if !key_live {
+            return Err(self.key_missing(rtype, id, version, key_id).await);
+        }
+        let sealer = self.sealer_of(rtype, id, version, key_id).await?;
         let aad = aad(
             &self.inner.tenant,
             rtype.as_str(),

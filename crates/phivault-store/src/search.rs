@@ -94,7 +94,12 @@ impl Store {
         };
         let t = f.placeholder(Bind::Text(self.inner.tenant.clone()));
         let r = f.placeholder(Bind::Text(rtype.as_str().to_owned()));
-        let mut sql = format!("c.tenant = {t} AND c.rtype = {r} AND c.deleted = 0");
+        // Resources of erased compartments are never found, even before the sweep has removed
+        // their index tokens (`Store::sweep_erasures`).
+        let mut sql = format!(
+            "c.tenant = {t} AND c.rtype = {r} AND c.deleted = 0 \
+             AND NOT EXISTS (SELECT 1 FROM erasures e WHERE e.key_id = c.key_id)"
+        );
         if let Some(ids) = &query.ids {
             let list: Vec<String> = ids
                 .iter()
@@ -226,7 +231,8 @@ impl Store {
                     v.version AS v_version, v.key_id AS key_id, v.sealed AS sealed, \
                     v.deleted AS deleted, \
                     (SELECT MAX(m.version) FROM resource_versions m \
-                      WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version \
+                      WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version, \
+                    (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = c.key_id) AS key_live \
              FROM current_resources c \
              LEFT JOIN resource_versions v ON v.tenant = c.tenant AND v.rtype = c.rtype \
                   AND v.id = c.id AND v.version = c.version \

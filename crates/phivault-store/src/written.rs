@@ -26,6 +26,9 @@ pub enum WriteKind {
     Update,
     /// A deletion (a tombstone version).
     Delete,
+    /// The erasure of a patient's compartment ([`Store::erase_patient`](crate::Store::erase_patient)):
+    /// `rtype` is Patient, `id` and `patient` the erased patient, `version` 0.
+    Erase,
 }
 
 impl WriteKind {
@@ -35,6 +38,7 @@ impl WriteKind {
             WriteKind::Create => "create",
             WriteKind::Update => "update",
             WriteKind::Delete => "delete",
+            WriteKind::Erase => "erase",
         }
     }
 }

@@ -96,6 +96,8 @@ pub(crate) enum Current {
     },
     /// Never existed.
     Missing,
+    /// In an erased patient compartment: its key is destroyed, no version can be read.
+    Erased,
 }
 
 impl Current {
@@ -106,6 +108,10 @@ impl Current {
                 rtype: rtype.to_string(),
                 id: id.to_string(),
                 version: *version,
+            }),
+            Current::Erased => ApiError::Store(StoreError::Erased {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
             }),
             Current::Live(_) | Current::Missing => ApiError::Store(StoreError::NotFound {
                 rtype: rtype.to_string(),
@@ -741,6 +747,7 @@ impl Access {
         match self.state.store.read(rtype, id).await {
             Ok(stored) => Ok(Current::Live(stored)),
             Err(StoreError::NotFound { .. }) => Ok(Current::Missing),
+            Err(StoreError::Erased { .. }) => Ok(Current::Erased),
             Err(StoreError::Gone { version, .. }) => {
                 let last = match version.checked_sub(1).filter(|v| *v > 0) {
                     Some(previous) => match self.state.store.vread(rtype, id, previous).await {
@@ -772,7 +779,8 @@ impl Access {
             Current::Deleted {
                 last: Some(body), ..
             } => self.authorize_stored(action, rtype, body).await.map(|_| ()),
-            Current::Deleted { last: None, .. } | Current::Missing => {
+            // Nothing of an erased resource can be decided on: as out of reach.
+            Current::Deleted { last: None, .. } | Current::Missing | Current::Erased => {
                 self.authorize_absent(action, rtype).await
             }
         }
