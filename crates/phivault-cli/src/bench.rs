@@ -490,7 +490,7 @@ mod tests {
             "audit verify: 50000 entries in 0.50 s = 100000 entries/s"
         );
         assert_eq!(
-            lines[4],
+            lines[5],
             "erasure: patient of 10 resources in 2.5 ms, patient of 10000 resources in 3.1 ms \
              (key destroyed, ledger and audit entry, one transaction)"
         );
