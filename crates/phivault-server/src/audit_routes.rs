@@ -114,15 +114,33 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn checkpoints_only_when_entries_were_added() {
+    /// A fresh trail in a temporary SQLite store (the directory lives as long as the guard).
+    async fn trail() -> (tempfile::TempDir, Arc<AuditLog>) {
         let dir = tempfile::tempdir().unwrap();
         let mut key = [0u8; 32];
         phivault_crypto::random_bytes(&mut key).unwrap();
         let keys = phivault_crypto::StaticKeyProvider::from_hex(hex::encode(key));
         let opts = StoreOptions::new(format!("sqlite://{}/t.db", dir.path().display()));
         let store = Store::open(&opts, &keys).await.unwrap();
-        let audit = Arc::new(AuditLog::open(store).await.unwrap());
+        (dir, Arc::new(AuditLog::open(store).await.unwrap()))
+    }
+
+    /// The checkpoints once there are any. Polled, not timed: a loaded machine may be slow.
+    async fn first_checkpoints(audit: &AuditLog) -> Vec<Checkpoint> {
+        let mut cps = Vec::new();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cps = audit.checkpoints().await.unwrap();
+            if !cps.is_empty() {
+                break;
+            }
+        }
+        cps
+    }
+
+    #[tokio::test]
+    async fn checkpoints_only_when_entries_were_added() {
+        let (_dir, audit) = trail().await;
         let policy = CheckpointPolicy {
             interval: Duration::from_millis(50),
             every_entries: 1_000,
@@ -134,15 +152,7 @@ mod tests {
         assert!(audit.checkpoints().await.unwrap().is_empty());
         audit.append(&entry()).await.unwrap();
         audit.append(&entry()).await.unwrap();
-        // Polled, not timed: a loaded machine may be slow.
-        let mut cps = Vec::new();
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            cps = audit.checkpoints().await.unwrap();
-            if !cps.is_empty() {
-                break;
-            }
-        }
+        let cps = first_checkpoints(&audit).await;
         assert_eq!(cps.len(), 1);
         assert_eq!(cps[0].size, 2);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -152,13 +162,7 @@ mod tests {
 
     #[tokio::test]
     async fn checkpoints_every_n_entries_before_the_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut key = [0u8; 32];
-        phivault_crypto::random_bytes(&mut key).unwrap();
-        let keys = phivault_crypto::StaticKeyProvider::from_hex(hex::encode(key));
-        let opts = StoreOptions::new(format!("sqlite://{}/t.db", dir.path().display()));
-        let store = Store::open(&opts, &keys).await.unwrap();
-        let audit = Arc::new(AuditLog::open(store).await.unwrap());
+        let (_dir, audit) = trail().await;
         // The interval is never reached in this test: only the entry count can trigger.
         let policy = CheckpointPolicy {
             interval: Duration::from_secs(3600),
@@ -172,14 +176,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(audit.checkpoints().await.unwrap().is_empty());
         audit.append(&entry()).await.unwrap();
-        let mut cps = Vec::new();
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            cps = audit.checkpoints().await.unwrap();
-            if !cps.is_empty() {
-                break;
-            }
-        }
+        let cps = first_checkpoints(&audit).await;
         assert_eq!(cps.len(), 1);
         assert_eq!(cps[0].size, 5);
         task.abort();
