@@ -145,7 +145,12 @@ fn interaction(action: &str) -> Option<&'static str> {
         ("POST", "/fhir/{type}") => "create",
         ("PUT", "/fhir/{type}/{id}") => "update",
         ("DELETE", "/fhir/{type}/{id}") => "delete",
-        ("GET" | "HEAD", "/fhir/Patient/{id}/$access-log") => "operation",
+        (
+            "GET" | "HEAD",
+            "/fhir/Patient/{id}/$access-log"
+            | "/fhir/Patient/{id}/$everything"
+            | "/fhir/Patient/{id}/$export",
+        ) => "operation",
         _ => return None,
     })
 }
@@ -159,6 +164,9 @@ fn event_type(action: &str) -> (Value, Option<Value>) {
             coding(DCM_SYSTEM, "110101", "Audit Log Used"),
             rest_subtype(),
         );
+    }
+    if route == "/fhir/Patient/{id}/$export" || action == "cli export-patient" {
+        return (coding(DCM_SYSTEM, "110106", "Export"), rest_subtype());
     }
     if matches!(verb, "read" | "search" | "create" | "update" | "delete")
         || route == "/fhir"
