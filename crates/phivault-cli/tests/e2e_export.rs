@@ -21,6 +21,7 @@ use sqlx::Row;
 const BIN: &str = env!("CARGO_BIN_EXE_phivault");
 const SCOPE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/consentscope";
 const PURPOSE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 
 /// A user with `role` (linked to `patient` when given), signed in.
 async fn person(server: &Server, role: &str, patient: Option<&str>) -> (String, Api) {
@@ -142,6 +143,25 @@ async fn everything_export_and_round_trip() {
             ))
             .await;
         expected.insert(format!("Condition/{cond}"));
+        // A mental-health note: the patient's, but not for a clinician without a PSY grant.
+        let mut psy = fixtures::observation(
+            &subject,
+            coding(Some(LOINC), "8867-4", "heart rate"),
+            "2024-03-04T10:00:00Z",
+        );
+        psy["meta"] = json!({ "security": [{ "system": ACT_CODE, "code": "PSY" }] });
+        // Apps get no label grants: written by the operator's import, under a chosen id.
+        let psy_id = format!("psy-{}", &random_username()[2..10]);
+        psy["id"] = json!(psy_id);
+        let seed = tempfile::tempdir().unwrap();
+        let seed_file = seed.path().join("psy.ndjson");
+        std::fs::write(&seed_file, format!("{psy}\n")).unwrap();
+        server
+            .cli(&["import", &seed_file.display().to_string()], None)
+            .await
+            .assert_ok("import of the labelled note");
+        let psy = format!("Observation/{psy_id}");
+        expected.insert(psy.clone());
         let consent = sys
             .create(&json!({
                 "resourceType": "Consent",
@@ -174,16 +194,22 @@ async fn everything_export_and_round_trip() {
 
         // ---- $everything: the whole compartment for the patient and their care clinician.
         let everything = format!("Patient/{p}/$everything");
-        for (who, api) in [("the patient", &own), ("their clinician", &care)] {
+        // The clinician has no PSY grant: the labelled note is left out, as from a search.
+        let mut unlabelled = expected.clone();
+        unlabelled.remove(&psy);
+        for (who, api, want) in [
+            ("the patient", &own, &expected),
+            ("their clinician", &care, &unlabelled),
+        ] {
             let r = api.get(&everything).await;
             assert_eq!(r.status, 200, "{label} {who}: {r:?}");
             let b = r.json();
             assert_eq!(b["resourceType"], "Bundle");
             assert_eq!(b["type"], "searchset");
-            assert_eq!(refs(&b), expected, "{label} {who}");
+            assert_eq!(&refs(&b), want, "{label} {who}");
             assert_eq!(
                 b["total"].as_u64(),
-                Some(expected.len() as u64),
+                Some(want.len() as u64),
                 "{label} {who}"
             );
             assert!(
@@ -212,9 +238,13 @@ async fn everything_export_and_round_trip() {
             .get(&format!("Patient/{}/$everything", "no-such-patient"))
             .await
             .assert_status(403);
-        // An app with system scopes reads everything too.
+        // With a PSY grant, the clinician gets the note too.
+        server.grant(&care_name, &p, &["PSY"], None).await;
+        let r = care.get(&everything).await;
+        assert_eq!(refs(&r.json()), expected, "{label} clinician with PSY");
+        // An app with system scopes has no label grants: everything but the note.
         let r = sys.get(&everything).await;
-        assert_eq!(refs(&r.json()), expected, "{label} system app");
+        assert_eq!(refs(&r.json()), unlabelled, "{label} system app");
         // Audited with the patient id.
         let actions: Vec<String> = entries_about(&server, &p)
             .await
@@ -316,6 +346,8 @@ async fn everything_export_and_round_trip() {
         let fresh = Server::start(BIN, &backend, &[]).await;
         let out = fresh.cli(&["import", &plain_s], None).await;
         out.assert_ok("import of the package");
+        // The patient's own account on the new server reads their labelled note too.
+        let (_, fresh_own) = person(&fresh, "patient", Some(&p)).await;
         assert!(
             out.stdout.contains(&format!(
                 "imported: {} resources, 1 files, 0 errors",
@@ -335,13 +367,16 @@ async fn everything_export_and_round_trip() {
                 v["resourceType"].as_str().unwrap(),
                 v["id"].as_str().unwrap()
             );
-            let r = fresh.api().get(&path).await;
+            let r = fresh_own.get(&path).await;
             assert_eq!(r.status, 200, "{label} {path}: {r:?}");
             assert_eq!(comparable(&r.json()), comparable(v), "{label} {path}");
         }
         // The fresh server's $everything (system app) is the same compartment.
-        let r = fresh.api().get(&everything).await;
+        let r = fresh_own.get(&everything).await;
         assert_eq!(refs(&r.json()), expected, "{label}: round trip");
+        // An app of the new server: its scopes, no label grants, as before the move.
+        let r = fresh.api().get(&everything).await;
+        assert_eq!(refs(&r.json()), unlabelled, "{label}: round trip, app");
         drop(fresh);
 
         // ---- Encrypted to an age recipient: no plaintext, decrypts with the identity.
