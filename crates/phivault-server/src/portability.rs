@@ -23,7 +23,7 @@ use std::io::Write;
 
 use phivault_auth::Accounts;
 use phivault_fhir::{Id, ResourceType, SearchQuery};
-use phivault_store::{SearchScope, Store, StoreError, StoredResource};
+use phivault_store::{SearchScope, Store, StoredResource};
 use serde_json::{Value, json};
 
 use crate::ApiError;
@@ -42,7 +42,7 @@ pub const FORMAT: &str = "phivault-patient-export/1";
 /// Resources read per store page.
 const PAGE: usize = 500;
 
-/// True when `line` (one resource of a package) is its manifest.
+/// True when `resource` (one line of a package) is its manifest.
 pub fn is_manifest(resource: &Value) -> bool {
     resource.get("resourceType").and_then(Value::as_str) == Some("Parameters")
         && resource
@@ -69,8 +69,8 @@ fn compartment_types() -> Vec<ResourceType> {
 /// Every current resource of `patient`'s compartment (the Patient first, see the module
 /// docs), read at system level. `limit`: refuse (400) a compartment with more resources.
 ///
-/// An erased patient answers [`StoreError::Erased`] (410), a deleted one
-/// [`StoreError::Gone`] (410), an unknown one [`StoreError::NotFound`] (404).
+/// An erased patient answers `StoreError::Erased` (410), a deleted one
+/// `StoreError::Gone` (410), an unknown one `StoreError::NotFound` (404).
 pub async fn compartment(
     store: &Store,
     patient: &Id,
@@ -178,11 +178,6 @@ pub async fn package(
         line(e)?;
     }
     Ok((out, counts))
-}
-
-/// Whether `patient`'s Patient resource is erased (for callers mapping errors).
-pub fn is_erased(e: &ApiError) -> bool {
-    matches!(e, ApiError::Store(StoreError::Erased { .. }))
 }
 
 /// `plaintext` encrypted to every one of `recipients` (age X25519 public keys, `age1...`), in
