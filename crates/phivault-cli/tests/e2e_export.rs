@@ -338,10 +338,18 @@ async fn everything_export_and_round_trip() {
             assert_eq!(mode & 0o077, 0, "{label}: owner-only package file");
         }
         let entries = entries_about(&server, &p).await;
-        assert!(
-            entries.contains(&("cli export-patient".to_owned(), "allowed".to_owned())),
-            "{label}: {entries:?}"
-        );
+        for expected_entry in [
+            ("cli export-patient", "allowed"),
+            ("GET /fhir/Patient/{id}/$export", "allowed"),
+            ("GET /fhir/Patient/{id}/$export", "denied"),
+            ("GET /fhir/Patient/{id}/$everything", "denied"),
+        ] {
+            let (a, o) = expected_entry;
+            assert!(
+                entries.contains(&(a.to_owned(), o.to_owned())),
+                "{label}: {a} {o} in {entries:?}"
+            );
+        }
 
         let fresh = Server::start(BIN, &backend, &[]).await;
         let out = fresh.cli(&["import", &plain_s], None).await;
