@@ -150,6 +150,15 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
             let text = serde_json::to_string_pretty(&cert).context("printing the certificate")?;
             println!("{text}");
         }
+        TopCommand::ExportPatient(args) => {
+            let id = parse_id(&args.patient, "patient")?;
+            let opened = open(&settings(&args.storage)?).await?;
+            let result =
+                crate::export_patient::run(&opened.0, &opened.1, &id, &args.out, &args.recipients)
+                    .await;
+            close(opened).await;
+            result?;
+        }
         TopCommand::BreakGlass(BreakGlassCommand::List(args)) => {
             let accounts = open(&settings(&args.storage)?).await?;
             let list = async {

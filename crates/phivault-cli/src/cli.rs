@@ -78,6 +78,31 @@ pub(crate) enum TopCommand {
     /// on stdout, then deletes the compartment's search tokens. Requires --yes.
     #[command(after_help = SETTINGS_HELP)]
     Erase(EraseArgs),
+    /// Export a patient's record as a portable package (right of access and portability): one
+    /// NDJSON file (application/fhir+ndjson) with a manifest line, every current resource of
+    /// the patient's compartment, their Consents and their access log as FHIR AuditEvents;
+    /// with --recipient, encrypted to those age public keys. `phivault import` re-imports it
+    /// (resources keep their ids; the manifest and AuditEvents are skipped).
+    #[command(name = "export-patient", after_help = SETTINGS_HELP)]
+    ExportPatient(ExportPatientArgs),
+}
+
+/// `phivault export-patient PATIENT_ID --out FILE [--recipient AGE_PUBLIC_KEY ...]`
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ExportPatientArgs {
+    /// The id of the Patient whose record is exported.
+    #[arg(value_name = "PATIENT_ID")]
+    pub(crate) patient: String,
+    /// The package file to write (created with owner-only permissions; an existing file is
+    /// replaced).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// Encrypt the package to this age X25519 public key (`age1...`); repeat for several
+    /// recipients. Without it the package is plaintext PHI.
+    #[arg(long = "recipient", value_name = "AGE_PUBLIC_KEY")]
+    pub(crate) recipients: Vec<String>,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
 }
 
 /// `phivault erase PATIENT_ID --yes`

@@ -7,7 +7,9 @@
 //!   file; `urn:uuid:` references are resolved by the store, as Synthea writes them), `batch`
 //!   (each entry on its own) or `collection` (a batch of PUTs for entries with an id, POSTs
 //!   otherwise), or one resource (update when it has an id, else create);
-//! - `*.ndjson`: one resource per non-empty line, each written on its own.
+//! - `*.ndjson`: one resource per non-empty line, each written on its own (update when it has
+//!   an id, so a patient export package re-imports under the same ids; its manifest line and
+//!   `AuditEvent` lines are skipped).
 //!
 //! Directories are searched recursively in sorted order for those two extensions. Error
 //! messages name files, entry indexes (0-based, as `Bundle.entry[K]`) and line numbers
@@ -415,6 +417,9 @@ impl Run<'_> {
             if text.is_empty() {
                 continue;
             }
+            if is_package_extra(text) {
+                continue;
+            }
             let outcome = match self.validator.parse(text, None) {
                 Ok(resource) => self.write(resource).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -424,6 +429,23 @@ impl Run<'_> {
                 Err(message) => self.fail(file, Place::Line(number), message),
             }
         }
+    }
+}
+
+/// True for the lines of a patient export package that are not resources to import: its
+/// manifest and the AuditEvents of the access log (the audit trail is each server's own; an
+/// imported AuditEvent would be a record of accesses that did not happen here).
+fn is_package_extra(line: &[u8]) -> bool {
+    let marked = |needle: &[u8]| line.windows(needle.len()).any(|w| w == needle);
+    if !marked(b"AuditEvent") && !marked(phivault_server::portability::EXPORT_SYSTEM.as_bytes()) {
+        return false;
+    }
+    match serde_json::from_slice::<Value>(line) {
+        Ok(v) => {
+            v.get("resourceType").and_then(Value::as_str) == Some("AuditEvent")
+                || phivault_server::portability::is_manifest(&v)
+        }
+        Err(_) => false,
     }
 }
 
@@ -555,6 +577,23 @@ mod tests {
         );
         assert_eq!(n, 1);
         assert_eq!(failures, vec![(1, "nope".to_owned())]);
+    }
+
+    #[test]
+    fn package_extras_are_skipped() {
+        let manifest = format!(
+            r#"{{"resourceType":"Parameters","meta":{{"tag":[{{"system":"{}","code":"manifest"}}]}}}}"#,
+            phivault_server::portability::EXPORT_SYSTEM
+        );
+        assert!(is_package_extra(manifest.as_bytes()));
+        assert!(is_package_extra(
+            br#"{"resourceType":"AuditEvent","id":"1"}"#
+        ));
+        assert!(!is_package_extra(
+            br#"{"resourceType":"Observation","note":[{"text":"AuditEvent"}]}"#
+        ));
+        assert!(!is_package_extra(br#"{"resourceType":"Patient","id":"p"}"#));
+        assert!(!is_package_extra(b"AuditEvent not json"));
     }
 
     #[test]

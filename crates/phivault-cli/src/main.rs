@@ -11,6 +11,7 @@ mod cli;
 mod cli_audit;
 mod commands;
 mod config;
+mod export_patient;
 mod import;
 mod synth;
 

@@ -39,6 +39,10 @@ pub enum Action {
     /// Erase a patient (crypto-shredding of the compartment): decided on the patient's
     /// `Patient` resource reference (type Patient, the patient's id, no labels).
     Erase,
+    /// Export one's own record as a portable package (`GET /fhir/Patient/{id}/$export`):
+    /// decided, like [`Action::Erase`], on the patient's `Patient` resource reference. By
+    /// default the patient themselves, in their own session.
+    ExportOwn,
 }
 
 impl Action {
@@ -60,6 +64,7 @@ impl Action {
         Action::ReadCapabilities,
         Action::ReadProcessingActivities,
         Action::Erase,
+        Action::ExportOwn,
     ];
 
     /// The Cedar action id.
@@ -81,6 +86,7 @@ impl Action {
             Action::ReadCapabilities => "read_capabilities",
             Action::ReadProcessingActivities => "read_processing_activities",
             Action::Erase => "erase",
+            Action::ExportOwn => "export_own",
         }
     }
 

@@ -442,7 +442,8 @@ impl PolicyEngine {
                 // erasure the patient erased.
                 let about_patient = clinical
                     || request.action == Action::ReadAudit
-                    || request.action == Action::Erase;
+                    || request.action == Action::Erase
+                    || request.action == Action::ExportOwn;
                 Ok(Authorized {
                     principal_kind: request.principal.kind(),
                     principal_id: request.principal.id().to_owned(),
@@ -561,7 +562,9 @@ impl PolicyEngine {
 
     fn resource_uid(&self, request: &AccessRequest) -> EntityUid {
         // The resource entity stands for the facts of this request only; its id is not used.
-        if request.action.is_clinical() || request.action == Action::Erase {
+        if request.action.is_clinical()
+            || matches!(request.action, Action::Erase | Action::ExportOwn)
+        {
             EntityUid::from_type_name_and_id(self.names.resource.clone(), EntityId::new("this"))
         } else if request.action == Action::ReadAudit {
             EntityUid::from_type_name_and_id(self.names.audit.clone(), EntityId::new("this"))
@@ -580,7 +583,9 @@ impl PolicyEngine {
             HashSet::new(),
         )
         .map_err(|_| ())?;
-        let resource = if request.action.is_clinical() || request.action == Action::Erase {
+        let resource = if request.action.is_clinical()
+            || matches!(request.action, Action::Erase | Action::ExportOwn)
+        {
             let r = &request.resource;
             Entity::new(
                 self.resource_uid(request),

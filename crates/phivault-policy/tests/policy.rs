@@ -1171,3 +1171,52 @@ fn erasure_is_for_admins_only() {
     );
     assert!(!allowed(&r));
 }
+
+// ---------------------------------------------------------------------------------------
+// Portable export of one's own record.
+
+#[test]
+fn export_own_is_for_the_patient_themselves() {
+    let patient = |p: &str| ResourceRef::new(rtype("Patient"), Some(id(p)), vec![]);
+    let me = user(Role::Patient);
+    let proof = ENGINE
+        .decide(&request(
+            &me,
+            Action::ExportOwn,
+            patient(OWN),
+            Role::Patient.default_purpose(),
+        ))
+        .unwrap();
+    assert_eq!(proof.policies(), ["patient.export_own"]);
+    assert_eq!(proof.patient(), Some(&id(OWN)));
+    // Not another patient's record.
+    for p in [CARE, OTHER] {
+        let r = request(&me, Action::ExportOwn, patient(p), Purpose::Treat);
+        assert!(!allowed(&r), "patient export {p}");
+    }
+    // Nobody else by default, not even the care team or an admin.
+    for role in [
+        Role::Clinician,
+        Role::Admin,
+        Role::Auditor,
+        Role::Researcher,
+    ] {
+        for p in [OWN, CARE, OTHER] {
+            let r = request(&user(role), Action::ExportOwn, patient(p), Purpose::Treat);
+            assert!(!allowed(&r), "{role} export {p}");
+        }
+    }
+    // Apps, whatever their scopes; a patient's token restricted by scopes neither.
+    for scope in ["system/*.cruds", "patient/*.rs", "user/*.*"] {
+        let r = request(
+            &client(scope),
+            Action::ExportOwn,
+            patient(OWN),
+            Purpose::Treat,
+        );
+        assert!(!allowed(&r), "app {scope}");
+    }
+    // Only the Patient resource: another type is refused.
+    let r = request(&me, Action::ExportOwn, obs(OWN, &[]), Purpose::Treat);
+    assert!(!allowed(&r));
+}

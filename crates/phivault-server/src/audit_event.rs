@@ -34,12 +34,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use phivault_audit::{ActorKind, AuditEntry, Outcome};
+use phivault_auth::Accounts;
 use phivault_fhir::{Id, Issue, IssueCode, OperationOutcome, ResourceType};
 use phivault_policy::{
     AccessRequest, Action, DecisionContext, PURPOSE_SYSTEM, Purpose, ResourceRef, Role,
 };
-use phivault_store::StoreError;
 use phivault_store::audit::{AuditQuery, AuditRow};
+use phivault_store::{Store, StoreError};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
@@ -144,7 +145,12 @@ fn interaction(action: &str) -> Option<&'static str> {
         ("POST", "/fhir/{type}") => "create",
         ("PUT", "/fhir/{type}/{id}") => "update",
         ("DELETE", "/fhir/{type}/{id}") => "delete",
-        ("GET" | "HEAD", "/fhir/Patient/{id}/$access-log") => "operation",
+        (
+            "GET" | "HEAD",
+            "/fhir/Patient/{id}/$access-log"
+            | "/fhir/Patient/{id}/$everything"
+            | "/fhir/Patient/{id}/$export",
+        ) => "operation",
         _ => return None,
     })
 }
@@ -158,6 +164,9 @@ fn event_type(action: &str) -> (Value, Option<Value>) {
             coding(DCM_SYSTEM, "110101", "Audit Log Used"),
             rest_subtype(),
         );
+    }
+    if route == "/fhir/Patient/{id}/$export" || action == "cli export-patient" {
+        return (coding(DCM_SYSTEM, "110106", "Export"), rest_subtype());
     }
     if matches!(verb, "read" | "search" | "create" | "update" | "delete")
         || route == "/fhir"
@@ -345,14 +354,20 @@ pub(crate) fn audit_event(entry: &AuditEntry, name: Option<&str>, view: &View) -
 
 /// Display names of actors, looked up once per request and dropped with it.
 struct Names<'a> {
-    state: &'a AppState,
+    store: &'a Store,
+    accounts: &'a Accounts,
     cache: HashMap<(u8, String), Option<String>>,
 }
 
 impl<'a> Names<'a> {
     fn new(state: &'a AppState) -> Self {
+        Names::over(&state.store, &state.accounts)
+    }
+
+    fn over(store: &'a Store, accounts: &'a Accounts) -> Self {
         Names {
-            state,
+            store,
+            accounts,
             cache: HashMap::new(),
         }
     }
@@ -373,19 +388,19 @@ impl<'a> Names<'a> {
         let name = if kind == 0 {
             self.user_name(&entry.actor_id).await?
         } else {
-            self.state.accounts.client_name(&entry.actor_id).await?
+            self.accounts.client_name(&entry.actor_id).await?
         };
         self.cache.insert(key, name.clone());
         Ok(name)
     }
 
     async fn user_name(&self, user_id: &str) -> Result<Option<String>, ApiError> {
-        let Some(user) = self.state.accounts.user_summary(user_id).await? else {
+        let Some(user) = self.accounts.user_summary(user_id).await? else {
             return Ok(None);
         };
         if let Some(practitioner) = &user.practitioner {
             let rtype = ResourceType::parse("Practitioner")?;
-            match self.state.store.read(rtype, practitioner).await {
+            match self.store.read(rtype, practitioner).await {
                 Ok(stored) => {
                     if let Some(name) = practitioner_name(&stored.body) {
                         return Ok(Some(name));
@@ -728,6 +743,48 @@ async fn page(state: &AppState, search: &AuditSearch) -> Result<Page, ApiError> 
         }
     }
     Ok(out)
+}
+
+/// Every entry about `patient`, oldest first, as FHIR `AuditEvent`s in `view` (for the
+/// portable export of the patient's record). Entries that fail the integrity check are left
+/// out (logged by seq, as in [`page`]); the count of those is returned too.
+pub(crate) async fn patient_log(
+    store: &Store,
+    accounts: &Accounts,
+    patient: &Id,
+    view: &View,
+) -> Result<(Vec<Value>, usize), ApiError> {
+    const PAGE: u32 = 500;
+    let mut query = AuditQuery {
+        patient: Some(patient.to_string()),
+        ..AuditQuery::default()
+    };
+    let mut entries = Vec::new();
+    let mut left_out = 0usize;
+    loop {
+        let rows = store.audit_search(&query, PAGE).await?;
+        let Some(last) = rows.last().map(|r| r.seq) else {
+            break;
+        };
+        for row in &rows {
+            match entry_of(row) {
+                Some(entry) if matches(&entry, &query) => entries.push(entry),
+                _ => left_out += 1,
+            }
+        }
+        if rows.len() < PAGE as usize {
+            break;
+        }
+        query.before_seq = Some(last);
+    }
+    entries.reverse();
+    let mut names = Names::over(store, accounts);
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let name = names.of(entry).await?;
+        out.push(audit_event(entry, name.as_deref(), view));
+    }
+    Ok((out, left_out))
 }
 
 // ---------------------------------------------------------------------------------------

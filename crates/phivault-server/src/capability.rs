@@ -208,6 +208,19 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
                     parameters date, action, outcome, _count): who (name and role), when, \
                     what and why, break-the-glass flagged. For that patient's own session \
                     and for auditors; everyone else is refused.",
+            }, {
+                "name": "everything",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                "documentation": "GET Patient/{id}/$everything: the patient's whole \
+                    compartment (current versions) in one searchset Bundle, each resource \
+                    decided like a read; no parameters, no paging, at most 10000 resources.",
+            }, {
+                "name": "export",
+                "definition": "urn:phivault:OperationDefinition/Patient-export",
+                "documentation": "GET Patient/{id}/$export[?recipient=age1...]: the patient's \
+                    own portable package (application/fhir+ndjson: a manifest, the \
+                    compartment, their Consents, their access log as AuditEvents), optionally \
+                    encrypted to age recipients. For that patient's own session only.",
             }]),
         );
     }

@@ -27,8 +27,8 @@ use phivault_policy::{Action, Consent, PolicyError, labels_of};
 use phivault_store::{HistoryEntry, StoreError, StoredResource};
 use serde_json::{Value, json};
 
-pub(crate) use guard::{Access, X_BREAK_GLASS, X_PURPOSE_OF_USE};
-use guard::{Current, Facts, refuse_includes};
+use guard::refuse_includes;
+pub(crate) use guard::{Access, Current, Facts, X_BREAK_GLASS, X_PURPOSE_OF_USE, is_directory};
 
 use crate::audit_sink::RequestSink;
 use crate::error::fhir_json;
@@ -777,7 +777,7 @@ async fn search(
 }
 
 /// The `match` entries of a searchset.
-fn match_entries(state: &AppState, resources: Vec<StoredResource>) -> Vec<Value> {
+pub(crate) fn match_entries(state: &AppState, resources: Vec<StoredResource>) -> Vec<Value> {
     resources
         .into_iter()
         .map(|r| {

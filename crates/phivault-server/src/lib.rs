@@ -14,7 +14,9 @@
 //! (`/fhir/Patient/{id}/$access-log`, for that patient); the register of processing
 //! activities (GDPR art. 30) at `/privacy/processing-activities`; the erasure of a patient by
 //! crypto-shredding (`POST /fhir/Patient/{id}/$erase`, admins), answering a signed erasure
-//! certificate.
+//! certificate; access and portability (`GET /fhir/Patient/{id}/$everything`, decided per
+//! resource like reads, and the patient's own `GET /fhir/Patient/{id}/$export`, a portable
+//! NDJSON package, see [`portability`]).
 //!
 //! Guarantees:
 //! - **No route answers without a valid token**, except login, the OAuth2 endpoints (which
@@ -42,7 +44,9 @@ mod capability;
 mod edge;
 mod erasure_routes;
 mod error;
+mod export_routes;
 mod fhir_routes;
+pub mod portability;
 mod privacy;
 pub mod tls;
 
@@ -200,6 +204,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/fhir/Patient/{id}/$access-log"),
     ("GET", "/privacy/processing-activities"),
     ("POST", "/fhir/Patient/{id}/$erase"),
+    ("GET", "/fhir/Patient/{id}/$everything"),
+    ("GET", "/fhir/Patient/{id}/$export"),
 ];
 
 /// The application's routes (usable without sockets, e.g. `Router::oneshot` in tests).
@@ -222,6 +228,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(audit_event::routes())
         .merge(privacy::routes())
         .merge(erasure_routes::routes())
+        .merge(export_routes::routes())
         .fallback(fhir_routes::no_route)
         .method_not_allowed_fallback(fhir_routes::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
