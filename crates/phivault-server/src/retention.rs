@@ -100,3 +100,92 @@ pub(crate) async fn retention_loop(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use phivault_fhir::{ResourceType, Validator};
+    use phivault_store::{NoAudit, StoreError, StoreOptions};
+    use sqlx::Row;
+
+    /// The loop disposes of the expired resources at once (not an hour later), keeps the
+    /// others, and each disposal has its `dispose` entry by the server; without rules it
+    /// does nothing.
+    #[tokio::test]
+    async fn the_loop_disposes_at_start_and_audits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut key = [0u8; 32];
+        phivault_crypto::random_bytes(&mut key).unwrap();
+        let keys = phivault_crypto::StaticKeyProvider::from_hex(hex::encode(key));
+        let opts = StoreOptions::new(format!("sqlite://{}/t.db", dir.path().display()));
+        let store = Store::open(&opts, &keys).await.unwrap();
+        let audit = Arc::new(AuditLog::open(store.clone()).await.unwrap());
+        let validator = Validator::new().unwrap();
+        let obs = ResourceType::parse("Observation").unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let body = serde_json::json!({
+                "resourceType": "Observation",
+                "status": "final",
+                "code": { "coding": [{ "system": "http://loinc.org", "code": "8310-5" }] },
+            });
+            let v = validator.validate(body, None).unwrap();
+            ids.push(store.create(v, &NoAudit).await.unwrap().id);
+        }
+        sqlx::query(
+            "UPDATE current_resources SET recorded_at = recorded_at - 864000 WHERE id = $1",
+        )
+        .bind(ids[0].as_str())
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let rules: Arc<[RetentionRule]> = Arc::from(vec![RetentionRule {
+            rtype: obs,
+            max_age_secs: 86_400,
+        }]);
+
+        // Without rules: returns at once, nothing disposed.
+        retention_loop(
+            store.clone(),
+            audit.clone(),
+            Arc::from(Vec::new()),
+            RETENTION_EVERY,
+        )
+        .await;
+        store.read(obs, &ids[0]).await.unwrap();
+
+        let task = tokio::spawn(retention_loop(
+            store.clone(),
+            audit.clone(),
+            rules,
+            RETENTION_EVERY,
+        ));
+        let mut gone = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if matches!(
+                store.read(obs, &ids[0]).await,
+                Err(StoreError::NotFound { .. })
+            ) {
+                gone = true;
+                break;
+            }
+        }
+        task.abort();
+        assert!(gone, "the expired resource was disposed of at start");
+        store.read(obs, &ids[1]).await.unwrap();
+        let rows = sqlx::query("SELECT body FROM audit_entries ORDER BY seq")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        let entries: Vec<AuditEntry> = rows
+            .iter()
+            .map(|r| AuditEntry::from_canonical(&r.get::<Vec<u8>, _>("body")).unwrap())
+            .collect();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].action, "dispose");
+        assert_eq!(entries[0].actor_id, ACTOR);
+        assert_eq!(entries[0].resource_id.as_deref(), Some(ids[0].as_str()));
+    }
+}
