@@ -221,3 +221,114 @@ async fn retention_run_disposes_of_expired_resources_dry_run_changes_nothing() {
         t.store.close().await;
     }
 }
+
+/// Over HTTPS: a disposed resource answers 404 (never 500, no integrity alarm) and is found
+/// by no search; `phivault retention run` works next to the running server; the server
+/// applies `[retention]` by itself when it starts.
+#[tokio::test]
+async fn the_server_answers_404_after_disposal_and_disposes_at_start() {
+    use phivault_testkit::{Server, fixtures, query};
+    for backend in backends() {
+        let l = backend.name();
+        let mut server = Server::start(BIN, &backend, &[]).await;
+        let api = server.api().clone();
+        let patient = api
+            .create(&fixtures::patient_with(
+                "Keepsake",
+                "Kai",
+                &fixtures::mrn(),
+                "male",
+                "1970-01-01",
+            ))
+            .await;
+        let subject = format!("Patient/{patient}");
+        let code = "8310-5";
+        let c = || fixtures::coding(Some("http://loinc.org"), code, "body temperature");
+        let old = api
+            .create(&fixtures::observation(
+                &subject,
+                c(),
+                "2020-01-01T10:00:00Z",
+            ))
+            .await;
+        let later = api
+            .create(&fixtures::observation(
+                &subject,
+                c(),
+                "2020-01-02T10:00:00Z",
+            ))
+            .await;
+        let recent = api
+            .create(&fixtures::observation(
+                &subject,
+                c(),
+                "2020-01-03T10:00:00Z",
+            ))
+            .await;
+        let age = |id: String| {
+            let server = &server;
+            async move {
+                let db = server.db().await;
+                for table in ["current_resources", "resource_versions"] {
+                    sqlx::query(&format!(
+                        "UPDATE {table} SET recorded_at = recorded_at - $1 WHERE id = $2"
+                    ))
+                    .bind(31 * DAY)
+                    .bind(&id)
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                }
+                db.close().await;
+            }
+        };
+        age(old.clone()).await;
+        // The server's working directory: its ./phivault.toml is read by the CLI and by the
+        // server at its next start.
+        std::fs::write(
+            server.data_dir().join("phivault.toml"),
+            "[retention]\nObservation = \"30d\"\n",
+        )
+        .unwrap();
+
+        let out = server.cli(&["retention", "run"], None).await;
+        out.assert_ok("retention run");
+        assert_eq!(out.stdout, "Observation 1 disposed of\n", "{l}");
+        api.get(&format!("Observation/{old}"))
+            .await
+            .assert_status(404);
+        api.get(&format!("Observation/{old}/_history/1"))
+            .await
+            .assert_status(404);
+        let search = query(
+            "Observation",
+            &[("code", &format!("http://loinc.org|{code}"))],
+        );
+        let mut expected = vec![later.clone(), recent.clone()];
+        expected.sort();
+        assert_eq!(api.search_ids(&search).await, expected, "{l}");
+        api.get(&format!("Patient/{patient}"))
+            .await
+            .assert_status(200);
+
+        // The server applies the periods when it starts.
+        age(later.clone()).await;
+        server.restart().await;
+        let api = server.api().clone();
+        let mut status = 0;
+        for _ in 0..100 {
+            status = api.get(&format!("Observation/{later}")).await.status;
+            assert_ne!(status, 500, "{l}");
+            if status == 404 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 404, "{l}: disposed of by the server at start");
+        api.get(&format!("Observation/{recent}"))
+            .await
+            .assert_status(200);
+        assert_eq!(api.search_ids(&search).await, vec![recent.clone()], "{l}");
+        server.assert_no_panic();
+    }
+}
