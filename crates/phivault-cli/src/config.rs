@@ -181,6 +181,18 @@ impl Settings {
             };
             out.push_str(&format!("{p} = \"{d}\"\n"));
         }
+        if !self.retention.is_empty() {
+            out.push_str("\n[retention]\n");
+            for r in &self.retention {
+                let days = r.max_age_secs / DAY_SECS;
+                let period = if days % 365 == 0 {
+                    format!("{}y", days / 365)
+                } else {
+                    format!("{days}d")
+                };
+                out.push_str(&format!("{} = \"{period}\"\n", r.rtype));
+            }
+        }
         out
     }
 }
@@ -712,6 +724,12 @@ mod tests {
         assert_eq!(get("Observation"), Some(10 * 365 * 86_400));
         assert_eq!(get("Condition"), Some(30 * 86_400));
         assert_eq!(get("Patient"), None);
+        // The printed settings read back with the same periods.
+        let printed = s.to_toml();
+        assert!(printed.contains("Observation = \"10y\""), "{printed}");
+        assert!(printed.contains("Condition = \"30d\""), "{printed}");
+        let again = resolve(Layer::default(), file(&printed)).unwrap();
+        assert_eq!(again.retention, s.retention);
         for (text, needle) in [
             (
                 "Obsrvation = \"10y\"",
