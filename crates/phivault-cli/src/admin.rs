@@ -26,7 +26,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::cli::{
     BreakGlassCommand, BreakGlassListArgs, ClientAddArgs, ClientCommand, PolicyCommand,
-    StorageArgs, TopCommand, UserAddArgs, UserCommand, UserGrantArgs,
+    RetentionCommand, StorageArgs, TopCommand, UserAddArgs, UserCommand, UserGrantArgs,
 };
 use crate::cli_audit::CliAudit;
 use crate::config::{self, LogFormat, Settings};
@@ -159,6 +159,13 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
             close(opened).await;
             result?;
         }
+        TopCommand::Retention(RetentionCommand::Run(args)) => {
+            let settings = settings(&args.storage)?;
+            let opened = open(&settings).await?;
+            let result = retention_run(&opened, &settings, args.dry_run).await;
+            close(opened).await;
+            print!("{}", result?);
+        }
         TopCommand::BreakGlass(BreakGlassCommand::List(args)) => {
             let accounts = open(&settings(&args.storage)?).await?;
             let list = async {
@@ -208,6 +215,33 @@ async fn erase(opened: &Opened, patient: &Id) -> Result<phivault_audit::ErasureC
         ),
     }
     Ok(cert)
+}
+
+/// `phivault retention run [--dry-run]`: the configured rules at the current time; each
+/// disposal batch commits with its `dispose` entries, the run's `cli retention run` entry
+/// records the outcome (a dry run is audited too). Returns the report, one line per rule:
+/// `<type> <count> disposed` (or `would be disposed`).
+async fn retention_run(opened: &Opened, settings: &Settings, dry_run: bool) -> Result<String> {
+    let store = &opened.1;
+    if settings.retention.is_empty() {
+        eprintln!("phivault: no retention period is configured ([retention]); nothing expires");
+    }
+    let audit = CliAudit::open(store, "retention run").await?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let run = store
+        .run_retention(&settings.retention, now, dry_run, &audit)
+        .await
+        .context("applying the retention periods");
+    let counts = audit.finish(run, None, None).await?;
+    let verb = if dry_run {
+        "would be disposed of"
+    } else {
+        "disposed of"
+    };
+    Ok(counts
+        .iter()
+        .map(|c| format!("{} {} {verb}\n", c.rtype, c.resources))
+        .collect())
 }
 
 /// What an administration command was about, for its audit entry.

@@ -85,6 +85,29 @@ pub(crate) enum TopCommand {
     /// (resources keep their ids; the manifest and AuditEvents are skipped).
     #[command(name = "export-patient", after_help = SETTINGS_HELP)]
     ExportPatient(ExportPatientArgs),
+    /// Apply the retention periods of the configuration (`[retention]`).
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+}
+
+/// `phivault retention ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum RetentionCommand {
+    /// Dispose of every resource older than its type's retention period (all its versions,
+    /// search tokens and pointer deleted, recorded in the retention ledger and the audit
+    /// trail); prints per type how many were (with --dry-run: would be) disposed of.
+    #[command(after_help = SETTINGS_HELP)]
+    Run(RetentionRunArgs),
+}
+
+/// `phivault retention run [--dry-run]`
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RetentionRunArgs {
+    /// Only count the expired resources; change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
 }
 
 /// `phivault export-patient PATIENT_ID --out FILE [--recipient AGE_PUBLIC_KEY ...]`

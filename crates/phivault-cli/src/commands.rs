@@ -292,7 +292,8 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
     .with_privacy(
         settings.consent_defaults.clone(),
         settings.processing_activities.clone(),
-    );
+    )
+    .with_retention(settings.retention.clone());
     if let Err(e) = check_audit_trail(&state.audit, allow_broken_audit).await {
         store.close().await;
         return Err(e);

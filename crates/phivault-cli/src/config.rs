@@ -13,6 +13,7 @@ use phivault_policy::{ConsentDefaults, Purpose};
 use phivault_server::{
     ProcessingActivity, check_processing_activities, default_processing_activities,
 };
+use phivault_store::RetentionRule;
 use serde::Deserialize;
 
 /// The file read when neither `--config` nor `PHIVAULT_CONFIG` names one (only if it exists).
@@ -65,6 +66,8 @@ pub(crate) struct Layer {
     pub(crate) consent_defaults: Option<BTreeMap<String, String>>,
     /// `[[processing_activities]]`: the register of processing activities (file only).
     pub(crate) processing_activities: Option<Vec<ProcessingActivity>>,
+    /// `[retention]`: resource type -> period ("30d", "10y") (file only).
+    pub(crate) retention: Option<BTreeMap<String, String>>,
 }
 
 impl Layer {
@@ -83,6 +86,7 @@ impl Layer {
             policy_file: self.policy_file.or(lower.policy_file),
             consent_defaults: self.consent_defaults.or(lower.consent_defaults),
             processing_activities: self.processing_activities.or(lower.processing_activities),
+            retention: self.retention.or(lower.retention),
         }
     }
 }
@@ -109,6 +113,8 @@ pub(crate) struct Settings {
     pub(crate) consent_defaults: ConsentDefaults,
     /// The register of processing activities (built-in unless configured).
     pub(crate) processing_activities: Vec<ProcessingActivity>,
+    /// Retention periods by resource type (none: every resource is kept forever).
+    pub(crate) retention: Vec<RetentionRule>,
 }
 
 impl Settings {
@@ -174,6 +180,18 @@ impl Settings {
                 "deny"
             };
             out.push_str(&format!("{p} = \"{d}\"\n"));
+        }
+        if !self.retention.is_empty() {
+            out.push_str("\n[retention]\n");
+            for r in &self.retention {
+                let days = r.max_age_secs / DAY_SECS;
+                let period = if days % 365 == 0 {
+                    format!("{}y", days / 365)
+                } else {
+                    format!("{days}d")
+                };
+                out.push_str(&format!("{} = \"{period}\"\n", r.rtype));
+            }
         }
         out
     }
@@ -346,6 +364,7 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
             message,
         }
     })?;
+    let retention = parse_retention(merged.retention.unwrap_or_default())?;
     Ok(Settings {
         data_dir,
         database_url,
@@ -360,7 +379,56 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         policy_file: merged.policy_file,
         consent_defaults,
         processing_activities,
+        retention,
     })
+}
+
+/// Seconds in a retention period's unit: `d` (days) or `y` (365 days).
+const DAY_SECS: i64 = 86_400;
+
+/// `[retention]`: each key a supported resource type, each value a whole number of days
+/// (`"30d"`) or years (`"10y"`, 365 days each), at least 1.
+pub(crate) fn parse_retention(
+    table: BTreeMap<String, String>,
+) -> Result<Vec<RetentionRule>, ConfigError> {
+    let mut rules = Vec::with_capacity(table.len());
+    for (name, period) in table {
+        let rtype =
+            phivault_fhir::ResourceType::parse(&name).map_err(|_| ConfigError::Invalid {
+                key: "retention",
+                message: format!(
+                    "`{}` is not a supported resource type",
+                    name.chars().take(40).collect::<String>()
+                ),
+            })?;
+        let bad = || ConfigError::Invalid {
+            key: "retention",
+            message: format!(
+                "{rtype}: the period must be a whole number of days or years, such as \"30d\" or \"10y\""
+            ),
+        };
+        let period = period.trim();
+        let (number, unit_secs) = if let Some(n) = period.strip_suffix('d') {
+            (n, DAY_SECS)
+        } else if let Some(n) = period.strip_suffix('y') {
+            (n, 365 * DAY_SECS)
+        } else {
+            return Err(bad());
+        };
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let n: i64 = number.parse().map_err(|_| bad())?;
+        if n == 0 {
+            return Err(bad());
+        }
+        let max_age_secs = n.checked_mul(unit_secs).ok_or_else(bad)?;
+        rules.push(RetentionRule {
+            rtype,
+            max_age_secs,
+        });
+    }
+    Ok(rules)
 }
 
 /// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
@@ -636,6 +704,59 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("retention_days"), "{e}");
+    }
+
+    #[test]
+    fn retention_periods_are_parsed_and_checked() {
+        let s = resolve(Layer::default(), Layer::default()).unwrap();
+        assert!(s.retention.is_empty(), "no retention by default");
+        let s = resolve(
+            Layer::default(),
+            file("[retention]\nObservation = \"10y\"\nCondition = \"30d\"\n"),
+        )
+        .unwrap();
+        let get = |name: &str| {
+            s.retention
+                .iter()
+                .find(|r| r.rtype.as_str() == name)
+                .map(|r| r.max_age_secs)
+        };
+        assert_eq!(get("Observation"), Some(10 * 365 * 86_400));
+        assert_eq!(get("Condition"), Some(30 * 86_400));
+        assert_eq!(get("Patient"), None);
+        // The printed settings read back with the same periods.
+        let printed = s.to_toml();
+        assert!(printed.contains("Observation = \"10y\""), "{printed}");
+        assert!(printed.contains("Condition = \"30d\""), "{printed}");
+        let again = resolve(Layer::default(), file(&printed)).unwrap();
+        assert_eq!(again.retention, s.retention);
+        for (text, needle) in [
+            (
+                "Obsrvation = \"10y\"",
+                "Obsrvation` is not a supported resource type",
+            ),
+            ("Observation = \"10\"", "Observation: the period"),
+            ("Observation = \"10m\"", "Observation: the period"),
+            ("Observation = \"0d\"", "Observation: the period"),
+            ("Observation = \"-1d\"", "Observation: the period"),
+            ("Observation = \"y\"", "Observation: the period"),
+            ("Observation = \"10é\"", "Observation: the period"),
+            (
+                "Observation = \"99999999999999999y\"",
+                "Observation: the period",
+            ),
+        ] {
+            let e = resolve(Layer::default(), file(&format!("[retention]\n{text}\n")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("setting retention") && e.contains(needle),
+                "{text}: {e}"
+            );
+        }
+        // A number instead of a string is a parse error naming the line.
+        let e = parse_file(Path::new("t.toml"), "[retention]\nObservation = 10\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
     }
 
     #[test]

@@ -48,6 +48,7 @@ mod export_routes;
 mod fhir_routes;
 pub mod portability;
 mod privacy;
+mod retention;
 pub mod tls;
 
 use std::io::Write;
@@ -116,6 +117,8 @@ pub struct AppState {
     pub consent_defaults: Arc<ConsentDefaults>,
     /// The register of processing activities (GDPR art. 30).
     pub processing_activities: Arc<[ProcessingActivity]>,
+    /// Retention periods by resource type, applied in the background (none: keep forever).
+    pub retention: Arc<[phivault_store::RetentionRule]>,
 }
 
 impl AppState {
@@ -147,6 +150,7 @@ impl AppState {
             max_body_bytes,
             consent_defaults: Arc::new(ConsentDefaults::default()),
             processing_activities: Arc::from(default_processing_activities()),
+            retention: Arc::from(Vec::new()),
         })
     }
 
@@ -159,6 +163,12 @@ impl AppState {
     ) -> AppState {
         self.consent_defaults = Arc::new(consent_defaults);
         self.processing_activities = Arc::from(processing_activities);
+        self
+    }
+
+    /// The state with these retention periods (applied at start and then hourly).
+    pub fn with_retention(mut self, rules: Vec<phivault_store::RetentionRule>) -> AppState {
+        self.retention = Arc::from(rules);
         self
     }
 }
@@ -313,7 +323,15 @@ pub async fn serve(
         state.store.clone(),
         erasure_routes::EVICT_EVERY,
     )));
+    // Retention: at start, then every hour.
+    let retention = AbortOnDrop(tokio::spawn(retention::retention_loop(
+        state.store.clone(),
+        state.audit.clone(),
+        state.retention.clone(),
+        retention::RETENTION_EVERY,
+    )));
     let app = router(state);
+    let _retention = retention;
     let _checkpoints = checkpoints;
     let _evictions = evictions;
 

@@ -34,6 +34,7 @@ mod bundle;
 mod erasure;
 mod keys;
 mod resources;
+mod retention;
 mod search;
 mod written;
 
@@ -47,6 +48,7 @@ use sqlx::AnyPool;
 
 pub use backend::Backend;
 pub use erasure::{ErasureRecord, SweepReport};
+pub use retention::{DISPOSE_BATCH, RetentionCount, RetentionRule};
 pub use search::{SearchPage, SearchScope};
 pub use sqlx::AnyConnection;
 pub use written::{AuditSink, NoAudit, SinkFuture, WriteKind, Written};

@@ -29,16 +29,21 @@ pub enum WriteKind {
     /// The erasure of a patient's compartment ([`Store::erase_patient`](crate::Store::erase_patient)):
     /// `rtype` is Patient, `id` and `patient` the erased patient, `version` 0.
     Erase,
+    /// The disposal of an expired resource by retention
+    /// ([`Store::dispose_batch`](crate::Store::dispose_batch)): every version deleted;
+    /// `version` is the last one, `patient` is `None` (the body is not decrypted).
+    Dispose,
 }
 
 impl WriteKind {
-    /// `create`, `update` or `delete`.
+    /// `create`, `update`, `delete`, `erase` or `dispose`.
     pub fn as_str(self) -> &'static str {
         match self {
             WriteKind::Create => "create",
             WriteKind::Update => "update",
             WriteKind::Delete => "delete",
             WriteKind::Erase => "erase",
+            WriteKind::Dispose => "dispose",
         }
     }
 }

@@ -1209,3 +1209,157 @@ async fn a_write_racing_an_erasure_is_erased_with_it_or_refused() {
         assert_eq!(keys, 0, "{l}: no key was re-created");
     }
 }
+
+/// Sets the last write of `rtype/id` back by `secs` (pointer and every version).
+async fn age(s: &Store, rtype: ResourceType, id: &Id, secs: i64) {
+    for table in ["current_resources", "resource_versions"] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET recorded_at = recorded_at - $1 WHERE rtype = $2 AND id = $3"
+        ))
+        .bind(secs)
+        .bind(rtype.as_str())
+        .bind(id.as_str())
+        .execute(s.pool())
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn retention_disposes_of_expired_resources_only() {
+    use phivault_store::{RetentionCount, RetentionRule, WriteKind};
+    let obs = ResourceType::parse("Observation").unwrap();
+    let cond = ResourceType::parse("Condition").unwrap();
+    let day = 86_400;
+    for f in fixtures().await {
+        let s = &f.store;
+        let l = f.label;
+        let p = s
+            .create(valid(patient("Retent", "Rita")), &NoAudit)
+            .await
+            .unwrap();
+        // Old: amended (two versions), and another old one deleted (a tombstone).
+        let old = s
+            .create(valid(observation(&p.id, "8310-5")), &NoAudit)
+            .await
+            .unwrap();
+        let mut amended = old.body.clone();
+        amended["status"] = json!("amended");
+        s.update(&old.id, valid(amended), None, &NoAudit)
+            .await
+            .unwrap();
+        let old_deleted = s
+            .create(valid(observation(&p.id, "2339-0")), &NoAudit)
+            .await
+            .unwrap();
+        s.delete(obs, &old_deleted.id, &NoAudit).await.unwrap();
+        // Recent: kept.
+        let recent = s
+            .create(valid(observation(&p.id, "8867-4")), &NoAudit)
+            .await
+            .unwrap();
+        // Another type, just as old, without a rule: kept.
+        let c = s
+            .create(valid(condition(&p.id, "44054006")), &NoAudit)
+            .await
+            .unwrap();
+        for id in [&old.id, &old_deleted.id] {
+            age(s, obs, id, 40 * day).await;
+        }
+        age(s, cond, &c.id, 400 * day).await;
+        age(s, ResourceType::PATIENT, &p.id, 400 * day).await;
+        age(s, obs, &recent.id, 10 * day).await;
+
+        let rules = [RetentionRule {
+            rtype: obs,
+            max_age_secs: 30 * day,
+        }];
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let expired = s.expired(&rules[0], now, 10).await.unwrap();
+        assert_eq!(expired.len(), 2, "{l}");
+        assert!(expired.contains(&old.id) && expired.contains(&old_deleted.id));
+
+        // Dry run: counted, nothing changed, nothing audited.
+        let sink = RecordingSink::default();
+        let counts = s.run_retention(&rules, now, true, &sink).await.unwrap();
+        assert_eq!(
+            counts,
+            vec![RetentionCount {
+                rtype: obs,
+                resources: 2
+            }],
+            "{l}"
+        );
+        assert!(sink.seen.lock().unwrap().is_empty(), "{l}");
+        s.read(obs, &old.id).await.unwrap();
+        assert_eq!(version_rows(s, &[&old.id, &old_deleted.id]).await.len(), 4);
+
+        // A failing sink rolls the disposal back.
+        sink.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(s.run_retention(&rules, now, false, &sink).await.is_err());
+        s.read(obs, &old.id).await.unwrap();
+        assert_eq!(s.count_expired(&rules[0], now).await.unwrap(), 2, "{l}");
+        sink.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        sink.seen.lock().unwrap().clear();
+
+        let counts = s.run_retention(&rules, now, false, &sink).await.unwrap();
+        assert_eq!(counts[0].resources, 2, "{l}");
+        let seen = sink.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{l}");
+        assert!(
+            seen.iter()
+                .all(|w| w.kind == WriteKind::Dispose && w.rtype == obs)
+        );
+        assert!(seen.iter().any(|w| w.id == old.id && w.version == 2));
+        assert!(
+            seen.iter()
+                .any(|w| w.id == old_deleted.id && w.version == 2)
+        );
+        assert!(seen.iter().all(|w| w.patient.is_none()));
+
+        // Gone as if it never existed: 404, not 410, not an integrity failure.
+        for id in [&old.id, &old_deleted.id] {
+            let e = s.read(obs, id).await.unwrap_err();
+            assert!(matches!(e, StoreError::NotFound { .. }), "{l}: {e:?}");
+            assert_eq!(e.http_status(), 404);
+            let e = s.vread(obs, id, 1).await.unwrap_err();
+            assert_eq!(e.http_status(), 404, "{l}: {e:?}");
+            let e = s.history(obs, id, 10, 0).await.unwrap_err();
+            assert_eq!(e.http_status(), 404, "{l}: {e:?}");
+            assert_eq!(index_rows(s, id).await, 0, "{l}");
+        }
+        assert!(
+            version_rows(s, &[&old.id, &old_deleted.id])
+                .await
+                .is_empty(),
+            "{l}: no ciphertext row is left"
+        );
+        let page = s
+            .search(obs, &query(obs, &[("code", "http://loinc.org|8310-5")]))
+            .await
+            .unwrap();
+        assert_eq!(page.total, 0, "{l}");
+        // The same patient's other resources read and are found.
+        s.read(obs, &recent.id).await.unwrap();
+        s.read(cond, &c.id).await.unwrap();
+        s.read(ResourceType::PATIENT, &p.id).await.unwrap();
+        let subject = format!("Patient/{}", p.id);
+        let page = s
+            .search(obs, &query(obs, &[("subject", subject.as_str())]))
+            .await
+            .unwrap();
+        assert_eq!(page.total, 1, "{l}");
+        // The ledger: ids, counts, times.
+        let ledger: i64 = sqlx::query(
+            "SELECT CAST(SUM(versions) AS BIGINT) AS n FROM retention_ledger WHERE rtype = 'Observation'",
+        )
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
+        .get("n");
+        assert_eq!(ledger, 4, "{l}");
+        // Run again: nothing left to do.
+        let counts = s.run_retention(&rules, now, false, &sink).await.unwrap();
+        assert_eq!(counts[0].resources, 0, "{l}");
+    }
+}
