@@ -3,7 +3,9 @@
 //! - `POST /fhir/Patient/{id}/$request-correction`: a FHIR `Parameters` body with `target`
 //!   (valueReference to a resource of the patient's compartment) and `description`
 //!   (valueString: what is wrong). Nothing is changed: a `Task` (status `requested`, intent
-//!   `proposal`, code `task-code#change`, focus the target, for and requester the patient) is
+//!   `proposal`, code `task-code#change`, focus the target, for and requester the patient,
+//!   the description as a note authored by the patient: the R4 JSON schema the validator
+//!   uses has no `Task.description`) is
 //!   created for staff, who find it by search (`Task?patient=...&status=requested`) under the
 //!   normal rules, apply the correction with a normal update of the target (which keeps
 //!   history) and set the Task `completed`.
@@ -204,11 +206,13 @@ async fn request_of(
         "status": "requested",
         "intent": "proposal",
         "code": code,
-        "description": description,
         "focus": { "reference": focus },
         "for": { "reference": me },
         "authoredOn": now,
         "requester": { "reference": me },
+        // `Task.description` is missing from the R4 JSON schema the validator uses: the
+        // patient's words go in a note authored by the patient.
+        "note": [{ "authorReference": { "reference": me }, "time": now, "text": description }],
     });
     let bytes = serde_json::to_vec(&task).map_err(|e| ApiError::internal(&e))?;
     let task_type = ResourceType::parse("Task")?;
