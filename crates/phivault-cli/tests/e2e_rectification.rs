@@ -11,6 +11,7 @@
 use phivault_testkit::fixtures::{self, LOINC, coding};
 use phivault_testkit::{Api, Marker, Server, backends, random_username};
 use serde_json::{Value, json};
+use sqlx::Row;
 
 const BIN: &str = env!("CARGO_BIN_EXE_phivault");
 
@@ -34,6 +35,27 @@ fn correction(target: Option<&str>, description: Option<&str>) -> Value {
         parameter.push(json!({ "name": "description", "valueString": d }));
     }
     json!({ "resourceType": "Parameters", "parameter": parameter })
+}
+
+/// The audit entries about `patient`: (action, outcome).
+async fn entries_about(server: &Server, patient: &str) -> Vec<(String, String)> {
+    let db = server.db().await;
+    let rows = sqlx::query("SELECT body FROM audit_entries WHERE patient = $1 ORDER BY seq")
+        .bind(patient)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    rows.iter()
+        .map(|r| {
+            let body: Vec<u8> = r.get("body");
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            (
+                v["action"].as_str().unwrap().to_owned(),
+                v["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -210,6 +232,20 @@ async fn correction_and_erasure_requests() {
         assert_eq!(seen, vec![et_id.clone()], "{label}");
         // The Patient is still there: requesting changes nothing.
         assert_eq!(own.get(&subject).await.status, 200);
+        // Every request, allowed or refused, is audited naming the patient of the path.
+        let entries = entries_about(&server, &p).await;
+        for (a, o) in [
+            ("POST /fhir/Patient/{id}/$request-correction", "allowed"),
+            ("POST /fhir/Patient/{id}/$request-correction", "denied"),
+            ("POST /fhir/Patient/{id}/$request-erasure", "allowed"),
+            ("POST /fhir/Patient/{id}/$request-erasure", "denied"),
+            ("POST /fhir/Patient/{id}/$erase", "denied"),
+        ] {
+            assert!(
+                entries.contains(&(a.to_owned(), o.to_owned())),
+                "{label}: {a} {o} in {entries:?}"
+            );
+        }
         // Approved, the admin erases (admins read no clinical data; the Task goes with the
         // compartment, the erasure certificate is the record of completion).
         let r = admin.post_json(&erase, &json!({})).await;
