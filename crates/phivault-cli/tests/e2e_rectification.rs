@@ -213,12 +213,18 @@ async fn correction_and_erasure_requests() {
             )
             .await
             .assert_outcome(403, &[]);
-        let r = own
-            .post_json(
-                &format!("Patient/{p}/$request-erasure"),
-                &json!({"resourceType": "Parameters"}),
-            )
-            .await;
+        // No body needed; a body that is not Parameters is refused.
+        own.post_json(
+            &format!("Patient/{p}/$request-erasure"),
+            &json!({"resourceType": "Patient"}),
+        )
+        .await
+        .assert_outcome(400, &["Parameters"]);
+        let r = Api::send(own.request(
+            reqwest::Method::POST,
+            &format!("Patient/{p}/$request-erasure"),
+        ))
+        .await;
         assert_eq!(r.status, 201, "{label}: {r:?}");
         let et = r.json();
         assert_eq!(et["status"], "requested");

@@ -134,14 +134,9 @@ async fn request_of(
         .policy
         .decide(&request)
         .map_err(|d| ApiError::Forbidden(format!("access denied: {}", d.reason().as_str())))?;
-    let params = match action {
-        Action::RequestCorrection => Some(parameters(state, headers, body).await?),
-        // The body is optional for an erasure request.
-        _ if headers.get(axum::http::header::CONTENT_TYPE).is_some() => {
-            Some(parameters(state, headers, body).await?)
-        }
-        _ => None,
-    };
+    // The body is optional for an erasure request.
+    let optional = action != Action::RequestCorrection;
+    let params = parameters(state, headers, body, optional).await?;
     let description = match &params {
         Some(p) => param(p, "description", "valueString").and_then(Value::as_str),
         None => None,
@@ -223,10 +218,22 @@ async fn request_of(
     Ok(resource_response(state, StatusCode::CREATED, &stored, true))
 }
 
-/// The `Parameters` body.
-async fn parameters(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+/// The `Parameters` body; `None` when `optional` and there is none (no content type, or
+/// an empty body).
+async fn parameters(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    optional: bool,
+) -> Result<Option<Value>, ApiError> {
+    if optional && headers.get(axum::http::header::CONTENT_TYPE).is_none() {
+        return Ok(None);
+    }
     require_json(headers)?;
     let bytes = read_body(body, headers, state.max_body_bytes).await?;
+    if optional && bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
         ApiError::Fhir(FhirError::MalformedJson(
             "the body is not valid JSON".to_owned(),
@@ -237,7 +244,7 @@ async fn parameters(state: &AppState, headers: &HeaderMap, body: Body) -> Result
             "the body must be a FHIR Parameters resource".to_owned(),
         ));
     }
-    Ok(value)
+    Ok(Some(value))
 }
 
 /// The `value[x]` of the first parameter named `name`, if it has that `value` element.
