@@ -317,6 +317,7 @@ const TASK: &[SearchParamDef] = &[
     def("patient", Reference, "Task.for.where(resolve() is Patient)"),
     def("subject", Reference, "Task.for"),
     def("date", Date, "Task.authoredOn"),
+    def("focus", Reference, "Task.focus"),
 ];
 
 /// The parameters supported for `rtype` (not counting `_id`, `_count`, which apply to all).

@@ -43,6 +43,14 @@ pub enum Action {
     /// decided, like [`Action::Erase`], on the patient's `Patient` resource reference. By
     /// default the patient themselves, in their own session.
     ExportOwn,
+    /// Ask for the correction of a resource of one's own record
+    /// (`POST /fhir/Patient/{id}/$request-correction`), recorded as a `Task` for staff:
+    /// decided, like [`Action::ExportOwn`], on the patient's `Patient` resource reference.
+    RequestCorrection,
+    /// Ask for the erasure of one's own record (`POST /fhir/Patient/{id}/$request-erasure`),
+    /// recorded as a `Task` for staff; an admin then erases. Decided like
+    /// [`Action::RequestCorrection`].
+    RequestErasure,
 }
 
 impl Action {
@@ -65,6 +73,8 @@ impl Action {
         Action::ReadProcessingActivities,
         Action::Erase,
         Action::ExportOwn,
+        Action::RequestCorrection,
+        Action::RequestErasure,
     ];
 
     /// The Cedar action id.
@@ -87,6 +97,8 @@ impl Action {
             Action::ReadProcessingActivities => "read_processing_activities",
             Action::Erase => "erase",
             Action::ExportOwn => "export_own",
+            Action::RequestCorrection => "request_correction",
+            Action::RequestErasure => "request_erasure",
         }
     }
 
@@ -102,6 +114,15 @@ impl Action {
                 | Action::Create
                 | Action::Update
                 | Action::Delete
+        )
+    }
+
+    /// True for the actions decided on a patient's `Patient` resource reference that are not
+    /// clinical interactions (erasure, the patient's own export and requests).
+    pub fn is_about_own_patient(&self) -> bool {
+        matches!(
+            self,
+            Action::Erase | Action::ExportOwn | Action::RequestCorrection | Action::RequestErasure
         )
     }
 

@@ -443,7 +443,7 @@ impl PolicyEngine {
                 let about_patient = clinical
                     || request.action == Action::ReadAudit
                     || request.action == Action::Erase
-                    || request.action == Action::ExportOwn;
+                    || request.action.is_about_own_patient();
                 Ok(Authorized {
                     principal_kind: request.principal.kind(),
                     principal_id: request.principal.id().to_owned(),
@@ -562,9 +562,7 @@ impl PolicyEngine {
 
     fn resource_uid(&self, request: &AccessRequest) -> EntityUid {
         // The resource entity stands for the facts of this request only; its id is not used.
-        if request.action.is_clinical()
-            || matches!(request.action, Action::Erase | Action::ExportOwn)
-        {
+        if request.action.is_clinical() || request.action.is_about_own_patient() {
             EntityUid::from_type_name_and_id(self.names.resource.clone(), EntityId::new("this"))
         } else if request.action == Action::ReadAudit {
             EntityUid::from_type_name_and_id(self.names.audit.clone(), EntityId::new("this"))
@@ -583,9 +581,7 @@ impl PolicyEngine {
             HashSet::new(),
         )
         .map_err(|_| ())?;
-        let resource = if request.action.is_clinical()
-            || matches!(request.action, Action::Erase | Action::ExportOwn)
-        {
+        let resource = if request.action.is_clinical() || request.action.is_about_own_patient() {
             let r = &request.resource;
             Entity::new(
                 self.resource_uid(request),

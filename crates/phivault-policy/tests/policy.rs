@@ -1220,3 +1220,52 @@ fn export_own_is_for_the_patient_themselves() {
     let r = request(&me, Action::ExportOwn, obs(OWN, &[]), Purpose::Treat);
     assert!(!allowed(&r));
 }
+
+// ---------------------------------------------------------------------------------------
+// A patient's requests about their own record (correction, erasure).
+
+#[test]
+fn requests_about_own_record_are_for_the_patient_themselves() {
+    let patient = |p: &str| ResourceRef::new(rtype("Patient"), Some(id(p)), vec![]);
+    let me = user(Role::Patient);
+    for action in [Action::RequestCorrection, Action::RequestErasure] {
+        let proof = ENGINE
+            .decide(&request(
+                &me,
+                action,
+                patient(OWN),
+                Role::Patient.default_purpose(),
+            ))
+            .unwrap();
+        assert_eq!(proof.policies(), ["patient.request_own"], "{action}");
+        assert_eq!(proof.patient(), Some(&id(OWN)));
+        // Not about another patient's record.
+        for p in [CARE, OTHER] {
+            let r = request(&me, action, patient(p), Purpose::Treat);
+            assert!(!allowed(&r), "patient {action} {p}");
+        }
+        // Nobody else by default (staff work on the Task, an admin erases).
+        for role in [
+            Role::Clinician,
+            Role::Admin,
+            Role::Auditor,
+            Role::Researcher,
+        ] {
+            for p in [OWN, CARE, OTHER] {
+                let r = request(&user(role), action, patient(p), Purpose::Treat);
+                assert!(!allowed(&r), "{role} {action} {p}");
+            }
+        }
+        // Apps, whatever their scopes.
+        for scope in ["system/*.cruds", "patient/*.rs", "user/*.*"] {
+            let r = request(&client(scope), action, patient(OWN), Purpose::Treat);
+            assert!(!allowed(&r), "app {scope} {action}");
+        }
+        // Only the Patient resource.
+        let r = request(&me, action, obs(OWN, &[]), Purpose::Treat);
+        assert!(!allowed(&r), "{action} on an Observation");
+    }
+    // Asking for erasure is not erasing: the patient may not erase their own record.
+    let r = request(&me, Action::Erase, patient(OWN), Purpose::Treat);
+    assert!(!allowed(&r));
+}

@@ -221,6 +221,19 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
                     own portable package (application/fhir+ndjson: a manifest, the \
                     compartment, their Consents, their access log as AuditEvents), optionally \
                     encrypted to age recipients. For that patient's own session only.",
+            }, {
+                "name": "request-correction",
+                "definition": "urn:phivault:OperationDefinition/Patient-request-correction",
+                "documentation": "POST Patient/{id}/$request-correction with a Parameters \
+                    body (target: valueReference into the patient's record; description: \
+                    valueString): records a Task (status requested, code task-code#change) \
+                    for staff; the target is not changed. For that patient's own session only.",
+            }, {
+                "name": "request-erasure",
+                "definition": "urn:phivault:OperationDefinition/Patient-request-erasure",
+                "documentation": "POST Patient/{id}/$request-erasure: records a Task (status \
+                    requested, code urn:phivault:task#erasure) for staff; an admin then \
+                    erases with $erase. For that patient's own session only.",
             }]),
         );
     }

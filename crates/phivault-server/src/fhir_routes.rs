@@ -326,7 +326,7 @@ fn set_header(response: &mut Response, name: header::HeaderName, value: &str) {
 }
 
 /// A resource with its `ETag` and `Last-Modified` (and `Location` when asked for).
-fn resource_response(
+pub(crate) fn resource_response(
     state: &AppState,
     status: StatusCode,
     stored: &StoredResource,

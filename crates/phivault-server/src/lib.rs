@@ -48,6 +48,7 @@ mod export_routes;
 mod fhir_routes;
 pub mod portability;
 mod privacy;
+mod request_routes;
 mod retention;
 pub mod tls;
 
@@ -216,6 +217,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/fhir/Patient/{id}/$erase"),
     ("GET", "/fhir/Patient/{id}/$everything"),
     ("GET", "/fhir/Patient/{id}/$export"),
+    ("POST", "/fhir/Patient/{id}/$request-correction"),
+    ("POST", "/fhir/Patient/{id}/$request-erasure"),
 ];
 
 /// The application's routes (usable without sockets, e.g. `Router::oneshot` in tests).
@@ -239,6 +242,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(privacy::routes())
         .merge(erasure_routes::routes())
         .merge(export_routes::routes())
+        .merge(request_routes::routes())
         .fallback(fhir_routes::no_route)
         .method_not_allowed_fallback(fhir_routes::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
