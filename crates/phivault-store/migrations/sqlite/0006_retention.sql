@@ -12,5 +12,8 @@ CREATE TABLE retention_ledger (
     disposed_at BIGINT NOT NULL
 );
 CREATE INDEX retention_ledger_resource ON retention_ledger (tenant, rtype, id);
--- The expiry scan: per type, oldest first.
-CREATE INDEX current_resources_recorded ON current_resources (tenant, rtype, recorded_at);
+-- The expiry scan reads a type's pointers through the primary key (tenant, rtype, id) and
+-- filters on recorded_at: an hourly scan. A (tenant, rtype, recorded_at) index was tried and
+-- removed: on PostgreSQL tables not yet analyzed, the planner preferred it for searches and
+-- chose a nested-loop plan over the whole search index (a search of 300 patients ran for
+-- minutes; e2e_durability).
