@@ -234,6 +234,14 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
                 "documentation": "POST Patient/{id}/$request-erasure: records a Task (status \
                     requested, code urn:phivault:task#erasure) for staff; an admin then \
                     erases with $erase. For that patient's own session only.",
+            }, {
+                "name": "erase",
+                "definition": "urn:phivault:OperationDefinition/Patient-erase",
+                "documentation": "POST Patient/{id}/$erase: erases the patient by \
+                    crypto-shredding (their data key destroyed, recorded in the erasure \
+                    ledger and the audit trail) and answers a signed erasure certificate as a \
+                    Parameters resource; afterwards every interaction on the patient answers \
+                    410 or nothing. Admins, in their own session, only.",
             }]),
         );
     }
@@ -268,6 +276,7 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -291,6 +300,34 @@ mod tests {
             "Break-the-glass",
         ] {
             assert!(d.contains(word), "{word}");
+        }
+    }
+
+    #[test]
+    fn every_patient_operation_route_is_declared() {
+        let statement = capability_statement("https://h:1/fhir");
+        let patient = statement["rest"][0]["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["type"] == "Patient")
+            .unwrap();
+        let declared: Vec<&str> = patient["operation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["name"].as_str())
+            .collect();
+        let routes: Vec<&str> = crate::ROUTES
+            .iter()
+            .filter_map(|(_, path)| path.strip_prefix("/fhir/Patient/{id}/$"))
+            .collect();
+        assert!(routes.contains(&"erase"), "{routes:?}");
+        for op in routes {
+            assert!(
+                declared.contains(&op),
+                "{op} is not in the CapabilityStatement"
+            );
         }
     }
 
