@@ -19,19 +19,18 @@
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use phivault_audit::ErasureCertificate;
-use phivault_fhir::{Id, ResourceType};
-use phivault_policy::{AccessRequest, Action, DecisionContext, Purpose, ResourceRef};
+use phivault_fhir::Id;
+use phivault_policy::Action;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
 use crate::audit_sink::RequestSink;
 use crate::edge::AuditPatient;
 use crate::error::fhir_json;
-use crate::fhir_routes::{Access, X_PURPOSE_OF_USE};
+use crate::fhir_routes::Access;
 use crate::{ApiError, AppState};
 
 /// The erasure route. Its static segments take precedence over `/fhir/{type}/{id}/...`.
@@ -60,7 +59,6 @@ async fn erase(
     State(state): State<AppState>,
     access: Access,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
 ) -> Response {
     let Ok(Path(raw)) = path else {
         return crate::fhir_routes::path_error_response();
@@ -69,7 +67,7 @@ async fn erase(
         Ok(id) => id,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let mut response = match erase_of(&state, &access, &patient, &headers).await {
+    let mut response = match erase_of(&state, &access, &patient).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -77,29 +75,9 @@ async fn erase(
     response
 }
 
-async fn erase_of(
-    state: &AppState,
-    access: &Access,
-    patient: &Id,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    let principal = &access.who().principal;
-    let purpose = headers
-        .get(&X_PURPOSE_OF_USE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| Purpose::parse(v).ok())
-        .unwrap_or_else(|| principal.role().default_purpose());
-    let request = AccessRequest {
-        principal: principal.clone(),
-        action: Action::Erase,
-        resource: ResourceRef::new(ResourceType::PATIENT, Some(patient.clone()), Vec::new()),
-        context: DecisionContext::new(purpose, OffsetDateTime::now_utc()),
-    };
-    // Decided before the patient is looked up: the refusal is the same for all.
-    state
-        .policy
-        .decide(&request)
-        .map_err(|d| ApiError::Forbidden(format!("access denied: {}", d.reason().as_str())))?;
+async fn erase_of(state: &AppState, access: &Access, patient: &Id) -> Result<Response, ApiError> {
+    // Decided before anything is looked up: the refusal is the same for all.
+    access.decide_on_patient(Action::Erase, patient)?;
     let sink = RequestSink::single_write(state, access.audit_slot());
     let record = state.store.erase_patient(patient, &sink).await?;
     sink.committed();

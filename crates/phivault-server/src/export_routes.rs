@@ -22,19 +22,16 @@
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use phivault_fhir::{Id, ResourceType};
-use phivault_policy::{AccessRequest, Action, DecisionContext, Purpose, ResourceRef};
+use phivault_policy::Action;
 use serde_json::json;
-use time::OffsetDateTime;
 
 use crate::edge::AuditPatient;
 use crate::error::fhir_json;
-use crate::fhir_routes::{
-    Access, Current, Facts, X_PURPOSE_OF_USE, base, match_entries, parse_pairs, path_error,
-};
+use crate::fhir_routes::{Access, Current, Facts, base, match_entries, parse_pairs, path_error};
 use crate::portability::{self, NDJSON};
 use crate::{ApiError, AppState};
 
@@ -149,13 +146,12 @@ async fn export(
     access: Access,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
 ) -> Response {
     let patient = match patient_of(path) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let result = export_of(&state, &access, &patient, query.as_deref(), &headers).await;
+    let result = export_of(&state, &access, &patient, query.as_deref()).await;
     about(result, patient)
 }
 
@@ -164,25 +160,9 @@ async fn export_of(
     access: &Access,
     patient: &Id,
     query: Option<&str>,
-    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let principal = &access.who().principal;
-    let purpose = headers
-        .get(&X_PURPOSE_OF_USE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| Purpose::parse(v).ok())
-        .unwrap_or_else(|| principal.role().default_purpose());
-    let request = AccessRequest {
-        principal: principal.clone(),
-        action: Action::ExportOwn,
-        resource: ResourceRef::new(ResourceType::PATIENT, Some(patient.clone()), Vec::new()),
-        context: DecisionContext::new(purpose, OffsetDateTime::now_utc()),
-    };
-    // Decided before the patient is looked up: the refusal is the same for all.
-    state
-        .policy
-        .decide(&request)
-        .map_err(|d| ApiError::Forbidden(format!("access denied: {}", d.reason().as_str())))?;
+    // Decided before anything is looked up: the refusal is the same for all.
+    access.decide_on_patient(Action::ExportOwn, patient)?;
     let mut recipients = Vec::new();
     for (name, value) in parse_pairs(query.unwrap_or(""))? {
         match name.as_str() {
@@ -195,8 +175,13 @@ async fn export_of(
             }
         }
     }
-    let (bytes, _) =
-        portability::package(&state.store, &state.accounts, patient, Some(principal.id())).await?;
+    let (bytes, _) = portability::package(
+        &state.store,
+        &state.accounts,
+        patient,
+        Some(access.who().principal.id()),
+    )
+    .await?;
     let (bytes, media) = if recipients.is_empty() {
         (bytes, NDJSON)
     } else {

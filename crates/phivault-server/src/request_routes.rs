@@ -29,16 +29,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use phivault_fhir::{FhirError, Id, Issue, IssueCode, ResourceType, compartment_patient_of};
-use phivault_policy::{AccessRequest, Action, DecisionContext, Purpose, ResourceRef};
+use phivault_policy::Action;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::audit_sink::RequestSink;
 use crate::edge::AuditPatient;
-use crate::fhir_routes::{
-    Access, Current, X_PURPOSE_OF_USE, path_error, read_body, require_json, resource_response,
-};
+use crate::fhir_routes::{Access, Current, path_error, read_body, require_json, resource_response};
 use crate::{ApiError, AppState};
 
 /// The code system of the erasure request Task.
@@ -117,23 +115,8 @@ async fn request_of(
     body: Body,
     action: Action,
 ) -> Result<Response, ApiError> {
-    let principal = &access.who().principal;
-    let purpose = headers
-        .get(&X_PURPOSE_OF_USE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| Purpose::parse(v).ok())
-        .unwrap_or_else(|| principal.role().default_purpose());
-    let request = AccessRequest {
-        principal: principal.clone(),
-        action,
-        resource: ResourceRef::new(ResourceType::PATIENT, Some(patient.clone()), Vec::new()),
-        context: DecisionContext::new(purpose, OffsetDateTime::now_utc()),
-    };
     // Decided before anything is looked up: the refusal is the same for all.
-    state
-        .policy
-        .decide(&request)
-        .map_err(|d| ApiError::Forbidden(format!("access denied: {}", d.reason().as_str())))?;
+    access.decide_on_patient(action, patient)?;
     // The body is optional for an erasure request.
     let optional = action != Action::RequestCorrection;
     let params = parameters(state, headers, body, optional).await?;

@@ -310,6 +310,23 @@ impl Access {
     }
 
     /// The request's audit context (for the audit sink of its writes).
+    /// Decides `action` about the patient `patient` as a whole (erase, export, requests about
+    /// one's own record): on the patient's `Patient` reference, with this request's purpose,
+    /// before anything is looked up, so the refusal is the same whether the patient exists.
+    pub(crate) fn decide_on_patient(&self, action: Action, patient: &Id) -> Result<(), ApiError> {
+        let request = AccessRequest {
+            principal: self.who.principal.clone(),
+            action,
+            resource: ResourceRef::new(ResourceType::PATIENT, Some(patient.clone()), Vec::new()),
+            context: DecisionContext::new(self.purpose, self.now),
+        };
+        self.state
+            .policy
+            .decide(&request)
+            .map(|_| ())
+            .map_err(|d| forbidden(d.reason()))
+    }
+
     pub(crate) fn audit_slot(&self) -> AuditSlot {
         self.slot.clone()
     }
