@@ -46,7 +46,10 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         Ok(settings)
     };
     match command {
-        TopCommand::Core(_) | TopCommand::Audit(_) => bail!("not an administration command"),
+        TopCommand::Core(_)
+        | TopCommand::Audit(_)
+        | TopCommand::Backup(_)
+        | TopCommand::Restore(_) => bail!("not an administration command"),
         TopCommand::User(UserCommand::Add(args)) => {
             let accounts = open(&settings(&args.storage)?).await?;
             let result = audited(&accounts, "user add", None, user_add(&accounts, &args)).await;

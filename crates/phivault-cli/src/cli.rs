@@ -72,6 +72,16 @@ pub(crate) enum TopCommand {
     /// Verify the tamper-evident audit trail and prove entries in it.
     #[command(subcommand)]
     Audit(crate::audit_cmd::AuditCommand),
+    /// Back up the whole store while the server runs: one consistent snapshot, compressed and
+    /// encrypted with age to the given recipients, with a manifest; or verify an archive
+    /// (`backup verify`), or create an age identity for backups (`backup keygen`).
+    #[command(after_help = SETTINGS_HELP)]
+    Backup(crate::backup_cmd::BackupCommand),
+    /// Restore a backup into an empty database (or replace one with --force): checks the
+    /// archive, the master key and the audit trail before anything changes, then replays the
+    /// erasure and retention ledgers of what it replaces.
+    #[command(after_help = SETTINGS_HELP)]
+    Restore(crate::backup_cmd::RestoreArgs),
     /// Erase a patient for good by crypto-shredding: destroys the patient's data key, so every
     /// version of every resource in their compartment becomes unreadable at once; records it
     /// in the erasure ledger and the audit trail, prints the signed erasure certificate (JSON)

@@ -6,6 +6,7 @@
 
 mod admin;
 mod audit_cmd;
+mod backup_cmd;
 mod bench;
 mod cli;
 mod cli_audit;
@@ -43,6 +44,12 @@ fn main() -> ExitCode {
             }
             cli::TopCommand::Audit(command) => {
                 audit_cmd::run(invocation.config.as_deref(), command).await
+            }
+            cli::TopCommand::Backup(command) => {
+                backup_cmd::run_backup(invocation.config.as_deref(), command).await
+            }
+            cli::TopCommand::Restore(args) => {
+                backup_cmd::run_restore(invocation.config.as_deref(), args).await
             }
             other => admin::run(invocation.config.as_deref(), other).await,
         }

@@ -373,10 +373,54 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// SHA-256 over data given in pieces (backup digests of whole tables).
+pub struct Sha256(aws_lc_rs::digest::Context);
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sha256")
+    }
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Sha256::new()
+    }
+}
+
+impl Sha256 {
+    /// An empty hash.
+    pub fn new() -> Self {
+        Sha256(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+
+    /// Adds `data`.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The hash of everything added.
+    pub fn finish(self) -> [u8; 32] {
+        let d = self.0.finish();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_in_pieces_equals_sha256_of_the_whole() {
+        let mut h = Sha256::new();
+        h.update(b"phi");
+        h.update(b"vault");
+        assert_eq!(h.finish(), sha256(b"phivault"));
+        assert_ne!(Sha256::new().finish(), sha256(b"phivault"));
+    }
 
     #[test]
     fn seal_open_round_trip_and_binding() {

@@ -11,6 +11,16 @@ use crate::{StoreError, StoreOptions};
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The number of the newest migration of this build (both backends have the same numbers).
+pub(crate) fn schema_version() -> i64 {
+    SQLITE_MIGRATIONS
+        .iter()
+        .chain(POSTGRES_MIGRATIONS.iter())
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
 /// The database behind a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -46,7 +46,7 @@ pub(crate) struct Keyring {
     by_owner: RwLock<HashMap<[u8; 32], String>>,
 }
 
-fn kek_aad(kek_id: &str) -> Vec<u8> {
+pub(crate) fn kek_aad(kek_id: &str) -> Vec<u8> {
     format!("phivault/kek|{kek_id}").into_bytes()
 }
 

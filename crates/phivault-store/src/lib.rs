@@ -30,6 +30,7 @@
 pub mod accounts;
 pub mod audit;
 mod backend;
+pub mod backup;
 mod bundle;
 mod erasure;
 mod keys;
