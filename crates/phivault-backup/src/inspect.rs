@@ -236,10 +236,8 @@ impl Inspector {
             "users" => self.users += 1,
             "erasures" => self.erasures += 1,
             "retention_ledger" => self.disposals += 1,
-            "audit_keys" => {
-                if text(at("tenant")) == Some(self.tenant.as_str()) {
-                    self.audit_key = Some(bytes(at("public_key")).ok_or_else(malformed)?.to_vec());
-                }
+            "audit_keys" if text(at("tenant")) == Some(self.tenant.as_str()) => {
+                self.audit_key = Some(bytes(at("public_key")).ok_or_else(malformed)?.to_vec());
             }
             "audit_checkpoints" => {
                 let size = int(at("size")).ok_or_else(malformed)?;
