@@ -28,6 +28,10 @@ pub(crate) struct BenchOptions {
     pub(crate) database_url: Option<String>,
     /// Resources of the large patient erased (0: no erasure figures).
     pub(crate) erasure_resources: u64,
+    /// Also time a backup, its verification and its restore.
+    pub(crate) backup: bool,
+    /// Where to restore (None: a temporary SQLite file).
+    pub(crate) restore_url: Option<String>,
 }
 
 /// Resources of the small patient erased (for comparison with the large one).
@@ -60,6 +64,8 @@ pub(crate) struct BenchReport {
     pub(crate) verify: Option<(u64, Duration)>,
     /// Erasure figures (`None` when not asked for).
     pub(crate) erasure: Option<ErasureFigures>,
+    /// Backup and restore figures (`None` when not asked for).
+    pub(crate) backup: Option<crate::bench_backup::BackupFigures>,
 }
 
 impl BenchReport {
@@ -122,6 +128,9 @@ impl BenchReport {
                 e.sweep.0,
                 ms(e.sweep.1)
             ));
+        }
+        if let Some(b) = &self.backup {
+            lines.extend(b.lines());
         }
         lines
     }
@@ -242,7 +251,17 @@ pub(crate) async fn run(opts: &BenchOptions) -> Result<BenchReport> {
     } else {
         None
     };
-    let result = measure(&store, &validator, audit.as_ref(), opts).await;
+    let mut result = measure(&store, &validator, audit.as_ref(), opts).await;
+    if opts.backup
+        && let Ok(report) = &mut result
+    {
+        let figures =
+            crate::bench_backup::measure(&store, &dir.0, &keys, opts.restore_url.as_deref()).await;
+        match figures {
+            Ok(f) => report.backup = Some(f),
+            Err(e) => result = Err(e),
+        }
+    }
     store.close().await;
     result
 }
@@ -368,6 +387,7 @@ async fn measure(
         concurrent,
         verify,
         erasure,
+        backup: None,
     })
 }
 
@@ -471,8 +491,25 @@ mod tests {
                 large: (10_000, Duration::from_micros(3100)),
                 sweep: (120_000, Duration::from_millis(900)),
             }),
+            backup: Some(crate::bench_backup::BackupFigures {
+                resources: 10_000,
+                rows: 50_000,
+                row_bytes: 20_000_000,
+                archive_bytes: 10_000_000,
+                backup: Duration::from_secs(2),
+                verify: Duration::from_secs(1),
+                restore: Duration::from_secs(4),
+                restore_backend: "sqlite",
+            }),
         };
         let lines = report.lines();
+        assert!(
+            lines.iter().any(|l| l
+                == "restore into sqlite (with read-back of every table): 10000 resources \
+                    (50000 rows, archive 10.0 MB, rows 20.0 MB) in 4.00 s = 2500 resources/s, \
+                    2.5 MB/s of archive"),
+            "{lines:?}"
+        );
         assert_eq!(
             lines[1],
             "ingest: 10000 resources in 4.2 s = 2381 resources/s (transaction bundles of 100)"

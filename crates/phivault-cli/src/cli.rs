@@ -521,6 +521,16 @@ pub(crate) struct BenchArgs {
     /// erasure figures.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub(crate) erasure_resources: u64,
+
+    /// Also time a backup of the benchmark store (snapshot, zstd, age), its verification and
+    /// its restore (resources/s, MB/s).
+    #[arg(long)]
+    pub(crate) backup: bool,
+
+    /// An empty database to restore the benchmark's backup into (with --backup; default: a
+    /// temporary SQLite file).
+    #[arg(long, value_name = "URL", requires = "backup")]
+    pub(crate) restore_url: Option<String>,
 }
 
 #[cfg(test)]

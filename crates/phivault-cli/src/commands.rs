@@ -434,6 +434,8 @@ async fn bench(args: &BenchArgs) -> Result<()> {
         readers: args.readers,
         database_url: args.database_url.clone(),
         erasure_resources: args.erasure_resources,
+        backup: args.backup,
+        restore_url: args.restore_url.clone(),
     };
     println!("{}", bench::cipher_line());
     println!("{}", bench::audit_line());

@@ -8,6 +8,7 @@ mod admin;
 mod audit_cmd;
 mod backup_cmd;
 mod bench;
+mod bench_backup;
 mod cli;
 mod cli_audit;
 mod commands;
