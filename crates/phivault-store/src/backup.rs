@@ -657,7 +657,15 @@ impl RestoreTarget {
     /// [`RestoreTx::commit`], and all of it is undone when it is dropped uncommitted.
     pub async fn begin(&self) -> Result<RestoreTx, StoreError> {
         let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => {
+                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                // A larger page cache for one big transaction (64 MiB; this connection is
+                // closed with the target).
+                sqlx::query("PRAGMA cache_size = -65536")
+                    .execute(&mut *tx)
+                    .await?;
+                tx
+            }
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(RestoreTx {
