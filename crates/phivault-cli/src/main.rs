@@ -13,6 +13,7 @@ mod commands;
 mod config;
 mod export_patient;
 mod import;
+mod keys_cmd;
 mod synth;
 
 use std::process::ExitCode;
@@ -43,6 +44,9 @@ fn main() -> ExitCode {
             }
             cli::TopCommand::Audit(command) => {
                 audit_cmd::run(invocation.config.as_deref(), command).await
+            }
+            cli::TopCommand::Keys(command) => {
+                keys_cmd::run(invocation.config.as_deref(), command).await
             }
             other => admin::run(invocation.config.as_deref(), other).await,
         }
