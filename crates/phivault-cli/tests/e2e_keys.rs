@@ -223,6 +223,56 @@ async fn rotation_under_load() {
     }
 }
 
+/// Runs `keys rotate --batch-size 1` next to `server` and kills it with SIGKILL once at least
+/// 5 data keys are under a KEK other than `old` and some are still under `old`; returns how
+/// many were moved when it was seen.
+async fn kill_rotation_mid_way(server: &Server, old: &str) -> i64 {
+    let label = server.backend().name();
+    let backend = server.backend();
+    let dir = server.data_dir().display().to_string();
+    let url = server.database_url();
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["keys", "rotate", "--batch-size", "1", "--data-dir", &dir]);
+    if backend.is_postgres() {
+        cmd.args(["--database-url", &url]);
+    }
+    for (var, _) in std::env::vars() {
+        if var.starts_with("PHIVAULT_") {
+            cmd.env_remove(var);
+        }
+    }
+    let mut child = cmd
+        .current_dir(server.data_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let partial = loop {
+        let (by_kek, _) = key_state(server).await;
+        let moved: i64 = by_kek
+            .iter()
+            .filter(|(k, _)| **k != old)
+            .map(|(_, n)| n)
+            .sum();
+        if moved >= 5 && by_kek.get(old).copied().unwrap_or(0) > 0 {
+            break moved;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label}: never saw a partial rotation"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{label}: the rotation ended before it could be killed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    child.kill().await.unwrap();
+    partial
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_killed_mid_way_is_resumed() {
     for backend in backends() {
@@ -233,48 +283,7 @@ async fn rotation_killed_mid_way_is_resumed() {
         let (_, keks) = key_state(&server).await;
         let old = keks[0].clone();
 
-        // `keys rotate --batch-size 1`, killed with SIGKILL once some keys are rewrapped.
-        let dir = server.data_dir().display().to_string();
-        let url = server.database_url();
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.args(["keys", "rotate", "--batch-size", "1", "--data-dir", &dir]);
-        if backend.is_postgres() {
-            cmd.args(["--database-url", &url]);
-        }
-        for (var, _) in std::env::vars() {
-            if var.starts_with("PHIVAULT_") {
-                cmd.env_remove(var);
-            }
-        }
-        let mut child = cmd
-            .current_dir(server.data_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let partial = loop {
-            let (by_kek, _) = key_state(&server).await;
-            let moved: i64 = by_kek
-                .iter()
-                .filter(|(k, _)| **k != old)
-                .map(|(_, n)| n)
-                .sum();
-            if moved >= 5 && by_kek.get(&old).copied().unwrap_or(0) > 0 {
-                break moved;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{label}: never saw a partial rotation"
-            );
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "{label}: the rotation ended before it could be killed"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        child.kill().await.unwrap();
+        let partial = kill_rotation_mid_way(&server, &old).await;
 
         // Partial state: two KEKs, data keys under both.
         let (by_kek, keks) = key_state(&server).await;
@@ -305,6 +314,33 @@ async fn rotation_killed_mid_way_is_resumed() {
         assert_reads(&api, &bodies, "after resuming").await;
         server.restart().await;
         assert_reads(server.api(), &bodies, "after resuming and a restart").await;
+
+        // Killed again; this time a server start finishes the rotation in the background.
+        let partial = kill_rotation_mid_way(&server, &new).await;
+        assert!(partial >= 5, "{label}");
+        let (_, keks) = key_state(&server).await;
+        assert_eq!(keks.len(), 2, "{label}: {keks:?}");
+        let newest = keks.iter().find(|k| **k != new).unwrap().clone();
+        server.restart().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (by_kek, keks) = key_state(&server).await;
+            if keks == vec![newest.clone()] {
+                assert_eq!(by_kek.keys().collect::<Vec<_>>(), vec![&newest], "{label}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{label}: the server did not finish the rotation: {by_kek:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_reads(
+            server.api(),
+            &bodies,
+            "after the server finished the rotation",
+        )
+        .await;
         server.assert_no_panic();
     }
 }
