@@ -48,6 +48,7 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
     match command {
         TopCommand::Core(_)
         | TopCommand::Audit(_)
+        | TopCommand::Keys(_)
         | TopCommand::Backup(_)
         | TopCommand::Restore(_) => bail!("not an administration command"),
         TopCommand::User(UserCommand::Add(args)) => {
@@ -328,7 +329,9 @@ async fn open(settings: &Settings) -> Result<Opened> {
     let store = Store::open(&opts, &keys).await.map_err(|e| {
         let key_problem = matches!(e, StoreError::Crypto(_) | StoreError::Integrity { .. });
         let error = anyhow::Error::new(e).context(format!("opening the {backend} database"));
-        if key_problem && created {
+        if let Some(why) = crate::keys_cmd::interrupted_master_rotation(keys.path()) {
+            error.context(why)
+        } else if key_problem && created {
             error.context(format!(
                 "the master key {} was created just now, but the database was made with \
                  another one (restore that key file)",

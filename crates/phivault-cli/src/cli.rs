@@ -98,6 +98,9 @@ pub(crate) enum TopCommand {
     /// Apply the retention periods of the configuration (`[retention]`).
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Rotate the key-encryption key or the master key while servers run; show the keys.
+    #[command(subcommand)]
+    Keys(crate::keys_cmd::KeysCommand),
 }
 
 /// `phivault retention ...`

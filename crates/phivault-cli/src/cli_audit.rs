@@ -10,12 +10,15 @@
 //!   `cli import` entry for the run (outcome `error` when anything failed);
 //! - `erase` writes its `erase` entry (Patient, id, patient) inside the erasure's transaction
 //!   (the store's [`AuditSink`]), then one `cli erase` entry for the run with its outcome;
+//! - `keys rotate` and `keys rotate-master` append one entry (`cli keys rotate`,
+//!   `cli keys rotate-master`) after the rotation, with its outcome;
 //! - the administration commands (`user add|link-patient|link-practitioner|grant`,
 //!   `client add`, `break-glass list`) append one entry after the operation, with its outcome;
 //!   when that entry cannot be written the command fails, saying so.
 //!
 //! Not audited: `audit verify|prove|check-proof` (verification must not change the trail it
-//! checks, and a proof is of the trail as it is), `init` (creates an empty store), `bench` (a
+//! checks, and a proof is of the trail as it is), `keys status` (ids, times and counts of
+//! keys, no data), `init` (creates an empty store), `bench` (a
 //! fresh temporary store of synthetic data), `policy check` (reads a file, not the store) and
 //! `serve` (the server audits each of its requests itself).
 

@@ -155,7 +155,9 @@ async fn open_store(
     let store = Store::open(&opts, &key.keys).await.map_err(|e| {
         let key_problem = matches!(e, StoreError::Crypto(_) | StoreError::Integrity { .. });
         let error = anyhow::Error::new(e).context(format!("opening the {backend} database"));
-        if key_problem && key.created {
+        if let Some(why) = crate::keys_cmd::interrupted_master_rotation(key.keys.path()) {
+            error.context(why)
+        } else if key_problem && key.created {
             error.context(format!(
                 "the master key {} was created just now, but the database was made with \
                  another one (restore that key file)",

@@ -15,6 +15,7 @@ mod commands;
 mod config;
 mod export_patient;
 mod import;
+mod keys_cmd;
 mod synth;
 
 use std::process::ExitCode;
@@ -51,6 +52,9 @@ fn main() -> ExitCode {
             }
             cli::TopCommand::Restore(args) => {
                 backup_cmd::run_restore(invocation.config.as_deref(), args).await
+            }
+            cli::TopCommand::Keys(command) => {
+                keys_cmd::run(invocation.config.as_deref(), command).await
             }
             other => admin::run(invocation.config.as_deref(), other).await,
         }

@@ -228,6 +228,20 @@ impl MasterKey {
     pub fn key(&self) -> &SecretKey {
         &self.0
     }
+
+    /// A second copy of this key (zeroized on drop like the first), for a store that keeps
+    /// the master key it rotated to.
+    pub fn duplicate(&self) -> MasterKey {
+        MasterKey(SecretKey {
+            bytes: self.0.bytes.clone(),
+        })
+    }
+
+    /// The key file form (64 hex digits), zeroized on drop: for writing a new master key
+    /// file (`phivault keys rotate-master`).
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        self.0.to_hex()
+    }
 }
 
 /// Where the master key comes from. The local file provider is the one shipped; a cloud KMS
@@ -237,6 +251,12 @@ pub trait KeyProvider: Send + Sync {
     fn master_key(&self) -> Result<MasterKey, CryptoError>;
     /// A short description for logs (a path or a key name, never key material).
     fn describe(&self) -> String;
+    /// A handle on this provider that a store keeps, to read the master key again when
+    /// another process has rotated it (`phivault keys rotate-master`). `None` (the default):
+    /// the key is read once, at open.
+    fn shared(&self) -> Option<std::sync::Arc<dyn KeyProvider>> {
+        None
+    }
 }
 
 /// A master key in a local file (64 hex digits), created with mode 0600 when missing.
@@ -299,6 +319,10 @@ impl KeyProvider for FileKeyProvider {
     fn describe(&self) -> String {
         format!("file {}", self.path.display())
     }
+
+    fn shared(&self) -> Option<std::sync::Arc<dyn KeyProvider>> {
+        Some(std::sync::Arc::new(self.clone()))
+    }
 }
 
 /// A master key given directly (tests, or a key read from the environment).
@@ -323,6 +347,9 @@ impl KeyProvider for StaticKeyProvider {
     }
     fn describe(&self) -> String {
         "static key".to_owned()
+    }
+    fn shared(&self) -> Option<std::sync::Arc<dyn KeyProvider>> {
+        Some(std::sync::Arc::new(StaticKeyProvider(self.0.clone())))
     }
 }
 

@@ -322,6 +322,8 @@ pub async fn serve(
     )));
     // Finishes the index sweep of erasures interrupted before (a crash, a failed sweep).
     tokio::spawn(erasure_routes::sweep(state.store.clone()));
+    // Finishes a key-encryption key rotation interrupted before (`phivault keys rotate`).
+    tokio::spawn(finish_kek_rotation(state.store.clone()));
     // Keys erased by another process (`phivault erase`) leave this one's memory too.
     let evictions = AbortOnDrop(tokio::spawn(erasure_routes::evict_loop(
         state.store.clone(),
@@ -401,6 +403,33 @@ fn real_base_url(base_url: &str, configured_port: u16, bound_port: u16) -> Strin
         format!("{stripped}{real}")
     } else {
         base_url.to_owned()
+    }
+}
+
+/// When data keys are still under a non-active key-encryption key (a `phivault keys rotate`
+/// that was interrupted), finishes that rotation in the background while the server serves.
+/// Logs ids and counts only.
+async fn finish_kek_rotation(store: phivault_store::Store) {
+    match store.key_status().await {
+        Ok(status) if status.pending > 0 => {
+            tracing::info!(
+                pending = status.pending,
+                "finishing an interrupted key-encryption key rotation"
+            );
+            match store.rotate_keks(500, |_| {}).await {
+                Ok(r) => tracing::info!(
+                    kek_id = %r.kek_id,
+                    rewrapped = r.rewrapped,
+                    "key-encryption key rotation finished"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "finishing the key-encryption key rotation failed; run `phivault keys rotate`"
+                ),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "reading the key status failed"),
     }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use phivault_crypto::{IndexKey, MasterKey, Sealer, SecretKey};
+use phivault_crypto::{IndexKey, KeyProvider, MasterKey, Sealer, SecretKey};
 use phivault_fhir::Id;
 use sqlx::{AnyPool, Row};
 
@@ -39,8 +39,12 @@ const CACHE_LIMIT: usize = 200_000;
 
 pub(crate) struct Keyring {
     tenant: String,
-    kek_id: String,
-    keks: HashMap<String, SecretKey>,
+    /// The master key as last read; replaced when another process rotated it.
+    master: RwLock<Arc<MasterKey>>,
+    /// Where the master key is read again (None: read once, at open).
+    provider: Option<Arc<dyn KeyProvider>>,
+    /// Unwrapped key-encryption keys by id: all of them at open, later ones on first sight.
+    keks: RwLock<HashMap<String, Arc<SecretKey>>>,
     index: IndexKey,
     by_id: RwLock<HashMap<String, Arc<Sealer>>>,
     by_owner: RwLock<HashMap<[u8; 32], String>>,
@@ -50,7 +54,7 @@ pub(crate) fn kek_aad(kek_id: &str) -> Vec<u8> {
     format!("phivault/kek|{kek_id}").into_bytes()
 }
 
-fn dek_aad(tenant: &str, kind: &str, key_id: &str) -> Vec<u8> {
+pub(crate) fn dek_aad(tenant: &str, kind: &str, key_id: &str) -> Vec<u8> {
     format!("phivault/dek|{tenant}|{kind}|{key_id}").into_bytes()
 }
 
@@ -60,6 +64,7 @@ impl Keyring {
         pool: &AnyPool,
         write_lock: Option<&tokio::sync::Mutex<()>>,
         master: MasterKey,
+        provider: Option<Arc<dyn KeyProvider>>,
         tenant: &str,
     ) -> Result<Keyring, StoreError> {
         let _guard = match write_lock {
@@ -80,19 +85,14 @@ impl Keyring {
             let key = master
                 .key()
                 .unwrap_key(&kek_aad(&kek_id), &wrapped)
-                .map_err(|_| {
-                    StoreError::Config(format!(
-                        "key-encryption key {kek_id} does not open with this master key \
-                         (wrong master key file?)"
-                    ))
-                })?;
+                .map_err(|_| wrong_master(&kek_id))?;
             if is_active != 0 {
                 active = Some(kek_id.clone());
             }
-            keks.insert(kek_id, key);
+            keks.insert(kek_id, Arc::new(key));
         }
-        let kek_id = match active {
-            Some(id) => id,
+        match active {
+            Some(_) => {}
             None => {
                 let id = uuid::Uuid::new_v4().to_string();
                 let key = SecretKey::generate()?;
@@ -108,14 +108,14 @@ impl Keyring {
                 .bind(now)
                 .execute(pool)
                 .await?;
-                keks.insert(id.clone(), key);
-                id
+                keks.insert(id, Arc::new(key));
             }
-        };
+        }
         let mut ring = Keyring {
             tenant: tenant.to_owned(),
-            kek_id,
-            keks,
+            master: RwLock::new(Arc::new(master)),
+            provider,
+            keks: RwLock::new(keks),
             // Replaced below once the index key is loaded.
             index: IndexKey::new(&SecretKey::generate()?),
             by_id: RwLock::new(HashMap::new()),
@@ -217,21 +217,31 @@ impl Keyring {
         if let Some(s) = self.cached(key_id) {
             return Ok(Some(s));
         }
-        let row = sqlx::query(
-            "SELECT kind, kek_id, wrapped FROM data_keys WHERE key_id = $1 AND tenant = $2",
-        )
-        .bind(key_id)
-        .bind(&self.tenant)
-        .fetch_optional(pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let kind: String = row.try_get("kind")?;
-        let kek_id: String = row.try_get("kek_id")?;
-        let wrapped: Vec<u8> = row.try_get("wrapped")?;
-        let secret = self.unwrap(&kind, key_id, &kek_id, &wrapped)?;
-        let sealer = Arc::new(Sealer::new(&secret)?);
-        self.remember(key_id, sealer.clone());
-        Ok(Some(sealer))
+        // A row read just before a rotation rewrapped it and deleted its old key-encryption
+        // key names a KEK that is gone: the row is read again once (it then names the new one).
+        for attempt in 0..2 {
+            let row = sqlx::query(
+                "SELECT kind, kek_id, wrapped FROM data_keys WHERE key_id = $1 AND tenant = $2",
+            )
+            .bind(key_id)
+            .bind(&self.tenant)
+            .fetch_optional(pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let kind: String = row.try_get("kind")?;
+            let kek_id: String = row.try_get("kek_id")?;
+            let wrapped: Vec<u8> = row.try_get("wrapped")?;
+            let Some(secret) = self.unwrap(pool, &kind, key_id, &kek_id, &wrapped).await? else {
+                if attempt == 0 {
+                    continue;
+                }
+                return Err(unknown_kek(&kek_id));
+            };
+            let sealer = Arc::new(Sealer::new(&secret)?);
+            self.remember(key_id, sealer.clone());
+            return Ok(Some(sealer));
+        }
+        Ok(None)
     }
 
     /// Whether the patient key owner `token` is in the erasure ledger.
@@ -283,7 +293,10 @@ impl Keyring {
             let kind: String = row.try_get("kind")?;
             let kek_id: String = row.try_get("kek_id")?;
             let wrapped: Vec<u8> = row.try_get("wrapped")?;
-            let secret = self.unwrap(&kind, &key_id, &kek_id, &wrapped)?;
+            let secret = self
+                .unwrap(pool, &kind, &key_id, &kek_id, &wrapped)
+                .await?
+                .ok_or_else(|| unknown_kek(&kek_id))?;
             out.push((key_id, Arc::new(Sealer::new(&secret)?)));
         }
         // Cached keys the database no longer has (a key cached under the id of a row is
@@ -321,18 +334,103 @@ impl Keyring {
         }
     }
 
-    fn unwrap(
+    /// Unwraps a data key of this tenant wrapped by `kek_id`; None when that key-encryption
+    /// key no longer exists (deleted by a rotation after the data key row was read).
+    async fn unwrap(
         &self,
+        pool: &AnyPool,
         kind: &str,
         key_id: &str,
         kek_id: &str,
         wrapped: &[u8],
-    ) -> Result<SecretKey, StoreError> {
-        let kek = self
-            .keks
-            .get(kek_id)
-            .ok_or_else(|| StoreError::Config(format!("unknown key-encryption key {kek_id}")))?;
-        Ok(kek.unwrap_key(&dek_aad(&self.tenant, kind, key_id), wrapped)?)
+    ) -> Result<Option<SecretKey>, StoreError> {
+        let Some(kek) = self.kek(pool, kek_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(kek.unwrap_key(
+            &dek_aad(&self.tenant, kind, key_id),
+            wrapped,
+        )?))
+    }
+
+    /// The key-encryption key `kek_id`: from memory, else (a KEK created by another process,
+    /// e.g. a rotation) read from its row and unwrapped with the master key. When the master
+    /// key in memory does not open it, the master key is read again through the key provider
+    /// (another process may have rotated it) and tried once more. None when no such row.
+    pub(crate) async fn kek(
+        &self,
+        pool: &AnyPool,
+        kek_id: &str,
+    ) -> Result<Option<Arc<SecretKey>>, StoreError> {
+        if let Some(k) = self.keks.read().ok().and_then(|m| m.get(kek_id).cloned()) {
+            return Ok(Some(k));
+        }
+        let row = sqlx::query("SELECT wrapped FROM key_encryption_keys WHERE kek_id = $1")
+            .bind(kek_id)
+            .fetch_optional(pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let wrapped: Vec<u8> = row.try_get("wrapped")?;
+        let key = Arc::new(self.open_kek(kek_id, &wrapped)?);
+        if let Ok(mut m) = self.keks.write() {
+            m.insert(kek_id.to_owned(), key.clone());
+        }
+        Ok(Some(key))
+    }
+
+    /// Unwraps the KEK row `kek_id` with the master key, reading the master key again once
+    /// when the one in memory does not open it.
+    pub(crate) fn open_kek(&self, kek_id: &str, wrapped: &[u8]) -> Result<SecretKey, StoreError> {
+        let master = self.master();
+        if let Ok(k) = master.key().unwrap_key(&kek_aad(kek_id), wrapped) {
+            return Ok(k);
+        }
+        let Some(provider) = &self.provider else {
+            return Err(wrong_master(kek_id));
+        };
+        let fresh = provider.master_key()?;
+        let key = fresh
+            .key()
+            .unwrap_key(&kek_aad(kek_id), wrapped)
+            .map_err(|_| wrong_master(kek_id))?;
+        tracing::info!("the master key was rotated by another process; using the new one");
+        self.set_master(fresh);
+        Ok(key)
+    }
+
+    /// The master key in memory.
+    pub(crate) fn master(&self) -> Arc<MasterKey> {
+        match self.master.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the master key in memory (after a rotation to `new`).
+    pub(crate) fn set_master(&self, new: MasterKey) {
+        match self.master.write() {
+            Ok(mut m) => *m = Arc::new(new),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+        }
+    }
+
+    /// Keeps an unwrapped key-encryption key (one this process just created).
+    pub(crate) fn remember_kek(&self, kek_id: &str, key: SecretKey) {
+        if let Ok(mut m) = self.keks.write() {
+            m.insert(kek_id.to_owned(), Arc::new(key));
+        }
+    }
+
+    /// The id of the key-encryption key active in the database now.
+    async fn active_kek_id(&self, pool: &AnyPool) -> Result<String, StoreError> {
+        let row = sqlx::query(
+            "SELECT kek_id FROM key_encryption_keys WHERE active = 1 \
+             ORDER BY created_at DESC, kek_id LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| StoreError::Config("no active key-encryption key".to_owned()))?;
+        Ok(row.try_get("kek_id")?)
     }
 
     async fn find_owned(
@@ -340,6 +438,16 @@ impl Keyring {
         pool: &AnyPool,
         kind: &str,
         owner: &[u8],
+    ) -> Result<Option<(String, SecretKey)>, StoreError> {
+        self.find_owned_once(pool, kind, owner, true).await
+    }
+
+    async fn find_owned_once(
+        &self,
+        pool: &AnyPool,
+        kind: &str,
+        owner: &[u8],
+        retry: bool,
     ) -> Result<Option<(String, SecretKey)>, StoreError> {
         let row = sqlx::query(
             "SELECT key_id, kek_id, wrapped FROM data_keys \
@@ -356,8 +464,12 @@ impl Keyring {
                 let key_id: String = row.try_get("key_id")?;
                 let kek_id: String = row.try_get("kek_id")?;
                 let wrapped: Vec<u8> = row.try_get("wrapped")?;
-                let secret = self.unwrap(kind, &key_id, &kek_id, &wrapped)?;
-                Ok(Some((key_id, secret)))
+                match self.unwrap(pool, kind, &key_id, &kek_id, &wrapped).await? {
+                    Some(secret) => Ok(Some((key_id, secret))),
+                    // Rewrapped and its old KEK deleted since the row was read: read it again.
+                    None if retry => Box::pin(self.find_owned_once(pool, kind, owner, false)).await,
+                    None => Err(unknown_kek(&kek_id)),
+                }
             }
         }
     }
@@ -374,28 +486,64 @@ impl Keyring {
         }
         let key_id = uuid::Uuid::new_v4().to_string();
         let secret = SecretKey::generate()?;
-        let kek = self
-            .keks
-            .get(&self.kek_id)
-            .ok_or_else(|| StoreError::Config("no active key-encryption key".to_owned()))?;
-        let wrapped = kek.wrap(&dek_aad(&self.tenant, kind, &key_id), &secret)?;
-        let (_, now) = crate::now();
-        sqlx::query(
-            "INSERT INTO data_keys (key_id, tenant, kind, owner, kek_id, wrapped, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (tenant, kind, owner) DO NOTHING",
-        )
-        .bind(&key_id)
-        .bind(&self.tenant)
-        .bind(kind)
-        .bind(owner.to_vec())
-        .bind(&self.kek_id)
-        .bind(wrapped)
-        .bind(now)
-        .execute(pool)
-        .await?;
+        // Under the KEK active in the database now (a rotation may have switched it since
+        // this process opened). Should a rotation delete that KEK between this read and the
+        // insert, the insert fails its foreign key and is tried again under the new one; a
+        // key inserted under the old KEK just before the switch is rewrapped by the rotation.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let kek_id = self.active_kek_id(pool).await?;
+            let kek = self
+                .kek(pool, &kek_id)
+                .await?
+                .ok_or_else(|| unknown_kek(&kek_id))?;
+            let wrapped = kek.wrap(&dek_aad(&self.tenant, kind, &key_id), &secret)?;
+            let (_, now) = crate::now();
+            let inserted = sqlx::query(
+                "INSERT INTO data_keys (key_id, tenant, kind, owner, kek_id, wrapped, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (tenant, kind, owner) DO NOTHING",
+            )
+            .bind(&key_id)
+            .bind(&self.tenant)
+            .bind(kind)
+            .bind(owner.to_vec())
+            .bind(&kek_id)
+            .bind(wrapped)
+            .bind(now)
+            .execute(pool)
+            .await;
+            match inserted {
+                Ok(_) => break,
+                Err(e) if attempt < 3 && is_foreign_key_violation(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.find_owned(pool, kind, owner)
             .await?
             .ok_or_else(|| StoreError::Config("a new data key vanished".to_owned()))
+    }
+}
+
+/// The error of a key-encryption key the master key does not open.
+fn wrong_master(kek_id: &str) -> StoreError {
+    StoreError::Config(format!(
+        "key-encryption key {kek_id} does not open with this master key (wrong master key file?)"
+    ))
+}
+
+fn unknown_kek(kek_id: &str) -> StoreError {
+    StoreError::Config(format!("unknown key-encryption key {kek_id}"))
+}
+
+/// A foreign key violation (PostgreSQL 23503, SQLite 787).
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            code == "23503" || code == "787"
+        }
+        _ => false,
     }
 }

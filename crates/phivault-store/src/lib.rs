@@ -36,6 +36,7 @@ mod erasure;
 mod keys;
 mod resources;
 mod retention;
+mod rotation;
 mod search;
 mod written;
 
@@ -50,6 +51,7 @@ use sqlx::AnyPool;
 pub use backend::Backend;
 pub use erasure::{ErasureRecord, SweepReport};
 pub use retention::{DISPOSE_BATCH, RetentionCount, RetentionRule};
+pub use rotation::{KekStatus, KeyStatus, RotationProgress, RotationReport};
 pub use search::{SearchPage, SearchScope};
 pub use sqlx::AnyConnection;
 pub use written::{AuditSink, NoAudit, SinkFuture, WriteKind, Written};
@@ -351,7 +353,8 @@ struct Inner {
 
 impl Store {
     /// Opens (creating when needed) the database, applies migrations, and loads or creates
-    /// the key-encryption key and the tenant's index and directory keys.
+    /// the key-encryption key and the tenant's index and directory keys. The store keeps
+    /// [`KeyProvider::shared`] to read the master key again if another process rotates it.
     pub async fn open(opts: &StoreOptions, keys: &dyn KeyProvider) -> Result<Store, StoreError> {
         let backend = Backend::from_url(&opts.database_url)?;
         let pool = backend.connect(opts).await?;
@@ -361,7 +364,14 @@ impl Store {
             Backend::Postgres => None,
         };
         let master = keys.master_key()?;
-        let keyring = keys::Keyring::load(&pool, write_lock.as_ref(), master, &opts.tenant).await?;
+        let keyring = keys::Keyring::load(
+            &pool,
+            write_lock.as_ref(),
+            master,
+            keys.shared(),
+            &opts.tenant,
+        )
+        .await?;
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,

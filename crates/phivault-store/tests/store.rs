@@ -11,6 +11,9 @@ use phivault_store::{NoAudit, Store, StoreError, StoreOptions};
 use serde_json::{Value, json};
 use sqlx::Row;
 
+#[path = "store/rotation.rs"]
+mod rotation;
+
 fn validator() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();
     V.get_or_init(|| Validator::new().unwrap())
