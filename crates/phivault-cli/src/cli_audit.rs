@@ -10,6 +10,9 @@
 //!   `cli import` entry for the run (outcome `error` when anything failed);
 //! - `erase` writes its `erase` entry (Patient, id, patient) inside the erasure's transaction
 //!   (the store's [`AuditSink`]), then one `cli erase` entry for the run with its outcome;
+//! - `backup` signs a checkpoint of the trail, takes the snapshot, then appends `cli backup`
+//!   with its outcome (after the snapshot, so it is not in the archive); `restore` appends
+//!   `cli restore` to the restored trail once the restore has committed;
 //! - `keys rotate` and `keys rotate-master` append one entry (`cli keys rotate`,
 //!   `cli keys rotate-master`) after the rotation, with its outcome;
 //! - the administration commands (`user add|link-patient|link-practitioner|grant`,
