@@ -5,7 +5,7 @@ use std::io::Read;
 use phivault_crypto::MasterKey;
 use phivault_store::StoreError;
 use phivault_store::backup::{
-    RestoreTarget, RestoreTx, Table, TableDigest, Value, encode_row, kek_opens,
+    RestoreTarget, Table, TableDigest, Value, encode_row, kek_opens,
 };
 
 use crate::BackupError;
@@ -80,7 +80,7 @@ pub async fn restore<R: Read>(
     while let Some(archived) = reader.next_table()? {
         let table = archived.table;
         inspector.begin_table(table)?;
-        let per_insert = RestoreTx::batch_rows(archived.columns.len());
+        let per_insert = tx.batch_rows(archived.columns.len());
         let at = |name: &str| table.columns.iter().position(|c| c.name == name);
         let (kek_id, wrapped) = (at("kek_id"), at("wrapped"));
         while let Some(row) = reader.next_row(&archived)? {

@@ -705,8 +705,11 @@ impl std::fmt::Debug for RestoreTx {
     }
 }
 
-/// The largest number of bound values in one INSERT (SQLite allows 32,766).
-const MAX_BOUND: usize = 30_000;
+/// The largest number of bound values in one INSERT. PostgreSQL allows 65,535. SQLite allows
+/// 32,766, but binding `$n` parameters costs time quadratic in their number there (the
+/// driver looks each one up by name), so its statements stay small.
+const MAX_BOUND_POSTGRES: usize = 30_000;
+const MAX_BOUND_SQLITE: usize = 240;
 /// The largest number of rows in one INSERT.
 const MAX_ROWS_PER_INSERT: usize = 500;
 
@@ -742,8 +745,12 @@ impl RestoreTx {
     }
 
     /// The most rows of `columns` columns one [`RestoreTx::insert`] call should carry.
-    pub fn batch_rows(columns: usize) -> usize {
-        (MAX_BOUND / columns.max(1)).clamp(1, MAX_ROWS_PER_INSERT)
+    pub fn batch_rows(&self, columns: usize) -> usize {
+        let bound = match self.backend {
+            Backend::Sqlite => MAX_BOUND_SQLITE,
+            Backend::Postgres => MAX_BOUND_POSTGRES,
+        };
+        (bound / columns.max(1)).clamp(1, MAX_ROWS_PER_INSERT)
     }
 
     /// Inserts `rows`, each holding the values of `columns` (of `table`) in that order.
@@ -753,7 +760,7 @@ impl RestoreTx {
         columns: &[&'static Column],
         rows: &[Vec<Value>],
     ) -> Result<(), StoreError> {
-        for chunk in rows.chunks(Self::batch_rows(columns.len())) {
+        for chunk in rows.chunks(self.batch_rows(columns.len())) {
             let key = format!("{}|{}", table.name, chunk.len());
             let sql = match self.sql.iter().find(|(k, _)| *k == key) {
                 Some((_, sql)) => sql.clone(),
