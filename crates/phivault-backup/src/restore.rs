@@ -4,9 +4,7 @@ use std::io::Read;
 
 use phivault_crypto::MasterKey;
 use phivault_store::StoreError;
-use phivault_store::backup::{
-    RestoreTarget, Table, TableDigest, Value, encode_row, kek_opens,
-};
+use phivault_store::backup::{RestoreTarget, Table, TableDigest, Value, encode_row, kek_opens};
 
 use crate::BackupError;
 use crate::archive::ArchiveReader;
