@@ -440,9 +440,25 @@ pub(crate) async fn run_restore(config_file: Option<&Path>, args: RestoreArgs) -
     let backend = Backend::from_url(&settings.database_url)
         .map(|b| b.name())
         .unwrap_or("configured");
-    let target = RestoreTarget::connect(&settings.database_url)
-        .await
-        .with_context(|| format!("opening the {backend} database to restore into"))?;
+    // The data directory, owner-only like `serve` makes it (removed again if the restore
+    // fails and it was made here).
+    let made_dir = !settings.data_dir.exists();
+    crate::commands::create_private_dir(&settings.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let target = match RestoreTarget::connect(&settings.database_url).await {
+        Ok(t) => t,
+        Err(e) => {
+            if made_dir {
+                let _ = std::fs::remove_dir(&settings.data_dir);
+            }
+            return Err(anyhow::Error::new(e)
+                .context(format!("opening the {backend} database to restore into")));
+        }
+    };
     let started = Instant::now();
     let bar = progress_bar("restored");
     let options = RestoreOptions {
@@ -463,6 +479,10 @@ pub(crate) async fn run_restore(config_file: Option<&Path>, args: RestoreArgs) -
     .await;
     bar.finish_and_clear();
     target.close(result.is_err()).await;
+    if result.is_err() && made_dir {
+        // Only when empty: nothing of the operator's is removed.
+        let _ = std::fs::remove_dir(&settings.data_dir);
+    }
     let report = result.with_context(|| format!("restoring {}", args.file.display()))?;
     let seconds = started.elapsed().as_secs_f64();
 
