@@ -760,8 +760,19 @@ impl RestoreTx {
         columns: &[&'static Column],
         rows: &[Vec<Value>],
     ) -> Result<(), StoreError> {
+        self.insert_with(table, columns, rows, "").await
+    }
+
+    /// [`RestoreTx::insert`] with `suffix` (e.g. `ON CONFLICT DO NOTHING`) after the VALUES.
+    async fn insert_with(
+        &mut self,
+        table: &Table,
+        columns: &[&'static Column],
+        rows: &[Vec<Value>],
+        suffix: &str,
+    ) -> Result<(), StoreError> {
         for chunk in rows.chunks(self.batch_rows(columns.len())) {
-            let key = format!("{}|{}", table.name, chunk.len());
+            let key = format!("{}|{}|{suffix}", table.name, chunk.len());
             let sql = match self.sql.iter().find(|(k, _)| *k == key) {
                 Some((_, sql)) => sql.clone(),
                 None => {
@@ -782,6 +793,10 @@ impl RestoreTx {
                             sql.push_str(&format!("${n}"));
                         }
                         sql.push(')');
+                    }
+                    if !suffix.is_empty() {
+                        sql.push(' ');
+                        sql.push_str(suffix);
                     }
                     self.sql.push((key, sql.clone()));
                     sql
@@ -828,31 +843,18 @@ impl RestoreTx {
         let table = Table::named("erasures").ok_or_else(|| missing("erasures"))?;
         let columns: Vec<&'static Column> = table.columns.iter().collect();
         let swept = position(table, "index_swept_at")?;
-        for row in other {
-            let mut row = row.clone();
-            if let Some(v) = row.get_mut(swept) {
-                *v = Value::Null;
-            }
-            let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
-            let marks: Vec<String> = (1..=names.len()).map(|n| format!("${n}")).collect();
-            let sql = format!(
-                "INSERT INTO erasures ({}) VALUES ({}) ON CONFLICT DO NOTHING",
-                names.join(", "),
-                marks.join(", ")
-            );
-            let mut query = sqlx::query(&sql);
-            for (value, column) in row.iter().zip(&columns) {
-                query = match (value, column.kind) {
-                    (Value::Int(i), _) => query.bind(*i),
-                    (Value::Text(s), _) => query.bind(s.clone()),
-                    (Value::Bytes(b), _) => query.bind(b.clone()),
-                    (Value::Null, ColumnKind::Int) => query.bind(None::<i64>),
-                    (Value::Null, ColumnKind::Text) => query.bind(None::<String>),
-                    (Value::Null, ColumnKind::Bytes) => query.bind(None::<Vec<u8>>),
-                };
-            }
-            query.execute(&mut *self.tx).await?;
-        }
+        let rows: Vec<Vec<Value>> = other
+            .iter()
+            .map(|row| {
+                let mut row = row.clone();
+                if let Some(v) = row.get_mut(swept) {
+                    *v = Value::Null;
+                }
+                row
+            })
+            .collect();
+        self.insert_with(table, &columns, &rows, "ON CONFLICT DO NOTHING")
+            .await?;
         let deleted = sqlx::query(
             "DELETE FROM data_keys WHERE key_id IN (SELECT key_id FROM erasures) \
              OR (kind = 'patient' AND EXISTS (SELECT 1 FROM erasures e \
