@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use phivault_fhir::{Id, ResourceType, SearchQuery};
-use phivault_policy::{BreakGlass, Label, PrincipalKind, PrincipalRef, Role, ScopeSet, SmartScope};
+use phivault_policy::{
+    BreakGlass, Label, PrincipalKind, PrincipalRef, Role, ScopeSet, SmartScope, period_contains,
+};
 use phivault_store::accounts::{BreakGlassRow, ClientRow, GrantRow, NewUser, TokenRow, UserRow};
 use phivault_store::{Store, StoreError};
 use serde_json::Value;
@@ -262,13 +264,32 @@ fn patient_of_reference(reference: &str) -> Option<Id> {
     Id::parse(id).ok()
 }
 
-/// A CareTeam grants access while its status is `active` or not given (proposed, suspended,
-/// inactive and entered-in-error teams do not).
-fn care_team_in_force(body: &Value) -> bool {
-    matches!(
+/// Whether a CareTeam puts `practitioner` on its subject's care team at `now`: the team is in
+/// force (status `active` or not given; proposed, suspended, inactive and entered-in-error
+/// teams are not), `now` lies within the team's `period`, and a participant naming the
+/// practitioner (`member`) is within that participant's own `period`. A period that cannot be
+/// read grants nothing (fail closed).
+fn care_team_grants(body: &Value, practitioner: &Id, now: OffsetDateTime) -> bool {
+    let within = |v: Option<&Value>| v.is_none_or(|p| period_contains(p, now) == Some(true));
+    let in_force = matches!(
         body.get("status").and_then(Value::as_str),
         None | Some("active")
-    )
+    );
+    let names = |member: &Value| {
+        member
+            .get("reference")
+            .and_then(Value::as_str)
+            .and_then(|r| r.rsplit_once("Practitioner/"))
+            .is_some_and(|(_, rest)| rest.split('/').next() == Some(practitioner.as_str()))
+    };
+    let member = body
+        .get("participant")
+        .and_then(Value::as_array)
+        .is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.get("member").is_some_and(names) && within(p.get("period")))
+        });
+    in_force && within(body.get("period")) && member
 }
 
 fn token_row(record: &TokenRecord, launch_patient: Option<String>) -> TokenRow {
@@ -1048,8 +1069,15 @@ impl Accounts {
         Ok(())
     }
 
-    /// CareTeam resources in force matching `pairs`, every page.
-    async fn care_teams(&self, pairs: &[(&str, String)]) -> Result<Vec<Value>, ServiceError> {
+    /// CareTeam resources matching `pairs` that put `practitioner` on their subject's care
+    /// team now ([`care_team_grants`]), every page.
+    async fn care_teams(
+        &self,
+        pairs: &[(&str, String)],
+        practitioner: &Id,
+    ) -> Result<Vec<Value>, ServiceError> {
+        let now = OffsetDateTime::from_unix_timestamp(self.now())
+            .map_err(|_| internal("the clock is out of range"))?;
         let rtype = ResourceType::parse("CareTeam").map_err(StoreError::from)?;
         let mut out = Vec::new();
         for page in 0..MAX_CARE_TEAM_PAGES {
@@ -1067,7 +1095,7 @@ impl Accounts {
                     .resources
                     .into_iter()
                     .map(|r| r.body)
-                    .filter(care_team_in_force),
+                    .filter(|b| care_team_grants(b, practitioner, now)),
             );
             if n < CARE_TEAM_PAGE {
                 return Ok(out);
@@ -1104,10 +1132,13 @@ impl Accounts {
         }
         if let Some(practitioner) = &who.practitioner {
             let teams = self
-                .care_teams(&[
-                    ("subject", format!("Patient/{patient}")),
-                    ("participant", format!("Practitioner/{practitioner}")),
-                ])
+                .care_teams(
+                    &[
+                        ("subject", format!("Patient/{patient}")),
+                        ("participant", format!("Practitioner/{practitioner}")),
+                    ],
+                    practitioner,
+                )
                 .await?;
             if !teams.is_empty() {
                 return Ok((true, Vec::new()));
@@ -1135,7 +1166,10 @@ impl Accounts {
         }
         if let Some(practitioner) = &who.practitioner {
             let teams = self
-                .care_teams(&[("participant", format!("Practitioner/{practitioner}"))])
+                .care_teams(
+                    &[("participant", format!("Practitioner/{practitioner}"))],
+                    practitioner,
+                )
                 .await?;
             out.extend(teams.iter().filter_map(|t| {
                 t.pointer("/subject/reference")

@@ -295,7 +295,9 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
         settings.consent_defaults.clone(),
         settings.processing_activities.clone(),
     )
-    .with_retention(settings.retention.clone());
+    .with_retention(settings.retention.clone())
+    .with_role_purposes(settings.role_purposes.clone())
+    .context("setting the purposes of use per role")?;
     if let Err(e) = check_audit_trail(&state.audit, allow_broken_audit).await {
         store.close().await;
         return Err(e);

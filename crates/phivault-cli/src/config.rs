@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use phivault_policy::{ConsentDefaults, Purpose};
+use phivault_policy::{ConsentDefaults, Purpose, Role, RolePurposes};
 use phivault_server::{
     ProcessingActivity, check_processing_activities, default_processing_activities,
 };
@@ -64,6 +64,8 @@ pub(crate) struct Layer {
     pub(crate) policy_file: Option<PathBuf>,
     /// `[consent_defaults]`: purpose of use code -> "permit" | "deny" (file only).
     pub(crate) consent_defaults: Option<BTreeMap<String, String>>,
+    /// `[role_purposes]`: role -> the purpose of use codes it may assert (file only).
+    pub(crate) role_purposes: Option<BTreeMap<String, Vec<String>>>,
     /// `[[processing_activities]]`: the register of processing activities (file only).
     pub(crate) processing_activities: Option<Vec<ProcessingActivity>>,
     /// `[retention]`: resource type -> period ("30d", "10y") (file only).
@@ -85,6 +87,7 @@ impl Layer {
             log_format: self.log_format.or(lower.log_format),
             policy_file: self.policy_file.or(lower.policy_file),
             consent_defaults: self.consent_defaults.or(lower.consent_defaults),
+            role_purposes: self.role_purposes.or(lower.role_purposes),
             processing_activities: self.processing_activities.or(lower.processing_activities),
             retention: self.retention.or(lower.retention),
         }
@@ -111,6 +114,8 @@ pub(crate) struct Settings {
     /// What each purpose of use gets when no consent of the patient applies (built-in:
     /// HRESCH and HMARKT deny, every other purpose permit), with the configured overrides.
     pub(crate) consent_defaults: ConsentDefaults,
+    /// The purposes of use each role may assert (built-in unless configured per role).
+    pub(crate) role_purposes: RolePurposes,
     /// The register of processing activities (built-in unless configured).
     pub(crate) processing_activities: Vec<ProcessingActivity>,
     /// Retention periods by resource type (none: every resource is kept forever).
@@ -180,6 +185,16 @@ impl Settings {
                 "deny"
             };
             out.push_str(&format!("{p} = \"{d}\"\n"));
+        }
+        out.push_str("\n[role_purposes]\n");
+        for r in Role::ALL {
+            let codes: Vec<String> = self
+                .role_purposes
+                .listed(*r)
+                .iter()
+                .map(|p| quote(p.as_str()))
+                .collect();
+            out.push_str(&format!("{r} = [{}]\n", codes.join(", ")));
         }
         if !self.retention.is_empty() {
             out.push_str("\n[retention]\n");
@@ -355,6 +370,33 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         })?;
         consent_defaults.set(purpose, permit);
     }
+    let mut role_purposes = RolePurposes::default();
+    for (name, codes) in merged.role_purposes.unwrap_or_default() {
+        let role = Role::parse(&name).map_err(|_| ConfigError::Invalid {
+            key: "role_purposes",
+            message: format!(
+                "`{}` is not a role (admin, clinician, patient, researcher, auditor, app)",
+                name.chars().take(40).collect::<String>()
+            ),
+        })?;
+        let mut purposes = Vec::with_capacity(codes.len());
+        for code in codes {
+            purposes.push(Purpose::parse(&code).map_err(|_| ConfigError::Invalid {
+                key: "role_purposes",
+                message: format!(
+                    "{role}: `{}` is not an HL7 PurposeOfUse code (TREAT, ETREAT, HPAYMT, \
+                     HOPERAT, HRESCH, ...)",
+                    code.chars().take(40).collect::<String>()
+                ),
+            })?);
+        }
+        role_purposes
+            .set(role, purposes)
+            .map_err(|e| ConfigError::Invalid {
+                key: "role_purposes",
+                message: e.to_string(),
+            })?;
+    }
     let processing_activities = merged
         .processing_activities
         .unwrap_or_else(default_processing_activities);
@@ -378,6 +420,7 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         log_format: merged.log_format.unwrap_or_default(),
         policy_file: merged.policy_file,
         consent_defaults,
+        role_purposes,
         processing_activities,
         retention,
     })
@@ -634,6 +677,54 @@ mod tests {
             ..Layer::default()
         };
         assert!(resolve(zero, Layer::default()).is_err());
+    }
+
+    #[test]
+    fn role_purposes() {
+        let s = resolve(Layer::default(), Layer::default()).unwrap();
+        assert_eq!(s.role_purposes, RolePurposes::default());
+        assert!(!s.role_purposes.permits(Role::Clinician, Purpose::Payment));
+        let f = file(
+            r#"
+            [role_purposes]
+            clinician = ["TREAT", "HPAYMT"]
+            "#,
+        );
+        let s = resolve(Layer::default(), f).unwrap();
+        assert!(s.role_purposes.permits(Role::Clinician, Purpose::Payment));
+        assert!(
+            s.role_purposes
+                .permits(Role::Clinician, Purpose::EmergencyTreat)
+        );
+        assert!(
+            !s.role_purposes
+                .permits(Role::Clinician, Purpose::Operations)
+        );
+        // The printed settings read back the same.
+        let printed = s.to_toml();
+        assert!(
+            printed.contains("clinician = [\"TREAT\", \"HPAYMT\"]"),
+            "{printed}"
+        );
+        let again = resolve(Layer::default(), file(&printed)).unwrap();
+        assert_eq!(again.role_purposes, s.role_purposes);
+        let bad = [
+            ("[role_purposes]\nnurse = [\"TREAT\"]\n", "nurse"),
+            (
+                "[role_purposes]\nclinician = [\"CURIOSITY\"]\n",
+                "CURIOSITY",
+            ),
+            (
+                "[role_purposes]\nclinician = [\"HPAYMT\"]\n",
+                "default purpose TREAT",
+            ),
+        ];
+        for (text, mentions) in bad {
+            let e = resolve(Layer::default(), file(text))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("role_purposes") && e.contains(mentions), "{e}");
+        }
     }
 
     #[test]

@@ -71,14 +71,16 @@ impl Who {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Purpose {
     Treat,
+    PatientRequest,
     Research,
     Emergency,
     BreakGlass,
 }
 
 impl Purpose {
-    const ALL: [Purpose; 4] = [
+    const ALL: [Purpose; 5] = [
         Purpose::Treat,
+        Purpose::PatientRequest,
         Purpose::Research,
         Purpose::Emergency,
         Purpose::BreakGlass,
@@ -87,6 +89,7 @@ impl Purpose {
     fn parse(s: &str) -> Purpose {
         match s {
             "TREAT" => Purpose::Treat,
+            "PATRQT" => Purpose::PatientRequest,
             "HRESCH" => Purpose::Research,
             "ETREAT" => Purpose::Emergency,
             "ETREAT+BTG" => Purpose::BreakGlass,
@@ -97,6 +100,7 @@ impl Purpose {
     fn code(self) -> &'static str {
         match self {
             Purpose::Treat => "TREAT",
+            Purpose::PatientRequest => "PATRQT",
             Purpose::Research => "HRESCH",
             Purpose::Emergency | Purpose::BreakGlass => "ETREAT",
         }
@@ -175,11 +179,15 @@ impl Expect {
 /// The expected answer of every cell, derived from the policy semantics
 /// (crates/phivault-policy/policies/default.cedar and DESIGN.md "Authorization"):
 ///
-/// - clinicians: their care team's patients (here: a grant on P1), for TREAT, ETREAT, HOPERAT
-///   or HPAYMT; delete for TREAT only; HRESCH gives them nothing (not even a query);
-///   break-the-glass (ETREAT with `X-Break-Glass-Reason`) reads any patient, labels included,
-///   but never writes; a search across patients is allowed and each hit decided on its own;
-/// - patients: reads of their own compartment (labels included), any purpose; no writes but
+/// - each role asserts only its purposes of use (built-in: clinicians TREAT and its
+///   specializations, patients PATRQT, apps TREAT/HPAYMT/HOPERAT/HRESCH/PUBHLTH, never
+///   ETREAT); any other purpose is refused whole (403);
+/// - clinicians: their care team's patients (here: a grant on P1), for TREAT; delete for TREAT
+///   only; HRESCH and PATRQT give them nothing; ETREAT without a claim reaches no patient (a
+///   search is allowed and shows nothing); break-the-glass (ETREAT with
+///   `X-Break-Glass-Reason`) reads any patient, labels included, and writes only where the
+///   care team could; a search across patients is allowed and each hit decided on its own;
+/// - patients: reads of their own compartment (labels included) with PATRQT; no writes but
 ///   Consent and Task (not in this matrix);
 /// - admin, auditor, researcher: no clinical data at all;
 /// - apps: exactly their SMART scopes (`patient/` scopes reach the launch patient's
@@ -206,37 +214,47 @@ const MATRIX: &[(&str, &str, &str)] = &[
     (
         "care",
         "TREAT",
-        /*      */ "AdAdd AxAxh AhAhh --Add AdAdd --Add AdAdd AdAdd",
+        "AdAdd AxAxh AhAhh --Add AdAdd --Add AdAdd AdAdd",
+    ),
+    (
+        "care",
+        "PATRQT",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "care",
         "HRESCH",
-        /*     */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "care",
         "ETREAT",
-        /*     */ "AdAdd AxAxh AhAhh --Add AdAdd --ddd AdAdd AdAdd",
+        "ddddd xxxxx hhhhh --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "care",
         "ETREAT+BTG",
-        /* */ "AAAAA AAAAA AAAAA --Add AdAdd --ddd AAAAA AAAAA",
+        "AAAAA AAAAA AAAAA --Add AdAdd --ddd AAAAA AAAAA",
     ),
     (
         "care+psy",
         "TREAT",
-        /*  */ "AdAdA AxAxA AhAhA --AdA AdAdA --AdA AdAdA AdAdA",
+        "AdAdA AxAxA AhAhA --AdA AdAdA --AdA AdAdA AdAdA",
+    ),
+    (
+        "care+psy",
+        "PATRQT",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "care+psy",
         "HRESCH",
-        /* */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "care+psy",
         "ETREAT",
-        /* */ "AdAdA AxAxA AhAhA --AdA AdAdA --ddd AdAdA AdAdA",
+        "ddddd xxxxx hhhhh --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "care+psy",
@@ -246,97 +264,122 @@ const MATRIX: &[(&str, &str, &str)] = &[
     (
         "other",
         "TREAT",
-        /*     */ "ddddd xxxxx hhhhh --ddd ddddd --ddd ddddd ddddd",
+        "ddddd xxxxx hhhhh --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
+        "other",
+        "PATRQT",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "other",
         "HRESCH",
-        /*    */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "other",
         "ETREAT",
-        /*    */ "ddddd xxxxx hhhhh --ddd ddddd --ddd ddddd ddddd",
+        "ddddd xxxxx hhhhh --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "other",
         "ETREAT+BTG",
-        /**/ "AAAAA AAAAA AAAAA --ddd ddddd --ddd AAAAA AAAAA",
+        "AAAAA AAAAA AAAAA --ddd ddddd --ddd AAAAA AAAAA",
     ),
     (
         "pat-p1",
         "TREAT",
-        /*    */ "AdAdA AxAxA AhAhA --ddd ddddd --ddd AdAdA AdAdA",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "pat-p1",
-        "HRESCH",
-        /*   */ "AdAdA AxAxA AhAhA --ddd ddddd --ddd AdAdA AdAdA",
-    ),
-    (
-        "pat-p1",
-        "ETREAT",
-        /*   */ "AdAdA AxAxA AhAhA --ddd ddddd --ddd AdAdA AdAdA",
-    ),
-    (
-        "pat-p1",
-        "ETREAT+BTG",
+        "PATRQT",
         "AdAdA AxAxA AhAhA --ddd ddddd --ddd AdAdA AdAdA",
     ),
     (
+        "pat-p1",
+        "HRESCH",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
+        "pat-p1",
+        "ETREAT",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
+        "pat-p1",
+        "ETREAT+BTG",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
         "pat-p2",
         "TREAT",
-        /*    */ "dAdAd xAxAx hAhAh --ddd ddddd --ddd dAdAd dAdAd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "pat-p2",
-        "HRESCH",
-        /*   */ "dAdAd xAxAx hAhAh --ddd ddddd --ddd dAdAd dAdAd",
-    ),
-    (
-        "pat-p2",
-        "ETREAT",
-        /*   */ "dAdAd xAxAx hAhAh --ddd ddddd --ddd dAdAd dAdAd",
-    ),
-    (
-        "pat-p2",
-        "ETREAT+BTG",
+        "PATRQT",
         "dAdAd xAxAx hAhAh --ddd ddddd --ddd dAdAd dAdAd",
     ),
     (
+        "pat-p2",
+        "HRESCH",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
+        "pat-p2",
+        "ETREAT",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
+        "pat-p2",
+        "ETREAT+BTG",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
         "admin",
         "TREAT",
-        /*     */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
+        "admin",
+        "PATRQT",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "admin",
         "HRESCH",
-        /*    */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "admin",
         "ETREAT",
-        /*    */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "admin",
         "ETREAT+BTG",
-        /**/ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "auditor",
         "TREAT",
-        /*   */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
+        "auditor",
+        "PATRQT",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "auditor",
         "HRESCH",
-        /*  */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "auditor",
         "ETREAT",
-        /*  */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "auditor",
@@ -346,17 +389,22 @@ const MATRIX: &[(&str, &str, &str)] = &[
     (
         "research",
         "TREAT",
-        /*  */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
+        "research",
+        "PATRQT",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "research",
         "HRESCH",
-        /* */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "research",
         "ETREAT",
-        /* */ "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "research",
@@ -366,42 +414,52 @@ const MATRIX: &[(&str, &str, &str)] = &[
     (
         "app-p1",
         "TREAT",
-        /*    */ "ddAdd ddAxh ddAhh --ddd ddddd --ddd ddAdd ddAdd",
-    ),
-    (
-        "app-p1",
-        "HRESCH",
-        /*   */ "ddddd ddxxx ddxxx --ddd ddddd --ddd ddddd ddddd",
-    ),
-    (
-        "app-p1",
-        "ETREAT",
-        /*   */ "ddAdd ddAxh ddAhh --ddd ddddd --ddd ddAdd ddAdd",
-    ),
-    (
-        "app-p1",
-        "ETREAT+BTG",
         "ddAdd ddAxh ddAhh --ddd ddddd --ddd ddAdd ddAdd",
     ),
     (
+        "app-p1",
+        "PATRQT",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
+        "app-p1",
+        "HRESCH",
+        "ddddd ddxxx ddxxx --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
+        "app-p1",
+        "ETREAT",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
+        "app-p1",
+        "ETREAT+BTG",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
+    ),
+    (
         "system",
         "TREAT",
-        /*    */ "AAAAd AAAAh AAAAh --AAd AAAAd --AAd AAAAd AAAAd",
+        "AAAAd AAAAh AAAAh --AAd AAAAd --AAd AAAAd AAAAd",
+    ),
+    (
+        "system",
+        "PATRQT",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "system",
         "HRESCH",
-        /*   */ "ddddd xxxxx hhhhh --ddd ddddd --ddd ddddd ddddd",
+        "ddddd xxxxx hhhhh --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "system",
         "ETREAT",
-        /*   */ "AAAAd AAAAh AAAAh --AAd AAAAd --AAd AAAAd AAAAd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
     (
         "system",
         "ETREAT+BTG",
-        "AAAAd AAAAh AAAAh --AAd AAAAd --AAd AAAAd AAAAd",
+        "ddddd ddddd ddddd --ddd ddddd --ddd ddddd ddddd",
     ),
 ];
 
@@ -871,6 +929,7 @@ async fn run_matrix(w: &World, table: &Table) -> Vec<String> {
 fn label(p: Purpose) -> &'static str {
     match p {
         Purpose::Treat => "TREAT",
+        Purpose::PatientRequest => "PATRQT",
         Purpose::Research => "HRESCH",
         Purpose::Emergency => "ETREAT",
         Purpose::BreakGlass => "ETREAT+BTG",
@@ -881,25 +940,16 @@ fn label(p: Purpose) -> &'static str {
 /// time for that patient); one allowed without it never is.
 fn break_glass_mark(who: Who, purpose: Purpose, res: Res, r: &Resp, cell: &str) -> Option<String> {
     let marked = r.header("x-break-glass") == Some("recorded");
-    let needs_glass = purpose == Purpose::BreakGlass
-        && who.is_clinician()
-        && match who {
-            Who::Care => res != Res::P1 && res != Res::O1,
-            Who::CarePsy => res == Res::P2 || res == Res::O2,
-            _ => true,
-        };
+    // ETREAT reaches a patient only through a claim, care team or not: every such access
+    // relies on it.
+    let needs_glass = purpose == Purpose::BreakGlass && who.is_clinician();
     if marked && !needs_glass {
         return Some(format!(
             "{cell}: X-Break-Glass: recorded on an access that did not need it"
         ));
     }
     // The first break-the-glass read of each patient records it; Read runs P1 P2 O1 O2 PSY.
-    let first_of_patient = match who {
-        Who::Other => matches!(res, Res::P1 | Res::P2),
-        Who::Care => matches!(res, Res::P2 | Res::Psy),
-        Who::CarePsy => res == Res::P2,
-        _ => false,
-    };
+    let first_of_patient = who.is_clinician() && matches!(res, Res::P1 | Res::P2);
     if needs_glass && first_of_patient && !marked {
         return Some(format!(
             "{cell}: a break-the-glass access must say X-Break-Glass: recorded: {r:?}"
@@ -1801,7 +1851,7 @@ fn the_matrix_is_complete() {
         Expect::Deny
     );
     assert_eq!(
-        t[&(Who::PatientP1, Purpose::Research)][&(Op::Read, Res::Psy)],
+        t[&(Who::PatientP1, Purpose::PatientRequest)][&(Op::Read, Res::Psy)],
         Expect::Allow
     );
     assert_eq!(
@@ -1820,4 +1870,77 @@ fn the_matrix_is_complete() {
         fixtures::ACT_CODE,
         "http://terminology.hl7.org/CodeSystem/v3-ActCode"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Care relationships from CareTeams
+
+/// A CareTeam gives a clinician access to a patient only when written by a principal allowed
+/// to grant it (a clinician of the patient's care team; not an app with a CareTeam scope), and
+/// only within the team's and the member's periods.
+#[tokio::test(flavor = "multi_thread")]
+async fn care_teams_need_a_grantor_and_honour_their_periods() {
+    for backend in backends() {
+        let server = Server::start(BIN, &backend, &[]).await;
+        let sys = server.api().clone();
+        let p = sys
+            .create(&fixtures::patient(Marker::name().text(), "Teamed"))
+            .await;
+        let d = sys.create(&fixtures::practitioner("Locum")).await;
+        let locum_name = random_username();
+        let password = server.create_user(&locum_name, "clinician").await;
+        server.link_practitioner(&locum_name, &d).await;
+        let locum = server.api_as(
+            &server
+                .sign_in(&locum_name, "clinician", &password, false)
+                .await
+                .token,
+        );
+        let lead_name = random_username();
+        let password = server.create_user(&lead_name, "clinician").await;
+        server.grant(&lead_name, &p, &[], None).await;
+        let lead = server.api_as(
+            &server
+                .sign_in(&lead_name, "clinician", &password, false)
+                .await
+                .token,
+        );
+        let read = format!("Patient/{p}");
+        let team = |period: Option<Value>| {
+            let mut t = json!({
+                "resourceType": "CareTeam",
+                "status": "active",
+                "subject": {"reference": format!("Patient/{p}")},
+                "participant": [{"member": {"reference": format!("Practitioner/{d}")}}],
+            });
+            if let Some(period) = period {
+                t["period"] = period;
+            }
+            t
+        };
+
+        // An app whose only scope is creating CareTeams: refused.
+        let (id, secret) = server.add_client("teams", "system/CareTeam.c", None).await;
+        let app = server.api_as(&server.client_credentials(&id, &secret, None).await);
+        app.post_json("CareTeam", &team(None))
+            .await
+            .assert_outcome(403, &["access denied"]);
+        locum
+            .get(&read)
+            .await
+            .assert_outcome(403, &["access denied"]);
+
+        // The lead (on the care team) adds the locum, for a period that is over: nothing.
+        lead.create(&team(Some(json!({"start": "2019-01", "end": "2020-06"}))))
+            .await;
+        locum
+            .get(&read)
+            .await
+            .assert_outcome(403, &["access denied"]);
+        // For a period that has begun: the locum is on the team.
+        lead.create(&team(Some(json!({"start": "2020-01-01"}))))
+            .await;
+        locum.get(&read).await.assert_status(200);
+        server.assert_no_panic();
+    }
 }

@@ -2,9 +2,10 @@
 //! app reads a patient who consented, and the same token is refused on the next request once
 //! the patient withdraws (status `inactive`, or a new deny provision); research is denied by
 //! default; a treatment denial for one clinician's Practitioner blocks that clinician and no
-//! other; break-the-glass passes a denial (flagged); Consent writes are checked (422s) and
-//! only the patient and their care team may write them; configured consent defaults; the
-//! register of processing activities.
+//! other; break-the-glass passes a denial (flagged) and nothing else does (another purpose
+//! of use, ETREAT without a reason); Consent writes are checked (422s) and only the patient
+//! (or a principal an operator's policy names) may write them; configured consent defaults;
+//! the register of processing activities.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -271,10 +272,10 @@ async fn a_treatment_denial_names_one_clinician_and_break_the_glass_passes_it() 
         )
         .await;
         r.assert_outcome(403, &["consent"]);
-        // ETREAT without a claim: still the consent.
+        // ETREAT without a claim: refused (the denial covers it, and it is no claim).
         with_purpose(&denied, Method::GET, &read, "ETREAT")
             .await
-            .assert_outcome(403, &["consent"]);
+            .assert_outcome(403, &["break-glass-required"]);
 
         // The other clinician: unaffected.
         with_purpose(&allowed, Method::GET, &read, "TREAT")
@@ -315,9 +316,74 @@ async fn a_treatment_denial_names_one_clinician_and_break_the_glass_passes_it() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn consent_writes_are_checked() {
+async fn a_treatment_denial_is_not_passed_by_another_purpose() {
     for backend in backends() {
         let server = Server::start(BIN, &backend, &[]).await;
+        let sys = server.api().clone();
+        let p = sys
+            .create(&fixtures::patient(Marker::name().text(), "Refuses"))
+            .await;
+        let code = Marker::code("pu-");
+        let o = sys.create(&observation(&p, &code)).await;
+        let care = clinician(&server, None, Some(&p)).await;
+        let patient = patient_user(&server, &p).await;
+        let read = format!("Observation/{o}");
+        with_purpose(&care, Method::GET, &read, "TREAT")
+            .await
+            .assert_status(200);
+        patient
+            .post_json(
+                "Consent",
+                &consent(
+                    &p,
+                    "patient-privacy",
+                    json!({"type": "deny", "purpose": [purpose("TREAT")]}),
+                ),
+            )
+            .await
+            .assert_status(201);
+        with_purpose(&care, Method::GET, &read, "TREAT")
+            .await
+            .assert_outcome(403, &["consent-denies"]);
+        // Payment and operations are not a clinician's purposes (by default): refused with
+        // what the role may assert.
+        for other in ["HPAYMT", "HOPERAT"] {
+            with_purpose(&care, Method::GET, &read, other)
+                .await
+                .assert_outcome(403, &["purpose-not-permitted", other, "TREAT"]);
+        }
+        // ETREAT without a reason: refused, and nothing is recorded as break-the-glass.
+        with_purpose(&care, Method::GET, &read, "ETREAT")
+            .await
+            .assert_outcome(403, &["break-glass-required"]);
+        let admin = server.staff_session(&random_username(), "admin").await;
+        let r = server
+            .api_as(&admin)
+            .get(&server.origin_url("/admin/break-glass"))
+            .await;
+        r.assert_status(200);
+        assert!(!r.text.contains(&p), "no claim was recorded: {r:?}");
+        server.assert_no_panic();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consent_writes_are_checked() {
+    // Apps never change a patient's Consents unless the operator names them: here every app
+    // may (a privacy office's system recording signed forms), so the checks are reached.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("privacy-office.cedar");
+    std::fs::write(
+        &policy,
+        r#"@id("privacy_office")
+permit (principal is PhiVault::Client, action in PhiVault::Action::"clinical_write", resource is PhiVault::Resource)
+when { resource.rtype == "Consent" && context.scope_permits };
+"#,
+    )
+    .unwrap();
+    let policy = policy.display().to_string();
+    for backend in backends() {
+        let server = Server::start(BIN, &backend, &["--policy-file", &policy]).await;
         let sys = server.api().clone();
         let p = sys
             .create(&fixtures::patient(Marker::name().text(), "Writer"))
@@ -407,7 +473,7 @@ async fn consent_writes_are_checked() {
             .await
             .assert_outcome(422, &["contradicts"]);
 
-        // Who may write: the patient (their own only), their care team; not an admin, not
+        // Who may write: the patient (their own only); not their care team, not an admin, not
         // another patient, not a clinician without a care relationship.
         let patient = patient_user(&server, &p).await;
         let r = patient.post_json("Consent", &research_permit(&p)).await;
@@ -436,7 +502,19 @@ async fn consent_writes_are_checked() {
         let care = clinician(&server, None, Some(&p)).await;
         care.post_json("Consent", &research_permit(&p))
             .await
-            .assert_status(201);
+            .assert_outcome(403, &["access denied"]);
+        // Nor withdraw or delete the patient's consent.
+        let r = patient.post_json("Consent", &research_permit(&p)).await;
+        r.assert_status(201);
+        let mut theirs = r.json();
+        let theirs_id = theirs["id"].as_str().unwrap().to_owned();
+        theirs["status"] = json!("inactive");
+        care.put_json(&format!("Consent/{theirs_id}"), &theirs)
+            .await
+            .assert_outcome(403, &["access denied"]);
+        care.delete(&format!("Consent/{theirs_id}"))
+            .await
+            .assert_outcome(403, &["access denied"]);
         let stranger = clinician(&server, None, None).await;
         stranger
             .post_json("Consent", &research_permit(&p))

@@ -162,7 +162,9 @@ async fn everything_export_and_round_trip() {
             .assert_ok("import of the labelled note");
         let psy = format!("Observation/{psy_id}");
         expected.insert(psy.clone());
-        let consent = sys
+        // A patient's Consents are the patient's to write.
+        let (_, own) = person(&server, "patient", Some(&p)).await;
+        let consent = own
             .create(&json!({
                 "resourceType": "Consent",
                 "status": "active",
@@ -185,7 +187,6 @@ async fn everything_export_and_round_trip() {
             ))
             .await;
 
-        let (_, own) = person(&server, "patient", Some(&p)).await;
         let (_, other_patient) = person(&server, "patient", Some(&q)).await;
         let (care_name, care) = person(&server, "clinician", None).await;
         server.grant(&care_name, &p, &[], None).await;

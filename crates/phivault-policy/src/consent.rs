@@ -8,8 +8,9 @@
 //! The rules, as [`Consent::decide`] and [`evaluate`] apply them:
 //! - A consent counts only while its `status` is `active`.
 //! - A provision **applies** to a request when each of its conditions holds: `purpose` (any
-//!   of the listed v3-ActReason codes; none listed: every purpose, except in a `research`
-//!   consent where it means HRESCH), `period` (the decision time lies within it; partial dates
+//!   of the listed v3-ActReason codes or a specialization of one in the v3-ActReason
+//!   hierarchy, [`Purpose::parent`]: a provision on TREAT covers ETREAT and COC; none listed:
+//!   every purpose, except in a `research` consent where it means HRESCH), `period` (the decision time lies within it; partial dates
 //!   cover their whole year, month or day), `class` (the resource's type, system
 //!   `http://hl7.org/fhir/resource-types`; none listed: every type) and `actor` (the principal
 //!   is one of them; none listed: everyone). An actor is a `Practitioner/{id}` reference,
@@ -341,7 +342,10 @@ impl Consent {
     }
 
     fn applies(&self, p: &Provision, q: &ConsentQuery<'_>) -> bool {
-        let purpose = self.purposes(p).is_none_or(|ps| ps.contains(&q.purpose));
+        // A provision on a purpose covers its specializations (a denial of TREAT covers ETREAT).
+        let purpose = self
+            .purposes(p)
+            .is_none_or(|ps| ps.iter().any(|general| q.purpose.is_within(*general)));
         let period = p.period.is_none_or(|period| period.contains(q.now));
         let class = p.classes.is_empty()
             || match q.rtype {
@@ -578,6 +582,31 @@ fn provision(value: &Value, path: &str, depth: usize) -> Result<Provision, Polic
     })
 }
 
+/// Whether `now` lies within a FHIR `Period` (`start` and `end` dates or dateTimes, each
+/// optional; partial dates cover their whole year, month or day, and `end` is inclusive at
+/// its precision). `None` when the period cannot be read (not an object, a bound that is not
+/// a date or dateTime, or an end before the start): callers granting access on it treat that
+/// as not in force.
+pub fn period_contains(period: &Value, now: OffsetDateTime) -> Option<bool> {
+    let period = period.as_object()?;
+    let bound = |key: &str, end: bool| -> Option<Option<OffsetDateTime>> {
+        match period.get(key) {
+            None => Some(None),
+            Some(v) => instant(v.as_str()?, end).map(Some),
+        }
+    };
+    let period = Period {
+        start: bound("start", false)?,
+        end: bound("end", true)?,
+    };
+    if let (Some(s), Some(e)) = (period.start, period.end)
+        && e <= s
+    {
+        return None;
+    }
+    Some(period.contains(now))
+}
+
 /// A FHIR date or dateTime as an instant: a partial date (`2024`, `2024-05`, `2024-05-06`)
 /// covers its whole year, month or day, so as a start it is its first instant and as an
 /// (exclusive) end the first instant after it; a full dateTime as an end includes itself.
@@ -697,6 +726,69 @@ mod tests {
         assert!(err(&c).contains("Consent.patient"));
         c["patient"] = json!({"reference": "Patient/p1"});
         assert_eq!(parse(&c).patient().as_str(), "p1");
+    }
+
+    #[test]
+    fn a_provision_covers_the_specializations_of_its_purposes() {
+        let deny_treat = parse(&consent(
+            "patient-privacy",
+            json!({"type": "deny", "purpose": [purpose("TREAT")]}),
+        ));
+        for p in [
+            Purpose::Treat,
+            Purpose::EmergencyTreat,
+            Purpose::CoordinationOfCare,
+        ] {
+            assert_eq!(deny_treat.decide(&q(p)), Some(ProvisionType::Deny), "{p}");
+        }
+        for p in [Purpose::Payment, Purpose::Operations, Purpose::Research] {
+            assert_eq!(deny_treat.decide(&q(p)), None, "{p}");
+        }
+        // A narrower provision does not cover its parent.
+        let deny_emergency = parse(&consent(
+            "patient-privacy",
+            json!({"type": "deny", "purpose": [purpose("ETREAT")]}),
+        ));
+        assert_eq!(deny_emergency.decide(&q(Purpose::Treat)), None);
+        // Two levels down: HTEST is a kind of SYSDEV, a kind of HOPERAT.
+        let deny_ops = parse(&consent(
+            "patient-privacy",
+            json!({"type": "deny", "purpose": [purpose("HOPERAT")]}),
+        ));
+        assert_eq!(
+            deny_ops.decide(&q(Purpose::Test)),
+            Some(ProvisionType::Deny)
+        );
+        // Across consents: the denial of TREAT wins over a permit of ETREAT.
+        let permit_emergency = parse(&consent(
+            "patient-privacy",
+            json!({"type": "permit", "purpose": [purpose("ETREAT")]}),
+        ));
+        assert_eq!(
+            evaluate(
+                [&permit_emergency, &deny_treat],
+                &q(Purpose::EmergencyTreat)
+            ),
+            ConsentVerdict::Deny
+        );
+    }
+
+    #[test]
+    fn fhir_periods() {
+        let at = datetime!(2026-03-01 12:00 UTC);
+        for (period, want) in [
+            (json!({}), Some(true)),
+            (json!({"start": "2026-03-01"}), Some(true)),
+            (json!({"end": "2026-03-01"}), Some(true)),
+            (json!({"end": "2026-02"}), Some(false)),
+            (json!({"start": "2026-03-01T12:00:01Z"}), Some(false)),
+            (json!({"start": "2026", "end": "2026"}), Some(true)),
+            (json!({"start": "yesterday"}), None),
+            (json!({"start": "2026-04", "end": "2026-03"}), None),
+            (json!("2026"), None),
+        ] {
+            assert_eq!(period_contains(&period, at), want, "{period}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use crate::request::is_directory_type;
 use crate::{
     AccessRequest, Action, Label, PolicyError, PolicyProblem, PrincipalKind, Purpose, Role,
+    RolePurposes,
 };
 
 /// The Cedar schema every policy is validated against (`policies/schema.cedarschema`).
@@ -149,6 +150,11 @@ pub enum DenyReason {
     ConsentDenies,
     /// A policy would allow it for another purpose of use.
     PurposeNotAllowed,
+    /// The principal's role may not assert this purpose of use at all ([`RolePurposes`]).
+    PurposeNotPermitted,
+    /// Emergency treatment (ETREAT) about a patient needs a break-the-glass claim
+    /// (`X-Break-Glass-Reason`, or a recorded claim still in force).
+    BreakGlassRequired,
     /// An operator's `forbid` policy refuses it.
     Forbidden,
     /// The request could not be evaluated (a policy errored): refused, failing closed.
@@ -164,6 +170,8 @@ impl DenyReason {
             DenyReason::ScopeTooNarrow => "scope-too-narrow",
             DenyReason::ConsentDenies => "consent-denies",
             DenyReason::PurposeNotAllowed => "purpose-not-allowed",
+            DenyReason::PurposeNotPermitted => "purpose-not-permitted",
+            DenyReason::BreakGlassRequired => "break-glass-required",
             DenyReason::Forbidden => "forbidden",
             DenyReason::Indeterminate => "indeterminate",
         }
@@ -178,6 +186,10 @@ impl fmt::Display for DenyReason {
             DenyReason::ScopeTooNarrow => "the token's scopes do not allow this access",
             DenyReason::ConsentDenies => "the patient's consent does not allow this access",
             DenyReason::PurposeNotAllowed => "this purpose of use does not allow this access",
+            DenyReason::PurposeNotPermitted => "the principal may not assert this purpose of use",
+            DenyReason::BreakGlassRequired => {
+                "emergency treatment (ETREAT) needs a break-the-glass reason"
+            }
             DenyReason::Forbidden => "a policy forbids this access",
             DenyReason::Indeterminate => "the access could not be decided",
         })
@@ -223,6 +235,7 @@ impl std::error::Error for Denied {}
 #[derive(Clone)]
 struct Facts {
     purpose: Purpose,
+    purpose_permitted: bool,
     break_glass: bool,
     own_record: bool,
     care_team: bool,
@@ -282,6 +295,7 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     names: Names,
     extra: usize,
+    role_purposes: RolePurposes,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -387,7 +401,19 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             names: Names::new()?,
             extra,
+            role_purposes: RolePurposes::default(),
         })
+    }
+
+    /// Sets the purposes of use each role may assert (instead of the built-in ones): a request
+    /// naming another purpose is refused (`forbid.purpose`).
+    pub fn set_role_purposes(&mut self, purposes: RolePurposes) {
+        self.role_purposes = purposes;
+    }
+
+    /// The purposes of use each role may assert.
+    pub fn role_purposes(&self) -> &RolePurposes {
+        &self.role_purposes
     }
 
     /// Decides one request. Allowed: the proof of it. Refused: why. A request that cannot be
@@ -420,7 +446,7 @@ impl PolicyEngine {
         let Ok(entities) = self.entities(request) else {
             return Err(Denied::indeterminate());
         };
-        let facts = facts_of(request);
+        let facts = facts_of(request, &self.role_purposes);
         match self.evaluate(request, &entities, &facts) {
             Outcome::Allow(policies) => {
                 // Was the claim needed? Ask again without it.
@@ -487,10 +513,14 @@ impl PolicyEngine {
             .iter()
             .filter_map(|id| self.policies.annotation(&PolicyId::new(id), "reason"))
             .collect();
-        let reason = if reasons.contains(&"scope") {
+        let reason = if reasons.contains(&"purpose") {
+            DenyReason::PurposeNotPermitted
+        } else if reasons.contains(&"scope") {
             DenyReason::ScopeTooNarrow
         } else if reasons.contains(&"label") {
             DenyReason::LabelNotGranted
+        } else if reasons.contains(&"break_glass") {
+            DenyReason::BreakGlassRequired
         } else if !forbids.is_empty() {
             DenyReason::Forbidden
         } else if !facts.consent_permits
@@ -506,6 +536,9 @@ impl PolicyEngine {
             .any(|purpose| {
                 allowed(Facts {
                     purpose,
+                    purpose_permitted: self
+                        .role_purposes
+                        .permits(request.principal.role(), purpose),
                     ..facts.clone()
                 })
             })
@@ -520,6 +553,9 @@ impl PolicyEngine {
             && !already_glass
             && allowed(Facts {
                 purpose: Purpose::EmergencyTreat,
+                purpose_permitted: self
+                    .role_purposes
+                    .permits(request.principal.role(), Purpose::EmergencyTreat),
                 break_glass: true,
                 ..facts.clone()
             });
@@ -639,6 +675,20 @@ impl PolicyEngine {
                 RestrictedExpression::new_string(facts.purpose.as_str().to_owned()),
             ),
             (
+                "purpose_lineage".to_owned(),
+                RestrictedExpression::new_set(
+                    facts
+                        .purpose
+                        .lineage()
+                        .into_iter()
+                        .map(|p| RestrictedExpression::new_string(p.as_str().to_owned())),
+                ),
+            ),
+            (
+                "purpose_permitted".to_owned(),
+                RestrictedExpression::new_bool(facts.purpose_permitted),
+            ),
+            (
                 "break_glass".to_owned(),
                 RestrictedExpression::new_bool(facts.break_glass),
             ),
@@ -684,10 +734,11 @@ fn label_set(labels: &[Label]) -> RestrictedExpression {
 }
 
 /// The context facts: the caller's, plus those the engine computes itself.
-fn facts_of(request: &AccessRequest) -> Facts {
+fn facts_of(request: &AccessRequest, role_purposes: &RolePurposes) -> Facts {
     let ctx = &request.context;
     Facts {
         purpose: ctx.purpose,
+        purpose_permitted: role_purposes.permits(request.principal.role(), ctx.purpose),
         break_glass: ctx.break_glass_active(),
         own_record: request.principal.owns(request.resource.patient.as_ref()),
         care_team: ctx.care_team,

@@ -46,6 +46,9 @@ pub enum PolicyError {
     /// A break-the-glass claim is malformed (empty reason, window out of bounds).
     #[error("invalid break-the-glass claim: {0}")]
     InvalidBreakGlass(&'static str),
+    /// The purposes of use configured for a role cannot be used as written.
+    #[error("invalid purposes of use for a role: {0}")]
+    InvalidRolePurposes(String),
     /// A patient-privacy or research `Consent` cannot be applied as written (422 at the
     /// edge). `path` locates the problem (`Consent.provision.provision[1]`); the message never
     /// echoes element values.

@@ -24,12 +24,21 @@
 //!   policies, which operators' policies cannot pass; only a patient's own record and a
 //!   clinician's time-limited break-the-glass pass a label.
 //!
+//! Purposes of use follow the HL7 v3-ActReason hierarchy ([`Purpose::parent`]): a consent
+//! provision or a role's allowance for a purpose covers its specializations. Each role may
+//! assert only the purposes it is allowed ([`RolePurposes`], configurable; `forbid.purpose`).
+//! ETREAT is an emergency claim: without a break-the-glass claim in force it is refused for a
+//! patient's data (`forbid.emergency_without_claim`), so it never passes a consent denying
+//! TREAT unless the access is recorded as break-the-glass.
+//!
 //! Default roles: `admin` (users, clients, keys; no clinical data), `clinician` (patients on
-//! their care team, for TREAT/ETREAT/HOPERAT/HPAYMT within consent; deletes for TREAT only;
-//! break-the-glass reads with ETREAT), `patient` (reads their own compartment and their own
-//! access log, creates their own Consent and Task), `researcher` (de-identified exports),
+//! their care team, within consent, for the purposes they may assert: TREAT by default, and
+//! HOPERAT/HPAYMT when configured; deletes for TREAT only; break-the-glass reads with ETREAT;
+//! never a change to a patient's Consents), `patient` (reads their own compartment and their
+//! own access log, creates and changes their own Consents, creates their own Tasks), `researcher` (de-identified exports),
 //! `auditor` (the whole audit trail), and `app` clients (what their scopes allow, within
-//! consent). Everyone may read the CapabilityStatement and the register of processing
+//! consent; never a change to Consents or CareTeams, which grant access: an operator's policy
+//! names the apps that may). Everyone may read the CapabilityStatement and the register of processing
 //! activities.
 
 mod action;
@@ -45,13 +54,14 @@ pub use action::Action;
 pub use consent::{
     CLIENT_ACTOR_SYSTEM, CONSENT_SCOPE_SYSTEM, Consent, ConsentActor, ConsentDefaults,
     ConsentQuery, ConsentScope, ConsentVerdict, ProvisionType, RESOURCE_TYPES_SYSTEM, evaluate,
+    period_contains,
 };
 pub use engine::{
     Authorized, DEFAULT_POLICIES, Denied, DenyReason, EXTRA_POLICY_PREFIX, PolicyEngine, SCHEMA,
 };
 pub use error::{PolicyError, PolicyProblem};
 pub use label::{ACT_CODE_SYSTEM, CONFIDENTIALITY_SYSTEM, Label, labels_of};
-pub use purpose::{PURPOSE_SYSTEM, Purpose, Role};
+pub use purpose::{PURPOSE_SYSTEM, Purpose, Role, RolePurposes};
 pub use request::{
     AccessRequest, BreakGlass, DecisionContext, PrincipalKind, PrincipalRef, ResourceRef,
 };

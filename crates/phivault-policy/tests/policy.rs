@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use phivault_fhir::{Id, ResourceType};
 use phivault_policy::{
     AccessRequest, Action, BreakGlass, DecisionContext, DenyReason, Label, PolicyEngine,
-    PolicyError, PrincipalRef, Purpose, ResourceRef, Role, ScopeSet,
+    PolicyError, PrincipalRef, Purpose, ResourceRef, Role, RolePurposes, ScopeSet,
 };
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
@@ -113,10 +113,9 @@ fn expected(who: Who, action: Action, patient: &str, labelled: bool, p: PurposeC
     match who {
         Who::User(Role::Admin | Role::Researcher | Role::Auditor | Role::App) => false,
         Who::User(Role::Clinician) => {
-            let treat_like = matches!(
-                p,
-                PurposeCase::Treat | PurposeCase::EtreatNoGlass | PurposeCase::EtreatGlass
-            );
+            // ETREAT without a claim is refused (it would pass a consent denying TREAT);
+            // HRESCH is not a clinician's purpose.
+            let treat_like = matches!(p, PurposeCase::Treat | PurposeCase::EtreatGlass);
             let normal = patient == CARE
                 && if action == Action::Delete {
                     p == PurposeCase::Treat
@@ -127,10 +126,12 @@ fn expected(who: Who, action: Action, patient: &str, labelled: bool, p: PurposeC
             let label_ok = !labelled || emergency;
             (normal || emergency) && label_ok
         }
-        // Observation is not among the types a patient may create.
-        Who::User(Role::Patient) => patient == OWN && read,
-        // system/*.cruds, consent allowing, no label grants.
-        Who::App => !labelled,
+        // Observation is not among the types a patient may create. A patient asserts PATRQT
+        // (the "Treat" case runs with it); TREAT, ETREAT and HRESCH are not theirs.
+        Who::User(Role::Patient) => patient == OWN && read && p == PurposeCase::Treat,
+        // system/*.cruds, consent allowing, no label grants; apps never break the glass, so
+        // ETREAT is refused.
+        Who::App => !labelled && matches!(p, PurposeCase::Treat | PurposeCase::Research),
         Who::User(_) => unreachable!("non-exhaustive Role"),
     }
 }
@@ -186,6 +187,9 @@ fn matrix_roles_actions_patients_labels_purposes() {
                             &[]
                         };
                         let purpose = match p {
+                            PurposeCase::Treat if who == Who::User(Role::Patient) => {
+                                Purpose::PatientRequest
+                            }
                             PurposeCase::Treat => Purpose::Treat,
                             PurposeCase::EtreatNoGlass | PurposeCase::EtreatGlass => {
                                 Purpose::EmergencyTreat
@@ -315,11 +319,12 @@ fn admin_auditor_researcher_get_no_clinical_data() {
                     r.context.care_team = true;
                     r.context.label_grants = Label::ALL.to_vec();
                     let d = ENGINE.decide(&r).unwrap_err();
-                    assert_eq!(
-                        d.reason(),
-                        DenyReason::NoPermit,
-                        "{role} {action} {purpose}"
-                    );
+                    let want = if RolePurposes::default().permits(role, *purpose) {
+                        DenyReason::NoPermit
+                    } else {
+                        DenyReason::PurposeNotPermitted
+                    };
+                    assert_eq!(d.reason(), want, "{role} {action} {purpose}");
                     assert!(!d.break_glass_would_permit());
                 }
             }
@@ -415,13 +420,24 @@ fn break_the_glass() {
         r.action = action;
         assert!(!allowed(&r), "{action}");
     }
-    // A care-team clinician with a claim is not flagged for what they could do anyway.
+    // ETREAT is an emergency claim even on the care team: flagged there too (without the
+    // claim it is refused, so the access relies on it).
     let mut r = request(&clin, Action::Read, obs(CARE, &[]), Purpose::EmergencyTreat);
     r.context.break_glass = Some(glass());
     let proof = ENGINE.decide(&r).unwrap();
+    assert!(proof.break_glass());
+    // A care-team clinician for TREAT is never flagged.
+    let proof = ENGINE
+        .decide(&request(
+            &clin,
+            Action::Read,
+            obs(CARE, &[]),
+            Purpose::Treat,
+        ))
+        .unwrap();
     assert!(!proof.break_glass());
     assert_eq!(proof.break_glass_expires_at(), None);
-    // ... but is when the claim passes a label.
+    // ... and a claim passes a label.
     r.resource = obs(CARE, &[Label::MentalHealth]);
     assert!(ENGINE.decide(&r).unwrap().break_glass());
 
@@ -465,8 +481,16 @@ fn break_the_glass() {
 fn deny_reasons() {
     let clin = user(Role::Clinician);
     let r = request(&clin, Action::Read, obs(CARE, &[]), Purpose::Research);
-    assert_eq!(reason(&r), DenyReason::PurposeNotAllowed);
+    assert_eq!(reason(&r), DenyReason::PurposeNotPermitted);
     let r = request(&clin, Action::Delete, obs(CARE, &[]), Purpose::Operations);
+    assert_eq!(reason(&r), DenyReason::PurposeNotPermitted);
+    // A purpose the clinician may assert, which does not allow this (deletes are for TREAT).
+    let r = request(
+        &clin,
+        Action::Delete,
+        obs(CARE, &[]),
+        Purpose::CoordinationOfCare,
+    );
     assert_eq!(reason(&r), DenyReason::PurposeNotAllowed);
     let mut r = request(&clin, Action::Read, obs(CARE, &[]), Purpose::Treat);
     r.context.consent_permits = false;
@@ -508,7 +532,13 @@ fn deny_reasons() {
 #[test]
 fn patients_own_compartment() {
     let pat = user(Role::Patient);
+    let theirs = RolePurposes::default();
     for purpose in Purpose::ALL {
+        if !theirs.permits(Role::Patient, *purpose) {
+            let r = request(&pat, Action::Read, obs(OWN, &[]), *purpose);
+            assert_eq!(reason(&r), DenyReason::PurposeNotPermitted, "{purpose}");
+            continue;
+        }
         for t in ResourceType::all() {
             let own = ResourceRef::new(t, Some(id(OWN)), vec![]);
             assert!(
@@ -554,7 +584,13 @@ fn directory_resources() {
     let org = ResourceRef::new(rtype("Organization"), None, vec![]);
     let clin = user(Role::Clinician);
     let pat = user(Role::Patient);
-    for purpose in [Purpose::Treat, Purpose::Research, Purpose::Marketing] {
+    // Any purpose each may assert (ETREAT too: the directory holds no patient's data).
+    for (clin_purpose, pat_purpose) in [
+        (Purpose::Treat, Purpose::PatientRequest),
+        (Purpose::CoordinationOfCare, Purpose::FamilyRequest),
+        (Purpose::EmergencyTreat, Purpose::SupportNetwork),
+    ] {
+        let purpose = clin_purpose;
         for action in [Action::Read, Action::Vread, Action::Search, Action::History] {
             assert!(allowed(&request(
                 &clin,
@@ -562,11 +598,11 @@ fn directory_resources() {
                 practitioner.clone(),
                 purpose
             )));
-            assert!(allowed(&request(&pat, action, org.clone(), purpose)));
+            assert!(allowed(&request(&pat, action, org.clone(), pat_purpose)));
         }
         for action in [Action::Create, Action::Update] {
             assert!(allowed(&request(&clin, action, org.clone(), purpose)));
-            assert!(!allowed(&request(&pat, action, org.clone(), purpose)));
+            assert!(!allowed(&request(&pat, action, org.clone(), pat_purpose)));
         }
         assert!(!allowed(&request(
             &clin,
@@ -619,7 +655,7 @@ fn queries_and_search_filtering() {
             query.clone(),
             Purpose::Research
         )),
-        DenyReason::PurposeNotAllowed
+        DenyReason::PurposeNotPermitted
     );
     let all_types = ResourceRef::default();
     assert!(allowed(&request(
@@ -864,7 +900,19 @@ when { context.purpose == "HMARKT" };
 
 #[test]
 fn a_valid_extra_policy_loads_and_applies() {
-    let engine = PolicyEngine::with_extra_policies(ADMIN_GRANT).unwrap();
+    // The purposes the operator's policies speak of are configured for those roles too.
+    let mut purposes = RolePurposes::default();
+    purposes
+        .set(
+            Role::Admin,
+            vec![Purpose::SystemAdministration, Purpose::Operations],
+        )
+        .unwrap();
+    purposes
+        .set(Role::Clinician, vec![Purpose::Treat, Purpose::Marketing])
+        .unwrap();
+    let mut engine = PolicyEngine::with_extra_policies(ADMIN_GRANT).unwrap();
+    engine.set_role_purposes(purposes.clone());
     assert_eq!(engine.extra_policy_count(), 2);
     let admin = user(Role::Admin);
     let mut r = request(&admin, Action::Read, obs(CARE, &[]), Purpose::Operations);
@@ -886,10 +934,11 @@ fn a_valid_extra_policy_loads_and_applies() {
         DenyReason::Forbidden
     );
     // Policies without @id get Cedar's names, prefixed.
-    let engine = PolicyEngine::with_extra_policies(
+    let mut engine = PolicyEngine::with_extra_policies(
         r#"permit (principal, action == PhiVault::Action::"read_audit", resource) when { principal.role == "admin" };"#,
     )
     .unwrap();
+    engine.set_role_purposes(purposes);
     assert_eq!(
         engine
             .decide(&request(
@@ -1035,7 +1084,8 @@ fn audit_trail_and_access_logs() {
     assert_eq!(proof.patient(), Some(&id(OWN)));
     for purpose in Purpose::ALL {
         let r = request(&patient, Action::ReadAudit, own.clone(), *purpose);
-        assert!(allowed(&r), "own access log for {purpose}");
+        let theirs = RolePurposes::default().permits(Role::Patient, *purpose);
+        assert_eq!(allowed(&r), theirs, "own access log for {purpose}");
     }
     assert_eq!(
         read(&patient, &other).unwrap_err().reason(),
@@ -1268,4 +1318,165 @@ fn requests_about_own_record_are_for_the_patient_themselves() {
     // Asking for erasure is not erasing: the patient may not erase their own record.
     let r = request(&me, Action::Erase, patient(OWN), Purpose::Treat);
     assert!(!allowed(&r));
+}
+
+#[test]
+fn each_role_asserts_only_its_purposes() {
+    let doc = user(Role::Clinician);
+    // A care-team clinician cannot pass a consent by naming payment or operations: those are
+    // not a clinician's purposes unless configured.
+    for purpose in [
+        Purpose::Payment,
+        Purpose::Operations,
+        Purpose::Research,
+        Purpose::Marketing,
+    ] {
+        for action in CLINICAL {
+            let r = request(&doc, action, obs(CARE, &[]), purpose);
+            assert_eq!(
+                reason(&r),
+                DenyReason::PurposeNotPermitted,
+                "{action} {purpose}"
+            );
+        }
+    }
+    // Specializations of an allowed purpose are allowed (COC is a kind of TREAT).
+    let r = request(
+        &doc,
+        Action::Read,
+        obs(CARE, &[]),
+        Purpose::CoordinationOfCare,
+    );
+    assert!(allowed(&r));
+    // Patients assert the patient's purposes, not a clinician's.
+    let me = user(Role::Patient);
+    let r = request(&me, Action::Read, obs(OWN, &[]), Purpose::Treat);
+    assert_eq!(reason(&r), DenyReason::PurposeNotPermitted);
+    let r = request(&me, Action::Read, obs(OWN, &[]), Purpose::PowerOfAttorney);
+    assert!(allowed(&r));
+    // Configured: clinicians may assert HPAYMT too, and then the policies decide as before.
+    let mut engine = PolicyEngine::new_default().unwrap();
+    let mut purposes = RolePurposes::default();
+    purposes
+        .set(Role::Clinician, vec![Purpose::Treat, Purpose::Payment])
+        .unwrap();
+    engine.set_role_purposes(purposes);
+    let r = request(&doc, Action::Read, obs(CARE, &[]), Purpose::Payment);
+    assert!(engine.decide(&r).is_ok());
+    let r = request(&doc, Action::Read, obs(CARE, &[]), Purpose::Operations);
+    assert_eq!(
+        engine.decide(&r).unwrap_err().reason(),
+        DenyReason::PurposeNotPermitted
+    );
+}
+
+#[test]
+fn emergency_treatment_needs_a_claim() {
+    let doc = user(Role::Clinician);
+    for action in CLINICAL {
+        // On the care team, consent permitting: still refused without a claim.
+        let r = request(&doc, action, obs(CARE, &[]), Purpose::EmergencyTreat);
+        assert_eq!(reason(&r), DenyReason::BreakGlassRequired, "{action}");
+    }
+    // With a claim it is a break-the-glass access (flagged), even on the care team.
+    let mut r = request(&doc, Action::Read, obs(CARE, &[]), Purpose::EmergencyTreat);
+    r.context.break_glass = Some(glass());
+    assert!(ENGINE.decide(&r).unwrap().break_glass());
+    // A consent denying TREAT (consent_permits false for ETREAT, as the hierarchy makes it):
+    // only a recorded claim passes it.
+    let mut r = request(&doc, Action::Read, obs(CARE, &[]), Purpose::EmergencyTreat);
+    r.context.consent_permits = false;
+    assert_eq!(reason(&r), DenyReason::BreakGlassRequired);
+    r.context.break_glass = Some(glass());
+    assert!(ENGINE.decide(&r).unwrap().break_glass());
+    // Apps never break the glass: ETREAT is not theirs to assert, claim or not.
+    let app = client("system/*.cruds");
+    let mut r = request(&app, Action::Read, obs(CARE, &[]), Purpose::EmergencyTreat);
+    assert_eq!(reason(&r), DenyReason::PurposeNotPermitted);
+    r.context.break_glass = Some(glass());
+    assert_eq!(reason(&r), DenyReason::PurposeNotPermitted);
+    // A query across patients is decided per hit: ETREAT may ask it.
+    let r = request(
+        &doc,
+        Action::Search,
+        ResourceRef::new(rtype("Observation"), None, vec![]),
+        Purpose::EmergencyTreat,
+    );
+    assert!(allowed(&r));
+}
+
+#[test]
+fn consents_are_changed_by_their_patient_only() {
+    let consent = |patient: &str| ResourceRef::new(rtype("Consent"), Some(id(patient)), vec![]);
+    let doc = user(Role::Clinician);
+    // A care-team clinician reads the consent but cannot record, change or delete it.
+    let r = request(&doc, Action::Read, consent(CARE), Purpose::Treat);
+    assert!(allowed(&r));
+    for action in [Action::Create, Action::Update, Action::Delete] {
+        let r = request(&doc, action, consent(CARE), Purpose::Treat);
+        assert!(!allowed(&r), "clinician {action}");
+    }
+    // Apps: not with any scope.
+    let app = client("system/*.cruds");
+    assert!(allowed(&request(
+        &app,
+        Action::Read,
+        consent(CARE),
+        Purpose::Treat
+    )));
+    for action in [Action::Create, Action::Update, Action::Delete] {
+        let r = request(&app, action, consent(CARE), Purpose::Treat);
+        assert!(!allowed(&r), "app {action}");
+    }
+    // The patient records and changes their own.
+    let me = user(Role::Patient);
+    for action in [Action::Create, Action::Update] {
+        let r = request(&me, action, consent(OWN), Purpose::PatientRequest);
+        assert!(allowed(&r), "patient {action}");
+        let r = request(&me, action, consent(OTHER), Purpose::PatientRequest);
+        assert!(!allowed(&r), "patient {action} of another");
+    }
+    // An operator's policy may name another principal.
+    let engine = PolicyEngine::with_extra_policies(
+        r#"@id("privacy_office")
+        permit (principal == PhiVault::Client::"c-app", action in PhiVault::Action::"clinical_write", resource is PhiVault::Resource)
+        when { resource.rtype == "Consent" && context.scope_permits };"#,
+    )
+    .unwrap();
+    let r = request(&app, Action::Update, consent(CARE), Purpose::Treat);
+    assert!(engine.decide(&r).is_ok());
+}
+
+#[test]
+fn care_teams_are_granted_by_the_team_not_by_a_scope() {
+    let team = |patient: &str| ResourceRef::new(rtype("CareTeam"), Some(id(patient)), vec![]);
+    // An app with CareTeam scopes reads care teams but cannot create or change one: that
+    // would give any clinician access to any patient.
+    for scope in ["system/CareTeam.c", "system/*.cruds"] {
+        let app = client(scope);
+        for action in [Action::Create, Action::Update, Action::Delete] {
+            for patient in [CARE, OTHER] {
+                let r = request(&app, action, team(patient), Purpose::Treat);
+                assert!(!allowed(&r), "{scope} {action} {patient}");
+            }
+        }
+    }
+    let app = client("system/CareTeam.rs");
+    assert!(allowed(&request(
+        &app,
+        Action::Read,
+        team(OTHER),
+        Purpose::Treat
+    )));
+    // A clinician extends the team of a patient they are on the team of, and no other.
+    let doc = user(Role::Clinician);
+    for action in [Action::Create, Action::Update] {
+        assert!(allowed(&request(&doc, action, team(CARE), Purpose::Treat)));
+        assert!(!allowed(&request(
+            &doc,
+            action,
+            team(OTHER),
+            Purpose::Treat
+        )));
+    }
 }

@@ -174,11 +174,13 @@ fn security(base_url: &str) -> Value {
             revocable at /oauth/revoke). Tokens are random and stored only as hashes. \
             Authorization: Cedar policies, default deny, decided for every interaction on the \
             resource's patient compartment, with the purpose of use (X-Purpose-Of-Use, an HL7 \
-            PurposeOfUse code; the role's default otherwise) and the patient's consent. \
-            Sensitivity labels in meta.security (restricted, mental health, substance use, \
+            PurposeOfUse code; the role's default otherwise; each role may assert only its \
+            configured purposes, a purpose covering its v3-ActReason specializations) and the \
+            patient's consent. Sensitivity labels in meta.security (restricted, mental health, substance use, \
             HIV) need an explicit per-patient grant. Break-the-glass: a clinician refused may \
             send X-Purpose-Of-Use: ETREAT with X-Break-Glass-Reason for one hour of read \
-            access to that patient, recorded and listed for review. Searches return and count \
+            access to that patient, recorded and listed for review; ETREAT without a claim \
+            in force is refused. Searches return and count \
             only what the principal may read; _include and _revinclude are not supported. A \
             refusal never tells whether a resource exists. Resources, search indexes and keys \
             are encrypted at rest (AES-256-GCM, per-patient data keys; search values stored \

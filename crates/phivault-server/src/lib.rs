@@ -61,7 +61,7 @@ use std::time::Duration;
 use phivault_audit::AuditLog;
 use phivault_auth::Accounts;
 use phivault_fhir::Validator;
-use phivault_policy::{ConsentDefaults, PolicyEngine};
+use phivault_policy::{ConsentDefaults, PolicyEngine, RolePurposes};
 use phivault_store::Store;
 
 pub use error::{ApiError, ServerError};
@@ -165,6 +165,18 @@ impl AppState {
         self.consent_defaults = Arc::new(consent_defaults);
         self.processing_activities = Arc::from(processing_activities);
         self
+    }
+
+    /// The state with these purposes of use per role instead of the built-in ones. Call it
+    /// before the state is shared (it changes the policy engine).
+    pub fn with_role_purposes(mut self, purposes: RolePurposes) -> Result<AppState, ServerError> {
+        let engine = Arc::get_mut(&mut self.policy).ok_or_else(|| {
+            ServerError::Config(
+                "the purposes of use per role are set before the server state is shared".to_owned(),
+            )
+        })?;
+        engine.set_role_purposes(purposes);
+        Ok(self)
     }
 
     /// The state with these retention periods (applied at start and then hourly).

@@ -31,8 +31,11 @@
 //!   out of the scope (or, for a purpose denied by default, only the patients whose consent
 //!   permits are in it), so results and totals agree with the per-hit decisions. A patient's
 //!   own access does not depend on consent.
+//! - **Purposes are the role's.** A purpose of use the principal's role may not assert
+//!   (configured per role, the v3-ActReason hierarchy applied) is refused with 403 before
+//!   anything else; the policies refuse it too.
 //! - **Break-the-glass** (`X-Purpose-Of-Use: ETREAT` with `X-Break-Glass-Reason`): a clinician's
-//!   claim for one hour. It passes a denying consent too (flagged and reviewed like any
+//!   claim for one hour. ETREAT without a claim in force is refused for a patient's data. It passes a denying consent too (flagged and reviewed like any
 //!   break-the-glass access): an emergency is when the record is needed most. An access allowed only because of it is recorded before any data is
 //!   returned (`X-Break-Glass: recorded`); later requests with ETREAT use the recorded claim
 //!   while it lasts.
@@ -283,6 +286,19 @@ impl Access {
         let purpose =
             purpose_header(headers)?.unwrap_or_else(|| who.principal.role().default_purpose());
         slot.note_purpose(purpose);
+        // The policies refuse it too (`forbid.purpose`); refusing here first names the
+        // purposes the role may assert. The audit middleware records the refusal.
+        let role = who.principal.role();
+        let allowed = state.policy.role_purposes();
+        if !allowed.permits(role, purpose) {
+            let listed: Vec<&str> = allowed.listed(role).iter().map(Purpose::as_str).collect();
+            return Err(ApiError::Forbidden(format!(
+                "access denied: purpose-not-permitted: the {role} role may not assert the \
+                 purpose of use {purpose} (X-Purpose-Of-Use); it may assert {} and their \
+                 specializations",
+                listed.join(", ")
+            )));
+        }
         let now = OffsetDateTime::now_utc();
         let claim = match reason_header(headers)? {
             None => None,
@@ -1081,7 +1097,11 @@ impl Access {
                 }
             }
         }
+        // ETREAT reaches only the patients under a claim: without one the policies refuse it
+        // (`forbid.emergency_without_claim`), care team or not, so the SQL scope leaves the
+        // care team out and totals agree with the per-hit decisions.
         let candidates = match &target {
+            _ if self.purpose == Purpose::EmergencyTreat => Vec::new(),
             Some(t) => vec![t.clone()],
             None => self.state.accounts.care_patients(&self.who).await?,
         };
