@@ -1025,3 +1025,91 @@ async fn user_summaries_and_client_names_for_access_logs() {
         assert_eq!(a.user_summary(&client_id).await.unwrap(), None);
     }
 }
+
+/// A FHIR dateTime `secs` Unix seconds.
+fn date_time(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn care_teams_count_only_within_their_periods() {
+    for f in fixtures().await {
+        let a = &f.accounts;
+        let (_, secret, _) = f.enrolled("dr.kai", Role::Clinician).await;
+        a.link_practitioner("dr.kai", &id("pr-kai")).await.unwrap();
+        let now = f.now();
+        // (patient, team period, member period)
+        let teams = [
+            ("q1", None, None),
+            ("q2", Some(json!({"end": date_time(now - 10)})), None),
+            ("q3", Some(json!({"start": date_time(now + 100)})), None),
+            ("q4", None, Some(json!({"end": date_time(now - 10)}))),
+            ("q5", None, Some(json!({"start": date_time(now + 100)}))),
+            ("q6", Some(json!({"start": "yesterday"})), None),
+            (
+                "q7",
+                Some(json!({"start": date_time(now - 10), "end": date_time(now + 1000)})),
+                Some(json!({"start": date_time(now - 10)})),
+            ),
+        ];
+        for (patient, team, member) in &teams {
+            let mut participant = json!({ "member": { "reference": "Practitioner/pr-kai" } });
+            if let Some(p) = member {
+                participant["period"] = p.clone();
+            }
+            let mut body = json!({
+                "resourceType": "CareTeam",
+                "status": "active",
+                "subject": { "reference": format!("Patient/{patient}") },
+                "participant": [participant],
+            });
+            if let Some(p) = team {
+                body["period"] = p.clone();
+            }
+            // The validator may refuse a malformed period; the store is then never asked.
+            let Ok(valid) = validator().validate(body, None) else {
+                continue;
+            };
+            f.store
+                .create(valid, &phivault_store::NoAudit)
+                .await
+                .unwrap();
+        }
+        f.advance(30);
+        let session = f
+            .login("dr.kai", PASSWORD, Some(code_at(&secret, f.now())), None)
+            .await
+            .unwrap();
+        let who = a.authenticate(session.token.expose()).await.unwrap();
+        let on_team = |p: &str| {
+            let p = id(p);
+            let who = who.clone();
+            async move { a.relationship(&who, &p).await.unwrap().0 }
+        };
+        let mut now_on = Vec::new();
+        for (p, _, _) in &teams {
+            if on_team(p).await {
+                now_on.push(*p);
+            }
+        }
+        assert_eq!(now_on, ["q1", "q7"], "{}", f.label);
+        assert_eq!(
+            a.care_patients(&who).await.unwrap(),
+            vec![id("q1"), id("q7")],
+            "{}",
+            f.label
+        );
+        // Once the future periods have begun.
+        f.advance(100);
+        let mut later = Vec::new();
+        for (p, _, _) in &teams {
+            if on_team(p).await {
+                later.push(*p);
+            }
+        }
+        assert_eq!(later, ["q1", "q3", "q5", "q7"], "{}", f.label);
+    }
+}

@@ -1092,8 +1092,8 @@ async fn break_glass_review(w: &World) {
         "the table starts with its header: {}",
         out.stdout
     );
-    // Claims: the other clinician on P1 and P2, the care clinician on P2 and P1 (the PSY
-    // read), the PSY clinician on P2. Each request that relied on its own reason is listed.
+    // Claims: each of the three clinicians on P1 and P2 (ETREAT reaches even a care-team
+    // patient only through a claim). Each request that relied on its own reason is listed.
     let rows: Vec<Vec<&str>> = lines[1..]
         .iter()
         .map(|l| l.split_whitespace().collect())
@@ -1114,8 +1114,8 @@ async fn break_glass_review(w: &World) {
     );
     assert_eq!(
         pairs.len(),
-        5,
-        "five (clinician, patient) claims:\n{}",
+        6,
+        "six (clinician, patient) claims:\n{}",
         out.stdout
     );
     assert!(

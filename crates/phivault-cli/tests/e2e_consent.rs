@@ -207,10 +207,14 @@ async fn research_consent_is_read_at_every_decision() {
             2,
             "treatment searches see both patients"
         );
-        // The patient's own access does not depend on consent.
-        with_purpose(&patient_a, Method::GET, &read_a, "HRESCH")
+        // The patient's own access does not depend on consent (their purposes are the
+        // patient's: PATRQT, not research).
+        with_purpose(&patient_a, Method::GET, &read_a, "PATRQT")
             .await
             .assert_status(200);
+        with_purpose(&patient_a, Method::GET, &read_a, "HRESCH")
+            .await
+            .assert_outcome(403, &["purpose-not-permitted"]);
         server.assert_no_panic();
     }
 }
