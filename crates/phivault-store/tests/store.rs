@@ -599,6 +599,7 @@ async fn audit_rows_keys_and_checkpoints() {
                         patient: (tail.seq.is_multiple_of(2)).then(|| "p1".to_owned()),
                         action: if tail.seq == 5 { "D" } else { "R" }.to_owned(),
                         outcome: if tail.seq == 3 { "denied" } else { "allowed" }.to_owned(),
+                        chain_mac: None,
                     })
                 })
                 .await
