@@ -12,7 +12,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
 use phivault_audit::{AuditEntry, Outcome};
 use phivault_fhir::Validator;
-use phivault_server::{AppState, router};
+use phivault_server::{AppState, ServerConfig, Transport, router};
 use phivault_store::{Store, StoreOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -144,4 +144,30 @@ async fn percent_encoded_paths_are_refused_and_audited() {
         let entry = c.last_entry().await;
         assert_eq!(entry.outcome, Outcome::Error, "{uri}");
     }
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_leaves_a_checkpoint_over_every_entry() {
+    let c = ctx().await;
+    // Entries made before serving (the token request among them) and none covered yet.
+    let (status, _) = c.get("/fhir/metadata").await;
+    assert_eq!(status, StatusCode::OK);
+    let entries = c.state.audit.store().audit_tail().await.unwrap().seq - 1;
+    assert!(entries >= 2);
+    assert!(c.state.audit.last_checkpoint().await.unwrap().is_none());
+    let config = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        transport: Transport::InsecureHttp,
+        base_url: "http://127.0.0.1:0/fhir".to_owned(),
+        max_body_bytes: 64 * 1024,
+    };
+    // Shut down at once: the periodic task (every 60 s) never ran, so only the shutdown
+    // checkpoint can cover the entries.
+    phivault_server::serve(config, c.state.clone(), std::future::ready(()))
+        .await
+        .unwrap();
+    let cp = c.state.audit.last_checkpoint().await.unwrap().unwrap();
+    assert_eq!(cp.size, entries);
+    assert!(cp.verify_signature(c.state.audit.public_key()));
+    c.state.audit.verify(|_| {}).await.unwrap();
 }
