@@ -1,9 +1,18 @@
 //! Audit entries and the hash chain.
 
+use phivault_crypto::MacKey;
 use serde::{Deserialize, Serialize};
 
-/// Domain separation of the chain hash (`"phivault-audit/v1"`).
+/// Domain separation of the unkeyed chain hash (`"phivault-audit/v1"`), the chain of entries
+/// written before the keyed chain.
 pub const CHAIN_DOMAIN: &[u8] = b"phivault-audit/v1";
+
+/// Domain separation of the keyed chain (`"phivault-audit/v2"`): of an entry's tag and of its
+/// hash.
+pub const KEYED_CHAIN_DOMAIN: &[u8] = b"phivault-audit/v2";
+
+/// Domain separation of the tag recording where the keyed chain starts.
+const KEYED_FROM_DOMAIN: &[u8] = b"phivault-audit/keyed-from/v2";
 
 /// The `prev_hash` of the first entry: 32 zero bytes.
 pub const GENESIS_HASH: [u8; 32] = [0u8; 32];
@@ -131,9 +140,29 @@ impl AuditEntry {
     }
 }
 
-/// `SHA-256("phivault-audit/v1" || prev_hash || canonical)`.
+/// The hash of an unkeyed entry: `SHA-256("phivault-audit/v1" || prev_hash || canonical)`.
 pub fn entry_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     crate::sha256(&[CHAIN_DOMAIN, prev_hash, canonical])
+}
+
+/// The tag of a keyed entry under the audit chain key: HMAC-SHA256 over the length-prefixed
+/// parts `"phivault-audit/v2"`, `prev_hash`, `canonical` ([`MacKey::tag`]).
+pub fn chain_tag(key: &MacKey, prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    key.tag(&[KEYED_CHAIN_DOMAIN, prev_hash, canonical])
+}
+
+/// The hash of a keyed entry: `SHA-256("phivault-audit/v2" || prev_hash || tag ||
+/// canonical)`, `tag` its [`chain_tag`]. Anyone can recompute it from the stored tag (backup
+/// inspection, inclusion proofs); only the holder of the master key can make a tag for
+/// another body or another place in the chain.
+pub fn keyed_entry_hash(prev_hash: &[u8; 32], tag: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    crate::sha256(&[KEYED_CHAIN_DOMAIN, prev_hash, tag, canonical])
+}
+
+/// The tag recording that the keyed chain of `tenant` starts at entry `seq`: HMAC-SHA256 over
+/// `"phivault-audit/keyed-from/v2"`, `tenant`, `seq` (u64 big-endian).
+pub fn keyed_from_tag(key: &MacKey, tenant: &str, seq: u64) -> [u8; 32] {
+    key.tag(&[KEYED_FROM_DOMAIN, tenant.as_bytes(), &seq.to_be_bytes()])
 }
 
 #[cfg(test)]

@@ -98,6 +98,18 @@ pub enum AuditError {
         /// The checkpoint's size.
         size: u64,
     },
+    /// A keyed entry whose tag is not the one the audit chain key gives (forged or moved by
+    /// someone without the master key), or an entry of the keyed part of the trail without a
+    /// tag (rewritten as an unkeyed entry).
+    #[error("audit entry {seq} is not authenticated by the audit chain key (forged or rewritten)")]
+    Unauthenticated {
+        /// The entry's seq.
+        seq: u64,
+    },
+    /// The record of where the keyed chain starts is missing while keyed entries exist, or its
+    /// tag does not verify: it was deleted or changed.
+    #[error("the record of where the keyed audit chain starts {0}")]
+    KeyedFrom(String),
     /// No checkpoint covers this entry yet.
     #[error("audit entry {seq} is not covered by a checkpoint yet")]
     NotCovered {
@@ -120,7 +132,8 @@ impl AuditError {
             | AuditError::Malformed { seq }
             | AuditError::Misplaced { seq, .. }
             | AuditError::ChainBroken { seq }
-            | AuditError::HashMismatch { seq } => Some(*seq),
+            | AuditError::HashMismatch { seq }
+            | AuditError::Unauthenticated { seq } => Some(*seq),
             AuditError::CheckpointMismatch { since, .. } => Some(since + 1),
             AuditError::Truncated { present, .. } => Some(present + 1),
             _ => None,
@@ -136,6 +149,8 @@ impl AuditError {
                 | AuditError::Misplaced { .. }
                 | AuditError::ChainBroken { .. }
                 | AuditError::HashMismatch { .. }
+                | AuditError::Unauthenticated { .. }
+                | AuditError::KeyedFrom(_)
                 | AuditError::CheckpointSignature { .. }
                 | AuditError::CheckpointMismatch { .. }
                 | AuditError::Truncated { .. }

@@ -7,8 +7,17 @@
 //!   values. Its canonical bytes ([`AuditEntry::canonical_bytes`]) are the compact
 //!   `serde_json` serialization with the fields in their declared order and absent values as
 //!   `null`; verification re-serializes each stored body and refuses one that differs.
-//! - The hash chain ([`entry_hash`]): `entry_hash = SHA-256("phivault-audit/v1" || prev_hash ||
+//! - The hash chain, keyed: each entry carries a tag ([`chain_tag`]) = HMAC-SHA256 under the
+//!   audit chain key (derived from the tenant's index secret, so only the holder of the master
+//!   key can compute it) over `"phivault-audit/v2"`, `prev_hash` and the canonical bytes, and
+//!   its hash ([`keyed_entry_hash`]) is `SHA-256("phivault-audit/v2" || prev_hash || tag ||
 //!   canonical bytes)`, with `prev_hash` of the first entry ([`GENESIS_HASH`]) 32 zero bytes.
+//!   Someone with the database but without the master key can recompute hashes, not tags: an
+//!   edited entry fails verification even when every hash after it is recomputed. Entries
+//!   written before the keyed chain (by an older version) keep their unkeyed hash
+//!   ([`entry_hash`]: `SHA-256("phivault-audit/v1" || prev_hash || canonical bytes)`) and
+//!   verify as such; the store records, tagged, the seq where the keyed chain starts, and no
+//!   unkeyed entry is accepted after it or after any keyed entry ([`Keying`]).
 //! - The Merkle tree ([`merkle`]) over entry hashes, as RFC 6962 / RFC 9162: leaf =
 //!   `SHA-256(0x00 || entry_hash)`, node = `SHA-256(0x01 || left || right)`, with inclusion
 //!   proofs and their standalone verification ([`verify_inclusion`]), and the tree's
@@ -53,13 +62,14 @@ mod verify;
 
 pub use checkpoint::Checkpoint;
 pub use entry::{
-    ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, Outcome, action_code, entry_hash,
+    ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, KEYED_CHAIN_DOMAIN, Outcome, action_code,
+    chain_tag, entry_hash, keyed_entry_hash, keyed_from_tag,
 };
 pub use erasure::{ERASURE_DOMAIN, ERASURE_FORMAT, ErasureCertificate};
 pub use error::AuditError;
 pub use log::{AuditLog, InclusionBundle, TailReport, TailStart};
 pub use merkle::{Frontier, MerkleTree, verify_inclusion};
-pub use verify::{ChainVerifier, RecordedEntry, VerifyReport, verify_chain};
+pub use verify::{ChainVerifier, Keying, RecordedEntry, VerifyReport, verify_chain};
 
 /// SHA-256 of the concatenation of `parts` (aws-lc-rs).
 pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
@@ -86,6 +96,30 @@ pub(crate) mod hexser {
             let text = String::deserialize(d)?;
             let raw = hex::decode(text).map_err(serde::de::Error::custom)?;
             <[u8; 32]>::try_from(raw.as_slice())
+                .map_err(|_| serde::de::Error::custom("expected 32 bytes"))
+        }
+    }
+
+    pub(crate) mod opt_h32 {
+        use super::*;
+        pub(crate) fn serialize<S: Serializer>(
+            v: &Option<[u8; 32]>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => s.serialize_str(&hex::encode(v)),
+                None => s.serialize_none(),
+            }
+        }
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<[u8; 32]>, D::Error> {
+            let Some(text) = Option::<String>::deserialize(d)? else {
+                return Ok(None);
+            };
+            let raw = hex::decode(text).map_err(serde::de::Error::custom)?;
+            <[u8; 32]>::try_from(raw.as_slice())
+                .map(Some)
                 .map_err(|_| serde::de::Error::custom("expected 32 bytes"))
         }
     }

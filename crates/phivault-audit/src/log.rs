@@ -10,11 +10,14 @@ use phivault_store::{ErasureRecord, Store};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::entry::{chain_tag, keyed_entry_hash, keyed_from_tag};
 use crate::merkle::{Frontier, MerkleTree};
 use crate::{
-    AuditEntry, AuditError, ChainVerifier, Checkpoint, ErasureCertificate, GENESIS_HASH,
+    AuditEntry, AuditError, ChainVerifier, Checkpoint, ErasureCertificate, GENESIS_HASH, Keying,
     RecordedEntry, VerifyReport, entry_hash, verify_inclusion,
 };
+use phivault_crypto::MacKey;
+use std::sync::Arc;
 
 /// Entries read per page while verifying or proving.
 const PAGE: u32 = 1000;
@@ -35,6 +38,15 @@ pub struct InclusionBundle {
     /// Hash of the entry.
     #[serde(with = "crate::hexser::h32")]
     pub entry_hash: [u8; 32],
+    /// The entry's tag under the audit chain key, for a keyed entry (absent for an entry of
+    /// the unkeyed chain). The proof's reader cannot check the tag (it takes the master key);
+    /// it recomputes the entry's hash from it, and the signed checkpoint vouches for that.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::hexser::opt_h32"
+    )]
+    pub chain_mac: Option<[u8; 32]>,
     /// 0-based leaf index (seq − 1).
     pub leaf_index: u64,
     /// Size of the tree the path is in (the checkpoint's size).
@@ -65,7 +77,11 @@ impl InclusionBundle {
         if entry.seq != self.seq || self.leaf_index + 1 != self.seq {
             return Err("the entry's seq and leaf index disagree".to_owned());
         }
-        if entry_hash(&self.prev_hash, self.body.as_bytes()) != self.entry_hash {
+        let hash = match &self.chain_mac {
+            Some(tag) => keyed_entry_hash(&self.prev_hash, tag, self.body.as_bytes()),
+            None => entry_hash(&self.prev_hash, self.body.as_bytes()),
+        };
+        if hash != self.entry_hash {
             return Err("the entry does not hash to entry_hash".to_owned());
         }
         if !verify_inclusion(
@@ -144,6 +160,8 @@ pub struct AuditLog {
     store: Store,
     key_id: String,
     signer: Ed25519KeyPair,
+    /// The audit chain key and where the keyed chain starts.
+    keying: Keying,
     /// Held for the whole of a checkpoint or tail verification (one at a time).
     verified: tokio::sync::Mutex<Option<Verified>>,
     /// Entries waiting for the next group commit ([`AuditLog::append`]).
@@ -160,11 +178,15 @@ struct Pending {
 
 /// The rows of `entries` as consecutive entries from `tail` on, each chained onto the one
 /// before it.
-fn chained_rows(entries: &[AuditEntry], tail: &AuditTail) -> Result<Vec<NewAuditRow>, AuditError> {
+fn chained_rows(
+    entries: &[AuditEntry],
+    tail: &AuditTail,
+    key: &MacKey,
+) -> Result<Vec<NewAuditRow>, AuditError> {
     let mut at = tail.clone();
     let mut rows = Vec::with_capacity(entries.len());
     for entry in entries {
-        let row = build_row(entry, &at)?;
+        let row = build_row(entry, &at, key)?;
         at = AuditTail {
             seq: at.seq + 1,
             prev_hash: Some(row.entry_hash.clone()),
@@ -175,11 +197,11 @@ fn chained_rows(entries: &[AuditEntry], tail: &AuditTail) -> Result<Vec<NewAudit
 }
 
 /// Writes one group in a transaction of its own and answers every appender in it.
-async fn commit_group(store: Store, group: Vec<Pending>) {
+async fn commit_group(store: Store, key: Arc<MacKey>, group: Vec<Pending>) {
     let (entries, replies): (Vec<AuditEntry>, Vec<_>) =
         group.into_iter().map(|p| (p.entry, p.reply)).unzip();
     let written = store
-        .append_audit_rows(|tail| chained_rows(&entries, tail))
+        .append_audit_rows(|tail| chained_rows(&entries, tail, &key))
         .await;
     match written {
         Ok(first) => {
@@ -226,8 +248,12 @@ fn new_key() -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), AuditError> {
     Ok((pair.public_key().as_ref().to_vec(), pkcs8))
 }
 
-/// Prepares the row of `entry` as entry `tail.seq`.
-fn build_row(entry: &AuditEntry, tail: &AuditTail) -> Result<NewAuditRow, AuditError> {
+/// Prepares the row of `entry` as entry `tail.seq`, keyed under `key`.
+fn build_row(
+    entry: &AuditEntry,
+    tail: &AuditTail,
+    key: &MacKey,
+) -> Result<NewAuditRow, AuditError> {
     let prev = match &tail.prev_hash {
         None => GENESIS_HASH,
         // A stored hash of the wrong length: refuse to chain onto it (fail closed).
@@ -238,7 +264,8 @@ fn build_row(entry: &AuditEntry, tail: &AuditTail) -> Result<NewAuditRow, AuditE
     let mut entry = entry.clone();
     entry.seq = tail.seq;
     let body = entry.canonical_bytes().map_err(AuditError::Serialize)?;
-    let hash = entry_hash(&prev, &body);
+    let tag = chain_tag(key, &prev, &body);
+    let hash = keyed_entry_hash(&prev, &tag, &body);
     Ok(NewAuditRow {
         body,
         entry_hash: hash.to_vec(),
@@ -248,11 +275,18 @@ fn build_row(entry: &AuditEntry, tail: &AuditTail) -> Result<NewAuditRow, AuditE
         outcome: entry.outcome.as_str().to_owned(),
         actor: entry.actor_id,
         patient: entry.patient_id,
+        chain_mac: Some(tag.to_vec()),
     })
 }
 
 impl AuditLog {
-    /// Opens the trail of `store`, loading (or creating) the checkpoint-signing key.
+    /// Opens the trail of `store`, loading (or, for an empty trail, creating) the
+    /// checkpoint-signing key, and the record of where the keyed chain starts: made on the
+    /// first open by a version that keys the chain (at the next seq; the entries before it
+    /// stay the unkeyed chain they were written as), checked under the audit chain key on
+    /// every later open. A missing record while the last entry is keyed, or a record whose tag
+    /// does not verify, is refused ([`AuditError::KeyedFrom`]), as is a missing signing key
+    /// while the trail has entries.
     pub async fn open(store: Store) -> Result<AuditLog, AuditError> {
         let key = store.audit_signing_key(new_key).await?;
         let signer = Ed25519KeyPair::from_pkcs8(&key.private_pkcs8)
@@ -271,10 +305,35 @@ impl AuditLog {
                     .map(|e| (e.action_code().to_owned(), e.outcome.as_str().to_owned()))
             })
             .await?;
+        let chain_key = store.audit_chain_key();
+        let tenant = store.tenant().to_owned();
+        let recorded = store
+            .record_audit_keyed_from(|seq, last| {
+                if last.is_some_and(|row| row.chain_mac.is_some()) {
+                    return Err(AuditError::KeyedFrom(
+                        "is missing while the trail's last entry is keyed (it was deleted)"
+                            .to_owned(),
+                    ));
+                }
+                Ok(keyed_from_tag(&chain_key, &tenant, seq).to_vec())
+            })
+            .await?;
+        if !phivault_crypto::ct_eq(
+            &keyed_from_tag(&chain_key, &tenant, recorded.seq),
+            &recorded.tag,
+        ) {
+            return Err(AuditError::KeyedFrom(
+                "does not verify under the audit chain key (it was changed)".to_owned(),
+            ));
+        }
         Ok(AuditLog {
             store,
             key_id: key.key_id,
             signer,
+            keying: Keying {
+                key: chain_key,
+                keyed_from: recorded.seq,
+            },
             verified: tokio::sync::Mutex::new(None),
             pending: std::sync::Mutex::new(Vec::new()),
             committer: tokio::sync::Mutex::new(()),
@@ -322,7 +381,11 @@ impl AuditLog {
                 std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
             // Empty when an earlier committer took this entry into its group.
             if !group.is_empty() {
-                let task = tokio::spawn(commit_group(self.store.clone(), group));
+                let task = tokio::spawn(commit_group(
+                    self.store.clone(),
+                    self.keying.key.clone(),
+                    group,
+                ));
                 if task.await.is_err() {
                     tracing::error!("an audit group commit task failed");
                 }
@@ -345,7 +408,7 @@ impl AuditLog {
         entry: &AuditEntry,
     ) -> Result<u64, AuditError> {
         self.store
-            .append_audit_in(conn, |tail| build_row(entry, tail))
+            .append_audit_in(conn, |tail| build_row(entry, tail, &self.keying.key))
             .await
     }
 
@@ -361,7 +424,7 @@ impl AuditLog {
             return Ok(self.store.audit_tail().await?.seq);
         }
         self.store
-            .append_audit_rows_in(conn, |tail| chained_rows(entries, tail))
+            .append_audit_rows_in(conn, |tail| chained_rows(entries, tail, &self.keying.key))
             .await
     }
 
@@ -400,7 +463,8 @@ impl AuditLog {
             current.frontier,
             later,
             self.public_key(),
-        )?;
+        )?
+        .keyed(self.keying.clone());
         self.read_into(&mut v, target, &mut |_| {}).await?;
         let (report, frontier) = v.finish_with_frontier()?;
         let cp = Checkpoint::sign(
@@ -481,7 +545,8 @@ impl AuditLog {
         let (start, resumed) = self.tail_start().await?;
         let mut v = match resumed {
             Some(v) => v,
-            None => ChainVerifier::new(self.checkpoints().await?, self.public_key())?,
+            None => ChainVerifier::new(self.checkpoints().await?, self.public_key())?
+                .keyed(self.keying.clone()),
         };
         let checked_before = v.count();
         let target = self.store.audit_tail().await?.seq.saturating_sub(1);
@@ -523,7 +588,7 @@ impl AuditLog {
         };
         let later = self.checkpoints_from(size.saturating_add(1)).await?;
         let v = match ChainVerifier::resume(&cp, frontier, later, self.public_key()) {
-            Ok(v) => v,
+            Ok(v) => v.keyed(self.keying.clone()),
             Err(AuditError::FrontierMismatch { .. }) => {
                 return Ok((TailStart::FrontierRefused { size }, None));
             }
@@ -539,7 +604,11 @@ impl AuditLog {
                 .into_iter()
                 .next()
             {
-                Some(row) => ChainVerifier::check_base_entry(&cp, &RecordedEntry::from(row))?,
+                Some(row) => ChainVerifier::check_base_entry(
+                    &cp,
+                    &RecordedEntry::from(row),
+                    Some(&self.keying),
+                )?,
                 None => {
                     let present = self.store.audit_tail().await?.seq.saturating_sub(1);
                     return Err(AuditError::Truncated { size, present });
@@ -612,8 +681,25 @@ impl AuditLog {
 
     /// Verifies every entry and checkpoint (see [`crate::ChainVerifier`]), reading in pages;
     /// `progress` is called with the number of entries verified after each page.
-    pub async fn verify(&self, mut progress: impl FnMut(u64)) -> Result<VerifyReport, AuditError> {
-        let mut v = ChainVerifier::new(self.checkpoints().await?, self.public_key())?;
+    pub async fn verify(&self, progress: impl FnMut(u64)) -> Result<VerifyReport, AuditError> {
+        self.verify_against(&[], progress).await
+    }
+
+    /// [`AuditLog::verify`], also against `published`: checkpoints kept outside the database
+    /// (fetched from `GET /audit/checkpoint` and stored elsewhere). Each must be signed by the
+    /// trail's key, and the trail must still hold the entries it signed: a trail rolled back
+    /// or rewritten below a published checkpoint fails its root
+    /// ([`AuditError::CheckpointMismatch`]), one truncated below it fails as
+    /// [`AuditError::Truncated`], even when the stored checkpoints were removed or rewritten
+    /// along with the entries. The report counts the stored checkpoints and the published ones.
+    pub async fn verify_against(
+        &self,
+        published: &[Checkpoint],
+        mut progress: impl FnMut(u64),
+    ) -> Result<VerifyReport, AuditError> {
+        let mut checkpoints = self.checkpoints().await?;
+        checkpoints.extend_from_slice(published);
+        let mut v = ChainVerifier::new(checkpoints, self.public_key())?.keyed(self.keying.clone());
         let mut after = 0;
         loop {
             let rows = self.store.audit_entries(after, PAGE).await?;
@@ -642,7 +728,8 @@ impl AuditLog {
                 .filter(|c| c.size <= checkpoint.size)
                 .collect(),
             self.public_key(),
-        )?;
+        )?
+        .keyed(self.keying.clone());
         let mut tree = MerkleTree::new();
         let mut found = None;
         let mut after = 0;
@@ -669,6 +756,7 @@ impl AuditLog {
             body,
             prev_hash: hash32(&row.prev_hash),
             entry_hash: hash32(&row.entry_hash),
+            chain_mac: row.chain_mac.as_deref().map(hash32),
             leaf_index: seq - 1,
             tree_size: checkpoint.size,
             path,

@@ -1,9 +1,73 @@
 //! Verification of the trail against its checkpoints.
 
+use std::fmt;
+use std::sync::Arc;
+
+use phivault_crypto::MacKey;
 use phivault_store::audit::AuditRow;
 
+use crate::entry::{chain_tag, keyed_entry_hash};
 use crate::merkle::Frontier;
 use crate::{AuditEntry, AuditError, Checkpoint, GENESIS_HASH, entry_hash};
+
+/// What a verifier holding the audit chain key checks on top of the hashes: entries from
+/// `keyed_from` on must carry the tag the key gives ([`crate::chain_tag`]), entries before it
+/// must carry none (they are the unkeyed chain of an older version).
+#[derive(Clone)]
+pub struct Keying {
+    /// The audit chain key.
+    pub key: Arc<MacKey>,
+    /// The first seq of the keyed chain.
+    pub keyed_from: u64,
+}
+
+impl fmt::Debug for Keying {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keying")
+            .field("keyed_from", &self.keyed_from)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks entry `seq` (chained onto `prev`) as recorded: its stored hash must be its hash
+/// recomputed (the keyed formula when it carries a tag, the unkeyed one otherwise;
+/// [`AuditError::HashMismatch`]), and it must be authenticated
+/// ([`AuditError::Unauthenticated`]): no untagged entry after a tagged one (`seen_keyed`: a
+/// downgrade) and, with `keying`, no untagged entry in the keyed part, no tagged one before
+/// it, and no tag other than the one the key gives. Returns its hash.
+fn check_recorded(
+    seq: u64,
+    entry: &RecordedEntry,
+    prev: &[u8; 32],
+    keying: Option<&Keying>,
+    seen_keyed: bool,
+) -> Result<[u8; 32], AuditError> {
+    let unauthenticated = AuditError::Unauthenticated { seq };
+    let tag = match &entry.chain_mac {
+        None => None,
+        Some(t) => Some(<[u8; 32]>::try_from(t.as_slice()).map_err(|_| unauthenticated)?),
+    };
+    let hash = match &tag {
+        None => entry_hash(prev, &entry.body),
+        Some(tag) => keyed_entry_hash(prev, tag, &entry.body),
+    };
+    if entry.entry_hash.as_slice() != hash.as_slice() {
+        return Err(AuditError::HashMismatch { seq });
+    }
+    let authentic = match (&tag, keying) {
+        (None, None) => !seen_keyed,
+        (None, Some(k)) => !seen_keyed && seq < k.keyed_from,
+        (Some(_), None) => true,
+        (Some(tag), Some(k)) => {
+            seq >= k.keyed_from
+                && phivault_crypto::ct_eq(&chain_tag(&k.key, prev, &entry.body), tag)
+        }
+    };
+    if !authentic {
+        return Err(AuditError::Unauthenticated { seq });
+    }
+    Ok(hash)
+}
 
 /// An entry as recorded: its row's seq, canonical bytes and stored hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +80,8 @@ pub struct RecordedEntry {
     pub entry_hash: Vec<u8>,
     /// Stored hash of the previous entry.
     pub prev_hash: Vec<u8>,
+    /// Stored tag under the audit chain key (`None`: an unkeyed entry).
+    pub chain_mac: Option<Vec<u8>>,
 }
 
 impl From<AuditRow> for RecordedEntry {
@@ -25,6 +91,7 @@ impl From<AuditRow> for RecordedEntry {
             body: row.body,
             entry_hash: row.entry_hash,
             prev_hash: row.prev_hash,
+            chain_mac: row.chain_mac,
         }
     }
 }
@@ -49,7 +116,9 @@ pub struct VerifyReport {
 ///
 /// Each entry must have the next seq, a canonical body carrying that same seq, a stored
 /// previous hash equal to the recomputed hash of the entry before it, and a stored hash equal
-/// to its recomputed hash. When the count reaches a checkpoint's size, the recomputed Merkle
+/// to its recomputed hash (keyed or unkeyed, as the entry says; an unkeyed entry after a keyed
+/// one is refused). With [`Keying`] ([`ChainVerifier::keyed`]), the tags of the keyed part are
+/// checked under the audit chain key and an untagged entry there is refused. When the count reaches a checkpoint's size, the recomputed Merkle
 /// root and last hash must equal the checkpoint's. Every checkpoint's signature is checked
 /// first, and [`ChainVerifier::finish`] refuses a checkpoint larger than the trail.
 #[derive(Debug)]
@@ -60,6 +129,8 @@ pub struct ChainVerifier {
     count: u64,
     prev: [u8; 32],
     range: Frontier,
+    keying: Option<Keying>,
+    seen_keyed: bool,
 }
 
 impl ChainVerifier {
@@ -81,6 +152,8 @@ impl ChainVerifier {
             count: 0,
             prev: GENESIS_HASH,
             range: Frontier::new(),
+            keying: None,
+            seen_keyed: false,
         };
         v.check_checkpoints()?;
         Ok(v)
@@ -136,14 +209,27 @@ impl ChainVerifier {
             count: size,
             prev: last_entry_hash,
             range: frontier,
+            keying: None,
+            seen_keyed: false,
         })
+    }
+
+    /// Also checks the keyed part of the trail with the audit chain key (see [`Keying`]).
+    pub fn keyed(mut self, keying: Keying) -> ChainVerifier {
+        self.keying = Some(keying);
+        self
     }
 
     /// Checks the stored entry at `base.size` against the checkpoint `base` it ends: a
     /// canonical body of that seq whose recomputed hash (over its stored previous hash) is
     /// both its stored hash and the checkpoint's last entry hash. Names the entry when it was
-    /// altered; the empty checkpoint (size 0) has no entry and `entry` is ignored.
-    pub fn check_base_entry(base: &Checkpoint, entry: &RecordedEntry) -> Result<(), AuditError> {
+    /// altered; the empty checkpoint (size 0) has no entry and `entry` is ignored. With
+    /// `keying`, its tag is checked as [`ChainVerifier::push`] does.
+    pub fn check_base_entry(
+        base: &Checkpoint,
+        entry: &RecordedEntry,
+        keying: Option<&Keying>,
+    ) -> Result<(), AuditError> {
         let seq = base.size;
         if seq == 0 {
             return Ok(());
@@ -164,8 +250,8 @@ impl ChainVerifier {
         }
         let prev = <[u8; 32]>::try_from(entry.prev_hash.as_slice())
             .map_err(|_| AuditError::ChainBroken { seq })?;
-        let hash = entry_hash(&prev, &entry.body);
-        if entry.entry_hash.as_slice() != hash.as_slice() || hash != base.last_entry_hash {
+        let hash = check_recorded(seq, entry, &prev, keying, false)?;
+        if hash != base.last_entry_hash {
             return Err(AuditError::HashMismatch { seq });
         }
         Ok(())
@@ -196,10 +282,14 @@ impl ChainVerifier {
         if entry.prev_hash.as_slice() != self.prev.as_slice() {
             return Err(AuditError::ChainBroken { seq });
         }
-        let hash = entry_hash(&self.prev, &entry.body);
-        if entry.entry_hash.as_slice() != hash.as_slice() {
-            return Err(AuditError::HashMismatch { seq });
-        }
+        let hash = check_recorded(
+            seq,
+            entry,
+            &self.prev,
+            self.keying.as_ref(),
+            self.seen_keyed,
+        )?;
+        self.seen_keyed |= entry.chain_mac.is_some();
         self.prev = hash;
         self.range.push(&hash);
         self.count = seq;

@@ -262,6 +262,8 @@ impl Inspector {
                     body: bytes(at("body")).ok_or_else(malformed)?.to_vec(),
                     entry_hash: bytes(at("entry_hash")).ok_or_else(malformed)?.to_vec(),
                     prev_hash: bytes(at("prev_hash")).ok_or_else(malformed)?.to_vec(),
+                    // Absent from archives written before the keyed chain.
+                    chain_mac: bytes(at("chain_mac")).map(<[u8]>::to_vec),
                 };
                 self.entries += 1;
                 self.last_seq = entry.seq;

@@ -37,9 +37,14 @@ pub(crate) enum AuditCommand {
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct AuditVerifyArgs {
-    /// Expected checkpoint public key (64 hex digits); default: the key in the database.
+    /// Expected checkpoint public key (64 hex digits); default: `audit_public_key` of the
+    /// configuration, else the key in the database (with a warning).
     #[arg(long, value_name = "HEX")]
     pub(crate) public_key: Option<String>,
+    /// A checkpoint published earlier (JSON, as `GET /audit/checkpoint` answers), kept outside
+    /// the database: the trail must still hold what it signed. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) checkpoint: Vec<PathBuf>,
     #[command(flatten)]
     pub(crate) storage: StorageArgs,
 }
@@ -79,8 +84,17 @@ struct ProofFile {
 pub(crate) async fn run(config_file: Option<&Path>, command: AuditCommand) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify(args) => {
-            let log = open(config_file, &args.storage).await?;
-            let result = verify(&log, args.public_key.as_deref()).await;
+            let published = args
+                .checkpoint
+                .iter()
+                .map(|path| read_json::<Checkpoint>(path))
+                .collect::<Result<Vec<_>>>()?;
+            let (log, settings) = open_with(config_file, &args.storage).await?;
+            let pinned = match &args.public_key {
+                Some(text) => Some(parse_key(text)?),
+                None => settings.audit_public_key.clone(),
+            };
+            let result = verify(&log, pinned.as_deref(), &published).await;
             log.store().close().await;
             result
         }
@@ -101,6 +115,14 @@ pub(crate) async fn run(config_file: Option<&Path>, command: AuditCommand) -> Re
 }
 
 async fn open(config_file: Option<&Path>, storage: &StorageArgs) -> Result<AuditLog> {
+    Ok(open_with(config_file, storage).await?.0)
+}
+
+/// The trail and the settings it was opened with.
+async fn open_with(
+    config_file: Option<&Path>,
+    storage: &StorageArgs,
+) -> Result<(AuditLog, config::Settings)> {
     let file = config::load_file(config_file)?;
     let settings = config::resolve(storage.layer(), file)?;
     let keys = FileKeyProvider::new(&settings.master_key_file);
@@ -115,9 +137,10 @@ async fn open(config_file: Option<&Path>, storage: &StorageArgs) -> Result<Audit
     let store = Store::open(&opts, &keys)
         .await
         .with_context(|| format!("opening the {backend} database"))?;
-    AuditLog::open(store)
+    let log = AuditLog::open(store)
         .await
-        .context("loading the audit signing key")
+        .context("loading the audit signing key")?;
+    Ok((log, settings))
 }
 
 fn parse_key(text: &str) -> Result<Vec<u8>> {
@@ -128,12 +151,25 @@ fn parse_key(text: &str) -> Result<Vec<u8>> {
     Ok(key)
 }
 
-async fn verify(log: &AuditLog, pinned: Option<&str>) -> Result<ExitCode> {
-    if let Some(pinned) = pinned
-        && parse_key(pinned)? != log.public_key()
-    {
-        println!("FAILED: the database's audit key is not the expected public key");
-        return Ok(ExitCode::FAILURE);
+async fn verify(
+    log: &AuditLog,
+    pinned: Option<&[u8]>,
+    published: &[Checkpoint],
+) -> Result<ExitCode> {
+    match pinned {
+        Some(pinned) if pinned != log.public_key() => {
+            println!(
+                "FAILED: the database's audit key {} is not the expected public key {}",
+                hex::encode(log.public_key()),
+                hex::encode(pinned)
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        Some(_) => {}
+        None => eprintln!(
+            "phivault: no pinned audit key (--public-key or audit_public_key): trusting the \
+             key stored in the database"
+        ),
     }
     eprintln!(
         "phivault: verifying the audit trail (checkpoint key {})",
@@ -142,7 +178,7 @@ async fn verify(log: &AuditLog, pinned: Option<&str>) -> Result<ExitCode> {
     let started = Instant::now();
     let mut shown = 0;
     let result = log
-        .verify(|n| {
+        .verify_against(published, |n| {
             if n >= shown + 10_000 {
                 shown = n;
                 eprintln!("phivault: {n} entries verified");
@@ -169,6 +205,12 @@ async fn verify(log: &AuditLog, pinned: Option<&str>) -> Result<ExitCode> {
                 "phivault: verified {} entries in {elapsed:.3} s ({rate:.0} entries/s)",
                 report.entries
             );
+            if !published.is_empty() {
+                eprintln!(
+                    "phivault: the trail holds what {} published checkpoint(s) signed",
+                    published.len()
+                );
+            }
             println!(
                 "ok: {} entries, {} checkpoints",
                 report.entries, report.checkpoints

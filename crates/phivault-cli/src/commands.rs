@@ -258,6 +258,32 @@ async fn check_audit_trail(audit: &AuditLog, allow_broken: bool) -> Result<()> {
     }
 }
 
+/// Compares the trail's checkpoint key with the one pinned in the configuration
+/// (`audit_public_key`): a database whose key differs (replaced by someone with access to the
+/// database only) stops the start. Unpinned, the key is printed so the operator can pin it
+/// (and give it to `phivault audit verify --public-key` elsewhere).
+fn check_pinned_audit_key(audit: &AuditLog, pinned: Option<&[u8]>) -> Result<()> {
+    let key = hex::encode(audit.public_key());
+    match pinned {
+        Some(pinned) if pinned == audit.public_key() => {
+            tracing::info!(public_key = %key, "the audit checkpoint key is the pinned one");
+            Ok(())
+        }
+        Some(pinned) => bail!(
+            "the database's audit checkpoint key {key} is not the pinned audit_public_key {}; \
+             refusing to serve (the audit key was replaced, or this is another database)",
+            hex::encode(pinned)
+        ),
+        None => {
+            println!(
+                "phivault: audit checkpoint public key: {key} (pin it: audit_public_key in \
+                 the configuration file, and keep a copy outside this server)"
+            );
+            Ok(())
+        }
+    }
+}
+
 /// `phivault serve`.
 async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
     refuse_noop_cipher()?;
@@ -298,6 +324,10 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
     .with_retention(settings.retention.clone())
     .with_role_purposes(settings.role_purposes.clone())
     .context("setting the purposes of use per role")?;
+    if let Err(e) = check_pinned_audit_key(&state.audit, settings.audit_public_key.as_deref()) {
+        store.close().await;
+        return Err(e);
+    }
     if let Err(e) = check_audit_trail(&state.audit, allow_broken_audit).await {
         store.close().await;
         return Err(e);

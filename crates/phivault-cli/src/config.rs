@@ -62,6 +62,9 @@ pub(crate) struct Layer {
     pub(crate) public_base_url: Option<String>,
     pub(crate) log_format: Option<LogFormat>,
     pub(crate) policy_file: Option<PathBuf>,
+    /// The audit trail's checkpoint public key the operator pinned (64 hex digits, file
+    /// only): `serve` and `audit verify` refuse a database whose key differs.
+    pub(crate) audit_public_key: Option<String>,
     /// `[consent_defaults]`: purpose of use code -> "permit" | "deny" (file only).
     pub(crate) consent_defaults: Option<BTreeMap<String, String>>,
     /// `[role_purposes]`: role -> the purpose of use codes it may assert (file only).
@@ -86,6 +89,7 @@ impl Layer {
             public_base_url: self.public_base_url.or(lower.public_base_url),
             log_format: self.log_format.or(lower.log_format),
             policy_file: self.policy_file.or(lower.policy_file),
+            audit_public_key: self.audit_public_key.or(lower.audit_public_key),
             consent_defaults: self.consent_defaults.or(lower.consent_defaults),
             role_purposes: self.role_purposes.or(lower.role_purposes),
             processing_activities: self.processing_activities.or(lower.processing_activities),
@@ -111,6 +115,8 @@ pub(crate) struct Settings {
     pub(crate) log_format: LogFormat,
     /// Operator policies added to the default set.
     pub(crate) policy_file: Option<PathBuf>,
+    /// The pinned checkpoint public key of the audit trail (raw Ed25519, 32 bytes).
+    pub(crate) audit_public_key: Option<Vec<u8>>,
     /// What each purpose of use gets when no consent of the patient applies (built-in:
     /// HRESCH and HMARKT deny, every other purpose permit), with the configured overrides.
     pub(crate) consent_defaults: ConsentDefaults,
@@ -172,6 +178,9 @@ impl Settings {
         line("log_format", quote(self.log_format.as_str()));
         if let Some(f) = &self.policy_file {
             line("policy_file", quote(&f.display().to_string()));
+        }
+        if let Some(k) = &self.audit_public_key {
+            line("audit_public_key", quote(&hex::encode(k)));
         }
         out.push_str(&format!(
             "# processing_activities: {} entries\n",
@@ -328,6 +337,20 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         .master_key_file
         .unwrap_or_else(|| data_dir.join("master.key"));
     let insecure_http = merged.insecure_http.unwrap_or(false);
+    let audit_public_key = match &merged.audit_public_key {
+        None => None,
+        Some(text) => Some(
+            hex::decode(text.trim())
+                .ok()
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "audit_public_key",
+                    message: "must be 64 hex digits (as printed by `phivault serve` at first \
+                              start)"
+                        .to_owned(),
+                })?,
+        ),
+    };
     let max_body_bytes = merged.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if max_body_bytes == 0 {
         return Err(ConfigError::Invalid {
@@ -419,6 +442,7 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         public_base_url,
         log_format: merged.log_format.unwrap_or_default(),
         policy_file: merged.policy_file,
+        audit_public_key,
         consent_defaults,
         role_purposes,
         processing_activities,

@@ -177,6 +177,58 @@ async fn verify_prove_and_check_proof() {
     }
 }
 
+/// A checkpoint published outside the database catches a trail truncated below it (with the
+/// later checkpoints removed, so the database alone is consistent); a key pinned in the
+/// configuration refuses a database whose key differs.
+#[tokio::test]
+async fn verify_against_a_published_checkpoint_and_a_pinned_key() {
+    for backend in backends() {
+        let t = Trail::new(&backend, 12, 5).await;
+        let label = t.label;
+        let published = t.dir.path().join("published.json");
+        let cp = t.log.last_checkpoint().await.unwrap().unwrap();
+        assert_eq!(cp.size, 10);
+        std::fs::write(&published, serde_json::to_string(&cp).unwrap()).unwrap();
+        let p = published.to_str().unwrap();
+        let o = t.phivault(&["audit", "verify", "--checkpoint", p]);
+        assert!(o.status.success(), "{label}: {o:?}");
+        assert_eq!(stdout(&o), "ok: 12 entries, 3 checkpoints\n");
+
+        t.sql("DELETE FROM audit_entries WHERE seq > 7").await;
+        t.sql("DELETE FROM audit_checkpoints WHERE size > 7").await;
+        let o = t.phivault(&["audit", "verify"]);
+        assert!(o.status.success(), "{label}: {o:?}");
+        assert_eq!(stdout(&o), "ok: 7 entries, 1 checkpoints\n");
+        let o = t.phivault(&["audit", "verify", "--checkpoint", p]);
+        assert_eq!(o.status.code(), Some(1), "{label}: {o:?}");
+        assert!(
+            stdout(&o).starts_with("FAILED: first bad entry 8: "),
+            "{label}: {}",
+            stdout(&o)
+        );
+
+        // The key pinned in the configuration file: the database's key passes, another fails.
+        let config = t.dir.path().join("phivault.toml");
+        let pinned = hex::encode(t.log.public_key());
+        std::fs::write(&config, format!("audit_public_key = \"{pinned}\"\n")).unwrap();
+        let o = t.phivault(&["audit", "verify"]);
+        assert!(o.status.success(), "{label}: {o:?}");
+        std::fs::write(
+            &config,
+            format!("audit_public_key = \"{}\"\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        let o = t.phivault(&["audit", "verify"]);
+        assert_eq!(o.status.code(), Some(1), "{label}: {o:?}");
+        assert!(
+            stdout(&o).starts_with("FAILED: the database's audit key "),
+            "{label}: {}",
+            stdout(&o)
+        );
+        t.store.close().await;
+    }
+}
+
 /// 23 entries, checkpoints at 5, 10, 15 and 20; each kind of tampering on a fresh trail.
 #[tokio::test]
 async fn verify_names_the_first_tampered_entry() {

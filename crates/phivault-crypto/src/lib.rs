@@ -386,6 +386,57 @@ impl IndexKey {
     }
 }
 
+/// An HMAC-SHA256 key derived from another key with HKDF-SHA256 (RFC 5869) under a label of
+/// its own, so keys of different labels are independent and none reveals the key it came
+/// from. Used to authenticate records a database administrator must not be able to forge
+/// (the audit chain). Tags are over length-prefixed parts, as blind-index tokens.
+pub struct MacKey {
+    key: hmac::Key,
+}
+
+impl fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MacKey").finish_non_exhaustive()
+    }
+}
+
+/// The HKDF salt of [`MacKey::derive`] (fixed: the input is already a uniform random key).
+const MAC_KEY_SALT: &[u8] = b"phivault/hkdf-salt/v1";
+
+impl MacKey {
+    /// The key of `label` derived from `from`: HKDF-SHA256 with salt
+    /// `"phivault/hkdf-salt/v1"`, input key material `from`, info `label`, 32 bytes.
+    pub fn derive(from: &SecretKey, label: &[u8]) -> Result<MacKey, CryptoError> {
+        let salt = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, MAC_KEY_SALT);
+        let prk = salt.extract(from.bytes.as_ref());
+        let info = [label];
+        let okm = prk
+            .expand(&info, hmac::HMAC_SHA256)
+            .map_err(|_| CryptoError::Malformed("HKDF output length"))?;
+        Ok(MacKey {
+            key: hmac::Key::from(okm),
+        })
+    }
+
+    /// The tag of `parts` (each length-prefixed, so part boundaries are bound).
+    pub fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        for part in parts {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Whether `tag` is the tag of `parts` (compared in constant time).
+    pub fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        ct_eq(&self.tag(parts), tag)
+    }
+}
+
 /// Compares two byte strings in constant time.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
@@ -439,6 +490,24 @@ impl Sha256 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_mac_keys_depend_on_key_and_label() {
+        let k = SecretKey::from_slice(&[7u8; 32]).unwrap();
+        let a = MacKey::derive(&k, b"label-a").unwrap();
+        let parts: &[&[u8]] = &[b"ab", b"c"];
+        let tag = a.tag(parts);
+        assert!(a.verify(parts, &tag));
+        assert!(!a.verify(&[b"a", b"bc"], &tag));
+        assert!(!MacKey::derive(&k, b"label-b").unwrap().verify(parts, &tag));
+        let other = SecretKey::from_slice(&[8u8; 32]).unwrap();
+        assert!(
+            !MacKey::derive(&other, b"label-a")
+                .unwrap()
+                .verify(parts, &tag)
+        );
+        assert_eq!(MacKey::derive(&k, b"label-a").unwrap().tag(parts), tag);
+    }
 
     #[test]
     fn sha256_in_pieces_equals_sha256_of_the_whole() {

@@ -1508,6 +1508,7 @@ mod tests {
             patient: e.patient_id.clone(),
             action: Some(e.action_code().to_owned()),
             outcome: Some(e.outcome.as_str().to_owned()),
+            chain_mac: None,
         }
     }
 

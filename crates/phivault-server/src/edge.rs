@@ -403,6 +403,35 @@ fn resource_of(route: &str, path: &str) -> (Option<String>, Option<String>) {
     (rtype, id)
 }
 
+/// Why `path` is not in canonical form (RFC 3986 section 6.2.2), if it is not: a
+/// percent-encoded unreserved character (`%4F` for `O`; the routes would decode it, so the
+/// audit entry, which is built from the path as sent, would not name the resource served), a
+/// percent-encoded `$` (operations are matched on the raw path), or a `%` not followed by two
+/// hex digits. Percent-encoding of other characters (a space, `/`, `%`, non-ASCII) is
+/// legitimate and left alone: no FHIR type or id contains them, so the routes refuse them.
+fn non_canonical_path(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while let Some(offset) = bytes[i..].iter().position(|&b| b == b'%') {
+        let at = i + offset;
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        let Some(decoded) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
+            return Some("malformed percent-encoding in the request path".to_owned());
+        };
+        if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~' | b'$') {
+            return Some(format!(
+                "the request path is not in canonical form: write '{}' instead of '%{}'",
+                char::from(decoded),
+                hex.unwrap_or_default()
+            ));
+        }
+        i = at + 3;
+    }
+    None
+}
+
 /// Gives the request its [`AuditSlot`], runs it, and makes sure it has its audit entry
 /// before the response leaves: who (the principal, or `anonymous`), the method and route
 /// template (never the raw URI: its query can hold PHI), the resource type and id of a FHIR
@@ -456,7 +485,13 @@ pub(crate) async fn audit_trail(
     };
     req.extensions_mut().insert(slot.clone());
 
-    let response = next.run(req).await;
+    // A path that is not in canonical form is refused before any route sees it: the routes
+    // decode it, the audit entry is built from it as sent, and the two must name the same
+    // resource.
+    let response = match non_canonical_path(req.uri().path()) {
+        Some(why) => ApiError::BadRequest(why).into_response(),
+        None => next.run(req).await,
+    };
 
     let (written, sink_failed, single_patient) = {
         let notes = slot.notes();
@@ -576,6 +611,35 @@ mod tests {
             (Some("Patient".to_owned()), Some("p-1".to_owned()))
         );
         assert_eq!(resource_of("/auth/login", "/auth/login"), (None, None));
+    }
+
+    #[test]
+    fn non_canonical_paths_are_named() {
+        for ok in [
+            "/fhir/Observation/abc",
+            "/fhir/Patient/p-1/$access-log",
+            "/admin/users/a%20b/grants",
+            "/fhir/Patient%2Fx",
+            "/fhir/%C3%A9",
+        ] {
+            assert_eq!(non_canonical_path(ok), None, "{ok}");
+        }
+        for bad in [
+            "/fhir/%4Fbservation/ID",
+            "/fhir/%4fbservation/ID",
+            "/fhir/Observation/%61bc",
+            "/fhir/Patient/p%2D1",
+            "/fhir/Patient/p1/%24access-log",
+            "/fhir/Patient/p1%",
+            "/fhir/Patient/p1%4",
+            "/fhir/Patient/%zz",
+        ] {
+            assert!(non_canonical_path(bad).is_some(), "{bad}");
+        }
+        assert_eq!(
+            non_canonical_path("/fhir/%4Fbservation/ID").unwrap(),
+            "the request path is not in canonical form: write 'O' instead of '%4F'"
+        );
     }
 
     #[test]

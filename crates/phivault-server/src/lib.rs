@@ -348,12 +348,12 @@ pub async fn serve(
         state.retention.clone(),
         retention::RETENTION_EVERY,
     )));
+    let audit = state.audit.clone();
     let app = router(state);
     let _retention = retention;
-    let _checkpoints = checkpoints;
     let _evictions = evictions;
 
-    match tls {
+    let served = match tls {
         Some(tls) => {
             let handle = axum_server::Handle::new();
             let server = axum_server::from_tcp_rustls(listener, tls)
@@ -382,7 +382,12 @@ pub async fn serve(
             .await
             .map_err(|e| ServerError::io("serving HTTP", e))
         }
-    }
+    };
+    // Requests have drained: the periodic task stops and the entries since its last
+    // checkpoint are sealed now, so a trail cut short while the server is down is detected.
+    drop(checkpoints);
+    audit_routes::final_checkpoint(&audit).await;
+    served
 }
 
 /// Aborts a background task when dropped.

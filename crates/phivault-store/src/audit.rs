@@ -16,6 +16,11 @@
 //!   schema v4 a row may carry the Merkle frontier at that size (`frontier`, NULL on older
 //!   rows): it is not signed, so the audit log trusts it only after recomputing the signed
 //!   root from it.
+//! - **The keyed chain** (since schema v8): each new entry carries `chain_mac`, its tag under
+//!   the audit chain key ([`Store::audit_chain_key`], derived from the tenant's index secret:
+//!   the master key is needed to compute it), and `audit_chain` records the first seq of the
+//!   keyed chain with a tag of its own; entries before it were written unkeyed by an older
+//!   version.
 //! - **Signing keys** (`audit_keys`): the Ed25519 public key in the clear and the PKCS#8
 //!   private key sealed with the tenant's directory data key, bound (AEAD associated data) to
 //!   tenant, key id and data key id. The first key created is the active one.
@@ -31,7 +36,7 @@ use crate::{Backend, Store, StoreError};
 /// How many times an append is tried on PostgreSQL when another appender took the same seq.
 pub const APPEND_ATTEMPTS: usize = 8;
 
-/// Audit rows written by one INSERT (9 values each: well under both drivers' limits).
+/// Audit rows written by one INSERT (10 values each: well under both drivers' limits).
 const AUDIT_ROWS_PER_INSERT: usize = 100;
 
 /// The PostgreSQL advisory lock key serializing appends (`"phivaudt"` as a big-endian i64).
@@ -58,6 +63,8 @@ pub struct NewAuditRow {
     pub action: String,
     /// `allowed`, `denied` or `error`.
     pub outcome: String,
+    /// The entry's tag under the audit chain key (`None`: an unkeyed entry).
+    pub chain_mac: Option<Vec<u8>>,
 }
 
 /// The end of the trail an append builds on.
@@ -93,6 +100,18 @@ pub struct AuditRow {
     pub action: Option<String>,
     /// Outcome copied out of the body (as `action`).
     pub outcome: Option<String>,
+    /// The entry's tag under the audit chain key (`None` on entries written before schema
+    /// v8, the unkeyed chain).
+    pub chain_mac: Option<Vec<u8>>,
+}
+
+/// Where the keyed chain starts, as stored (`audit_chain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedFrom {
+    /// The first seq of the keyed chain.
+    pub seq: u64,
+    /// Its tag under the audit chain key.
+    pub tag: Vec<u8>,
 }
 
 /// Filters of an audit search ([`Store::audit_search`]); every given filter must hold.
@@ -170,7 +189,7 @@ fn to_u64(v: i64) -> Result<u64, StoreError> {
 }
 
 const ENTRY_COLUMNS: &str =
-    "seq, tenant, body, entry_hash, prev_hash, time, actor, patient, action, outcome";
+    "seq, tenant, body, entry_hash, prev_hash, time, actor, patient, action, outcome, chain_mac";
 
 fn entry_from(row: &AnyRow) -> Result<AuditRow, StoreError> {
     Ok(AuditRow {
@@ -184,6 +203,7 @@ fn entry_from(row: &AnyRow) -> Result<AuditRow, StoreError> {
         patient: row.try_get("patient")?,
         action: row.try_get("action")?,
         outcome: row.try_get("outcome")?,
+        chain_mac: row.try_get("chain_mac")?,
     })
 }
 
@@ -352,9 +372,9 @@ impl Store {
             let chunk: Vec<NewAuditRow> = rows.by_ref().take(AUDIT_ROWS_PER_INSERT).collect();
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let b = i * 9 + 2;
+                    let b = i * 10 + 2;
                     format!(
-                        "(${}, $1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        "(${}, $1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
                         b,
                         b + 1,
                         b + 2,
@@ -363,13 +383,14 @@ impl Store {
                         b + 5,
                         b + 6,
                         b + 7,
-                        b + 8
+                        b + 8,
+                        b + 9
                     )
                 })
                 .collect();
             let sql = format!(
                 "INSERT INTO audit_entries (seq, tenant, body, entry_hash, prev_hash, time, \
-                 actor, patient, action, outcome) VALUES {}",
+                 actor, patient, action, outcome, chain_mac) VALUES {}",
                 values.join(", ")
             );
             let mut q = sqlx::query(&sql).bind(&self.inner.tenant);
@@ -385,7 +406,8 @@ impl Store {
                     .bind(row.actor)
                     .bind(row.patient)
                     .bind(row.action)
-                    .bind(row.outcome);
+                    .bind(row.outcome)
+                    .bind(row.chain_mac);
                 seq += 1;
             }
             q.execute(&mut *conn).await?;
@@ -583,9 +605,93 @@ impl Store {
         row.as_ref().map(checkpoint_from).transpose()
     }
 
-    /// The tenant's checkpoint-signing key, unsealed. When there is none, `create` makes one
-    /// (returning the raw public key and the PKCS#8 private key) and it is stored sealed.
-    /// Concurrent creators agree on the first key created.
+    /// The key that authenticates the audit chain (HMAC-SHA256, derived with HKDF from the
+    /// tenant's index secret under a label of its own).
+    pub fn audit_chain_key(&self) -> std::sync::Arc<phivault_crypto::MacKey> {
+        self.inner.keys.audit_chain()
+    }
+
+    /// Where the tenant's keyed chain starts, if recorded.
+    pub async fn audit_keyed_from(&self) -> Result<Option<KeyedFrom>, StoreError> {
+        let row = sqlx::query("SELECT keyed_from, tag FROM audit_chain WHERE tenant = $1")
+            .bind(&self.inner.tenant)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        row.map(|row| {
+            Ok(KeyedFrom {
+                seq: to_u64(row.try_get("keyed_from")?)?,
+                tag: row.try_get("tag")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records where the keyed chain starts, when nothing is recorded yet: at the seq the next
+    /// entry gets, read under the append lock in the same transaction, so no entry can slip
+    /// in between. `decide` gets that seq and the last entry (if any) and returns the tag of
+    /// the seq, or an error to refuse (for example when the last entry is already keyed:
+    /// then the record was deleted). Returns what is recorded (the earlier record when there
+    /// was one).
+    pub async fn record_audit_keyed_from<F, E>(&self, decide: F) -> Result<KeyedFrom, E>
+    where
+        F: FnOnce(u64, Option<&AuditRow>) -> Result<Vec<u8>, E>,
+        E: From<StoreError>,
+    {
+        let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
+        if self.inner.backend == Backend::Postgres {
+            sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+                .bind(APPEND_LOCK_KEY)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+        }
+        let existing = sqlx::query("SELECT keyed_from, tag FROM audit_chain WHERE tenant = $1")
+            .bind(&self.inner.tenant)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        if let Some(row) = existing {
+            return Ok(KeyedFrom {
+                seq: to_u64(row.try_get("keyed_from").map_err(StoreError::from)?)?,
+                tag: row.try_get("tag").map_err(StoreError::from)?,
+            });
+        }
+        let last = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_entries ORDER BY seq DESC LIMIT 1"
+        ))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from)?
+        .as_ref()
+        .map(entry_from)
+        .transpose()?;
+        let seq = last.as_ref().map_or(1, |r| r.seq + 1);
+        let tag = decide(seq, last.as_ref())?;
+        let (_, now) = crate::now();
+        sqlx::query(
+            "INSERT INTO audit_chain (tenant, keyed_from, tag, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&self.inner.tenant)
+        .bind(to_i64(seq)?)
+        .bind(tag.clone())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(KeyedFrom { seq, tag })
+    }
+
+    /// The tenant's checkpoint-signing key, unsealed. When there is none and the trail is
+    /// empty (no entry, no checkpoint), `create` makes one (returning the raw public key and
+    /// the PKCS#8 private key) and it is stored sealed. Concurrent creators agree on the first
+    /// key created.
+    ///
+    /// A missing key with entries or checkpoints present is refused
+    /// ([`StoreError::AuditKeyMissing`]): the key is made with the first entry, so its absence
+    /// means the row was deleted, and a new key would sign a history rewritten by whoever
+    /// deleted it.
     pub async fn audit_signing_key<F, E>(&self, create: F) -> Result<AuditKey, E>
     where
         F: FnOnce() -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), E>,
@@ -593,6 +699,17 @@ impl Store {
     {
         if let Some(key) = self.find_audit_key().await? {
             return Ok(key);
+        }
+        let entries = self.audit_tail().await?.seq.saturating_sub(1);
+        let checkpoints = self.last_audit_checkpoint().await?.map_or(0, |c| c.size);
+        if entries > 0 || checkpoints > 0 {
+            tracing::error!(
+                target: "phivault::integrity",
+                tenant = %self.inner.tenant,
+                entries,
+                "the audit signing key is missing while the trail has entries"
+            );
+            return Err(StoreError::AuditKeyMissing { entries }.into());
         }
         let (public_key, private) = create()?;
         let dek = self.directory_key().await?;

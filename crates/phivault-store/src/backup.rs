@@ -143,6 +143,16 @@ pub const TABLES: &[Table] = &[
         order: &["key_id"],
     },
     Table {
+        name: "audit_chain",
+        columns: &[
+            text("tenant"),
+            int("keyed_from"),
+            bytes("tag"),
+            int("created_at"),
+        ],
+        order: &["tenant"],
+    },
+    Table {
         name: "audit_checkpoints",
         columns: &[
             int("size"),
@@ -167,6 +177,7 @@ pub const TABLES: &[Table] = &[
             text("patient"),
             text("action"),
             text("outcome"),
+            bytes("chain_mac"),
         ],
         order: &["seq"],
     },
@@ -641,7 +652,7 @@ impl RestoreTarget {
         for table in TABLES {
             if matches!(
                 table.name,
-                "key_encryption_keys" | "data_keys" | "audit_keys"
+                "key_encryption_keys" | "data_keys" | "audit_keys" | "audit_chain"
             ) {
                 continue;
             }

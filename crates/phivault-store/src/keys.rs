@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use phivault_crypto::{IndexKey, KeyProvider, MasterKey, Sealer, SecretKey};
+use phivault_crypto::{IndexKey, KeyProvider, MacKey, MasterKey, Sealer, SecretKey};
 use phivault_fhir::Id;
 use sqlx::{AnyPool, Row};
 
@@ -46,9 +46,16 @@ pub(crate) struct Keyring {
     /// Unwrapped key-encryption keys by id: all of them at open, later ones on first sight.
     keks: RwLock<HashMap<String, Arc<SecretKey>>>,
     index: IndexKey,
+    /// The audit chain key: derived from the tenant's index secret (which only the master key
+    /// hierarchy unwraps, and which master and key-encryption key rotations keep), so it
+    /// survives rotations and restores like the search index does.
+    audit_chain: Arc<MacKey>,
     by_id: RwLock<HashMap<String, Arc<Sealer>>>,
     by_owner: RwLock<HashMap<[u8; 32], String>>,
 }
+
+/// The HKDF label of the audit chain key.
+const AUDIT_CHAIN_LABEL: &[u8] = b"phivault/audit-chain/v2";
 
 pub(crate) fn kek_aad(kek_id: &str) -> Vec<u8> {
     format!("phivault/kek|{kek_id}").into_bytes()
@@ -118,12 +125,19 @@ impl Keyring {
             keks: RwLock::new(keks),
             // Replaced below once the index key is loaded.
             index: IndexKey::new(&SecretKey::generate()?),
+            audit_chain: Arc::new(MacKey::derive(&SecretKey::generate()?, AUDIT_CHAIN_LABEL)?),
             by_id: RwLock::new(HashMap::new()),
             by_owner: RwLock::new(HashMap::new()),
         };
         let index_secret = ring.load_or_create_secret(pool, KIND_INDEX, &[]).await?;
         ring.index = IndexKey::new(&index_secret.1);
+        ring.audit_chain = Arc::new(MacKey::derive(&index_secret.1, AUDIT_CHAIN_LABEL)?);
         Ok(ring)
+    }
+
+    /// The key that authenticates the audit chain.
+    pub(crate) fn audit_chain(&self) -> Arc<MacKey> {
+        self.audit_chain.clone()
     }
 
     /// The blind token of a search value.

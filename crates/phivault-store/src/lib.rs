@@ -180,6 +180,16 @@ pub enum StoreError {
         /// The erased patient's id.
         patient: String,
     },
+    /// The audit trail has entries (or checkpoints) but its checkpoint-signing key is gone:
+    /// refused rather than replaced, since a new key would sign whatever the trail now holds.
+    #[error(
+        "the audit signing key is missing but the audit trail has {entries} entries: refusing \
+         to create a new key (restore the audit_keys table from a backup)"
+    )]
+    AuditKeyMissing {
+        /// Entries in the trail.
+        entries: u64,
+    },
     /// The patient was erased before (409).
     #[error("patient already erased: Patient/{patient}")]
     AlreadyErased {
@@ -285,6 +295,7 @@ impl StoreError {
             StoreError::Fhir(FhirError::Invalid(_)) => 422,
             StoreError::Fhir(_) => 400,
             StoreError::Integrity { .. }
+            | StoreError::AuditKeyMissing { .. }
             | StoreError::Crypto(_)
             | StoreError::Database(_)
             | StoreError::Migrate(_)
@@ -322,6 +333,7 @@ impl StoreError {
                 | StoreError::Database(_)
                 | StoreError::Migrate(_)
                 | StoreError::Config(_)
+                | StoreError::AuditKeyMissing { .. }
         ) || matches!(self, StoreError::Entry { source, .. } if source.is_internal())
     }
 }

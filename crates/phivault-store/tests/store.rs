@@ -599,6 +599,7 @@ async fn audit_rows_keys_and_checkpoints() {
                         patient: (tail.seq.is_multiple_of(2)).then(|| "p1".to_owned()),
                         action: if tail.seq == 5 { "D" } else { "R" }.to_owned(),
                         outcome: if tail.seq == 3 { "denied" } else { "allowed" }.to_owned(),
+                        chain_mac: None,
                     })
                 })
                 .await
@@ -694,6 +695,26 @@ async fn audit_rows_keys_and_checkpoints() {
         assert_eq!(s.audit_checkpoints_from(3).await.unwrap().len(), 2);
         assert!(s.audit_checkpoints_from(6).await.unwrap().is_empty());
 
+        // No key is made for a trail that has entries (its key was deleted).
+        assert!(matches!(
+            s.audit_signing_key(|| -> Result<_, StoreError> { panic!("must not create") })
+                .await,
+            Err(StoreError::AuditKeyMissing { entries: 5 })
+        ));
+        sqlx::query("DELETE FROM audit_entries")
+            .execute(s.pool())
+            .await
+            .unwrap();
+        // Nor for one that has checkpoints.
+        assert!(matches!(
+            s.audit_signing_key(|| -> Result<_, StoreError> { panic!("must not create") })
+                .await,
+            Err(StoreError::AuditKeyMissing { entries: 0 })
+        ));
+        sqlx::query("DELETE FROM audit_checkpoints")
+            .execute(s.pool())
+            .await
+            .unwrap();
         let mut created = 0;
         let k1 = s
             .audit_signing_key(|| {
