@@ -1,14 +1,15 @@
 //! Login throttling, per account and per client address.
 //!
-//! **Per account** ([`LoginThrottle`], a pure state machine the store persists with the
-//! account): after [`FAILURES_BEFORE_LOCKOUT`] (5) consecutive failed logins the account is
-//! locked for [`FIRST_LOCKOUT_SECS`] (60 s). Each further failure (necessarily after the lock
-//! has passed, since a locked account's password is not checked) locks it again for twice as
-//! long as the previous lock: 120 s, 240 s, ... up to [`MAX_LOCKOUT_SECS`] (1 h). A successful
-//! login resets the count. The caller calls [`LoginThrottle::check`] before verifying the
-//! password, [`LoginThrottle::record_failure`] on a wrong password or second factor, and
-//! [`LoginThrottle::record_success`] once both factors passed; it updates the stored state in
-//! the same transaction as it reads it.
+//! **Per account**: after [`FAILURES_BEFORE_LOCKOUT`] (5) consecutive failed logins the
+//! account is locked for [`FIRST_LOCKOUT_SECS`] (60 s). Each further failure (necessarily
+//! after the lock has passed, since a locked account's password is not checked) locks it again
+//! for twice as long as the previous lock: 120 s, 240 s, ... up to [`MAX_LOCKOUT_SECS`] (1 h).
+//! A successful login resets the count. Known accounts keep the count in the store, which
+//! checks the lock and counts the attempt in one statement *before* the password is checked
+//! (the accounts service clears it after a complete login), so parallel guesses cannot all
+//! read the same count. [`LoginThrottle`] is the same rule as a pure state machine, which the
+//! service uses in memory for usernames that do not exist (checked and counted under one
+//! lock, for the same reason).
 //!
 //! **Per address** ([`AddressLimiter`], in memory, one per server process): at most
 //! [`ADDRESS_LIMIT`] (20) login attempts per [`ADDRESS_WINDOW_SECS`] (5 minutes) from one IPv4

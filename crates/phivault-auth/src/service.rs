@@ -8,12 +8,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use phivault_fhir::{Id, ResourceType, SearchQuery};
 use phivault_policy::{BreakGlass, Label, PrincipalKind, PrincipalRef, Role, ScopeSet, SmartScope};
-use phivault_store::accounts::{BreakGlassRow, ClientRow, GrantRow, NewUser, TokenRow, UserRow};
+use phivault_store::accounts::{
+    BreakGlassRow, ClientRow, GrantRow, LockoutSchedule, LoginClaim, NewUser, TokenRow, UserRow,
+};
 use phivault_store::{Store, StoreError};
 use serde_json::Value;
 use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
 
+use crate::lockout::{FAILURES_BEFORE_LOCKOUT, MAX_LOCKOUT_SECS, lockout_secs};
 use crate::recovery::RECOVERY_CODE_COUNT;
 use crate::token;
 use crate::{
@@ -193,8 +196,6 @@ const MAX_CLIENT_ID_LEN: usize = 128;
 /// Unknown usernames whose failed logins are remembered (in memory) before the oldest state
 /// is dropped.
 const MAX_UNKNOWN_TRACKED: usize = 10_000;
-/// Compare-and-set attempts on a user's throttle state under contention.
-const THROTTLE_RETRIES: usize = 5;
 /// CareTeam resources read per page, and at most this many pages.
 const CARE_TEAM_PAGE: usize = 1000;
 const MAX_CARE_TEAM_PAGES: usize = 100;
@@ -224,13 +225,16 @@ fn check_username(username: &str) -> Result<String, ServiceError> {
     Ok(name.to_owned())
 }
 
-fn parse_throttle(user_id: &str, text: Option<&str>) -> LoginThrottle {
-    match text {
-        None => LoginThrottle::new(),
-        Some(t) => serde_json::from_str(t).unwrap_or_else(|_| {
-            tracing::warn!(target: "phivault::auth", user_id, "unreadable throttle state reset");
-            LoginThrottle::new()
-        }),
+/// The account lockout of [`crate::lockout`] as the store applies it: locked from the fifth
+/// failure, 60 s doubling per failure, at most an hour.
+fn lockout_schedule() -> LockoutSchedule {
+    let lock_secs = (FAILURES_BEFORE_LOCKOUT..)
+        .map_while(|n| lockout_secs(n).filter(|secs| *secs < MAX_LOCKOUT_SECS))
+        .collect();
+    LockoutSchedule {
+        lock_after: i64::from(FAILURES_BEFORE_LOCKOUT),
+        lock_secs,
+        max_lock_secs: MAX_LOCKOUT_SECS,
     }
 }
 
@@ -304,8 +308,14 @@ struct UnknownThrottles {
 }
 
 impl UnknownThrottles {
-    fn check(&self, key: &[u8], now: i64) -> Result<(), LockedUntil> {
-        self.states.get(key).map_or(Ok(()), |t| t.check(now))
+    /// Checks the lock and counts the attempt as a failure under one lock of the map, so
+    /// parallel attempts cannot all pass the check before any is counted.
+    fn claim(&mut self, key: Vec<u8>, now: i64) -> Result<(), LockedUntil> {
+        if let Some(t) = self.states.get(&key) {
+            t.check(now)?;
+        }
+        self.record_failure(key, now);
+        Ok(())
     }
 
     fn record_failure(&mut self, key: Vec<u8>, now: i64) {
@@ -331,6 +341,7 @@ pub struct Accounts {
     clock: Arc<dyn Clock>,
     addresses: Arc<AddressLimiter>,
     unknown: Arc<Mutex<UnknownThrottles>>,
+    lockout: Arc<LockoutSchedule>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -366,6 +377,7 @@ impl Accounts {
             clock: Arc::new(SystemClock),
             addresses: Arc::new(AddressLimiter::default()),
             unknown: Arc::new(Mutex::new(UnknownThrottles::default())),
+            lockout: Arc::new(lockout_schedule()),
         }
     }
 
@@ -591,61 +603,10 @@ impl Accounts {
         Ok(self.store.user_count().await?)
     }
 
-    /// Counts a failed login on a known account (compare-and-set, retried under contention,
-    /// so parallel guesses cannot lose counts).
-    async fn record_failure(&self, user: &UserRow, now: i64) -> Result<(), ServiceError> {
-        let mut old = user.throttle.clone();
-        for _ in 0..THROTTLE_RETRIES {
-            let mut throttle = parse_throttle(&user.user_id, old.as_deref());
-            throttle.record_failure(now);
-            let new = serde_json::to_string(&throttle).map_err(internal)?;
-            if self
-                .store
-                .replace_throttle(&user.user_id, old.as_deref(), Some(&new))
-                .await?
-            {
-                return Ok(());
-            }
-            match self.store.user_by_id(&user.user_id).await? {
-                Some(fresh) => old = fresh.throttle,
-                None => return Ok(()),
-            }
-        }
-        tracing::warn!(target: "phivault::auth", user_id = %user.user_id, "throttle update lost under contention");
-        Ok(())
-    }
-
-    /// Clears a known account's throttle after a complete login.
-    async fn record_success(&self, user: &UserRow) -> Result<(), ServiceError> {
-        let mut old = user.throttle.clone();
-        for _ in 0..THROTTLE_RETRIES {
-            if old.is_none() {
-                return Ok(());
-            }
-            if self
-                .store
-                .replace_throttle(&user.user_id, old.as_deref(), None)
-                .await?
-            {
-                return Ok(());
-            }
-            match self.store.user_by_id(&user.user_id).await? {
-                Some(fresh) => old = fresh.throttle,
-                None => return Ok(()),
-            }
-        }
-        Ok(())
-    }
-
-    /// A refused credential on a known account: counted, then the one answer for all.
-    async fn refuse(
-        &self,
-        user: &UserRow,
-        now: i64,
-        why: &'static str,
-    ) -> Result<LoginOutcome, ServiceError> {
+    /// A refused credential on a known account (the attempt was already counted when it
+    /// was claimed): the one answer for all.
+    fn refuse(&self, user: &UserRow, why: &'static str) -> Result<LoginOutcome, ServiceError> {
         tracing::info!(target: "phivault::auth", user_id = %user.user_id, why, "login refused");
-        self.record_failure(user, now).await?;
         Err(ServiceError::CredentialFailure)
     }
 
@@ -664,22 +625,35 @@ impl Accounts {
             .map_err(|e| ServiceError::Throttled {
                 retry_after: e.retry_after_secs,
             })?;
+        // Every attempt is counted as a failure before the password is checked, in the same
+        // step as the lock is checked, and the count is cleared only by a complete login: so
+        // parallel guesses get at most the allowed number of password checks.
         let Some(user) = self.store.user_by_username(&username).await? else {
             let key = self.store.username_token(&username);
-            if let Err(lock) = self.unknown().check(&key, now) {
+            let claim = self.unknown().claim(key, now);
+            if let Err(lock) = claim {
                 return Err(ServiceError::Throttled {
                     retry_after: lock.retry_after(now),
                 });
             }
             self.verify_password(password, None).await?;
-            self.unknown().record_failure(key, now);
             return Err(ServiceError::CredentialFailure);
         };
-        let throttle = parse_throttle(&user.user_id, user.throttle.as_deref());
-        if let Err(lock) = throttle.check(now) {
-            return Err(ServiceError::Throttled {
-                retry_after: lock.retry_after(now),
-            });
+        match self
+            .store
+            .claim_login_attempt(&user.user_id, now, &self.lockout)
+            .await?
+        {
+            LoginClaim::Admitted => {}
+            LoginClaim::Locked { until } => {
+                return Err(ServiceError::Throttled {
+                    retry_after: LockedUntil { until }.retry_after(now),
+                });
+            }
+            LoginClaim::NoSuchUser => {
+                self.verify_password(password, None).await?;
+                return Err(ServiceError::CredentialFailure);
+            }
         }
         if user.disabled_at.is_some() {
             self.verify_password(password, None).await?;
@@ -690,7 +664,7 @@ impl Accounts {
             .verify_password(password, Some(user.password_hash.clone()))
             .await?;
         if !ok {
-            return self.refuse(&user, now, "wrong password").await;
+            return self.refuse(&user, "wrong password");
         }
         let role = Role::parse(&user.role).map_err(internal)?;
         if user.totp_enabled {
@@ -706,15 +680,13 @@ impl Accounts {
                 let step = match checker.verify(code, now, last) {
                     Ok(step) => step,
                     Err(TotpError::Replayed) => {
-                        return self.refuse(&user, now, "TOTP code replayed").await;
+                        return self.refuse(&user, "TOTP code replayed");
                     }
-                    Err(_) => return self.refuse(&user, now, "wrong TOTP code").await,
+                    Err(_) => return self.refuse(&user, "wrong TOTP code"),
                 };
                 let step = i64::try_from(step).map_err(internal)?;
                 if !self.store.advance_totp_step(&user.user_id, step).await? {
-                    return self
-                        .refuse(&user, now, "TOTP code replayed concurrently")
-                        .await;
+                    return self.refuse(&user, "TOTP code replayed concurrently");
                 }
             } else if let Some(code) = recovery_code.as_deref() {
                 let hashes: Vec<RecoveryCodeHash> = self
@@ -726,23 +698,21 @@ impl Accounts {
                     .collect();
                 let Some(hash) = RecoveryCodes::verify(code, &hashes).and_then(|i| hashes.get(i))
                 else {
-                    return self.refuse(&user, now, "wrong recovery code").await;
+                    return self.refuse(&user, "wrong recovery code");
                 };
                 if !self
                     .store
                     .use_recovery_code(&user.user_id, hash.as_bytes(), now)
                     .await?
                 {
-                    return self
-                        .refuse(&user, now, "recovery code used concurrently")
-                        .await;
+                    return self.refuse(&user, "recovery code used concurrently");
                 }
                 tracing::info!(target: "phivault::auth", user_id = %user.user_id, "recovery code used");
             } else {
                 return Err(ServiceError::SecondFactorRequired);
             }
         }
-        self.record_success(&user).await?;
+        self.store.clear_login_failures(&user.user_id).await?;
         if let Some(hasher) = &self.hasher
             && hasher.needs_rehash(&user.password_hash)
         {

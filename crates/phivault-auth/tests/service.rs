@@ -333,6 +333,53 @@ async fn lockout_engages_after_five_failures_and_releases() {
     }
 }
 
+/// Fifty wrong passwords at once, on a known account and on an unknown name: the lock is
+/// checked and the attempt counted in one step, so exactly five passwords are checked (and
+/// refused) and the other 45 are throttled; afterwards the right password is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_wrong_passwords_cannot_pass_the_lockout() {
+    for f in fixtures().await {
+        f.accounts
+            .create_user("mallory.target", Password::new(PASSWORD), Role::Patient)
+            .await
+            .unwrap();
+        for name in ["mallory.target", "no.such.account"] {
+            let attempts: Vec<_> = (0..50u8)
+                .map(|i| {
+                    let accounts = f.accounts.clone();
+                    tokio::spawn(async move {
+                        accounts
+                            .login(LoginRequest {
+                                username: name.to_owned(),
+                                password: Password::new(format!("wrong guess number {i}")),
+                                totp: None,
+                                recovery_code: None,
+                                address: ip(i),
+                            })
+                            .await
+                    })
+                })
+                .collect();
+            let mut failures = 0;
+            let mut throttled = 0;
+            for attempt in attempts {
+                match attempt.await.unwrap() {
+                    Err(ServiceError::CredentialFailure) => failures += 1,
+                    Err(ServiceError::Throttled { .. }) => throttled += 1,
+                    other => panic!("{} {name}: {other:?}", f.label),
+                }
+            }
+            assert_eq!((failures, throttled), (5, 45), "{} {name}", f.label);
+            let after = f.login(name, PASSWORD, None, None).await;
+            assert!(
+                matches!(after, Err(ServiceError::Throttled { retry_after: 60 })),
+                "{} {name}: {after:?}",
+                f.label
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn logins_per_address_are_limited() {
     for f in fixtures().await {
