@@ -29,8 +29,9 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError {
-    /// Wrong username/password/TOTP/recovery code, unknown/expired/revoked token, token of
-    /// another client: one text for all, so nothing tells whether an account exists.
+    /// Wrong username/password/TOTP/recovery code, a missing second factor, unknown/expired/
+    /// revoked token, token of another client: one text for all, so nothing tells whether an
+    /// account exists or whether a password was right.
     #[error("authentication failed")]
     CredentialFailure,
     /// The account or address is throttled; retry after this many seconds.
@@ -39,9 +40,6 @@ pub enum ServiceError {
         /// Seconds to wait.
         retry_after: i64,
     },
-    /// A second factor is required and was not given.
-    #[error("a TOTP code is required for this account")]
-    SecondFactorRequired,
     /// The session may only be used to enrol TOTP.
     #[error("TOTP enrolment is required before this account can be used")]
     EnrolmentRequired,
@@ -709,7 +707,9 @@ impl Accounts {
                 }
                 tracing::info!(target: "phivault::auth", user_id = %user.user_id, "recovery code used");
             } else {
-                return Err(ServiceError::SecondFactorRequired);
+                // Answered like a wrong password (and counted like one): a distinct answer
+                // would tell a guesser that the password was right.
+                return self.refuse(&user, "second factor missing");
             }
         }
         self.store.clear_login_failures(&user.user_id).await?;

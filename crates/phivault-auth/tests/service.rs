@@ -478,11 +478,19 @@ async fn staff_enrol_totp_and_codes_work_once() {
             Err(ServiceError::Invalid(_))
         ));
 
-        // A code is required now.
-        assert!(matches!(
-            f.login("dr.frank", PASSWORD, None, None).await,
-            Err(ServiceError::SecondFactorRequired)
-        ));
+        // A code is required now; the right password without one answers exactly like a
+        // wrong password or an unknown name (no password oracle), and counts as a failure.
+        let right = f.login("dr.frank", PASSWORD, None, None).await.unwrap_err();
+        let wrong = f
+            .login("nobody.here", "not the password at all", None, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(right, ServiceError::CredentialFailure),
+            "{right:?}"
+        );
+        assert_eq!(right.to_string(), wrong.to_string());
+        assert_eq!(format!("{right:?}"), format!("{wrong:?}"));
         // The confirming code was spent.
         let r = f
             .login("dr.frank", PASSWORD, Some(code_at(&secret, f.now())), None)

@@ -1391,14 +1391,16 @@ async fn login_refusals_say_which_without_revealing_accounts() {
     }
     assert_eq!(unknown.body, wrong.body);
 
-    // Enrolled staff: the password alone asks for the code; a replayed code is refused.
+    // Enrolled staff: the right password alone answers like a wrong one (no password
+    // oracle); a replayed code is refused.
     let (_, code) = c.session_with_code("nurse").await;
     let code = code.expect("staff enrol TOTP");
     let a = c
         .login(json!({ "username": "nurse", "password": PASSWORD }))
         .await;
     a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
-    assert_eq!(a.diagnostics(), "a TOTP code is required");
+    assert_eq!(a.diagnostics(), "authentication failed");
+    assert_eq!(a.body, wrong.body);
     let a = c
         .login(json!({ "username": "nurse", "password": PASSWORD, "totp": code }))
         .await;
