@@ -55,11 +55,16 @@ pub(crate) async fn json_object(
 ) -> Result<Map<String, Value>, ApiError> {
     require_json(headers)?;
     let bytes = Zeroizing::new(read_body(body, headers, MAX_SMALL_BODY).await?.to_vec());
-    match serde_json::from_slice::<Value>(&bytes) {
+    match phivault_fhir::json::from_slice_unique(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::BadRequest(
             "the body must be a JSON object".to_owned(),
         )),
+        Err(e) if phivault_fhir::json::is_duplicate_key(&e) => Err(ApiError::BadRequest(format!(
+            "the body has a duplicate key (line {} column {})",
+            e.line(),
+            e.column()
+        ))),
         Err(e) => Err(ApiError::BadRequest(format!(
             "the body is not valid JSON (line {} column {})",
             e.line(),

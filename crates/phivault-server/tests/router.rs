@@ -624,6 +624,77 @@ async fn bodies_need_json_and_a_bounded_size() {
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{a:?}");
 }
 
+/// Input that once answered 500: offsets past the databases' 64-bit range, a thousand
+/// repeated search parameters; and JSON with a key twice, which was read as its last value
+/// (a second `resourceType` created the second type). All are 400 now and change nothing.
+#[tokio::test]
+async fn hostile_input_answers_400_not_500() {
+    let c = ctx().await;
+    for offset in ["9223372036854775808", "18446744073709551615", "1000000001"] {
+        let a = c.get(&format!("/fhir/Patient?_offset={offset}")).await;
+        a.assert_outcome(StatusCode::BAD_REQUEST, "invalid");
+    }
+    let repeated = vec!["family=smith"; 1_100].join("&");
+    let a = c.get(&format!("/fhir/Patient?{repeated}")).await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "invalid");
+    let a = c.get("/fhir/Patient?_offset=1000000000").await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+
+    let twice = r#"{"resourceType":"Patient","name":[{"family":"Twice"}],"resourceType":"Observation","status":"final","code":{"text":"x"}}"#;
+    for uri in ["/fhir/Patient", "/fhir/Observation", "/fhir/Patient/twice1"] {
+        let method = if uri.ends_with("twice1") {
+            Method::PUT
+        } else {
+            Method::POST
+        };
+        let a = c
+            .send(
+                c.req(method, uri)
+                    .header(header::CONTENT_TYPE, "application/fhir+json")
+                    .body(Body::from(twice))
+                    .unwrap(),
+            )
+            .await;
+        a.assert_outcome(StatusCode::BAD_REQUEST, "structure");
+        assert!(
+            String::from_utf8_lossy(&a.body).contains("duplicate"),
+            "{a:?}"
+        );
+    }
+    // A transaction bundle with a duplicate key inside an entry is refused whole.
+    let bundle = r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient","id":"a","id":"b"},"request":{"method":"POST","url":"Patient"}}]}"#;
+    let a = c
+        .send(
+            c.req(Method::POST, "/fhir")
+                .header(header::CONTENT_TYPE, "application/fhir+json")
+                .body(Body::from(bundle))
+                .unwrap(),
+        )
+        .await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "structure");
+    assert_eq!(total(&c.get("/fhir/Observation").await), 0);
+    assert_eq!(total(&c.get("/fhir/Patient").await), 0);
+
+    // Login bodies: a second `password` must not replace the first.
+    c.user("dupe.keys", Role::Patient).await;
+    let body = format!(
+        r#"{{"username":"dupe.keys","password":"wrong password here","password":"{PASSWORD}"}}"#
+    );
+    let mut req = Request::post("/auth/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(address_of("dupe.keys")));
+    let a = c.send(req).await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "value");
+    assert!(
+        String::from_utf8_lossy(&a.body).contains("duplicate key"),
+        "{a:?}"
+    );
+    assert!(!String::from_utf8_lossy(&a.body).contains(PASSWORD));
+}
+
 #[tokio::test]
 async fn create_read_update_delete_history() {
     let c = ctx().await;
