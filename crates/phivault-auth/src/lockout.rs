@@ -14,7 +14,10 @@
 //! **Per address** ([`AddressLimiter`], in memory, one per server process): at most
 //! [`ADDRESS_LIMIT`] (20) login attempts per [`ADDRESS_WINDOW_SECS`] (5 minutes) from one IPv4
 //! address or one IPv6 /64 (a single host usually holds a whole /64), sliding window. Refused
-//! attempts are not counted, so a client that waits gets in again.
+//! attempts are not counted, so a client that waits gets in again. Only failures stay
+//! counted: an attempt is recorded when it starts (so parallel attempts cannot all pass) and
+//! [`AddressLimiter::forgive`] takes it back once it succeeded, so the users behind one
+//! address (a clinic's NAT, a trusted reverse proxy) are not locked out by their own logins.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
@@ -165,6 +168,19 @@ impl AddressLimiter {
         }
         times.push_back(now);
         Ok(())
+    }
+
+    /// Takes back one attempt recorded for `addr` (the latest): the attempt succeeded, and
+    /// only failures count against an address.
+    pub fn forgive(&self, addr: IpAddr) {
+        let key = address_key(addr);
+        let mut state = self.state();
+        if let Some(times) = state.attempts.get_mut(&key) {
+            times.pop_back();
+            if times.is_empty() {
+                state.attempts.remove(&key);
+            }
+        }
     }
 
     /// Forgets addresses with no attempt in the window ending at `now`.
@@ -336,6 +352,24 @@ mod tests {
         assert_eq!(limiter.check_and_record(a, T0 + 300), Ok(()));
         assert!(limiter.check_and_record(a, T0 + 300).is_err());
         assert_eq!(limiter.check_and_record(a, T0 + 301), Ok(()));
+    }
+
+    #[test]
+    fn forgiven_attempts_do_not_count() {
+        let limiter = AddressLimiter::new(3, 300);
+        let a = ip("192.0.2.9");
+        // A hundred successes from one address: each is forgiven, none is counted.
+        for i in 0..100 {
+            limiter.check_and_record(a, T0 + i).unwrap();
+            limiter.forgive(a);
+        }
+        assert_eq!(limiter.tracked_addresses(), 0);
+        // Three failures still lock it; forgiving an untracked address is harmless.
+        limiter.forgive(ip("192.0.2.10"));
+        for i in 0..3 {
+            limiter.check_and_record(a, T0 + 100 + i).unwrap();
+        }
+        assert!(limiter.check_and_record(a, T0 + 103).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use phivault_fhir::{Id, ResourceType, SearchQuery};
@@ -340,6 +341,26 @@ pub struct Accounts {
     addresses: Arc<AddressLimiter>,
     unknown: Arc<Mutex<UnknownThrottles>>,
     lockout: Arc<LockoutSchedule>,
+    /// Permits for argon2id runs (each takes tens of milliseconds of a core and 19 MiB): a
+    /// burst of logins waits here, without holding a thread, instead of taking every core
+    /// and the blocking pool from the requests that read and write records.
+    hashing: Arc<tokio::sync::Semaphore>,
+    hashing_gauge: Arc<HashingGauge>,
+}
+
+/// How many password hashes run now, and the most that ever ran at once.
+#[derive(Debug, Default)]
+struct HashingGauge {
+    running: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// The default number of password hashes that may run at once: half the cores, at least 1.
+pub fn default_hash_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 2)
+        .unwrap_or(1)
+        .max(1)
 }
 
 impl std::fmt::Debug for Accounts {
@@ -376,6 +397,8 @@ impl Accounts {
             addresses: Arc::new(AddressLimiter::default()),
             unknown: Arc::new(Mutex::new(UnknownThrottles::default())),
             lockout: Arc::new(lockout_schedule()),
+            hashing: Arc::new(tokio::sync::Semaphore::new(default_hash_concurrency())),
+            hashing_gauge: Arc::new(HashingGauge::default()),
         }
     }
 
@@ -390,6 +413,23 @@ impl Accounts {
     pub fn with_address_limiter(mut self, limiter: AddressLimiter) -> Self {
         self.addresses = Arc::new(limiter);
         self
+    }
+
+    /// The same service running at most `n` password hashes at once (at least 1).
+    pub fn with_hash_concurrency(mut self, n: usize) -> Self {
+        self.hashing = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
+    }
+
+    /// The most password hashes that ran at once so far (for tests and diagnostics).
+    pub fn peak_concurrent_hashes(&self) -> usize {
+        self.hashing_gauge.peak.load(Ordering::Relaxed)
+    }
+
+    /// Takes back the attempt [`Accounts::check_address`] counted for `address`, once the
+    /// credential it carried was accepted: only failures count against an address.
+    pub fn forgive_address(&self, address: IpAddr) {
+        self.addresses.forgive(address);
     }
 
     /// Counts one credential attempt (login, OAuth2 token or revocation request) from
@@ -422,12 +462,33 @@ impl Accounts {
         self.unknown.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Runs `work` (an argon2id hash or verification) on a blocking thread once a hashing
+    /// permit is free.
+    async fn hashing<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| internal("password hashing closed"))?;
+        let gauge = self.hashing_gauge.clone();
+        let running = gauge
+            .running
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        gauge.peak.fetch_max(running, Ordering::Relaxed);
+        let out = tokio::task::spawn_blocking(work).await;
+        gauge.running.fetch_sub(1, Ordering::Relaxed);
+        out.map_err(|_| internal("password hashing task failed"))
+    }
+
     /// Hashes on a blocking thread (argon2id takes tens of milliseconds and 19 MiB).
     async fn hash_password(&self, password: Password) -> Result<String, ServiceError> {
         let hasher = self.hasher()?;
-        tokio::task::spawn_blocking(move || hasher.hash(&password))
-            .await
-            .map_err(|_| internal("password hashing task failed"))?
+        self.hashing(move || hasher.hash(&password))
+            .await?
             .map_err(internal)
     }
 
@@ -439,7 +500,7 @@ impl Accounts {
         phc: Option<String>,
     ) -> Result<(bool, Password), ServiceError> {
         let hasher = self.hasher()?;
-        tokio::task::spawn_blocking(move || {
+        self.hashing(move || {
             let ok = match &phc {
                 Some(phc) => hasher.verify(&password, phc),
                 None => {
@@ -450,7 +511,6 @@ impl Accounts {
             (ok, password)
         })
         .await
-        .map_err(|_| internal("password verification task failed"))
     }
 
     async fn user_by_username(&self, username: &str) -> Result<UserRow, ServiceError> {
@@ -713,6 +773,7 @@ impl Accounts {
             }
         }
         self.store.clear_login_failures(&user.user_id).await?;
+        self.addresses.forgive(address);
         if let Some(hasher) = &self.hasher
             && hasher.needs_rehash(&user.password_hash)
         {

@@ -380,6 +380,36 @@ async fn concurrent_wrong_passwords_cannot_pass_the_lockout() {
     }
 }
 
+/// Password hashes run at most `with_hash_concurrency` at once, however many logins arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_hashes_are_bounded_in_concurrency() {
+    for f in fixtures().await {
+        let accounts = f.accounts.clone().with_hash_concurrency(2);
+        let attempts: Vec<_> = (0..40u8)
+            .map(|i| {
+                let accounts = accounts.clone();
+                tokio::spawn(async move {
+                    accounts
+                        .login(LoginRequest {
+                            username: format!("burst.{i}"),
+                            password: Password::new("some password or other"),
+                            totp: None,
+                            recovery_code: None,
+                            address: ip(i),
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for attempt in attempts {
+            let r = attempt.await.unwrap();
+            assert!(is_credential_failure(&r), "{r:?}");
+        }
+        let peak = accounts.peak_concurrent_hashes();
+        assert!((1..=2).contains(&peak), "{}: {peak}", f.label);
+    }
+}
+
 #[tokio::test]
 async fn logins_per_address_are_limited() {
     for f in fixtures().await {
@@ -391,18 +421,26 @@ async fn logins_per_address_are_limited() {
             .create_user("erin", Password::new(PASSWORD), Role::Patient)
             .await
             .unwrap();
-        let attempt = |addr: IpAddr| {
+        let try_password = |addr: IpAddr, password: &str| {
             accounts.login(LoginRequest {
                 username: "erin".into(),
-                password: Password::new(PASSWORD),
+                password: Password::new(password),
                 totp: None,
                 recovery_code: None,
                 address: addr,
             })
         };
-        for _ in 0..3 {
+        let attempt = |addr: IpAddr| try_password(addr, PASSWORD);
+        // Successful logins are not counted: the people behind one address (a clinic's NAT,
+        // a reverse proxy) do not lock each other out by signing in.
+        for _ in 0..10 {
             attempt(ip(1)).await.unwrap();
         }
+        for _ in 0..3 {
+            let r = try_password(ip(1), "wrong password here").await;
+            assert!(is_credential_failure(&r), "{r:?}");
+        }
+        // Three failures: the address is throttled, even for the right password.
         let err = attempt(ip(1)).await.unwrap_err();
         assert!(
             matches!(err, ServiceError::Throttled { retry_after: 300 }),

@@ -295,7 +295,15 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
         settings.consent_defaults.clone(),
         settings.processing_activities.clone(),
     )
-    .with_retention(settings.retention.clone());
+    .with_retention(settings.retention.clone())
+    .with_trusted_proxies(settings.edge.trusted_proxies.clone());
+    let state = AppState {
+        accounts: state
+            .accounts
+            .clone()
+            .with_hash_concurrency(settings.edge.max_concurrent_password_hashes),
+        ..state
+    };
     if let Err(e) = check_audit_trail(&state.audit, allow_broken_audit).await {
         store.close().await;
         return Err(e);

@@ -10,7 +10,6 @@
 
 use std::fmt;
 
-use serde::Deserializer as _;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 

@@ -2479,6 +2479,63 @@ async fn searches_page_across_patients_with_different_label_grants() {
     assert_eq!(seen, expected);
 }
 
+/// Behind a reverse proxy every request arrives from the proxy: successful token requests
+/// must not count, and with `trusted_proxies` each client behind the proxy (by
+/// `X-Forwarded-For`) has its own bucket, while a direct client cannot escape its bucket by
+/// sending the header.
+#[tokio::test]
+async fn address_limits_count_failures_per_client_behind_trusted_proxies() {
+    let mut c = ctx().await;
+    c.state = c
+        .state
+        .clone()
+        .with_trusted_proxies(vec!["10.0.0.0/8".parse().unwrap()]);
+    let (id, secret) = c.client("behind.proxy", "system/Patient.rs", None).await;
+    let token = |peer: [u8; 4], xff: Option<&str>, secret: &str| {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        let mut b = Request::post("/oauth/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::AUTHORIZATION, format!("Basic {encoded}"));
+        if let Some(xff) = xff {
+            b = b.header("x-forwarded-for", xff);
+        }
+        let mut req = b.body(Body::from("grant_type=client_credentials")).unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((peer, 40000))));
+        req
+    };
+    let proxy = [10, 0, 0, 1];
+    // Thirty successes through the proxy (the limit is 20 attempts per 5 minutes).
+    for i in 0..30 {
+        let a = c.send(token(proxy, Some("198.51.100.1"), &secret)).await;
+        assert_eq!(a.status, StatusCode::OK, "#{i}: {a:?}");
+    }
+    // Another client behind the proxy guesses secrets until it is throttled...
+    let mut last = StatusCode::OK;
+    for _ in 0..21 {
+        last = c
+            .send(token(proxy, Some("1.1.1.1, 198.51.100.66"), "pvc_guess"))
+            .await
+            .status;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+    // ... which neither locks out the first client nor the proxy's own requests.
+    let a = c.send(token(proxy, Some("198.51.100.1"), &secret)).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let a = c.send(token(proxy, None, &secret)).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    // A direct (untrusted) client's X-Forwarded-For is ignored: changing it does not give
+    // a fresh bucket.
+    let direct = [203, 0, 113, 9];
+    for i in 0..20u8 {
+        let xff = format!("192.0.2.{i}");
+        let a = c.send(token(direct, Some(&xff), "pvc_guess")).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "#{i}: {a:?}");
+    }
+    let a = c.send(token(direct, Some("192.0.2.200"), &secret)).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{a:?}");
+}
+
 #[tokio::test]
 async fn token_requests_are_limited_per_address() {
     let c = ctx().await;
