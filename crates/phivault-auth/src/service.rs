@@ -346,6 +346,8 @@ pub struct Accounts {
     /// and the blocking pool from the requests that read and write records.
     hashing: Arc<tokio::sync::Semaphore>,
     hashing_gauge: Arc<HashingGauge>,
+    /// Patients, too, must confirm TOTP before their sessions can do anything else.
+    patient_totp_required: bool,
 }
 
 /// How many password hashes run now, and the most that ever ran at once.
@@ -399,6 +401,7 @@ impl Accounts {
             lockout: Arc::new(lockout_schedule()),
             hashing: Arc::new(tokio::sync::Semaphore::new(default_hash_concurrency())),
             hashing_gauge: Arc::new(HashingGauge::default()),
+            patient_totp_required: false,
         }
     }
 
@@ -413,6 +416,19 @@ impl Accounts {
     pub fn with_address_limiter(mut self, limiter: AddressLimiter) -> Self {
         self.addresses = Arc::new(limiter);
         self
+    }
+
+    /// The same service requiring TOTP of patient accounts too: a patient without a
+    /// confirmed second factor gets an enrolment-only session, like staff. Patients may
+    /// enrol TOTP either way.
+    pub fn with_patient_totp_required(mut self, required: bool) -> Self {
+        self.patient_totp_required = required;
+        self
+    }
+
+    /// Whether accounts of `role` must confirm TOTP before their sessions are usable.
+    fn second_factor_required(&self, role: Role) -> bool {
+        is_staff(role) || (role == Role::Patient && self.patient_totp_required)
     }
 
     /// The same service running at most `n` password hashes at once (at least 1).
@@ -783,7 +799,7 @@ impl Accounts {
         let (token, record) = TokenRecord::issue(TokenKind::Session, &user.user_id, None, "", now)
             .map_err(internal)?;
         self.store.insert_token(&token_row(&record, None)).await?;
-        let enrolment_only = is_staff(role) && !user.totp_enabled;
+        let enrolment_only = self.second_factor_required(role) && !user.totp_enabled;
         tracing::info!(target: "phivault::auth", user_id = %user.user_id, enrolment_only, "login");
         Ok(LoginOutcome {
             token,
@@ -954,7 +970,9 @@ impl Accounts {
             principal,
             practitioner,
             client_id: record.client_id,
-            enrolment_only: kind == TokenKind::Session && is_staff(role) && !user.totp_enabled,
+            enrolment_only: kind == TokenKind::Session
+                && self.second_factor_required(role)
+                && !user.totp_enabled,
         })
     }
 

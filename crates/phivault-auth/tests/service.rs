@@ -85,12 +85,22 @@ impl Fixture {
     /// A clinician with TOTP confirmed, signed in with a code: (session, base32 secret,
     /// recovery codes).
     async fn enrolled(&self, username: &str, role: Role) -> (Authenticated, String, Vec<String>) {
+        self.enrolled_as(username, role, true).await
+    }
+
+    /// As [`Fixture::enrolled`], for a role whose first session is `enrolment_only` or not.
+    async fn enrolled_as(
+        &self,
+        username: &str,
+        role: Role,
+        enrolment_only: bool,
+    ) -> (Authenticated, String, Vec<String>) {
         self.accounts
             .create_user(username, Password::new(PASSWORD), role)
             .await
             .unwrap();
         let first = self.login(username, PASSWORD, None, None).await.unwrap();
-        assert!(first.enrolment_only, "{}", self.label);
+        assert_eq!(first.enrolment_only, enrolment_only, "{}", self.label);
         let who = self
             .accounts
             .authenticate(first.token.expose())
@@ -377,6 +387,53 @@ async fn concurrent_wrong_passwords_cannot_pass_the_lockout() {
                 f.label
             );
         }
+    }
+}
+
+/// Patients can protect their accounts with TOTP (then a code is needed at login), and with
+/// the setting on, a patient without TOTP gets an enrolment-only session like staff.
+#[tokio::test]
+async fn patients_may_and_can_be_required_to_use_totp() {
+    for f in fixtures().await {
+        // Optional: a patient signs in without a factor, enrols, then needs a code.
+        let (who, secret, codes) = f.enrolled_as("pat.optional", Role::Patient, false).await;
+        assert_eq!(who.principal.kind(), PrincipalKind::User);
+        assert_eq!(codes.len(), 10);
+        let r = f.login("pat.optional", PASSWORD, None, None).await;
+        assert!(is_credential_failure(&r), "{}: {r:?}", f.label);
+        f.advance(30);
+        f.login(
+            "pat.optional",
+            PASSWORD,
+            Some(code_at(&secret, f.now())),
+            None,
+        )
+        .await
+        .unwrap();
+
+        // Required: the first session can only enrol.
+        let strict = f.accounts.clone().with_patient_totp_required(true);
+        strict
+            .create_user("pat.strict", Password::new(PASSWORD), Role::Patient)
+            .await
+            .unwrap();
+        let request = || LoginRequest {
+            username: "pat.strict".into(),
+            password: Password::new(PASSWORD),
+            totp: None,
+            recovery_code: None,
+            address: ip(7),
+        };
+        let first = strict.login(request()).await.unwrap();
+        assert!(first.enrolment_only, "{}", f.label);
+        let session = strict.authenticate(first.token.expose()).await.unwrap();
+        assert!(session.enrolment_only);
+        assert!(matches!(
+            strict.care_patients(&session).await,
+            Err(ServiceError::EnrolmentRequired)
+        ));
+        // Without the setting the same account is a full session.
+        assert!(!f.accounts.login(request()).await.unwrap().enrolment_only);
     }
 }
 

@@ -301,7 +301,8 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
         accounts: state
             .accounts
             .clone()
-            .with_hash_concurrency(settings.edge.max_concurrent_password_hashes),
+            .with_hash_concurrency(settings.edge.max_concurrent_password_hashes)
+            .with_patient_totp_required(settings.edge.require_patient_totp),
         ..state
     };
     if let Err(e) = check_audit_trail(&state.audit, allow_broken_audit).await {

@@ -5,6 +5,8 @@
 //!   peer is the client). List only proxies you run: any listed peer can claim any address.
 //! - `max_concurrent_password_hashes`: argon2id runs at once (each a core for tens of
 //!   milliseconds and 19 MiB); default half the cores, at least 1. Further logins wait.
+//! - `require_patient_totp`: patient accounts, like staff, must confirm TOTP before their
+//!   sessions can do anything else; default false (patients may still enrol).
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -17,6 +19,7 @@ use crate::config::ConfigError;
 pub(crate) struct EdgeLayer {
     pub(crate) trusted_proxies: Option<Vec<String>>,
     pub(crate) max_concurrent_password_hashes: Option<usize>,
+    pub(crate) require_patient_totp: Option<bool>,
 }
 
 /// `[edge]` resolved.
@@ -24,6 +27,7 @@ pub(crate) struct EdgeLayer {
 pub(crate) struct EdgeSettings {
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) max_concurrent_password_hashes: usize,
+    pub(crate) require_patient_totp: bool,
 }
 
 impl EdgeLayer {
@@ -56,6 +60,7 @@ impl EdgeLayer {
         Ok(EdgeSettings {
             trusted_proxies,
             max_concurrent_password_hashes,
+            require_patient_totp: self.require_patient_totp.unwrap_or(false),
         })
     }
 }
@@ -69,9 +74,11 @@ impl EdgeSettings {
             .map(|n| format!("\"{n}\""))
             .collect();
         format!(
-            "\n[edge]\ntrusted_proxies = [{}]\nmax_concurrent_password_hashes = {}\n",
+            "\n[edge]\ntrusted_proxies = [{}]\nmax_concurrent_password_hashes = {}\n\
+             require_patient_totp = {}\n",
             proxies.join(", "),
-            self.max_concurrent_password_hashes
+            self.max_concurrent_password_hashes,
+            self.require_patient_totp
         )
     }
 }
@@ -93,6 +100,7 @@ mod tests {
                 "::1".into(),
             ]),
             max_concurrent_password_hashes: Some(3),
+            require_patient_totp: Some(true),
         }
         .resolve()
         .unwrap();
@@ -105,6 +113,8 @@ mod tests {
             ]
         );
         assert_eq!(s.max_concurrent_password_hashes, 3);
+        assert!(s.require_patient_totp);
+        assert!(!d.require_patient_totp);
         assert!(s.to_toml().contains("\"192.0.2.7/32\""));
         for bad in [
             EdgeLayer {

@@ -695,6 +695,34 @@ async fn hostile_input_answers_400_not_500() {
     assert!(!String::from_utf8_lossy(&a.body).contains(PASSWORD));
 }
 
+/// Patients may enrol TOTP from a normal session; with the setting that requires it, a
+/// patient's first session can only enrol, and afterwards a code is needed.
+#[tokio::test]
+async fn patients_can_use_and_be_required_to_use_totp() {
+    let mut c = ctx().await;
+    c.user("pat.voluntary", Role::Patient).await;
+    let (token, code) = c.session_with_code("pat.voluntary").await;
+    assert!(code.is_none());
+    let a = c
+        .post_json(
+            Some(&token),
+            "/auth/totp/enroll",
+            &json!({}),
+            "pat.voluntary",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+
+    c.state.accounts = c.state.accounts.clone().with_patient_totp_required(true);
+    c.user("pat.required", Role::Patient).await;
+    let (_, code) = c.session_with_code("pat.required").await;
+    assert!(code.is_some(), "the patient had to enrol");
+    let a = c
+        .login(json!({ "username": "pat.required", "password": PASSWORD }))
+        .await;
+    a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+}
+
 #[tokio::test]
 async fn create_read_update_delete_history() {
     let c = ctx().await;
