@@ -114,7 +114,7 @@ pub use password::{Password, PasswordHasher, PasswordPolicy, PolicyViolation};
 pub use recovery::{RecoveryCode, RecoveryCodeHash, RecoveryCodes};
 pub use service::{
     Accounts, Authenticated, BreakGlassRecord, LoginOutcome, LoginRequest, ServiceError,
-    TotpEnrolment, UserSummary,
+    TotpEnrolment, UserSummary, default_hash_concurrency,
 };
 pub use token::{IssuedToken, TokenError, TokenHash, TokenKind, TokenRecord};
 pub use totp::{Totp, TotpError, TotpSecret};

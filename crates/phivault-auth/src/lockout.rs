@@ -1,19 +1,23 @@
 //! Login throttling, per account and per client address.
 //!
-//! **Per account** ([`LoginThrottle`], a pure state machine the store persists with the
-//! account): after [`FAILURES_BEFORE_LOCKOUT`] (5) consecutive failed logins the account is
-//! locked for [`FIRST_LOCKOUT_SECS`] (60 s). Each further failure (necessarily after the lock
-//! has passed, since a locked account's password is not checked) locks it again for twice as
-//! long as the previous lock: 120 s, 240 s, ... up to [`MAX_LOCKOUT_SECS`] (1 h). A successful
-//! login resets the count. The caller calls [`LoginThrottle::check`] before verifying the
-//! password, [`LoginThrottle::record_failure`] on a wrong password or second factor, and
-//! [`LoginThrottle::record_success`] once both factors passed; it updates the stored state in
-//! the same transaction as it reads it.
+//! **Per account**: after [`FAILURES_BEFORE_LOCKOUT`] (5) consecutive failed logins the
+//! account is locked for [`FIRST_LOCKOUT_SECS`] (60 s). Each further failure (necessarily
+//! after the lock has passed, since a locked account's password is not checked) locks it again
+//! for twice as long as the previous lock: 120 s, 240 s, ... up to [`MAX_LOCKOUT_SECS`] (1 h).
+//! A successful login resets the count. Known accounts keep the count in the store, which
+//! checks the lock and counts the attempt in one statement *before* the password is checked
+//! (the accounts service clears it after a complete login), so parallel guesses cannot all
+//! read the same count. [`LoginThrottle`] is the same rule as a pure state machine, which the
+//! service uses in memory for usernames that do not exist (checked and counted under one
+//! lock, for the same reason).
 //!
 //! **Per address** ([`AddressLimiter`], in memory, one per server process): at most
 //! [`ADDRESS_LIMIT`] (20) login attempts per [`ADDRESS_WINDOW_SECS`] (5 minutes) from one IPv4
 //! address or one IPv6 /64 (a single host usually holds a whole /64), sliding window. Refused
-//! attempts are not counted, so a client that waits gets in again.
+//! attempts are not counted, so a client that waits gets in again. Only failures stay
+//! counted: an attempt is recorded when it starts (so parallel attempts cannot all pass) and
+//! [`AddressLimiter::forgive`] takes it back once it succeeded, so the users behind one
+//! address (a clinic's NAT, a trusted reverse proxy) are not locked out by their own logins.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
@@ -164,6 +168,19 @@ impl AddressLimiter {
         }
         times.push_back(now);
         Ok(())
+    }
+
+    /// Takes back one attempt recorded for `addr` (the latest): the attempt succeeded, and
+    /// only failures count against an address.
+    pub fn forgive(&self, addr: IpAddr) {
+        let key = address_key(addr);
+        let mut state = self.state();
+        if let Some(times) = state.attempts.get_mut(&key) {
+            times.pop_back();
+            if times.is_empty() {
+                state.attempts.remove(&key);
+            }
+        }
     }
 
     /// Forgets addresses with no attempt in the window ending at `now`.
@@ -335,6 +352,24 @@ mod tests {
         assert_eq!(limiter.check_and_record(a, T0 + 300), Ok(()));
         assert!(limiter.check_and_record(a, T0 + 300).is_err());
         assert_eq!(limiter.check_and_record(a, T0 + 301), Ok(()));
+    }
+
+    #[test]
+    fn forgiven_attempts_do_not_count() {
+        let limiter = AddressLimiter::new(3, 300);
+        let a = ip("192.0.2.9");
+        // A hundred successes from one address: each is forgiven, none is counted.
+        for i in 0..100 {
+            limiter.check_and_record(a, T0 + i).unwrap();
+            limiter.forgive(a);
+        }
+        assert_eq!(limiter.tracked_addresses(), 0);
+        // Three failures still lock it; forgiving an untracked address is harmless.
+        limiter.forgive(ip("192.0.2.10"));
+        for i in 0..3 {
+            limiter.check_and_record(a, T0 + 100 + i).unwrap();
+        }
+        assert!(limiter.check_and_record(a, T0 + 103).is_err());
     }
 
     #[test]

@@ -4,18 +4,22 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use phivault_fhir::{Id, ResourceType, SearchQuery};
 use phivault_policy::{
     BreakGlass, Label, PrincipalKind, PrincipalRef, Role, ScopeSet, SmartScope, period_contains,
 };
-use phivault_store::accounts::{BreakGlassRow, ClientRow, GrantRow, NewUser, TokenRow, UserRow};
+use phivault_store::accounts::{
+    BreakGlassRow, ClientRow, GrantRow, LockoutSchedule, LoginClaim, NewUser, TokenRow, UserRow,
+};
 use phivault_store::{Store, StoreError};
 use serde_json::Value;
 use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
 
+use crate::lockout::{FAILURES_BEFORE_LOCKOUT, MAX_LOCKOUT_SECS, lockout_secs};
 use crate::recovery::RECOVERY_CODE_COUNT;
 use crate::token;
 use crate::{
@@ -28,8 +32,9 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError {
-    /// Wrong username/password/TOTP/recovery code, unknown/expired/revoked token, token of
-    /// another client: one text for all, so nothing tells whether an account exists.
+    /// Wrong username/password/TOTP/recovery code, a missing second factor, unknown/expired/
+    /// revoked token, token of another client: one text for all, so nothing tells whether an
+    /// account exists or whether a password was right.
     #[error("authentication failed")]
     CredentialFailure,
     /// The account or address is throttled; retry after this many seconds.
@@ -38,9 +43,6 @@ pub enum ServiceError {
         /// Seconds to wait.
         retry_after: i64,
     },
-    /// A second factor is required and was not given.
-    #[error("a TOTP code is required for this account")]
-    SecondFactorRequired,
     /// The session may only be used to enrol TOTP.
     #[error("TOTP enrolment is required before this account can be used")]
     EnrolmentRequired,
@@ -195,8 +197,6 @@ const MAX_CLIENT_ID_LEN: usize = 128;
 /// Unknown usernames whose failed logins are remembered (in memory) before the oldest state
 /// is dropped.
 const MAX_UNKNOWN_TRACKED: usize = 10_000;
-/// Compare-and-set attempts on a user's throttle state under contention.
-const THROTTLE_RETRIES: usize = 5;
 /// CareTeam resources read per page, and at most this many pages.
 const CARE_TEAM_PAGE: usize = 1000;
 const MAX_CARE_TEAM_PAGES: usize = 100;
@@ -226,13 +226,16 @@ fn check_username(username: &str) -> Result<String, ServiceError> {
     Ok(name.to_owned())
 }
 
-fn parse_throttle(user_id: &str, text: Option<&str>) -> LoginThrottle {
-    match text {
-        None => LoginThrottle::new(),
-        Some(t) => serde_json::from_str(t).unwrap_or_else(|_| {
-            tracing::warn!(target: "phivault::auth", user_id, "unreadable throttle state reset");
-            LoginThrottle::new()
-        }),
+/// The account lockout of [`crate::lockout`] as the store applies it: locked from the fifth
+/// failure, 60 s doubling per failure, at most an hour.
+fn lockout_schedule() -> LockoutSchedule {
+    let lock_secs = (FAILURES_BEFORE_LOCKOUT..)
+        .map_while(|n| lockout_secs(n).filter(|secs| *secs < MAX_LOCKOUT_SECS))
+        .collect();
+    LockoutSchedule {
+        lock_after: i64::from(FAILURES_BEFORE_LOCKOUT),
+        lock_secs,
+        max_lock_secs: MAX_LOCKOUT_SECS,
     }
 }
 
@@ -325,8 +328,14 @@ struct UnknownThrottles {
 }
 
 impl UnknownThrottles {
-    fn check(&self, key: &[u8], now: i64) -> Result<(), LockedUntil> {
-        self.states.get(key).map_or(Ok(()), |t| t.check(now))
+    /// Checks the lock and counts the attempt as a failure under one lock of the map, so
+    /// parallel attempts cannot all pass the check before any is counted.
+    fn claim(&mut self, key: Vec<u8>, now: i64) -> Result<(), LockedUntil> {
+        if let Some(t) = self.states.get(&key) {
+            t.check(now)?;
+        }
+        self.record_failure(key, now);
+        Ok(())
     }
 
     fn record_failure(&mut self, key: Vec<u8>, now: i64) {
@@ -352,6 +361,29 @@ pub struct Accounts {
     clock: Arc<dyn Clock>,
     addresses: Arc<AddressLimiter>,
     unknown: Arc<Mutex<UnknownThrottles>>,
+    lockout: Arc<LockoutSchedule>,
+    /// Permits for argon2id runs (each takes tens of milliseconds of a core and 19 MiB): a
+    /// burst of logins waits here, without holding a thread, instead of taking every core
+    /// and the blocking pool from the requests that read and write records.
+    hashing: Arc<tokio::sync::Semaphore>,
+    hashing_gauge: Arc<HashingGauge>,
+    /// Patients, too, must confirm TOTP before their sessions can do anything else.
+    patient_totp_required: bool,
+}
+
+/// How many password hashes run now, and the most that ever ran at once.
+#[derive(Debug, Default)]
+struct HashingGauge {
+    running: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// The default number of password hashes that may run at once: half the cores, at least 1.
+pub fn default_hash_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 2)
+        .unwrap_or(1)
+        .max(1)
 }
 
 impl std::fmt::Debug for Accounts {
@@ -387,6 +419,10 @@ impl Accounts {
             clock: Arc::new(SystemClock),
             addresses: Arc::new(AddressLimiter::default()),
             unknown: Arc::new(Mutex::new(UnknownThrottles::default())),
+            lockout: Arc::new(lockout_schedule()),
+            hashing: Arc::new(tokio::sync::Semaphore::new(default_hash_concurrency())),
+            hashing_gauge: Arc::new(HashingGauge::default()),
+            patient_totp_required: false,
         }
     }
 
@@ -401,6 +437,36 @@ impl Accounts {
     pub fn with_address_limiter(mut self, limiter: AddressLimiter) -> Self {
         self.addresses = Arc::new(limiter);
         self
+    }
+
+    /// The same service requiring TOTP of patient accounts too: a patient without a
+    /// confirmed second factor gets an enrolment-only session, like staff. Patients may
+    /// enrol TOTP either way.
+    pub fn with_patient_totp_required(mut self, required: bool) -> Self {
+        self.patient_totp_required = required;
+        self
+    }
+
+    /// Whether accounts of `role` must confirm TOTP before their sessions are usable.
+    fn second_factor_required(&self, role: Role) -> bool {
+        is_staff(role) || (role == Role::Patient && self.patient_totp_required)
+    }
+
+    /// The same service running at most `n` password hashes at once (at least 1).
+    pub fn with_hash_concurrency(mut self, n: usize) -> Self {
+        self.hashing = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
+    }
+
+    /// The most password hashes that ran at once so far (for tests and diagnostics).
+    pub fn peak_concurrent_hashes(&self) -> usize {
+        self.hashing_gauge.peak.load(Ordering::Relaxed)
+    }
+
+    /// Takes back the attempt [`Accounts::check_address`] counted for `address`, once the
+    /// credential it carried was accepted: only failures count against an address.
+    pub fn forgive_address(&self, address: IpAddr) {
+        self.addresses.forgive(address);
     }
 
     /// Counts one credential attempt (login, OAuth2 token or revocation request) from
@@ -433,12 +499,33 @@ impl Accounts {
         self.unknown.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Runs `work` (an argon2id hash or verification) on a blocking thread once a hashing
+    /// permit is free.
+    async fn hashing<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| internal("password hashing closed"))?;
+        let gauge = self.hashing_gauge.clone();
+        let running = gauge
+            .running
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        gauge.peak.fetch_max(running, Ordering::Relaxed);
+        let out = tokio::task::spawn_blocking(work).await;
+        gauge.running.fetch_sub(1, Ordering::Relaxed);
+        out.map_err(|_| internal("password hashing task failed"))
+    }
+
     /// Hashes on a blocking thread (argon2id takes tens of milliseconds and 19 MiB).
     async fn hash_password(&self, password: Password) -> Result<String, ServiceError> {
         let hasher = self.hasher()?;
-        tokio::task::spawn_blocking(move || hasher.hash(&password))
-            .await
-            .map_err(|_| internal("password hashing task failed"))?
+        self.hashing(move || hasher.hash(&password))
+            .await?
             .map_err(internal)
     }
 
@@ -450,7 +537,7 @@ impl Accounts {
         phc: Option<String>,
     ) -> Result<(bool, Password), ServiceError> {
         let hasher = self.hasher()?;
-        tokio::task::spawn_blocking(move || {
+        self.hashing(move || {
             let ok = match &phc {
                 Some(phc) => hasher.verify(&password, phc),
                 None => {
@@ -461,7 +548,6 @@ impl Accounts {
             (ok, password)
         })
         .await
-        .map_err(|_| internal("password verification task failed"))
     }
 
     async fn user_by_username(&self, username: &str) -> Result<UserRow, ServiceError> {
@@ -612,61 +698,10 @@ impl Accounts {
         Ok(self.store.user_count().await?)
     }
 
-    /// Counts a failed login on a known account (compare-and-set, retried under contention,
-    /// so parallel guesses cannot lose counts).
-    async fn record_failure(&self, user: &UserRow, now: i64) -> Result<(), ServiceError> {
-        let mut old = user.throttle.clone();
-        for _ in 0..THROTTLE_RETRIES {
-            let mut throttle = parse_throttle(&user.user_id, old.as_deref());
-            throttle.record_failure(now);
-            let new = serde_json::to_string(&throttle).map_err(internal)?;
-            if self
-                .store
-                .replace_throttle(&user.user_id, old.as_deref(), Some(&new))
-                .await?
-            {
-                return Ok(());
-            }
-            match self.store.user_by_id(&user.user_id).await? {
-                Some(fresh) => old = fresh.throttle,
-                None => return Ok(()),
-            }
-        }
-        tracing::warn!(target: "phivault::auth", user_id = %user.user_id, "throttle update lost under contention");
-        Ok(())
-    }
-
-    /// Clears a known account's throttle after a complete login.
-    async fn record_success(&self, user: &UserRow) -> Result<(), ServiceError> {
-        let mut old = user.throttle.clone();
-        for _ in 0..THROTTLE_RETRIES {
-            if old.is_none() {
-                return Ok(());
-            }
-            if self
-                .store
-                .replace_throttle(&user.user_id, old.as_deref(), None)
-                .await?
-            {
-                return Ok(());
-            }
-            match self.store.user_by_id(&user.user_id).await? {
-                Some(fresh) => old = fresh.throttle,
-                None => return Ok(()),
-            }
-        }
-        Ok(())
-    }
-
-    /// A refused credential on a known account: counted, then the one answer for all.
-    async fn refuse(
-        &self,
-        user: &UserRow,
-        now: i64,
-        why: &'static str,
-    ) -> Result<LoginOutcome, ServiceError> {
+    /// A refused credential on a known account (the attempt was already counted when it
+    /// was claimed): the one answer for all.
+    fn refuse(&self, user: &UserRow, why: &'static str) -> Result<LoginOutcome, ServiceError> {
         tracing::info!(target: "phivault::auth", user_id = %user.user_id, why, "login refused");
-        self.record_failure(user, now).await?;
         Err(ServiceError::CredentialFailure)
     }
 
@@ -685,22 +720,35 @@ impl Accounts {
             .map_err(|e| ServiceError::Throttled {
                 retry_after: e.retry_after_secs,
             })?;
+        // Every attempt is counted as a failure before the password is checked, in the same
+        // step as the lock is checked, and the count is cleared only by a complete login: so
+        // parallel guesses get at most the allowed number of password checks.
         let Some(user) = self.store.user_by_username(&username).await? else {
             let key = self.store.username_token(&username);
-            if let Err(lock) = self.unknown().check(&key, now) {
+            let claim = self.unknown().claim(key, now);
+            if let Err(lock) = claim {
                 return Err(ServiceError::Throttled {
                     retry_after: lock.retry_after(now),
                 });
             }
             self.verify_password(password, None).await?;
-            self.unknown().record_failure(key, now);
             return Err(ServiceError::CredentialFailure);
         };
-        let throttle = parse_throttle(&user.user_id, user.throttle.as_deref());
-        if let Err(lock) = throttle.check(now) {
-            return Err(ServiceError::Throttled {
-                retry_after: lock.retry_after(now),
-            });
+        match self
+            .store
+            .claim_login_attempt(&user.user_id, now, &self.lockout)
+            .await?
+        {
+            LoginClaim::Admitted => {}
+            LoginClaim::Locked { until } => {
+                return Err(ServiceError::Throttled {
+                    retry_after: LockedUntil { until }.retry_after(now),
+                });
+            }
+            LoginClaim::NoSuchUser => {
+                self.verify_password(password, None).await?;
+                return Err(ServiceError::CredentialFailure);
+            }
         }
         if user.disabled_at.is_some() {
             self.verify_password(password, None).await?;
@@ -711,7 +759,7 @@ impl Accounts {
             .verify_password(password, Some(user.password_hash.clone()))
             .await?;
         if !ok {
-            return self.refuse(&user, now, "wrong password").await;
+            return self.refuse(&user, "wrong password");
         }
         let role = Role::parse(&user.role).map_err(internal)?;
         if user.totp_enabled {
@@ -727,15 +775,13 @@ impl Accounts {
                 let step = match checker.verify(code, now, last) {
                     Ok(step) => step,
                     Err(TotpError::Replayed) => {
-                        return self.refuse(&user, now, "TOTP code replayed").await;
+                        return self.refuse(&user, "TOTP code replayed");
                     }
-                    Err(_) => return self.refuse(&user, now, "wrong TOTP code").await,
+                    Err(_) => return self.refuse(&user, "wrong TOTP code"),
                 };
                 let step = i64::try_from(step).map_err(internal)?;
                 if !self.store.advance_totp_step(&user.user_id, step).await? {
-                    return self
-                        .refuse(&user, now, "TOTP code replayed concurrently")
-                        .await;
+                    return self.refuse(&user, "TOTP code replayed concurrently");
                 }
             } else if let Some(code) = recovery_code.as_deref() {
                 let hashes: Vec<RecoveryCodeHash> = self
@@ -747,23 +793,24 @@ impl Accounts {
                     .collect();
                 let Some(hash) = RecoveryCodes::verify(code, &hashes).and_then(|i| hashes.get(i))
                 else {
-                    return self.refuse(&user, now, "wrong recovery code").await;
+                    return self.refuse(&user, "wrong recovery code");
                 };
                 if !self
                     .store
                     .use_recovery_code(&user.user_id, hash.as_bytes(), now)
                     .await?
                 {
-                    return self
-                        .refuse(&user, now, "recovery code used concurrently")
-                        .await;
+                    return self.refuse(&user, "recovery code used concurrently");
                 }
                 tracing::info!(target: "phivault::auth", user_id = %user.user_id, "recovery code used");
             } else {
-                return Err(ServiceError::SecondFactorRequired);
+                // Answered like a wrong password (and counted like one): a distinct answer
+                // would tell a guesser that the password was right.
+                return self.refuse(&user, "second factor missing");
             }
         }
-        self.record_success(&user).await?;
+        self.store.clear_login_failures(&user.user_id).await?;
+        self.addresses.forgive(address);
         if let Some(hasher) = &self.hasher
             && hasher.needs_rehash(&user.password_hash)
         {
@@ -773,7 +820,7 @@ impl Accounts {
         let (token, record) = TokenRecord::issue(TokenKind::Session, &user.user_id, None, "", now)
             .map_err(internal)?;
         self.store.insert_token(&token_row(&record, None)).await?;
-        let enrolment_only = is_staff(role) && !user.totp_enabled;
+        let enrolment_only = self.second_factor_required(role) && !user.totp_enabled;
         tracing::info!(target: "phivault::auth", user_id = %user.user_id, enrolment_only, "login");
         Ok(LoginOutcome {
             token,
@@ -944,7 +991,9 @@ impl Accounts {
             principal,
             practitioner,
             client_id: record.client_id,
-            enrolment_only: kind == TokenKind::Session && is_staff(role) && !user.totp_enabled,
+            enrolment_only: kind == TokenKind::Session
+                && self.second_factor_required(role)
+                && !user.totp_enabled,
         })
     }
 

@@ -85,12 +85,22 @@ impl Fixture {
     /// A clinician with TOTP confirmed, signed in with a code: (session, base32 secret,
     /// recovery codes).
     async fn enrolled(&self, username: &str, role: Role) -> (Authenticated, String, Vec<String>) {
+        self.enrolled_as(username, role, true).await
+    }
+
+    /// As [`Fixture::enrolled`], for a role whose first session is `enrolment_only` or not.
+    async fn enrolled_as(
+        &self,
+        username: &str,
+        role: Role,
+        enrolment_only: bool,
+    ) -> (Authenticated, String, Vec<String>) {
         self.accounts
             .create_user(username, Password::new(PASSWORD), role)
             .await
             .unwrap();
         let first = self.login(username, PASSWORD, None, None).await.unwrap();
-        assert!(first.enrolment_only, "{}", self.label);
+        assert_eq!(first.enrolment_only, enrolment_only, "{}", self.label);
         let who = self
             .accounts
             .authenticate(first.token.expose())
@@ -333,6 +343,130 @@ async fn lockout_engages_after_five_failures_and_releases() {
     }
 }
 
+/// Fifty wrong passwords at once, on a known account and on an unknown name: the lock is
+/// checked and the attempt counted in one step, so exactly five passwords are checked (and
+/// refused) and the other 45 are throttled; afterwards the right password is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_wrong_passwords_cannot_pass_the_lockout() {
+    for f in fixtures().await {
+        f.accounts
+            .create_user("mallory.target", Password::new(PASSWORD), Role::Patient)
+            .await
+            .unwrap();
+        for name in ["mallory.target", "no.such.account"] {
+            let attempts: Vec<_> = (0..50u8)
+                .map(|i| {
+                    let accounts = f.accounts.clone();
+                    tokio::spawn(async move {
+                        accounts
+                            .login(LoginRequest {
+                                username: name.to_owned(),
+                                password: Password::new(format!("wrong guess number {i}")),
+                                totp: None,
+                                recovery_code: None,
+                                address: ip(i),
+                            })
+                            .await
+                    })
+                })
+                .collect();
+            let mut failures = 0;
+            let mut throttled = 0;
+            for attempt in attempts {
+                match attempt.await.unwrap() {
+                    Err(ServiceError::CredentialFailure) => failures += 1,
+                    Err(ServiceError::Throttled { .. }) => throttled += 1,
+                    other => panic!("{} {name}: {other:?}", f.label),
+                }
+            }
+            assert_eq!((failures, throttled), (5, 45), "{} {name}", f.label);
+            let after = f.login(name, PASSWORD, None, None).await;
+            assert!(
+                matches!(after, Err(ServiceError::Throttled { retry_after: 60 })),
+                "{} {name}: {after:?}",
+                f.label
+            );
+        }
+    }
+}
+
+/// Patients can protect their accounts with TOTP (then a code is needed at login), and with
+/// the setting on, a patient without TOTP gets an enrolment-only session like staff.
+#[tokio::test]
+async fn patients_may_and_can_be_required_to_use_totp() {
+    for f in fixtures().await {
+        // Optional: a patient signs in without a factor, enrols, then needs a code.
+        let (who, secret, codes) = f.enrolled_as("pat.optional", Role::Patient, false).await;
+        assert_eq!(who.principal.kind(), PrincipalKind::User);
+        assert_eq!(codes.len(), 10);
+        let r = f.login("pat.optional", PASSWORD, None, None).await;
+        assert!(is_credential_failure(&r), "{}: {r:?}", f.label);
+        f.advance(30);
+        f.login(
+            "pat.optional",
+            PASSWORD,
+            Some(code_at(&secret, f.now())),
+            None,
+        )
+        .await
+        .unwrap();
+
+        // Required: the first session can only enrol.
+        let strict = f.accounts.clone().with_patient_totp_required(true);
+        strict
+            .create_user("pat.strict", Password::new(PASSWORD), Role::Patient)
+            .await
+            .unwrap();
+        let request = || LoginRequest {
+            username: "pat.strict".into(),
+            password: Password::new(PASSWORD),
+            totp: None,
+            recovery_code: None,
+            address: ip(7),
+        };
+        let first = strict.login(request()).await.unwrap();
+        assert!(first.enrolment_only, "{}", f.label);
+        let session = strict.authenticate(first.token.expose()).await.unwrap();
+        assert!(session.enrolment_only);
+        assert!(matches!(
+            strict.care_patients(&session).await,
+            Err(ServiceError::EnrolmentRequired)
+        ));
+        // Without the setting the same account is a full session.
+        assert!(!f.accounts.login(request()).await.unwrap().enrolment_only);
+    }
+}
+
+/// Password hashes run at most `with_hash_concurrency` at once, however many logins arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_hashes_are_bounded_in_concurrency() {
+    for f in fixtures().await {
+        let accounts = f.accounts.clone().with_hash_concurrency(2);
+        let attempts: Vec<_> = (0..40u8)
+            .map(|i| {
+                let accounts = accounts.clone();
+                tokio::spawn(async move {
+                    accounts
+                        .login(LoginRequest {
+                            username: format!("burst.{i}"),
+                            password: Password::new("some password or other"),
+                            totp: None,
+                            recovery_code: None,
+                            address: ip(i),
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for attempt in attempts {
+            let r = attempt.await.unwrap();
+            assert!(is_credential_failure(&r), "{r:?}");
+        }
+        let peak = accounts.peak_concurrent_hashes();
+        assert!((1..=2).contains(&peak), "{}: {peak}", f.label);
+    }
+}
+
 #[tokio::test]
 async fn logins_per_address_are_limited() {
     for f in fixtures().await {
@@ -344,18 +478,26 @@ async fn logins_per_address_are_limited() {
             .create_user("erin", Password::new(PASSWORD), Role::Patient)
             .await
             .unwrap();
-        let attempt = |addr: IpAddr| {
+        let try_password = |addr: IpAddr, password: &str| {
             accounts.login(LoginRequest {
                 username: "erin".into(),
-                password: Password::new(PASSWORD),
+                password: Password::new(password),
                 totp: None,
                 recovery_code: None,
                 address: addr,
             })
         };
-        for _ in 0..3 {
+        let attempt = |addr: IpAddr| try_password(addr, PASSWORD);
+        // Successful logins are not counted: the people behind one address (a clinic's NAT,
+        // a reverse proxy) do not lock each other out by signing in.
+        for _ in 0..10 {
             attempt(ip(1)).await.unwrap();
         }
+        for _ in 0..3 {
+            let r = try_password(ip(1), "wrong password here").await;
+            assert!(is_credential_failure(&r), "{r:?}");
+        }
+        // Three failures: the address is throttled, even for the right password.
         let err = attempt(ip(1)).await.unwrap_err();
         assert!(
             matches!(err, ServiceError::Throttled { retry_after: 300 }),
@@ -431,11 +573,19 @@ async fn staff_enrol_totp_and_codes_work_once() {
             Err(ServiceError::Invalid(_))
         ));
 
-        // A code is required now.
-        assert!(matches!(
-            f.login("dr.frank", PASSWORD, None, None).await,
-            Err(ServiceError::SecondFactorRequired)
-        ));
+        // A code is required now; the right password without one answers exactly like a
+        // wrong password or an unknown name (no password oracle), and counts as a failure.
+        let right = f.login("dr.frank", PASSWORD, None, None).await.unwrap_err();
+        let wrong = f
+            .login("nobody.here", "not the password at all", None, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(right, ServiceError::CredentialFailure),
+            "{right:?}"
+        );
+        assert_eq!(right.to_string(), wrong.to_string());
+        assert_eq!(format!("{right:?}"), format!("{wrong:?}"));
         // The confirming code was spent.
         let r = f
             .login("dr.frank", PASSWORD, Some(code_at(&secret, f.now())), None)

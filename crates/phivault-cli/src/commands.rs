@@ -322,8 +322,17 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
         settings.processing_activities.clone(),
     )
     .with_retention(settings.retention.clone())
+    .with_trusted_proxies(settings.edge.trusted_proxies.clone())
     .with_role_purposes(settings.role_purposes.clone())
     .context("setting the purposes of use per role")?;
+    let state = AppState {
+        accounts: state
+            .accounts
+            .clone()
+            .with_hash_concurrency(settings.edge.max_concurrent_password_hashes)
+            .with_patient_totp_required(settings.edge.require_patient_totp),
+        ..state
+    };
     if let Err(e) = check_pinned_audit_key(&state.audit, settings.audit_public_key.as_deref()) {
         store.close().await;
         return Err(e);

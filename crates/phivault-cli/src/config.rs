@@ -16,6 +16,8 @@ use phivault_server::{
 use phivault_store::RetentionRule;
 use serde::Deserialize;
 
+use crate::config_edge::{EdgeLayer, EdgeSettings};
+
 /// The file read when neither `--config` nor `PHIVAULT_CONFIG` names one (only if it exists).
 pub(crate) const DEFAULT_CONFIG_FILE: &str = "phivault.toml";
 /// Default `data_dir`.
@@ -73,6 +75,8 @@ pub(crate) struct Layer {
     pub(crate) processing_activities: Option<Vec<ProcessingActivity>>,
     /// `[retention]`: resource type -> period ("30d", "10y") (file only).
     pub(crate) retention: Option<BTreeMap<String, String>>,
+    /// `[edge]`: proxies, password hashing (file only; see `config_edge`).
+    pub(crate) edge: Option<EdgeLayer>,
 }
 
 impl Layer {
@@ -94,6 +98,7 @@ impl Layer {
             role_purposes: self.role_purposes.or(lower.role_purposes),
             processing_activities: self.processing_activities.or(lower.processing_activities),
             retention: self.retention.or(lower.retention),
+            edge: self.edge.or(lower.edge),
         }
     }
 }
@@ -126,6 +131,8 @@ pub(crate) struct Settings {
     pub(crate) processing_activities: Vec<ProcessingActivity>,
     /// Retention periods by resource type (none: every resource is kept forever).
     pub(crate) retention: Vec<RetentionRule>,
+    /// `[edge]`.
+    pub(crate) edge: EdgeSettings,
 }
 
 impl Settings {
@@ -217,6 +224,7 @@ impl Settings {
                 out.push_str(&format!("{} = \"{period}\"\n", r.rtype));
             }
         }
+        out.push_str(&self.edge.to_toml());
         out
     }
 }
@@ -430,6 +438,7 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         }
     })?;
     let retention = parse_retention(merged.retention.unwrap_or_default())?;
+    let edge = merged.edge.unwrap_or_default().resolve()?;
     Ok(Settings {
         data_dir,
         database_url,
@@ -447,6 +456,7 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         role_purposes,
         processing_activities,
         retention,
+        edge,
     })
 }
 

@@ -13,6 +13,7 @@ mod cli;
 mod cli_audit;
 mod commands;
 mod config;
+mod config_edge;
 mod export_patient;
 mod import;
 mod keys_cmd;

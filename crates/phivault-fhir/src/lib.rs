@@ -14,6 +14,7 @@
 
 mod bundle;
 mod error;
+pub mod json;
 mod outcome;
 mod search;
 mod types;

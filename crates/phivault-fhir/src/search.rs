@@ -38,6 +38,17 @@ const MAX_WORDS: usize = 16;
 /// At most this many comma-separated values in one search parameter.
 const MAX_OR_VALUES: usize = 100;
 
+/// At most this many query parameters (repeats included) in one search: each becomes a
+/// clause of one SQL statement, and databases bound a statement's depth and size.
+const MAX_PARAMS: usize = 100;
+
+/// At most this many index entries in one search, over all its parameters (bind values).
+const MAX_ENTRIES: usize = 10_000;
+
+/// Largest `_offset`: far beyond any real paging, and well inside the databases' signed
+/// 64-bit `OFFSET`.
+const MAX_OFFSET: usize = 1_000_000_000;
+
 /// Default page size.
 const DEFAULT_COUNT: usize = 50;
 
@@ -653,6 +664,12 @@ impl SearchQuery {
             offset: 0,
             ignored: Vec::new(),
         };
+        if let Some((name, _)) = pairs.get(MAX_PARAMS) {
+            return Err(bad(
+                name,
+                format!("too many search parameters (limit {MAX_PARAMS})"),
+            ));
+        }
         for (name, value) in pairs {
             match name.as_str() {
                 "_id" => {
@@ -677,7 +694,14 @@ impl SearchQuery {
                     query.offset = value
                         .trim()
                         .parse::<usize>()
-                        .map_err(|_| bad(name, "must be a non-negative integer"))?;
+                        .ok()
+                        .filter(|n| *n <= MAX_OFFSET)
+                        .ok_or_else(|| {
+                            bad(
+                                name,
+                                format!("must be a non-negative integer up to {MAX_OFFSET}"),
+                            )
+                        })?;
                 }
                 "_format" => {
                     // A `+` sent unencoded arrives as a space.
@@ -707,6 +731,10 @@ impl SearchQuery {
                         Some(def) => query.params.push(parse_param(def, name, modifier, value)?),
                         None if lenient => query.ignored.push(truncate(name)),
                         None => return Err(FhirError::UnknownSearchParam(truncate(name))),
+                    }
+                    let entries: usize = query.params.iter().map(|p| p.any_of.len()).sum();
+                    if entries > MAX_ENTRIES {
+                        return Err(bad(name, "the search has too many values in all"));
                     }
                 }
             }
@@ -1585,6 +1613,14 @@ mod tests {
             (p, "_count", "-1", "_count", "from 1 to 1000"),
             (p, "_count", "ten", "_count", "from 1 to 1000"),
             (p, "_offset", "-5", "_offset", "non-negative"),
+            (
+                p,
+                "_offset",
+                "9223372036854775808",
+                "_offset",
+                "up to 1000000000",
+            ),
+            (p, "_offset", "1000000001", "_offset", "up to 1000000000"),
             (p, "_format", "xml", "_format", "only json"),
             (
                 p,
@@ -1620,6 +1656,40 @@ mod tests {
             }
             assert!(!err.to_string().contains(MARKER), "{err}");
             assert!(!err.to_string().contains("ZQX MARKER"), "{err}");
+        }
+    }
+
+    #[test]
+    fn searches_are_bounded_in_parameters() {
+        let p = ResourceType::parse("Patient").unwrap();
+        let repeated = |n: usize| vec![("family".to_owned(), "smith".to_owned()); n];
+        assert_eq!(
+            SearchQuery::parse(p, &repeated(MAX_PARAMS), false)
+                .unwrap()
+                .params
+                .len(),
+            MAX_PARAMS
+        );
+        for n in [MAX_PARAMS + 1, 1_100] {
+            match SearchQuery::parse(p, &repeated(n), false) {
+                Err(FhirError::BadSearchValue { param, message }) => {
+                    assert_eq!(param, "family");
+                    assert!(message.contains("too many search parameters"), "{message}");
+                }
+                other => panic!("{n}: {other:?}"),
+            }
+        }
+        let offset = |v: &str| SearchQuery::parse(p, &pairs(&[("_offset", v)]), false);
+        assert_eq!(offset("1000000000").unwrap().offset, MAX_OFFSET);
+        for v in [
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551616",
+        ] {
+            assert!(
+                matches!(offset(v), Err(FhirError::BadSearchValue { .. })),
+                "{v}"
+            );
         }
     }
 }

@@ -261,7 +261,8 @@ impl Validator {
 
     /// Parses JSON bytes and validates them as a resource. With `expected`, the body's
     /// `resourceType` must be that type ([`FhirError::WrongType`]); the type must be supported
-    /// ([`FhirError::UnknownType`]); malformed JSON is [`FhirError::MalformedJson`]; a body
+    /// ([`FhirError::UnknownType`]); malformed JSON (and an object with a key twice) is
+    /// [`FhirError::MalformedJson`]; a body
     /// that breaks the schema is [`FhirError::Invalid`] with one issue per problem (at most
     /// 20), each with its path (`Patient.name[0].family`) and a message that never echoes the
     /// offending value.
@@ -270,8 +271,8 @@ impl Validator {
         bytes: &[u8],
         expected: Option<ResourceType>,
     ) -> Result<ValidResource, FhirError> {
-        let body: Value =
-            serde_json::from_slice(bytes).map_err(|e| FhirError::MalformedJson(json_error(&e)))?;
+        let body = crate::json::from_slice_unique(bytes)
+            .map_err(|e| FhirError::MalformedJson(json_error(&e)))?;
         self.validate(body, expected)
     }
 
@@ -645,6 +646,7 @@ fn json_error(error: &serde_json::Error) -> String {
         "trailing characters",
         "unexpected end of hex escape",
         "recursion limit exceeded",
+        crate::json::DUPLICATE_KEY,
     ];
     let text = error.to_string();
     let phrase = KNOWN

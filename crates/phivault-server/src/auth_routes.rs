@@ -8,7 +8,7 @@
 //! `invalid_client` at the token endpoint) whatever failed, so nothing tells whether an
 //! account or a client exists.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 
 use crate::edge::{Who, bearer};
 use crate::fhir_routes::{parse_pairs, read_body, require_form, require_json};
+use crate::middleware::client_address::client_ip;
 use crate::{ApiError, AppState};
 
 /// Largest body of the identity and admin routes (they carry a few short fields).
@@ -55,11 +56,16 @@ pub(crate) async fn json_object(
 ) -> Result<Map<String, Value>, ApiError> {
     require_json(headers)?;
     let bytes = Zeroizing::new(read_body(body, headers, MAX_SMALL_BODY).await?.to_vec());
-    match serde_json::from_slice::<Value>(&bytes) {
+    match phivault_fhir::json::from_slice_unique(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::BadRequest(
             "the body must be a JSON object".to_owned(),
         )),
+        Err(e) if phivault_fhir::json::is_duplicate_key(&e) => Err(ApiError::BadRequest(format!(
+            "the body has a duplicate key (line {} column {})",
+            e.line(),
+            e.column()
+        ))),
         Err(e) => Err(ApiError::BadRequest(format!(
             "the body is not valid JSON (line {} column {})",
             e.line(),
@@ -114,11 +120,18 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
 // ---------------------------------------------------------------------------------------
 // People
 
-/// The client's address; present whenever the server runs with connection info.
-fn peer(connect: Option<Extension<ConnectInfo<SocketAddr>>>) -> Result<SocketAddr, ApiError> {
-    connect
+/// The client's address: the peer, or what a trusted proxy says the client is (see
+/// [`crate::middleware::client_address`]). The peer is present whenever the server runs with
+/// connection info.
+fn client(
+    state: &AppState,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Result<IpAddr, ApiError> {
+    let peer = connect
         .map(|Extension(ConnectInfo(addr))| addr)
-        .ok_or_else(|| ApiError::internal(&"the router runs without connection info"))
+        .ok_or_else(|| ApiError::internal(&"the router runs without connection info"))?;
+    Ok(client_ip(peer.ip(), headers, &state.trusted_proxies))
 }
 
 /// `POST /auth/login` `{username, password, totp?, recovery_code?}`: a session token.
@@ -128,7 +141,7 @@ async fn login(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let address = peer(connect)?;
+    let address = client(&state, connect, &headers)?;
     let mut fields = json_object(&headers, body).await?;
     let username = required_str(&mut fields, "username")?;
     let password = Password::new(required_str(&mut fields, "password")?);
@@ -142,7 +155,7 @@ async fn login(
             password,
             totp: totp.as_ref().map(|c| c.to_string()),
             recovery_code: recovery_code.as_ref().map(|c| c.to_string()),
-            address: address.ip(),
+            address,
         })
         .await
         .map_err(|e| {
@@ -397,11 +410,16 @@ async fn token(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(refusal) = limit_address(&state, connect) {
-        return refusal;
-    }
+    let address = match limit_address(&state, connect, &headers) {
+        Ok(address) => address,
+        Err(refusal) => return *refusal,
+    };
     match token_inner(&state, &headers, body).await {
-        Ok(response) => response,
+        Ok(response) => {
+            // Only failures count against an address.
+            state.accounts.forgive_address(address);
+            response
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -466,11 +484,15 @@ async fn revoke(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(refusal) = limit_address(&state, connect) {
-        return refusal;
-    }
+    let address = match limit_address(&state, connect, &headers) {
+        Ok(address) => address,
+        Err(refusal) => return *refusal,
+    };
     match revoke_inner(&state, &headers, body).await {
-        Ok(()) => StatusCode::OK.into_response(),
+        Ok(()) => {
+            state.accounts.forgive_address(address);
+            StatusCode::OK.into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -499,20 +521,19 @@ async fn revoke_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Resu
     Ok(())
 }
 
-/// Client authentication attempts count against the same per-address limit as logins:
-/// the refusal to send, if any.
+/// Client authentication attempts count against the same per-address limit as logins (and
+/// are forgiven once they succeed): the client's address, or the refusal to send.
 fn limit_address(
     state: &AppState,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-) -> Option<Response> {
-    match peer(connect) {
-        Err(e) => Some(e.into_response()),
-        Ok(address) => state
-            .accounts
-            .check_address(address.ip())
-            .err()
-            .map(|e| OAuthError::from_service(e).into_response()),
-    }
+    headers: &HeaderMap,
+) -> Result<IpAddr, Box<Response>> {
+    let address = client(state, connect, headers).map_err(|e| Box::new(e.into_response()))?;
+    state
+        .accounts
+        .check_address(address)
+        .map_err(|e| Box::new(OAuthError::from_service(e).into_response()))?;
+    Ok(address)
 }
 
 /// Checks a client's credentials. `Accounts` has no check of its own yet: a client

@@ -52,13 +52,11 @@ pub enum ApiError {
     /// (401, `login`, `error="invalid_token"`). One text for all of them.
     #[error("authentication failed")]
     InvalidToken,
-    /// Login refused: wrong username, password, TOTP or recovery code (401, `login`). One text
-    /// for all of them, so nothing tells whether an account exists.
+    /// Login refused: wrong username, password, TOTP or recovery code, or a right password
+    /// without a needed code (401, `login`). One text for all of them, so nothing tells
+    /// whether an account exists or a password was right.
     #[error("authentication failed")]
     LoginFailed,
-    /// The password was right and a TOTP (or recovery) code is needed (401, `login`).
-    #[error("a TOTP code is required")]
-    SecondFactorRequired,
     /// Too many attempts for the account or the address (429 with `Retry-After`).
     #[error("too many attempts; retry in {retry_after} s")]
     Throttled {
@@ -140,10 +138,7 @@ impl ApiError {
     /// correlation id) as a side effect.
     pub(crate) fn status_and_outcome(self) -> (StatusCode, OperationOutcome) {
         match self {
-            e @ (ApiError::Unauthorized
-            | ApiError::InvalidToken
-            | ApiError::LoginFailed
-            | ApiError::SecondFactorRequired) => (
+            e @ (ApiError::Unauthorized | ApiError::InvalidToken | ApiError::LoginFailed) => (
                 StatusCode::UNAUTHORIZED,
                 OperationOutcome::error(IssueCode::Login, e.to_string()),
             ),
@@ -296,7 +291,6 @@ impl From<ServiceError> for ApiError {
             ServiceError::Throttled { retry_after } => ApiError::Throttled {
                 retry_after: u64::try_from(retry_after).unwrap_or(0).max(1),
             },
-            ServiceError::SecondFactorRequired => ApiError::SecondFactorRequired,
             ServiceError::EnrolmentRequired => {
                 ApiError::Forbidden("TOTP enrolment required".to_owned())
             }
@@ -313,9 +307,7 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let challenge = match &self {
-            ApiError::Unauthorized | ApiError::LoginFailed | ApiError::SecondFactorRequired => {
-                Some("Bearer realm=\"phivault\"")
-            }
+            ApiError::Unauthorized | ApiError::LoginFailed => Some("Bearer realm=\"phivault\""),
             ApiError::InvalidToken => Some("Bearer realm=\"phivault\", error=\"invalid_token\""),
             _ => None,
         };

@@ -205,8 +205,9 @@ async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
 
 /// Parses JSON without quoting the input in the error (values are PHI).
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    phivault_fhir::json::from_slice_unique(bytes).map_err(|e| {
         let what = match e.classify() {
+            _ if phivault_fhir::json::is_duplicate_key(&e) => "duplicate object key",
             serde_json::error::Category::Eof => "unexpected end of input",
             serde_json::error::Category::Io => "unreadable input",
             serde_json::error::Category::Syntax | serde_json::error::Category::Data => {

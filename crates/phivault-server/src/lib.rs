@@ -46,6 +46,7 @@ mod erasure_routes;
 mod error;
 mod export_routes;
 mod fhir_routes;
+mod middleware;
 pub mod portability;
 mod privacy;
 mod request_routes;
@@ -120,6 +121,9 @@ pub struct AppState {
     pub processing_activities: Arc<[ProcessingActivity]>,
     /// Retention periods by resource type, applied in the background (none: keep forever).
     pub retention: Arc<[phivault_store::RetentionRule]>,
+    /// Reverse proxies (CIDR ranges) whose `X-Forwarded-For` names the client; from any
+    /// other peer the header is ignored. Empty: the peer is the client.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl AppState {
@@ -152,6 +156,7 @@ impl AppState {
             consent_defaults: Arc::new(ConsentDefaults::default()),
             processing_activities: Arc::from(default_processing_activities()),
             retention: Arc::from(Vec::new()),
+            trusted_proxies: Arc::from(Vec::new()),
         })
     }
 
@@ -177,6 +182,13 @@ impl AppState {
         })?;
         engine.set_role_purposes(purposes);
         Ok(self)
+    }
+
+    /// The state believing `X-Forwarded-For` from these reverse proxies only (for the client
+    /// address that login and token limits key on).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<ipnet::IpNet>) -> AppState {
+        self.trusted_proxies = Arc::from(proxies);
+        self
     }
 
     /// The state with these retention periods (applied at start and then hourly).

@@ -217,9 +217,14 @@ async fn parameters(
     if optional && bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+    let value: Value = phivault_fhir::json::from_slice_unique(&bytes).map_err(|e| {
         ApiError::Fhir(FhirError::MalformedJson(
-            "the body is not valid JSON".to_owned(),
+            if phivault_fhir::json::is_duplicate_key(&e) {
+                "the body has a duplicate key"
+            } else {
+                "the body is not valid JSON"
+            }
+            .to_owned(),
         ))
     })?;
     if value.get("resourceType").and_then(Value::as_str) != Some("Parameters") {

@@ -624,6 +624,105 @@ async fn bodies_need_json_and_a_bounded_size() {
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{a:?}");
 }
 
+/// Input that once answered 500: offsets past the databases' 64-bit range, a thousand
+/// repeated search parameters; and JSON with a key twice, which was read as its last value
+/// (a second `resourceType` created the second type). All are 400 now and change nothing.
+#[tokio::test]
+async fn hostile_input_answers_400_not_500() {
+    let c = ctx().await;
+    for offset in ["9223372036854775808", "18446744073709551615", "1000000001"] {
+        let a = c.get(&format!("/fhir/Patient?_offset={offset}")).await;
+        a.assert_outcome(StatusCode::BAD_REQUEST, "invalid");
+    }
+    let repeated = vec!["family=smith"; 1_100].join("&");
+    let a = c.get(&format!("/fhir/Patient?{repeated}")).await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "invalid");
+    let a = c.get("/fhir/Patient?_offset=1000000000").await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+
+    let twice = r#"{"resourceType":"Patient","name":[{"family":"Twice"}],"resourceType":"Observation","status":"final","code":{"text":"x"}}"#;
+    for uri in ["/fhir/Patient", "/fhir/Observation", "/fhir/Patient/twice1"] {
+        let method = if uri.ends_with("twice1") {
+            Method::PUT
+        } else {
+            Method::POST
+        };
+        let a = c
+            .send(
+                c.req(method, uri)
+                    .header(header::CONTENT_TYPE, "application/fhir+json")
+                    .body(Body::from(twice))
+                    .unwrap(),
+            )
+            .await;
+        a.assert_outcome(StatusCode::BAD_REQUEST, "structure");
+        assert!(
+            String::from_utf8_lossy(&a.body).contains("duplicate"),
+            "{a:?}"
+        );
+    }
+    // A transaction bundle with a duplicate key inside an entry is refused whole.
+    let bundle = r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient","id":"a","id":"b"},"request":{"method":"POST","url":"Patient"}}]}"#;
+    let a = c
+        .send(
+            c.req(Method::POST, "/fhir")
+                .header(header::CONTENT_TYPE, "application/fhir+json")
+                .body(Body::from(bundle))
+                .unwrap(),
+        )
+        .await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "structure");
+    assert_eq!(total(&c.get("/fhir/Observation").await), 0);
+    assert_eq!(total(&c.get("/fhir/Patient").await), 0);
+
+    // Login bodies: a second `password` must not replace the first.
+    c.user("dupe.keys", Role::Patient).await;
+    let body = format!(
+        r#"{{"username":"dupe.keys","password":"wrong password here","password":"{PASSWORD}"}}"#
+    );
+    let mut req = Request::post("/auth/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(address_of("dupe.keys")));
+    let a = c.send(req).await;
+    a.assert_outcome(StatusCode::BAD_REQUEST, "value");
+    assert!(
+        String::from_utf8_lossy(&a.body).contains("duplicate key"),
+        "{a:?}"
+    );
+    assert!(!String::from_utf8_lossy(&a.body).contains(PASSWORD));
+}
+
+/// Patients may enrol TOTP from a normal session; with the setting that requires it, a
+/// patient's first session can only enrol, and afterwards a code is needed.
+#[tokio::test]
+async fn patients_can_use_and_be_required_to_use_totp() {
+    let mut c = ctx().await;
+    c.user("pat.voluntary", Role::Patient).await;
+    let (token, code) = c.session_with_code("pat.voluntary").await;
+    assert!(code.is_none());
+    let a = c
+        .post_json(
+            Some(&token),
+            "/auth/totp/enroll",
+            &json!({}),
+            "pat.voluntary",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+
+    c.state.accounts = c.state.accounts.clone().with_patient_totp_required(true);
+    c.user("pat.required", Role::Patient).await;
+    let (_, code) = c.session_with_code("pat.required").await;
+    assert!(code.is_some(), "the patient had to enrol");
+    let a = c
+        .login(json!({ "username": "pat.required", "password": PASSWORD }))
+        .await;
+    a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
+}
+
 #[tokio::test]
 async fn create_read_update_delete_history() {
     let c = ctx().await;
@@ -1391,14 +1490,16 @@ async fn login_refusals_say_which_without_revealing_accounts() {
     }
     assert_eq!(unknown.body, wrong.body);
 
-    // Enrolled staff: the password alone asks for the code; a replayed code is refused.
+    // Enrolled staff: the right password alone answers like a wrong one (no password
+    // oracle); a replayed code is refused.
     let (_, code) = c.session_with_code("nurse").await;
     let code = code.expect("staff enrol TOTP");
     let a = c
         .login(json!({ "username": "nurse", "password": PASSWORD }))
         .await;
     a.assert_outcome(StatusCode::UNAUTHORIZED, "login");
-    assert_eq!(a.diagnostics(), "a TOTP code is required");
+    assert_eq!(a.diagnostics(), "authentication failed");
+    assert_eq!(a.body, wrong.body);
     let a = c
         .login(json!({ "username": "nurse", "password": PASSWORD, "totp": code }))
         .await;
@@ -2404,6 +2505,63 @@ async fn searches_page_across_patients_with_different_label_grants() {
         }
     }
     assert_eq!(seen, expected);
+}
+
+/// Behind a reverse proxy every request arrives from the proxy: successful token requests
+/// must not count, and with `trusted_proxies` each client behind the proxy (by
+/// `X-Forwarded-For`) has its own bucket, while a direct client cannot escape its bucket by
+/// sending the header.
+#[tokio::test]
+async fn address_limits_count_failures_per_client_behind_trusted_proxies() {
+    let mut c = ctx().await;
+    c.state = c
+        .state
+        .clone()
+        .with_trusted_proxies(vec!["10.0.0.0/8".parse().unwrap()]);
+    let (id, secret) = c.client("behind.proxy", "system/Patient.rs", None).await;
+    let token = |peer: [u8; 4], xff: Option<&str>, secret: &str| {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        let mut b = Request::post("/oauth/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::AUTHORIZATION, format!("Basic {encoded}"));
+        if let Some(xff) = xff {
+            b = b.header("x-forwarded-for", xff);
+        }
+        let mut req = b.body(Body::from("grant_type=client_credentials")).unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((peer, 40000))));
+        req
+    };
+    let proxy = [10, 0, 0, 1];
+    // Thirty successes through the proxy (the limit is 20 attempts per 5 minutes).
+    for i in 0..30 {
+        let a = c.send(token(proxy, Some("198.51.100.1"), &secret)).await;
+        assert_eq!(a.status, StatusCode::OK, "#{i}: {a:?}");
+    }
+    // Another client behind the proxy guesses secrets until it is throttled...
+    let mut last = StatusCode::OK;
+    for _ in 0..21 {
+        last = c
+            .send(token(proxy, Some("1.1.1.1, 198.51.100.66"), "pvc_guess"))
+            .await
+            .status;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+    // ... which neither locks out the first client nor the proxy's own requests.
+    let a = c.send(token(proxy, Some("198.51.100.1"), &secret)).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let a = c.send(token(proxy, None, &secret)).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    // A direct (untrusted) client's X-Forwarded-For is ignored: changing it does not give
+    // a fresh bucket.
+    let direct = [203, 0, 113, 9];
+    for i in 0..20u8 {
+        let xff = format!("192.0.2.{i}");
+        let a = c.send(token(direct, Some(&xff), "pvc_guess")).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "#{i}: {a:?}");
+    }
+    let a = c.send(token(direct, Some("192.0.2.200"), &secret)).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{a:?}");
 }
 
 #[tokio::test]

@@ -14,9 +14,10 @@
 //! - **break-the-glass reasons** (they may describe the patient): sealed like TOTP secrets.
 //!
 //! Writes on SQLite take the store's write lock, like every other write. Compare-and-set
-//! updates ([`Store::advance_totp_step`], [`Store::use_recovery_code`],
-//! [`Store::replace_throttle`]) return whether they changed a row, which is how the caller
-//! refuses a replayed one-time code or retries a lost throttle update.
+//! updates ([`Store::advance_totp_step`], [`Store::use_recovery_code`]) return whether they
+//! changed a row, which is how the caller refuses a replayed one-time code. Failed logins are
+//! counted by [`Store::claim_login_attempt`] in one statement that both checks the lock and
+//! counts, so parallel attempts cannot all read the same count.
 
 use std::fmt;
 
@@ -76,8 +77,10 @@ pub struct UserRow {
     pub totp_enabled: bool,
     /// The last TOTP step used (replay defence).
     pub totp_last_step: Option<i64>,
-    /// The login throttle state (JSON), `None` when clear.
-    pub throttle: Option<String>,
+    /// Login attempts claimed since the last complete login.
+    pub failed_logins: i64,
+    /// Unix time the account's login lock ends, if it was locked.
+    pub locked_until: Option<i64>,
     /// Linked Patient id (patient users).
     pub patient_id: Option<String>,
     /// Linked Practitioner id (clinicians).
@@ -101,6 +104,31 @@ impl fmt::Debug for UserRow {
             .field("disabled_at", &self.disabled_at)
             .finish_non_exhaustive()
     }
+}
+
+/// How failed logins lock an account (the accounts service owns the numbers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockoutSchedule {
+    /// The count of failures that first locks the account.
+    pub lock_after: i64,
+    /// Lock lengths, seconds, when the count reaches `lock_after`, `lock_after + 1`, ...
+    pub lock_secs: Vec<i64>,
+    /// The lock length for any higher count.
+    pub max_lock_secs: i64,
+}
+
+/// The answer of [`Store::claim_login_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginClaim {
+    /// The attempt was counted; check the credentials.
+    Admitted,
+    /// The account is locked until this Unix time; the attempt was not counted.
+    Locked {
+        /// When the lock ends.
+        until: i64,
+    },
+    /// There is no such account (it vanished since it was read).
+    NoSuchUser,
 }
 
 /// A token as stored: its SHA-256, never the token.
@@ -214,7 +242,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 const USER_COLUMNS: &str = "user_id, role, password_hash, totp_sealed, totp_enabled, \
-     totp_last_step, throttle, patient_id, practitioner_id, profile_sealed, created_at, \
+     totp_last_step, failed_logins, locked_until, patient_id, practitioner_id, profile_sealed, created_at, \
      disabled_at";
 
 fn user_from(row: &AnyRow) -> Result<UserRow, StoreError> {
@@ -225,7 +253,8 @@ fn user_from(row: &AnyRow) -> Result<UserRow, StoreError> {
         totp_sealed: row.try_get("totp_sealed")?,
         totp_enabled: row.try_get::<i64, _>("totp_enabled")? != 0,
         totp_last_step: row.try_get("totp_last_step")?,
-        throttle: row.try_get("throttle")?,
+        failed_logins: row.try_get("failed_logins")?,
+        locked_until: row.try_get("locked_until")?,
         patient_id: row.try_get("patient_id")?,
         practitioner_id: row.try_get("practitioner_id")?,
         profile_sealed: row.try_get("profile_sealed")?,
@@ -476,26 +505,71 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Replaces the stored throttle state `old` by `new` (compare-and-set; `None` is the clear
-    /// state). `false` means the state changed meanwhile: read it again and retry.
-    pub async fn replace_throttle(
+    /// Claims one login attempt on an account at `now`, in one statement: unless the account
+    /// is locked, its failure count goes up by one and, once the count reaches
+    /// `schedule.lock_after`, the account is locked for the schedule's length. The caller
+    /// claims before it checks the password and calls [`Store::clear_login_failures`] after a
+    /// complete login, so an attempt counts as failed unless it is proven right; parallel
+    /// attempts each see the count the others left.
+    pub async fn claim_login_attempt(
         &self,
         user_id: &str,
-        old: Option<&str>,
-        new: Option<&str>,
-    ) -> Result<bool, StoreError> {
+        now: i64,
+        schedule: &LockoutSchedule,
+    ) -> Result<LoginClaim, StoreError> {
+        // Only integers from the schedule are formatted into the statement.
+        let mut lock = format!(
+            "CASE WHEN failed_logins + 1 < {} THEN locked_until",
+            schedule.lock_after
+        );
+        for (failures, secs) in (schedule.lock_after..).zip(&schedule.lock_secs) {
+            lock.push_str(&format!(
+                " WHEN failed_logins + 1 = {failures} THEN $1 + {secs}"
+            ));
+        }
+        lock.push_str(&format!(" ELSE $1 + {} END", schedule.max_lock_secs));
+        let sql = format!(
+            "UPDATE users SET failed_logins = failed_logins + 1, locked_until = {lock} \
+             WHERE tenant = $2 AND user_id = $3 AND (locked_until IS NULL OR locked_until <= $1)"
+        );
         let _guard = self.write_guard().await;
-        let done = sqlx::query(
-            "UPDATE users SET throttle = $1 WHERE tenant = $2 AND user_id = $3 \
-             AND COALESCE(throttle, '') = $4",
+        let done = sqlx::query(&sql)
+            .bind(now)
+            .bind(&self.inner.tenant)
+            .bind(user_id)
+            .execute(&self.inner.pool)
+            .await?;
+        if done.rows_affected() == 1 {
+            return Ok(LoginClaim::Admitted);
+        }
+        let row = sqlx::query("SELECT locked_until FROM users WHERE tenant = $1 AND user_id = $2")
+            .bind(&self.inner.tenant)
+            .bind(user_id)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        Ok(match row {
+            None => LoginClaim::NoSuchUser,
+            Some(row) => LoginClaim::Locked {
+                until: row
+                    .try_get::<Option<i64>, _>("locked_until")?
+                    .unwrap_or(now),
+            },
+        })
+    }
+
+    /// Clears an account's failure count and lock after a complete login.
+    pub async fn clear_login_failures(&self, user_id: &str) -> Result<(), StoreError> {
+        let _guard = self.write_guard().await;
+        sqlx::query(
+            "UPDATE users SET failed_logins = 0, locked_until = NULL \
+             WHERE tenant = $1 AND user_id = $2 \
+             AND (failed_logins <> 0 OR locked_until IS NOT NULL)",
         )
-        .bind(new)
         .bind(&self.inner.tenant)
         .bind(user_id)
-        .bind(old.unwrap_or(""))
         .execute(&self.inner.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(())
     }
 
     /// Replaces a user's password hash (after a rehash with current parameters).

@@ -230,6 +230,8 @@ pub const TABLES: &[Table] = &[
             bytes("profile_sealed"),
             int("created_at"),
             int("disabled_at"),
+            int("failed_logins"),
+            int("locked_until"),
         ],
         order: &["user_id"],
     },
