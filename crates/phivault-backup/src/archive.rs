@@ -3,6 +3,7 @@
 
 use std::io::{BufReader, Read, Write};
 
+use phivault_crypto::{ARCHIVE_MAC_LEN, ArchiveMac, ArchiveMacKey};
 use phivault_store::Store;
 use phivault_store::backup::{
     Column, ColumnKind, TABLES, Table, Value, decode_row, encode_row, schema_version,
@@ -12,8 +13,12 @@ use crate::BackupError;
 use crate::inspect::{Header, Inspector, Manifest, TableColumns, TableSummary};
 
 /// The format name, first line of the decrypted stream and `format` of the header.
-pub const FORMAT: &str = "phivault-backup/v1";
-const MAGIC: &[u8] = b"phivault-backup/v1\n";
+pub const FORMAT: &str = "phivault-backup/v2";
+const MAGIC: &[u8] = b"phivault-backup/v2\n";
+/// The earlier format: the same records without the closing MAC. Read only when an
+/// unauthenticated archive is explicitly accepted.
+pub const FORMAT_V1: &str = "phivault-backup/v1";
+const MAGIC_V1: &[u8] = b"phivault-backup/v1\n";
 /// The largest record accepted (a resource body is at most a few MiB).
 const MAX_RECORD: usize = 256 << 20;
 /// zstd level: fast, and most of an archive is ciphertext, which does not compress.
@@ -24,8 +29,26 @@ const TABLE: u8 = b'T';
 const ROW: u8 = b'R';
 const TABLE_END: u8 = b'E';
 const MANIFEST: u8 = b'M';
+/// The closing record of a v2 archive: the HMAC-SHA256, under the master key's archive key
+/// ([`ArchiveMacKey`]), of the format line and of every record before it (tag, length and
+/// payload). Nothing follows it.
+const MAC: u8 = b'A';
 
-fn write_record(out: &mut impl Write, tag: u8, payload: &[u8]) -> Result<(), BackupError> {
+fn write_record(
+    out: &mut impl Write,
+    mac: &mut ArchiveMac,
+    tag: u8,
+    payload: &[u8],
+) -> Result<(), BackupError> {
+    let len = u32::try_from(payload.len())
+        .map_err(|_| BackupError::Write(std::io::Error::other("a record is too large")))?;
+    mac.update(&[tag]);
+    mac.update(&len.to_be_bytes());
+    mac.update(payload);
+    write_raw_record(out, tag, payload)
+}
+
+fn write_raw_record(out: &mut impl Write, tag: u8, payload: &[u8]) -> Result<(), BackupError> {
     let len = u32::try_from(payload.len())
         .map_err(|_| BackupError::Write(std::io::Error::other("a record is too large")))?;
     out.write_all(&[tag])
@@ -38,13 +61,15 @@ fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, BackupError> {
     serde_json::to_vec(value).map_err(|e| BackupError::Write(std::io::Error::other(e)))
 }
 
-/// Writes a backup of `store` to `out`: one consistent snapshot of every table, compressed
-/// and encrypted to `recipients`. `progress` is called with the rows written so far and the
+/// Writes a backup of `store` to `out`: one consistent snapshot of every table, compressed,
+/// authenticated with `key` (the archive key of the installation's master key) and
+/// encrypted to `recipients`. `progress` is called with the rows written so far and the
 /// total. Returns `out` (flushed, for the caller to sync) and the manifest.
 pub async fn write_backup<W: Write>(
     store: &Store,
     out: W,
     recipients: &[age::x25519::Recipient],
+    key: &ArchiveMacKey,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<(W, Manifest), BackupError> {
     let encryptor =
@@ -80,20 +105,22 @@ pub async fn write_backup<W: Write>(
         tables,
     };
     let total = header.total_rows();
+    let mut mac = key.start();
     z.write_all(MAGIC).map_err(BackupError::Write)?;
-    write_record(&mut z, HEADER, &json(&header)?)?;
+    mac.update(MAGIC);
+    write_record(&mut z, &mut mac, HEADER, &json(&header)?)?;
     let mut inspector = Inspector::new(header.tenant.clone());
     let mut done = 0u64;
     let mut buf = Vec::new();
     for table in TABLES {
-        write_record(&mut z, TABLE, table.name.as_bytes())?;
+        write_record(&mut z, &mut mac, TABLE, table.name.as_bytes())?;
         inspector.begin_table(table)?;
         snapshot
             .for_each_row(table, |values| {
                 buf.clear();
                 encode_row(&values, &mut buf);
                 inspector.row(&values, &buf)?;
-                write_record(&mut z, ROW, &buf)?;
+                write_record(&mut z, &mut mac, ROW, &buf)?;
                 done += 1;
                 if done.is_multiple_of(1000) {
                     progress(done, total);
@@ -102,12 +129,13 @@ pub async fn write_backup<W: Write>(
             })
             .await?;
         let summary = inspector.end_table()?;
-        write_record(&mut z, TABLE_END, &json(&summary)?)?;
+        write_record(&mut z, &mut mac, TABLE_END, &json(&summary)?)?;
     }
     snapshot.finish().await?;
     progress(done, total);
     let manifest = inspector.finish(header)?;
-    write_record(&mut z, MANIFEST, &json(&manifest)?)?;
+    write_record(&mut z, &mut mac, MANIFEST, &json(&manifest)?)?;
+    write_raw_record(&mut z, MAC, &mac.finish())?;
     let sealed = z.finish().map_err(BackupError::Write)?;
     let mut out = sealed.finish().map_err(BackupError::Write)?;
     out.flush().map_err(BackupError::Write)?;
@@ -135,10 +163,24 @@ pub(crate) struct ArchivedRow {
 type Plain<R> =
     BufReader<zstd::stream::read::Decoder<'static, BufReader<age::stream::StreamReader<R>>>>;
 
+/// How a reader treats the archive's authentication.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Auth<'k> {
+    /// A v2 archive's MAC must verify under this key; a v1 archive (no MAC) is refused,
+    /// unless `allow_v1`.
+    Key(&'k ArchiveMacKey, bool),
+    /// The MAC is not checked (no master key at hand: `backup verify` without one).
+    Unchecked,
+}
+
 /// Reads an archive record by record; every read error is reported as damage.
 pub(crate) struct ArchiveReader<R: Read> {
     plain: Plain<R>,
     header: Header,
+    /// The MAC of what was read so far (v2 archives, when checked).
+    mac: Option<ArchiveMac>,
+    /// Whether the archive is v2 (closes with a MAC).
+    authenticated: bool,
     next_table: usize,
     /// A table end or the manifest, read while looking for the next row or table.
     pending: Option<(u8, Vec<u8>)>,
@@ -169,6 +211,7 @@ impl<R: Read> ArchiveReader<R> {
     pub(crate) fn open(
         archive: R,
         identities: &[age::x25519::Identity],
+        auth: Auth<'_>,
     ) -> Result<ArchiveReader<R>, BackupError> {
         let decryptor = age::Decryptor::new(archive).map_err(decrypt_error)?;
         let stream = decryptor
@@ -178,20 +221,39 @@ impl<R: Read> ArchiveReader<R> {
         let mut plain = BufReader::with_capacity(1 << 16, z);
         let mut magic = vec![0u8; MAGIC.len()];
         plain.read_exact(&mut magic).map_err(corrupt)?;
-        if magic != MAGIC {
+        let (authenticated, format) = if magic == MAGIC {
+            (true, FORMAT)
+        } else if magic == MAGIC_V1 {
+            (false, FORMAT_V1)
+        } else {
             return Err(BackupError::NotABackup(format!(
                 "the decrypted stream does not start with {FORMAT}"
             )));
+        };
+        let mut mac = match auth {
+            Auth::Key(_, false) if !authenticated => {
+                return Err(BackupError::Unauthenticated(
+                    "it is a phivault-backup/v1 archive, written before archives carried a \
+                     MAC: nothing shows which installation wrote it; restore it only if you \
+                     know where it came from, with --allow-unauthenticated"
+                        .to_owned(),
+                ));
+            }
+            Auth::Key(key, _) if authenticated => Some(key.start()),
+            _ => None,
+        };
+        if let Some(mac) = &mut mac {
+            mac.update(MAGIC);
         }
-        let (tag, payload) = read_record(&mut plain)?;
+        let (tag, payload) = read_record(&mut plain, mac.as_mut())?;
         if tag != HEADER {
             return Err(BackupError::Corrupt("the header is missing".to_owned()));
         }
         let header: Header = serde_json::from_slice(&payload)
             .map_err(|e| BackupError::Corrupt(format!("the header does not parse: {e}")))?;
-        if header.format != FORMAT {
+        if header.format != format {
             return Err(BackupError::NotABackup(format!(
-                "format {} (this phivault reads {FORMAT})",
+                "format {} in a {format} stream (this phivault reads {FORMAT})",
                 header.format
             )));
         }
@@ -221,6 +283,8 @@ impl<R: Read> ArchiveReader<R> {
         Ok(ArchiveReader {
             plain,
             header,
+            mac,
+            authenticated,
             next_table: 0,
             pending: None,
         })
@@ -230,11 +294,16 @@ impl<R: Read> ArchiveReader<R> {
         &self.header
     }
 
+    /// Whether the archive carries a MAC (v2) that [`ArchiveReader::finish`] checks.
+    pub(crate) fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
     /// The next table, or `None` once the manifest is reached.
     pub(crate) fn next_table(&mut self) -> Result<Option<ArchivedTable>, BackupError> {
         let (tag, payload) = match self.pending.take() {
             Some(p) => p,
-            None => read_record(&mut self.plain)?,
+            None => read_record(&mut self.plain, self.mac.as_mut())?,
         };
         match tag {
             MANIFEST => {
@@ -286,7 +355,7 @@ impl<R: Read> ArchiveReader<R> {
         &mut self,
         table: &ArchivedTable,
     ) -> Result<Option<ArchivedRow>, BackupError> {
-        let (tag, payload) = read_record(&mut self.plain)?;
+        let (tag, payload) = read_record(&mut self.plain, self.mac.as_mut())?;
         match tag {
             ROW => {
                 let malformed =
@@ -361,8 +430,8 @@ impl<R: Read> ArchiveReader<R> {
         Ok(())
     }
 
-    /// Reads the manifest and checks that nothing follows it (which also makes age check the
-    /// end of the stream).
+    /// Reads the manifest, then (v2) the MAC and checks it, and checks that nothing follows
+    /// (which also makes age check the end of the stream).
     pub(crate) fn finish(mut self) -> Result<Manifest, BackupError> {
         let Some((MANIFEST, payload)) = self.pending.take() else {
             return Err(BackupError::Corrupt("the manifest is missing".to_owned()));
@@ -373,6 +442,24 @@ impl<R: Read> ArchiveReader<R> {
             return Err(BackupError::Corrupt(
                 "the manifest's header differs from the archive's".to_owned(),
             ));
+        }
+        if self.authenticated {
+            let (tag, payload) = read_record(&mut self.plain, None)?;
+            if tag != MAC || payload.len() != ARCHIVE_MAC_LEN {
+                return Err(BackupError::Corrupt(
+                    "the archive's MAC is missing after the manifest".to_owned(),
+                ));
+            }
+            if let Some(mac) = self.mac.take()
+                && !mac.verify(&payload)
+            {
+                return Err(BackupError::Unauthenticated(
+                    "its MAC does not verify under this master key: it was not written by \
+                     this installation, or was altered, or was taken under an earlier master \
+                     key (restore it with that key, --master-key-file OLD)"
+                        .to_owned(),
+                ));
+            }
         }
         let mut rest = Vec::new();
         self.plain.read_to_end(&mut rest).map_err(corrupt)?;
@@ -389,7 +476,11 @@ impl<R: Read> ArchiveReader<R> {
     }
 }
 
-fn read_record(r: &mut impl Read) -> Result<(u8, Vec<u8>), BackupError> {
+/// Reads one record; `mac`, when given, takes its tag, length and payload.
+fn read_record(
+    r: &mut impl Read,
+    mac: Option<&mut ArchiveMac>,
+) -> Result<(u8, Vec<u8>), BackupError> {
     let mut head = [0u8; 5];
     r.read_exact(&mut head).map_err(corrupt)?;
     let [tag, l0, l1, l2, l3] = head;
@@ -399,5 +490,9 @@ fn read_record(r: &mut impl Read) -> Result<(u8, Vec<u8>), BackupError> {
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).map_err(corrupt)?;
+    if let Some(mac) = mac {
+        mac.update(&head);
+        mac.update(&payload);
+    }
     Ok((tag, payload))
 }

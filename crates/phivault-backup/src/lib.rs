@@ -14,11 +14,16 @@
 //! - per table: `T` its name, then one `R` per row ([`phivault_store::backup::encode_row`]),
 //!   then `E` its row count and SHA-256 ([`phivault_store::backup::TableDigest`]);
 //! - `M` the [`Manifest`] (JSON): counts, hashes, the audit trail's last entry and last
-//!   signed checkpoint, the erasure ledger's size; nothing may follow it.
+//!   signed checkpoint, the erasure ledger's size;
+//!
+//! - `A` (v2) the HMAC-SHA256 of the format line and every record before it, under a key
+//!   derived from the master key ([`phivault_crypto::ArchiveMacKey`]); nothing may follow.
 //!
 //! age authenticates every 64 KiB chunk and the end of the stream, so a flipped byte or a
 //! truncation anywhere is an error, and the counts and hashes of `E` and `M` check the rows
-//! once more after decoding. Reading an archive ([`verify`], [`restore`]) also checks the
+//! once more after decoding. age does not say who wrote a file (its recipients are public);
+//! the MAC does: only a holder of the master key writes an archive a restore accepts. A v1
+//! archive (before the MAC) is restored only when explicitly allowed. Reading an archive ([`verify`], [`restore`]) also checks the
 //! archived audit trail: the hash chain and every signed checkpoint.
 //!
 //! A restore ([`restore`]) loads the archive into a target database in one transaction that
@@ -38,7 +43,7 @@ mod restore;
 use std::io::Read;
 use std::path::Path;
 
-pub use archive::{FORMAT, write_backup};
+pub use archive::{FORMAT, FORMAT_V1, write_backup};
 pub use inspect::{AuditSummary, CheckpointSummary, Header, Manifest, TableColumns, TableSummary};
 pub use restore::{RestoreOptions, RestoreReport, restore};
 
@@ -83,6 +88,11 @@ pub enum BackupError {
          needs the master key the backup was taken under"
     )]
     WrongMasterKey(String),
+    /// The archive is not shown to come from this installation: its MAC does not verify
+    /// under the master key's archive key, or it has none (a v1 archive, refused unless
+    /// accepted explicitly).
+    #[error("the archive is not authenticated: {0}")]
+    Unauthenticated(String),
     /// The archived audit trail does not verify.
     #[error("the backup's audit trail does not verify: {0}")]
     Audit(String),
@@ -162,21 +172,27 @@ pub fn read_header(
     archive: impl Read,
     identities: &[age::x25519::Identity],
 ) -> Result<Header, BackupError> {
-    Ok(archive::ArchiveReader::open(archive, identities)?
-        .header()
-        .clone())
+    Ok(
+        archive::ArchiveReader::open(archive, identities, archive::Auth::Unchecked)?
+            .header()
+            .clone(),
+    )
 }
 
 /// Checks an archive without restoring it: decrypts and decodes every record, checks every
 /// table's count and hash, the manifest, and the archived audit trail (hash chain and signed
-/// checkpoints). `progress` is called with the rows read so far and the total. Returns the
-/// manifest.
+/// checkpoints). With `key` (the archive key of the installation's master key), the
+/// archive's MAC must verify under it, and a v1 archive (without MAC) is refused; without,
+/// the MAC is not checked. `progress` is called with the rows read so far and the total.
+/// Returns the manifest.
 pub fn verify(
     archive: impl Read,
     identities: &[age::x25519::Identity],
+    key: Option<&phivault_crypto::ArchiveMacKey>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Manifest, BackupError> {
-    let mut reader = archive::ArchiveReader::open(archive, identities)?;
+    let auth = key.map_or(archive::Auth::Unchecked, |k| archive::Auth::Key(k, false));
+    let mut reader = archive::ArchiveReader::open(archive, identities, auth)?;
     let total = reader.header().total_rows();
     let mut inspector = inspect::Inspector::new(reader.header().tenant.clone());
     let mut done = 0u64;

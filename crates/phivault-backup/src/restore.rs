@@ -2,12 +2,14 @@
 
 use std::io::Read;
 
-use phivault_crypto::MasterKey;
+use phivault_crypto::{ArchiveMacKey, MasterKey};
 use phivault_store::StoreError;
-use phivault_store::backup::{RestoreTarget, Table, TableDigest, Value, encode_row, kek_opens};
+use phivault_store::backup::{
+    RestoreTarget, RevocationsReplayed, Table, TableDigest, Value, encode_row, kek_opens,
+};
 
 use crate::BackupError;
-use crate::archive::ArchiveReader;
+use crate::archive::{ArchiveReader, Auth};
 use crate::inspect::{Inspector, Manifest, TableSummary, compare_manifests};
 
 /// How to restore.
@@ -18,6 +20,9 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Restore even when the archived audit trail does not verify (the problem is reported).
     pub allow_broken_audit: bool,
+    /// Restore a v1 archive, which carries no MAC (nothing shows which installation wrote
+    /// it). A v2 archive's MAC is checked whatever this says.
+    pub allow_unauthenticated: bool,
 }
 
 /// What a restore did.
@@ -34,6 +39,12 @@ pub struct RestoreReport {
     pub keys_erased: u64,
     /// Resources disposed of by replaying the replaced installation's retention ledger.
     pub resources_disposed: u64,
+    /// Tokens, users, clients and recovery codes revoked again by replaying the replaced
+    /// installation's revocations.
+    pub revocations: RevocationsReplayed,
+    /// Whether the archive's MAC was verified under the master key (false: a v1 archive
+    /// restored with `allow_unauthenticated`).
+    pub authenticated: bool,
 }
 
 fn ledger(name: &str) -> Result<&'static Table, BackupError> {
@@ -43,8 +54,10 @@ fn ledger(name: &str) -> Result<&'static Table, BackupError> {
 
 /// Restores `archive` into `target` (see the crate docs): decrypts with `identities`, checks
 /// every key-encryption key of the archive against `master`, loads every row in one
-/// transaction, reads every table back and compares it with the archive's hashes, replays
-/// the erasure and retention ledgers, and commits. On any error nothing is changed.
+/// transaction, reads every table back and compares it with the archive's hashes, checks
+/// the archive's MAC under `master`'s archive key, replays the erasure and retention ledgers
+/// and the revocations of the database replaced, and commits. On any error nothing is
+/// changed.
 /// `progress` is called with the rows loaded so far and the total.
 pub async fn restore<R: Read>(
     archive: R,
@@ -54,7 +67,14 @@ pub async fn restore<R: Read>(
     options: RestoreOptions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<RestoreReport, BackupError> {
-    let mut reader = ArchiveReader::open(archive, identities)?;
+    let key = ArchiveMacKey::derive(master)
+        .map_err(|e| BackupError::Key(format!("the archive key: {e}")))?;
+    let mut reader = ArchiveReader::open(
+        archive,
+        identities,
+        Auth::Key(&key, options.allow_unauthenticated),
+    )?;
+    let authenticated = reader.authenticated();
     let existing = target.data_rows().await?;
     if !existing.is_empty() && !options.force {
         let held: Vec<String> = existing
@@ -68,6 +88,7 @@ pub async fn restore<R: Read>(
     let retention = ledger("retention_ledger")?;
     let other_erasures = tx.rows(erasures).await?;
     let other_retention = tx.rows(retention).await?;
+    let other_revocations = tx.revocations().await?;
     tx.clear().await?;
 
     let total = reader.header().total_rows();
@@ -156,6 +177,7 @@ pub async fn restore<R: Read>(
 
     let keys_erased = tx.replay_erasures(&other_erasures).await?;
     let resources_disposed = tx.replay_retention(&other_retention).await?;
+    let revocations = tx.replay_revocations(&other_revocations).await?;
     tx.commit().await?;
     Ok(RestoreReport {
         manifest,
@@ -166,5 +188,7 @@ pub async fn restore<R: Read>(
         rows: done,
         keys_erased,
         resources_disposed,
+        revocations,
+        authenticated,
     })
 }

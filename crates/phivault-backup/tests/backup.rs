@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use phivault_audit::{ActorKind, AuditEntry, AuditLog, Outcome};
 use phivault_backup::{BackupError, Manifest, RestoreOptions};
-use phivault_crypto::{MasterKey, StaticKeyProvider};
+use phivault_crypto::{ArchiveMacKey, MasterKey, StaticKeyProvider};
 use phivault_fhir::{BundleRequest, Id, ResourceType, ValidResource, Validator};
 use phivault_store::backup::{RestoreTarget, TABLES, Value};
 use phivault_store::{
@@ -21,6 +21,9 @@ use phivault_store::{
     Written,
 };
 use serde_json::{Value as Json, json};
+
+#[path = "backup/auth.rs"]
+mod auth;
 
 fn validator() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();
@@ -216,11 +219,20 @@ fn identity() -> (age::x25519::Identity, age::x25519::Recipient) {
     (id, r)
 }
 
-async fn backup(store: &Store, recipient: &age::x25519::Recipient) -> (Vec<u8>, Manifest) {
+fn archive_key(key: &str) -> ArchiveMacKey {
+    ArchiveMacKey::derive(&master(key)).unwrap()
+}
+
+async fn backup(
+    store: &Store,
+    recipient: &age::x25519::Recipient,
+    key: &str,
+) -> (Vec<u8>, Manifest) {
     phivault_backup::write_backup(
         store,
         Vec::new(),
         std::slice::from_ref(recipient),
+        &archive_key(key),
         |_, _| {},
     )
     .await
@@ -355,7 +367,7 @@ async fn round_trip_is_identical_on_each_backend_and_across() {
         let store = open(&url, &key).await;
         let log = Arc::new(AuditLog::open(store.clone()).await.unwrap());
         let population = populate(&store, &log, 400).await;
-        let (archive, manifest) = backup(&store, &recipient).await;
+        let (archive, manifest) = backup(&store, &recipient, &key).await;
         assert_eq!(manifest.resources + manifest.deleted_resources, 2000);
         assert!(manifest.versions > 2000 + 200, "{}", manifest.versions);
         assert!(manifest.audit.entries > 2000 && manifest.audit.checkpoints >= 2);
@@ -363,8 +375,13 @@ async fn round_trip_is_identical_on_each_backend_and_across() {
         assert_eq!(manifest.audit.unsealed, 5);
         // No plaintext in the archive (it is encrypted), and verify agrees with the writer.
         assert!(!archive.windows(12).any(|w| w == b"BACKUPMARKER"));
-        let verified =
-            phivault_backup::verify(&archive[..], std::slice::from_ref(&id), |_, _| {}).unwrap();
+        let verified = phivault_backup::verify(
+            &archive[..],
+            std::slice::from_ref(&id),
+            Some(&archive_key(&key)),
+            |_, _| {},
+        )
+        .unwrap();
         assert_eq!(verified, manifest);
         for target in backends() {
             let what = format!("{source} -> {target}");
@@ -400,7 +417,7 @@ async fn erasure_and_disposal_after_the_backup_survive_a_restore_over_the_instal
         let store = open(&url, &key).await;
         let log = Arc::new(AuditLog::open(store.clone()).await.unwrap());
         let population = populate(&store, &log, 20).await;
-        let (archive, _) = backup(&store, &recipient).await;
+        let (archive, _) = backup(&store, &recipient, &key).await;
 
         // After the backup: a patient is erased, and a resource type's retention expires
         // (every Observation is older than a period of 0 seconds at "now + 1 day").
@@ -442,6 +459,7 @@ async fn erasure_and_disposal_after_the_backup_survive_a_restore_over_the_instal
             RestoreOptions {
                 force: true,
                 allow_broken_audit: false,
+                allow_unauthenticated: false,
             },
         )
         .await
@@ -517,9 +535,9 @@ async fn every_flipped_byte_and_every_truncation_is_detected() {
     let store = open(&url, &key).await;
     let log = Arc::new(AuditLog::open(store.clone()).await.unwrap());
     populate(&store, &log, 10).await;
-    let (archive, _) = backup(&store, &recipient).await;
+    let (archive, _) = backup(&store, &recipient, &key).await;
     let ids = std::slice::from_ref(&id);
-    phivault_backup::verify(&archive[..], ids, |_, _| {}).unwrap();
+    phivault_backup::verify(&archive[..], ids, Some(&archive_key(&key)), |_, _| {}).unwrap();
     // Every byte of the age header and of the last 100 bytes, and every 7th byte between.
     let n = archive.len();
     let header_end = archive.windows(4).position(|w| w == b"\n---").unwrap() + 48;
@@ -531,13 +549,14 @@ async fn every_flipped_byte_and_every_truncation_is_detected() {
         let mut bad = archive.clone();
         bad[i] ^= 0x01;
         assert!(
-            phivault_backup::verify(&bad[..], ids, |_, _| {}).is_err(),
+            phivault_backup::verify(&bad[..], ids, Some(&archive_key(&key)), |_, _| {}).is_err(),
             "a flipped bit at byte {i} of {n} went unnoticed"
         );
     }
     for len in (0..n).step_by(97).chain([n - 1, n - 17]) {
         assert!(
-            phivault_backup::verify(&archive[..len], ids, |_, _| {}).is_err(),
+            phivault_backup::verify(&archive[..len], ids, Some(&archive_key(&key)), |_, _| {})
+                .is_err(),
             "a truncation to {len} of {n} bytes went unnoticed"
         );
     }
@@ -549,7 +568,8 @@ async fn every_flipped_byte_and_every_truncation_is_detected() {
         .position(|w| w == b"phivault/kek|")
         .unwrap_or(inner.len() / 2);
     inner[at] ^= 0x20;
-    let e = phivault_backup::verify(&seal(&inner, &recipient)[..], ids, |_, _| {}).unwrap_err();
+    let e =
+        phivault_backup::verify(&seal(&inner, &recipient)[..], ids, None, |_, _| {}).unwrap_err();
     assert!(matches!(e, BackupError::Corrupt(_)), "{e}");
 }
 
@@ -571,7 +591,7 @@ async fn bad_input_is_refused_before_anything_changes() {
         let store = open(&url, &key).await;
         let log = Arc::new(AuditLog::open(store.clone()).await.unwrap());
         populate(&store, &log, 10).await;
-        let (archive, _) = backup(&store, &recipient).await;
+        let (archive, _) = backup(&store, &recipient, &key).await;
         // The installation moves on after the backup.
         store
             .create(
@@ -585,6 +605,7 @@ async fn bad_input_is_refused_before_anything_changes() {
         let force = RestoreOptions {
             force: true,
             allow_broken_audit: false,
+            allow_unauthenticated: false,
         };
 
         let e = restore_into(&archive, &id, &url, &key, RestoreOptions::default())
@@ -696,7 +717,7 @@ async fn a_backup_taken_during_writes_is_a_consistent_snapshot() {
             })
         };
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let (archive, manifest) = backup(&store, &recipient).await;
+        let (archive, manifest) = backup(&store, &recipient, &key).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let written = writer.await.unwrap();
         assert!(written > 0, "{backend}: the writer never wrote");

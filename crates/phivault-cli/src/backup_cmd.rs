@@ -7,14 +7,21 @@
 //!   `<same>.manifest.json` (the manifest, with the archive's size and SHA-256: no PHI, no
 //!   key). It runs while the server runs. It is audited (`cli backup`); a checkpoint of the
 //!   audit trail is signed first, so the archived trail is covered up to the snapshot.
-//! - `backup verify FILE --identity KEY` checks an archive without restoring it:
-//!   `ok: ...` on stdout, or `FAILED: ...` and exit status 1.
+//! - `backup verify FILE --identity KEY [--master-key-file F]` checks an archive without
+//!   restoring it (with the master key, also its MAC): `ok: ...` on stdout, or
+//!   `FAILED: ...` and exit status 1.
 //! - `backup keygen --out FILE` creates an age identity file (mode 0600) and prints its
 //!   public key (the recipient), for operators without the `age` tools.
 //! - `restore FILE --identity KEY [--to DATA_DIR] [--force]` restores into the configured
 //!   database (`--to` sets the data directory), with the master key the backup was taken
 //!   under (`<data_dir>/master.key` or `--master-key-file`); never creates a master key.
-//!   It is audited (`cli restore`, in the restored trail).
+//!   The archive's MAC must verify under that key (a v1 archive, without MAC, needs
+//!   `--allow-unauthenticated`). With `--force` over a database that holds data, that
+//!   database is first archived whole, trail and all, to
+//!   `<data_dir>/replaced/phivault-backup-<UTC time>.age` (encrypted to the restore's
+//!   identity, MAC'd, its trail ending with a `cli restore` entry and a signed checkpoint),
+//!   so nothing recorded since the backup vanishes; the restore refuses when that fails.
+//!   It is audited (`cli restore`, in the replaced trail and in the restored trail).
 
 use std::io::{BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -82,6 +89,10 @@ pub(crate) struct BackupVerifyArgs {
     /// The age identity file (`AGE-SECRET-KEY-1...`) that opens it.
     #[arg(long, value_name = "KEY")]
     pub(crate) identity: PathBuf,
+    /// The master key the archive was taken under: its MAC is checked too (without, only
+    /// its integrity is, not which installation wrote it).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) master_key_file: Option<PathBuf>,
 }
 
 /// `phivault backup keygen --out FILE`
@@ -106,10 +117,16 @@ pub(crate) struct RestoreArgs {
     /// was taken under.
     #[arg(long, value_name = "DATA_DIR", conflicts_with = "data_dir")]
     pub(crate) to: Option<PathBuf>,
-    /// Replace a database that holds data. Its erasure and retention ledgers are replayed
-    /// over the restored data, so what was erased or disposed of there stays so.
+    /// Replace a database that holds data. It is archived first (into
+    /// <data_dir>/replaced/); its erasure and retention ledgers and its revocations are
+    /// replayed over the restored data, so what was erased, disposed of or revoked there
+    /// stays so.
     #[arg(long)]
     pub(crate) force: bool,
+    /// Restore a v1 archive, written before archives carried a MAC: nothing shows which
+    /// installation wrote it.
+    #[arg(long)]
+    pub(crate) allow_unauthenticated: bool,
     /// Restore even when the archived audit trail does not verify (reported on stderr).
     #[arg(long)]
     pub(crate) allow_broken_audit: bool,
@@ -242,8 +259,9 @@ async fn backup(settings: &Settings, args: &BackupArgs) -> Result<ExitCode> {
     let keys = master_key(settings)?;
     crate::commands::create_private_dir(dir)
         .with_context(|| format!("creating the backup directory {}", dir.display()))?;
+    let archive_key = phivault_crypto::ArchiveMacKey::derive(&keys.master_key()?)?;
     let store = open_store(settings, &keys).await?;
-    let result = backup_store(&store, dir, &recipients).await;
+    let result = backup_store(&store, dir, &recipients, &archive_key).await;
     store.close().await;
     let (path, manifest, bytes, seconds) = result?;
     let resources_per_s = manifest.resources as f64 / seconds.max(1e-9);
@@ -266,6 +284,7 @@ async fn backup_store(
     store: &Store,
     dir: &Path,
     recipients: &[age::x25519::Recipient],
+    archive_key: &phivault_crypto::ArchiveMacKey,
 ) -> Result<(PathBuf, Manifest, u64, f64)> {
     let audit = CliAudit::open(store, "backup").await?;
     // Sign the trail up to now, so the archived trail is covered by a checkpoint.
@@ -291,7 +310,7 @@ async fn backup_store(
         };
         let bar = progress_bar("backed up");
         let (out, manifest) =
-            phivault_backup::write_backup(store, out, recipients, |done, total| {
+            phivault_backup::write_backup(store, out, recipients, archive_key, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })
@@ -344,6 +363,42 @@ async fn backup_store(
     Ok((path, manifest, bytes, seconds))
 }
 
+/// Before a forced restore over a database that holds data: archives that database whole
+/// into `<data_dir>/replaced/`, encrypted to the restore's identities and MAC'd under its
+/// master key, after appending a `cli restore` entry to its trail (the archive's checkpoint
+/// covers it). Its trail, and everything else recorded since the backup being restored, is
+/// kept there. `None` when the target holds no data (nothing is replaced).
+async fn archive_replaced(
+    settings: &Settings,
+    keys: &FileKeyProvider,
+    target: &RestoreTarget,
+    identities: &[age::x25519::Identity],
+) -> Result<Option<PathBuf>> {
+    if target.data_rows().await?.is_empty() {
+        return Ok(None);
+    }
+    let recipients: Vec<age::x25519::Recipient> = identities
+        .iter()
+        .map(age::x25519::Identity::to_public)
+        .collect();
+    let archive_key = phivault_crypto::ArchiveMacKey::derive(&keys.master_key()?)?;
+    let dir = settings.data_dir.join("replaced");
+    crate::commands::create_private_dir(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let store = open_store(settings, keys).await?;
+    let archived = async {
+        CliAudit::open(&store, "restore")
+            .await?
+            .command_entry(phivault_audit::Outcome::Allowed, None, None)
+            .await?;
+        backup_store(&store, &dir, &recipients, &archive_key).await
+    }
+    .await;
+    store.close().await;
+    let (path, _, _, _) = archived?;
+    Ok(Some(path))
+}
+
 fn open_archive(path: &Path) -> Result<BufReader<std::fs::File>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     Ok(BufReader::with_capacity(1 << 20, file))
@@ -351,13 +406,23 @@ fn open_archive(path: &Path) -> Result<BufReader<std::fs::File>> {
 
 fn verify(args: &BackupVerifyArgs) -> Result<ExitCode> {
     let identities = phivault_backup::read_identities(&args.identity)?;
+    let archive_key = match &args.master_key_file {
+        Some(path) => {
+            let master = FileKeyProvider::new(path)
+                .master_key()
+                .with_context(|| format!("reading the master key {}", path.display()))?;
+            Some(phivault_crypto::ArchiveMacKey::derive(&master)?)
+        }
+        None => None,
+    };
     let archive = open_archive(&args.file)?;
     let started = Instant::now();
     let bar = progress_bar("verified");
-    let result = phivault_backup::verify(archive, &identities, |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    });
+    let result =
+        phivault_backup::verify(archive, &identities, archive_key.as_ref(), |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        });
     bar.finish_and_clear();
     let mut out = std::io::stdout().lock();
     match result {
@@ -383,6 +448,12 @@ fn verify(args: &BackupVerifyArgs) -> Result<ExitCode> {
                 m.erasures,
             )?;
             out.flush()?;
+            if archive_key.is_none() {
+                eprintln!(
+                    "phivault: the archive's MAC was not checked (no --master-key-file): \
+                     its integrity is, not which installation wrote it"
+                );
+            }
             eprintln!(
                 "phivault: verified in {:.2}s",
                 started.elapsed().as_secs_f64()
@@ -433,8 +504,17 @@ pub(crate) async fn run_restore(config_file: Option<&Path>, args: RestoreArgs) -
     let identities = phivault_backup::read_identities(&args.identity)?;
     // The archive first: a wrong identity, a damaged header or a newer schema is refused
     // before the target is touched.
-    phivault_backup::read_header(open_archive(&args.file)?, &identities)
+    let header = phivault_backup::read_header(open_archive(&args.file)?, &identities)
         .with_context(|| format!("reading {}", args.file.display()))?;
+    if header.format == phivault_backup::FORMAT_V1 && !args.allow_unauthenticated {
+        bail!(
+            "{} is a {} archive, written before archives carried a MAC: nothing shows which \
+             installation wrote it; restore it only if you know where it came from, with \
+             --allow-unauthenticated",
+            args.file.display(),
+            phivault_backup::FORMAT_V1
+        );
+    }
     let keys = master_key(&settings)?;
     let master = keys.master_key()?;
     let backend = Backend::from_url(&settings.database_url)
@@ -459,11 +539,27 @@ pub(crate) async fn run_restore(config_file: Option<&Path>, args: RestoreArgs) -
                 .context(format!("opening the {backend} database to restore into")));
         }
     };
+    let replaced = if args.force {
+        archive_replaced(&settings, &keys, &target, &identities).await
+    } else {
+        Ok(None)
+    };
+    let replaced = match replaced {
+        Ok(r) => r,
+        Err(e) => {
+            target.close(false).await;
+            return Err(e.context(
+                "archiving the database being replaced (its audit trail must not be lost); \
+                 nothing was restored",
+            ));
+        }
+    };
     let started = Instant::now();
     let bar = progress_bar("restored");
     let options = RestoreOptions {
         force: args.force,
         allow_broken_audit: args.allow_broken_audit,
+        allow_unauthenticated: args.allow_unauthenticated,
     };
     let result = phivault_backup::restore(
         open_archive(&args.file)?,
@@ -506,12 +602,39 @@ pub(crate) async fn run_restore(config_file: Option<&Path>, args: RestoreArgs) -
     if let Some(problem) = &m.audit.problem {
         eprintln!("phivault: warning: the restored audit trail does not verify: {problem}");
     }
+    if !report.authenticated {
+        eprintln!(
+            "phivault: warning: the archive carries no MAC (v1): restored without knowing \
+             which installation wrote it (--allow-unauthenticated)"
+        );
+    }
+    if let Some(path) = &replaced {
+        eprintln!(
+            "phivault: the database replaced, with its audit trail, was archived first to {}",
+            path.display()
+        );
+    }
     if !report.replaced.is_empty() {
+        let r = &report.revocations;
         eprintln!(
             "phivault: replaced what the database held; replayed its ledgers: {} data keys of \
-             erased patients deleted, {} resources disposed of",
-            report.keys_erased, report.resources_disposed
+             erased patients deleted, {} resources disposed of, {} tokens revoked, {} users \
+             and {} clients disabled, {} recovery codes spent",
+            report.keys_erased,
+            report.resources_disposed,
+            r.tokens,
+            r.users,
+            r.clients,
+            r.recovery_codes
         );
+        if r.passwords_differ > 0 {
+            eprintln!(
+                "phivault: warning: {} restored users have another password than in the \
+                 database replaced (the archive's is restored); reset them if a password was \
+                 changed because it leaked",
+                r.passwords_differ
+            );
+        }
     }
     let bytes = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
     println!(

@@ -68,12 +68,14 @@ pub(crate) async fn measure(
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public();
     let path = dir.join("bench-backup.age");
+    let archive_key = phivault_crypto::ArchiveMacKey::derive(&keys.master_key()?)?;
     let started = Instant::now();
     let file = std::fs::File::create(&path).context("creating the benchmark archive")?;
     let (out, manifest) = phivault_backup::write_backup(
         store,
         BufWriter::with_capacity(1 << 20, file),
         std::slice::from_ref(&recipient),
+        &archive_key,
         |_, _| {},
     )
     .await
@@ -92,7 +94,8 @@ pub(crate) async fn measure(
     };
 
     let started = Instant::now();
-    phivault_backup::verify(open()?, identities, |_, _| {}).context("verifying the archive")?;
+    phivault_backup::verify(open()?, identities, Some(&archive_key), |_, _| {})
+        .context("verifying the archive")?;
     let verify = started.elapsed();
 
     let url = match restore_url {

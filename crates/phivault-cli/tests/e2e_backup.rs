@@ -4,7 +4,9 @@
 //! the wrong identity; after the database is destroyed, `restore` brings back every resource
 //! and history identical and the server serves them; the audit trail verifies and records the
 //! restore; a restore over a database that holds data is refused without --force; with
-//! --force, a patient erased after the backup stays erased.
+//! --force, a patient erased after the backup stays erased, and the database replaced is
+//! archived first, its trail (with the erasure recorded since the backup) included. An
+//! archive's MAC is checked with the master key and fails with another.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -255,6 +257,41 @@ async fn backup_verify_destroy_restore_and_erasure_replay() {
             stdout.contains("none of the given age identities"),
             "{stdout}"
         );
+        // With the master key the archive's MAC is checked too; another key refuses it.
+        let master = server.data_dir().join("master.key");
+        let v = ok(
+            &plain_cli(
+                keys.path(),
+                &[
+                    "backup",
+                    "verify",
+                    a,
+                    "--identity",
+                    "id.txt",
+                    "--master-key-file",
+                    master.to_str().unwrap(),
+                ],
+            ),
+            "verify with the master key",
+        );
+        assert!(v.starts_with("ok: "), "{v}");
+        let stranger = keys.path().join("stranger.key");
+        std::fs::write(&stranger, format!("{}\n", "ab".repeat(32))).unwrap();
+        let v = plain_cli(
+            keys.path(),
+            &[
+                "backup",
+                "verify",
+                a,
+                "--identity",
+                "id.txt",
+                "--master-key-file",
+                stranger.to_str().unwrap(),
+            ],
+        );
+        let (stdout, _) = text(&v);
+        assert_eq!(v.status.code(), Some(1), "{label}: {stdout}");
+        assert!(stdout.contains("not authenticated"), "{stdout}");
 
         // The machine is lost: the database is gone (the master key was kept apart).
         server.kill();
@@ -325,6 +362,43 @@ async fn backup_verify_destroy_restore_and_erasure_replay() {
             "restore --force",
         );
         assert!(r.starts_with("ok: restored"), "{r}");
+        // The database replaced was archived first, with its trail: the erasure recorded
+        // after the backup (gone from the restored trail) is kept there, verifiable.
+        let replaced_dir = server.data_dir().join("replaced");
+        let mut kept_files: Vec<_> = std::fs::read_dir(&replaced_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        kept_files.sort();
+        assert_eq!(kept_files.len(), 2, "{label}: {kept_files:?}");
+        let kept_manifest: Value =
+            serde_json::from_slice(&std::fs::read(&kept_files[1]).unwrap()).unwrap();
+        assert_eq!(
+            kept_manifest["erasures"],
+            json!(1),
+            "{label}: {kept_manifest}"
+        );
+        let kept_entries = kept_manifest["audit"]["entries"].as_u64().unwrap();
+        assert!(
+            kept_entries > manifest["audit"]["entries"].as_u64().unwrap(),
+            "{label}: the replaced trail lost entries"
+        );
+        let v = ok(
+            &plain_cli(
+                keys.path(),
+                &[
+                    "backup",
+                    "verify",
+                    kept_files[0].to_str().unwrap(),
+                    "--identity",
+                    "id.txt",
+                    "--master-key-file",
+                    master.to_str().unwrap(),
+                ],
+            ),
+            "verify the replaced database's archive",
+        );
+        assert!(v.starts_with("ok: ") && v.contains("1 erasures"), "{v}");
         server.restart().await;
         server
             .get(&format!("Patient/{erased}"))

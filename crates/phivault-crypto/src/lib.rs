@@ -29,6 +29,9 @@ use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use zeroize::{Zeroize, Zeroizing};
 
+mod archive_mac;
+pub use archive_mac::{ARCHIVE_MAC_LEN, ArchiveMac, ArchiveMacKey};
+
 /// Length in bytes of every symmetric key.
 pub const KEY_LEN: usize = 32;
 

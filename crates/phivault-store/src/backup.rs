@@ -20,6 +20,9 @@ use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::{Backend, Store, StoreError, StoreOptions};
 
+mod revocations;
+pub use revocations::{Revocations, RevocationsReplayed};
+
 /// The type of a column, as both backends store it (BIGINT, TEXT, BLOB/BYTEA).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnKind {

@@ -219,7 +219,9 @@ impl Store {
     ) -> Result<StoredResource, StoreError> {
         let row = sqlx::query(
             "SELECT v.key_id AS key_id, v.sealed AS sealed, v.deleted AS deleted, \
-                    (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = v.key_id) AS key_live \
+                    (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = v.key_id) AS key_live, \
+                    (SELECT COUNT(*) FROM current_resources c WHERE c.tenant = v.tenant \
+                      AND c.rtype = v.rtype AND c.id = v.id) AS has_current \
              FROM resource_versions v \
              WHERE v.tenant = $1 AND v.rtype = $2 AND v.id = $3 AND v.version = $4",
         )
@@ -236,6 +238,9 @@ impl Store {
                 version,
             });
         };
+        if row.try_get::<i64, _>("has_current")? == 0 {
+            return Err(self.integrity(rtype, id, to_i64(version), NO_POINTER));
+        }
         let key_id: String = row.try_get("key_id")?;
         let sealed: Vec<u8> = row.try_get("sealed")?;
         let deleted: i64 = row.try_get("deleted")?;
@@ -283,6 +288,9 @@ impl Store {
                 rtype: rtype.to_string(),
                 id: id.to_string(),
             });
+        }
+        if let Some(latest) = self.pointerless(&self.inner.pool, rtype, id).await? {
+            return Err(self.integrity(rtype, id, latest, NO_POINTER));
         }
         let rows = sqlx::query(
             "SELECT v.version AS version, v.key_id AS key_id, v.sealed AS sealed, \
@@ -592,12 +600,43 @@ impl Store {
         .fetch_optional(&mut *conn)
         .await?;
         let Some(row) = row else {
+            if let Some(latest) = self.pointerless(&mut *conn, rtype, id).await? {
+                return Err(self.integrity(rtype, id, latest, NO_POINTER));
+            }
             return Err(StoreError::NotFound {
                 rtype: rtype.to_string(),
                 id: id.to_string(),
             });
         };
         self.open_current(rtype, id, &row).await
+    }
+
+    /// The newest stored version of a resource that has versions but no current pointer
+    /// (`None` when it has a pointer, or no version at all). Every write keeps a pointer
+    /// beside the versions, and a disposal removes both in one transaction: versions without
+    /// a pointer mean a pointer was deleted behind the store's back, which must not turn a
+    /// stored resource into a silent 404 while its history still serves it.
+    async fn pointerless<'c, E>(
+        &self,
+        conn: E,
+        rtype: ResourceType,
+        id: &Id,
+    ) -> Result<Option<i64>, StoreError>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any>,
+    {
+        let row = sqlx::query(
+            "SELECT MAX(v.version) AS latest FROM resource_versions v \
+             WHERE v.tenant = $1 AND v.rtype = $2 AND v.id = $3 AND NOT EXISTS \
+               (SELECT 1 FROM current_resources c \
+                 WHERE c.tenant = v.tenant AND c.rtype = v.rtype AND c.id = v.id)",
+        )
+        .bind(&self.inner.tenant)
+        .bind(rtype.as_str())
+        .bind(id.as_str())
+        .fetch_one(conn)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>("latest")?)
     }
 
     /// Opens a row of the current-version query (shared by read and search).
@@ -721,6 +760,9 @@ impl Store {
         }
     }
 }
+
+/// Why a resource with versions but no current pointer is refused.
+const NO_POINTER: &str = "versions exist without a current pointer";
 
 fn last_updated_of(body: &Value, deleted: bool) -> String {
     let ptr = if deleted {

@@ -371,6 +371,60 @@ async fn tampering_is_detected_and_nothing_is_served() {
     }
 }
 
+#[tokio::test]
+async fn a_deleted_current_pointer_is_an_integrity_failure() {
+    for f in fixtures().await {
+        let s = &f.store;
+        let pt = ResourceType::PATIENT;
+        let a = s
+            .create(valid(patient("Pointer", "Pat")), &NoAudit)
+            .await
+            .unwrap();
+        let mut body = patient("Pointer2", "Pat");
+        body["id"] = json!(a.id.as_str());
+        s.update(&a.id, valid(body), None, &NoAudit).await.unwrap();
+
+        // The pointer goes, the versions stay: no read may answer "not found" or serve an
+        // old version as if nothing were wrong.
+        sqlx::query("DELETE FROM current_resources WHERE id = $1")
+            .bind(a.id.as_str())
+            .execute(s.pool())
+            .await
+            .unwrap();
+        let err = s.read(pt, &a.id).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Integrity { .. }),
+            "{}: read: {err:?}",
+            f.label
+        );
+        for version in [1, 2] {
+            let err = s.vread(pt, &a.id, version).await.unwrap_err();
+            assert!(
+                matches!(err, StoreError::Integrity { .. }),
+                "{}: vread {version}: {err:?}",
+                f.label
+            );
+        }
+        let err = s.history(pt, &a.id, 10, 0).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Integrity { .. }),
+            "{}: history: {err:?}",
+            f.label
+        );
+
+        // A resource that never existed is still simply not found.
+        let never = Id::parse("never-stored").unwrap();
+        assert!(matches!(
+            s.read(pt, &never).await.unwrap_err(),
+            StoreError::NotFound { .. }
+        ));
+        assert!(matches!(
+            s.history(pt, &never, 10, 0).await.unwrap_err(),
+            StoreError::NotFound { .. }
+        ));
+    }
+}
+
 async fn set_sealed(s: &Store, id: &Id, version: i64, sealed: Vec<u8>) {
     let done =
         sqlx::query("UPDATE resource_versions SET sealed = $1 WHERE id = $2 AND version = $3")
