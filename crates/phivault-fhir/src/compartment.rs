@@ -23,8 +23,9 @@ use serde_json::Value;
 use crate::search::{parse_relative_reference, search_params, values_at};
 use crate::{FhirError, Issue, IssueCode, ResourceType, ValidResource};
 
-/// How an unresolved reference names its target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How an unresolved reference names its target. `Debug` shows the form only (a conditional
+/// reference's query can hold identifiers).
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LinkKind {
     /// An absolute URL (`https://host/fhir/Patient/1`): this server's own when it starts with
@@ -57,6 +58,26 @@ pub struct PatientLink {
     pub reference: String,
     /// Its form.
     pub kind: LinkKind,
+}
+
+impl LinkKind {
+    /// The form's name.
+    fn name(&self) -> &'static str {
+        match self {
+            LinkKind::Conditional { .. } => "Conditional",
+            LinkKind::Absolute => "Absolute",
+            LinkKind::Placeholder => "Placeholder",
+            LinkKind::Contained => "Contained",
+            LinkKind::IdentifierOnly => "IdentifierOnly",
+            LinkKind::Malformed => "Malformed",
+        }
+    }
+}
+
+impl std::fmt::Debug for LinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl std::fmt::Debug for PatientLink {
