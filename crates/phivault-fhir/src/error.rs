@@ -36,6 +36,9 @@ pub enum IssueCode {
     Processing,
     /// Informational note, e.g. on success (`informational`).
     Informational,
+    /// A conditional reference or operation matched more than one resource
+    /// (`multiple-matches`).
+    MultipleMatches,
 }
 
 impl IssueCode {
@@ -58,6 +61,7 @@ impl IssueCode {
             IssueCode::Transient => "transient",
             IssueCode::Processing => "processing",
             IssueCode::Informational => "informational",
+            IssueCode::MultipleMatches => "multiple-matches",
         }
     }
 }
@@ -128,6 +132,15 @@ pub enum FhirError {
         /// The configured limit.
         limit: usize,
     },
+    /// A conditional reference matches more than one resource (412, as FHIR answers a
+    /// conditional operation with several matches).
+    #[error("{path}: the conditional reference matches more than one {target}")]
+    AmbiguousReference {
+        /// The element holding the reference.
+        path: String,
+        /// The referenced type.
+        target: String,
+    },
     /// The shipped FHIR schema could not be loaded or compiled: a fault of the build, not of
     /// the request (a server should not start with it).
     #[error("internal: the FHIR schema could not be loaded: {0}")]
@@ -146,11 +159,13 @@ impl FhirError {
                     }
                     FhirError::MalformedJson(_) => IssueCode::Structure,
                     FhirError::TooManyEntries { .. } => IssueCode::TooCostly,
+                    FhirError::AmbiguousReference { .. } => IssueCode::MultipleMatches,
                     FhirError::SchemaUnavailable(_) => IssueCode::Exception,
                     _ => IssueCode::Invalid,
                 },
                 path: match other {
                     FhirError::BadBundleEntry { index, .. } => format!("Bundle.entry[{index}]"),
+                    FhirError::AmbiguousReference { path, .. } => path.clone(),
                     _ => String::new(),
                 },
                 message: other.to_string(),

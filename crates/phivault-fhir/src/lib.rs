@@ -3,7 +3,8 @@
 //! This crate owns what a FHIR request means: which resource types exist here
 //! ([`ResourceType`]), what a valid id is ([`Id`]), whether a body conforms to the official R4
 //! structure definitions ([`Validator`], which yields a [`ValidResource`] only for conforming
-//! bodies), which patient compartment a resource belongs to ([`compartment_patient`]), which
+//! bodies), which patient compartment a resource belongs to ([`compartment_patient`], and the
+//! references that must be resolved before it can be known: [`patient_links`]), which
 //! normalized values each search parameter indexes ([`index_entries`]) and how a search query
 //! parses ([`SearchQuery::parse`]), how transaction and batch Bundles read
 //! ([`BundleRequest`]), and how errors are told to clients ([`OperationOutcome`]).
@@ -13,6 +14,7 @@
 //! through the same normalization, so a value found by search is exactly a value indexed.
 
 mod bundle;
+mod compartment;
 mod error;
 pub mod json;
 mod outcome;
@@ -23,11 +25,15 @@ mod validate;
 pub use bundle::{
     BundleEntry, BundleKind, BundleRequest, EntryMethod, EntryUrl, rewrite_references,
 };
+pub use compartment::{
+    LinkKind, PatientLink, check_patient_links, patient_links, patient_links_of,
+};
 pub use error::{FhirError, Issue, IssueCode};
 pub use outcome::OperationOutcome;
 pub use search::{
     IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery,
-    compartment_patient, compartment_patient_of, index_entries, normalize_string, search_params,
+    compartment_patient, compartment_patient_of, index_entries, index_entries_of,
+    is_compartment_keyed, normalize_string, search_params,
 };
 pub use types::{Id, ResourceType};
 pub use validate::{ValidResource, Validator};

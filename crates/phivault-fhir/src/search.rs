@@ -385,14 +385,30 @@ pub const SECURITY: SearchParamDef = def(
     "Resource.meta.security",
 );
 
+/// Whether the index tokens of `param` are keyed per compartment: the store puts the
+/// compartment's key id into their HMAC input, so equal values in two patients' compartments
+/// give unrelated tokens, and a search for such a value computes one token per compartment it
+/// may look in. `_security` is: its values (HIV, substance use, mental health labels) say the
+/// most about a patient, and a database reader who could match them across rows would learn
+/// which patients carry them.
+pub fn is_compartment_keyed(param: &str) -> bool {
+    param == SECURITY.name
+}
+
 /// Every index entry of a resource (deduplicated, sorted).
 pub fn index_entries(resource: &ValidResource) -> Vec<IndexEntry> {
+    index_entries_of(resource.resource_type(), resource.body())
+}
+
+/// [`index_entries`] of a body of `rtype` known to be valid (for example one the store wrote
+/// after validation and has just decrypted, to index it again).
+pub fn index_entries_of(rtype: ResourceType, body: &Value) -> Vec<IndexEntry> {
     let mut out = BTreeSet::new();
-    for def in search_params(resource.resource_type())
+    for def in search_params(rtype)
         .iter()
         .chain(std::iter::once(&SECURITY))
     {
-        for value in values_at(resource.body(), def.expression) {
+        for value in values_at(body, def.expression) {
             match def.kind {
                 SearchParamKind::String => index_string(def.name, value, &mut out),
                 SearchParamKind::Token => index_token(def.name, value, &mut out),
@@ -415,7 +431,7 @@ pub fn index_entries(resource: &ValidResource) -> Vec<IndexEntry> {
 }
 
 /// The values an expression selects in a body, arrays flattened.
-fn values_at<'v>(body: &'v Value, expression: &str) -> Vec<&'v Value> {
+pub(crate) fn values_at<'v>(body: &'v Value, expression: &str) -> Vec<&'v Value> {
     let mut out = Vec::new();
     for path in expression.split('|') {
         let mut current = vec![body];
@@ -525,7 +541,7 @@ fn reference_target(param: &str, value: &Value) -> Option<String> {
 
 /// `Type/id` or `Type/id/_history/n` -> `(Type, id)`; anything else (absolute URLs,
 /// `urn:uuid:`, `#contained`) is `None`.
-fn parse_relative_reference(reference: &str) -> Option<(&str, Id)> {
+pub(crate) fn parse_relative_reference(reference: &str) -> Option<(&str, Id)> {
     let parts: Vec<&str> = reference.split('/').collect();
     let (rtype, id) = match parts.as_slice() {
         [rtype, id] => (*rtype, *id),

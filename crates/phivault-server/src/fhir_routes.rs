@@ -8,6 +8,7 @@
 //! a [`RequestSink`], so its audit entries commit in its transaction (see `audit_sink`).
 
 mod guard;
+mod links;
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,6 +30,7 @@ use serde_json::{Value, json};
 
 use guard::refuse_includes;
 pub(crate) use guard::{Access, Current, Facts, X_BREAK_GLASS, X_PURPOSE_OF_USE, is_directory};
+use links::resolve_patient_links;
 
 use crate::audit_sink::RequestSink;
 use crate::error::fhir_json;
@@ -365,7 +367,8 @@ async fn create(
     let rtype = rtype_of(&t)?;
     let bytes = json_body(&state, &headers, body).await?;
     // A body id is ignored: on create the server assigns the id (the store stamps it).
-    let resource = state.validator.parse(&bytes, Some(rtype))?;
+    let mut resource = state.validator.parse(&bytes, Some(rtype))?;
+    resolve_patient_links(&state, &mut access, &mut resource, &HashMap::new()).await?;
     check_consent(&resource)?;
     let creates_patient = rtype == ResourceType::PATIENT;
     let facts = if creates_patient {
@@ -502,7 +505,8 @@ async fn update(
     let id = id_of(&i)?;
     let expected = if_match(&headers)?;
     let bytes = json_body(&state, &headers, body).await?;
-    let resource = state.validator.parse(&bytes, Some(rtype))?;
+    let mut resource = state.validator.parse(&bytes, Some(rtype))?;
+    resolve_patient_links(&state, &mut access, &mut resource, &HashMap::new()).await?;
     check_consent(&resource)?;
     match resource.id() {
         None => return Err(ApiError::MissingId),
@@ -1081,15 +1085,31 @@ async fn transaction(
     {
         return Err(ApiError::Fhir(FhirError::TooManyEntries { count, limit }));
     }
-    let request = BundleRequest::parse(&state.validator, value, limit)?;
+    let mut request = BundleRequest::parse(&state.validator, value, limit)?;
     access.require(Action::Transaction)?;
     let kind = request.kind;
     let atomic = kind == BundleKind::Transaction;
     let placeholders = placeholders(&request.entries);
+    // A batch resolves no placeholders: its entries are independent.
+    let resolved_by_store = if atomic {
+        placeholders.refs.clone()
+    } else {
+        HashMap::new()
+    };
 
     let mut plans = Vec::with_capacity(request.entries.len());
-    for (index, entry) in request.entries.iter().enumerate() {
-        match plan_entry(&state, &mut access, entry, &placeholders, index, atomic).await {
+    for (index, entry) in request.entries.iter_mut().enumerate() {
+        let linked = match entry.resource.as_mut() {
+            Some(resource) => {
+                resolve_patient_links(&state, &mut access, resource, &resolved_by_store).await
+            }
+            None => Ok(()),
+        };
+        let planned = match linked {
+            Ok(()) => plan_entry(&state, &mut access, entry, &placeholders, index, atomic).await,
+            Err(e) => Err(e),
+        };
+        match planned {
             Ok(plan) => plans.push(plan),
             Err(e) if e.is_server_fault() => return Err(e),
             Err(e) if atomic => return Err(in_entry(index, e)),

@@ -3363,4 +3363,174 @@ async fn care_teams_grant_only_through_those_allowed_and_within_their_periods() 
         .await;
     assert_eq!(c.get_as(&locum, &uri).await.status, StatusCode::OK);
     assert_eq!(total(&c.get_as(&locum, "/fhir/Patient").await), 1);
+
+/// An "HIV positive" Observation of `subject` (a Reference as JSON).
+fn hiv_note(subject: Value) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": { "text": "HIV positive" },
+        "subject": subject,
+    })
+}
+
+#[tokio::test]
+async fn patients_named_by_url_or_condition_land_in_their_compartment() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let (own, _) = c
+        .create(&json!({
+            "resourceType": "Patient",
+            "name": [{ "family": "Linked" }],
+            "identifier": [{ "system": "urn:mrn", "value": "MRN-LINKED-1" }],
+        }))
+        .await;
+    c.user("pat", Role::Patient).await;
+    let a = c
+        .post_json(
+            Some(&admin),
+            "/admin/users/pat/link-patient",
+            &json!({ "patient": own }),
+            "admin",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{a:?}");
+    let pat = c.session("pat").await;
+
+    // This server's absolute URL (another case, the default port spelled out elsewhere) and a
+    // conditional reference: both become `Patient/{own}`.
+    let (by_url, created) = c
+        .create(&hiv_note(
+            json!({ "reference": format!("HTTPS://127.0.0.1:8443/fhir/Patient/{own}") }),
+        ))
+        .await;
+    assert_eq!(
+        created.json()["subject"]["reference"],
+        format!("Patient/{own}")
+    );
+    let (by_condition, created) = c
+        .create(&hiv_note(
+            json!({ "reference": "Patient?identifier=urn:mrn|MRN-LINKED-1" }),
+        ))
+        .await;
+    assert_eq!(
+        created.json()["subject"]["reference"],
+        format!("Patient/{own}")
+    );
+    // The patient reads both, and finds them in their record.
+    for id in [&by_url, &by_condition] {
+        let a = c.get_as(&pat, &format!("/fhir/Observation/{id}")).await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    }
+    let everything = c.get(&format!("/fhir/Patient/{own}/$everything")).await;
+    assert_eq!(everything.status, StatusCode::OK, "{everything:?}");
+    let ids: BTreeSet<String> = everything.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        ids.contains(&by_url) && ids.contains(&by_condition),
+        "{ids:?}"
+    );
+
+    // Refused with 422 (nothing stored): another server's patient, an identifier alone, a
+    // contained patient, a placeholder outside a transaction, a conditional reference that
+    // matches nobody. Two matches: 412.
+    for subject in [
+        json!({ "reference": format!("https://elsewhere.example/fhir/Patient/{own}") }),
+        json!({ "identifier": { "system": "urn:mrn", "value": "MRN-LINKED-1" } }),
+        json!({ "reference": "#p1" }),
+        json!({ "reference": "urn:uuid:0b5e1a4c-6d1e-4b8a-9b7e-3c2f1d0e9a87" }),
+        json!({ "reference": "Patient?identifier=urn:mrn|NOBODY" }),
+    ] {
+        let a = c
+            .json(Method::POST, "/fhir/Observation", &hiv_note(subject))
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{a:?}");
+        assert_eq!(a.json()["resourceType"], "OperationOutcome");
+        assert_eq!(
+            a.json()["issue"][0]["expression"][0],
+            "Observation.subject",
+            "{a:?}"
+        );
+    }
+    c.create(&json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": "urn:mrn", "value": "MRN-TWIN" }],
+    }))
+    .await;
+    c.create(&json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": "urn:mrn", "value": "MRN-TWIN" }],
+    }))
+    .await;
+    c.json(
+        Method::POST,
+        "/fhir/Observation",
+        &hiv_note(json!({ "reference": "Patient?identifier=urn:mrn|MRN-TWIN" })),
+    )
+    .await
+    .assert_outcome(StatusCode::PRECONDITION_FAILED, "multiple-matches");
+    // In a transaction too.
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{
+            "request": { "method": "POST", "url": "Observation" },
+            "resource": hiv_note(json!({ "identifier": { "value": "MRN-LINKED-1" } })),
+        }],
+    });
+    let a = c.json(Method::POST, "/fhir", &bundle).await;
+    assert!(a.status.is_client_error(), "{a:?}");
+    assert!(a.diagnostics().contains("identifier alone"), "{a:?}");
+
+    // Erasing the patient erases the notes with them.
+    let a = c
+        .send(
+            c.req_as(&admin, Method::POST, &format!("/fhir/Patient/{own}/$erase"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    for id in [&by_url, &by_condition] {
+        let a = c.get(&format!("/fhir/Observation/{id}")).await;
+        assert_eq!(a.status, StatusCode::GONE, "{a:?}");
+    }
+}
+
+#[tokio::test]
+async fn history_of_a_resource_outside_every_compartment_is_decided_like_a_read() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let doc = c.person("doc", Role::Clinician).await;
+    let (own, _) = c.create(&patient("Unrelated")).await;
+    c.user("pat", Role::Patient).await;
+    let a = c
+        .post_json(
+            Some(&admin),
+            "/admin/users/pat/link-patient",
+            &json!({ "patient": own }),
+            "admin",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{a:?}");
+    let pat = c.session("pat").await;
+    // About a Group: in no patient's compartment.
+    let (orphan, _) = c
+        .create(&hiv_note(json!({ "reference": "Group/g1" })))
+        .await;
+    for token in [&pat, &doc] {
+        c.get_as(token, &format!("/fhir/Observation/{orphan}"))
+            .await
+            .assert_denied("no-permit");
+        c.get_as(token, &format!("/fhir/Observation/{orphan}/_history"))
+            .await
+            .assert_denied("no-permit");
+        c.get_as(token, &format!("/fhir/Observation/{orphan}/_history/1"))
+            .await
+            .assert_denied("no-permit");
+    }
 }

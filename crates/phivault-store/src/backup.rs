@@ -217,6 +217,11 @@ pub const TABLES: &[Table] = &[
         order: &["tenant", "rtype", "token", "id"],
     },
     Table {
+        name: "index_formats",
+        columns: &[text("tenant"), int("format")],
+        order: &["tenant"],
+    },
+    Table {
         name: "users",
         columns: &[
             text("user_id"),

@@ -147,6 +147,29 @@ impl Keyring {
             .to_vec()
     }
 
+    /// The blind token of a value of a compartment-keyed parameter
+    /// ([`phivault_fhir::is_compartment_keyed`]) in the compartment whose data key is
+    /// `key_id`: the key id is part of the HMAC input, so the same value in two compartments
+    /// gives unrelated tokens and the index cannot be joined across patients on it.
+    pub(crate) fn compartment_token(
+        &self,
+        key_id: &str,
+        rtype: &str,
+        param: &str,
+        value: &str,
+    ) -> Vec<u8> {
+        self.index
+            .token(&[
+                "search-compartment",
+                &self.tenant,
+                key_id,
+                rtype,
+                param,
+                value,
+            ])
+            .to_vec()
+    }
+
     /// The blind token of a directory value such as a username: HMAC under the tenant's index
     /// key of (`directory`, tenant, `kind`, `value`), so a value of one kind never matches a
     /// value of another kind, a search token or a key owner. The caller normalizes `value`.

@@ -34,6 +34,7 @@ pub mod backup;
 mod bundle;
 mod erasure;
 mod keys;
+mod reindex;
 mod resources;
 mod retention;
 mod rotation;
@@ -384,7 +385,7 @@ impl Store {
             &opts.tenant,
         )
         .await?;
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 pool,
                 backend,
@@ -393,7 +394,11 @@ impl Store {
                 write_lock,
                 max_bundle_entries: opts.max_bundle_entries,
             }),
-        })
+        };
+        // Before anything is served: an index in an older format would leak labels and miss
+        // them in label-filtered searches.
+        store.upgrade_index().await?;
+        Ok(store)
     }
 
     /// Which backend this store runs on.

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use phivault_crypto::Sealer;
 use phivault_fhir::{
-    Id, ResourceType, ValidResource, compartment_patient, compartment_patient_of, index_entries,
+    Id, ResourceType, ValidResource, check_patient_links, compartment_patient,
+    compartment_patient_of, index_entries, is_compartment_keyed,
 };
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Row};
@@ -71,6 +72,22 @@ pub(crate) fn aad(
     .into_bytes()
 }
 
+/// The blind token of one index entry of a resource sealed under the data key `key_id`:
+/// keyed per compartment for the compartment-keyed parameters (`_security`), per tenant
+/// otherwise.
+pub(crate) fn index_token(
+    keys: &crate::keys::Keyring,
+    key_id: &str,
+    rtype: ResourceType,
+    e: &phivault_fhir::IndexEntry,
+) -> Vec<u8> {
+    if is_compartment_keyed(&e.param) {
+        keys.compartment_token(key_id, rtype.as_str(), &e.param, &e.value)
+    } else {
+        keys.search_token(rtype.as_str(), &e.param, &e.value)
+    }
+}
+
 /// Index rows written by one INSERT (well under both drivers' bind-parameter limits).
 const INDEX_ROWS_PER_INSERT: usize = 200;
 
@@ -109,6 +126,10 @@ impl Store {
         id: Id,
     ) -> Result<Prepared, StoreError> {
         let rtype = resource.resource_type();
+        // A patient named in any other form than `Patient/{id}` would leave the resource
+        // outside the patient's compartment (unreadable by them, not exported, not erased):
+        // whatever the write path, such a resource is refused, never stored less protected.
+        check_patient_links(&resource)?;
         let patient = if rtype == ResourceType::PATIENT {
             Some(id.clone())
         } else {
@@ -126,7 +147,7 @@ impl Store {
         let keys = &self.inner.keys;
         let mut tokens: Vec<Vec<u8>> = index_entries(&resource)
             .iter()
-            .map(|e| keys.search_token(rtype.as_str(), &e.param, &e.value))
+            .map(|e| index_token(keys, &key.key_id, rtype, e))
             .collect();
         tokens.sort();
         tokens.dedup();
@@ -445,25 +466,7 @@ impl Store {
                 self.drop_index_in(conn, rtype, &id).await?;
             }
         }
-        // One statement per chunk of tokens instead of one per token: `tenant`, `rtype` and
-        // `id` are bound once as $1..$3, tokens follow as $4...
-        for chunk in tokens.chunks(INDEX_ROWS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("($1, $2, ${}, $3)", i + 4))
-                .collect();
-            let sql = format!(
-                "INSERT INTO search_index (tenant, rtype, token, id) VALUES {}",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(&sql)
-                .bind(tenant)
-                .bind(rtype.as_str())
-                .bind(id.as_str());
-            for token in chunk {
-                q = q.bind(token.as_slice());
-            }
-            q.execute(&mut *conn).await?;
-        }
+        self.insert_index_in(conn, rtype, &id, &tokens).await?;
         let version = to_u64(version);
         Ok(PutOutcome {
             stored: StoredResource {
@@ -476,6 +479,48 @@ impl Store {
             created: current.is_none(),
             patient,
         })
+    }
+
+    /// Inserts the index tokens of a resource.
+    async fn insert_index_in(
+        &self,
+        conn: &mut AnyConnection,
+        rtype: ResourceType,
+        id: &Id,
+        tokens: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        // One statement per chunk of tokens instead of one per token: `tenant`, `rtype` and
+        // `id` are bound once as $1..$3, tokens follow as $4...
+        for chunk in tokens.chunks(INDEX_ROWS_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, $2, ${}, $3)", i + 4))
+                .collect();
+            let sql = format!(
+                "INSERT INTO search_index (tenant, rtype, token, id) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(&self.inner.tenant)
+                .bind(rtype.as_str())
+                .bind(id.as_str());
+            for token in chunk {
+                q = q.bind(token.as_slice());
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces every index token of a resource (rebuilding the index in a new format).
+    pub(crate) async fn replace_index_in(
+        &self,
+        conn: &mut AnyConnection,
+        rtype: ResourceType,
+        id: &Id,
+        tokens: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        self.drop_index_in(conn, rtype, id).await?;
+        self.insert_index_in(conn, rtype, id, tokens).await
     }
 
     async fn drop_index_in(

@@ -1,7 +1,7 @@
 //! Search over the blind index: every parameter value becomes an HMAC token, matched by
 //! equality; no plaintext value reaches SQL.
 
-use phivault_fhir::{Id, IndexEntry, ResourceType, SearchQuery};
+use phivault_fhir::{Id, IndexEntry, ResourceType, SearchQuery, is_compartment_keyed};
 use sqlx::Row;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
@@ -86,8 +86,29 @@ impl Filter {
     }
 }
 
+/// Bound values of compartment-keyed tokens in one statement, at most (well under both
+/// drivers' limits): a search whose compartments need more runs as several statements, one per
+/// group of compartments.
+const MAX_KEYED_BINDS: usize = 4000;
+
+/// Whether an entry's tokens are keyed per compartment.
+fn keyed(e: &IndexEntry) -> bool {
+    is_compartment_keyed(&e.param)
+}
+
 impl Store {
-    fn filter(&self, rtype: ResourceType, query: &SearchQuery, scope: &SearchScope) -> Filter {
+    /// The WHERE clause of a search. `keys`: the data-key ids of the compartments this
+    /// statement looks in, when the query or the scope has compartment-keyed entries (their
+    /// tokens are computed for each of these compartments, and rows of other compartments are
+    /// left out); `None` when it has none, or to leave those entries out (only for listing the
+    /// compartments a search reaches).
+    fn filter(
+        &self,
+        rtype: ResourceType,
+        query: &SearchQuery,
+        scope: &SearchScope,
+        keys: Option<&[String]>,
+    ) -> Filter {
         let mut f = Filter {
             sql: String::new(),
             binds: Vec::new(),
@@ -109,6 +130,17 @@ impl Store {
                 sql.push_str(" AND 1 = 0");
             } else {
                 sql.push_str(&format!(" AND c.id IN ({})", list.join(", ")));
+            }
+        }
+        if let Some(keys) = keys {
+            let list: Vec<String> = keys
+                .iter()
+                .map(|k| f.placeholder(Bind::Text(k.clone())))
+                .collect();
+            if list.is_empty() {
+                sql.push_str(" AND 1 = 0");
+            } else {
+                sql.push_str(&format!(" AND c.key_id IN ({})", list.join(", ")));
             }
         }
         if let Some(patients) = &scope.patients {
@@ -154,36 +186,52 @@ impl Store {
                 owners.join(", ")
             ));
         }
-        if !scope.exclude_labels.is_empty() {
-            let tokens: Vec<String> = scope
-                .exclude_labels
-                .iter()
-                .map(|e| {
+        // The tokens of `entries`: one per entry, or, for a compartment-keyed entry, one per
+        // compartment of `keys` (left out when `keys` is `None`).
+        let tokens_of = |f: &mut Filter, entries: &[IndexEntry]| -> Vec<String> {
+            let mut out = Vec::new();
+            for e in entries {
+                if keyed(e) {
+                    for key_id in keys.unwrap_or_default() {
+                        let token = self.inner.keys.compartment_token(
+                            key_id,
+                            rtype.as_str(),
+                            &e.param,
+                            &e.value,
+                        );
+                        out.push(f.placeholder(Bind::Bytes(token)));
+                    }
+                } else {
                     let token = self
                         .inner
                         .keys
                         .search_token(rtype.as_str(), &e.param, &e.value);
-                    f.placeholder(Bind::Bytes(token))
-                })
-                .collect();
-            sql.push_str(&format!(
-                " AND NOT EXISTS (SELECT 1 FROM search_index x WHERE x.tenant = c.tenant \
-                 AND x.rtype = c.rtype AND x.id = c.id AND x.token IN ({}))",
-                tokens.join(", ")
-            ));
+                    out.push(f.placeholder(Bind::Bytes(token)));
+                }
+            }
+            out
+        };
+        let exclude: Vec<IndexEntry> = scope
+            .exclude_labels
+            .iter()
+            .filter(|e| keys.is_some() || !keyed(e))
+            .cloned()
+            .collect();
+        if !exclude.is_empty() {
+            let tokens = tokens_of(&mut f, &exclude);
+            if !tokens.is_empty() {
+                sql.push_str(&format!(
+                    " AND NOT EXISTS (SELECT 1 FROM search_index x WHERE x.tenant = c.tenant \
+                     AND x.rtype = c.rtype AND x.id = c.id AND x.token IN ({}))",
+                    tokens.join(", ")
+                ));
+            }
         }
         for param in &query.params {
-            let tokens: Vec<String> = param
-                .any_of
-                .iter()
-                .map(|e| {
-                    let token = self
-                        .inner
-                        .keys
-                        .search_token(rtype.as_str(), &e.param, &e.value);
-                    f.placeholder(Bind::Bytes(token))
-                })
-                .collect();
+            if keys.is_none() && param.any_of.iter().any(keyed) {
+                continue;
+            }
+            let tokens = tokens_of(&mut f, &param.any_of);
             if tokens.is_empty() {
                 sql.push_str(" AND 1 = 0");
                 continue;
@@ -198,6 +246,79 @@ impl Store {
         f
     }
 
+    /// The data-key ids of the compartments a search with compartment-keyed entries looks
+    /// in, sorted: the scope's patients' keys (and the directory key when it is in scope), or,
+    /// for a scope over every compartment, the keys of the compartments holding a resource
+    /// that matches everything else of the query. `None` when the query and the scope have no
+    /// compartment-keyed entry.
+    async fn keyed_compartments(
+        &self,
+        rtype: ResourceType,
+        query: &SearchQuery,
+        scope: &SearchScope,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let needed = scope.exclude_labels.iter().any(keyed)
+            || query.params.iter().any(|p| p.any_of.iter().any(keyed));
+        if !needed {
+            return Ok(None);
+        }
+        let mut keys = Vec::new();
+        match &scope.patients {
+            Some(patients) => {
+                for chunk in patients.chunks(MAX_KEYED_BINDS) {
+                    let mut f = Filter {
+                        sql: String::new(),
+                        binds: vec![Bind::Text(self.inner.tenant.clone())],
+                    };
+                    let owners: Vec<String> = chunk
+                        .iter()
+                        .map(|p| f.placeholder(Bind::Bytes(self.inner.keys.patient_owner(p))))
+                        .collect();
+                    let sql = format!(
+                        "SELECT key_id FROM data_keys WHERE tenant = $1 AND kind = 'patient' \
+                         AND owner IN ({})",
+                        owners.join(", ")
+                    );
+                    for row in f
+                        .bind_all(sqlx::query(&sql))
+                        .fetch_all(&self.inner.pool)
+                        .await?
+                    {
+                        keys.push(row.try_get::<String, _>("key_id")?);
+                    }
+                }
+                if scope.directory {
+                    let rows = sqlx::query(
+                        "SELECT key_id FROM data_keys WHERE tenant = $1 AND kind = 'directory'",
+                    )
+                    .bind(&self.inner.tenant)
+                    .fetch_all(&self.inner.pool)
+                    .await?;
+                    for row in rows {
+                        keys.push(row.try_get::<String, _>("key_id")?);
+                    }
+                }
+            }
+            None => {
+                let f = self.filter(rtype, query, scope, None);
+                let sql = format!(
+                    "SELECT DISTINCT c.key_id AS key_id FROM current_resources c WHERE {}",
+                    f.sql
+                );
+                for row in f
+                    .bind_all(sqlx::query(&sql))
+                    .fetch_all(&self.inner.pool)
+                    .await?
+                {
+                    keys.push(row.try_get::<String, _>("key_id")?);
+                }
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(Some(keys))
+    }
+
     /// Runs a search over everything: resources of `rtype` matching every parameter, one
     /// page of them.
     pub async fn search(
@@ -210,13 +331,61 @@ impl Store {
     }
 
     /// Runs a search restricted to what `scope` lets the principal see.
+    ///
+    /// Results are ordered by id. A search with compartment-keyed entries (`_security`, or a
+    /// scope that leaves labels out) over more compartments than one statement can bind runs
+    /// as one statement per group of compartments (in key order), paged one group after the
+    /// other: ordered by id within each group.
     pub async fn search_scoped(
         &self,
         rtype: ResourceType,
         query: &SearchQuery,
         scope: &SearchScope,
     ) -> Result<SearchPage, StoreError> {
-        let f = self.filter(rtype, query, scope);
+        let Some(keys) = self.keyed_compartments(rtype, query, scope).await? else {
+            return self.search_page(rtype, query, scope, None).await;
+        };
+        let per_key = scope.exclude_labels.iter().filter(|e| keyed(e)).count()
+            + query
+                .params
+                .iter()
+                .flat_map(|p| p.any_of.iter())
+                .filter(|e| keyed(e))
+                .count();
+        let group = (MAX_KEYED_BINDS / per_key.max(1)).max(1);
+        if keys.len() <= group {
+            return self.search_page(rtype, query, scope, Some(&keys)).await;
+        }
+        let mut page = SearchPage {
+            total: 0,
+            resources: Vec::new(),
+        };
+        let mut skip = query.offset;
+        let mut room = query.count;
+        for chunk in keys.chunks(group) {
+            let mut q = query.clone();
+            q.offset = if room > 0 { skip } else { 0 };
+            q.count = room;
+            let part = self.search_page(rtype, &q, scope, Some(chunk)).await?;
+            page.total = page.total.saturating_add(part.total);
+            if room > 0 {
+                room = room.saturating_sub(part.resources.len());
+                skip = skip.saturating_sub(usize::try_from(part.total).unwrap_or(usize::MAX));
+                page.resources.extend(part.resources);
+            }
+        }
+        Ok(page)
+    }
+
+    /// One statement's count and page (see [`Store::filter`] for `keys`).
+    async fn search_page(
+        &self,
+        rtype: ResourceType,
+        query: &SearchQuery,
+        scope: &SearchScope,
+        keys: Option<&[String]>,
+    ) -> Result<SearchPage, StoreError> {
+        let f = self.filter(rtype, query, scope, keys);
         let count_sql = format!(
             "SELECT COUNT(*) AS n FROM current_resources c WHERE {}",
             f.sql
@@ -226,32 +395,37 @@ impl Store {
             .fetch_one(&self.inner.pool)
             .await?
             .try_get("n")?;
-        let page_sql = format!(
-            "SELECT c.id AS id, c.version AS cur, c.deleted AS cur_deleted, c.key_id AS cur_key, \
-                    v.version AS v_version, v.key_id AS key_id, v.sealed AS sealed, \
-                    v.deleted AS deleted, \
-                    (SELECT MAX(m.version) FROM resource_versions m \
-                      WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version, \
-                    (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = c.key_id) AS key_live \
-             FROM current_resources c \
-             LEFT JOIN resource_versions v ON v.tenant = c.tenant AND v.rtype = c.rtype \
-                  AND v.id = c.id AND v.version = c.version \
-             WHERE {} ORDER BY c.id LIMIT {} OFFSET {}",
-            f.sql, query.count, query.offset
-        );
-        let rows = f
-            .bind_all(sqlx::query(&page_sql))
-            .fetch_all(&self.inner.pool)
-            .await?;
-        let mut resources = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let id = Id::parse(&id).map_err(|_| StoreError::Integrity {
-                rtype: rtype.to_string(),
-                id: "(invalid id in the database)".to_owned(),
-            })?;
-            resources.push(self.open_current(rtype, &id, &row).await?);
-        }
+        let resources = if query.count == 0 {
+            Vec::new()
+        } else {
+            let page_sql = format!(
+                "SELECT c.id AS id, c.version AS cur, c.deleted AS cur_deleted, c.key_id AS cur_key, \
+                        v.version AS v_version, v.key_id AS key_id, v.sealed AS sealed, \
+                        v.deleted AS deleted, \
+                        (SELECT MAX(m.version) FROM resource_versions m \
+                          WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version, \
+                        (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = c.key_id) AS key_live \
+                 FROM current_resources c \
+                 LEFT JOIN resource_versions v ON v.tenant = c.tenant AND v.rtype = c.rtype \
+                      AND v.id = c.id AND v.version = c.version \
+                 WHERE {} ORDER BY c.id LIMIT {} OFFSET {}",
+                f.sql, query.count, query.offset
+            );
+            let rows = f
+                .bind_all(sqlx::query(&page_sql))
+                .fetch_all(&self.inner.pool)
+                .await?;
+            let mut resources = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id: String = row.try_get("id")?;
+                let id = Id::parse(&id).map_err(|_| StoreError::Integrity {
+                    rtype: rtype.to_string(),
+                    id: "(invalid id in the database)".to_owned(),
+                })?;
+                resources.push(self.open_current(rtype, &id, &row).await?);
+            }
+            resources
+        };
         Ok(SearchPage {
             total: u64::try_from(total).unwrap_or(0),
             resources,

@@ -11,6 +11,8 @@
 //!   resource first and decide on its compartment and labels (a deleted resource: on its last
 //!   live version); update decides on the new body too, so moving a resource into another
 //!   compartment needs both; vread and history also decide on every version they return.
+//!   An instance's history and its versions are decided like a read of the resource as well
+//!   (the query rules, which a resource outside every compartment matches, never open one).
 //! - **Existence never leaks.** A resource that does not exist is decided as one of the same
 //!   type in a compartment the principal cannot reach (a fresh random patient id, or the
 //!   directory): the refusal is the same as for an existing resource out of reach, and only a
@@ -729,6 +731,14 @@ impl Access {
         body: &Value,
     ) -> Result<Authorized, ApiError> {
         let facts = self.stored_facts(rtype, body)?;
+        // A resource's history and versions are the resource: decided like a read of it
+        // first, so a rule meant for queries across patients (which a resource outside every
+        // compartment also matches) never opens one resource that may not be read.
+        if matches!(action, Action::History | Action::Vread)
+            && let Err(denied) = self.decide(Action::Read, rtype, &facts).await?
+        {
+            return Err(self.refusal(Action::Read, rtype, &facts, denied).await?);
+        }
         match self.decide(action, rtype, &facts).await? {
             Ok(proof) => Ok(proof),
             Err(denied) => Err(self.refusal(action, rtype, &facts, denied).await?),

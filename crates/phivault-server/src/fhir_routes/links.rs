@@ -1,0 +1,203 @@
+//! Resolving how a written body names its patient, before it is decided and stored.
+//!
+//! Rules kept here (the store refuses whatever is left unresolved, see
+//! [`phivault_fhir::check_patient_links`]):
+//! - **This server's absolute URLs become relative.** `https://<base>/Patient/X` (scheme and
+//!   host compared without case, the default port implied) is rewritten to `Patient/X`, so the
+//!   resource lands in X's compartment like one written with `Patient/X`.
+//! - **A conditional reference `Patient?<search>` is resolved once, at write time**, by a
+//!   search with the writer's own access: exactly one Patient the writer can see, and the
+//!   reference is rewritten to it; none is 422 and several are 412 (as FHIR answers
+//!   conditional references). A patient out of the writer's reach counts as none, so the
+//!   answer tells nothing a search would not.
+//! - **Everything else naming a patient is refused with 422**: absolute URLs of other servers
+//!   (their patient is not one of ours: stored here it would fall in no compartment), a
+//!   reference by identifier alone (no `reference`; a logical identifier may name several
+//!   patients or none, and the record's key, readers and erasure must not depend on a guess),
+//!   contained patients, placeholders that no entry of the transaction defines, conditional
+//!   references to other types, and malformed references.
+
+use std::collections::HashMap;
+
+use phivault_fhir::{
+    FhirError, Issue, IssueCode, LinkKind, PatientLink, ResourceType, SearchQuery, ValidResource,
+    patient_links,
+};
+
+use super::{Access, parse_pairs};
+use crate::{ApiError, AppState};
+
+/// Rewrites the patient links of `resource` that name one of this server's patients to
+/// `Patient/{id}`, refusing the others (see the module's rules). `placeholders`: the
+/// references a transaction resolves itself (its entries' `fullUrl`s), left as they are.
+pub(crate) async fn resolve_patient_links(
+    state: &AppState,
+    access: &mut Access,
+    resource: &mut ValidResource,
+    placeholders: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    let links = patient_links(resource);
+    if links.is_empty() {
+        return Ok(());
+    }
+    let mut map = HashMap::new();
+    for link in links {
+        if placeholders.contains_key(&link.reference) || map.contains_key(&link.reference) {
+            continue;
+        }
+        let target = match &link.kind {
+            LinkKind::Absolute => match own_relative(super::base(state), &link.reference) {
+                Some(relative) => relative,
+                None => {
+                    return Err(refuse(
+                        &link,
+                        "an absolute reference to another server names no patient of this one",
+                    ));
+                }
+            },
+            LinkKind::Conditional { target, query } if target == "Patient" => {
+                resolve_conditional(access, &link, query).await?
+            }
+            LinkKind::Conditional { .. } => {
+                return Err(refuse(
+                    &link,
+                    "a conditional reference must search Patients",
+                ));
+            }
+            LinkKind::IdentifierOnly => {
+                return Err(refuse(
+                    &link,
+                    "a reference by identifier alone is not accepted (it is not resolved to \
+                     a patient); use `Patient/{id}` or a conditional reference \
+                     `Patient?identifier=system|value`",
+                ));
+            }
+            LinkKind::Placeholder => {
+                return Err(refuse(
+                    &link,
+                    "a placeholder is resolved only by an entry of the same transaction",
+                ));
+            }
+            LinkKind::Contained => {
+                return Err(refuse(
+                    &link,
+                    "a contained resource cannot be the compartment's patient",
+                ));
+            }
+            _ => return Err(refuse(&link, "not a valid reference")),
+        };
+        map.insert(link.reference.clone(), target);
+    }
+    if !map.is_empty() {
+        resource.rewrite_references(&map);
+    }
+    Ok(())
+}
+
+fn refuse(link: &PatientLink, why: &str) -> ApiError {
+    ApiError::Fhir(link.refusal(why))
+}
+
+/// `Patient/{id}` of the one Patient a conditional reference's search finds with the
+/// writer's access; 422 when none, 412 when several.
+async fn resolve_conditional(
+    access: &mut Access,
+    link: &PatientLink,
+    query: &str,
+) -> Result<String, ApiError> {
+    let unusable = || {
+        refuse(
+            link,
+            "the conditional reference is not a valid Patient search",
+        )
+    };
+    let pairs = parse_pairs(query).map_err(|_| unusable())?;
+    let mut search =
+        SearchQuery::parse(ResourceType::PATIENT, &pairs, false).map_err(|_| unusable())?;
+    if search.params.is_empty() && search.ids.is_none() {
+        return Err(unusable());
+    }
+    search.count = 2;
+    search.offset = 0;
+    let (total, found) = access.search(ResourceType::PATIENT, &search).await?;
+    match (total, found.as_slice()) {
+        (1, [patient]) => Ok(format!("Patient/{}", patient.id)),
+        (0, _) => Err(ApiError::Fhir(FhirError::Invalid(vec![Issue {
+            code: IssueCode::NotFound,
+            path: link.path.clone(),
+            message: "the conditional reference matches no Patient".to_owned(),
+        }]))),
+        _ => Err(ApiError::Fhir(FhirError::AmbiguousReference {
+            path: link.path.clone(),
+            target: "Patient".to_owned(),
+        })),
+    }
+}
+
+/// The relative reference of an absolute URL under this server's base URL (`base` without a
+/// trailing slash), if it is one. Scheme and host compare without case; a default port
+/// (443 for https, 80 for http) is the same as none.
+fn own_relative(base: &str, url: &str) -> Option<String> {
+    let (base_origin, base_path) = split_url(base)?;
+    let (origin, path) = split_url(url)?;
+    if base_origin != origin {
+        return None;
+    }
+    let rest = path.strip_prefix(base_path.trim_end_matches('/'))?;
+    let rest = rest.strip_prefix('/')?;
+    (!rest.is_empty()).then(|| rest.to_owned())
+}
+
+/// `(scheme://host[:port] lower-cased without a default port, path)`.
+fn split_url(url: &str) -> Option<(String, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let mut authority = authority.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return None,
+    };
+    if authority.ends_with(default_port) {
+        authority.truncate(authority.len() - default_port.len());
+    }
+    Some((format!("{scheme}://{authority}"), path))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_urls_become_relative() {
+        let base = "https://ehr.example:8443/fhir";
+        assert_eq!(
+            own_relative(base, "https://ehr.example:8443/fhir/Patient/p1").as_deref(),
+            Some("Patient/p1")
+        );
+        assert_eq!(
+            own_relative(base, "HTTPS://EHR.example:8443/fhir/Patient/p1/_history/2").as_deref(),
+            Some("Patient/p1/_history/2")
+        );
+        assert_eq!(
+            own_relative(
+                "https://ehr.example/fhir",
+                "https://ehr.example:443/fhir/Patient/p1"
+            )
+            .as_deref(),
+            Some("Patient/p1")
+        );
+        // Another host, port, scheme or path is another server.
+        assert!(own_relative(base, "https://other.example:8443/fhir/Patient/p1").is_none());
+        assert!(own_relative(base, "https://ehr.example:9443/fhir/Patient/p1").is_none());
+        assert!(own_relative(base, "http://ehr.example:8443/fhir/Patient/p1").is_none());
+        assert!(own_relative(base, "https://ehr.example:8443/fhirx/Patient/p1").is_none());
+        assert!(own_relative(base, "https://ehr.example:8443/fhir/").is_none());
+        assert!(own_relative(base, "https://ehr.example:8443.evil/fhir/Patient/p1").is_none());
+    }
+}
