@@ -110,6 +110,15 @@ pub enum AuditError {
         /// The seq asked for.
         seq: u64,
     },
+    /// A column copied out of an entry's body for queries (or the entry's patient rows)
+    /// disagrees with the body: changed so that queries no longer find the entry as it is.
+    #[error("audit entry {seq} was altered (its {column} column disagrees with its body)")]
+    ColumnMismatch {
+        /// Seq of the row.
+        seq: u64,
+        /// The column (`time`, `actor`, `patient`, `action`, `outcome` or `patients`).
+        column: &'static str,
+    },
 }
 
 impl AuditError {
@@ -120,7 +129,8 @@ impl AuditError {
             | AuditError::Malformed { seq }
             | AuditError::Misplaced { seq, .. }
             | AuditError::ChainBroken { seq }
-            | AuditError::HashMismatch { seq } => Some(*seq),
+            | AuditError::HashMismatch { seq }
+            | AuditError::ColumnMismatch { seq, .. } => Some(*seq),
             AuditError::CheckpointMismatch { since, .. } => Some(since + 1),
             AuditError::Truncated { present, .. } => Some(present + 1),
             _ => None,
@@ -136,6 +146,7 @@ impl AuditError {
                 | AuditError::Misplaced { .. }
                 | AuditError::ChainBroken { .. }
                 | AuditError::HashMismatch { .. }
+                | AuditError::ColumnMismatch { .. }
                 | AuditError::CheckpointSignature { .. }
                 | AuditError::CheckpointMismatch { .. }
                 | AuditError::Truncated { .. }

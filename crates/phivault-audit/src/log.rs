@@ -246,6 +246,7 @@ fn build_row(entry: &AuditEntry, tail: &AuditTail) -> Result<NewAuditRow, AuditE
         time: entry.time,
         action: entry.action_code().to_owned(),
         outcome: entry.outcome.as_str().to_owned(),
+        patients: entry.patients_concerned(),
         actor: entry.actor_id,
         patient: entry.patient_id,
     })

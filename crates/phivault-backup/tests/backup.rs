@@ -114,6 +114,8 @@ fn entry(action: &str, rtype: Option<String>, id: Option<String>) -> AuditEntry 
         outcome: Outcome::Allowed,
         source_address: None,
         request_id: "r".to_owned(),
+        actor_ref: None,
+        patients: Vec::new(),
     }
 }
 
@@ -151,6 +153,7 @@ struct Population {
 async fn populate(store: &Store, log: &Arc<AuditLog>, patients: usize) -> Population {
     let trail = Trail(log.clone());
     let mut out = Population {
+        actor_ref: None,
         patients: Vec::new(),
         observations: Vec::new(),
     };
