@@ -263,7 +263,11 @@ mod tests {
         ));
         assert_eq!(AuditEntry::from_canonical(text.as_bytes()), Some(with_ref));
         // Without other patients, the bytes are those of an entry from before the list.
-        assert!(!String::from_utf8(sample(4).canonical_bytes().unwrap()).unwrap().contains("patients"));
+        assert!(
+            !String::from_utf8(sample(4).canonical_bytes().unwrap())
+                .unwrap()
+                .contains("patients")
+        );
     }
 
     #[test]

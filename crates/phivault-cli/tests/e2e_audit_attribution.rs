@@ -2,7 +2,9 @@
 //! every backend: a clinician's search across their patients, a search of `Patient` by `_id`,
 //! a system app's bulk search, `$everything` and a batch Bundle of reads. A patient's own view
 //! of a search that returned several patients names only them. A patient row deleted in the
-//! database to hide an access is named by `phivault audit verify`.
+//! database to hide an access is named by `phivault audit verify`. The access log names a
+//! clinician as their Practitioner read at the time of the access, whatever they edit later,
+//! and the entry holds that Practitioner's version id, not the name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -62,9 +64,13 @@ async fn every_patient_a_response_returns_sees_it_in_their_access_log() {
         }
         let (a, b, c) = (&patients[0], &patients[1], &patients[2]);
 
-        // A clinician on A's and B's care team; an auditor; patient A and B accounts.
+        // A clinician (linked to a Practitioner) on A's and B's care team; an auditor; patient
+        // A's account.
+        let family = format!("Quill{}", &random_username()[2..8]);
+        let prac = sys.create(&fixtures::practitioner(&family)).await;
         let clin_name = random_username();
         let pw = server.create_user(&clin_name, "clinician").await;
+        server.link_practitioner(&clin_name, &prac).await;
         let clin = server.sign_in(&clin_name, "clinician", &pw, false).await;
         server.grant(&clin_name, a, &[], None).await;
         server.grant(&clin_name, b, &[], None).await;
@@ -84,7 +90,11 @@ async fn every_patient_a_response_returns_sees_it_in_their_access_log() {
             phivault_testkit::search_matches(bundle, "AuditEvent")
                 .into_iter()
                 .find(|e| e["subtype"][0]["code"] == subtype)
-                .and_then(|e| e["agent"][0]["who"]["identifier"]["value"].as_str().map(str::to_owned))
+                .and_then(|e| {
+                    e["agent"][0]["who"]["identifier"]["value"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
         };
 
         // ---- A clinician's search across patients: A and B, not C.
@@ -111,15 +121,28 @@ async fn every_patient_a_response_returns_sees_it_in_their_access_log() {
         let own = searchset(&a_api.get(&log(a)).await, "A's own log");
         let mine = by(&own, &clin_id, "search-type");
         assert_eq!(mine.len(), 1, "{label}: {own}");
-        assert_eq!(patients_named(&mine[0]), [format!("Patient/{a}")], "{label}");
-        assert!(!own.to_string().contains(b.as_str()), "{label}: B named in A's view");
+        assert_eq!(
+            patients_named(&mine[0]),
+            [format!("Patient/{a}")],
+            "{label}"
+        );
+        assert!(
+            !own.to_string().contains(b.as_str()),
+            "{label}: B named in A's view"
+        );
 
         // ---- Patient?_id=B by the clinician.
-        let before = by(&searchset(&aud_api.get(&log(b)).await, "B"), &clin_id, "search-type");
-        clin_api
-            .search_ids(&query("Patient", &[("_id", b)]))
-            .await;
-        let after = by(&searchset(&aud_api.get(&log(b)).await, "B"), &clin_id, "search-type");
+        let before = by(
+            &searchset(&aud_api.get(&log(b)).await, "B"),
+            &clin_id,
+            "search-type",
+        );
+        clin_api.search_ids(&query("Patient", &[("_id", b)])).await;
+        let after = by(
+            &searchset(&aud_api.get(&log(b)).await, "B"),
+            &clin_id,
+            "search-type",
+        );
         assert_eq!(after.len(), before.len() + 1, "{label}: Patient?_id=B");
 
         // ---- A system app's bulk search: every patient.
@@ -129,7 +152,11 @@ async fn every_patient_a_response_returns_sees_it_in_their_access_log() {
         let sys_id = phivault_testkit::search_matches(&lc, "AuditEvent")
             .into_iter()
             .filter(|e| e["subtype"][0]["code"] == "search-type")
-            .filter_map(|e| e["agent"][0]["who"]["identifier"]["value"].as_str().map(str::to_owned))
+            .filter_map(|e| {
+                e["agent"][0]["who"]["identifier"]["value"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .next()
             .expect("the system app's search is in C's log");
         for p in [a, b, c] {
@@ -138,7 +165,10 @@ async fn every_patient_a_response_returns_sees_it_in_their_access_log() {
         }
 
         // ---- $everything of A, by the clinician.
-        searchset(&clin_api.get(&format!("Patient/{a}/$everything")).await, "$everything");
+        searchset(
+            &clin_api.get(&format!("Patient/{a}/$everything")).await,
+            "$everything",
+        );
         let la = searchset(&aud_api.get(&log(a)).await, "A's log");
         let everything = phivault_testkit::search_matches(&la, "AuditEvent")
             .into_iter()
@@ -163,6 +193,50 @@ async fn every_patient_a_response_returns_sees_it_in_their_access_log() {
                 .count();
             assert_eq!(bundles, 1, "{label}: the batch in the log of {p}: {l}");
         }
+
+        // ---- The name at the time: the clinician renames their Practitioner afterwards.
+        let renamed = serde_json::json!({
+            "resourceType": "Practitioner",
+            "id": prac,
+            "name": [{ "family": "Nobody", "given": ["Someone"] }],
+        });
+        let r = clin_api
+            .put_json(&format!("Practitioner/{prac}"), &renamed)
+            .await;
+        assert_eq!(
+            r.status, 200,
+            "{label}: a clinician edits their Practitioner: {r:?}"
+        );
+        let own = searchset(&a_api.get(&log(a)).await, "A's own log");
+        let names: Vec<String> = by(&own, &clin_id, "search-type")
+            .iter()
+            .map(|e| {
+                e["agent"][0]["who"]["display"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        assert!(!names.is_empty(), "{label}: {own}");
+        assert!(
+            names.iter().all(|n| *n == format!("Test {family}")),
+            "{label}: the name at the time of the access: {names:?}"
+        );
+        // The entry holds the Practitioner version, never the name.
+        let db = server.db().await;
+        let bodies: Vec<(Vec<u8>,)> =
+            sqlx::query_as("SELECT body FROM audit_entries WHERE actor = $1")
+                .bind(clin_id.clone())
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        db.close().await;
+        let all: String = bodies
+            .iter()
+            .map(|(b,)| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert!(all.contains(&format!("\"actor_ref\":\"Practitioner/{prac}/_history/1\"")));
+        assert!(!all.contains(&family), "{label}: a name in an audit entry");
 
         // ---- Hiding the clinician's search from B's log in the database: `audit verify`
         // names the entry.

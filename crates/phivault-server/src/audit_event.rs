@@ -223,7 +223,7 @@ fn agent(entry: &AuditEntry, name: Option<&str>, view: &View) -> Value {
     // In a patient's view, another patient account is not named (a patient's identity is
     // PHI): "a patient account", without id.
     let hidden_patient = match view {
-        View::Patient { user_id } => {
+        View::Patient { user_id, .. } => {
             role == Some(Role::Patient.as_str()) && entry.actor_id != *user_id
         }
         View::Auditor => false,
@@ -1878,12 +1878,18 @@ mod tests {
         }
         let _ = pat_a;
 
-        // Integrity: a row whose patient column was moved to A is left out of A's log and
-        // reported; the rest is served.
-        sqlx::query("UPDATE audit_entries SET patient = 'pa' WHERE seq = 5")
-            .execute(st.store.pool())
-            .await
-            .unwrap();
+        // Integrity: a row whose patient column and patient rows were moved to A is left out
+        // of A's log and reported; the rest is served.
+        for statement in [
+            "UPDATE audit_entries SET patient = 'pa' WHERE seq = 5",
+            "DELETE FROM audit_entry_patients WHERE seq = 5",
+            "INSERT INTO audit_entry_patients (seq, patient) VALUES (5, 'pa')",
+        ] {
+            sqlx::query(statement)
+                .execute(st.store.pool())
+                .await
+                .unwrap();
+        }
         let (s, b) = c
             .get(&token_a, "/fhir/Patient/pa/$access-log?_count=100")
             .await;

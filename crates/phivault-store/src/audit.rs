@@ -203,10 +203,7 @@ fn entry_from(row: &AnyRow) -> Result<AuditRow, StoreError> {
 }
 
 /// Attaches to `rows` their `audit_entry_patients` rows.
-async fn attach_patients(
-    pool: &sqlx::AnyPool,
-    rows: &mut [AuditRow],
-) -> Result<(), StoreError> {
+async fn attach_patients(pool: &sqlx::AnyPool, rows: &mut [AuditRow]) -> Result<(), StoreError> {
     /// Seqs per query (one bound value each).
     const SEQS_PER_QUERY: usize = 500;
     let at: std::collections::HashMap<u64, usize> =
@@ -606,7 +603,12 @@ impl Store {
         .bind(to_i64(seq)?)
         .fetch_optional(&self.inner.pool)
         .await?;
-        let mut rows = row.as_ref().map(entry_from).transpose()?.into_iter().collect::<Vec<_>>();
+        let mut rows = row
+            .as_ref()
+            .map(entry_from)
+            .transpose()?
+            .into_iter()
+            .collect::<Vec<_>>();
         attach_patients(&self.inner.pool, &mut rows).await?;
         Ok(rows.pop())
     }

@@ -229,7 +229,9 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let deleted: i64 = row.try_get("deleted")?;
         let version: i64 = row.try_get("version")?;
-        Ok((deleted == 0).then(|| u64::try_from(version).ok()).flatten())
+        Ok((deleted == 0)
+            .then(|| u64::try_from(version).ok())
+            .flatten())
     }
 
     /// Reads one version.

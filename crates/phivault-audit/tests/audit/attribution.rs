@@ -27,10 +27,7 @@ fn by_patient(patient: &str) -> AuditQuery {
 }
 
 async fn sql(store: &Store, statement: &str) {
-    sqlx::query(statement)
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query(statement).execute(store.pool()).await.unwrap();
 }
 
 #[tokio::test]
@@ -63,16 +60,29 @@ async fn a_nulled_patient_column_is_named_and_does_not_hide_the_entry() {
     for f in fixtures().await {
         let log = super::populated(&f.store).await;
         let before = f.store.audit_count(&by_patient("pat-1")).await.unwrap();
-        sql(&f.store, "UPDATE audit_entries SET patient = NULL WHERE patient = 'pat-1'").await;
+        sql(
+            &f.store,
+            "UPDATE audit_entries SET patient = NULL WHERE patient = 'pat-1'",
+        )
+        .await;
         let err = verify_err(&log).await;
         assert!(
-            matches!(err, AuditError::ColumnMismatch { seq: 1, column: "patient" }),
+            matches!(
+                err,
+                AuditError::ColumnMismatch {
+                    seq: 1,
+                    column: "patient"
+                }
+            ),
             "{}: {err}",
             f.label
         );
         assert_eq!(err.first_bad_seq(), Some(1));
         // The access-log query does not go through that column.
-        assert_eq!(f.store.audit_count(&by_patient("pat-1")).await.unwrap(), before);
+        assert_eq!(
+            f.store.audit_count(&by_patient("pat-1")).await.unwrap(),
+            before
+        );
     }
 }
 
@@ -82,7 +92,11 @@ async fn removed_or_added_patient_rows_are_named() {
         let log = super::populated(&f.store).await;
         let seq = log.append(&search_entry(51)).await.unwrap();
         // Hiding the search from one patient's log.
-        sql(&f.store, "DELETE FROM audit_entry_patients WHERE patient = 'pat-b'").await;
+        sql(
+            &f.store,
+            "DELETE FROM audit_entry_patients WHERE patient = 'pat-b'",
+        )
+        .await;
         assert_eq!(f.store.audit_count(&by_patient("pat-b")).await.unwrap(), 0);
         let err = verify_err(&log).await;
         assert!(
@@ -97,8 +111,17 @@ async fn removed_or_added_patient_rows_are_named() {
         .await;
         log.verify(|_| {}).await.unwrap();
         // Hiding every entry of a patient, and a false attribution.
-        sql(&f.store, "DELETE FROM audit_entry_patients WHERE patient = 'pat-2'").await;
-        assert_eq!(verify_err(&log).await.first_bad_seq(), Some(2), "{}", f.label);
+        sql(
+            &f.store,
+            "DELETE FROM audit_entry_patients WHERE patient = 'pat-2'",
+        )
+        .await;
+        assert_eq!(
+            verify_err(&log).await.first_bad_seq(),
+            Some(2),
+            "{}",
+            f.label
+        );
         sql(
             &f.store,
             "INSERT INTO audit_entry_patients (seq, patient) \
@@ -106,10 +129,20 @@ async fn removed_or_added_patient_rows_are_named() {
         )
         .await;
         log.verify(|_| {}).await.unwrap();
-        sql(&f.store, "INSERT INTO audit_entry_patients (seq, patient) VALUES (7, 'pat-z')").await;
+        sql(
+            &f.store,
+            "INSERT INTO audit_entry_patients (seq, patient) VALUES (7, 'pat-z')",
+        )
+        .await;
         let err = verify_err(&log).await;
         assert!(
-            matches!(err, AuditError::ColumnMismatch { seq: 7, column: "patients" }),
+            matches!(
+                err,
+                AuditError::ColumnMismatch {
+                    seq: 7,
+                    column: "patients"
+                }
+            ),
             "{}: {err}",
             f.label
         );
@@ -121,12 +154,30 @@ async fn every_copied_column_is_compared_with_the_body() {
     for f in fixtures().await {
         let log = super::populated(&f.store).await;
         let alterations = [
-            ("UPDATE audit_entries SET time = time + 1 WHERE seq = 3", "time"),
-            ("UPDATE audit_entries SET actor = 'user-9' WHERE seq = 3", "actor"),
-            ("UPDATE audit_entries SET patient = 'pat-9' WHERE seq = 3", "patient"),
-            ("UPDATE audit_entries SET action = 'D' WHERE seq = 3", "action"),
-            ("UPDATE audit_entries SET outcome = 'error' WHERE seq = 3", "outcome"),
-            ("UPDATE audit_entry_patients SET patient = 'pat-9' WHERE seq = 3", "patients"),
+            (
+                "UPDATE audit_entries SET time = time + 1 WHERE seq = 3",
+                "time",
+            ),
+            (
+                "UPDATE audit_entries SET actor = 'user-9' WHERE seq = 3",
+                "actor",
+            ),
+            (
+                "UPDATE audit_entries SET patient = 'pat-9' WHERE seq = 3",
+                "patient",
+            ),
+            (
+                "UPDATE audit_entries SET action = 'D' WHERE seq = 3",
+                "action",
+            ),
+            (
+                "UPDATE audit_entries SET outcome = 'error' WHERE seq = 3",
+                "outcome",
+            ),
+            (
+                "UPDATE audit_entry_patients SET patient = 'pat-9' WHERE seq = 3",
+                "patients",
+            ),
         ];
         for (statement, column) in alterations {
             let saved: Vec<(i64, String, Option<String>, Option<String>, Option<String>)> =
@@ -176,7 +227,13 @@ async fn the_start_up_check_names_altered_columns_after_the_checkpoint() {
         sql(&f.store, "DELETE FROM audit_entry_patients WHERE seq = 55").await;
         let err = tail_err(&log).await;
         assert!(
-            matches!(err, AuditError::ColumnMismatch { seq: 55, column: "patients" }),
+            matches!(
+                err,
+                AuditError::ColumnMismatch {
+                    seq: 55,
+                    column: "patients"
+                }
+            ),
             "{}: {err}",
             f.label
         );
