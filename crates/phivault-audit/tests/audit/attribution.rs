@@ -19,6 +19,9 @@ fn search_entry(i: u64) -> AuditEntry {
     e
 }
 
+/// time, actor, patient, action, outcome of a row.
+type Columns = (i64, String, Option<String>, Option<String>, Option<String>);
+
 fn by_patient(patient: &str) -> AuditQuery {
     AuditQuery {
         patient: Some(patient.to_owned()),
@@ -180,14 +183,13 @@ async fn every_copied_column_is_compared_with_the_body() {
             ),
         ];
         for (statement, column) in alterations {
-            let saved: Vec<(i64, String, Option<String>, Option<String>, Option<String>)> =
-                sqlx::query_as(
-                    "SELECT time, actor, patient, action, outcome FROM audit_entries \
+            let saved: Vec<Columns> = sqlx::query_as(
+                "SELECT time, actor, patient, action, outcome FROM audit_entries \
                      WHERE seq = 3",
-                )
-                .fetch_all(f.store.pool())
-                .await
-                .unwrap();
+            )
+            .fetch_all(f.store.pool())
+            .await
+            .unwrap();
             sql(&f.store, statement).await;
             let err = verify_err(&log).await;
             assert!(
