@@ -153,7 +153,6 @@ struct Population {
 async fn populate(store: &Store, log: &Arc<AuditLog>, patients: usize) -> Population {
     let trail = Trail(log.clone());
     let mut out = Population {
-        actor_ref: None,
         patients: Vec::new(),
         observations: Vec::new(),
     };
