@@ -48,8 +48,12 @@ pub enum Outcome {
 ///
 /// The canonical bytes are the compact `serde_json` serialization of this struct, fields in
 /// this order: `seq, time, actor_id, actor_kind, role, purpose, break_glass, action,
-/// resource_type, resource_id, patient_id, outcome, source_address, request_id`; absent
-/// optional values are `null`, enums are lower-case strings. Unknown fields are refused.
+/// resource_type, resource_id, patient_id, outcome, source_address, request_id, actor_ref,
+/// patients`; absent optional values are `null`, enums are lower-case strings, except that
+/// `actor_ref` is left out when absent and `patients` when empty (so entries written before
+/// they existed keep their bytes). Unknown fields are
+/// refused, and so is a `patients` list that is not strictly ascending or that repeats
+/// `patient_id` (one content, one spelling).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditEntry {
@@ -81,6 +85,19 @@ pub struct AuditEntry {
     pub source_address: Option<String>,
     /// Request correlation id.
     pub request_id: String,
+    /// Who the actor was at the time, as an identifier that later edits cannot change: the
+    /// exact version of the Practitioner their account was linked to
+    /// (`Practitioner/{id}/_history/{version}`; versions are immutable, an edit makes a new
+    /// one). The access log names the actor from that version. Absent for actors without a
+    /// linked Practitioner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_ref: Option<String>,
+    /// Every other patient the request concerned: whose data its response returned (a search,
+    /// a Bundle, `$everything`) or who was decided on, besides `patient_id`. Ids only, strictly
+    /// ascending. With `patient_id`, these are the patients whose access log shows the entry
+    /// ([`AuditEntry::patients_concerned`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patients: Vec<String>,
 }
 
 impl AuditEntry {
@@ -89,13 +106,56 @@ impl AuditEntry {
         serde_json::to_vec(self)
     }
 
-    /// Parses canonical bytes, refusing anything that does not re-serialize to the same bytes.
+    /// Parses canonical bytes, refusing anything that does not re-serialize to the same bytes
+    /// or whose `patients` list is not in its one canonical form.
     pub fn from_canonical(bytes: &[u8]) -> Option<AuditEntry> {
         let entry: AuditEntry = serde_json::from_slice(bytes).ok()?;
+        let ascending = entry.patients.windows(2).all(|w| w[0] < w[1]);
+        let repeats = entry
+            .patient_id
+            .as_ref()
+            .is_some_and(|p| entry.patients.contains(p));
+        if !ascending || repeats {
+            return None;
+        }
         match entry.canonical_bytes() {
             Ok(again) if again == bytes => Some(entry),
             _ => None,
         }
+    }
+
+    /// Sets `patients` to the patients of `concerned` other than `patient_id`, in canonical
+    /// form (ascending, without repeats).
+    pub fn set_patients<I, S>(&mut self, concerned: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut all: Vec<String> = concerned
+            .into_iter()
+            .map(Into::into)
+            .filter(|p| self.patient_id.as_ref() != Some(p))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        self.patients = all;
+    }
+
+    /// Every patient the entry concerns (`patient_id` and `patients`), ascending, without
+    /// repeats: the patients whose access log shows it, as the store indexes it.
+    pub fn patients_concerned(&self) -> Vec<String> {
+        let mut all = self.patients.clone();
+        if let Some(p) = &self.patient_id {
+            all.push(p.clone());
+        }
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// Whether the entry concerns `patient` ([`AuditEntry::patients_concerned`]).
+    pub fn concerns(&self, patient: &str) -> bool {
+        self.patient_id.as_deref() == Some(patient) || self.patients.iter().any(|p| p == patient)
     }
 }
 
@@ -186,6 +246,8 @@ mod tests {
             outcome: Outcome::Allowed,
             source_address: None,
             request_id: "r1".to_owned(),
+            actor_ref: None,
+            patients: Vec::new(),
         }
     }
 
@@ -203,6 +265,38 @@ mod tests {
         // Same content, other spelling: refused.
         let spaced = String::from_utf8(bytes).unwrap().replace(',', ", ");
         assert_eq!(AuditEntry::from_canonical(spaced.as_bytes()), None);
+    }
+
+    #[test]
+    fn patients_list_is_canonical_and_optional() {
+        let mut e = sample(4);
+        e.set_patients(["p3", "p1", "p2", "p3"]);
+        assert_eq!(e.patients, vec!["p2".to_owned(), "p3".to_owned()]);
+        assert_eq!(e.patients_concerned(), vec!["p1", "p2", "p3"]);
+        assert!(e.concerns("p3") && e.concerns("p1") && !e.concerns("p4"));
+        let bytes = e.canonical_bytes().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.ends_with(",\"request_id\":\"r1\",\"patients\":[\"p2\",\"p3\"]}"));
+        assert_eq!(AuditEntry::from_canonical(&bytes), Some(e.clone()));
+        // Out of order, repeated, or repeating patient_id: not canonical.
+        for bad in [r#"["p3","p2"]"#, r#"["p2","p2"]"#, r#"["p1","p2"]"#, "[]"] {
+            let other = text.replace(r#"["p2","p3"]"#, bad);
+            assert_eq!(AuditEntry::from_canonical(other.as_bytes()), None, "{bad}");
+        }
+        // The actor's Practitioner version goes before the list.
+        let mut with_ref = e.clone();
+        with_ref.actor_ref = Some("Practitioner/pr1/_history/2".to_owned());
+        let text = String::from_utf8(with_ref.canonical_bytes().unwrap()).unwrap();
+        assert!(text.ends_with(
+            ",\"actor_ref\":\"Practitioner/pr1/_history/2\",\"patients\":[\"p2\",\"p3\"]}"
+        ));
+        assert_eq!(AuditEntry::from_canonical(text.as_bytes()), Some(with_ref));
+        // Without other patients, the bytes are those of an entry from before the list.
+        assert!(
+            !String::from_utf8(sample(4).canonical_bytes().unwrap())
+                .unwrap()
+                .contains("patients")
+        );
     }
 
     #[test]

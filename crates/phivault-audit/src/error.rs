@@ -122,6 +122,15 @@ pub enum AuditError {
         /// The seq asked for.
         seq: u64,
     },
+    /// A column copied out of an entry's body for queries (or the entry's patient rows)
+    /// disagrees with the body: changed so that queries no longer find the entry as it is.
+    #[error("audit entry {seq} was altered (its {column} column disagrees with its body)")]
+    ColumnMismatch {
+        /// Seq of the row.
+        seq: u64,
+        /// The column (`time`, `actor`, `patient`, `action`, `outcome` or `patients`).
+        column: &'static str,
+    },
 }
 
 impl AuditError {
@@ -133,7 +142,8 @@ impl AuditError {
             | AuditError::Misplaced { seq, .. }
             | AuditError::ChainBroken { seq }
             | AuditError::HashMismatch { seq }
-            | AuditError::Unauthenticated { seq } => Some(*seq),
+            | AuditError::Unauthenticated { seq }
+            | AuditError::ColumnMismatch { seq, .. } => Some(*seq),
             AuditError::CheckpointMismatch { since, .. } => Some(since + 1),
             AuditError::Truncated { present, .. } => Some(present + 1),
             _ => None,
@@ -151,6 +161,7 @@ impl AuditError {
                 | AuditError::HashMismatch { .. }
                 | AuditError::Unauthenticated { .. }
                 | AuditError::KeyedFrom(_)
+                | AuditError::ColumnMismatch { .. }
                 | AuditError::CheckpointSignature { .. }
                 | AuditError::CheckpointMismatch { .. }
                 | AuditError::Truncated { .. }

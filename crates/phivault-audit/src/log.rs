@@ -273,6 +273,7 @@ fn build_row(
         time: entry.time,
         action: entry.action_code().to_owned(),
         outcome: entry.outcome.as_str().to_owned(),
+        patients: entry.patients_concerned(),
         actor: entry.actor_id,
         patient: entry.patient_id,
         chain_mac: Some(tag.to_vec()),

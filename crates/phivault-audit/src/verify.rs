@@ -69,6 +69,54 @@ fn check_recorded(
     Ok(hash)
 }
 
+/// The columns the store copies out of an entry's body for its queries (`audit_entries`'
+/// time, actor, patient, action and outcome, and the entry's `audit_entry_patients` rows).
+/// Queries select on them, so each must say what the body says: a column changed so that an
+/// entry no longer matches a query (a patient's access log, an actor's accesses) hides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopiedColumns {
+    /// Unix milliseconds.
+    pub time: i64,
+    /// Actor id.
+    pub actor: String,
+    /// Patient id.
+    pub patient: Option<String>,
+    /// FHIR action code (`None`: not filled in).
+    pub action: Option<String>,
+    /// Outcome (`None`: not filled in).
+    pub outcome: Option<String>,
+    /// The `audit_entry_patients` rows of the entry, ascending.
+    pub patients: Vec<String>,
+}
+
+impl CopiedColumns {
+    /// The first column (by name) that disagrees with `entry`, if any. `action` and `outcome`
+    /// must be present (the audit log fills in those of older rows when it opens).
+    pub fn disagreement(&self, entry: &AuditEntry) -> Option<&'static str> {
+        if self.time != entry.time {
+            return Some("time");
+        }
+        if self.actor != entry.actor_id {
+            return Some("actor");
+        }
+        if self.patient != entry.patient_id {
+            return Some("patient");
+        }
+        if self.action.as_deref() != Some(entry.action_code()) {
+            return Some("action");
+        }
+        if self.outcome.as_deref() != Some(entry.outcome.as_str()) {
+            return Some("outcome");
+        }
+        let mut rows = self.patients.clone();
+        rows.sort_unstable();
+        if rows != entry.patients_concerned() {
+            return Some("patients");
+        }
+        None
+    }
+}
+
 /// An entry as recorded: its row's seq, canonical bytes and stored hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEntry {
@@ -82,6 +130,9 @@ pub struct RecordedEntry {
     pub prev_hash: Vec<u8>,
     /// Stored tag under the audit chain key (`None`: an unkeyed entry).
     pub chain_mac: Option<Vec<u8>>,
+    /// The columns copied out of the body, compared with it when present (`None`: an entry
+    /// read without them, e.g. from an archive's entry stream).
+    pub columns: Option<CopiedColumns>,
 }
 
 impl From<AuditRow> for RecordedEntry {
@@ -92,6 +143,14 @@ impl From<AuditRow> for RecordedEntry {
             entry_hash: row.entry_hash,
             prev_hash: row.prev_hash,
             chain_mac: row.chain_mac,
+            columns: Some(CopiedColumns {
+                time: row.time,
+                actor: row.actor,
+                patient: row.patient,
+                action: row.action,
+                outcome: row.outcome,
+                patients: row.patients,
+            }),
         }
     }
 }
@@ -117,8 +176,10 @@ pub struct VerifyReport {
 /// Each entry must have the next seq, a canonical body carrying that same seq, a stored
 /// previous hash equal to the recomputed hash of the entry before it, and a stored hash equal
 /// to its recomputed hash (keyed or unkeyed, as the entry says; an unkeyed entry after a keyed
-/// one is refused). With [`Keying`] ([`ChainVerifier::keyed`]), the tags of the keyed part are
-/// checked under the audit chain key and an untagged entry there is refused. When the count reaches a checkpoint's size, the recomputed Merkle
+/// one is refused), and columns copied out of the body that agree with it ([`CopiedColumns`],
+/// when the entry carries them). With [`Keying`] ([`ChainVerifier::keyed`]), the tags of the
+/// keyed part are checked under the audit chain key and an untagged entry there is refused.
+/// When the count reaches a checkpoint's size, the recomputed Merkle
 /// root and last hash must equal the checkpoint's. Every checkpoint's signature is checked
 /// first, and [`ChainVerifier::finish`] refuses a checkpoint larger than the trail.
 #[derive(Debug)]
@@ -279,6 +340,7 @@ impl ChainVerifier {
                 claimed: parsed.seq,
             });
         }
+        check_columns(entry, &parsed)?;
         if entry.prev_hash.as_slice() != self.prev.as_slice() {
             return Err(AuditError::ChainBroken { seq });
         }
@@ -334,6 +396,17 @@ impl ChainVerifier {
             root: self.range.root(),
         };
         Ok((report, self.range))
+    }
+}
+
+/// Refuses an entry whose copied-out columns disagree with its body, naming the column.
+fn check_columns(entry: &RecordedEntry, parsed: &AuditEntry) -> Result<(), AuditError> {
+    match entry.columns.as_ref().and_then(|c| c.disagreement(parsed)) {
+        Some(column) => Err(AuditError::ColumnMismatch {
+            seq: entry.seq,
+            column,
+        }),
+        None => Ok(()),
     }
 }
 

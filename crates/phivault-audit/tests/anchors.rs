@@ -97,6 +97,8 @@ fn entry(i: u64) -> AuditEntry {
         outcome: Outcome::Denied,
         source_address: Some("127.0.0.1".to_owned()),
         request_id: format!("req-{i:04}"),
+        actor_ref: None,
+        patients: Vec::new(),
     }
 }
 

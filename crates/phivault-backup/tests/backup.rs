@@ -117,6 +117,8 @@ fn entry(action: &str, rtype: Option<String>, id: Option<String>) -> AuditEntry 
         outcome: Outcome::Allowed,
         source_address: None,
         request_id: "r".to_owned(),
+        actor_ref: None,
+        patients: Vec::new(),
     }
 }
 

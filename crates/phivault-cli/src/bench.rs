@@ -181,6 +181,8 @@ impl BenchAudit {
             outcome: Outcome::Allowed,
             source_address: Some("127.0.0.1".to_owned()),
             request_id: uuid::Uuid::new_v4().to_string(),
+            actor_ref: None,
+            patients: Vec::new(),
         }
     }
 }

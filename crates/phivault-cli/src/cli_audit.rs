@@ -104,6 +104,8 @@ impl CliAudit {
             outcome,
             source_address: None,
             request_id: self.request_id.clone(),
+            actor_ref: None,
+            patients: Vec::new(),
         }
     }
 

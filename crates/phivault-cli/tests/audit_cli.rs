@@ -132,6 +132,8 @@ fn entry(i: u64) -> AuditEntry {
         outcome: Outcome::Allowed,
         source_address: None,
         request_id: format!("r{i}"),
+        actor_ref: None,
+        patients: Vec::new(),
     }
 }
 

@@ -407,7 +407,7 @@ async fn access_logs_and_audit_event_search() {
             .await
             .assert_outcome(400, &["date"]);
 
-        // ---- Integrity: move an event about B into A's compartment by its column only.
+        // ---- Integrity: move an event about B into A's compartment by its columns only.
         let b_events = searchset(
             &aud.get(&query("AuditEvent", &[("patient", &b), ("_count", "500")]))
                 .await,
@@ -421,6 +421,17 @@ async fn access_logs_and_audit_event_search() {
             .execute(&db)
             .await
             .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+        // Queries by patient go through the entry's patient rows: move that one too.
+        let done = sqlx::query(
+            "UPDATE audit_entry_patients SET patient = $1 WHERE seq = $2 AND patient = $3",
+        )
+        .bind(a.clone())
+        .bind(i64::try_from(moved).unwrap())
+        .bind(b.clone())
+        .execute(&db)
+        .await
+        .unwrap();
         assert_eq!(done.rows_affected(), 1);
         db.close().await;
         let la = searchset(&a_api.get(&format!("{log_a}?_count=500")).await, "A's log");

@@ -21,9 +21,11 @@
 //! access log readable while the operator investigates (`phivault audit verify` checks the
 //! chain over the bodies); a read of one such entry by id fails with an integrity error.
 //!
-//! Names are looked up per request and kept for that request only: a user's linked
-//! Practitioner's name (a system lookup for display, not a clinical access), else the
-//! username; an app's registered name.
+//! Names are looked up per request and kept for that request only: for a user, the name in
+//! the Practitioner version the entry recorded (`actor_ref`: who they were at the time of the
+//! access; an edit of the Practitioner since makes a new version and changes nothing here),
+//! else their linked Practitioner's current name, else the username (a system lookup for
+//! display, not a clinical access); an app's registered name.
 
 use std::collections::HashMap;
 
@@ -96,10 +98,12 @@ pub(crate) enum View {
     /// An auditor: everything the entry holds.
     Auditor,
     /// The patient whose access log it is, through their own account (`user_id`): no
-    /// network addresses, and no other patient account named.
+    /// network addresses, and no other patient account or patient id named.
     Patient {
         /// The viewing patient's user id.
         user_id: String,
+        /// The viewing patient's id.
+        patient: String,
     },
 }
 
@@ -219,7 +223,7 @@ fn agent(entry: &AuditEntry, name: Option<&str>, view: &View) -> Value {
     // In a patient's view, another patient account is not named (a patient's identity is
     // PHI): "a patient account", without id.
     let hidden_patient = match view {
-        View::Patient { user_id } => {
+        View::Patient { user_id, .. } => {
             role == Some(Role::Patient.as_str()) && entry.actor_id != *user_id
         }
         View::Auditor => false,
@@ -271,10 +275,18 @@ fn agent(entry: &AuditEntry, name: Option<&str>, view: &View) -> Value {
     Value::Object(a)
 }
 
-/// The entities of an entry: the patient, the resource, and the request.
-fn entities(entry: &AuditEntry) -> Vec<Value> {
+/// The entities of an entry: the patients it concerns, the resource, and the request. In a
+/// patient's view, the only patient named is the viewer (an entry about several patients, a
+/// search for example, does not tell one patient who the others were).
+fn entities(entry: &AuditEntry, view: &View) -> Vec<Value> {
+    let shown = |p: &str| match view {
+        View::Auditor => true,
+        View::Patient { patient, .. } => p == patient,
+    };
     let mut out = Vec::new();
-    if let Some(patient) = &entry.patient_id {
+    let mut concerned: Vec<&String> = entry.patient_id.iter().collect();
+    concerned.extend(entry.patients.iter());
+    for patient in concerned.into_iter().filter(|p| shown(p)) {
         out.push(json!({
             "what": { "reference": format!("Patient/{patient}") },
             "type": coding(ENTITY_TYPE_SYSTEM, "1", "Person"),
@@ -282,7 +294,14 @@ fn entities(entry: &AuditEntry) -> Vec<Value> {
         }));
     }
     match (&entry.resource_type, &entry.resource_id) {
-        (Some(t), Some(id)) if !(t == "Patient" && entry.patient_id.as_ref() == Some(id)) => {
+        (Some(t), Some(id)) if t == "Patient" && !shown(id) => {
+            out.push(json!({
+                "what": { "type": t },
+                "type": coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
+                "role": coding(OBJECT_ROLE_SYSTEM, "4", "Domain Resource"),
+            }));
+        }
+        (Some(t), Some(id)) if !(t == "Patient" && entry.concerns(id)) => {
             out.push(json!({
                 "what": { "reference": format!("{t}/{id}") },
                 "type": coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
@@ -345,7 +364,7 @@ pub(crate) fn audit_event(entry: &AuditEntry, name: Option<&str>, view: &View) -
             "type": [coding(SOURCE_TYPE_SYSTEM, "4", "Application Server")],
         }),
     );
-    e.insert("entity".to_owned(), Value::Array(entities(entry)));
+    e.insert("entity".to_owned(), Value::Array(entities(entry, view)));
     Value::Object(e)
 }
 
@@ -356,7 +375,7 @@ pub(crate) fn audit_event(entry: &AuditEntry, name: Option<&str>, view: &View) -
 struct Names<'a> {
     store: &'a Store,
     accounts: &'a Accounts,
-    cache: HashMap<(u8, String), Option<String>>,
+    cache: HashMap<(u8, String, Option<String>), Option<String>>,
 }
 
 impl<'a> Names<'a> {
@@ -381,17 +400,52 @@ impl<'a> Names<'a> {
             ActorKind::Client => 1,
             ActorKind::Anonymous | ActorKind::System => return Ok(None),
         };
-        let key = (kind, entry.actor_id.clone());
+        let key = (kind, entry.actor_id.clone(), entry.actor_ref.clone());
         if let Some(name) = self.cache.get(&key) {
             return Ok(name.clone());
         }
-        let name = if kind == 0 {
+        let recorded = match &entry.actor_ref {
+            Some(r) if kind == 0 => self.recorded_name(r).await?,
+            _ => None,
+        };
+        let name = if recorded.is_some() {
+            recorded
+        } else if kind == 0 {
             self.user_name(&entry.actor_id).await?
         } else {
             self.accounts.client_name(&entry.actor_id).await?
         };
         self.cache.insert(key, name.clone());
         Ok(name)
+    }
+
+    /// The name in the Practitioner version `reference` (`Practitioner/{id}/_history/{v}`),
+    /// when that version is readable and names someone.
+    async fn recorded_name(&self, reference: &str) -> Result<Option<String>, ApiError> {
+        let parts: Vec<&str> = reference.split('/').collect();
+        let [rtype, id, "_history", version] = parts.as_slice() else {
+            return Ok(None);
+        };
+        let (Ok(rtype), Ok(id), Ok(version)) = (
+            ResourceType::parse(rtype),
+            Id::parse(id),
+            version.parse::<u64>(),
+        ) else {
+            return Ok(None);
+        };
+        if rtype.as_str() != "Practitioner" {
+            return Ok(None);
+        }
+        match self.store.vread(rtype, &id, version).await {
+            Ok(stored) => Ok(practitioner_name(&stored.body)),
+            // Gone or disposed of: the current name or the username names them.
+            Err(
+                StoreError::NotFound { .. }
+                | StoreError::Gone { .. }
+                | StoreError::VersionNotFound { .. },
+            ) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn user_name(&self, user_id: &str) -> Result<Option<String>, ApiError> {
@@ -663,6 +717,9 @@ fn entry_of(row: &AuditRow) -> Option<AuditEntry> {
         Some(e) if e.patient_id != row.patient => {
             Some("its patient column disagrees with its body")
         }
+        Some(e) if e.patients_concerned() != row.patients => {
+            Some("its patient rows disagree with its body")
+        }
         Some(e) if row.action.as_deref().is_some_and(|a| a != e.action_code()) => {
             Some("its action column disagrees with its body")
         }
@@ -690,9 +747,7 @@ fn entry_of(row: &AuditRow) -> Option<AuditEntry> {
 
 /// Whether `entry` (from its body) meets every filter of `q`.
 fn matches(entry: &AuditEntry, q: &AuditQuery) -> bool {
-    q.patient
-        .as_ref()
-        .is_none_or(|p| entry.patient_id.as_ref() == Some(p))
+    q.patient.as_ref().is_none_or(|p| entry.concerns(p))
         && q.actor.as_ref().is_none_or(|a| entry.actor_id == *a)
         && q.since.is_none_or(|t| entry.time >= t)
         && q.until.is_none_or(|t| entry.time < t)
@@ -1027,6 +1082,7 @@ async fn access_log_of(
     let view = if principal.linked_patient() == Some(patient) {
         View::Patient {
             user_id: principal.id().to_owned(),
+            patient: patient.to_string(),
         }
     } else {
         View::Auditor
@@ -1069,6 +1125,8 @@ mod tests {
             outcome: Outcome::Allowed,
             source_address: Some("192.0.2.7".to_owned()),
             request_id: "r-1".to_owned(),
+            actor_ref: None,
+            patients: Vec::new(),
         }
     }
 
@@ -1160,6 +1218,7 @@ mod tests {
             View::Auditor,
             View::Patient {
                 user_id: "u-pa".to_owned(),
+                patient: "pa".to_owned(),
             },
         ];
         for e in samples() {
@@ -1220,6 +1279,7 @@ mod tests {
             Some("Dr Ann Smith"),
             &View::Patient {
                 user_id: "u-pa".to_owned(),
+                patient: "pa".to_owned(),
             },
         );
         assert!(p["agent"][0]["network"].is_null(), "{p}");
@@ -1258,6 +1318,7 @@ mod tests {
         e.actor_id = "u-other".to_owned();
         let view = View::Patient {
             user_id: "u-pa".to_owned(),
+            patient: "pa".to_owned(),
         };
         let v = audit_event(&e, Some("zoe.private"), &view);
         assert_eq!(
@@ -1509,6 +1570,7 @@ mod tests {
             action: Some(e.action_code().to_owned()),
             outcome: Some(e.outcome.as_str().to_owned()),
             chain_mac: None,
+            patients: e.patients_concerned(),
         }
     }
 
@@ -1528,6 +1590,8 @@ mod tests {
             |r| r.time += 1,
             |r| r.action = Some("D".to_owned()),
             |r| r.outcome = Some("denied".to_owned()),
+            |r| r.patients.clear(),
+            |r| r.patients.push("pz".to_owned()),
             |r| r.seq = 10,
             |r| r.body.push(b' '),
             |r| r.body = b"{}".to_vec(),
@@ -1815,12 +1879,18 @@ mod tests {
         }
         let _ = pat_a;
 
-        // Integrity: a row whose patient column was moved to A is left out of A's log and
-        // reported; the rest is served.
-        sqlx::query("UPDATE audit_entries SET patient = 'pa' WHERE seq = 5")
-            .execute(st.store.pool())
-            .await
-            .unwrap();
+        // Integrity: a row whose patient column and patient rows were moved to A is left out
+        // of A's log and reported; the rest is served.
+        for statement in [
+            "UPDATE audit_entries SET patient = 'pa' WHERE seq = 5",
+            "DELETE FROM audit_entry_patients WHERE seq = 5",
+            "INSERT INTO audit_entry_patients (seq, patient) VALUES (5, 'pa')",
+        ] {
+            sqlx::query(statement)
+                .execute(st.store.pool())
+                .await
+                .unwrap();
+        }
         let (s, b) = c
             .get(&token_a, "/fhir/Patient/pa/$access-log?_count=100")
             .await;

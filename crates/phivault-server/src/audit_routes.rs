@@ -138,6 +138,8 @@ mod tests {
             outcome: Outcome::Allowed,
             source_address: None,
             request_id: "r".to_owned(),
+            actor_ref: None,
+            patients: Vec::new(),
         }
     }
 

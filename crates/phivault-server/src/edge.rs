@@ -68,11 +68,15 @@ struct Actor {
 struct AuditNotes {
     /// The authenticated principal.
     actor: Option<Actor>,
+    /// The version of the Practitioner the principal's account is linked to, as
+    /// `Practitioner/{id}/_history/{version}`, read when the request was authenticated.
+    actor_ref: Option<String>,
     /// The effective purpose of use, as the guard decided with it.
     purpose: Option<Purpose>,
     /// A decision relied on break-the-glass.
     break_glass: bool,
-    /// Every compartment patient a decision was made on (allowed or denied).
+    /// Every compartment patient a decision was made on (allowed or denied), and every
+    /// patient whose data the response returns (the hits of a search).
     patients: BTreeSet<Id>,
     /// The request's own entry was committed with its write: its seq.
     entry_written: Option<u64>,
@@ -126,6 +130,11 @@ impl AuditSlot {
             default_purpose: who.principal.role().default_purpose(),
         };
         self.notes().actor = Some(actor);
+    }
+
+    /// Who the actor is at this time: their linked Practitioner's current version.
+    fn note_actor_ref(&self, reference: String) {
+        self.notes().actor_ref = Some(reference);
     }
 
     /// The effective purpose of use.
@@ -193,6 +202,8 @@ impl AuditSlot {
             outcome,
             source_address: self.facts.source_address.clone(),
             request_id: self.facts.request_id.clone(),
+            actor_ref: notes.actor_ref.clone(),
+            patients: Vec::new(),
         }
     }
 }
@@ -328,6 +339,19 @@ pub(crate) async fn authenticate(
     let principal = PrincipalId(who.principal.id().to_owned());
     if let Some(slot) = AuditSlot::of(req.extensions()) {
         slot.note_principal(&who);
+        // The access log names a staff member from the Practitioner version they were
+        // linked to now, which their later edits of that Practitioner cannot change.
+        if let Some(practitioner) = &who.practitioner
+            && let Ok(rtype) = ResourceType::parse("Practitioner")
+        {
+            match state.store.current_version(rtype, practitioner).await {
+                Ok(Some(version)) => {
+                    slot.note_actor_ref(format!("Practitioner/{practitioner}/_history/{version}"));
+                }
+                Ok(None) => {}
+                Err(e) => return ApiError::Store(e).into_response(),
+            }
+        }
     }
     if who.enrolment_only && !enrolment_allows(req.uri().path()) {
         let mut response =
@@ -436,7 +460,8 @@ fn non_canonical_path(path: &str) -> Option<String> {
 /// before the response leaves: who (the principal, or `anonymous`), the method and route
 /// template (never the raw URI: its query can hold PHI), the resource type and id of a FHIR
 /// instance route, the patient when exactly one was decided on (allowed or denied; an
-/// [`AuditPatient`] in the response's extensions wins), the effective purpose of use,
+/// [`AuditPatient`] in the response's extensions wins), every other patient decided on or
+/// whose data the response returns (the entry's `patients`), the effective purpose of use,
 /// break-the-glass, the outcome from the status, the client address and the request id.
 ///
 /// A single-resource write commits the request's entry in its own transaction (the audit sink
@@ -493,13 +518,14 @@ pub(crate) async fn audit_trail(
         None => next.run(req).await,
     };
 
-    let (written, sink_failed, single_patient) = {
+    let (written, sink_failed, single_patient, concerned) = {
         let notes = slot.notes();
         let single = match notes.patients.len() {
             1 => notes.patients.iter().next().map(Id::to_string),
             _ => None,
         };
-        (notes.entry_written, notes.sink_failed, single)
+        let concerned: Vec<String> = notes.patients.iter().map(Id::to_string).collect();
+        (notes.entry_written, notes.sink_failed, single, concerned)
     };
     if written.is_some() {
         return response;
@@ -516,6 +542,9 @@ pub(crate) async fn audit_trail(
         patient_id,
         outcome_of(response.status()),
     );
+    // Every other patient concerned is named in the entry too, so that each finds the
+    // request in their access log (a search's hits, a Bundle's entries, `$everything`).
+    entry.set_patients(concerned);
     entry.break_glass |= response
         .headers()
         .contains_key(&crate::fhir_routes::X_BREAK_GLASS);

@@ -133,6 +133,7 @@ pub async fn package(
     let resources = compartment(store, patient, None).await?;
     let view = View::Patient {
         user_id: viewer.unwrap_or_default().to_owned(),
+        patient: patient.to_string(),
     };
     let (events, left_out) = patient_log(store, accounts, patient, &view).await?;
     if left_out > 0 {

@@ -54,6 +54,8 @@ impl AuditSink for SystemSink {
                     outcome: Outcome::Allowed,
                     source_address: None,
                     request_id: self.request_id.clone(),
+                    actor_ref: None,
+                    patients: Vec::new(),
                 })
                 .collect();
             self.audit

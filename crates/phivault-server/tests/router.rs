@@ -3363,6 +3363,7 @@ async fn care_teams_grant_only_through_those_allowed_and_within_their_periods() 
         .await;
     assert_eq!(c.get_as(&locum, &uri).await.status, StatusCode::OK);
     assert_eq!(total(&c.get_as(&locum, "/fhir/Patient").await), 1);
+}
 
 /// An "HIV positive" Observation of `subject` (a Reference as JSON).
 fn hiv_note(subject: Value) -> Value {

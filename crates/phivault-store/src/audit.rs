@@ -12,6 +12,10 @@
 //!   primary key on `seq` makes the insert fail with a unique violation, after which the
 //!   append is retried (up to [`APPEND_ATTEMPTS`] times) from a savepoint, so a caller's
 //!   transaction survives the retry.
+//! - **Patients of an entry** (`audit_entry_patients`, schema v7): one row per patient an
+//!   entry concerns (its patient and the other patients its body lists), written with the
+//!   entry. Queries by patient ([`AuditQuery::patient`]) go through these rows, and
+//!   [`AuditRow::patients`] hands them to readers, which compare them with the body.
 //! - **Checkpoints** (`audit_checkpoints`): one row per checkpointed size, never updated. Since
 //!   schema v4 a row may carry the Merkle frontier at that size (`frontier`, NULL on older
 //!   rows): it is not signed, so the audit log trusts it only after recomputing the signed
@@ -39,6 +43,10 @@ pub const APPEND_ATTEMPTS: usize = 8;
 /// Audit rows written by one INSERT (10 values each: well under both drivers' limits).
 const AUDIT_ROWS_PER_INSERT: usize = 100;
 
+/// `audit_entry_patients` rows written by one INSERT (2 values each; SQLite binds many values
+/// slowly, so a few hundred per statement).
+const PATIENT_ROWS_PER_INSERT: usize = 120;
+
 /// The PostgreSQL advisory lock key serializing appends (`"phivaudt"` as a big-endian i64).
 const APPEND_LOCK_KEY: i64 = 0x7068_6976_6175_6474;
 
@@ -59,6 +67,9 @@ pub struct NewAuditRow {
     pub actor: String,
     /// Patient id, when the access concerned a patient.
     pub patient: Option<String>,
+    /// Every patient the entry concerns (`patient` included), one `audit_entry_patients` row
+    /// each.
+    pub patients: Vec<String>,
     /// FHIR AuditEvent action code (`C`, `R`, `U`, `D`, `E`).
     pub action: String,
     /// `allowed`, `denied` or `error`.
@@ -103,6 +114,9 @@ pub struct AuditRow {
     /// The entry's tag under the audit chain key (`None` on entries written before schema
     /// v8, the unkeyed chain).
     pub chain_mac: Option<Vec<u8>>,
+    /// The entry's `audit_entry_patients` rows, ascending (every patient it concerns, as
+    /// copied out of its body).
+    pub patients: Vec<String>,
 }
 
 /// Where the keyed chain starts, as stored (`audit_chain`).
@@ -204,7 +218,38 @@ fn entry_from(row: &AnyRow) -> Result<AuditRow, StoreError> {
         action: row.try_get("action")?,
         outcome: row.try_get("outcome")?,
         chain_mac: row.try_get("chain_mac")?,
+        patients: Vec::new(),
     })
+}
+
+/// Attaches to `rows` their `audit_entry_patients` rows.
+async fn attach_patients(pool: &sqlx::AnyPool, rows: &mut [AuditRow]) -> Result<(), StoreError> {
+    /// Seqs per query (one bound value each).
+    const SEQS_PER_QUERY: usize = 500;
+    let at: std::collections::HashMap<u64, usize> =
+        rows.iter().enumerate().map(|(i, r)| (r.seq, i)).collect();
+    let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+    for chunk in seqs.chunks(SEQS_PER_QUERY) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT seq, patient FROM audit_entry_patients WHERE seq IN ({}) \
+             ORDER BY seq, patient",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for seq in chunk {
+            q = q.bind(to_i64(*seq)?);
+        }
+        for row in q.fetch_all(pool).await? {
+            let seq = to_u64(row.try_get("seq")?)?;
+            if let Some(i) = at.get(&seq)
+                && let Some(r) = rows.get_mut(*i)
+            {
+                r.patients.push(row.try_get("patient")?);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn checkpoint_from(row: &AnyRow) -> Result<CheckpointRow, StoreError> {
@@ -225,36 +270,46 @@ enum AuditBind {
     Int(i64),
 }
 
-/// The WHERE clause of an audit search and its values, bound as `$1...` in order.
+/// The FROM and WHERE clauses of an audit search (entries as `e`) and their values, bound as
+/// `$1...` in order. A search by patient is driven by the `audit_entry_patients` index
+/// (`(patient, seq)`, read newest first) and joins the entries it names.
 fn audit_where(query: &AuditQuery) -> Result<(String, Vec<AuditBind>), StoreError> {
     let mut conds = Vec::new();
     let mut binds = Vec::new();
+    if let Some(p) = &query.patient {
+        binds.push(AuditBind::Text(p.clone()));
+        conds.push(format!("p.patient = ${}", binds.len()));
+    }
     let mut text = |column: &str, value: &Option<String>, conds: &mut Vec<String>| {
         if let Some(v) = value {
             binds.push(AuditBind::Text(v.clone()));
-            conds.push(format!("{column} = ${}", binds.len()));
+            conds.push(format!("e.{column} = ${}", binds.len()));
         }
     };
-    text("patient", &query.patient, &mut conds);
     text("actor", &query.actor, &mut conds);
     text("action", &query.action, &mut conds);
     text("outcome", &query.outcome, &mut conds);
     if let Some(t) = query.since {
         binds.push(AuditBind::Int(t));
-        conds.push(format!("time >= ${}", binds.len()));
+        conds.push(format!("e.time >= ${}", binds.len()));
     }
     if let Some(t) = query.until {
         binds.push(AuditBind::Int(t));
-        conds.push(format!("time < ${}", binds.len()));
+        conds.push(format!("e.time < ${}", binds.len()));
     }
     if let Some(seq) = query.before_seq {
         binds.push(AuditBind::Int(to_i64(seq)?));
-        conds.push(format!("seq < ${}", binds.len()));
+        conds.push(format!("e.seq < ${}", binds.len()));
     }
-    let clause = if conds.is_empty() {
-        String::new()
+    let from = if query.patient.is_some() {
+        " FROM audit_entry_patients p JOIN audit_entries e ON e.seq = p.seq"
     } else {
-        format!(" WHERE {}", conds.join(" AND "))
+        " FROM audit_entries e"
+    };
+    let clause = if conds.is_empty() {
+        from.to_owned()
+    } else {
+        format!("{from} WHERE {}", conds.join(" AND "))
     };
     Ok((clause, binds))
 }
@@ -367,6 +422,7 @@ impl Store {
         rows: Vec<NewAuditRow>,
     ) -> Result<(), sqlx::Error> {
         let mut seq = first;
+        let mut patients: Vec<(i64, String)> = Vec::new();
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
             let chunk: Vec<NewAuditRow> = rows.by_ref().take(AUDIT_ROWS_PER_INSERT).collect();
@@ -397,6 +453,7 @@ impl Store {
             for row in chunk {
                 let s = i64::try_from(seq)
                     .map_err(|_| sqlx::Error::Protocol(format!("audit seq {seq} out of range")))?;
+                patients.extend(row.patients.into_iter().map(|p| (s, p)));
                 q = q
                     .bind(s)
                     .bind(row.body)
@@ -409,6 +466,20 @@ impl Store {
                     .bind(row.outcome)
                     .bind(row.chain_mac);
                 seq += 1;
+            }
+            q.execute(&mut *conn).await?;
+        }
+        for chunk in patients.chunks(PATIENT_ROWS_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let sql = format!(
+                "INSERT INTO audit_entry_patients (seq, patient) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (s, p) in chunk {
+                q = q.bind(*s).bind(p.as_str());
             }
             q.execute(&mut *conn).await?;
         }
@@ -450,7 +521,9 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.inner.pool)
         .await?;
-        rows.iter().map(entry_from).collect()
+        let mut rows = rows.iter().map(entry_from).collect::<Result<Vec<_>, _>>()?;
+        attach_patients(&self.inner.pool, &mut rows).await?;
+        Ok(rows)
     }
 
     /// Up to `limit` entries matching `query`, newest (highest seq) first.
@@ -460,8 +533,18 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<AuditRow>, StoreError> {
         let (clause, binds) = audit_where(query)?;
+        let columns = ENTRY_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c} AS {c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let order = if query.patient.is_some() {
+            "p.seq"
+        } else {
+            "e.seq"
+        };
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM audit_entries{clause} ORDER BY seq DESC LIMIT ${}",
+            "SELECT {columns}{clause} ORDER BY {order} DESC LIMIT ${}",
             binds.len() + 1
         );
         let mut q = sqlx::query(&sql);
@@ -472,13 +555,15 @@ impl Store {
             };
         }
         let rows = q.bind(i64::from(limit)).fetch_all(&self.inner.pool).await?;
-        rows.iter().map(entry_from).collect()
+        let mut rows = rows.iter().map(entry_from).collect::<Result<Vec<_>, _>>()?;
+        attach_patients(&self.inner.pool, &mut rows).await?;
+        Ok(rows)
     }
 
     /// How many entries match `query` (its `before_seq` included).
     pub async fn audit_count(&self, query: &AuditQuery) -> Result<u64, StoreError> {
         let (clause, binds) = audit_where(query)?;
-        let sql = format!("SELECT COUNT(*) AS n FROM audit_entries{clause}");
+        let sql = format!("SELECT COUNT(*) AS n{clause}");
         let mut q = sqlx::query(&sql);
         for b in binds {
             q = match b {
@@ -540,7 +625,14 @@ impl Store {
         .bind(to_i64(seq)?)
         .fetch_optional(&self.inner.pool)
         .await?;
-        row.as_ref().map(entry_from).transpose()
+        let mut rows = row
+            .as_ref()
+            .map(entry_from)
+            .transpose()?
+            .into_iter()
+            .collect::<Vec<_>>();
+        attach_patients(&self.inner.pool, &mut rows).await?;
+        Ok(rows.pop())
     }
 
     /// The tail of the trail: the seq the next entry would get and the last entry's hash.

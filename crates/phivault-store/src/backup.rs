@@ -185,6 +185,11 @@ pub const TABLES: &[Table] = &[
         order: &["seq"],
     },
     Table {
+        name: "audit_entry_patients",
+        columns: &[int("seq"), text("patient")],
+        order: &["seq", "patient"],
+    },
+    Table {
         name: "resource_versions",
         columns: &[
             text("tenant"),

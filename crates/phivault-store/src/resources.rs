@@ -231,6 +231,30 @@ impl Store {
         self.read_in(&mut conn, rtype, id).await
     }
 
+    /// The current version number of a live resource (`None`: never written, or deleted),
+    /// from the current-version pointer alone (nothing is decrypted).
+    pub async fn current_version(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+    ) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT version, deleted FROM current_resources \
+             WHERE tenant = $1 AND rtype = $2 AND id = $3",
+        )
+        .bind(&self.inner.tenant)
+        .bind(rtype.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let deleted: i64 = row.try_get("deleted")?;
+        let version: i64 = row.try_get("version")?;
+        Ok((deleted == 0)
+            .then(|| u64::try_from(version).ok())
+            .flatten())
+    }
+
     /// Reads one version.
     pub async fn vread(
         &self,

@@ -653,6 +653,11 @@ async fn audit_rows_keys_and_checkpoints() {
                         time: 1000 + tail.seq as i64,
                         actor: "u1".to_owned(),
                         patient: (tail.seq.is_multiple_of(2)).then(|| "p1".to_owned()),
+                        patients: if tail.seq.is_multiple_of(2) {
+                            vec!["p1".to_owned()]
+                        } else {
+                            Vec::new()
+                        },
                         action: if tail.seq == 5 { "D" } else { "R" }.to_owned(),
                         outcome: if tail.seq == 3 { "denied" } else { "allowed" }.to_owned(),
                         chain_mac: None,

@@ -44,7 +44,8 @@
 //!
 //! For the audit trail, the guard notes in the request's [`AuditSlot`] the effective purpose
 //! of use, every compartment patient it decided on (allowed or denied: a refused request's
-//! entry names the patient too, when there was exactly one) and whether an allowed decision
+//! entry names the patient too, when there was exactly one), every patient whose resources a
+//! search returns (so each finds the search in their access log) and whether an allowed decision
 //! relied on break-the-glass (a new claim or a recorded one).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -957,6 +958,12 @@ impl Access {
         });
         if kept.iter().any(|(_, proof)| proof.break_glass()) {
             self.slot.note_break_glass();
+        }
+        // Every patient whose data the page returns is named in the request's audit entry.
+        for ((_, facts), _) in &kept {
+            if let Some(patient) = &facts.patient {
+                self.slot.note_patient(patient);
+            }
         }
         let dropped = before - kept.len();
         if dropped > 0 {
