@@ -34,6 +34,7 @@ pub mod backup;
 mod bundle;
 mod erasure;
 mod keys;
+mod residue;
 mod resources;
 mod retention;
 mod rotation;
@@ -349,6 +350,8 @@ struct Inner {
     /// SQLite allows one writer: writes queue here instead of failing with SQLITE_BUSY.
     write_lock: Option<tokio::sync::Mutex<()>>,
     max_bundle_entries: usize,
+    /// Tables whose deleted key material a purge has still to remove from the files.
+    residue: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 impl Store {
@@ -380,6 +383,7 @@ impl Store {
                 keys: keyring,
                 write_lock,
                 max_bundle_entries: opts.max_bundle_entries,
+                residue: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             }),
         })
     }

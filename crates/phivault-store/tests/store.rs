@@ -13,6 +13,8 @@ use sqlx::Row;
 
 #[path = "store/rotation.rs"]
 mod rotation;
+#[path = "store/shred.rs"]
+mod shred;
 
 fn validator() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();
