@@ -60,7 +60,7 @@ fn exposed(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn the_server_makes_only_owner_only_files_and_cannot_dump_core() {
-    for backend in backends().await {
+    for backend in backends() {
         let s = Server::start(BIN, &backend, &[]).await;
         let l = backend.name();
         // Some writes, so the database, its WAL and shm exist (SQLite).
@@ -166,4 +166,68 @@ fn the_master_key_can_come_from_an_inherited_descriptor() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("does not open with this master key"), "{}", stderr(&out));
+}
+
+/// Every file of `dir` (recursively) that contains `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_holding(&path, needle));
+        } else if std::fs::read(&path)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}
+
+/// SQLite: when `$erase` has answered its certificate, the erased wrapped key is in no file
+/// of the data directory (database, WAL, shm). (PostgreSQL's pages are checked by the store
+/// suite, through `pageinspect`.)
+#[tokio::test]
+async fn an_erased_key_is_on_no_file_when_the_certificate_is_answered() {
+    use sqlx::Row;
+    for backend in backends() {
+        if backend.is_postgres() {
+            continue;
+        }
+        let s = Server::start(BIN, &backend, &[]).await;
+        let p = s.create(&fixtures::patient("Gone", "Gil")).await;
+        let db = s.db().await;
+        let key_id: String = sqlx::query(
+            "SELECT key_id FROM current_resources WHERE rtype = 'Patient' AND id = $1",
+        )
+        .bind(&p)
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get("key_id");
+        let wrapped: Vec<u8> = sqlx::query("SELECT wrapped FROM data_keys WHERE key_id = $1")
+            .bind(&key_id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .get("wrapped");
+        db.close().await;
+        assert!(
+            !files_holding(s.data_dir(), &wrapped).is_empty(),
+            "the key is on disk before"
+        );
+        let username = phivault_testkit::random_username();
+        let password = s.create_user(&username, "admin").await;
+        let account = s.sign_in(&username, "admin", &password, false).await;
+        let admin = s.api_as(&account.token);
+        let r = admin
+            .post_json(&format!("Patient/{p}/$erase"), &serde_json::json!({}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let left = files_holding(s.data_dir(), &wrapped);
+        assert!(left.is_empty(), "erased key bytes still in {left:?}");
+        s.assert_no_panic();
+    }
 }
