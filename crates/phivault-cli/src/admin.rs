@@ -208,8 +208,7 @@ async fn erase(opened: &Opened, patient: &Id) -> Result<phivault_audit::ErasureC
          unreadable",
         record.key_id, record.resources
     );
-    if store.key_residue_pending() && !matches!(store.purge_pending_key_residue().await, Ok(true))
-    {
+    if store.key_residue_pending() && !matches!(store.purge_pending_key_residue().await, Ok(true)) {
         eprintln!(
             "phivault: warning: the destroyed key's bytes are still in the database files \
              (the database stayed busy); a running server retries every few seconds, otherwise \

@@ -161,7 +161,13 @@ pub(crate) fn key_beside_data(settings: &Settings) -> bool {
     let Some(key_dir) = settings
         .master_key_file
         .parent()
-        .map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
         .and_then(canonical)
     else {
         return false;
@@ -205,7 +211,8 @@ fn tighten_database_files(settings: &Settings) {
             };
             let mode = meta.permissions().mode() & 0o777;
             if meta.is_file() && mode & 0o077 != 0 {
-                match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o700)) {
+                match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o700))
+                {
                     Ok(()) => tracing::warn!(
                         path = %path.display(),
                         "database file was readable by other users (mode {mode:04o}); made owner-only"

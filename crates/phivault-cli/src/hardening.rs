@@ -31,7 +31,9 @@ pub(crate) fn harden() -> Vec<String> {
     if let Err(e) =
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
     {
-        failed.push(format!("cannot mark the process not dumpable (PR_SET_DUMPABLE): {e}"));
+        failed.push(format!(
+            "cannot mark the process not dumpable (PR_SET_DUMPABLE): {e}"
+        ));
     }
     failed
 }

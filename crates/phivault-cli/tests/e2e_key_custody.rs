@@ -19,7 +19,11 @@ fn run(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .current_dir(dir)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for var in [
@@ -76,7 +80,12 @@ async fn the_server_makes_only_owner_only_files_and_cannot_dump_core() {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         if !backend.is_postgres() {
-            for f in ["phivault.db", "phivault.db-wal", "phivault.db-shm", "master.key"] {
+            for f in [
+                "phivault.db",
+                "phivault.db-wal",
+                "phivault.db-shm",
+                "master.key",
+            ] {
                 assert!(names.iter().any(|n| n == f), "{l}: {f} in {names:?}");
             }
         }
@@ -145,13 +154,23 @@ fn the_master_key_can_come_from_an_inherited_descriptor() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     // Kept apart from the data: no warning.
-    assert!(!stderr(&out).contains("is inside the data directory"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("is inside the data directory"),
+        "{}",
+        stderr(&out)
+    );
     let hex = std::fs::read(&key_file).unwrap();
 
     // The same key handed over on a descriptor (here standard input, /dev/fd/0).
     let out = run(
         dir.path(),
-        &["init", "--data-dir", data_arg, "--master-key-file", "/dev/fd/0"],
+        &[
+            "init",
+            "--data-dir",
+            data_arg,
+            "--master-key-file",
+            "/dev/fd/0",
+        ],
         Some(&hex),
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -161,11 +180,21 @@ fn the_master_key_can_come_from_an_inherited_descriptor() {
     let other = b"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
     let out = run(
         dir.path(),
-        &["init", "--data-dir", data_arg, "--master-key-file", "/dev/fd/0"],
+        &[
+            "init",
+            "--data-dir",
+            data_arg,
+            "--master-key-file",
+            "/dev/fd/0",
+        ],
         Some(other),
     );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("does not open with this master key"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not open with this master key"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Every file of `dir` (recursively) that contains `needle`.
@@ -199,14 +228,13 @@ async fn an_erased_key_is_on_no_file_when_the_certificate_is_answered() {
         let s = Server::start(BIN, &backend, &[]).await;
         let p = s.create(&fixtures::patient("Gone", "Gil")).await;
         let db = s.db().await;
-        let key_id: String = sqlx::query(
-            "SELECT key_id FROM current_resources WHERE rtype = 'Patient' AND id = $1",
-        )
-        .bind(&p)
-        .fetch_one(&db)
-        .await
-        .unwrap()
-        .get("key_id");
+        let key_id: String =
+            sqlx::query("SELECT key_id FROM current_resources WHERE rtype = 'Patient' AND id = $1")
+                .bind(&p)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+                .get("key_id");
         let wrapped: Vec<u8> = sqlx::query("SELECT wrapped FROM data_keys WHERE key_id = $1")
             .bind(&key_id)
             .fetch_one(&db)

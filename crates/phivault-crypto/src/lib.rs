@@ -305,7 +305,8 @@ impl FileKeyProvider {
         }
         let meta = fs::metadata(&self.path).map_err(|e| self.io_error(e))?;
         if !meta.is_file() {
-            let text = Zeroizing::new(fs::read_to_string(&self.path).map_err(|e| self.io_error(e))?);
+            let text =
+                Zeroizing::new(fs::read_to_string(&self.path).map_err(|e| self.io_error(e))?);
             return Ok(self.streamed.get_or_init(|| text).clone());
         }
         #[cfg(unix)]

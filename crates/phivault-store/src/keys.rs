@@ -109,7 +109,11 @@ impl DekRow<'_> {
     }
 
     /// Wraps in the first format (tests of the upgrade path only).
-    pub(crate) fn wrap_v1(&self, kek: &SecretKey, secret: &SecretKey) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn wrap_v1(
+        &self,
+        kek: &SecretKey,
+        secret: &SecretKey,
+    ) -> Result<Vec<u8>, StoreError> {
         Ok(kek.wrap(&dek_aad_v1(self.tenant, self.kind, self.key_id), secret)?)
     }
 }

@@ -22,7 +22,11 @@
 //!   holds an ACCESS EXCLUSIVE lock on the table while it copies it: its cost grows with the
 //!   number of rows of the key and account tables (patients, users), not with resources. It
 //!   waits at most `lock_timeout` = [`PG_LOCK_TIMEOUT`] for that lock (a long transaction on
-//!   the table would otherwise queue every reader behind it).
+//!   the table would otherwise queue every reader behind it). It keeps a deleted tuple that
+//!   a snapshot older than the delete could still see, so the purge first waits (5 s at most)
+//!   until no transaction of the database holds such a snapshot; a transaction open longer
+//!   (or a replication slot or prepared transaction holding the horizon back) leaves the purge
+//!   pending.
 //!
 //! When the purge cannot complete (readers kept the SQLite WAL busy, the PostgreSQL lock
 //! was not granted), the erasure or rotation has still committed and is final for every
@@ -44,6 +48,10 @@ pub(crate) const SQLITE_ATTEMPTS: u32 = 3;
 
 /// How long `VACUUM FULL` waits for its table lock on PostgreSQL.
 pub(crate) const PG_LOCK_TIMEOUT: &str = "5s";
+
+/// How many times (every [`RETRY_PAUSE`]) the PostgreSQL purge looks whether the
+/// transactions that could still see the deleted rows have ended (5 s in all).
+const PG_HORIZON_POLLS: u32 = 25;
 
 /// The tables holding key material.
 pub(crate) const KEY_TABLES: &[&str] = &["data_keys", "key_encryption_keys"];
@@ -131,6 +139,30 @@ impl Store {
     /// PostgreSQL: rewrites `tables` without their dead tuples.
     async fn vacuum_full(&self, tables: &BTreeSet<&'static str>) -> Result<bool, StoreError> {
         let mut conn = self.inner.pool.acquire().await?;
+        // VACUUM FULL copies a deleted tuple that a snapshot taken before the delete could
+        // still see: first wait for every such snapshot of this database to end. A new xid
+        // (newer than the delete, which has committed) is the mark.
+        let mark: String = sqlx::query("SELECT (txid_current() % 4294967296)::TEXT AS x")
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("x")?;
+        let mut horizon_passed = false;
+        for _ in 0..PG_HORIZON_POLLS {
+            let older: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM pg_stat_activity \
+                 WHERE pid <> pg_backend_pid() AND datname = current_database() \
+                 AND backend_xmin IS NOT NULL AND age(backend_xmin) >= age($1::TEXT::xid)",
+            )
+            .bind(&mark)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("n")?;
+            if older == 0 {
+                horizon_passed = true;
+                break;
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
         conn.execute(format!("SET lock_timeout = '{PG_LOCK_TIMEOUT}'").as_str())
             .await?;
         let list: Vec<&str> = tables.iter().copied().collect();
@@ -140,7 +172,7 @@ impl Store {
             .await;
         conn.execute("RESET lock_timeout").await?;
         match outcome {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(horizon_passed),
             Err(e) if is_lock_timeout(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }

@@ -13,14 +13,13 @@ use super::{Fixture, fixtures, observation, patient, valid};
 
 /// The key id and wrapped bytes of `patient`'s data key.
 async fn key_of(s: &Store, patient: &Id) -> (String, Vec<u8>) {
-    let key_id: String = sqlx::query(
-        "SELECT key_id FROM current_resources WHERE rtype = 'Patient' AND id = $1",
-    )
-    .bind(patient.as_str())
-    .fetch_one(s.pool())
-    .await
-    .unwrap()
-    .get("key_id");
+    let key_id: String =
+        sqlx::query("SELECT key_id FROM current_resources WHERE rtype = 'Patient' AND id = $1")
+            .bind(patient.as_str())
+            .fetch_one(s.pool())
+            .await
+            .unwrap()
+            .get("key_id");
     let wrapped: Vec<u8> = sqlx::query("SELECT wrapped FROM data_keys WHERE key_id = $1")
         .bind(&key_id)
         .fetch_one(s.pool())
@@ -171,7 +170,11 @@ async fn erasure_removes_grants_break_glass_tokens_and_account_links() {
             .await
             .unwrap();
         let mut users = Vec::new();
-        for (name, role) in [("doc", "clinician"), ("pat", "patient"), ("pat2", "patient")] {
+        for (name, role) in [
+            ("doc", "clinician"),
+            ("pat", "patient"),
+            ("pat2", "patient"),
+        ] {
             let user_id = uuid_like(name);
             s.insert_user(&NewUser {
                 user_id: user_id.clone(),
