@@ -623,10 +623,12 @@ mod tests {
         let a = p.master_key().unwrap();
         writer.join().unwrap();
         // The stream is empty now: the second read (a clone too) is served from memory.
-        let b = p.clone().master_key().unwrap();
+        let copy = p.clone();
+        let b = copy.master_key().unwrap();
+        drop(p);
         assert_eq!(a.0.bytes.as_ref(), key.0.bytes.as_ref());
         assert_eq!(b.0.bytes.as_ref(), key.0.bytes.as_ref());
-        assert!(!format!("{p:?}").contains(&hex));
+        assert!(!format!("{copy:?}").contains(&hex));
         fs::remove_dir_all(dir).unwrap();
     }
 
