@@ -208,6 +208,13 @@ async fn erase(opened: &Opened, patient: &Id) -> Result<phivault_audit::ErasureC
          unreadable",
         record.key_id, record.resources
     );
+    if store.key_residue_pending() && !matches!(store.purge_pending_key_residue().await, Ok(true)) {
+        eprintln!(
+            "phivault: warning: the destroyed key's bytes are still in the database files \
+             (the database stayed busy); a running server retries every few seconds, otherwise \
+             the next erasure or key rotation does (see docs/keys.md)"
+        );
+    }
     match store.sweep_erasures().await {
         Ok(r) => eprintln!(
             "phivault: {} search index rows of erased patients deleted",

@@ -126,10 +126,23 @@ fn prepare_data_dir(settings: &Settings) -> Result<MasterKeyFile> {
             );
         }
     }
+    tighten_database_files(settings);
     let keys = FileKeyProvider::new(&settings.master_key_file);
     let created = keys
         .create_if_missing()
         .context("creating the master key")?;
+    if key_beside_data(settings) {
+        let text = format!(
+            "the master key {} is inside the data directory {}: a copy of the directory (a \
+             volume backup, a snapshot, a stolen disk) carries the key together with the data \
+             it protects. Keep it on another volume or in a secrets manager \
+             (master_key_file / PHIVAULT_MASTER_KEY_FILE, or /dev/fd/N; see docs/keys.md)",
+            keys.path().display(),
+            dir.display()
+        );
+        eprintln!("phivault: warning: {text}");
+        tracing::warn!("{text}");
+    }
     // Read it once now, so a bad key file is reported as such before anything else.
     keys.master_key()
         .with_context(|| format!("reading the master key {}", keys.path().display()))?;
@@ -139,6 +152,80 @@ fn prepare_data_dir(settings: &Settings) -> Result<MasterKeyFile> {
         tracing::info!(path = %keys.path().display(), "master key file");
     }
     Ok(MasterKeyFile { keys, created })
+}
+
+/// Whether the master key file lies inside the data directory (or beside the SQLite
+/// database): copying the directory then copies the key. A stream (`/dev/fd/N`) never does.
+pub(crate) fn key_beside_data(settings: &Settings) -> bool {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    let Some(key_dir) = settings
+        .master_key_file
+        .parent()
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
+        .and_then(canonical)
+    else {
+        return false;
+    };
+    if FileKeyProvider::new(&settings.master_key_file).is_stream() {
+        return false;
+    }
+    let mut dirs: Vec<PathBuf> = canonical(&settings.data_dir).into_iter().collect();
+    if let Some(db) = sqlite_file(&settings.database_url)
+        && let Some(parent) = db.parent().and_then(canonical)
+    {
+        dirs.push(parent);
+    }
+    dirs.iter().any(|d| key_dir.starts_with(d))
+}
+
+/// The file of a `sqlite:` URL.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let file = rest.split('?').next().unwrap_or(rest);
+    (!file.is_empty()).then(|| PathBuf::from(file))
+}
+
+/// A SQLite database (and its `-wal`/`-shm` files, which SQLite creates with the database's
+/// mode) made by an older version with mode 0644 becomes owner-only; new ones are (umask).
+fn tighten_database_files(settings: &Settings) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(db) = sqlite_file(&settings.database_url) else {
+            return;
+        };
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = db.clone().into_os_string();
+            name.push(suffix);
+            let path = PathBuf::from(name);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o777;
+            if meta.is_file() && mode & 0o077 != 0 {
+                match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o700))
+                {
+                    Ok(()) => tracing::warn!(
+                        path = %path.display(),
+                        "database file was readable by other users (mode {mode:04o}); made owner-only"
+                    ),
+                    Err(e) => tracing::warn!(
+                        path = %path.display(),
+                        error = %e,
+                        "database file is readable by other users and could not be made owner-only"
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// Opens the store (never names the URL: it may hold a password).

@@ -157,6 +157,13 @@ async fn rotate(store: &Store, batch_size: u64) -> Result<String> {
     for old in &report.retired {
         eprintln!("phivault: old key-encryption key {old} deleted");
     }
+    if !report.residue_purged {
+        eprintln!(
+            "phivault: warning: the replaced wrappings are still in the database files (the \
+             database stayed busy); a running server retries every few seconds (see \
+             docs/keys.md)"
+        );
+    }
     let secs = started.elapsed().as_secs_f64();
     Ok(if report.resumed {
         format!(

@@ -15,6 +15,7 @@ mod commands;
 mod config;
 mod config_edge;
 mod export_patient;
+mod hardening;
 mod import;
 mod keys_cmd;
 mod synth;
@@ -25,6 +26,10 @@ use std::time::Duration;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before anything is read or created: owner-only files, no core dumps.
+    for failure in hardening::harden() {
+        eprintln!("phivault: warning: {failure}");
+    }
     let invocation = cli::Invocation::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

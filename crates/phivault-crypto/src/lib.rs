@@ -263,15 +263,78 @@ pub trait KeyProvider: Send + Sync {
 }
 
 /// A master key in a local file (64 hex digits), created with mode 0600 when missing.
-#[derive(Debug, Clone)]
+///
+/// A regular file that its group or others may read or write is refused (the key would be as
+/// exposed as the file). The path may also name an inherited file descriptor
+/// (`/dev/fd/N`, `/proc/self/fd/N`, `/dev/stdin`) or a named pipe, as secrets managers
+/// provide keys: such a stream is read once, on first use, and kept (zeroized on drop) for
+/// later reads, since it cannot be read twice.
+#[derive(Clone)]
 pub struct FileKeyProvider {
     path: PathBuf,
+    /// The text read from a stream (not a regular file), shared by the clones.
+    streamed: std::sync::Arc<std::sync::OnceLock<Zeroizing<String>>>,
+}
+
+impl fmt::Debug for FileKeyProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileKeyProvider")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FileKeyProvider {
     /// A provider reading `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            streamed: std::sync::Arc::default(),
+        }
+    }
+
+    fn io_error(&self, source: std::io::Error) -> CryptoError {
+        CryptoError::KeyFile {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Reads the key file's text: a regular file each time (after checking its mode), a
+    /// stream once.
+    fn read_text(&self) -> Result<Zeroizing<String>, CryptoError> {
+        if let Some(text) = self.streamed.get() {
+            return Ok(text.clone());
+        }
+        let meta = fs::metadata(&self.path).map_err(|e| self.io_error(e))?;
+        if !meta.is_file() {
+            let text =
+                Zeroizing::new(fs::read_to_string(&self.path).map_err(|e| self.io_error(e))?);
+            return Ok(self.streamed.get_or_init(|| text).clone());
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(self.io_error(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "mode {mode:04o} lets other users read or change the master key; \
+                         run `chmod 600` on it (and check who could have copied it)"
+                    ),
+                )));
+            }
+        }
+        Ok(Zeroizing::new(
+            fs::read_to_string(&self.path).map_err(|e| self.io_error(e))?,
+        ))
+    }
+
+    /// Whether the key comes from a stream (an inherited descriptor or a pipe) rather than a
+    /// regular file: it is then read once and cannot be rotated in place.
+    pub fn is_stream(&self) -> bool {
+        fs::metadata(&self.path).is_ok_and(|m| !m.is_file())
     }
 
     /// Creates the key file with a fresh key unless it exists. Returns true when created.
@@ -310,13 +373,7 @@ impl FileKeyProvider {
 
 impl KeyProvider for FileKeyProvider {
     fn master_key(&self) -> Result<MasterKey, CryptoError> {
-        let text = Zeroizing::new(fs::read_to_string(&self.path).map_err(|source| {
-            CryptoError::KeyFile {
-                path: self.path.clone(),
-                source,
-            }
-        })?);
-        MasterKey::from_hex(&text)
+        MasterKey::from_hex(&self.read_text()?)
     }
 
     fn describe(&self) -> String {
@@ -592,6 +649,58 @@ mod tests {
         assert_eq!(a.0.bytes.as_ref(), b.0.bytes.as_ref());
         assert!(MasterKey::from_hex("zz").is_err());
         assert_eq!(format!("{a:?}"), "MasterKey { .. }");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pvk-mode-{}", std::process::id()));
+        let p = FileKeyProvider::new(dir.join("master.key"));
+        assert!(p.create_if_missing().unwrap());
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+            fs::set_permissions(p.path(), fs::Permissions::from_mode(mode)).unwrap();
+            let e = p.master_key().unwrap_err().to_string();
+            assert!(e.contains(&format!("mode {mode:04o}")), "{mode:o}: {e}");
+            assert!(e.contains("chmod 600"), "{e}");
+        }
+        for mode in [0o600, 0o400] {
+            fs::set_permissions(p.path(), fs::Permissions::from_mode(mode)).unwrap();
+            p.master_key().unwrap();
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_from_a_stream_is_read_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("pvk-fifo-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("key.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let key = MasterKey::generate().unwrap();
+        let hex = key.to_hex().to_string();
+        let writer = {
+            let fifo = fifo.clone();
+            let hex = hex.clone();
+            std::thread::spawn(move || fs::write(fifo, format!("{hex}\n")).unwrap())
+        };
+        let p = FileKeyProvider::new(&fifo);
+        assert!(p.is_stream());
+        let a = p.master_key().unwrap();
+        writer.join().unwrap();
+        // The stream is empty now: the second read (a clone too) is served from memory.
+        let copy = p.clone();
+        let b = copy.master_key().unwrap();
+        drop(p);
+        assert_eq!(a.0.bytes.as_ref(), key.0.bytes.as_ref());
+        assert_eq!(b.0.bytes.as_ref(), key.0.bytes.as_ref());
+        assert!(!format!("{copy:?}").contains(&hex));
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -81,6 +81,13 @@ async fn erase_of(state: &AppState, access: &Access, patient: &Id) -> Result<Res
     let sink = RequestSink::single_write(state, access.audit_slot());
     let record = state.store.erase_patient(patient, &sink).await?;
     sink.committed();
+    if state.store.key_residue_pending() {
+        tracing::warn!(
+            key_id = %record.key_id,
+            "erasure answered while the erased key's bytes are still in the database files \
+             (database busy); the purge is retried every few seconds"
+        );
+    }
     let cert = state.audit.certify_erasure(&record);
     // The index tokens go in the background; searches skip the compartment meanwhile.
     tokio::spawn(sweep(state.store.clone()));
@@ -101,6 +108,13 @@ pub(crate) async fn evict_loop(store: phivault_store::Store, every: std::time::D
         match store.evict_erased_keys(since).await {
             Ok(latest) => since = latest,
             Err(e) => tracing::error!(error = %e, "evicting erased keys failed"),
+        }
+        // An erasure or rotation whose bytes could not yet be purged from the database files
+        // (the database was busy) is retried here until it completes.
+        match store.purge_pending_key_residue().await {
+            Ok(true) => {}
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "purging deleted key material failed"),
         }
     }
 }

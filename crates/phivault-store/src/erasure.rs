@@ -8,8 +8,16 @@
 //!    `current_resources (key_id)` index: no row is read into Rust);
 //! 3. delete the key's row: the only copy of the wrapped key, so every version sealed under it
 //!    (every version of the compartment, tombstones included) can never be opened again;
-//! 4. record the erasure in the ledger (`erasures`: key id, owner token, time, count), and
-//!    let the audit sink record it, both in the same transaction.
+//! 4. delete the patient's traces outside the compartment: break-the-glass records, care
+//!    grants, tokens launched for the patient, and unlink patient accounts (one indexed
+//!    statement each; see `erase_traces`);
+//! 5. record the erasure in the ledger (`erasures`: key id, owner token, time, count), and
+//!    let the audit sink record it, both in the same transaction;
+//! 6. after the commit and before answering, purge the deleted bytes from the database files
+//!    (SQLite: truncating WAL checkpoint over `secure_delete` pages; PostgreSQL: `VACUUM
+//!    FULL` of the key tables and the changed account tables; see `residue.rs`). When the
+//!    database is too busy for that, the erasure stands and the purge is retried
+//!    ([`Store::key_residue_pending`]).
 //!
 //! What stays, and why:
 //! - the ciphertext rows (`resource_versions`): unreadable without the key, and deleting them
@@ -148,6 +156,7 @@ impl Store {
                 id: patient.to_string(),
             });
         }
+        let traces = self.erase_traces(&mut tx, patient).await?;
         let (erased_at_ms, erased_at) = now_ms();
         sqlx::query(
             "INSERT INTO erasures (key_id, tenant, owner, erased_at, resources, index_swept_at) \
@@ -175,6 +184,23 @@ impl Store {
         tx.commit().await?;
         self.inner.keys.forget(&key_id, patient);
         tracing::info!(key_id = %key_id, resources, "patient data key destroyed (erasure)");
+        // The wrapped key (and the traces) must leave the database files before the erasure
+        // is answered: the bytes plus the master key would open the compartment again.
+        let mut tables: Vec<&'static str> = crate::residue::KEY_TABLES.to_vec();
+        tables.extend(traces);
+        match self.purge_key_residue(&tables).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                key_id = %key_id,
+                "the erased key's bytes are still in the database files (database busy); \
+                 the purge is retried"
+            ),
+            Err(e) => tracing::error!(
+                key_id = %key_id,
+                error = %e,
+                "removing the erased key's bytes from the database files failed; retried later"
+            ),
+        }
         Ok(ErasureRecord {
             tenant: tenant.clone(),
             patient: patient.clone(),
@@ -183,6 +209,52 @@ impl Store {
             erased_at,
             resources: u64::try_from(resources).unwrap_or(0),
         })
+    }
+
+    /// Inside the erasure's transaction: removes what outside the compartment names the
+    /// patient or serves their care: break-the-glass records (patient id in the clear, reason
+    /// sealed under the directory key, which the erasure does not destroy), care grants,
+    /// access tokens launched for the patient (deleted: a token without its launch patient
+    /// would reach further, not less far), and the link of a patient account to the patient
+    /// (the account stays, linked to no one, so it opens nothing). Returns the tables changed,
+    /// whose residue is then purged from the files.
+    async fn erase_traces(
+        &self,
+        conn: &mut AnyConnection,
+        patient: &Id,
+    ) -> Result<Vec<&'static str>, StoreError> {
+        let tenant = &self.inner.tenant;
+        let statements: [(&'static str, &str); 4] = [
+            (
+                "break_glass",
+                "DELETE FROM break_glass WHERE tenant = $1 AND patient_id = $2",
+            ),
+            (
+                "care_grants",
+                "DELETE FROM care_grants WHERE tenant = $1 AND patient_id = $2",
+            ),
+            (
+                "tokens",
+                "DELETE FROM tokens WHERE tenant = $1 AND launch_patient = $2",
+            ),
+            (
+                "users",
+                "UPDATE users SET patient_id = NULL WHERE tenant = $1 AND patient_id = $2",
+            ),
+        ];
+        let mut changed = Vec::new();
+        for (table, sql) in statements {
+            let n = sqlx::query(sql)
+                .bind(tenant)
+                .bind(patient.as_str())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                changed.push(table);
+            }
+        }
+        Ok(changed)
     }
 
     /// How many of the data keys this store holds (in the database and in its cache) open the

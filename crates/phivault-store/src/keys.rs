@@ -61,8 +61,68 @@ pub(crate) fn kek_aad(kek_id: &str) -> Vec<u8> {
     format!("phivault/kek|{kek_id}").into_bytes()
 }
 
-pub(crate) fn dek_aad(tenant: &str, kind: &str, key_id: &str) -> Vec<u8> {
+/// Associated data of the first wrapping format of data keys (no owner): still opened, never
+/// written; a KEK rotation rewraps such keys in the current format.
+fn dek_aad_v1(tenant: &str, kind: &str, key_id: &str) -> Vec<u8> {
     format!("phivault/dek|{tenant}|{kind}|{key_id}").into_bytes()
+}
+
+/// Associated data of the current wrapping format: the owner token is bound too, so a wrapped
+/// key moved to another owner's row (swapping `owner` columns) no longer opens.
+fn dek_aad_v2(tenant: &str, kind: &str, key_id: &str, owner: &[u8]) -> Vec<u8> {
+    format!(
+        "phivault/dek2|{tenant}|{kind}|{key_id}|{}",
+        hex::encode(owner)
+    )
+    .into_bytes()
+}
+
+/// First byte of a wrapped data key in the current format (owner bound); the first format
+/// has no version byte and is exactly [`WRAPPED_V1_LEN`] bytes long.
+const WRAP_V2: u8 = 2;
+/// nonce (12) + key (32) + tag (16).
+const WRAPPED_V1_LEN: usize = 60;
+
+/// Identifies one data key row: what its wrapping is bound to.
+pub(crate) struct DekRow<'a> {
+    pub(crate) tenant: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) key_id: &'a str,
+    pub(crate) owner: &'a [u8],
+}
+
+impl DekRow<'_> {
+    /// Wraps `secret` under `kek` in the current format (version byte, owner bound).
+    pub(crate) fn wrap(&self, kek: &SecretKey, secret: &SecretKey) -> Result<Vec<u8>, StoreError> {
+        let aad = dek_aad_v2(self.tenant, self.kind, self.key_id, self.owner);
+        let mut out = vec![WRAP_V2];
+        out.extend(kek.wrap(&aad, secret)?);
+        Ok(out)
+    }
+
+    /// Unwraps either format; a key of the first format is bound to tenant, kind and id only.
+    pub(crate) fn unwrap(&self, kek: &SecretKey, wrapped: &[u8]) -> Result<SecretKey, StoreError> {
+        if wrapped.len() == WRAPPED_V1_LEN {
+            let aad = dek_aad_v1(self.tenant, self.kind, self.key_id);
+            return Ok(kek.unwrap_key(&aad, wrapped)?);
+        }
+        match wrapped.split_first() {
+            Some((&WRAP_V2, rest)) => {
+                let aad = dek_aad_v2(self.tenant, self.kind, self.key_id, self.owner);
+                Ok(kek.unwrap_key(&aad, rest)?)
+            }
+            _ => Err(phivault_crypto::CryptoError::Integrity.into()),
+        }
+    }
+
+    /// Wraps in the first format (tests of the upgrade path only).
+    pub(crate) fn wrap_v1(
+        &self,
+        kek: &SecretKey,
+        secret: &SecretKey,
+    ) -> Result<Vec<u8>, StoreError> {
+        Ok(kek.wrap(&dek_aad_v1(self.tenant, self.kind, self.key_id), secret)?)
+    }
 }
 
 impl Keyring {
@@ -258,7 +318,8 @@ impl Keyring {
         // key names a KEK that is gone: the row is read again once (it then names the new one).
         for attempt in 0..2 {
             let row = sqlx::query(
-                "SELECT kind, kek_id, wrapped FROM data_keys WHERE key_id = $1 AND tenant = $2",
+                "SELECT kind, owner, kek_id, wrapped FROM data_keys \
+                 WHERE key_id = $1 AND tenant = $2",
             )
             .bind(key_id)
             .bind(&self.tenant)
@@ -266,9 +327,13 @@ impl Keyring {
             .await?;
             let Some(row) = row else { return Ok(None) };
             let kind: String = row.try_get("kind")?;
+            let owner: Vec<u8> = row.try_get("owner")?;
             let kek_id: String = row.try_get("kek_id")?;
             let wrapped: Vec<u8> = row.try_get("wrapped")?;
-            let Some(secret) = self.unwrap(pool, &kind, key_id, &kek_id, &wrapped).await? else {
+            let Some(secret) = self
+                .unwrap(pool, &kind, key_id, &owner, &kek_id, &wrapped)
+                .await?
+            else {
                 if attempt == 0 {
                     continue;
                 }
@@ -319,19 +384,21 @@ impl Keyring {
         &self,
         pool: &AnyPool,
     ) -> Result<Vec<(String, Arc<Sealer>)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT key_id, kind, kek_id, wrapped FROM data_keys WHERE tenant = $1")
-                .bind(&self.tenant)
-                .fetch_all(pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT key_id, kind, owner, kek_id, wrapped FROM data_keys WHERE tenant = $1",
+        )
+        .bind(&self.tenant)
+        .fetch_all(pool)
+        .await?;
         let mut out = Vec::new();
         for row in rows {
             let key_id: String = row.try_get("key_id")?;
             let kind: String = row.try_get("kind")?;
+            let owner: Vec<u8> = row.try_get("owner")?;
             let kek_id: String = row.try_get("kek_id")?;
             let wrapped: Vec<u8> = row.try_get("wrapped")?;
             let secret = self
-                .unwrap(pool, &kind, &key_id, &kek_id, &wrapped)
+                .unwrap(pool, &kind, &key_id, &owner, &kek_id, &wrapped)
                 .await?
                 .ok_or_else(|| unknown_kek(&kek_id))?;
             out.push((key_id, Arc::new(Sealer::new(&secret)?)));
@@ -378,16 +445,20 @@ impl Keyring {
         pool: &AnyPool,
         kind: &str,
         key_id: &str,
+        owner: &[u8],
         kek_id: &str,
         wrapped: &[u8],
     ) -> Result<Option<SecretKey>, StoreError> {
         let Some(kek) = self.kek(pool, kek_id).await? else {
             return Ok(None);
         };
-        Ok(Some(kek.unwrap_key(
-            &dek_aad(&self.tenant, kind, key_id),
-            wrapped,
-        )?))
+        let row = DekRow {
+            tenant: &self.tenant,
+            kind,
+            key_id,
+            owner,
+        };
+        Ok(Some(row.unwrap(&kek, wrapped)?))
     }
 
     /// The key-encryption key `kek_id`: from memory, else (a KEK created by another process,
@@ -501,7 +572,10 @@ impl Keyring {
                 let key_id: String = row.try_get("key_id")?;
                 let kek_id: String = row.try_get("kek_id")?;
                 let wrapped: Vec<u8> = row.try_get("wrapped")?;
-                match self.unwrap(pool, kind, &key_id, &kek_id, &wrapped).await? {
+                match self
+                    .unwrap(pool, kind, &key_id, owner, &kek_id, &wrapped)
+                    .await?
+                {
                     Some(secret) => Ok(Some((key_id, secret))),
                     // Rewrapped and its old KEK deleted since the row was read: read it again.
                     None if retry => Box::pin(self.find_owned_once(pool, kind, owner, false)).await,
@@ -535,7 +609,13 @@ impl Keyring {
                 .kek(pool, &kek_id)
                 .await?
                 .ok_or_else(|| unknown_kek(&kek_id))?;
-            let wrapped = kek.wrap(&dek_aad(&self.tenant, kind, &key_id), &secret)?;
+            let wrapped = DekRow {
+                tenant: &self.tenant,
+                kind,
+                key_id: &key_id,
+                owner,
+            }
+            .wrap(&kek, &secret)?;
             let (_, now) = crate::now();
             let inserted = sqlx::query(
                 "INSERT INTO data_keys (key_id, tenant, kind, owner, kek_id, wrapped, created_at) \

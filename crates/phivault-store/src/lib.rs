@@ -35,6 +35,7 @@ mod bundle;
 mod erasure;
 mod keys;
 mod reindex;
+mod residue;
 mod resources;
 mod retention;
 mod rotation;
@@ -362,6 +363,8 @@ struct Inner {
     /// SQLite allows one writer: writes queue here instead of failing with SQLITE_BUSY.
     write_lock: Option<tokio::sync::Mutex<()>>,
     max_bundle_entries: usize,
+    /// Tables whose deleted key material a purge has still to remove from the files.
+    residue: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 impl Store {
@@ -393,6 +396,7 @@ impl Store {
                 keys: keyring,
                 write_lock,
                 max_bundle_entries: opts.max_bundle_entries,
+                residue: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             }),
         };
         // Before anything is served: an index in an older format would leak labels and miss

@@ -24,7 +24,7 @@
 use phivault_crypto::{MasterKey, SecretKey};
 use sqlx::Row;
 
-use crate::keys::{dek_aad, kek_aad};
+use crate::keys::{DekRow, kek_aad};
 use crate::{Backend, Store, StoreError};
 
 /// How far a KEK rotation got, reported after each batch.
@@ -51,6 +51,9 @@ pub struct RotationReport {
     pub rewrapped: u64,
     /// The old KEKs deleted (ids).
     pub retired: Vec<String>,
+    /// Whether the old wrappings and KEKs were also removed from the database files (false:
+    /// the database was busy; [`Store::key_residue_pending`] stays true until a retry).
+    pub residue_purged: bool,
 }
 
 /// One key-encryption key, as [`Store::key_status`] shows it (no key material).
@@ -117,11 +120,13 @@ impl Store {
             }
         }
         tracing::info!(kek_id = %kek_id, rewrapped, resumed, "key-encryption key rotated");
+        let residue_purged = self.purge_after_rotation().await;
         Ok(RotationReport {
             kek_id,
             resumed,
             rewrapped,
             retired,
+            residue_purged,
         })
     }
 
@@ -225,7 +230,7 @@ impl Store {
             )));
         }
         let rows = sqlx::query(
-            "SELECT key_id, tenant, kind, kek_id, wrapped FROM data_keys \
+            "SELECT key_id, tenant, kind, owner, kek_id, wrapped FROM data_keys \
              WHERE kek_id <> $1 AND key_id > $2 ORDER BY key_id LIMIT $3",
         )
         .bind(kek_id)
@@ -239,15 +244,23 @@ impl Store {
             let key_id: String = row.try_get("key_id")?;
             let tenant: String = row.try_get("tenant")?;
             let kind: String = row.try_get("kind")?;
+            let owner: Vec<u8> = row.try_get("owner")?;
             let old_id: String = row.try_get("kek_id")?;
             let wrapped: Vec<u8> = row.try_get("wrapped")?;
             // The row's KEK exists (foreign key); this process may not have seen it yet.
             let old = keys.kek(pool, &old_id).await?.ok_or_else(|| {
                 StoreError::Config(format!("unknown key-encryption key {old_id}"))
             })?;
-            let aad = dek_aad(&tenant, &kind, &key_id);
-            let secret = old.unwrap_key(&aad, &wrapped)?;
-            let rewrapped_key = new_kek.wrap(&aad, &secret)?;
+            let dek = DekRow {
+                tenant: &tenant,
+                kind: &kind,
+                key_id: &key_id,
+                owner: &owner,
+            };
+            // Rewrapped in the current format: a key of the first format (owner not bound)
+            // leaves it here.
+            let secret = dek.unwrap(&old, &wrapped)?;
+            let rewrapped_key = dek.wrap(&new_kek, &secret)?;
             rewrapped += sqlx::query(
                 "UPDATE data_keys SET kek_id = $1, wrapped = $2 WHERE key_id = $3 AND kek_id = $4",
             )
@@ -295,6 +308,55 @@ impl Store {
             .try_get("n")?;
         tx.commit().await?;
         Ok((retired, count(remaining)))
+    }
+
+    /// Rewraps data key `key_id` in the first wrapping format (owner not bound), as a
+    /// database written by an older phivault holds it: for the tests of the upgrade path.
+    #[doc(hidden)]
+    pub async fn rewrap_in_first_format(&self, key_id: &str) -> Result<(), StoreError> {
+        let keys = &self.inner.keys;
+        let pool = &self.inner.pool;
+        let row = sqlx::query(
+            "SELECT tenant, kind, owner, kek_id, wrapped FROM data_keys WHERE key_id = $1",
+        )
+        .bind(key_id)
+        .fetch_one(pool)
+        .await?;
+        let tenant: String = row.try_get("tenant")?;
+        let kind: String = row.try_get("kind")?;
+        let owner: Vec<u8> = row.try_get("owner")?;
+        let kek_id: String = row.try_get("kek_id")?;
+        let wrapped: Vec<u8> = row.try_get("wrapped")?;
+        let kek = keys
+            .kek(pool, &kek_id)
+            .await?
+            .ok_or_else(|| StoreError::Config(format!("unknown key-encryption key {kek_id}")))?;
+        let dek = DekRow {
+            tenant: &tenant,
+            kind: &kind,
+            key_id,
+            owner: &owner,
+        };
+        let secret = dek.unwrap(&kek, &wrapped)?;
+        sqlx::query("UPDATE data_keys SET wrapped = $1 WHERE key_id = $2")
+            .bind(dek.wrap_v1(&kek, &secret)?)
+            .bind(key_id)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The wrappings a rotation replaced (data keys under the old KEK, KEKs under the old
+    /// master key, the deleted KEKs) leave the database files too: whoever holds the old key
+    /// (the reason to rotate) must not find them there. Returns whether that completed.
+    async fn purge_after_rotation(&self) -> bool {
+        match self.purge_key_residue(crate::residue::KEY_TABLES).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "removing replaced key wrappings from the database files failed");
+                false
+            }
+        }
     }
 
     async fn pending_rewraps(&self, kek_id: &str) -> Result<u64, StoreError> {
@@ -348,6 +410,7 @@ impl Store {
             keks = n,
             "key-encryption keys rewrapped under a new master key"
         );
+        self.purge_after_rotation().await;
         Ok(n)
     }
 

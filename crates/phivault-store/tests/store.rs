@@ -15,6 +15,8 @@ use sqlx::Row;
 mod compartments;
 #[path = "store/rotation.rs"]
 mod rotation;
+#[path = "store/shred.rs"]
+mod shred;
 
 fn validator() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();

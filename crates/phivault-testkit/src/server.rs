@@ -404,6 +404,11 @@ impl Server {
         );
     }
 
+    /// The process id of the running server (to inspect `/proc/<pid>`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         self.child
