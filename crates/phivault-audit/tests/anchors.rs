@@ -137,14 +137,16 @@ async fn rewrite_unkeyed(store: &Store, from: u64) {
         }
         let b = e.canonical_bytes().unwrap();
         let h = entry_hash(&prev, &b);
+        // The copied-out columns too, as a careful attacker would (else they name the entry).
         sqlx::query(
             "UPDATE audit_entries SET body = $1, entry_hash = $2, prev_hash = $3, \
-             chain_mac = NULL, actor = $4 WHERE seq = $5",
+             chain_mac = NULL, actor = $4, outcome = $5 WHERE seq = $6",
         )
         .bind(b)
         .bind(h.to_vec())
         .bind(prev.to_vec())
         .bind(e.actor_id)
+        .bind(e.outcome.as_str().to_owned())
         .bind(seq as i64)
         .execute(store.pool())
         .await
@@ -357,6 +359,7 @@ async fn a_published_checkpoint_detects_rollback_and_truncation() {
         // Truncated to 22 entries, with the checkpoints past it removed: the database alone
         // is consistent, the published checkpoint is not found.
         sql(&f.store, "DELETE FROM audit_entries WHERE seq > 22").await;
+        sql(&f.store, "DELETE FROM audit_entry_patients WHERE seq > 22").await;
         sql(&f.store, "DELETE FROM audit_checkpoints WHERE size > 22").await;
         log.verify(|_| {}).await.unwrap();
         let err = log

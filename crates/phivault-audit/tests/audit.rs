@@ -255,15 +255,17 @@ async fn rewritten_chain_is_caught_by_the_checkpoint() {
             }
             let b = e.canonical_bytes().unwrap();
             let h = entry_hash(&prev, &b);
-            // The copied-out actor column too, or verification names the entry by it.
+            // The copied-out actor and outcome columns too, or verification names the entry by
+            // them.
             sqlx::query(
                 "UPDATE audit_entries SET body = $1, entry_hash = $2, prev_hash = $3, \
-                 chain_mac = NULL, actor = $4 WHERE seq = $5",
+                 chain_mac = NULL, actor = $4, outcome = $5 WHERE seq = $6",
             )
             .bind(b)
             .bind(h.to_vec())
             .bind(prev.to_vec())
             .bind(e.actor_id.clone())
+            .bind(e.outcome.as_str().to_owned())
             .bind(seq as i64)
             .execute(f.store.pool())
             .await

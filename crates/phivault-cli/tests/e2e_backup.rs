@@ -10,6 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -277,6 +278,8 @@ async fn backup_verify_destroy_restore_and_erasure_replay() {
         assert!(v.starts_with("ok: "), "{v}");
         let stranger = keys.path().join("stranger.key");
         std::fs::write(&stranger, format!("{}\n", "ab".repeat(32))).unwrap();
+        // Owner-only, or phivault refuses it before looking at the archive.
+        std::fs::set_permissions(&stranger, std::fs::Permissions::from_mode(0o600)).unwrap();
         let v = plain_cli(
             keys.path(),
             &[

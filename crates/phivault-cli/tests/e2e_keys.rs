@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -416,6 +417,8 @@ async fn master_key_rotation() {
         let newest = std::fs::read_to_string(&key_file).unwrap();
         std::fs::rename(&key_file, server.data_dir().join("master.key.new")).unwrap();
         std::fs::write(&key_file, &rotated_key).unwrap();
+        // Owner-only, as phivault requires of a key file.
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let line = server.cli(&["keys", "status"], None).await.assert_error(
             "keys status with the old key",
             "interrupted `keys rotate-master`",
