@@ -69,9 +69,7 @@ pub use erasure::{ERASURE_DOMAIN, ERASURE_FORMAT, ErasureCertificate};
 pub use error::AuditError;
 pub use log::{AuditLog, InclusionBundle, TailReport, TailStart};
 pub use merkle::{Frontier, MerkleTree, verify_inclusion};
-pub use verify::{
-    ChainVerifier, CopiedColumns, Keying, RecordedEntry, VerifyReport, verify_chain,
-};
+pub use verify::{ChainVerifier, CopiedColumns, Keying, RecordedEntry, VerifyReport, verify_chain};
 
 /// SHA-256 of the concatenation of `parts` (aws-lc-rs).
 pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
