@@ -394,6 +394,7 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
         transport,
         base_url: base_url.clone(),
         max_body_bytes: settings.max_body_bytes,
+        limits: settings.edge.limits,
     };
     let state = AppState::new(
         store.clone(),

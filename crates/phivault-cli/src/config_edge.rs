@@ -7,6 +7,14 @@
 //!   milliseconds and 19 MiB); default half the cores, at least 1. Further logins wait.
 //! - `require_patient_totp`: patient accounts, like staff, must confirm TOTP before their
 //!   sessions can do anything else; default false (patients may still enrol).
+//! - `header_read_timeout_secs`: seconds for the TLS handshake and for each request head;
+//!   also how long a kept-alive connection may wait idle for its next request; default 10.
+//! - `body_read_timeout_secs`: seconds to read a request body once its head is in; default 30.
+//! - `max_connections`: open connections at once; default 1024.
+//! - `max_connections_per_address`: open connections at once from one client address (IPv6:
+//!   one /64); default 64. Behind a reverse proxy every client is the proxy's address.
+
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -20,6 +28,10 @@ pub(crate) struct EdgeLayer {
     pub(crate) trusted_proxies: Option<Vec<String>>,
     pub(crate) max_concurrent_password_hashes: Option<usize>,
     pub(crate) require_patient_totp: Option<bool>,
+    pub(crate) header_read_timeout_secs: Option<u64>,
+    pub(crate) body_read_timeout_secs: Option<u64>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_connections_per_address: Option<usize>,
 }
 
 /// `[edge]` resolved.
@@ -28,6 +40,8 @@ pub(crate) struct EdgeSettings {
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) max_concurrent_password_hashes: usize,
     pub(crate) require_patient_totp: bool,
+    /// Connection caps and slow-client timeouts.
+    pub(crate) limits: phivault_server::ConnectionLimits,
 }
 
 impl EdgeLayer {
@@ -57,11 +71,67 @@ impl EdgeLayer {
                 message: "must be at least 1".to_owned(),
             });
         }
+        let defaults = phivault_server::ConnectionLimits::default();
+        let limits = phivault_server::ConnectionLimits {
+            header_read_timeout: seconds(
+                "edge.header_read_timeout_secs",
+                self.header_read_timeout_secs,
+                defaults.header_read_timeout,
+            )?,
+            body_read_timeout: seconds(
+                "edge.body_read_timeout_secs",
+                self.body_read_timeout_secs,
+                defaults.body_read_timeout,
+            )?,
+            max_connections: at_least_one(
+                "edge.max_connections",
+                self.max_connections,
+                defaults.max_connections,
+            )?,
+            max_connections_per_address: at_least_one(
+                "edge.max_connections_per_address",
+                self.max_connections_per_address,
+                defaults.max_connections_per_address,
+            )?,
+        };
         Ok(EdgeSettings {
             trusted_proxies,
             max_concurrent_password_hashes,
             require_patient_totp: self.require_patient_totp.unwrap_or(false),
+            limits,
         })
+    }
+}
+
+/// A timeout in whole seconds, 1 to one day (0 would refuse every request).
+fn seconds(
+    key: &'static str,
+    value: Option<u64>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(n) if (1..=86_400).contains(&n) => Ok(Duration::from_secs(n)),
+        Some(_) => Err(ConfigError::Invalid {
+            key,
+            message: "must be between 1 and 86400 seconds".to_owned(),
+        }),
+    }
+}
+
+/// A cap of at least 1 (0 would refuse every connection).
+fn at_least_one(
+    key: &'static str,
+    value: Option<usize>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(ConfigError::Invalid {
+            key,
+            message: "must be at least 1".to_owned(),
+        }),
+        Some(n) => Ok(n),
     }
 }
 
@@ -75,10 +145,16 @@ impl EdgeSettings {
             .collect();
         format!(
             "\n[edge]\ntrusted_proxies = [{}]\nmax_concurrent_password_hashes = {}\n\
-             require_patient_totp = {}\n",
+             require_patient_totp = {}\nheader_read_timeout_secs = {}\n\
+             body_read_timeout_secs = {}\nmax_connections = {}\n\
+             max_connections_per_address = {}\n",
             proxies.join(", "),
             self.max_concurrent_password_hashes,
-            self.require_patient_totp
+            self.require_patient_totp,
+            self.limits.header_read_timeout.as_secs(),
+            self.limits.body_read_timeout.as_secs(),
+            self.limits.max_connections,
+            self.limits.max_connections_per_address
         )
     }
 }
@@ -101,6 +177,9 @@ mod tests {
             ]),
             max_concurrent_password_hashes: Some(3),
             require_patient_totp: Some(true),
+            header_read_timeout_secs: Some(2),
+            max_connections_per_address: Some(5),
+            ..EdgeLayer::default()
         }
         .resolve()
         .unwrap();
@@ -116,6 +195,11 @@ mod tests {
         assert!(s.require_patient_totp);
         assert!(!d.require_patient_totp);
         assert!(s.to_toml().contains("\"192.0.2.7/32\""));
+        assert_eq!(s.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(s.limits.max_connections_per_address, 5);
+        assert_eq!(s.limits.max_connections, 1024);
+        assert_eq!(d.limits, phivault_server::ConnectionLimits::default());
+        assert!(s.to_toml().contains("header_read_timeout_secs = 2\n"));
         for bad in [
             EdgeLayer {
                 trusted_proxies: Some(vec!["proxy.example".into()]),
@@ -123,6 +207,14 @@ mod tests {
             },
             EdgeLayer {
                 max_concurrent_password_hashes: Some(0),
+                ..EdgeLayer::default()
+            },
+            EdgeLayer {
+                header_read_timeout_secs: Some(0),
+                ..EdgeLayer::default()
+            },
+            EdgeLayer {
+                max_connections_per_address: Some(0),
                 ..EdgeLayer::default()
             },
         ] {

@@ -85,6 +85,12 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The request body did not arrive within the allowed time (408).
+    #[error("the request body did not arrive within {seconds} s")]
+    BodyTimeout {
+        /// The time allowed, in seconds.
+        seconds: u64,
+    },
     /// The body's content type is not accepted here (415).
     #[error("unsupported content type: expected {expected}")]
     UnsupportedMediaType {
@@ -163,6 +169,10 @@ impl ApiError {
             e @ ApiError::BodyTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 OperationOutcome::error(IssueCode::TooLong, e.to_string()),
+            ),
+            e @ ApiError::BodyTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                OperationOutcome::error(IssueCode::Transient, e.to_string()),
             ),
             e @ ApiError::UnsupportedMediaType { .. } => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

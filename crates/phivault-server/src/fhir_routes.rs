@@ -189,8 +189,11 @@ pub(crate) async fn read_body(
     let mut stream = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::with_capacity(declared.map_or(0, |n| n as usize));
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|_| ApiError::BadRequest("the request body could not be read".to_owned()))?;
+        let chunk = chunk.map_err(|e| {
+            crate::middleware::slow_body::timed_out(e).unwrap_or_else(|| {
+                ApiError::BadRequest("the request body could not be read".to_owned())
+            })
+        })?;
         if buf.len().saturating_add(chunk.len()) > limit {
             return Err(ApiError::BodyTooLarge { limit });
         }

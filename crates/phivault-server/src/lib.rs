@@ -66,6 +66,7 @@ use phivault_policy::{ConsentDefaults, PolicyEngine, RolePurposes};
 use phivault_store::Store;
 
 pub use error::{ApiError, ServerError};
+pub use middleware::connections::ConnectionLimits;
 pub use privacy::{ProcessingActivity, check_processing_activities, default_processing_activities};
 
 /// How the server listens.
@@ -93,6 +94,8 @@ pub struct ServerConfig {
     pub base_url: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Connection caps and slow-client timeouts.
+    pub limits: ConnectionLimits,
 }
 
 /// What every handler shares.
@@ -110,6 +113,8 @@ pub struct AppState {
     pub base_url: Arc<str>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Time allowed to read a request body once its head is read.
+    pub body_read_timeout: Duration,
     /// The audit trail of the store: one entry per request, committed in the write's own
     /// transaction for a single-resource write, otherwise appended before the response leaves;
     /// plus one entry per resource a Bundle writes, in its transaction (shared: the log holds
@@ -153,6 +158,7 @@ impl AppState {
             policy: Arc::new(policy),
             base_url: Arc::from(base_url),
             max_body_bytes,
+            body_read_timeout: ConnectionLimits::default().body_read_timeout,
             consent_defaults: Arc::new(ConsentDefaults::default()),
             processing_activities: Arc::from(default_processing_activities()),
             retention: Arc::from(Vec::new()),
@@ -281,6 +287,10 @@ pub fn router(state: AppState) -> axum::Router {
             edge::audit_trail,
         ))
         .layer(axum::middleware::from_fn(edge::request_edge))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::slow_body::body_deadline,
+        ))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -321,6 +331,12 @@ pub async fn serve(
                         e,
                     )
                 })?;
+            // HTTP/1.1 only: hyper bounds the time a client may take over each request head
+            // (and idle between requests) for HTTP/1.1, but has no such timeout for HTTP/2,
+            // where a peer that answers pings could hold a connection open indefinitely.
+            let mut rustls_config = (*tls.get_inner()).clone();
+            rustls_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tls.reload_from_config(Arc::new(rustls_config));
             Some(tls)
         }
         Transport::InsecureHttp => None,
@@ -339,6 +355,7 @@ pub async fn serve(
     let mut state = state;
     state.base_url = Arc::from(base_url.as_str());
     state.max_body_bytes = config.max_body_bytes;
+    state.body_read_timeout = config.limits.body_read_timeout;
     // Checkpoints while serving; stopped when serving ends.
     let checkpoints = AbortOnDrop(tokio::spawn(audit_routes::checkpoint_loop(
         state.audit.clone(),
@@ -368,9 +385,25 @@ pub async fn serve(
     let served = match tls {
         Some(tls) => {
             let handle = axum_server::Handle::new();
-            let server = axum_server::from_tcp_rustls(listener, tls)
+            let limits = config.limits;
+            // Caps first (before any handshake work), then TLS with a bounded handshake.
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .handshake_timeout(limits.header_read_timeout)
+                .acceptor(middleware::connections::CappedAcceptor::new(&limits));
+            let mut server = axum_server::from_tcp(listener)
                 .map_err(|e| ServerError::io("registering the listening socket", e))?
-                .handle(handle.clone());
+                .acceptor(acceptor)
+                .handle(handle.clone())
+                .http1_only();
+            // A client must send each request head within the timeout; hyper also runs this
+            // timer while a kept-alive connection waits for its next request, so idle
+            // connections close too.
+            server
+                .http_builder()
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .keep_alive(true);
             tokio::spawn(async move {
                 shutdown.await;
                 handle.graceful_shutdown(Some(DRAIN_TIMEOUT));

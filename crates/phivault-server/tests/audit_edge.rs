@@ -160,6 +160,7 @@ async fn a_clean_shutdown_leaves_a_checkpoint_over_every_entry() {
         transport: Transport::InsecureHttp,
         base_url: "http://127.0.0.1:0/fhir".to_owned(),
         max_body_bytes: 64 * 1024,
+        limits: phivault_server::ConnectionLimits::default(),
     };
     // Shut down at once: the periodic task (every 60 s) never ran, so only the shutdown
     // checkpoint can cover the entries.

@@ -1179,6 +1179,7 @@ async fn serves_https_and_refuses_plain_http_off_loopback() {
         transport: Transport::InsecureHttp,
         base_url: "http://0.0.0.0:0/fhir".to_owned(),
         max_body_bytes: MAX_BODY,
+        limits: phivault_server::ConnectionLimits::default(),
     };
     let refused = phivault_server::serve(config, c.state.clone(), async {}).await;
     assert!(
@@ -1201,6 +1202,7 @@ async fn serves_https_and_refuses_plain_http_off_loopback() {
         },
         base_url: format!("https://127.0.0.1:{port}/fhir"),
         max_body_bytes: MAX_BODY,
+        limits: phivault_server::ConnectionLimits::default(),
     };
     let server = tokio::spawn(phivault_server::serve(
         config,
@@ -1273,6 +1275,7 @@ async fn serves_https_and_refuses_plain_http_off_loopback() {
         transport: Transport::InsecureHttp,
         base_url: format!("http://127.0.0.1:{port}/fhir"),
         max_body_bytes: MAX_BODY,
+        limits: phivault_server::ConnectionLimits::default(),
     };
     let server = tokio::spawn(phivault_server::serve(
         config,

@@ -267,6 +267,9 @@ impl Server {
             .tls_certs_only([ca])
             .no_proxy()
             .timeout(Duration::from_secs(30))
+            // The server closes connections idle past its request-head timeout (10 s by
+            // default); letting them go sooner avoids reusing one as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_else(|e| panic!("cannot build the HTTPS client: {e}"));
         // Without a token first: provisioning needs the client and the origin.
