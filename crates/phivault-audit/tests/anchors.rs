@@ -198,12 +198,16 @@ async fn an_edited_entry_with_the_unkeyed_chain_recomputed_is_detected() {
         let prev: [u8; 32] = row.prev_hash.clone().try_into().unwrap();
         let tag: [u8; 32] = row.chain_mac.clone().unwrap().try_into().unwrap();
         let h = phivault_audit::keyed_entry_hash(&prev, &tag, &b);
-        sqlx::query("UPDATE audit_entries SET body = $1, entry_hash = $2 WHERE seq = 7")
-            .bind(b)
-            .bind(h.to_vec())
-            .execute(g.store.pool())
-            .await
-            .unwrap();
+        // The copied-out actor column too, or verification names the entry by it.
+        sqlx::query(
+            "UPDATE audit_entries SET body = $1, entry_hash = $2, actor = $3 WHERE seq = 7",
+        )
+        .bind(b)
+        .bind(h.to_vec())
+        .bind(e.actor_id.clone())
+        .execute(g.store.pool())
+        .await
+        .unwrap();
         // (Entries after 7 would need their links recomputed too; 8's tag covers 7's old
         // hash, so the first failure is already at 7.)
         let err = log.verify(|_| {}).await.unwrap_err();
