@@ -183,3 +183,100 @@ async fn serve_refuses_a_tampered_trail_unless_told_otherwise() {
         );
     }
 }
+
+/// The checkpoint key printed at start, once pinned in the configuration, refuses a database
+/// whose key differs; a database whose key row was deleted while its trail has entries is
+/// refused rather than given a new key.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_refuses_another_audit_key_than_the_pinned_one_and_a_deleted_one() {
+    for backend in backends() {
+        let name = backend.name();
+        let mut server = Server::start(BIN, &backend, &[]).await;
+        some_requests(&server).await;
+        server.kill();
+        let printed = server.stdout_text();
+        let key = printed
+            .lines()
+            .find_map(|l| l.strip_prefix("phivault: audit checkpoint public key: "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{name}: no key printed:\n{printed}"))
+            .to_owned();
+        assert_eq!(key.len(), 64, "{name}: {key}");
+
+        // Read from ./phivault.toml (serve runs in the data directory).
+        let config = server.data_dir().join("phivault.toml");
+        let run = |extra: &'static [&'static str]| serve_command(&server, extra);
+        // Another key pinned: refused before listening.
+        std::fs::write(
+            &config,
+            format!("audit_public_key = \"{}\"\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        let out = tokio::time::timeout(LIMIT, run(&[]).output())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: serve did not exit"))
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{name}: started:\n{stdout}\n{stderr}"
+        );
+        assert!(!stdout.contains("listening on"), "{name}: {stdout}");
+        assert!(
+            stderr.contains("is not the pinned audit_public_key"),
+            "{name}: {stderr}"
+        );
+
+        // The printed key pinned: it starts (and no longer prints the key).
+        std::fs::write(&config, format!("audit_public_key = \"{key}\"\n")).unwrap();
+        let mut child = run(&[]).spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let listening = tokio::time::timeout(LIMIT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.starts_with("phivault: listening on ") {
+                    return true;
+                }
+                seen.push(line);
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        child.kill().await.unwrap();
+        assert!(listening, "{name}: the pinned key did not start: {seen:?}");
+        assert!(
+            !seen
+                .iter()
+                .any(|l| l.contains("audit checkpoint public key")),
+            "{name}: {seen:?}"
+        );
+
+        // The key row deleted: refused, and no key minted.
+        let db = server.db().await;
+        sqlx::query("DELETE FROM audit_keys")
+            .execute(&db)
+            .await
+            .unwrap();
+        std::fs::remove_file(&config).unwrap();
+        let out = tokio::time::timeout(LIMIT, serve_command(&server, &[]).output())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: serve did not exit"))
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: started:\n{stderr}");
+        assert!(
+            stderr.contains("refusing to create a new key"),
+            "{name}: {stderr}"
+        );
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_keys")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        assert_eq!(n, 0, "{name}");
+        db.close().await;
+    }
+}
