@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use phivault_auth::Accounts;
-use phivault_fhir::Id;
+use phivault_fhir::{Id, ResourceType, SearchQuery};
 use phivault_server::portability::{self, PackageCounts};
-use phivault_store::Store;
+use phivault_store::{SearchScope, Store, StoredResource};
 
 use crate::cli_audit::CliAudit;
 
@@ -74,6 +74,41 @@ fn temporary_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
+/// Every current resource of `patient`'s compartment in package order, read as the operator:
+/// the holder of the master key runs this command, and no decision of the policies binds them
+/// (the export is audited as theirs).
+async fn operator_compartment(
+    store: &Store,
+    patient: &Id,
+) -> Result<Vec<StoredResource>, phivault_store::StoreError> {
+    // The Patient itself, so that erased, deleted and unknown patients answer as such.
+    store.read(ResourceType::PATIENT, patient).await?;
+    let scope = SearchScope {
+        patients: Some(vec![patient.clone()]),
+        directory: false,
+        ..SearchScope::default()
+    };
+    let mut out = Vec::new();
+    for rtype in portability::compartment_types() {
+        let mut query = SearchQuery::parse(rtype, &[], false)?;
+        query.count = OPERATOR_PAGE;
+        query.offset = 0;
+        loop {
+            let page = store.search_scoped(rtype, &query, &scope).await?;
+            let read = page.resources.len();
+            out.extend(page.resources);
+            query.offset = query.offset.saturating_add(read);
+            if read == 0 || u64::try_from(query.offset).unwrap_or(u64::MAX) >= page.total {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Resources read per store page by [`operator_compartment`].
+const OPERATOR_PAGE: usize = 500;
+
 async fn write_package(
     accounts: &Accounts,
     store: &Store,
@@ -85,7 +120,10 @@ async fn write_package(
     if !recipients.is_empty() {
         portability::encrypt(b"", recipients).map_err(|e| anyhow!("--recipient: {e}"))?;
     }
-    let (bytes, counts) = portability::package(store, accounts, patient, None)
+    let resources = operator_compartment(store, patient)
+        .await
+        .map_err(|e| anyhow!("exporting Patient/{patient}: {e}"))?;
+    let (bytes, counts) = portability::package(store, accounts, patient, resources, None)
         .await
         .map_err(|e| anyhow!("exporting Patient/{patient}: {e}"))?;
     let bytes = if recipients.is_empty() {

@@ -93,7 +93,7 @@ async fn everything_of(
         Current::Live(_) => {
             access
                 .authorize_current(Action::Read, rtype, &current)
-                .await?
+                .await?;
         }
         // Erased: nothing is left to decide on but the patient's id. Those who could read
         // the patient learn that it is gone; the others get the same refusal as for any
@@ -117,11 +117,8 @@ async fn everything_of(
     let members = portability::compartment(&state.store, patient, Some(MAX_EVERYTHING)).await?;
     let mut kept = Vec::with_capacity(members.len());
     for r in members {
-        match access
-            .authorize_stored(Action::Read, r.rtype, &r.body)
-            .await
-        {
-            Ok(_) => kept.push(r),
+        match access.authorize_stored(Action::Read, r.facts()).await {
+            Ok(proof) => kept.push(r.release(&proof)?),
             // Left out, as a search leaves out what may not be read.
             Err(ApiError::Forbidden(_)) => {}
             Err(e) => return Err(e),
@@ -162,7 +159,7 @@ async fn export_of(
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     // Decided before anything is looked up: the refusal is the same for all.
-    access.decide_on_patient(Action::ExportOwn, patient)?;
+    let proof = access.decide_on_patient(Action::ExportOwn, patient)?;
     let mut recipients = Vec::new();
     for (name, value) in parse_pairs(query.unwrap_or(""))? {
         match name.as_str() {
@@ -175,10 +172,15 @@ async fn export_of(
             }
         }
     }
+    let mut resources = Vec::new();
+    for r in portability::compartment(&state.store, patient, None).await? {
+        resources.push(r.release(&proof)?);
+    }
     let (bytes, _) = portability::package(
         &state.store,
         &state.accounts,
         patient,
+        resources,
         Some(access.who().principal.id()),
     )
     .await?;

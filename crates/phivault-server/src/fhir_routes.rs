@@ -24,8 +24,8 @@ use phivault_fhir::{
     BundleEntry, BundleKind, BundleRequest, EntryMethod, FhirError, Id, Issue, IssueCode,
     OperationOutcome, ResourceType, SearchQuery, ValidResource, compartment_patient,
 };
-use phivault_policy::{Action, Consent, PolicyError, labels_of};
-use phivault_store::{HistoryEntry, StoreError, StoredResource};
+use phivault_policy::{Action, Authorized, Consent, PolicyError, labels_of};
+use phivault_store::{EntryDecision, HistoryEntry, StoreError, StoredResource};
 use serde_json::{Value, json};
 
 use guard::refuse_includes;
@@ -374,15 +374,20 @@ async fn create(
     resolve_patient_links(&state, &mut access, &mut resource, &HashMap::new()).await?;
     check_consent(&resource)?;
     let creates_patient = rtype == ResourceType::PATIENT;
+    // The id is chosen before the decision: a new Patient is decided on its own id.
+    let new_id = Id::generate();
     let facts = if creates_patient {
-        new_patient_facts(&resource, None)
+        new_patient_facts(&resource, Some(&new_id))
     } else {
         Access::body_facts(&resource, &HashSet::new())
     };
-    access.authorize_body(Action::Create, rtype, &facts).await?;
+    let proof = access.authorize_body(Action::Create, rtype, &facts).await?;
     check_consent_patient(&state, &resource, &HashSet::new()).await?;
     let sink = RequestSink::single_write(&state, access.audit_slot());
-    let stored = state.store.create(resource, &sink).await?;
+    let stored = state
+        .store
+        .create_authorized(&proof, new_id, resource, &sink)
+        .await?;
     sink.committed();
     if creates_patient {
         grant_creator(&access, &stored.id).await;
@@ -429,14 +434,15 @@ async fn read(
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
     let current = access.load(rtype, &id).await?;
-    access
+    let proof = access
         .authorize_current(Action::Read, rtype, &current)
         .await?;
-    match current {
-        Current::Live(stored) => {
+    match (current, proof) {
+        (Current::Live(stored), Some(proof)) => {
+            let stored = stored.release(&proof)?;
             Ok(access.mark(resource_response(&state, StatusCode::OK, &stored, false)))
         }
-        other => Err(other.absent(rtype, &id)),
+        (other, _) => Err(other.absent(rtype, &id)),
     }
 }
 
@@ -449,13 +455,14 @@ async fn vread(
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
     let version = version_of(&v)?;
-    match state.store.vread(rtype, &id, version).await {
+    match state.store.vread_unreleased(rtype, &id, version).await {
         // Decided on the version asked for: it may lie in another compartment than the
         // current one.
         Ok(stored) => {
-            access
-                .authorize_stored(Action::Vread, rtype, &stored.body)
+            let proof = access
+                .authorize_stored(Action::Vread, stored.facts())
                 .await?;
+            let stored = stored.release(&proof)?;
             Ok(access.mark(resource_response(&state, StatusCode::OK, &stored, false)))
         }
         // No such version, a deletion, or a version that fails its integrity check: answered
@@ -488,6 +495,8 @@ async fn authorize_replaced(
     match current {
         Current::Missing => Ok(Action::Create),
         current => {
+            // Decides on the replaced version; the write itself is released by the decision
+            // on the new body.
             access
                 .authorize_current(Action::Update, rtype, current)
                 .await?;
@@ -521,10 +530,13 @@ async fn update(
     let current = access.load(rtype, &id).await?;
     let action = authorize_replaced(&mut access, rtype, &current).await?;
     let facts = Access::body_facts(&resource, &HashSet::new());
-    access.authorize_body(action, rtype, &facts).await?;
+    let proof = access.authorize_body(action, rtype, &facts).await?;
     check_consent_patient(&state, &resource, &HashSet::new()).await?;
     let sink = RequestSink::single_write(&state, access.audit_slot());
-    let (stored, created) = state.store.update(&id, resource, expected, &sink).await?;
+    let (stored, created) = state
+        .store
+        .update_authorized(&proof, &id, resource, expected, &sink)
+        .await?;
     sink.committed();
     let status = if created {
         StatusCode::CREATED
@@ -543,12 +555,23 @@ async fn delete(
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
     let current = access.load(rtype, &id).await?;
-    access
+    let proof = access
         .authorize_current(Action::Delete, rtype, &current)
         .await?;
-    let sink = RequestSink::single_write(&state, access.audit_slot());
-    let version = state.store.delete(rtype, &id, &sink).await?;
-    sink.committed();
+    let version = match (&current, proof) {
+        (Current::Live(_), Some(proof)) => {
+            let sink = RequestSink::single_write(&state, access.audit_slot());
+            let version = state
+                .store
+                .delete_authorized(&proof, rtype, &id, &sink)
+                .await?;
+            sink.committed();
+            version
+        }
+        // Deleting a deleted resource changes nothing (204); nothing to delete otherwise.
+        (Current::Deleted { .. }, _) => None,
+        (other, _) => return Err(other.absent(rtype, &id)),
+    };
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(v) = version {
         set_header(&mut response, header::ETAG, &etag(v));
@@ -632,16 +655,27 @@ async fn history(
     let pairs = parse_pairs(query.as_deref().unwrap_or(""))?;
     let (count, offset) = history_paging(&pairs, lenient(&headers))?;
     let current = access.load(rtype, &id).await?;
-    access
+    let proof = access
         .authorize_current(Action::History, rtype, &current)
         .await?;
-    let (total, versions) = state.store.history(rtype, &id, count, offset).await?;
-    // Older versions may lie in another compartment, or carry other labels.
-    for version in &versions {
-        if let Some(body) = &version.body {
-            access
-                .authorize_stored(Action::History, rtype, body)
+    let (total, unreleased) = state
+        .store
+        .history_unreleased(rtype, &id, count, offset)
+        .await?;
+    // Older versions may lie in another compartment, or carry other labels: each is decided
+    // on its own (a deletion, which has no body, goes with the decision on the resource).
+    let mut versions = Vec::with_capacity(unreleased.len());
+    for version in unreleased {
+        if version.facts().has_body() {
+            let own = access
+                .authorize_stored(Action::History, version.facts())
                 .await?;
+            versions.push(version.release(&own)?);
+        } else {
+            let Some(proof) = &proof else {
+                return Err(current.absent(rtype, &id));
+            };
+            versions.push(version.release(proof)?);
         }
     }
     let link = |offset: usize| {
@@ -805,24 +839,28 @@ pub(crate) fn match_entries(state: &AppState, resources: Vec<StoredResource>) ->
 enum Plan {
     /// Refused (batch only): the entry's answer.
     Refused(Value),
-    /// Run by the store. `check`: the action to decide again on the resource it returns (GET
-    /// read and vread); `creates_patient`: a POST of a Patient, whose creator is then granted
-    /// access to it.
+    /// Run by the store, which checks `decision` against what it writes or reads. `check`:
+    /// the action to decide again on the resource it returns (GET read and vread; the Bundle
+    /// may have changed its labels); `creates_patient`: a POST of a Patient, whose creator is
+    /// then granted access to it.
     Store {
         rtype: ResourceType,
         check: Option<Action>,
         creates_patient: bool,
+        decision: EntryDecision,
     },
     /// A search, run here (after the store's entries) so that it is scoped like any search.
     Search(ResourceType, SearchQuery),
 }
 
-/// How `urn:uuid:` references of a transaction are decided before the store assigns ids: each
-/// POST of a Patient stands for a new patient with a placeholder id, and references to any
-/// entry's `fullUrl` are read as the store will resolve them.
+/// The ids of a Bundle's new resources, chosen before anything is decided and given to the
+/// store with the decisions: each POST of a Patient is a new patient decided on its own id,
+/// and references to any entry's `fullUrl` are read as the store resolves them.
 struct Placeholders {
-    /// `fullUrl` -> `Type/id` (placeholder ids for POSTs, the URL's id for PUTs).
+    /// `fullUrl` -> `Type/id` (the new ids of POSTs, the URL's id for PUTs).
     refs: HashMap<String, String>,
+    /// Per entry: the new id of a POST.
+    post_ids: Vec<Option<Id>>,
     /// Per entry: the placeholder id of a POSTed Patient.
     patient_of: Vec<Option<Id>>,
     /// Every placeholder patient id.
@@ -832,6 +870,7 @@ struct Placeholders {
 fn placeholders(entries: &[BundleEntry]) -> Placeholders {
     let mut p = Placeholders {
         refs: HashMap::new(),
+        post_ids: Vec::with_capacity(entries.len()),
         patient_of: Vec::with_capacity(entries.len()),
         new_patients: HashSet::new(),
     };
@@ -852,6 +891,8 @@ fn placeholders(entries: &[BundleEntry]) -> Placeholders {
                 .insert(full.clone(), format!("{}/{}", e.url.rtype, id));
         }
         p.patient_of.push(new_patient);
+        p.post_ids
+            .push(id.filter(|_| e.method == EntryMethod::Post));
     }
     p
 }
@@ -934,7 +975,12 @@ async fn check_consent_patient(
     if new_patients.contains(&patient) {
         return Ok(());
     }
-    let message = match state.store.read(ResourceType::PATIENT, &patient).await {
+    // Whether the patient exists; nothing of it is returned.
+    let message = match state
+        .store
+        .read_unreleased(ResourceType::PATIENT, &patient)
+        .await
+    {
         Ok(_) => return Ok(()),
         Err(StoreError::NotFound { .. }) => "the Consent's patient does not exist",
         Err(StoreError::Gone { .. }) => "the Consent's patient was deleted",
@@ -957,10 +1003,14 @@ async fn plan_entry(
     resolve: bool,
 ) -> Result<Plan, ApiError> {
     let rtype = entry.url.rtype;
-    let store = |check, creates_patient| Plan::Store {
+    let store = |check, creates_patient, proof: Option<Authorized>| Plan::Store {
         rtype,
         check,
         creates_patient,
+        decision: EntryDecision {
+            proof,
+            new_id: placeholders.post_ids.get(index).cloned().flatten(),
+        },
     };
     // The body as the store will write it (references resolved in a transaction).
     let body = || -> Result<ValidResource, ApiError> {
@@ -995,9 +1045,9 @@ async fn plan_entry(
             } else {
                 Access::body_facts(&resource, &new_patients)
             };
-            access.authorize_body(Action::Create, rtype, &facts).await?;
+            let proof = access.authorize_body(Action::Create, rtype, &facts).await?;
             check_consent_patient(state, &resource, &new_patients).await?;
-            Ok(store(None, creates_patient))
+            Ok(store(None, creates_patient, Some(proof)))
         }
         EntryMethod::Put => {
             let id = url_id()?;
@@ -1006,17 +1056,17 @@ async fn plan_entry(
             check_consent(&resource)?;
             let action = authorize_replaced(access, rtype, &current).await?;
             let facts = Access::body_facts(&resource, &new_patients);
-            access.authorize_body(action, rtype, &facts).await?;
+            let proof = access.authorize_body(action, rtype, &facts).await?;
             check_consent_patient(state, &resource, &new_patients).await?;
-            Ok(store(None, false))
+            Ok(store(None, false, Some(proof)))
         }
         EntryMethod::Delete => {
             let id = url_id()?;
             let current = access.load(rtype, &id).await?;
-            access
+            let proof = access
                 .authorize_current(Action::Delete, rtype, &current)
                 .await?;
-            Ok(store(None, false))
+            Ok(store(None, false, proof))
         }
         EntryMethod::Get => match &entry.url.id {
             Some(id) => {
@@ -1026,8 +1076,8 @@ async fn plan_entry(
                     Action::Read
                 };
                 let current = access.load(rtype, id).await?;
-                access.authorize_current(action, rtype, &current).await?;
-                Ok(store(Some(action), false))
+                let proof = access.authorize_current(action, rtype, &current).await?;
+                Ok(store(Some(action), false, proof))
             }
             None => {
                 refuse_includes(&entry.url.query)?;
@@ -1124,10 +1174,12 @@ async fn transaction(
     let mut answers: Vec<Value> = vec![Value::Null; plans.len()];
     let mut store_index = Vec::new();
     let mut to_store = Vec::new();
-    for (index, (entry, plan)) in request.entries.into_iter().zip(&plans).enumerate() {
-        if matches!(plan, Plan::Store { .. }) {
+    let mut decisions = Vec::new();
+    for (index, (entry, plan)) in request.entries.into_iter().zip(&mut plans).enumerate() {
+        if let Plan::Store { decision, .. } = plan {
             store_index.push(index);
             to_store.push(entry);
+            decisions.push(std::mem::take(decision));
         }
     }
     if !to_store.is_empty() {
@@ -1136,11 +1188,12 @@ async fn transaction(
         let sink = RequestSink::per_resource(&state, access.audit_slot());
         let response = state
             .store
-            .bundle(
+            .bundle_authorized(
                 BundleRequest {
                     kind,
                     entries: to_store,
                 },
+                decisions,
                 &sink,
             )
             .await
@@ -1173,11 +1226,12 @@ async fn transaction(
                 rtype,
                 check,
                 creates_patient,
+                ..
             } => {
                 let status = entry_status(&answers[index]);
                 if let (Some(action), Some(200)) = (check, status)
                     && let Some(resource) = answers[index].get("resource").cloned()
-                    && let Err(e) = access.authorize_stored(action, rtype, &resource).await
+                    && let Err(e) = access.authorize_stored_body(action, rtype, &resource).await
                 {
                     // Decided on the stored resource before running; refused now only if the
                     // Bundle itself moved it out of reach.

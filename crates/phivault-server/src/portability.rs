@@ -1,8 +1,8 @@
 //! Access and portability of a patient's record (GDPR art. 15 and 20; issue 6).
 //!
-//! - [`compartment`]: every current resource of a patient's compartment, read at system level
-//!   through the store (the callers decide access: `$everything` decides every resource like a
-//!   read, `$export` decides `export_own`, the CLI is the operator's).
+//! - [`compartment`]: every current resource of a patient's compartment, held by the store
+//!   until a decision releases it (`$everything` decides every resource like a read, `$export`
+//!   decides `export_own` on the patient; the CLI reads as the operator).
 //! - [`package`]: the portable package, one NDJSON stream (`application/fhir+ndjson`), one
 //!   JSON resource per line, in this order:
 //!   1. a manifest: a FHIR `Parameters` resource tagged `urn:phivault:export|manifest`, with
@@ -23,7 +23,7 @@ use std::io::Write;
 
 use phivault_auth::Accounts;
 use phivault_fhir::{Id, ResourceType, SearchQuery};
-use phivault_store::{SearchScope, Store, StoredResource};
+use phivault_store::{SearchScope, Store, StoredResource, Unreleased};
 use serde_json::{Value, json};
 
 use crate::ApiError;
@@ -57,7 +57,7 @@ pub fn is_manifest(resource: &Value) -> bool {
 }
 
 /// The compartment's types in package order: Patient, the others, Consent last.
-fn compartment_types() -> Vec<ResourceType> {
+pub fn compartment_types() -> Vec<ResourceType> {
     let mut types: Vec<ResourceType> = ResourceType::all()
         .filter(|t| !is_directory(*t) && *t != ResourceType::PATIENT)
         .collect();
@@ -67,7 +67,8 @@ fn compartment_types() -> Vec<ResourceType> {
 }
 
 /// Every current resource of `patient`'s compartment (the Patient first, see the module
-/// docs), read at system level. `limit`: refuse (400) a compartment with more resources.
+/// docs), each held until a decision releases it. `limit`: refuse (400) a compartment with
+/// more resources.
 ///
 /// An erased patient answers `StoreError::Erased` (410), a deleted one
 /// `StoreError::Gone` (410), an unknown one `StoreError::NotFound` (404).
@@ -75,9 +76,11 @@ pub async fn compartment(
     store: &Store,
     patient: &Id,
     limit: Option<usize>,
-) -> Result<Vec<StoredResource>, ApiError> {
+) -> Result<Vec<Unreleased<StoredResource>>, ApiError> {
     // The Patient itself, so that erased, deleted and unknown patients answer as such.
-    store.read(ResourceType::PATIENT, patient).await?;
+    let _exists = store
+        .read_unreleased(ResourceType::PATIENT, patient)
+        .await?;
     let scope = SearchScope {
         patients: Some(vec![patient.clone()]),
         directory: false,
@@ -89,9 +92,9 @@ pub async fn compartment(
         query.count = PAGE;
         query.offset = 0;
         loop {
-            let page = store.search_scoped(rtype, &query, &scope).await?;
-            let read = page.resources.len();
-            out.extend(page.resources);
+            let (total, page) = store.search_unreleased(rtype, &query, &scope).await?;
+            let read = page.len();
+            out.extend(page);
             if let Some(limit) = limit
                 && out.len() > limit
             {
@@ -102,7 +105,7 @@ pub async fn compartment(
                 )));
             }
             query.offset = query.offset.saturating_add(read);
-            if read == 0 || u64::try_from(query.offset).unwrap_or(u64::MAX) >= page.total {
+            if read == 0 || u64::try_from(query.offset).unwrap_or(u64::MAX) >= total {
                 break;
             }
         }
@@ -121,16 +124,17 @@ pub struct PackageCounts {
     pub audit_events: usize,
 }
 
-/// The package of `patient` (see the module docs): the NDJSON bytes and their counts.
-/// `viewer`: the user id of the patient's own account, when known (their own accesses then
-/// name them; otherwise every patient account is shown as "a patient account").
+/// The package of `patient` (see the module docs) holding `resources`, the compartment
+/// ([`compartment`], released): the NDJSON bytes and their counts. `viewer`: the user id of
+/// the patient's own account, when known (their own accesses then name them; otherwise every
+/// patient account is shown as "a patient account").
 pub async fn package(
     store: &Store,
     accounts: &Accounts,
     patient: &Id,
+    resources: Vec<StoredResource>,
     viewer: Option<&str>,
 ) -> Result<(Vec<u8>, PackageCounts), ApiError> {
-    let resources = compartment(store, patient, None).await?;
     let view = View::Patient {
         user_id: viewer.unwrap_or_default().to_owned(),
         patient: patient.to_string(),

@@ -105,6 +105,7 @@ pub(crate) async fn retention_loop(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use phivault_fhir::{ResourceType, Validator};

@@ -5,16 +5,34 @@ use std::collections::HashMap;
 use phivault_fhir::{
     BundleEntry, BundleKind, BundleRequest, EntryMethod, Id, OperationOutcome, SearchQuery,
 };
+use phivault_policy::{Action, Authorized};
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
 
+use crate::released::{Unreleased, check_write};
 use crate::resources::Prepared;
 use crate::{AuditSink, Store, StoreError, StoredResource, WriteKind, Written};
 
-/// What an entry needs besides the request: its prepared write, if any.
+/// The decision a caller made on one entry of a Bundle before running it
+/// ([`Store::bundle_authorized`]).
+#[derive(Debug, Default)]
+pub struct EntryDecision {
+    /// The proof for the entry's action on its resource: required for every entry that
+    /// writes or returns a resource. `None` only where the caller found nothing to decide on
+    /// (a resource that does not exist, or is deleted or erased): the entry may then answer
+    /// its error, and nothing else.
+    pub proof: Option<Authorized>,
+    /// For a POST: the id the caller decided the new resource on (a new Patient is decided
+    /// on its own id, and `urn:uuid:` references to it are resolved to it).
+    pub new_id: Option<Id>,
+}
+
+/// What an entry needs besides the request: its prepared write, if any, and the caller's
+/// decision (`None` when run without decisions, [`Store::bundle`]).
 struct Work {
     entry: BundleEntry,
     prepared: Option<Prepared>,
+    decision: Option<EntryDecision>,
 }
 
 fn status_line(code: u16) -> String {
@@ -60,29 +78,69 @@ fn rank(m: EntryMethod) -> u8 {
 impl Store {
     /// Runs a transaction or batch Bundle and returns the response Bundle.
     /// `audit` records the writes in their transaction: all of a transaction's writes at once,
-    /// each batch entry's write in that entry's own transaction.
+    /// each batch entry's write in that entry's own transaction. Proof-free: for the master
+    /// key's holder (import) and tests; the server uses [`Store::bundle_authorized`].
     pub async fn bundle(
         &self,
         request: BundleRequest,
         audit: &dyn AuditSink,
     ) -> Result<Value, StoreError> {
+        self.run_bundle(request, None, audit).await
+    }
+
+    /// [`Store::bundle`] with the caller's decision on every entry, in entry order: each
+    /// write and each read runs only when its proof covers the compartment the store finds
+    /// (computed from the body it writes, or read from the body it decrypted).
+    pub async fn bundle_authorized(
+        &self,
+        request: BundleRequest,
+        decisions: Vec<EntryDecision>,
+        audit: &dyn AuditSink,
+    ) -> Result<Value, StoreError> {
+        if decisions.len() != request.entries.len() {
+            return Err(StoreError::Config(
+                "a Bundle needs one decision per entry".to_owned(),
+            ));
+        }
+        self.run_bundle(request, Some(decisions), audit).await
+    }
+
+    async fn run_bundle(
+        &self,
+        request: BundleRequest,
+        decisions: Option<Vec<EntryDecision>>,
+        audit: &dyn AuditSink,
+    ) -> Result<Value, StoreError> {
+        let entries: Vec<(BundleEntry, Option<EntryDecision>)> = match decisions {
+            Some(d) => request
+                .entries
+                .into_iter()
+                .zip(d.into_iter().map(Some))
+                .collect(),
+            None => request.entries.into_iter().map(|e| (e, None)).collect(),
+        };
         match request.kind {
-            BundleKind::Transaction => self.transaction(request, audit).await,
-            BundleKind::Batch => self.batch(request, audit).await,
+            BundleKind::Transaction => self.transaction(entries, audit).await,
+            BundleKind::Batch => self.batch(entries, audit).await,
         }
     }
 
     /// Ids for new resources, `urn:uuid:` references resolved, keys and tokens prepared.
     async fn plan(
         &self,
-        entries: Vec<BundleEntry>,
+        entries: Vec<(BundleEntry, Option<EntryDecision>)>,
         resolve: bool,
     ) -> Result<Vec<Work>, StoreError> {
         let mut map: HashMap<String, String> = HashMap::new();
         let mut ids: Vec<Option<Id>> = Vec::with_capacity(entries.len());
-        for e in &entries {
+        for (e, decision) in &entries {
             let id = match e.method {
-                EntryMethod::Post => Some(Id::generate()),
+                EntryMethod::Post => Some(
+                    decision
+                        .as_ref()
+                        .and_then(|d| d.new_id.clone())
+                        .unwrap_or_else(Id::generate),
+                ),
                 EntryMethod::Put => e.url.id.clone(),
                 _ => None,
             };
@@ -92,7 +150,7 @@ impl Store {
             ids.push(id);
         }
         let mut work = Vec::with_capacity(entries.len());
-        for (index, (mut entry, id)) in entries.into_iter().zip(ids).enumerate() {
+        for (index, ((mut entry, decision), id)) in entries.into_iter().zip(ids).enumerate() {
             let prepared = match (entry.resource.take(), id) {
                 (Some(mut resource), Some(id)) => {
                     if resolve && !map.is_empty() {
@@ -109,17 +167,21 @@ impl Store {
                 }
                 _ => None,
             };
-            work.push(Work { entry, prepared });
+            work.push(Work {
+                entry,
+                prepared,
+                decision,
+            });
         }
         Ok(work)
     }
 
     async fn transaction(
         &self,
-        request: BundleRequest,
+        entries: Vec<(BundleEntry, Option<EntryDecision>)>,
         audit: &dyn AuditSink,
     ) -> Result<Value, StoreError> {
-        let work = self.plan(request.entries, true).await?;
+        let work = self.plan(entries, true).await?;
         let mut order: Vec<usize> = (0..work.len()).collect();
         order.sort_by_key(|&i| (rank(work[i].entry.method), i));
         let mut slots: Vec<Option<Work>> = work.into_iter().map(Some).collect();
@@ -154,11 +216,11 @@ impl Store {
 
     async fn batch(
         &self,
-        request: BundleRequest,
+        entries: Vec<(BundleEntry, Option<EntryDecision>)>,
         audit: &dyn AuditSink,
     ) -> Result<Value, StoreError> {
-        let mut responses = Vec::with_capacity(request.entries.len());
-        for entry in request.entries {
+        let mut responses = Vec::with_capacity(entries.len());
+        for entry in entries {
             let one = async {
                 let mut work = self.plan(vec![entry], false).await?;
                 let w = work
@@ -211,12 +273,30 @@ impl Store {
         w: Work,
     ) -> Result<(Value, Option<Written>), StoreError> {
         let url = &w.entry.url;
+        // With decisions: `Some(proof)` to check against, `None` for none given.
+        let checked = w.decision.map(|d| d.proof);
+        let check = |actions: &[Action], patient: Option<&Id>| match &checked {
+            None => Ok(()),
+            Some(Some(proof)) => check_write(proof, actions, url.rtype, patient),
+            Some(None) => Err(StoreError::Undecided {
+                rtype: url.rtype.to_string(),
+            }),
+        };
+        let release = |r: StoredResource| match &checked {
+            None => Ok(r),
+            Some(Some(proof)) => Unreleased::stored(r).release(proof),
+            Some(None) => Err(StoreError::Undecided {
+                rtype: url.rtype.to_string(),
+            }),
+        };
         match (w.entry.method, w.prepared) {
             (EntryMethod::Post, Some(p)) => {
+                check(&[Action::Create], p.patient.as_ref())?;
                 let out = self.put_in(conn, p, None, true).await?;
                 Ok((written_entry(&out.stored, true), Some(out.written())))
             }
             (EntryMethod::Put, Some(p)) => {
+                check(&[Action::Update, Action::Create], p.patient.as_ref())?;
                 let out = self.put_in(conn, p, w.entry.if_match, false).await?;
                 Ok((written_entry(&out.stored, out.created), Some(out.written())))
             }
@@ -224,21 +304,22 @@ impl Store {
                 let id = url.id.as_ref().ok_or_else(|| {
                     StoreError::Config("DELETE entry without id passed parsing".to_owned())
                 })?;
-                let wrote = self
-                    .delete_in(conn, url.rtype, id)
-                    .await?
-                    .map(|out| Written {
-                        kind: WriteKind::Delete,
-                        rtype: url.rtype,
-                        id: id.clone(),
-                        version: out.version,
-                        patient: out.patient,
-                    });
+                let out = self.delete_in(conn, url.rtype, id).await?;
+                if let Some(out) = &out {
+                    check(&[Action::Delete], out.patient.as_ref())?;
+                }
+                let wrote = out.map(|out| Written {
+                    kind: WriteKind::Delete,
+                    rtype: url.rtype,
+                    id: id.clone(),
+                    version: out.version,
+                    patient: out.patient,
+                });
                 Ok((json!({ "response": { "status": status_line(204) } }), wrote))
             }
             (EntryMethod::Get, _) => match (&url.id, url.version) {
                 (Some(id), Some(v)) => {
-                    let r = self.vread(url.rtype, id, v).await?;
+                    let r = release(self.vread(url.rtype, id, v).await?)?;
                     Ok((
                         json!({ "resource": r.body, "response": {
                         "status": status_line(200), "etag": format!("W/\"{}\"", r.version) } }),
@@ -246,7 +327,7 @@ impl Store {
                     ))
                 }
                 (Some(id), None) => {
-                    let r = self.read_in(conn, url.rtype, id).await?;
+                    let r = release(self.read_in(conn, url.rtype, id).await?)?;
                     Ok((
                         json!({ "resource": r.body, "response": {
                         "status": status_line(200), "etag": format!("W/\"{}\"", r.version) } }),
@@ -254,6 +335,13 @@ impl Store {
                     ))
                 }
                 (None, _) => {
+                    // With decisions, searches are the caller's (scoped per principal, every
+                    // hit decided): never run here.
+                    if checked.is_some() {
+                        return Err(StoreError::Undecided {
+                            rtype: url.rtype.to_string(),
+                        });
+                    }
                     let q = SearchQuery::parse(url.rtype, &url.query, false)?;
                     let page = self.search(url.rtype, &q).await?;
                     let entries: Vec<Value> = page

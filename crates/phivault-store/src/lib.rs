@@ -35,6 +35,7 @@ mod bundle;
 mod erasure;
 mod keys;
 mod reindex;
+mod released;
 mod residue;
 mod resources;
 mod retention;
@@ -51,7 +52,9 @@ use serde_json::Value;
 use sqlx::AnyPool;
 
 pub use backend::Backend;
+pub use bundle::EntryDecision;
 pub use erasure::{ErasureRecord, SweepReport};
+pub use released::{Facts, Unreleased};
 pub use retention::{DISPOSE_BATCH, RetentionCount, RetentionRule};
 pub use rotation::{KekStatus, KeyStatus, RotationProgress, RotationReport};
 pub use search::{SearchPage, SearchScope};
@@ -212,6 +215,13 @@ pub enum StoreError {
         /// Current version (0 when the resource does not exist).
         current: u64,
     },
+    /// No decision of the policies covers the read or write: the request was decided on other
+    /// facts than the store holds (a concurrent write moved the resource), or not at all.
+    #[error("the {rtype} changed while the request was being authorized; read it again and retry")]
+    Undecided {
+        /// Type.
+        rtype: String,
+    },
     /// Another write to the same resource won the race.
     #[error("{rtype}/{id} was changed concurrently; read it again and retry")]
     Conflict {
@@ -290,7 +300,7 @@ impl StoreError {
             | StoreError::PatientErased { .. } => 410,
             StoreError::AlreadyErased { .. } => 409,
             StoreError::PreconditionFailed { .. } => 412,
-            StoreError::Conflict { .. } => 409,
+            StoreError::Conflict { .. } | StoreError::Undecided { .. } => 409,
             StoreError::Unavailable(_) => 503,
             StoreError::Entry { source, .. } => source.http_status(),
             StoreError::Fhir(FhirError::UnknownType(_)) => 404,
@@ -314,6 +324,7 @@ impl StoreError {
             | StoreError::PatientErased { .. } => IssueCode::Deleted,
             StoreError::PreconditionFailed { .. }
             | StoreError::Conflict { .. }
+            | StoreError::Undecided { .. }
             | StoreError::AlreadyErased { .. } => IssueCode::Conflict,
             StoreError::Unavailable(_) => IssueCode::Transient,
             StoreError::Entry { source, .. } => source.issue_code(),

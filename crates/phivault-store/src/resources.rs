@@ -12,10 +12,12 @@ use phivault_fhir::{
     Id, ResourceType, ValidResource, check_patient_links, compartment_patient,
     compartment_patient_of, index_entries, is_compartment_keyed,
 };
+use phivault_policy::{Action, Authorized};
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Row};
 
 use crate::keys::{DataKey, Owner};
+use crate::released::{Unreleased, check_write};
 use crate::{AuditSink, HistoryEntry, Store, StoreError, StoredResource, WriteKind, Written};
 
 /// A resource ready to be written: its key and index tokens are known, its version not yet.
@@ -24,7 +26,7 @@ pub(crate) struct Prepared {
     pub(crate) id: Id,
     key: DataKey,
     tokens: Vec<Vec<u8>>,
-    patient: Option<Id>,
+    pub(crate) patient: Option<Id>,
 }
 
 /// What a put did.
@@ -161,13 +163,46 @@ impl Store {
     }
 
     /// Creates a resource with a new server-assigned id; `audit` records the write in its
-    /// transaction.
+    /// transaction. Proof-free: for the master key's holder (import) and tests; the server
+    /// uses [`Store::create_authorized`].
     pub async fn create(
         &self,
         resource: ValidResource,
         audit: &dyn AuditSink,
     ) -> Result<StoredResource, StoreError> {
-        let prepared = self.prepare(resource, Id::generate()).await?;
+        self.create_checked(resource, Id::generate(), None, audit)
+            .await
+    }
+
+    /// Creates a resource with the new id `id` (chosen by the caller, so that a new Patient
+    /// is decided on the id it will get), when `proof` allows creating it in the compartment
+    /// the store computes from the body.
+    pub async fn create_authorized(
+        &self,
+        proof: &Authorized,
+        id: Id,
+        resource: ValidResource,
+        audit: &dyn AuditSink,
+    ) -> Result<StoredResource, StoreError> {
+        self.create_checked(resource, id, Some(proof), audit).await
+    }
+
+    async fn create_checked(
+        &self,
+        resource: ValidResource,
+        id: Id,
+        proof: Option<&Authorized>,
+        audit: &dyn AuditSink,
+    ) -> Result<StoredResource, StoreError> {
+        let prepared = self.prepare(resource, id).await?;
+        if let Some(proof) = proof {
+            check_write(
+                proof,
+                &[Action::Create],
+                prepared.resource.resource_type(),
+                prepared.patient.as_ref(),
+            )?;
+        }
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
         let out = self.put_in(&mut tx, prepared, None, true).await?;
@@ -178,7 +213,8 @@ impl Store {
 
     /// Updates (or creates, when unknown) the resource `id`. With `if_match`, the current
     /// version must be that one. Returns the stored resource and whether it was created;
-    /// `audit` records the write in its transaction.
+    /// `audit` records the write in its transaction. Proof-free: for the master key's holder
+    /// and tests; the server uses [`Store::update_authorized`].
     pub async fn update(
         &self,
         id: &Id,
@@ -186,7 +222,42 @@ impl Store {
         if_match: Option<u64>,
         audit: &dyn AuditSink,
     ) -> Result<(StoredResource, bool), StoreError> {
+        self.update_checked(id, resource, if_match, None, audit)
+            .await
+    }
+
+    /// [`Store::update`] when `proof` allows an update (or, for a resource that does not
+    /// exist yet, a create) of the new body in the compartment the store computes from it.
+    /// The caller decides on the version it replaces as well.
+    pub async fn update_authorized(
+        &self,
+        proof: &Authorized,
+        id: &Id,
+        resource: ValidResource,
+        if_match: Option<u64>,
+        audit: &dyn AuditSink,
+    ) -> Result<(StoredResource, bool), StoreError> {
+        self.update_checked(id, resource, if_match, Some(proof), audit)
+            .await
+    }
+
+    async fn update_checked(
+        &self,
+        id: &Id,
+        resource: ValidResource,
+        if_match: Option<u64>,
+        proof: Option<&Authorized>,
+        audit: &dyn AuditSink,
+    ) -> Result<(StoredResource, bool), StoreError> {
         let prepared = self.prepare(resource, id.clone()).await?;
+        if let Some(proof) = proof {
+            check_write(
+                proof,
+                &[Action::Update, Action::Create],
+                prepared.resource.resource_type(),
+                prepared.patient.as_ref(),
+            )?;
+        }
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
         let out = self.put_in(&mut tx, prepared, if_match, false).await?;
@@ -197,11 +268,34 @@ impl Store {
 
     /// Deletes (softly: history keeps every version). Returns the deletion's version, or
     /// `None` when the resource was already deleted (nothing is written, nothing recorded);
-    /// `audit` records a deletion in its transaction.
+    /// `audit` records a deletion in its transaction. Proof-free: for the master key's holder
+    /// and tests; the server uses [`Store::delete_authorized`].
     pub async fn delete(
         &self,
         rtype: ResourceType,
         id: &Id,
+        audit: &dyn AuditSink,
+    ) -> Result<Option<u64>, StoreError> {
+        self.delete_checked(rtype, id, None, audit).await
+    }
+
+    /// [`Store::delete`] when `proof` allows deleting it from the compartment its live
+    /// version lies in (checked inside the transaction, before the tombstone commits).
+    pub async fn delete_authorized(
+        &self,
+        proof: &Authorized,
+        rtype: ResourceType,
+        id: &Id,
+        audit: &dyn AuditSink,
+    ) -> Result<Option<u64>, StoreError> {
+        self.delete_checked(rtype, id, Some(proof), audit).await
+    }
+
+    async fn delete_checked(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+        proof: Option<&Authorized>,
         audit: &dyn AuditSink,
     ) -> Result<Option<u64>, StoreError> {
         let _guard = self.write_guard().await;
@@ -209,6 +303,10 @@ impl Store {
         let Some(out) = self.delete_in(&mut tx, rtype, id).await? else {
             return Ok(None);
         };
+        if let Some(proof) = proof {
+            // Dropping the transaction rolls the tombstone back.
+            check_write(proof, &[Action::Delete], rtype, out.patient.as_ref())?;
+        }
         audit
             .record(
                 &mut tx,
@@ -225,10 +323,49 @@ impl Store {
         Ok(Some(out.version))
     }
 
-    /// Reads the current version.
+    /// Reads the current version. Proof-free: for the master key's holder and tests; the
+    /// server uses [`Store::read_unreleased`].
     pub async fn read(&self, rtype: ResourceType, id: &Id) -> Result<StoredResource, StoreError> {
         let mut conn = self.inner.pool.acquire().await?;
         self.read_in(&mut conn, rtype, id).await
+    }
+
+    /// Reads the current version, held until a decision on its facts releases it.
+    pub async fn read_unreleased(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+    ) -> Result<Unreleased<StoredResource>, StoreError> {
+        self.read(rtype, id).await.map(Unreleased::stored)
+    }
+
+    /// Reads one version, held until a decision on its facts releases it.
+    pub async fn vread_unreleased(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+        version: u64,
+    ) -> Result<Unreleased<StoredResource>, StoreError> {
+        self.vread(rtype, id, version).await.map(Unreleased::stored)
+    }
+
+    /// [`Store::history`], each version held until a decision on its own facts releases it
+    /// (versions may lie in other compartments, or carry other labels, than the current one).
+    pub async fn history_unreleased(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+        count: usize,
+        offset: usize,
+    ) -> Result<(u64, Vec<Unreleased<HistoryEntry>>), StoreError> {
+        let (total, versions) = self.history(rtype, id, count, offset).await?;
+        Ok((
+            total,
+            versions
+                .into_iter()
+                .map(|v| Unreleased::version(rtype, v))
+                .collect(),
+        ))
     }
 
     /// The current version number of a live resource (`None`: never written, or deleted),
@@ -255,7 +392,8 @@ impl Store {
             .flatten())
     }
 
-    /// Reads one version.
+    /// Reads one version. Proof-free: for the master key's holder and tests; the server uses
+    /// [`Store::vread_unreleased`].
     pub async fn vread(
         &self,
         rtype: ResourceType,
@@ -312,6 +450,8 @@ impl Store {
     }
 
     /// Every version of a resource, newest first (at most `count`, skipping `offset`).
+    /// Proof-free: for the master key's holder and tests; the server uses
+    /// [`Store::history_unreleased`].
     pub async fn history(
         &self,
         rtype: ResourceType,

@@ -6,6 +6,7 @@ use sqlx::Row;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
+use crate::released::Unreleased;
 use crate::{Store, StoreError, StoredResource};
 
 /// One page of search results.
@@ -330,7 +331,24 @@ impl Store {
             .await
     }
 
-    /// Runs a search restricted to what `scope` lets the principal see.
+    /// [`Store::search_scoped`], every hit held until a decision on its own facts releases
+    /// it: the total and the page.
+    pub async fn search_unreleased(
+        &self,
+        rtype: ResourceType,
+        query: &SearchQuery,
+        scope: &SearchScope,
+    ) -> Result<(u64, Vec<Unreleased<StoredResource>>), StoreError> {
+        let page = self.search_scoped(rtype, query, scope).await?;
+        Ok((
+            page.total,
+            page.resources.into_iter().map(Unreleased::stored).collect(),
+        ))
+    }
+
+    /// Runs a search restricted to what `scope` lets the principal see. Proof-free: for the
+    /// master key's holder, tests, and lookups that feed a decision (care teams); the server's
+    /// routes use [`Store::search_unreleased`].
     ///
     /// Results are ordered by id. A search with compartment-keyed entries (`_security`, or a
     /// scope that leaves labels out) over more compartments than one statement can bind runs

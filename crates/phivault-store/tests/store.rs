@@ -13,6 +13,8 @@ use sqlx::Row;
 
 #[path = "store/compartments.rs"]
 mod compartments;
+#[path = "store/proofs.rs"]
+mod proofs;
 #[path = "store/rotation.rs"]
 mod rotation;
 #[path = "store/shred.rs"]

@@ -65,7 +65,7 @@ use phivault_policy::{
     DecisionContext, Denied, DenyReason, Label, PrincipalKind, Purpose, ResourceRef, Role,
     ScopeContext, evaluate, labels_of,
 };
-use phivault_store::{SearchScope, StoreError, StoredResource};
+use phivault_store::{Facts as StoredFacts, SearchScope, StoreError, StoredResource, Unreleased};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -91,14 +91,14 @@ const LABEL_CODES: &str = "R,V,PSY,MH,BH,ETH,SUD,ETHUD,OPIOIDUD,HIV";
 
 /// The resource a request is about, as currently stored.
 pub(crate) enum Current {
-    /// The current version.
-    Live(StoredResource),
-    /// Deleted; the deletion's version and the last live version's body, when readable.
+    /// The current version, held by the store until a decision releases it.
+    Live(Unreleased<StoredResource>),
+    /// Deleted; the deletion's version and the facts of the last live version, when readable.
     Deleted {
         /// The deletion's version.
         version: u64,
-        /// The body of the version before the deletion.
-        last: Option<Value>,
+        /// The facts of the version before the deletion.
+        last: Option<StoredFacts>,
     },
     /// Never existed.
     Missing,
@@ -332,7 +332,11 @@ impl Access {
     /// Decides `action` about the patient `patient` as a whole (erase, export, requests about
     /// one's own record): on the patient's `Patient` reference, with this request's purpose,
     /// before anything is looked up, so the refusal is the same whether the patient exists.
-    pub(crate) fn decide_on_patient(&self, action: Action, patient: &Id) -> Result<(), ApiError> {
+    pub(crate) fn decide_on_patient(
+        &self,
+        action: Action,
+        patient: &Id,
+    ) -> Result<Authorized, ApiError> {
         let request = AccessRequest {
             principal: self.who.principal.clone(),
             action,
@@ -342,7 +346,6 @@ impl Access {
         self.state
             .policy
             .decide(&request)
-            .map(|_| ())
             .map_err(|d| forbidden(d.reason()))
     }
 
@@ -403,6 +406,8 @@ impl Access {
         query.offset = 0;
         let mut out: HashMap<Id, Vec<Consent>> = HashMap::new();
         loop {
+            // Consents are an input of the decision, read as the system; none is returned.
+            #[allow(clippy::disallowed_methods)]
             let page = self.state.store.search_scoped(rtype, &query, scope).await?;
             let read = page.resources.len();
             for r in page.resources {
@@ -654,38 +659,14 @@ impl Access {
             .map_err(|d| forbidden(d.reason()))
     }
 
-    /// The facts of a stored body of `rtype`: its compartment patient and labels.
-    pub(crate) fn stored_facts(
-        &self,
-        rtype: ResourceType,
-        body: &Value,
-    ) -> Result<Facts, ApiError> {
-        let labels = labels_of(body);
-        let patient = if is_directory(rtype) {
-            None
-        } else if rtype == ResourceType::PATIENT {
-            body.get("id")
-                .and_then(Value::as_str)
-                .and_then(|s| Id::parse(s).ok())
-        } else {
-            // Stored bodies were validated when written; validating again only gives the
-            // compartment rule its typed input. A failure is ours: refuse (fail closed).
-            let valid = self
-                .state
-                .validator
-                .validate(body.clone(), Some(rtype))
-                .map_err(|_| {
-                    ApiError::internal(&format!(
-                        "a stored {rtype} failed validation while deciding access"
-                    ))
-                })?;
-            compartment_patient(&valid)
-        };
-        Ok(Facts {
-            patient,
-            labels,
+    /// The facts of a stored resource as the store read them: its compartment patient and
+    /// labels (the store releases the resource only to a proof for that compartment).
+    pub(crate) fn stored_facts(facts: &StoredFacts) -> Facts {
+        Facts {
+            patient: facts.patient().cloned(),
+            labels: facts.labels().to_vec(),
             new_patient: false,
-        })
+        }
     }
 
     /// The facts of a body sent by the client (create, update).
@@ -724,14 +705,14 @@ impl Access {
         Ok(forbidden(denied.reason()))
     }
 
-    /// Authorizes `action` on a stored body of `rtype`; 403 when denied.
+    /// Authorizes `action` on a stored resource with the store's `facts`; 403 when denied.
     pub(crate) async fn authorize_stored(
         &mut self,
         action: Action,
-        rtype: ResourceType,
-        body: &Value,
+        stored: &StoredFacts,
     ) -> Result<Authorized, ApiError> {
-        let facts = self.stored_facts(rtype, body)?;
+        let rtype = stored.rtype();
+        let facts = Self::stored_facts(stored);
         // A resource's history and versions are the resource: decided like a read of it
         // first, so a rule meant for queries across patients (which a resource outside every
         // compartment also matches) never opens one resource that may not be read.
@@ -744,6 +725,17 @@ impl Access {
             Ok(proof) => Ok(proof),
             Err(denied) => Err(self.refusal(action, rtype, &facts, denied).await?),
         }
+    }
+
+    /// [`Access::authorize_stored`] on a body as stored (an entry a Bundle answered).
+    pub(crate) async fn authorize_stored_body(
+        &mut self,
+        action: Action,
+        rtype: ResourceType,
+        body: &Value,
+    ) -> Result<Authorized, ApiError> {
+        self.authorize_stored(action, &StoredFacts::of(rtype, body))
+            .await
     }
 
     /// Authorizes `action` on a body the client sent; 403 when denied.
@@ -788,17 +780,21 @@ impl Access {
 
     /// The resource `rtype/id` as stored now.
     pub(crate) async fn load(&self, rtype: ResourceType, id: &Id) -> Result<Current, ApiError> {
-        match self.state.store.read(rtype, id).await {
+        match self.state.store.read_unreleased(rtype, id).await {
             Ok(stored) => Ok(Current::Live(stored)),
             Err(StoreError::NotFound { .. }) => Ok(Current::Missing),
             Err(StoreError::Erased { .. }) => Ok(Current::Erased),
             Err(StoreError::Gone { version, .. }) => {
                 let last = match version.checked_sub(1).filter(|v| *v > 0) {
-                    Some(previous) => match self.state.store.vread(rtype, id, previous).await {
-                        Ok(s) => Some(s.body),
-                        Err(StoreError::Gone { .. } | StoreError::VersionNotFound { .. }) => None,
-                        Err(e) => return Err(e.into()),
-                    },
+                    Some(previous) => {
+                        match self.state.store.vread_unreleased(rtype, id, previous).await {
+                            Ok(s) => Some(s.facts().clone()),
+                            Err(StoreError::Gone { .. } | StoreError::VersionNotFound { .. }) => {
+                                None
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                     None => None,
                 };
                 Ok(Current::Deleted { version, last })
@@ -808,24 +804,25 @@ impl Access {
     }
 
     /// Authorizes `action` on the resource as currently stored (the last live version of a
-    /// deleted one; as out of reach when there is none).
+    /// deleted one; as out of reach when there is none). The proof when there was something
+    /// to decide on.
     pub(crate) async fn authorize_current(
         &mut self,
         action: Action,
         rtype: ResourceType,
         current: &Current,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<Authorized>, ApiError> {
         match current {
             Current::Live(stored) => self
-                .authorize_stored(action, rtype, &stored.body)
+                .authorize_stored(action, stored.facts())
                 .await
-                .map(|_| ()),
+                .map(Some),
             Current::Deleted {
-                last: Some(body), ..
-            } => self.authorize_stored(action, rtype, body).await.map(|_| ()),
+                last: Some(facts), ..
+            } => self.authorize_stored(action, facts).await.map(Some),
             // Nothing of an erased resource can be decided on: as out of reach.
             Current::Deleted { last: None, .. } | Current::Missing | Current::Erased => {
-                self.authorize_absent(action, rtype).await
+                self.authorize_absent(action, rtype).await.map(|()| None)
             }
         }
     }
@@ -908,18 +905,18 @@ impl Access {
             let mut q = query.clone();
             q.offset = if room > 0 { skip } else { 0 };
             q.count = room;
-            let page = self.state.store.search_scoped(rtype, &q, scope).await?;
-            total = total.saturating_add(page.total);
+            let (found, page) = self.state.store.search_unreleased(rtype, &q, scope).await?;
+            total = total.saturating_add(found);
             if room > 0 {
-                room = room.saturating_sub(page.resources.len());
-                skip = skip.saturating_sub(usize::try_from(page.total).unwrap_or(usize::MAX));
-                resources.extend(page.resources);
+                room = room.saturating_sub(page.len());
+                skip = skip.saturating_sub(usize::try_from(found).unwrap_or(usize::MAX));
+                resources.extend(page);
             }
         }
 
         let mut hits = Vec::with_capacity(resources.len());
         for r in resources {
-            let facts = self.stored_facts(rtype, &r.body)?;
+            let facts = Self::stored_facts(r.facts());
             hits.push((r, facts));
         }
         // Contexts per patient, computed before the (synchronous) filter.
@@ -975,7 +972,11 @@ impl Access {
             );
         }
         let total = total.saturating_sub(dropped as u64);
-        Ok((total, kept.into_iter().map(|((r, _), _)| r).collect()))
+        let mut released = Vec::with_capacity(kept.len());
+        for ((r, _), proof) in kept {
+            released.push(r.release(&proof)?);
+        }
+        Ok((total, released))
     }
 
     /// What a search of `rtype` may see, in SQL terms, and the facts to decide its hits with.
