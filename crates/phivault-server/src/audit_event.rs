@@ -1643,7 +1643,7 @@ mod tests {
         async fn user(&self, username: &str, role: Role) -> String {
             self.state
                 .accounts
-                .create_user(username, Password::new(PASSWORD), role)
+                .create_user(username, Password::new(PASSWORD), role, &NoAudit)
                 .await
                 .unwrap()
         }
@@ -1724,21 +1724,24 @@ mod tests {
             .unwrap();
         let clin = c.user("clin.linked", Role::Clinician).await;
         st.accounts
-            .link_practitioner("clin.linked", &prac.id)
+            .link_practitioner("clin.linked", &prac.id, &NoAudit)
             .await
             .unwrap();
         let bare = c.user("clin.bare", Role::Clinician).await;
         let pat_a = c.user("pat.a", Role::Patient).await;
         let pat_b = c.user("pat.b", Role::Patient).await;
         let a = Id::parse("pa").unwrap();
-        st.accounts.link_patient("pat.a", &a).await.unwrap();
         st.accounts
-            .link_patient("pat.b", &Id::parse("pb").unwrap())
+            .link_patient("pat.a", &a, &NoAudit)
+            .await
+            .unwrap();
+        st.accounts
+            .link_patient("pat.b", &Id::parse("pb").unwrap(), &NoAudit)
             .await
             .unwrap();
         let (client, _) = st
             .accounts
-            .create_client("Lab feed", "system/Observation.rs", None)
+            .create_client("Lab feed", "system/Observation.rs", None, &NoAudit)
             .await
             .unwrap();
 

@@ -208,6 +208,17 @@ impl AuditSlot {
     }
 }
 
+impl<S: Send + Sync> FromRequestParts<S> for AuditSlot {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Every routed request passed `audit_trail`; a router built without it cannot audit
+        // the request's changes, so they are refused.
+        AuditSlot::of(&parts.extensions)
+            .ok_or_else(|| ApiError::internal(&"the request has no audit slot"))
+    }
+}
+
 /// `X-Request-Id`.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

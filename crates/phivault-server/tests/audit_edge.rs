@@ -13,7 +13,7 @@ use base64::Engine as _;
 use phivault_audit::{AuditEntry, Outcome};
 use phivault_fhir::Validator;
 use phivault_server::{AppState, ServerConfig, Transport, router};
-use phivault_store::{Store, StoreOptions};
+use phivault_store::{NoAudit, Store, StoreOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -41,7 +41,7 @@ async fn ctx() -> Ctx {
     .unwrap();
     let (id, secret) = state
         .accounts
-        .create_client("system", "system/*.cruds", None)
+        .create_client("system", "system/*.cruds", None, &NoAudit)
         .await
         .unwrap();
     let mut c = Ctx {
