@@ -116,6 +116,7 @@ impl CliAudit {
             request_id: self.request_id.clone(),
             actor_ref: None,
             patients: Vec::new(),
+            refusals: None,
         }
     }
 

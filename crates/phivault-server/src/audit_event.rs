@@ -161,6 +161,9 @@ fn interaction(action: &str) -> Option<&'static str> {
 
 /// `type` and `subtype` codings of an action.
 fn event_type(action: &str) -> (Value, Option<Value>) {
+    if action == phivault_audit::REFUSALS_ACTION {
+        return (coding(DCM_SYSTEM, "110113", "Security Alert"), None);
+    }
     let (verb, route) = action.split_once(' ').unwrap_or((action, ""));
     let rest_subtype = || interaction(action).map(|code| coding(INTERACTION_SYSTEM, code, code));
     if route.starts_with("/fhir/AuditEvent") || route == "/fhir/Patient/{id}/$access-log" {
@@ -317,11 +320,42 @@ fn entities(entry: &AuditEntry, view: &View) -> Vec<Value> {
         }
         _ => {}
     }
+    if let Some(summary) = &entry.refusals {
+        out.push(refusals_entity(summary, view));
+    }
     out.push(json!({
         "what": { "identifier": { "system": REQUEST_ID_SYSTEM, "value": entry.request_id } },
         "type": coding(BALP_ENTITY_SYSTEM, "XrequestId", "Request Id"),
     }));
     out
+}
+
+/// The summary of refused unauthenticated requests as an entity whose details are the count
+/// (`count`), the first and last time (`first`, `last`, FHIR instants), each route asked for
+/// (`route`), each sampled client address of the overflow summary (`address`, auditors
+/// only) and whether the lists were cut short (`truncated`).
+fn refusals_entity(summary: &phivault_audit::RefusalSummary, view: &View) -> Value {
+    let detail = |t: &str, v: String| json!({ "type": t, "valueString": v });
+    let mut details = vec![
+        detail("count", summary.count.to_string()),
+        detail("first", instant(summary.first)),
+        detail("last", instant(summary.last)),
+    ];
+    details.extend(summary.routes.iter().map(|r| detail("route", r.clone())));
+    if matches!(view, View::Auditor) {
+        details.extend(
+            summary
+                .addresses
+                .iter()
+                .map(|a| detail("address", a.clone())),
+        );
+    }
+    details.push(detail("truncated", summary.truncated.to_string()));
+    json!({
+        "type": coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
+        "description": "refused unauthenticated requests",
+        "detail": details,
+    })
 }
 
 /// An audit entry as a FHIR R4 `AuditEvent`, as `view` may see it. `name` is the actor's
@@ -1127,6 +1161,7 @@ mod tests {
             request_id: "r-1".to_owned(),
             actor_ref: None,
             patients: Vec::new(),
+            refusals: None,
         }
     }
 
