@@ -334,6 +334,39 @@ mod tests {
     }
 
     #[test]
+    fn refusal_summaries_are_canonical_and_round_trip() {
+        let summary = RefusalSummary {
+            count: 3,
+            first: 1,
+            last: 2,
+            routes: vec!["GET /a".to_owned(), "GET /b".to_owned()],
+            addresses: Vec::new(),
+            truncated: false,
+        };
+        let e = AuditEntry::refusal_summary(summary, Some("192.0.2.1".to_owned()), "r".into(), 5);
+        let bytes = e.canonical_bytes().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.ends_with(
+                "\"refusals\":{\"count\":3,\"first\":1,\"last\":2,\
+                 \"routes\":[\"GET /a\",\"GET /b\"],\"truncated\":false}}"
+            ),
+            "{text}"
+        );
+        assert_eq!(AuditEntry::from_canonical(&bytes), Some(e.clone()));
+        assert_eq!(action_code(REFUSALS_ACTION), "E");
+        // Routes out of order: not the one canonical form.
+        let unordered = text.replace("\"GET /a\",\"GET /b\"", "\"GET /b\",\"GET /a\"");
+        assert_eq!(AuditEntry::from_canonical(unordered.as_bytes()), None);
+        // An entry without a summary keeps the bytes it had before summaries existed.
+        assert!(
+            !String::from_utf8(sample(1).canonical_bytes().unwrap())
+                .unwrap()
+                .contains("refusals")
+        );
+    }
+
+    #[test]
     fn canonical_form_is_fixed() {
         let bytes = sample(3).canonical_bytes().unwrap();
         assert_eq!(

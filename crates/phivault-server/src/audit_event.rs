@@ -353,7 +353,7 @@ fn refusals_entity(summary: &phivault_audit::RefusalSummary, view: &View) -> Val
     details.push(detail("truncated", summary.truncated.to_string()));
     json!({
         "type": coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
-        "description": "refused unauthenticated requests",
+        "name": "refused unauthenticated requests",
         "detail": details,
     })
 }
@@ -1243,7 +1243,57 @@ mod tests {
         e.actor_id = "u-other-patient".to_owned();
         e.outcome = Outcome::Denied;
         out.push(e);
+        out.push(refusals_sample(9));
         out
+    }
+
+    fn refusals_sample(seq: u64) -> AuditEntry {
+        let mut e = AuditEntry::refusal_summary(
+            phivault_audit::RefusalSummary {
+                count: 500,
+                first: 1_767_225_600_000,
+                last: 1_767_225_659_000,
+                routes: vec!["GET /fhir/{type}".to_owned()],
+                addresses: vec!["198.51.100.3".to_owned()],
+                truncated: true,
+            },
+            None,
+            "r-9".to_owned(),
+            1_767_225_660_000,
+        );
+        e.seq = seq;
+        e
+    }
+
+    #[test]
+    fn a_refusal_summary_is_a_security_alert_with_its_counts() {
+        let e = audit_event(&refusals_sample(9), None, &View::Auditor);
+        assert_eq!(e["type"]["code"], "110113", "{e}");
+        assert_eq!(e["outcome"], "4");
+        let details = &e["entity"][0]["detail"];
+        let value = |t: &str| -> Vec<&str> {
+            details
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["type"] == t)
+                .map(|d| d["valueString"].as_str().unwrap())
+                .collect()
+        };
+        assert_eq!(value("count"), ["500"]);
+        assert_eq!(value("first"), ["2026-01-01T00:00:00.000Z"]);
+        assert_eq!(value("route"), ["GET /fhir/{type}"]);
+        assert_eq!(value("address"), ["198.51.100.3"]);
+        assert_eq!(value("truncated"), ["true"]);
+        let p = audit_event(
+            &refusals_sample(9),
+            None,
+            &View::Patient {
+                user_id: "u".to_owned(),
+                patient: "p".to_owned(),
+            },
+        );
+        assert!(!p.to_string().contains("198.51.100.3"), "{p}");
     }
 
     #[test]
