@@ -353,7 +353,7 @@ mod tests {
             ),
             "{text}"
         );
-        assert_eq!(AuditEntry::from_canonical(&bytes), Some(e.clone()));
+        assert_eq!(AuditEntry::from_canonical(&bytes), Some(e));
         assert_eq!(action_code(REFUSALS_ACTION), "E");
         // Routes out of order: not the one canonical form.
         let unordered = text.replace("\"GET /a\",\"GET /b\"", "\"GET /b\",\"GET /a\"");
