@@ -49,9 +49,9 @@ pub enum Outcome {
 /// The canonical bytes are the compact `serde_json` serialization of this struct, fields in
 /// this order: `seq, time, actor_id, actor_kind, role, purpose, break_glass, action,
 /// resource_type, resource_id, patient_id, outcome, source_address, request_id, actor_ref,
-/// patients`; absent optional values are `null`, enums are lower-case strings, except that
-/// `actor_ref` is left out when absent and `patients` when empty (so entries written before
-/// they existed keep their bytes). Unknown fields are
+/// patients, refusals`; absent optional values are `null`, enums are lower-case strings, except
+/// that `actor_ref` and `refusals` are left out when absent and `patients` when empty (so
+/// entries written before they existed keep their bytes). Unknown fields are
 /// refused, and so is a `patients` list that is not strictly ascending or that repeats
 /// `patient_id` (one content, one spelling).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +98,54 @@ pub struct AuditEntry {
     /// ([`AuditEntry::patients_concerned`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patients: Vec<String>,
+    /// Present only on a summary of refused unauthenticated requests
+    /// ([`AuditEntry::refusal_summary`]): how many, when, and on which routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusals: Option<RefusalSummary>,
+}
+
+/// The action of a summary entry of refused unauthenticated requests.
+pub const REFUSALS_ACTION: &str = "unauthenticated refusals";
+
+/// The most routes (and, for the overflow summary, addresses) a summary names; beyond them it
+/// still counts every request.
+pub const SUMMARY_SAMPLE: usize = 16;
+
+/// Refused unauthenticated requests (no, malformed, unknown, expired or revoked bearer token)
+/// from one client address, or from the addresses past the tracked ones, in one window: the
+/// evidence of a flood without an entry per request. The first such request of an address in
+/// a window has its own full entry; the summary's `count` includes it.
+///
+/// Canonical form: fields in this order, `routes` and `addresses` strictly ascending, at most
+/// [`SUMMARY_SAMPLE`] each; `addresses` left out when empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusalSummary {
+    /// How many requests were refused in the window (at least 2).
+    pub count: u64,
+    /// Unix milliseconds of the first and the last of them.
+    pub first: i64,
+    /// Unix milliseconds of the last.
+    pub last: i64,
+    /// The routes they asked for (`METHOD /route/template`, never a raw path), ascending;
+    /// the first [`SUMMARY_SAMPLE`] distinct ones.
+    pub routes: Vec<String>,
+    /// For the overflow summary (addresses past the tracked number): a sample of the client
+    /// addresses, ascending, the first [`SUMMARY_SAMPLE`] distinct ones. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Whether more distinct routes or addresses were seen than the lists name.
+    pub truncated: bool,
+}
+
+impl RefusalSummary {
+    fn is_canonical(&self) -> bool {
+        let ascending = |v: &[String]| v.windows(2).all(|w| w[0] < w[1]);
+        ascending(&self.routes)
+            && ascending(&self.addresses)
+            && self.routes.len() <= SUMMARY_SAMPLE
+            && self.addresses.len() <= SUMMARY_SAMPLE
+    }
 }
 
 impl AuditEntry {
@@ -116,6 +164,9 @@ impl AuditEntry {
             .as_ref()
             .is_some_and(|p| entry.patients.contains(p));
         if !ascending || repeats {
+            return None;
+        }
+        if entry.refusals.as_ref().is_some_and(|r| !r.is_canonical()) {
             return None;
         }
         match entry.canonical_bytes() {
@@ -151,6 +202,36 @@ impl AuditEntry {
         all.sort_unstable();
         all.dedup();
         all
+    }
+
+    /// The summary entry of refused unauthenticated requests from `source_address` (`None`:
+    /// the overflow summary, whose addresses are in `summary`), written at `time` (unix ms)
+    /// under `request_id`: actor `anonymous`, action [`REFUSALS_ACTION`], outcome denied.
+    pub fn refusal_summary(
+        summary: RefusalSummary,
+        source_address: Option<String>,
+        request_id: String,
+        time: i64,
+    ) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            time,
+            actor_id: "anonymous".to_owned(),
+            actor_kind: ActorKind::Anonymous,
+            role: None,
+            purpose: None,
+            break_glass: false,
+            action: REFUSALS_ACTION.to_owned(),
+            resource_type: None,
+            resource_id: None,
+            patient_id: None,
+            outcome: Outcome::Denied,
+            source_address,
+            request_id,
+            actor_ref: None,
+            patients: Vec::new(),
+            refusals: Some(summary),
+        }
     }
 
     /// Whether the entry concerns `patient` ([`AuditEntry::patients_concerned`]).
@@ -248,7 +329,41 @@ mod tests {
             request_id: "r1".to_owned(),
             actor_ref: None,
             patients: Vec::new(),
+            refusals: None,
         }
+    }
+
+    #[test]
+    fn refusal_summaries_are_canonical_and_round_trip() {
+        let summary = RefusalSummary {
+            count: 3,
+            first: 1,
+            last: 2,
+            routes: vec!["GET /a".to_owned(), "GET /b".to_owned()],
+            addresses: Vec::new(),
+            truncated: false,
+        };
+        let e = AuditEntry::refusal_summary(summary, Some("192.0.2.1".to_owned()), "r".into(), 5);
+        let bytes = e.canonical_bytes().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.ends_with(
+                "\"refusals\":{\"count\":3,\"first\":1,\"last\":2,\
+                 \"routes\":[\"GET /a\",\"GET /b\"],\"truncated\":false}}"
+            ),
+            "{text}"
+        );
+        assert_eq!(AuditEntry::from_canonical(&bytes), Some(e));
+        assert_eq!(action_code(REFUSALS_ACTION), "E");
+        // Routes out of order: not the one canonical form.
+        let unordered = text.replace("\"GET /a\",\"GET /b\"", "\"GET /b\",\"GET /a\"");
+        assert_eq!(AuditEntry::from_canonical(unordered.as_bytes()), None);
+        // An entry without a summary keeps the bytes it had before summaries existed.
+        assert!(
+            !String::from_utf8(sample(1).canonical_bytes().unwrap())
+                .unwrap()
+                .contains("refusals")
+        );
     }
 
     #[test]

@@ -62,8 +62,9 @@ mod verify;
 
 pub use checkpoint::Checkpoint;
 pub use entry::{
-    ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, KEYED_CHAIN_DOMAIN, Outcome, action_code,
-    chain_tag, entry_hash, keyed_entry_hash, keyed_from_tag,
+    ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, KEYED_CHAIN_DOMAIN, Outcome,
+    REFUSALS_ACTION, RefusalSummary, SUMMARY_SAMPLE, action_code, chain_tag, entry_hash,
+    keyed_entry_hash, keyed_from_tag,
 };
 pub use erasure::{ERASURE_DOMAIN, ERASURE_FORMAT, ErasureCertificate};
 pub use error::AuditError;

@@ -99,6 +99,7 @@ fn entry(i: u64) -> AuditEntry {
         request_id: format!("req-{i:04}"),
         actor_ref: None,
         patients: Vec::new(),
+        refusals: None,
     }
 }
 

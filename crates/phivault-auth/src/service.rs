@@ -1,6 +1,10 @@
 //! The accounts service: what the server and the CLI call. It joins the pure parts of this
 //! crate with the store (which keeps users, hashed tokens, sealed TOTP secrets, grants and
 //! break-the-glass records) and with the policy crate's principals.
+//!
+//! Every account change (create a user, link, grant, disable, register a client, enrol TOTP,
+//! revoke a token) takes an [`AccountSink`]: the caller's audit entry of the change commits in
+//! the change's own transaction, so a change whose entry cannot be written does not happen.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -14,7 +18,7 @@ use phivault_policy::{
 use phivault_store::accounts::{
     BreakGlassRow, ClientRow, GrantRow, LockoutSchedule, LoginClaim, NewUser, TokenRow, UserRow,
 };
-use phivault_store::{Store, StoreError};
+use phivault_store::{AccountChange, AccountChangeKind, AccountSink, Store, StoreError};
 use serde_json::Value;
 use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
@@ -571,12 +575,14 @@ impl Accounts {
         }
     }
 
-    /// Creates a user (password checked against the policy). Returns the user id.
+    /// Creates a user (password checked against the policy), committed with `audit`'s entry.
+    /// Returns the user id.
     pub async fn create_user(
         &self,
         username: &str,
         password: Password,
         role: Role,
+        audit: &dyn AccountSink,
     ) -> Result<String, ServiceError> {
         let username = check_username(username)?;
         if role == Role::App {
@@ -595,13 +601,17 @@ impl Accounts {
         let user_id = uuid::Uuid::new_v4().to_string();
         let created = self
             .store
-            .insert_user(&NewUser {
-                user_id: user_id.clone(),
-                username,
-                role: role.as_str().to_owned(),
-                password_hash,
-                created_at: self.now(),
-            })
+            .insert_user(
+                &NewUser {
+                    user_id: user_id.clone(),
+                    username,
+                    role: role.as_str().to_owned(),
+                    password_hash,
+                    created_at: self.now(),
+                },
+                audit,
+                &AccountChange::new(AccountChangeKind::UserCreated),
+            )
             .await?;
         if !created {
             return Err(ServiceError::UsernameTaken);
@@ -610,8 +620,13 @@ impl Accounts {
         Ok(user_id)
     }
 
-    /// Links a user (role patient) to their Patient record.
-    pub async fn link_patient(&self, username: &str, patient: &Id) -> Result<(), ServiceError> {
+    /// Links a user (role patient) to their Patient record, committed with `audit`'s entry.
+    pub async fn link_patient(
+        &self,
+        username: &str,
+        patient: &Id,
+        audit: &dyn AccountSink,
+    ) -> Result<(), ServiceError> {
         let user = self.user_by_username(username).await?;
         if user.role != Role::Patient.as_str() {
             return Err(ServiceError::Invalid(
@@ -619,16 +634,23 @@ impl Accounts {
             ));
         }
         self.store
-            .set_user_patient(&user.user_id, Some(patient.as_str()))
+            .set_user_patient(
+                &user.user_id,
+                Some(patient.as_str()),
+                audit,
+                &AccountChange::about_patient(AccountChangeKind::PatientLinked, patient),
+            )
             .await?;
         Ok(())
     }
 
-    /// Links a user (role clinician) to their Practitioner record.
+    /// Links a user (role clinician) to their Practitioner record, committed with `audit`'s
+    /// entry.
     pub async fn link_practitioner(
         &self,
         username: &str,
         practitioner: &Id,
+        audit: &dyn AccountSink,
     ) -> Result<(), ServiceError> {
         let user = self.user_by_username(username).await?;
         if user.role != Role::Clinician.as_str() {
@@ -637,16 +659,37 @@ impl Accounts {
             ));
         }
         self.store
-            .set_user_practitioner(&user.user_id, Some(practitioner.as_str()))
+            .set_user_practitioner(
+                &user.user_id,
+                Some(practitioner.as_str()),
+                audit,
+                &AccountChange {
+                    kind: AccountChangeKind::PractitionerLinked,
+                    resource: Some((ResourceType::PRACTITIONER, practitioner.clone())),
+                    patient: None,
+                },
+            )
             .await?;
         Ok(())
     }
 
     /// Disables a user: logins and existing tokens stop working; the row stays for the audit
-    /// trail.
-    pub async fn disable_user(&self, username: &str) -> Result<(), ServiceError> {
+    /// trail. Committed with `audit`'s entry; disabling a disabled user changes and records
+    /// nothing.
+    pub async fn disable_user(
+        &self,
+        username: &str,
+        audit: &dyn AccountSink,
+    ) -> Result<(), ServiceError> {
         let user = self.user_by_username(username).await?;
-        self.store.disable_user(&user.user_id, self.now()).await?;
+        self.store
+            .disable_user(
+                &user.user_id,
+                self.now(),
+                audit,
+                &AccountChange::new(AccountChangeKind::UserDisabled),
+            )
+            .await?;
         Ok(())
     }
 
@@ -830,10 +873,11 @@ impl Accounts {
         })
     }
 
-    /// Starts TOTP enrolment for the authenticated user.
+    /// Starts TOTP enrolment for the authenticated user, committed with `audit`'s entry.
     pub async fn begin_totp_enrolment(
         &self,
         who: &Authenticated,
+        audit: &dyn AccountSink,
     ) -> Result<TotpEnrolment, ServiceError> {
         let user = self.user_of(who).await?;
         let already = || ServiceError::Invalid("TOTP is already enabled for this account".into());
@@ -846,7 +890,12 @@ impl Accounts {
         let url = totp.otpauth_url().map_err(internal)?;
         if !self
             .store
-            .begin_totp(&user.user_id, secret.expose_bytes())
+            .begin_totp(
+                &user.user_id,
+                secret.expose_bytes(),
+                audit,
+                &AccountChange::new(AccountChangeKind::TotpEnrolmentStarted),
+            )
             .await?
         {
             return Err(already());
@@ -858,11 +907,13 @@ impl Accounts {
         })
     }
 
-    /// Confirms enrolment with a first code; returns the recovery codes (shown once).
+    /// Confirms enrolment with a first code, committed with `audit`'s entry; returns the
+    /// recovery codes (shown once).
     pub async fn confirm_totp(
         &self,
         who: &Authenticated,
         code: &str,
+        audit: &dyn AccountSink,
     ) -> Result<Vec<String>, ServiceError> {
         let user = self.user_of(who).await?;
         if user.totp_enabled {
@@ -883,7 +934,17 @@ impl Accounts {
         let step = i64::try_from(step).map_err(internal)?;
         let codes = RecoveryCodes::generate(RECOVERY_CODE_COUNT).map_err(internal)?;
         let hashes: Vec<[u8; 32]> = codes.hashes().iter().map(|h| *h.as_bytes()).collect();
-        if !self.store.enable_totp(&user.user_id, step, &hashes).await? {
+        let enabled = self
+            .store
+            .enable_totp(
+                &user.user_id,
+                step,
+                &hashes,
+                audit,
+                &AccountChange::new(AccountChangeKind::TotpEnabled),
+            )
+            .await?;
+        if !enabled {
             return Err(ServiceError::Invalid(
                 "no TOTP enrolment is in progress".into(),
             ));
@@ -896,13 +957,21 @@ impl Accounts {
             .collect())
     }
 
-    /// Revokes a session or access token (logout). Revoking an unknown, malformed or already
-    /// revoked token succeeds (RFC 7009): the answer says nothing about the token.
-    pub async fn revoke(&self, token: &str) -> Result<(), ServiceError> {
+    /// Revokes a session or access token (logout), committed with `audit`'s entry. Revoking
+    /// an unknown, malformed or already revoked token succeeds (RFC 7009) and records
+    /// nothing: the answer says nothing about the token.
+    pub async fn revoke(&self, token: &str, audit: &dyn AccountSink) -> Result<(), ServiceError> {
         let Ok((_, hash)) = token::parse(token) else {
             return Ok(());
         };
-        self.store.revoke_token(hash.as_bytes(), self.now()).await?;
+        self.store
+            .revoke_token(
+                hash.as_bytes(),
+                self.now(),
+                audit,
+                &AccountChange::new(AccountChangeKind::TokenRevoked),
+            )
+            .await?;
         Ok(())
     }
 
@@ -997,12 +1066,14 @@ impl Accounts {
         })
     }
 
-    /// Registers an OAuth2 client with its allowed scopes; returns (client_id, secret).
+    /// Registers an OAuth2 client with its allowed scopes, committed with `audit`'s entry;
+    /// returns (client_id, secret).
     pub async fn create_client(
         &self,
         name: &str,
         scopes: &str,
         launch_patient: Option<&Id>,
+        audit: &dyn AccountSink,
     ) -> Result<(String, IssuedToken), ServiceError> {
         let name = name.trim();
         let chars = name.chars().count();
@@ -1020,28 +1091,31 @@ impl Accounts {
         let client_id = format!("pvcl_{}", uuid::Uuid::new_v4());
         let secret = IssuedToken::generate(TokenKind::ClientSecret).map_err(internal)?;
         self.store
-            .insert_client(&ClientRow {
-                client_id: client_id.clone(),
-                name: name.to_owned(),
-                secret_hash: secret.hash().as_bytes().to_vec(),
-                scopes: set.to_string(),
-                launch_patient: launch_patient.map(|p| p.as_str().to_owned()),
-                created_at: self.now(),
-                disabled_at: None,
-            })
+            .insert_client(
+                &ClientRow {
+                    client_id: client_id.clone(),
+                    name: name.to_owned(),
+                    secret_hash: secret.hash().as_bytes().to_vec(),
+                    scopes: set.to_string(),
+                    launch_patient: launch_patient.map(|p| p.as_str().to_owned()),
+                    created_at: self.now(),
+                    disabled_at: None,
+                },
+                audit,
+                &AccountChange::new(AccountChangeKind::ClientRegistered),
+            )
             .await?;
         tracing::info!(target: "phivault::auth", client_id, "OAuth2 client registered");
         Ok((client_id, secret))
     }
 
-    /// OAuth2 client credentials grant: (access token, lifetime seconds, granted scopes).
-    pub async fn client_credentials(
+    /// The enabled client `client_id` whose secret is `secret` (compared in constant time; an
+    /// unknown client compares a stand-in hash), else a credential failure.
+    async fn client_by_credentials(
         &self,
         client_id: &str,
         secret: &str,
-        scope: Option<&str>,
-    ) -> Result<(IssuedToken, i64, String), ServiceError> {
-        let now = self.now();
+    ) -> Result<ClientRow, ServiceError> {
         let client = if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID_LEN {
             None
         } else {
@@ -1053,13 +1127,32 @@ impl Accounts {
             .and_then(|c| <[u8; 32]>::try_from(c.secret_hash.as_slice()).ok())
             .unwrap_or(NO_CLIENT_SECRET);
         let matches = bool::from(presented.ct_eq(&TokenHash::from_bytes(stored)));
-        let client = match client {
-            Some(c) if matches && c.disabled_at.is_none() => c,
+        match client {
+            Some(c) if matches && c.disabled_at.is_none() => Ok(c),
             _ => {
                 tracing::info!(target: "phivault::auth", "client credentials refused");
-                return Err(ServiceError::CredentialFailure);
+                Err(ServiceError::CredentialFailure)
             }
-        };
+        }
+    }
+
+    /// Checks an OAuth2 client's credentials (e.g. of a revocation request) without issuing
+    /// or changing anything.
+    pub async fn verify_client(&self, client_id: &str, secret: &str) -> Result<(), ServiceError> {
+        self.client_by_credentials(client_id, secret)
+            .await
+            .map(|_| ())
+    }
+
+    /// OAuth2 client credentials grant: (access token, lifetime seconds, granted scopes).
+    pub async fn client_credentials(
+        &self,
+        client_id: &str,
+        secret: &str,
+        scope: Option<&str>,
+    ) -> Result<(IssuedToken, i64, String), ServiceError> {
+        let now = self.now();
+        let client = self.client_by_credentials(client_id, secret).await?;
         let allowed = ScopeSet::parse(&client.scopes).map_err(internal)?;
         let granted = match scope.map(str::trim).filter(|s| !s.is_empty()) {
             None => allowed,
@@ -1089,13 +1182,15 @@ impl Accounts {
         Ok((token, record.expires_at.saturating_sub(now), granted))
     }
 
-    /// Grants a user access to a patient (care relationship), optionally with labels.
+    /// Grants a user access to a patient (care relationship), optionally with labels,
+    /// committed with `audit`'s entry.
     pub async fn grant(
         &self,
         username: &str,
         patient: &Id,
         labels: &[Label],
         expires_at: Option<i64>,
+        audit: &dyn AccountSink,
     ) -> Result<(), ServiceError> {
         let now = self.now();
         if expires_at.is_some_and(|end| end <= now) {
@@ -1106,13 +1201,17 @@ impl Accounts {
         let user = self.user_by_username(username).await?;
         let labels: BTreeSet<&'static str> = labels.iter().map(Label::as_str).collect();
         self.store
-            .upsert_grant(&GrantRow {
-                user_id: user.user_id.clone(),
-                patient_id: patient.as_str().to_owned(),
-                labels: labels.into_iter().collect::<Vec<_>>().join(" "),
-                created_at: now,
-                expires_at,
-            })
+            .upsert_grant(
+                &GrantRow {
+                    user_id: user.user_id.clone(),
+                    patient_id: patient.as_str().to_owned(),
+                    labels: labels.into_iter().collect::<Vec<_>>().join(" "),
+                    created_at: now,
+                    expires_at,
+                },
+                audit,
+                &AccountChange::about_patient(AccountChangeKind::Granted, patient),
+            )
             .await?;
         tracing::info!(target: "phivault::auth", user_id = %user.user_id, "care grant");
         Ok(())

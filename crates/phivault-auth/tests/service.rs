@@ -14,7 +14,7 @@ use phivault_auth::{
 use phivault_crypto::StaticKeyProvider;
 use phivault_fhir::{Id, ValidResource, Validator};
 use phivault_policy::{Label, PrincipalKind, Role, ScopeSet};
-use phivault_store::{Store, StoreOptions};
+use phivault_store::{NoAudit, Store, StoreOptions};
 use serde_json::{Value, json};
 
 /// 2025-10-09T08:53:20Z, a step boundary (divisible by 30).
@@ -96,7 +96,7 @@ impl Fixture {
         enrolment_only: bool,
     ) -> (Authenticated, String, Vec<String>) {
         self.accounts
-            .create_user(username, Password::new(PASSWORD), role)
+            .create_user(username, Password::new(PASSWORD), role, &NoAudit)
             .await
             .unwrap();
         let first = self.login(username, PASSWORD, None, None).await.unwrap();
@@ -106,10 +106,18 @@ impl Fixture {
             .authenticate(first.token.expose())
             .await
             .unwrap();
-        let enrolment = self.accounts.begin_totp_enrolment(&who).await.unwrap();
+        let enrolment = self
+            .accounts
+            .begin_totp_enrolment(&who, &NoAudit)
+            .await
+            .unwrap();
         let codes = self
             .accounts
-            .confirm_totp(&who, &code_at(&enrolment.secret_base32, self.now()))
+            .confirm_totp(
+                &who,
+                &code_at(&enrolment.secret_base32, self.now()),
+                &NoAudit,
+            )
             .await
             .unwrap();
         // The confirming code's step is spent: sign in with the next one.
@@ -211,7 +219,12 @@ async fn users_are_created_under_the_password_policy() {
         let a = &f.accounts;
         assert_eq!(a.user_count().await.unwrap(), 0);
         let uid = a
-            .create_user("Alice.Example", Password::new(PASSWORD), Role::Clinician)
+            .create_user(
+                "Alice.Example",
+                Password::new(PASSWORD),
+                Role::Clinician,
+                &NoAudit,
+            )
             .await
             .unwrap();
         assert_eq!(a.user_count().await.unwrap(), 1);
@@ -225,7 +238,7 @@ async fn users_are_created_under_the_password_policy() {
         ];
         for (user, pw, why) in refused {
             let err = a
-                .create_user(user, Password::new(pw), Role::Patient)
+                .create_user(user, Password::new(pw), Role::Patient, &NoAudit)
                 .await
                 .unwrap_err();
             match &err {
@@ -238,19 +251,24 @@ async fn users_are_created_under_the_password_policy() {
         }
         // The same name, differently cased and padded, is taken.
         let err = a
-            .create_user(" alice.EXAMPLE ", Password::new(PASSWORD), Role::Patient)
+            .create_user(
+                " alice.EXAMPLE ",
+                Password::new(PASSWORD),
+                Role::Patient,
+                &NoAudit,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, ServiceError::UsernameTaken), "{err:?}");
         for bad in ["", "   ", "a:b", "tab\there"] {
             let err = a
-                .create_user(bad, Password::new(PASSWORD), Role::Patient)
+                .create_user(bad, Password::new(PASSWORD), Role::Patient, &NoAudit)
                 .await
                 .unwrap_err();
             assert!(matches!(err, ServiceError::Invalid(_)), "{bad:?}: {err:?}");
         }
         let err = a
-            .create_user("an-app", Password::new(PASSWORD), Role::App)
+            .create_user("an-app", Password::new(PASSWORD), Role::App, &NoAudit)
             .await
             .unwrap_err();
         assert!(matches!(err, ServiceError::Invalid(_)), "{err:?}");
@@ -268,7 +286,7 @@ async fn users_are_created_under_the_password_policy() {
 async fn wrong_password_and_unknown_user_answer_alike() {
     for f in fixtures().await {
         f.accounts
-            .create_user("carol", Password::new(PASSWORD), Role::Patient)
+            .create_user("carol", Password::new(PASSWORD), Role::Patient, &NoAudit)
             .await
             .unwrap();
         let wrong = f
@@ -297,7 +315,7 @@ async fn wrong_password_and_unknown_user_answer_alike() {
 async fn lockout_engages_after_five_failures_and_releases() {
     for f in fixtures().await {
         f.accounts
-            .create_user("dave", Password::new(PASSWORD), Role::Patient)
+            .create_user("dave", Password::new(PASSWORD), Role::Patient, &NoAudit)
             .await
             .unwrap();
         for i in 0..5 {
@@ -350,7 +368,12 @@ async fn lockout_engages_after_five_failures_and_releases() {
 async fn concurrent_wrong_passwords_cannot_pass_the_lockout() {
     for f in fixtures().await {
         f.accounts
-            .create_user("mallory.target", Password::new(PASSWORD), Role::Patient)
+            .create_user(
+                "mallory.target",
+                Password::new(PASSWORD),
+                Role::Patient,
+                &NoAudit,
+            )
             .await
             .unwrap();
         for name in ["mallory.target", "no.such.account"] {
@@ -414,7 +437,12 @@ async fn patients_may_and_can_be_required_to_use_totp() {
         // Required: the first session can only enrol.
         let strict = f.accounts.clone().with_patient_totp_required(true);
         strict
-            .create_user("pat.strict", Password::new(PASSWORD), Role::Patient)
+            .create_user(
+                "pat.strict",
+                Password::new(PASSWORD),
+                Role::Patient,
+                &NoAudit,
+            )
             .await
             .unwrap();
         let request = || LoginRequest {
@@ -475,7 +503,7 @@ async fn logins_per_address_are_limited() {
             .clone()
             .with_address_limiter(AddressLimiter::new(3, 300));
         accounts
-            .create_user("erin", Password::new(PASSWORD), Role::Patient)
+            .create_user("erin", Password::new(PASSWORD), Role::Patient, &NoAudit)
             .await
             .unwrap();
         let try_password = |addr: IpAddr, password: &str| {
@@ -513,9 +541,14 @@ async fn logins_per_address_are_limited() {
 async fn staff_enrol_totp_and_codes_work_once() {
     for f in fixtures().await {
         let a = &f.accounts;
-        a.create_user("dr.frank", Password::new(PASSWORD), Role::Clinician)
-            .await
-            .unwrap();
+        a.create_user(
+            "dr.frank",
+            Password::new(PASSWORD),
+            Role::Clinician,
+            &NoAudit,
+        )
+        .await
+        .unwrap();
         // Staff without TOTP: a session that can only enrol.
         let first = f.login("dr.frank", PASSWORD, None, None).await.unwrap();
         assert!(first.enrolment_only, "{}", f.label);
@@ -527,11 +560,11 @@ async fn staff_enrol_totp_and_codes_work_once() {
             Err(ServiceError::EnrolmentRequired)
         ));
         assert!(matches!(
-            a.confirm_totp(&who, "123456").await,
+            a.confirm_totp(&who, "123456", &NoAudit).await,
             Err(ServiceError::Invalid(_))
         ));
 
-        let enrolment = a.begin_totp_enrolment(&who).await.unwrap();
+        let enrolment = a.begin_totp_enrolment(&who, &NoAudit).await.unwrap();
         assert_eq!(enrolment.secret_base32.len(), 32);
         assert!(
             enrolment
@@ -554,9 +587,11 @@ async fn staff_enrol_totp_and_codes_work_once() {
             "{:06}",
             (code_at(&secret, f.now()).parse::<u32>().unwrap() + 1) % 1_000_000
         );
-        assert!(is_credential_failure(&a.confirm_totp(&who, &wrong).await));
+        assert!(is_credential_failure(
+            &a.confirm_totp(&who, &wrong, &NoAudit).await
+        ));
         let codes = a
-            .confirm_totp(&who, &code_at(&secret, f.now()))
+            .confirm_totp(&who, &code_at(&secret, f.now()), &NoAudit)
             .await
             .unwrap();
         assert_eq!(codes.len(), 10);
@@ -569,7 +604,7 @@ async fn staff_enrol_totp_and_codes_work_once() {
                 .enrolment_only
         );
         assert!(matches!(
-            a.begin_totp_enrolment(&who).await,
+            a.begin_totp_enrolment(&who, &NoAudit).await,
             Err(ServiceError::Invalid(_))
         ));
 
@@ -644,10 +679,12 @@ async fn sessions_authenticate_until_revoked_or_expired() {
     for f in fixtures().await {
         let a = &f.accounts;
         let uid = a
-            .create_user("gina", Password::new(PASSWORD), Role::Patient)
+            .create_user("gina", Password::new(PASSWORD), Role::Patient, &NoAudit)
             .await
             .unwrap();
-        a.link_patient("gina", &id("pat-gina")).await.unwrap();
+        a.link_patient("gina", &id("pat-gina"), &NoAudit)
+            .await
+            .unwrap();
         let s = f.login("gina", PASSWORD, None, None).await.unwrap();
         let who = a.authenticate(s.token.expose()).await.unwrap();
         assert_eq!(who.principal.kind(), PrincipalKind::User);
@@ -658,12 +695,12 @@ async fn sessions_authenticate_until_revoked_or_expired() {
         assert!(!who.enrolment_only);
 
         // Logout.
-        a.revoke(s.token.expose()).await.unwrap();
+        a.revoke(s.token.expose(), &NoAudit).await.unwrap();
         assert!(is_credential_failure(
             &a.authenticate(s.token.expose()).await
         ));
-        a.revoke(s.token.expose()).await.unwrap();
-        a.revoke("pvs_not-a-token").await.unwrap();
+        a.revoke(s.token.expose(), &NoAudit).await.unwrap();
+        a.revoke("pvs_not-a-token", &NoAudit).await.unwrap();
         for bad in ["", "garbage", "pvs_AAAA", &s.token.expose()[4..]] {
             assert!(is_credential_failure(&a.authenticate(bad).await), "{bad:?}");
         }
@@ -679,7 +716,7 @@ async fn sessions_authenticate_until_revoked_or_expired() {
 
         // A disabled account's sessions stop working, and it cannot sign in.
         let s = f.login("gina", PASSWORD, None, None).await.unwrap();
-        a.disable_user("gina").await.unwrap();
+        a.disable_user("gina", &NoAudit).await.unwrap();
         assert!(is_credential_failure(
             &a.authenticate(s.token.expose()).await
         ));
@@ -688,19 +725,19 @@ async fn sessions_authenticate_until_revoked_or_expired() {
         ));
 
         // Links are checked against the role.
-        a.create_user("dr.hal", Password::new(PASSWORD), Role::Clinician)
+        a.create_user("dr.hal", Password::new(PASSWORD), Role::Clinician, &NoAudit)
             .await
             .unwrap();
         assert!(matches!(
-            a.link_patient("dr.hal", &id("p1")).await,
+            a.link_patient("dr.hal", &id("p1"), &NoAudit).await,
             Err(ServiceError::Invalid(_))
         ));
         assert!(matches!(
-            a.link_practitioner("gina", &id("pr1")).await,
+            a.link_practitioner("gina", &id("pr1"), &NoAudit).await,
             Err(ServiceError::Invalid(_))
         ));
         assert!(matches!(
-            a.link_practitioner("nobody", &id("pr1")).await,
+            a.link_practitioner("nobody", &id("pr1"), &NoAudit).await,
             Err(ServiceError::NotFound(_))
         ));
     }
@@ -713,14 +750,19 @@ async fn client_credentials_issue_bound_narrowed_tokens() {
         for bad in ["patient/Nope.rs", "system/Observation.xyz", ""] {
             assert!(
                 matches!(
-                    a.create_client("bad", bad, None).await,
+                    a.create_client("bad", bad, None, &NoAudit).await,
                     Err(ServiceError::Invalid(_))
                 ),
                 "{bad:?}"
             );
         }
         let (client_id, secret) = a
-            .create_client("Lab feed", "system/Observation.rs system/Patient.r", None)
+            .create_client(
+                "Lab feed",
+                "system/Observation.rs system/Patient.r",
+                None,
+                &NoAudit,
+            )
             .await
             .unwrap();
         assert!(client_id.starts_with("pvcl_"), "{client_id}");
@@ -728,7 +770,7 @@ async fn client_credentials_issue_bound_narrowed_tokens() {
 
         // Wrong secret, unknown client, a secret of another client.
         let (other_id, other_secret) = a
-            .create_client("Other", "system/Patient.r", None)
+            .create_client("Other", "system/Patient.r", None, &NoAudit)
             .await
             .unwrap();
         assert_ne!(other_id, client_id);
@@ -799,7 +841,7 @@ async fn client_credentials_issue_bound_narrowed_tokens() {
         ));
 
         // Revoked, then expired.
-        a.revoke(narrow.expose()).await.unwrap();
+        a.revoke(narrow.expose(), &NoAudit).await.unwrap();
         assert!(is_credential_failure(
             &a.authenticate(narrow.expose()).await
         ));
@@ -809,7 +851,12 @@ async fn client_credentials_issue_bound_narrowed_tokens() {
 
         // A patient-launched app carries its launch patient.
         let (pid, psecret) = a
-            .create_client("Patient app", "patient/Observation.rs", Some(&id("p9")))
+            .create_client(
+                "Patient app",
+                "patient/Observation.rs",
+                Some(&id("p9")),
+                &NoAudit,
+            )
             .await
             .unwrap();
         let (t, _, _) = a
@@ -830,19 +877,27 @@ async fn grants_and_care_teams_make_relationships() {
         assert_eq!(a.relationship(&who, &p1).await.unwrap(), (false, vec![]));
         assert!(a.care_patients(&who).await.unwrap().is_empty());
 
-        a.grant("dr.ivy", &p1, &[Label::MentalHealth, Label::Hiv], None)
-            .await
-            .unwrap();
+        a.grant(
+            "dr.ivy",
+            &p1,
+            &[Label::MentalHealth, Label::Hiv],
+            None,
+            &NoAudit,
+        )
+        .await
+        .unwrap();
         let (on_team, mut labels) = a.relationship(&who, &p1).await.unwrap();
         labels.sort();
         assert!(on_team, "{}", f.label);
         assert_eq!(labels, vec![Label::MentalHealth, Label::Hiv]);
         // A new grant replaces the old one.
-        a.grant("dr.ivy", &p1, &[], None).await.unwrap();
+        a.grant("dr.ivy", &p1, &[], None, &NoAudit).await.unwrap();
         assert_eq!(a.relationship(&who, &p1).await.unwrap(), (true, vec![]));
 
         // Care teams naming the clinician's Practitioner.
-        a.link_practitioner("dr.ivy", &id("pr-ivy")).await.unwrap();
+        a.link_practitioner("dr.ivy", &id("pr-ivy"), &NoAudit)
+            .await
+            .unwrap();
         for (patient, practitioner, status) in [
             ("p2", "pr-ivy", "active"),
             ("p3", "pr-ivy", "inactive"),
@@ -880,9 +935,15 @@ async fn grants_and_care_teams_make_relationships() {
         );
 
         // Time-limited grants.
-        a.grant("dr.ivy", &p4, &[Label::Restricted], Some(f.now() + 100))
-            .await
-            .unwrap();
+        a.grant(
+            "dr.ivy",
+            &p4,
+            &[Label::Restricted],
+            Some(f.now() + 100),
+            &NoAudit,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             a.care_patients(&who).await.unwrap(),
             vec![p1.clone(), p2.clone(), p4.clone()]
@@ -895,17 +956,17 @@ async fn grants_and_care_teams_make_relationships() {
         assert_eq!(a.care_patients(&who).await.unwrap(), vec![p1, p2]);
         assert_eq!(a.relationship(&who, &p4).await.unwrap(), (false, vec![]));
         assert!(matches!(
-            a.grant("dr.ivy", &p4, &[], Some(f.now())).await,
+            a.grant("dr.ivy", &p4, &[], Some(f.now()), &NoAudit).await,
             Err(ServiceError::Invalid(_))
         ));
         assert!(matches!(
-            a.grant("nobody", &p4, &[], None).await,
+            a.grant("nobody", &p4, &[], None, &NoAudit).await,
             Err(ServiceError::NotFound(_))
         ));
 
         // Apps acting on their own have no care relationships.
         let client = a
-            .create_client("c", "system/Patient.r", None)
+            .create_client("c", "system/Patient.r", None, &NoAudit)
             .await
             .unwrap();
         let (t, _, _) = a
@@ -1016,15 +1077,20 @@ async fn no_credential_username_or_reason_at_rest() {
         let password = format!("pass phrase {} never stored", &tag[10..22]);
         let reason = format!("Reason marker {}", &tag[..16]);
         let uid = a
-            .create_user(&username, Password::new(password.as_str()), Role::Clinician)
+            .create_user(
+                &username,
+                Password::new(password.as_str()),
+                Role::Clinician,
+                &NoAudit,
+            )
             .await
             .unwrap();
         let first = f.login(&username, &password, None, None).await.unwrap();
         let who = a.authenticate(first.token.expose()).await.unwrap();
-        let enrolment = a.begin_totp_enrolment(&who).await.unwrap();
+        let enrolment = a.begin_totp_enrolment(&who, &NoAudit).await.unwrap();
         let secret = enrolment.secret_base32.clone();
         let codes = a
-            .confirm_totp(&who, &code_at(&secret, f.now()))
+            .confirm_totp(&who, &code_at(&secret, f.now()), &NoAudit)
             .await
             .unwrap();
         f.advance(30);
@@ -1036,14 +1102,14 @@ async fn no_credential_username_or_reason_at_rest() {
             .login(&username, &password, None, Some(&codes[0]))
             .await
             .unwrap();
-        a.revoke(third.token.expose()).await.unwrap();
+        a.revoke(third.token.expose(), &NoAudit).await.unwrap();
         let who = a.authenticate(second.token.expose()).await.unwrap();
         let bg = a
             .record_break_glass(&who, &id("p-scan"), &reason, f.now() + 600)
             .await
             .unwrap();
         let (client_id, client_secret) = a
-            .create_client("Scan app", "system/Observation.rs", None)
+            .create_client("Scan app", "system/Observation.rs", None, &NoAudit)
             .await
             .unwrap();
         let (access, _, _) = a
@@ -1128,11 +1194,21 @@ async fn user_summaries_and_client_names_for_access_logs() {
     for f in fixtures().await {
         let a = &f.accounts;
         let clinician = a
-            .create_user("Dr.Qwobble", Password::new(PASSWORD), Role::Clinician)
+            .create_user(
+                "Dr.Qwobble",
+                Password::new(PASSWORD),
+                Role::Clinician,
+                &NoAudit,
+            )
             .await
             .unwrap();
         let patient = a
-            .create_user("pat-summary", Password::new(PASSWORD), Role::Patient)
+            .create_user(
+                "pat-summary",
+                Password::new(PASSWORD),
+                Role::Patient,
+                &NoAudit,
+            )
             .await
             .unwrap();
 
@@ -1147,7 +1223,7 @@ async fn user_summaries_and_client_names_for_access_logs() {
             "{debug}"
         );
 
-        a.link_practitioner("Dr.Qwobble", &id("prac-1"))
+        a.link_practitioner("Dr.Qwobble", &id("prac-1"), &NoAudit)
             .await
             .unwrap();
         let s = a.user_summary(&clinician).await.unwrap().unwrap();
@@ -1156,13 +1232,13 @@ async fn user_summaries_and_client_names_for_access_logs() {
         assert_eq!((s.role, s.practitioner), (Role::Patient, None));
 
         // Disabled accounts still name who acted; unknown ids are None, not an error.
-        a.disable_user("Dr.Qwobble").await.unwrap();
+        a.disable_user("Dr.Qwobble", &NoAudit).await.unwrap();
         assert!(a.user_summary(&clinician).await.unwrap().is_some());
         assert_eq!(a.user_summary("no-such-user").await.unwrap(), None);
         assert_eq!(a.user_summary("").await.unwrap(), None);
 
         let (client_id, _) = a
-            .create_client("  Lab feed  ", "system/Observation.rs", None)
+            .create_client("  Lab feed  ", "system/Observation.rs", None, &NoAudit)
             .await
             .unwrap();
         assert_eq!(
@@ -1189,7 +1265,9 @@ async fn care_teams_count_only_within_their_periods() {
     for f in fixtures().await {
         let a = &f.accounts;
         let (_, secret, _) = f.enrolled("dr.kai", Role::Clinician).await;
-        a.link_practitioner("dr.kai", &id("pr-kai")).await.unwrap();
+        a.link_practitioner("dr.kai", &id("pr-kai"), &NoAudit)
+            .await
+            .unwrap();
         let now = f.now();
         // (patient, team period, member period)
         let teams = [

@@ -119,6 +119,7 @@ fn entry(action: &str, rtype: Option<String>, id: Option<String>) -> AuditEntry 
         request_id: "r".to_owned(),
         actor_ref: None,
         patients: Vec::new(),
+        refusals: None,
     }
 }
 

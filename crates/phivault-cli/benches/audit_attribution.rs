@@ -21,7 +21,7 @@ use phivault_auth::{Accounts, PasswordHasher};
 use phivault_crypto::FileKeyProvider;
 use phivault_fhir::{BundleRequest, Validator};
 use phivault_server::AppState;
-use phivault_store::{Store, StoreOptions};
+use phivault_store::{NoAudit, Store, StoreOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -114,7 +114,7 @@ fn setup() -> Bench {
             Accounts::with_hasher(store, PasswordHasher::with_params(8, 1, 1).unwrap());
         let (id, secret) = state
             .accounts
-            .create_client("bench", "system/*.rs", None)
+            .create_client("bench", "system/*.rs", None, &NoAudit)
             .await
             .unwrap();
         let (token, _, _) = state

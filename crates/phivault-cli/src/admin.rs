@@ -8,8 +8,9 @@
 //! table); confirmations go to stderr; a failure is one line on stderr and exit status 1.
 //!
 //! Every command that opens the store leaves one audit entry (`cli user add`, ...) with its
-//! outcome, after the operation (see `cli_audit`); `policy check` reads a file only and is not
-//! audited.
+//! outcome (see `cli_audit`): an account change commits with its entry in one transaction, so
+//! a change whose entry cannot be written does not happen; a failure, or a read, is recorded
+//! after the operation. `policy check` reads a file only and is not audited.
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::Path;
@@ -53,17 +54,20 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         | TopCommand::Restore(_) => bail!("not an administration command"),
         TopCommand::User(UserCommand::Add(args)) => {
             let accounts = open(&settings(&args.storage)?).await?;
-            let result = audited(&accounts, "user add", None, user_add(&accounts, &args)).await;
+            let result = audited(&accounts, "user add", None, async |audit| {
+                user_add(&accounts, &args, audit).await
+            })
+            .await;
             close(accounts).await;
             result?;
         }
         TopCommand::User(UserCommand::LinkPatient(args)) => {
             let id = parse_id(&args.id, "patient")?;
             let accounts = open(&settings(&args.storage)?).await?;
-            let link = async {
+            let link = async |audit: &CliAudit| {
                 accounts
                     .0
-                    .link_patient(&args.username, &id)
+                    .link_patient(&args.username, &id, audit)
                     .await
                     .with_context(|| format!("linking user {} to Patient/{id}", args.username))
             };
@@ -76,10 +80,10 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         TopCommand::User(UserCommand::LinkPractitioner(args)) => {
             let id = parse_id(&args.id, "practitioner")?;
             let accounts = open(&settings(&args.storage)?).await?;
-            let link = async {
+            let link = async |audit: &CliAudit| {
                 accounts
                     .0
-                    .link_practitioner(&args.username, &id)
+                    .link_practitioner(&args.username, &id, audit)
                     .await
                     .with_context(|| format!("linking user {} to Practitioner/{id}", args.username))
             };
@@ -98,10 +102,16 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         TopCommand::User(UserCommand::Grant(args)) => {
             let grant = Grant::parse(&args, OffsetDateTime::now_utc())?;
             let accounts = open(&settings(&args.storage)?).await?;
-            let grant_it = async {
+            let grant_it = async |audit: &CliAudit| {
                 accounts
                     .0
-                    .grant(&args.username, &grant.patient, &grant.labels, grant.until)
+                    .grant(
+                        &args.username,
+                        &grant.patient,
+                        &grant.labels,
+                        grant.until,
+                        audit,
+                    )
                     .await
                     .with_context(|| {
                         format!(
@@ -119,14 +129,14 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         TopCommand::Client(ClientCommand::Add(args)) => {
             let launch = check_client(&args)?;
             let accounts = open(&settings(&args.storage)?).await?;
-            let create = async {
+            let create = async |audit: &CliAudit| {
                 accounts
                     .0
-                    .create_client(&args.name, &args.scope, launch.as_ref())
+                    .create_client(&args.name, &args.scope, launch.as_ref(), audit)
                     .await
                     .context("registering the client")
             };
-            // The secret is shown only once the registration is in the audit trail.
+            // The secret is shown only once the registration and its entry have committed.
             let result = audited(&accounts, "client add", None, create).await;
             close(accounts).await;
             let (client_id, secret) = result?;
@@ -172,7 +182,7 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
         }
         TopCommand::BreakGlass(BreakGlassCommand::List(args)) => {
             let accounts = open(&settings(&args.storage)?).await?;
-            let list = async {
+            let list = async |_: &CliAudit| {
                 accounts
                     .0
                     .list_break_glass()
@@ -273,17 +283,19 @@ impl<'a> About<'a> {
     }
 }
 
-/// Runs `operation` as `phivault <command>` and appends its audit entry with the outcome. The
-/// trail is opened first (when it cannot be, the command is not run); when the entry cannot
-/// be appended afterwards, the command fails, saying so.
+/// Runs `operation` as `phivault <command>` with the command's audit context. The trail is
+/// opened first (when it cannot be, the command is not run). An account change the operation
+/// makes through the context commits with the command's entry; otherwise (a failure, a read)
+/// the entry is appended afterwards with the outcome, and when it cannot be, the command
+/// fails, saying so.
 async fn audited<T>(
     opened: &Opened,
     command: &str,
     about: Option<About<'_>>,
-    operation: impl std::future::Future<Output = Result<T>>,
+    operation: impl AsyncFnOnce(&CliAudit) -> Result<T>,
 ) -> Result<T> {
     let audit = CliAudit::open(&opened.1, command).await?;
-    let result = operation.await;
+    let result = operation(&audit).await;
     let (resource, patient) = match about {
         Some(a) => (Some(a.resource), a.patient),
         None => (None, None),
@@ -357,8 +369,8 @@ async fn close(opened: Opened) {
     store.close().await;
 }
 
-/// `phivault user add`.
-async fn user_add(opened: &Opened, args: &UserAddArgs) -> Result<()> {
+/// `phivault user add`: the user commits with the command's entry (`audit`).
+async fn user_add(opened: &Opened, args: &UserAddArgs, audit: &CliAudit) -> Result<()> {
     let role = parse_user_role(&args.role)?;
     let (password, generated) = if args.password_stdin {
         (read_password_line(std::io::stdin().lock())?, false)
@@ -368,7 +380,7 @@ async fn user_add(opened: &Opened, args: &UserAddArgs) -> Result<()> {
     let shown = generated.then(|| password.expose().to_owned());
     opened
         .0
-        .create_user(&args.username, password, role)
+        .create_user(&args.username, password, role, audit)
         .await
         .with_context(|| format!("creating user {}", args.username))?;
     if let Some(shown) = shown {

@@ -183,6 +183,7 @@ impl BenchAudit {
             request_id: uuid::Uuid::new_v4().to_string(),
             actor_ref: None,
             patients: Vec::new(),
+            refusals: None,
         }
     }
 }

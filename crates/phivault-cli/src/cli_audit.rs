@@ -15,9 +15,12 @@
 //!   `cli restore` to the restored trail once the restore has committed;
 //! - `keys rotate` and `keys rotate-master` append one entry (`cli keys rotate`,
 //!   `cli keys rotate-master`) after the rotation, with its outcome;
-//! - the administration commands (`user add|link-patient|link-practitioner|grant`,
-//!   `client add`, `break-glass list`) append one entry after the operation, with its outcome;
-//!   when that entry cannot be written the command fails, saying so.
+//! - the administration commands that change accounts (`user add|link-patient|
+//!   link-practitioner|grant`, `client add`) write their one entry (`cli user add`, ...,
+//!   outcome allowed) inside the change's transaction, through the store's [`AccountSink`]:
+//!   when it cannot be written the change is rolled back and the command fails, saying so.
+//!   A command that fails before or instead of changing anything appends its entry with
+//!   outcome `error` afterwards; `break-glass list` (a read) appends its entry after the read.
 //!
 //! Not audited: `audit verify|prove|check-proof` (verification must not change the trail it
 //! checks, and a proof is of the trail as it is), `keys status` (ids, times and counts of
@@ -26,11 +29,14 @@
 //! `serve` (the server audits each of its requests itself).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow};
 use phivault_audit::{ActorKind, AuditEntry, AuditLog, Outcome};
 use phivault_fhir::Id;
-use phivault_store::{AnyConnection, AuditSink, SinkFuture, Store, StoreError, Written};
+use phivault_store::{
+    AccountChange, AccountSink, AnyConnection, AuditSink, SinkFuture, Store, StoreError, Written,
+};
 
 /// The audit context of one CLI run.
 pub(crate) struct CliAudit {
@@ -39,6 +45,9 @@ pub(crate) struct CliAudit {
     /// `cli <command>`.
     action: String,
     request_id: String,
+    /// The command's own entry was appended inside an account change's transaction (it is
+    /// committed once the change returned Ok).
+    recorded_in_change: AtomicBool,
 }
 
 impl std::fmt::Debug for CliAudit {
@@ -78,6 +87,7 @@ impl CliAudit {
             actor: actor_of(std::env::var("USER").ok(), std::env::var("LOGNAME").ok()),
             action: format!("cli {command}"),
             request_id: uuid::Uuid::new_v4().to_string(),
+            recorded_in_change: AtomicBool::new(false),
         })
     }
 
@@ -106,6 +116,7 @@ impl CliAudit {
             request_id: self.request_id.clone(),
             actor_ref: None,
             patients: Vec::new(),
+            refusals: None,
         }
     }
 
@@ -133,13 +144,17 @@ impl CliAudit {
 
     /// Appends the command's entry for `result` (allowed when Ok, error otherwise) and returns
     /// `result`; when the entry cannot be written, that is the command's failure (after the
-    /// command's own error, if any).
+    /// command's own error, if any). A successful account change committed the entry with
+    /// itself ([`AccountSink`]): nothing more is appended then.
     pub(crate) async fn finish<T>(
         &self,
         result: Result<T>,
         resource: Option<(&str, &Id)>,
         patient: Option<&Id>,
     ) -> Result<T> {
+        if result.is_ok() && self.recorded_in_change.load(Ordering::SeqCst) {
+            return result;
+        }
         let outcome = if result.is_ok() {
             Outcome::Allowed
         } else {
@@ -184,14 +199,45 @@ impl AuditSink for CliAudit {
             self.log
                 .append_all_in(conn, &entries)
                 .await
-                .map_err(|e| match e {
-                    phivault_audit::AuditError::Store(e) => e,
-                    other => {
-                        StoreError::Config(format!("the audit entry could not be written: {other}"))
-                    }
-                })?;
+                .map_err(store_error)?;
             Ok(())
         })
+    }
+}
+
+impl AccountSink for CliAudit {
+    /// The command's own entry (`cli <command>`, outcome allowed, naming the change's resource
+    /// and patient), in the change's transaction.
+    fn record_account<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        change: &'a AccountChange,
+    ) -> SinkFuture<'a> {
+        Box::pin(async move {
+            let entry = self.entry(
+                self.action.clone(),
+                change
+                    .resource
+                    .as_ref()
+                    .map(|(t, id)| (t.to_string(), id.to_string())),
+                change.patient.as_ref().map(ToString::to_string),
+                Outcome::Allowed,
+            );
+            self.log
+                .append_in(conn, &entry)
+                .await
+                .map_err(store_error)?;
+            self.recorded_in_change.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+/// An audit failure as the store's error (it rolls the transaction back).
+fn store_error(e: phivault_audit::AuditError) -> StoreError {
+    match e {
+        phivault_audit::AuditError::Store(e) => e,
+        other => StoreError::Config(format!("the audit entry could not be written: {other}")),
     }
 }
 

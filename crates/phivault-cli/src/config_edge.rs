@@ -13,6 +13,12 @@
 //! - `max_connections`: open connections at once; default 1024.
 //! - `max_connections_per_address`: open connections at once from one client address (IPv6:
 //!   one /64); default 64. Behind a reverse proxy every client is the proxy's address.
+//! - `refusal_window_secs`: refused unauthenticated requests (no or invalid bearer token) are
+//!   audited in full once per client address per window, counted otherwise, and summarised in
+//!   one entry per address at the window's end; default 60 (1 to 86400). A `kill -9` loses at
+//!   most one window of counts.
+//! - `refusal_max_addresses`: client addresses tracked per window; requests from further
+//!   addresses go to one overflow summary (a count and a sample of addresses); default 10000.
 
 use std::time::Duration;
 
@@ -32,6 +38,8 @@ pub(crate) struct EdgeLayer {
     pub(crate) body_read_timeout_secs: Option<u64>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_connections_per_address: Option<usize>,
+    pub(crate) refusal_window_secs: Option<u64>,
+    pub(crate) refusal_max_addresses: Option<usize>,
 }
 
 /// `[edge]` resolved.
@@ -42,6 +50,8 @@ pub(crate) struct EdgeSettings {
     pub(crate) require_patient_totp: bool,
     /// Connection caps and slow-client timeouts.
     pub(crate) limits: phivault_server::ConnectionLimits,
+    /// How refused unauthenticated requests are aggregated in the audit trail.
+    pub(crate) refusals: phivault_server::RefusalLimits,
 }
 
 impl EdgeLayer {
@@ -94,11 +104,25 @@ impl EdgeLayer {
                 defaults.max_connections_per_address,
             )?,
         };
+        let refusal_defaults = phivault_server::RefusalLimits::default();
+        let refusals = phivault_server::RefusalLimits {
+            window: seconds(
+                "edge.refusal_window_secs",
+                self.refusal_window_secs,
+                refusal_defaults.window,
+            )?,
+            max_addresses: at_least_one(
+                "edge.refusal_max_addresses",
+                self.refusal_max_addresses,
+                refusal_defaults.max_addresses,
+            )?,
+        };
         Ok(EdgeSettings {
             trusted_proxies,
             max_concurrent_password_hashes,
             require_patient_totp: self.require_patient_totp.unwrap_or(false),
             limits,
+            refusals,
         })
     }
 }
@@ -147,14 +171,17 @@ impl EdgeSettings {
             "\n[edge]\ntrusted_proxies = [{}]\nmax_concurrent_password_hashes = {}\n\
              require_patient_totp = {}\nheader_read_timeout_secs = {}\n\
              body_read_timeout_secs = {}\nmax_connections = {}\n\
-             max_connections_per_address = {}\n",
+             max_connections_per_address = {}\nrefusal_window_secs = {}\n\
+             refusal_max_addresses = {}\n",
             proxies.join(", "),
             self.max_concurrent_password_hashes,
             self.require_patient_totp,
             self.limits.header_read_timeout.as_secs(),
             self.limits.body_read_timeout.as_secs(),
             self.limits.max_connections,
-            self.limits.max_connections_per_address
+            self.limits.max_connections_per_address,
+            self.refusals.window.as_secs(),
+            self.refusals.max_addresses
         )
     }
 }
@@ -179,10 +206,19 @@ mod tests {
             require_patient_totp: Some(true),
             header_read_timeout_secs: Some(2),
             max_connections_per_address: Some(5),
+            refusal_window_secs: Some(2),
+            refusal_max_addresses: Some(7),
             ..EdgeLayer::default()
         }
         .resolve()
         .unwrap();
+        assert_eq!(s.refusals.window, Duration::from_secs(2));
+        assert_eq!(s.refusals.max_addresses, 7);
+        assert_eq!(d.refusals, phivault_server::RefusalLimits::default());
+        assert!(
+            s.to_toml()
+                .contains("refusal_window_secs = 2\nrefusal_max_addresses = 7\n")
+        );
         assert_eq!(
             s.trusted_proxies,
             vec![
@@ -215,6 +251,14 @@ mod tests {
             },
             EdgeLayer {
                 max_connections_per_address: Some(0),
+                ..EdgeLayer::default()
+            },
+            EdgeLayer {
+                refusal_window_secs: Some(0),
+                ..EdgeLayer::default()
+            },
+            EdgeLayer {
+                refusal_max_addresses: Some(0),
                 ..EdgeLayer::default()
             },
         ] {

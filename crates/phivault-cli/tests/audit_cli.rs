@@ -134,6 +134,7 @@ fn entry(i: u64) -> AuditEntry {
         request_id: format!("r{i}"),
         actor_ref: None,
         patients: Vec::new(),
+        refusals: None,
     }
 }
 

@@ -34,6 +34,9 @@ impl ResourceType {
     /// The Patient type.
     pub const PATIENT: ResourceType = ResourceType("Patient");
 
+    /// The Practitioner type.
+    pub const PRACTITIONER: ResourceType = ResourceType("Practitioner");
+
     /// Parses a type name; unknown or unsupported names are refused.
     pub fn parse(name: &str) -> Result<Self, FhirError> {
         Self::ALL

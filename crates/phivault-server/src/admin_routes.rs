@@ -2,6 +2,11 @@
 //! of break-the-glass accesses. Every call is decided by the policies (`manage_users`,
 //! `manage_clients`; the review list also for `read_audit`), so by default only the admin role
 //! (and, for the review list, the auditor role) gets through. Errors are OperationOutcomes.
+//!
+//! Each change (a user, a link, a grant, a client) commits in one transaction with the
+//! request's audit entry ([`RequestSink::account_change`]): when the entry cannot be written
+//! the change does not happen and the answer is 503. Refusals and invalid requests change
+//! nothing; the audit middleware records them as for every request.
 
 use axum::Router;
 use axum::body::Body;
@@ -16,6 +21,7 @@ use phivault_policy::{Action, Label, Role, ScopeSet};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
+use crate::audit_sink::RequestSink;
 use crate::auth_routes::{json_object, json_response, no_other_fields, optional_str, required_str};
 use crate::fhir_routes::{Access, path_error};
 use crate::{ApiError, AppState};
@@ -66,10 +72,12 @@ async fn create_user(
                 "`role` must be one of admin, clinician, patient, researcher, auditor".to_owned(),
             )
         })?;
+    let sink = RequestSink::account_change(&state, access.audit_slot());
     let user_id = state
         .accounts
-        .create_user(&username, password, role)
+        .create_user(&username, password, role, &sink)
         .await?;
+    sink.committed();
     tracing::info!(user_id = %user_id, role = %role, "user created");
     Ok(json_response(
         StatusCode::CREATED,
@@ -90,7 +98,12 @@ async fn link_patient(
     let mut fields = json_object(&headers, body).await?;
     let patient = id_field(&mut fields, "patient")?;
     no_other_fields(&fields)?;
-    state.accounts.link_patient(&username, &patient).await?;
+    let sink = RequestSink::account_change(&state, access.audit_slot());
+    state
+        .accounts
+        .link_patient(&username, &patient, &sink)
+        .await?;
+    sink.committed();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -108,10 +121,12 @@ async fn link_practitioner(
     let mut fields = json_object(&headers, body).await?;
     let practitioner = id_field(&mut fields, "practitioner")?;
     no_other_fields(&fields)?;
+    let sink = RequestSink::account_change(&state, access.audit_slot());
     state
         .accounts
-        .link_practitioner(&username, &practitioner)
+        .link_practitioner(&username, &practitioner, &sink)
         .await?;
+    sink.committed();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -149,10 +164,12 @@ async fn grant(
         })?),
     };
     no_other_fields(&fields)?;
+    let sink = RequestSink::account_change(&state, access.audit_slot());
     state
         .accounts
-        .grant(&username, &patient, &labels, expires_at)
+        .grant(&username, &patient, &labels, expires_at, &sink)
         .await?;
+    sink.committed();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -177,10 +194,12 @@ async fn create_client(
         };
     no_other_fields(&fields)?;
     ScopeSet::parse(&scope).map_err(|e| ApiError::BadRequest(format!("`scope`: {e}")))?;
+    let sink = RequestSink::account_change(&state, access.audit_slot());
     let (client_id, secret) = state
         .accounts
-        .create_client(&name, &scope, launch_patient.as_ref())
+        .create_client(&name, &scope, launch_patient.as_ref(), &sink)
         .await?;
+    sink.committed();
     tracing::info!(client = %client_id, "client registered");
     let secret = Zeroizing::new(secret.expose().to_owned());
     Ok(json_response(

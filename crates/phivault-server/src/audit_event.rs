@@ -161,6 +161,9 @@ fn interaction(action: &str) -> Option<&'static str> {
 
 /// `type` and `subtype` codings of an action.
 fn event_type(action: &str) -> (Value, Option<Value>) {
+    if action == phivault_audit::REFUSALS_ACTION {
+        return (coding(DCM_SYSTEM, "110113", "Security Alert"), None);
+    }
     let (verb, route) = action.split_once(' ').unwrap_or((action, ""));
     let rest_subtype = || interaction(action).map(|code| coding(INTERACTION_SYSTEM, code, code));
     if route.starts_with("/fhir/AuditEvent") || route == "/fhir/Patient/{id}/$access-log" {
@@ -317,11 +320,42 @@ fn entities(entry: &AuditEntry, view: &View) -> Vec<Value> {
         }
         _ => {}
     }
+    if let Some(summary) = &entry.refusals {
+        out.push(refusals_entity(summary, view));
+    }
     out.push(json!({
         "what": { "identifier": { "system": REQUEST_ID_SYSTEM, "value": entry.request_id } },
         "type": coding(BALP_ENTITY_SYSTEM, "XrequestId", "Request Id"),
     }));
     out
+}
+
+/// The summary of refused unauthenticated requests as an entity whose details are the count
+/// (`count`), the first and last time (`first`, `last`, FHIR instants), each route asked for
+/// (`route`), each sampled client address of the overflow summary (`address`, auditors
+/// only) and whether the lists were cut short (`truncated`).
+fn refusals_entity(summary: &phivault_audit::RefusalSummary, view: &View) -> Value {
+    let detail = |t: &str, v: String| json!({ "type": t, "valueString": v });
+    let mut details = vec![
+        detail("count", summary.count.to_string()),
+        detail("first", instant(summary.first)),
+        detail("last", instant(summary.last)),
+    ];
+    details.extend(summary.routes.iter().map(|r| detail("route", r.clone())));
+    if matches!(view, View::Auditor) {
+        details.extend(
+            summary
+                .addresses
+                .iter()
+                .map(|a| detail("address", a.clone())),
+        );
+    }
+    details.push(detail("truncated", summary.truncated.to_string()));
+    json!({
+        "type": coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
+        "name": "refused unauthenticated requests",
+        "detail": details,
+    })
 }
 
 /// An audit entry as a FHIR R4 `AuditEvent`, as `view` may see it. `name` is the actor's
@@ -1136,6 +1170,7 @@ mod tests {
             request_id: "r-1".to_owned(),
             actor_ref: None,
             patients: Vec::new(),
+            refusals: None,
         }
     }
 
@@ -1217,7 +1252,57 @@ mod tests {
         e.actor_id = "u-other-patient".to_owned();
         e.outcome = Outcome::Denied;
         out.push(e);
+        out.push(refusals_sample(9));
         out
+    }
+
+    fn refusals_sample(seq: u64) -> AuditEntry {
+        let mut e = AuditEntry::refusal_summary(
+            phivault_audit::RefusalSummary {
+                count: 500,
+                first: 1_767_225_600_000,
+                last: 1_767_225_659_000,
+                routes: vec!["GET /fhir/{type}".to_owned()],
+                addresses: vec!["198.51.100.3".to_owned()],
+                truncated: true,
+            },
+            None,
+            "r-9".to_owned(),
+            1_767_225_660_000,
+        );
+        e.seq = seq;
+        e
+    }
+
+    #[test]
+    fn a_refusal_summary_is_a_security_alert_with_its_counts() {
+        let e = audit_event(&refusals_sample(9), None, &View::Auditor);
+        assert_eq!(e["type"]["code"], "110113", "{e}");
+        assert_eq!(e["outcome"], "4");
+        let details = &e["entity"][0]["detail"];
+        let value = |t: &str| -> Vec<&str> {
+            details
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["type"] == t)
+                .map(|d| d["valueString"].as_str().unwrap())
+                .collect()
+        };
+        assert_eq!(value("count"), ["500"]);
+        assert_eq!(value("first"), ["2026-01-01T00:00:00.000Z"]);
+        assert_eq!(value("route"), ["GET /fhir/{type}"]);
+        assert_eq!(value("address"), ["198.51.100.3"]);
+        assert_eq!(value("truncated"), ["true"]);
+        let p = audit_event(
+            &refusals_sample(9),
+            None,
+            &View::Patient {
+                user_id: "u".to_owned(),
+                patient: "p".to_owned(),
+            },
+        );
+        assert!(!p.to_string().contains("198.51.100.3"), "{p}");
     }
 
     #[test]
@@ -1652,7 +1737,7 @@ mod tests {
         async fn user(&self, username: &str, role: Role) -> String {
             self.state
                 .accounts
-                .create_user(username, Password::new(PASSWORD), role)
+                .create_user(username, Password::new(PASSWORD), role, &NoAudit)
                 .await
                 .unwrap()
         }
@@ -1733,21 +1818,24 @@ mod tests {
             .unwrap();
         let clin = c.user("clin.linked", Role::Clinician).await;
         st.accounts
-            .link_practitioner("clin.linked", &prac.id)
+            .link_practitioner("clin.linked", &prac.id, &NoAudit)
             .await
             .unwrap();
         let bare = c.user("clin.bare", Role::Clinician).await;
         let pat_a = c.user("pat.a", Role::Patient).await;
         let pat_b = c.user("pat.b", Role::Patient).await;
         let a = Id::parse("pa").unwrap();
-        st.accounts.link_patient("pat.a", &a).await.unwrap();
         st.accounts
-            .link_patient("pat.b", &Id::parse("pb").unwrap())
+            .link_patient("pat.a", &a, &NoAudit)
+            .await
+            .unwrap();
+        st.accounts
+            .link_patient("pat.b", &Id::parse("pb").unwrap(), &NoAudit)
             .await
             .unwrap();
         let (client, _) = st
             .accounts
-            .create_client("Lab feed", "system/Observation.rs", None)
+            .create_client("Lab feed", "system/Observation.rs", None, &NoAudit)
             .await
             .unwrap();
 

@@ -140,6 +140,7 @@ mod tests {
             request_id: "r".to_owned(),
             actor_ref: None,
             patients: Vec::new(),
+            refusals: None,
         }
     }
 

@@ -14,13 +14,22 @@
 //!   `create`, `update` or `delete`) in the transaction that wrote it; the middleware appends
 //!   the Bundle request's own entry afterwards.
 //!
+//! - an account change (the admin API, logout, TOTP enrolment, OAuth2 revocation: the store's
+//!   [`AccountSink`]): THE request's entry, naming the Patient or Practitioner the change is
+//!   about, committed with the change; the handler calls [`RequestSink::committed`] as for a
+//!   single-resource write. An account change that follows a request's own write (the care
+//!   grant of a clinician who created a Patient) gets an entry of its own instead, action
+//!   the change's kind (`granted`), in the change's transaction ([`RequestSink::per_resource`]).
+//!
 //! A failing append fails the sink, which rolls the write back; the slot is told, and the
 //! middleware answers 503 (the trail is unavailable) instead of the store's error.
 
 use std::sync::{Arc, Mutex};
 
 use phivault_audit::{AuditError, AuditLog, Outcome};
-use phivault_store::{AnyConnection, AuditSink, SinkFuture, StoreError, Written};
+use phivault_store::{
+    AccountChange, AccountSink, AnyConnection, AuditSink, SinkFuture, StoreError, Written,
+};
 
 use crate::AppState;
 use crate::edge::AuditSlot;
@@ -54,6 +63,11 @@ impl std::fmt::Debug for RequestSink {
 impl RequestSink {
     /// The sink of a single-resource write: the request's entry commits with the write.
     pub(crate) fn single_write(state: &AppState, slot: AuditSlot) -> RequestSink {
+        RequestSink::new(state, slot, Mode::Request)
+    }
+
+    /// The sink of an account change: the request's entry commits with the change.
+    pub(crate) fn account_change(state: &AppState, slot: AuditSlot) -> RequestSink {
         RequestSink::new(state, slot, Mode::Request)
     }
 
@@ -126,6 +140,40 @@ impl RequestSink {
             .map_err(store_error)?;
         Ok(())
     }
+
+    /// Appends the request's entry for an account change and remembers its seq (pending
+    /// until the change's transaction commits).
+    async fn append_change(
+        &self,
+        conn: &mut AnyConnection,
+        change: &AccountChange,
+    ) -> Result<(), StoreError> {
+        let (resource_type, resource_id) = change
+            .resource
+            .as_ref()
+            .map(|(t, id)| (t.to_string(), id.to_string()))
+            .unzip();
+        let action = match self.mode {
+            Mode::Request => self.slot.action().to_owned(),
+            Mode::PerResource => change.kind.as_str().to_owned(),
+        };
+        let entry = self.slot.entry(
+            action,
+            resource_type,
+            resource_id,
+            change.patient.as_ref().map(ToString::to_string),
+            Outcome::Allowed,
+        );
+        let seq = self
+            .audit
+            .append_in(conn, &entry)
+            .await
+            .map_err(store_error)?;
+        if self.mode == Mode::Request {
+            *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(seq);
+        }
+        Ok(())
+    }
 }
 
 /// An audit failure as the store's error (it rolls the write back).
@@ -143,6 +191,27 @@ impl AuditSink for RequestSink {
             let result = self.append(conn, written).await;
             if let Err(e) = &result {
                 tracing::error!(error = %e, "audit entry of a write failed; the write is rolled back");
+                self.slot.note_sink_failed();
+            }
+            result
+        })
+    }
+}
+
+impl AccountSink for RequestSink {
+    fn record_account<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        change: &'a AccountChange,
+    ) -> SinkFuture<'a> {
+        Box::pin(async move {
+            let result = self.append_change(conn, change).await;
+            if let Err(e) = &result {
+                tracing::error!(
+                    error = %e,
+                    change = change.kind.as_str(),
+                    "audit entry of an account change failed; the change is rolled back"
+                );
                 self.slot.note_sink_failed();
             }
             result

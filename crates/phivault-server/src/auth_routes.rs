@@ -22,7 +22,8 @@ use phivault_policy::ScopeSet;
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
-use crate::edge::{Who, bearer};
+use crate::audit_sink::RequestSink;
+use crate::edge::{AuditSlot, Who, bearer};
 use crate::fhir_routes::{parse_pairs, read_body, require_form, require_json};
 use crate::middleware::client_address::client_ip;
 use crate::{ApiError, AppState};
@@ -175,18 +176,32 @@ async fn login(
 }
 
 /// `POST /auth/logout`: revokes the token the request was made with.
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// The revocation commits with the request's audit entry.
+async fn logout(
+    State(state): State<AppState>,
+    slot: AuditSlot,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     // The middleware accepted this very token.
     let token = bearer(&headers)
         .map(|t| Zeroizing::new(t.to_owned()))
         .ok_or(ApiError::Unauthorized)?;
-    state.accounts.revoke(&token).await?;
+    let sink = RequestSink::account_change(&state, slot);
+    state.accounts.revoke(&token, &sink).await?;
+    sink.committed();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /auth/totp/enroll`: a new TOTP secret, shown once.
-async fn totp_enroll(State(state): State<AppState>, Who(who): Who) -> Result<Response, ApiError> {
-    let enrolment = state.accounts.begin_totp_enrolment(&who).await?;
+/// `POST /auth/totp/enroll`: a new TOTP secret, shown once. Stored with the request's audit
+/// entry.
+async fn totp_enroll(
+    State(state): State<AppState>,
+    Who(who): Who,
+    slot: AuditSlot,
+) -> Result<Response, ApiError> {
+    let sink = RequestSink::account_change(&state, slot);
+    let enrolment = state.accounts.begin_totp_enrolment(&who, &sink).await?;
+    sink.committed();
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -196,18 +211,24 @@ async fn totp_enroll(State(state): State<AppState>, Who(who): Who) -> Result<Res
     ))
 }
 
-/// `POST /auth/totp/confirm` `{code}`: enables TOTP; the recovery codes, shown once.
+/// `POST /auth/totp/confirm` `{code}`: enables TOTP (with the request's audit entry); the
+/// recovery codes, shown once.
 async fn totp_confirm(
     State(state): State<AppState>,
     Who(who): Who,
+    slot: AuditSlot,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let mut fields = json_object(&headers, body).await?;
     let code = Zeroizing::new(required_str(&mut fields, "code")?);
     no_other_fields(&fields)?;
-    let codes = match state.accounts.confirm_totp(&who, &code).await {
-        Ok(codes) => codes,
+    let sink = RequestSink::account_change(&state, slot);
+    let codes = match state.accounts.confirm_totp(&who, &code, &sink).await {
+        Ok(codes) => {
+            sink.committed();
+            codes
+        }
         // The session is fine; the code is not.
         Err(ServiceError::CredentialFailure) => {
             return Err(ApiError::BadRequest(
@@ -477,10 +498,12 @@ async fn token_inner(
 }
 
 /// `POST /oauth/revoke` (RFC 7009): the authenticated client revokes one of its tokens.
-/// Always 200 once the client is authenticated, whether the token was valid or not.
+/// Always 200 once the client is authenticated, whether the token was valid or not. A
+/// revocation commits with the request's audit entry.
 async fn revoke(
     State(state): State<AppState>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    slot: AuditSlot,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -488,7 +511,7 @@ async fn revoke(
         Ok(address) => address,
         Err(refusal) => return *refusal,
     };
-    match revoke_inner(&state, &headers, body).await {
+    match revoke_inner(&state, slot, &headers, body).await {
         Ok(()) => {
             state.accounts.forgive_address(address);
             StatusCode::OK.into_response()
@@ -497,7 +520,12 @@ async fn revoke(
     }
 }
 
-async fn revoke_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(), OAuthError> {
+async fn revoke_inner(
+    state: &AppState,
+    slot: AuditSlot,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(), OAuthError> {
     let form = oauth_form(headers, body).await?;
     let token = form_value(&form, "token")
         .filter(|t| !t.is_empty())
@@ -508,11 +536,13 @@ async fn revoke_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Resu
     // Only a token bound to this client is revoked; anything else is silently ignored.
     match state.accounts.authenticate(&token).await {
         Ok(who) if who.client_id.as_deref() == Some(client_id.as_str()) => {
+            let sink = RequestSink::account_change(state, slot);
             state
                 .accounts
-                .revoke(&token)
+                .revoke(&token, &sink)
                 .await
                 .map_err(OAuthError::from_service)?;
+            sink.committed();
             tracing::info!(client = %client_id, "access token revoked");
         }
         Ok(_) | Err(ServiceError::CredentialFailure) => {}
@@ -536,21 +566,11 @@ fn limit_address(
     Ok(address)
 }
 
-/// Checks a client's credentials. `Accounts` has no check of its own yet: a client
-/// credentials grant proves them, and the token it issues is revoked at once.
+/// Checks a client's credentials (issuing nothing).
 async fn verify_client(state: &AppState, client_id: &str, secret: &str) -> Result<(), OAuthError> {
-    let (proof, _, _) = state
-        .accounts
-        .client_credentials(client_id, secret, None)
-        .await
-        .map_err(|e| match e {
-            // A scope problem cannot come from `None`: the client exists and authenticated.
-            ServiceError::Invalid(_) => OAuthError::invalid_client(),
-            other => OAuthError::from_service(other),
-        })?;
     state
         .accounts
-        .revoke(proof.expose())
+        .verify_client(client_id, secret)
         .await
         .map_err(OAuthError::from_service)
 }

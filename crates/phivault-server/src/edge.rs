@@ -35,6 +35,8 @@ use phivault_policy::{PrincipalKind, Purpose};
 use tracing::Instrument;
 use zeroize::Zeroizing;
 
+use crate::middleware::client_address::client_ip;
+use crate::middleware::refusals::Refusal;
 use crate::{ApiError, AppState};
 
 /// The principal id of a request, put in the response's extensions for the log line (never
@@ -82,6 +84,9 @@ struct AuditNotes {
     entry_written: Option<u64>,
     /// An audit sink failed, so its write was rolled back.
     sink_failed: bool,
+    /// Refused for want of a valid bearer token (none, malformed, unknown, expired,
+    /// revoked): the request names no account.
+    unauthenticated: bool,
 }
 
 /// The fixed facts of a request, known before it runs.
@@ -162,6 +167,11 @@ impl AuditSlot {
         self.notes().sink_failed = true;
     }
 
+    /// The request was refused for want of a valid bearer token.
+    fn note_unauthenticated(&self) {
+        self.notes().unauthenticated = true;
+    }
+
     /// The request's `METHOD /route/template`.
     pub(crate) fn action(&self) -> &str {
         &self.facts.action
@@ -204,7 +214,19 @@ impl AuditSlot {
             request_id: self.facts.request_id.clone(),
             actor_ref: notes.actor_ref.clone(),
             patients: Vec::new(),
+            refusals: None,
         }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AuditSlot {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Every routed request passed `audit_trail`; a router built without it cannot audit
+        // the request's changes, so they are refused.
+        AuditSlot::of(&parts.extensions)
+            .ok_or_else(|| ApiError::internal(&"the request has no audit slot"))
     }
 }
 
@@ -314,15 +336,21 @@ pub(crate) async fn authenticate(
     if is_public(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
+    let slot = AuditSlot::of(req.extensions());
+    let refuse = |error: ApiError| {
+        if let Some(slot) = &slot {
+            slot.note_unauthenticated();
+        }
+        error.into_response()
+    };
     let Some(token) = bearer(req.headers()).map(|t| Zeroizing::new(t.to_owned())) else {
         let presented = req.headers().contains_key(header::AUTHORIZATION);
         tracing::info!(token_presented = presented, "authentication failed");
-        return if presented {
+        return refuse(if presented {
             ApiError::InvalidToken
         } else {
             ApiError::Unauthorized
-        }
-        .into_response();
+        });
     };
     let who = match state.accounts.authenticate(&token).await {
         Ok(who) => who,
@@ -332,12 +360,12 @@ pub(crate) async fn authenticate(
         Err(e) => {
             // The kind only (expired, revoked, ...): never the token.
             tracing::info!(reason = %e, "authentication failed");
-            return ApiError::InvalidToken.into_response();
+            return refuse(ApiError::InvalidToken);
         }
     };
     drop(token);
     let principal = PrincipalId(who.principal.id().to_owned());
-    if let Some(slot) = AuditSlot::of(req.extensions()) {
+    if let Some(slot) = slot {
         slot.note_principal(&who);
         // The access log names a staff member from the Practitioner version they were
         // linked to now, which their later edits of that Practitioner cannot change.
@@ -457,12 +485,14 @@ fn non_canonical_path(path: &str) -> Option<String> {
 }
 
 /// Gives the request its [`AuditSlot`], runs it, and makes sure it has its audit entry
-/// before the response leaves: who (the principal, or `anonymous`), the method and route
+/// before the response leaves (except a refusal for want of a valid token that
+/// [`crate::middleware::refusals`] counts for its address's summary entry): who (the principal, or `anonymous`), the method and route
 /// template (never the raw URI: its query can hold PHI), the resource type and id of a FHIR
 /// instance route, the patient when exactly one was decided on (allowed or denied; an
 /// [`AuditPatient`] in the response's extensions wins), every other patient decided on or
 /// whose data the response returns (the entry's `patients`), the effective purpose of use,
-/// break-the-glass, the outcome from the status, the client address and the request id.
+/// break-the-glass, the outcome from the status, the client address (the peer, or what a
+/// trusted proxy says it is) and the request id.
 ///
 /// A single-resource write commits the request's entry in its own transaction (the audit sink
 /// notes it in the slot): nothing more is appended then. Otherwise the entry is appended here,
@@ -488,10 +518,12 @@ pub(crate) async fn audit_trail(
         .get(&crate::fhir_routes::X_PURPOSE_OF_USE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| Purpose::parse(v).ok());
-    let source_address = req
+    // The client as the login limits see it: the peer, or what a trusted proxy says.
+    let client = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+        .map(|c| client_ip(c.0.ip(), req.headers(), &state.trusted_proxies));
+    let source_address = client.map(|ip| ip.to_string());
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -518,16 +550,31 @@ pub(crate) async fn audit_trail(
         None => next.run(req).await,
     };
 
-    let (written, sink_failed, single_patient, concerned) = {
+    let (written, sink_failed, single_patient, concerned, unauthenticated) = {
         let notes = slot.notes();
         let single = match notes.patients.len() {
             1 => notes.patients.iter().next().map(Id::to_string),
             _ => None,
         };
         let concerned: Vec<String> = notes.patients.iter().map(Id::to_string).collect();
-        (notes.entry_written, notes.sink_failed, single, concerned)
+        (
+            notes.entry_written,
+            notes.sink_failed,
+            single,
+            concerned,
+            notes.unauthenticated && notes.actor.is_none(),
+        )
     };
     if written.is_some() {
+        return response;
+    }
+    // A refusal that names no account: the first from its address in the window gets its
+    // entry below; the others are counted for the window's summary entry.
+    if unauthenticated
+        && response.status() == StatusCode::UNAUTHORIZED
+        && let Some(client) = client
+        && state.refusals.observe(client, slot.action(), now_millis()) == Refusal::Counted
+    {
         return response;
     }
     let patient_id = response

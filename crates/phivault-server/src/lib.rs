@@ -67,6 +67,7 @@ use phivault_store::Store;
 
 pub use error::{ApiError, ServerError};
 pub use middleware::connections::ConnectionLimits;
+pub use middleware::refusals::{RefusalLimits, RefusalTally};
 pub use privacy::{ProcessingActivity, check_processing_activities, default_processing_activities};
 
 /// How the server listens.
@@ -129,6 +130,9 @@ pub struct AppState {
     /// Reverse proxies (CIDR ranges) whose `X-Forwarded-For` names the client; from any
     /// other peer the header is ignored. Empty: the peer is the client.
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Refused unauthenticated requests of the current window, per client address: the
+    /// first of each address is audited in full, the rest in one summary entry per window.
+    pub refusals: Arc<RefusalTally>,
 }
 
 impl AppState {
@@ -163,6 +167,7 @@ impl AppState {
             processing_activities: Arc::from(default_processing_activities()),
             retention: Arc::from(Vec::new()),
             trusted_proxies: Arc::from(Vec::new()),
+            refusals: Arc::new(RefusalTally::new(RefusalLimits::default())),
         })
     }
 
@@ -194,6 +199,13 @@ impl AppState {
     /// address that login and token limits key on).
     pub fn with_trusted_proxies(mut self, proxies: Vec<ipnet::IpNet>) -> AppState {
         self.trusted_proxies = Arc::from(proxies);
+        self
+    }
+
+    /// The state aggregating refused unauthenticated requests with these limits (window,
+    /// addresses tracked).
+    pub fn with_refusal_limits(mut self, limits: RefusalLimits) -> AppState {
+        self.refusals = Arc::new(RefusalTally::new(limits));
         self
     }
 
@@ -377,6 +389,12 @@ pub async fn serve(
         state.retention.clone(),
         retention::RETENTION_EVERY,
     )));
+    // Summaries of refused unauthenticated requests, at the end of every window.
+    let refusals = state.refusals.clone();
+    let refusal_flushes = AbortOnDrop(tokio::spawn(middleware::refusals::flush_loop(
+        refusals.clone(),
+        state.audit.clone(),
+    )));
     let audit = state.audit.clone();
     let app = router(state);
     let _retention = retention;
@@ -428,8 +446,13 @@ pub async fn serve(
             .map_err(|e| ServerError::io("serving HTTP", e))
         }
     };
-    // Requests have drained: the periodic task stops and the entries since its last
-    // checkpoint are sealed now, so a trail cut short while the server is down is detected.
+    // Requests have drained: the window's refusal counts are written, the periodic task stops
+    // and the entries since its last checkpoint are sealed now, so a trail cut short while
+    // the server is down is detected.
+    drop(refusal_flushes);
+    if let Err(e) = refusals.flush(&audit).await {
+        tracing::error!(error = %e, "writing the summary of refused requests at shutdown failed");
+    }
     drop(checkpoints);
     audit_routes::final_checkpoint(&audit).await;
     served

@@ -56,6 +56,7 @@ impl AuditSink for SystemSink {
                     request_id: self.request_id.clone(),
                     actor_ref: None,
                     patients: Vec::new(),
+                    refusals: None,
                 })
                 .collect();
             self.audit

@@ -1,5 +1,7 @@
 //! The audit trail at the edge, without sockets (`Router::oneshot` over the real store, in a
-//! temporary SQLite directory): the path a route serves is the path its entry names.
+//! temporary SQLite directory): the path a route serves is the path its entry names, and
+//! refused unauthenticated requests are aggregated per client address without losing their
+//! count, while failed logins keep an entry each.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,10 +12,12 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
-use phivault_audit::{AuditEntry, Outcome};
+use phivault_audit::{ActorKind, AuditEntry, Outcome, REFUSALS_ACTION};
+use phivault_auth::Password;
 use phivault_fhir::Validator;
-use phivault_server::{AppState, ServerConfig, Transport, router};
-use phivault_store::{Store, StoreOptions};
+use phivault_policy::Role;
+use phivault_server::{AppState, RefusalLimits, RefusalTally, ServerConfig, Transport, router};
+use phivault_store::{NoAudit, Store, StoreOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -41,7 +45,7 @@ async fn ctx() -> Ctx {
     .unwrap();
     let (id, secret) = state
         .accounts
-        .create_client("system", "system/*.cruds", None)
+        .create_client("system", "system/*.cruds", None, &NoAudit)
         .await
         .unwrap();
     let mut c = Ctx {
@@ -64,8 +68,10 @@ async fn ctx() -> Ctx {
 
 impl Ctx {
     async fn send(&self, mut req: Request<Body>) -> (StatusCode, Value) {
-        req.extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 50000))));
+        if req.extensions().get::<ConnectInfo<SocketAddr>>().is_none() {
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 50000))));
+        }
         let resp = router(self.state.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
         let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
@@ -84,6 +90,35 @@ impl Ctx {
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
         self.send(self.req(Method::GET, uri).body(Body::empty()).unwrap())
             .await
+    }
+
+    /// `GET uri` from `peer` with `authorization` (if any), answered 401.
+    async fn refused_from(&self, peer: [u8; 4], uri: &str, authorization: Option<&str>) {
+        let mut req = Request::get(uri);
+        if let Some(a) = authorization {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((peer, 40000))));
+        let (status, v) = self.send(req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}: {v}");
+    }
+
+    /// The seq of the last entry.
+    async fn tail(&self) -> u64 {
+        self.state.audit.store().audit_tail().await.unwrap().seq - 1
+    }
+
+    /// The entries after seq `after`.
+    async fn entries_after(&self, after: u64) -> Vec<AuditEntry> {
+        let store = self.state.audit.store();
+        let mut out = Vec::new();
+        for seq in after + 1..=self.tail().await {
+            let row = store.audit_entry(seq).await.unwrap().unwrap();
+            out.push(AuditEntry::from_canonical(&row.body).unwrap());
+        }
+        out
     }
 
     async fn last_entry(&self) -> AuditEntry {
@@ -170,5 +205,164 @@ async fn a_clean_shutdown_leaves_a_checkpoint_over_every_entry() {
     let cp = c.state.audit.last_checkpoint().await.unwrap().unwrap();
     assert_eq!(cp.size, entries);
     assert!(cp.verify_signature(c.state.audit.public_key()));
+    c.state.audit.verify(|_| {}).await.unwrap();
+}
+
+/// The summary entries among `entries`, by source address.
+fn summaries(entries: &[AuditEntry]) -> Vec<&AuditEntry> {
+    entries
+        .iter()
+        .filter(|e| e.action == REFUSALS_ACTION)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_flood_of_unauthenticated_requests_adds_constant_entries_and_keeps_its_count() {
+    let c = ctx().await;
+    let before = c.tail().await;
+    const N: u64 = 500;
+    for i in 0..N {
+        match i % 3 {
+            0 => c.refused_from([192, 0, 2, 1], "/fhir/Patient", None).await,
+            1 => {
+                c.refused_from([192, 0, 2, 1], "/fhir/Observation/x", Some("Bearer nope"))
+                    .await
+            }
+            _ => {
+                c.refused_from([192, 0, 2, 1], "/fhir/Patient", Some("Bearer pvs_forged.x"))
+                    .await
+            }
+        }
+    }
+    for _ in 0..3 {
+        c.refused_from([192, 0, 2, 2], "/admin/break-glass", None)
+            .await;
+    }
+    // The first of each address is recorded in full, at once; the rest are counted.
+    let entries = c.entries_after(before).await;
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    for (e, address) in entries.iter().zip(["192.0.2.1", "192.0.2.2"]) {
+        assert_eq!(e.actor_kind, ActorKind::Anonymous);
+        assert_eq!(e.outcome, Outcome::Denied);
+        assert_eq!(e.source_address.as_deref(), Some(address));
+        assert!(e.refusals.is_none());
+    }
+
+    // Failed logins name an account: each keeps its own entry.
+    c.state
+        .accounts
+        .create_user(
+            "lock.target",
+            Password::new("Correct-Horse-9-Battery"),
+            Role::Patient,
+            &NoAudit,
+        )
+        .await
+        .unwrap();
+    let mid = c.tail().await;
+    for _ in 0..3 {
+        let mut req = Request::post("/auth/login")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                json!({ "username": "lock.target", "password": "wrong-wrong-wrong" }).to_string(),
+            ))
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 40000))));
+        let (status, v) = c.send(req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    }
+    let logins = c.entries_after(mid).await;
+    assert_eq!(logins.len(), 3, "{logins:?}");
+    assert!(logins.iter().all(|e| e.action == "POST /auth/login"));
+
+    // The window ends: one summary per address, counting every refusal, the first included.
+    assert_eq!(c.state.refusals.flush(&c.state.audit).await.unwrap(), 2);
+    let entries = c.entries_after(before).await;
+    assert_eq!(entries.len(), 2 + 3 + 2, "{entries:?}");
+    let found = summaries(&entries);
+    assert_eq!(found.len(), 2, "{found:?}");
+    let one = found[0];
+    assert_eq!(one.source_address.as_deref(), Some("192.0.2.1"));
+    assert_eq!(one.actor_kind, ActorKind::Anonymous);
+    assert_eq!(one.outcome, Outcome::Denied);
+    let r = one.refusals.as_ref().unwrap();
+    assert_eq!(r.count, N);
+    assert!(r.first <= r.last);
+    assert_eq!(r.routes, ["GET /fhir/{type}", "GET /fhir/{type}/{id}"]);
+    assert!(r.addresses.is_empty() && !r.truncated);
+    let two = found[1];
+    assert_eq!(two.source_address.as_deref(), Some("192.0.2.2"));
+    assert_eq!(two.refusals.as_ref().unwrap().count, 3);
+    assert_eq!(
+        two.refusals.as_ref().unwrap().routes,
+        ["GET /admin/break-glass"]
+    );
+
+    // A new window: the next refusal is recorded in full again; nothing else to summarise.
+    assert_eq!(c.state.refusals.flush(&c.state.audit).await.unwrap(), 0);
+    let after = c.tail().await;
+    c.refused_from([192, 0, 2, 1], "/fhir/Patient", None).await;
+    assert_eq!(c.entries_after(after).await.len(), 1);
+    c.state.audit.verify(|_| {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn addresses_past_the_cap_share_one_overflow_summary() {
+    let mut c = ctx().await;
+    c.state.refusals = Arc::new(RefusalTally::new(RefusalLimits {
+        max_addresses: 2,
+        ..RefusalLimits::default()
+    }));
+    let before = c.tail().await;
+    for last in 1..=5u8 {
+        for _ in 0..2 {
+            c.refused_from([198, 51, 100, last], "/fhir/Patient", None)
+                .await;
+        }
+    }
+    // Two addresses tracked (one full entry each); the other three only counted.
+    assert_eq!(c.entries_after(before).await.len(), 2);
+    assert_eq!(c.state.refusals.flush(&c.state.audit).await.unwrap(), 3);
+    let entries = c.entries_after(before).await;
+    let found = summaries(&entries);
+    assert_eq!(found.len(), 3, "{found:?}");
+    let overflow = found
+        .iter()
+        .find(|e| e.source_address.is_none())
+        .expect("an overflow summary");
+    let r = overflow.refusals.as_ref().unwrap();
+    assert_eq!(r.count, 6);
+    assert_eq!(
+        r.addresses,
+        ["198.51.100.3", "198.51.100.4", "198.51.100.5"]
+    );
+    c.state.audit.verify(|_| {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_writes_the_window_summaries() {
+    let c = ctx().await;
+    for _ in 0..10 {
+        c.refused_from([203, 0, 113, 9], "/fhir/Patient", None)
+            .await;
+    }
+    let before = c.tail().await;
+    let config = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        transport: Transport::InsecureHttp,
+        base_url: "http://127.0.0.1:0/fhir".to_owned(),
+        max_body_bytes: 64 * 1024,
+        limits: phivault_server::ConnectionLimits::default(),
+    };
+    phivault_server::serve(config, c.state.clone(), std::future::ready(()))
+        .await
+        .unwrap();
+    let entries = c.entries_after(before).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].refusals.as_ref().unwrap().count, 10);
+    // The shutdown checkpoint covers the summary too.
+    let cp = c.state.audit.last_checkpoint().await.unwrap().unwrap();
+    assert_eq!(cp.size, c.tail().await);
     c.state.audit.verify(|_| {}).await.unwrap();
 }

@@ -19,7 +19,7 @@ use phivault_auth::{Accounts, FixedClock, Password, PasswordHasher};
 use phivault_fhir::{Id, Validator};
 use phivault_policy::Role;
 use phivault_server::{AppState, ServerConfig, ServerError, Transport, router};
-use phivault_store::{Store, StoreOptions};
+use phivault_store::{NoAudit, Store, StoreOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -253,7 +253,7 @@ impl Ctx {
         let (id, secret) = self
             .state
             .accounts
-            .create_client(name, scope, launch.as_ref())
+            .create_client(name, scope, launch.as_ref(), &NoAudit)
             .await
             .unwrap();
         (id, secret.expose().to_owned())
@@ -274,7 +274,7 @@ impl Ctx {
     async fn user(&self, username: &str, role: Role) {
         self.state
             .accounts
-            .create_user(username, Password::new(PASSWORD), role)
+            .create_user(username, Password::new(PASSWORD), role, &NoAudit)
             .await
             .unwrap();
     }
@@ -454,7 +454,7 @@ async fn tokens_expire_and_are_revoked() {
         c.user("pat", Role::Patient).await;
         c.state
             .accounts
-            .link_patient("pat", &Id::parse(&pid).unwrap())
+            .link_patient("pat", &Id::parse(&pid).unwrap(), &NoAudit)
             .await
             .unwrap();
         c.session("pat").await
@@ -1926,7 +1926,7 @@ async fn labelled_resources_need_a_grant() {
     c.user("pat", Role::Patient).await;
     c.state
         .accounts
-        .link_patient("pat", &Id::parse(&pid).unwrap())
+        .link_patient("pat", &Id::parse(&pid).unwrap(), &NoAudit)
         .await
         .unwrap();
     let pat = c.session("pat").await;
@@ -3140,7 +3140,7 @@ async fn patient_session(c: &Ctx, username: &str, pid: &str) -> String {
     c.user(username, Role::Patient).await;
     c.state
         .accounts
-        .link_patient(username, &Id::parse(pid).unwrap())
+        .link_patient(username, &Id::parse(pid).unwrap(), &NoAudit)
         .await
         .unwrap();
     c.session(username).await
@@ -3312,7 +3312,7 @@ async fn care_teams_grant_only_through_those_allowed_and_within_their_periods() 
         .await;
     c.state
         .accounts
-        .link_practitioner("locum", &Id::parse(&dr).unwrap())
+        .link_practitioner("locum", &Id::parse(&dr).unwrap(), &NoAudit)
         .await
         .unwrap();
     let locum = c.session("locum").await;

@@ -13,6 +13,13 @@
 //! - **tokens, client secrets, recovery codes**: the caller hands in SHA-256 hashes;
 //! - **break-the-glass reasons** (they may describe the patient): sealed like TOTP secrets.
 //!
+//! Account changes (a user created, linked, granted, disabled; a client registered; TOTP
+//! enrolled; a token revoked) take an [`AccountSink`] and commit in one transaction with
+//! what it records (the audit entry), like resource writes: a failing sink rolls the change
+//! back. Bookkeeping of logins (failure counts, a TOTP step spent, a recovery code used, a
+//! session issued, a password rehashed) is not an account change: the login's own entry
+//! records the attempt.
+//!
 //! Writes on SQLite take the store's write lock, like every other write. Compare-and-set
 //! updates ([`Store::advance_totp_step`], [`Store::use_recovery_code`]) return whether they
 //! changed a row, which is how the caller refuses a replayed one-time code. Failed logins are
@@ -27,7 +34,7 @@ use sqlx::any::AnyRow;
 use zeroize::Zeroizing;
 
 use crate::keys::{DataKey, Owner};
-use crate::{Store, StoreError};
+use crate::{AccountChange, AccountSink, Store, StoreError};
 
 /// Directory-token kind of usernames.
 const USERNAME_KIND: &str = "username";
@@ -330,9 +337,14 @@ impl Store {
 
     // ---- users ----------------------------------------------------------------------------
 
-    /// Creates a user. Returns `false` (and writes nothing) when the username is taken in
-    /// this tenant.
-    pub async fn insert_user(&self, user: &NewUser) -> Result<bool, StoreError> {
+    /// Creates a user, committed with `audit`'s record of `change`. Returns `false` (and
+    /// writes nothing, records nothing) when the username is taken in this tenant.
+    pub async fn insert_user(
+        &self,
+        user: &NewUser,
+        audit: &dyn AccountSink,
+        change: &AccountChange,
+    ) -> Result<bool, StoreError> {
         let key = self.directory_key().await?;
         let tenant = &self.inner.tenant;
         let profile = serde_json::to_vec(&json!({ "username": user.username }))
@@ -344,6 +356,7 @@ impl Store {
         )?;
         let token = self.username_token(&user.username);
         let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "INSERT INTO users (user_id, tenant, username_token, role, password_hash, \
              totp_enabled, profile_sealed, created_at) VALUES ($1, $2, $3, $4, $5, 0, $6, $7)",
@@ -355,13 +368,16 @@ impl Store {
         .bind(&user.password_hash)
         .bind(sealed)
         .bind(user.created_at)
-        .execute(&self.inner.pool)
+        .execute(&mut *tx)
         .await;
         match done {
-            Ok(_) => Ok(true),
-            Err(e) if is_unique_violation(&e) => Ok(false),
-            Err(e) => Err(e.into()),
+            Ok(_) => {}
+            // Dropping the transaction rolls it back.
+            Err(e) if is_unique_violation(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
+        commit_recorded(tx, audit, change).await?;
+        Ok(true)
     }
 
     /// The user with this username (compared after [`normalize_username`]).
@@ -439,15 +455,23 @@ impl Store {
     }
 
     /// Stores a new TOTP secret (sealed) for a user, not yet enabled, forgetting the last
-    /// step used. Returns `false` when the user does not exist or already has TOTP enabled
-    /// (an enabled factor is not replaced this way).
-    pub async fn begin_totp(&self, user_id: &str, secret: &[u8]) -> Result<bool, StoreError> {
+    /// step used, committed with `audit`'s record of `change`. Returns `false` (and records
+    /// nothing) when the user does not exist or already has TOTP enabled (an enabled factor
+    /// is not replaced this way).
+    pub async fn begin_totp(
+        &self,
+        user_id: &str,
+        secret: &[u8],
+        audit: &dyn AccountSink,
+        change: &AccountChange,
+    ) -> Result<bool, StoreError> {
         let key = self.directory_key().await?;
         let tenant = &self.inner.tenant;
         let sealed = key
             .sealer
             .seal(&totp_aad(tenant, user_id, &key.key_id), secret)?;
         let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE users SET totp_sealed = $1, totp_enabled = 0, totp_last_step = NULL \
              WHERE tenant = $2 AND user_id = $3 AND totp_enabled = 0",
@@ -455,19 +479,26 @@ impl Store {
         .bind(sealed)
         .bind(tenant)
         .bind(user_id)
-        .execute(&self.inner.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        commit_recorded(tx, audit, change).await?;
+        Ok(true)
     }
 
     /// Confirms TOTP enrolment in one transaction: enables the factor with `step` as the last
-    /// step used, and replaces the user's recovery codes with `code_hashes`. Returns `false`
-    /// (and changes nothing) when enrolment was not pending (no secret, or already enabled).
+    /// step used, and replaces the user's recovery codes with `code_hashes`; `audit` records
+    /// `change` in that transaction. Returns `false` (and changes and records nothing) when
+    /// enrolment was not pending (no secret, or already enabled).
     pub async fn enable_totp(
         &self,
         user_id: &str,
         step: i64,
         code_hashes: &[[u8; 32]],
+        audit: &dyn AccountSink,
+        change: &AccountChange,
     ) -> Result<bool, StoreError> {
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
@@ -485,7 +516,7 @@ impl Store {
             return Ok(false);
         }
         replace_codes_in(&mut tx, user_id, code_hashes).await?;
-        tx.commit().await?;
+        commit_recorded(tx, audit, change).await?;
         Ok(true)
     }
 
@@ -572,58 +603,89 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces a user's password hash (after a rehash with current parameters).
+    /// Replaces a user's password hash (after a rehash with current parameters: the same
+    /// password, so not an account change).
     pub async fn set_password_hash(
         &self,
         user_id: &str,
         password_hash: &str,
     ) -> Result<bool, StoreError> {
-        self.update_user_text(user_id, "password_hash", Some(password_hash))
+        self.update_user_text(user_id, "password_hash", Some(password_hash), None)
             .await
     }
 
-    /// Links a user to a Patient record (or unlinks with `None`).
+    /// Links a user to a Patient record (or unlinks with `None`), committed with `audit`'s
+    /// record of `change`. `false` (nothing recorded) when there is no such user.
     pub async fn set_user_patient(
         &self,
         user_id: &str,
         patient_id: Option<&str>,
+        audit: &dyn AccountSink,
+        change: &AccountChange,
     ) -> Result<bool, StoreError> {
-        self.update_user_text(user_id, "patient_id", patient_id)
+        self.update_user_text(user_id, "patient_id", patient_id, Some((audit, change)))
             .await
     }
 
-    /// Links a user to a Practitioner record (or unlinks with `None`).
+    /// Links a user to a Practitioner record (or unlinks with `None`), committed with
+    /// `audit`'s record of `change`. `false` (nothing recorded) when there is no such user.
     pub async fn set_user_practitioner(
         &self,
         user_id: &str,
         practitioner_id: Option<&str>,
+        audit: &dyn AccountSink,
+        change: &AccountChange,
     ) -> Result<bool, StoreError> {
-        self.update_user_text(user_id, "practitioner_id", practitioner_id)
-            .await
+        self.update_user_text(
+            user_id,
+            "practitioner_id",
+            practitioner_id,
+            Some((audit, change)),
+        )
+        .await
     }
 
-    /// `column` is one of this module's constants, never caller input.
+    /// `column` is one of this module's constants, never caller input. With `audited`, the
+    /// sink records the change in the update's transaction.
     async fn update_user_text(
         &self,
         user_id: &str,
         column: &'static str,
         value: Option<&str>,
+        audited: Option<(&dyn AccountSink, &AccountChange)>,
     ) -> Result<bool, StoreError> {
         let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(&format!(
             "UPDATE users SET {column} = $1 WHERE tenant = $2 AND user_id = $3"
         ))
         .bind(value)
         .bind(&self.inner.tenant)
         .bind(user_id)
-        .execute(&self.inner.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        match audited {
+            Some((audit, change)) => commit_recorded(tx, audit, change).await?,
+            None => tx.commit().await?,
+        }
+        Ok(true)
     }
 
-    /// Disables a user at `now` (kept for the audit trail; logins and tokens stop working).
-    pub async fn disable_user(&self, user_id: &str, now: i64) -> Result<bool, StoreError> {
+    /// Disables a user at `now` (kept for the audit trail; logins and tokens stop working),
+    /// committed with `audit`'s record of `change`. `false` (nothing recorded) when there is
+    /// no such user or it is disabled already.
+    pub async fn disable_user(
+        &self,
+        user_id: &str,
+        now: i64,
+        audit: &dyn AccountSink,
+        change: &AccountChange,
+    ) -> Result<bool, StoreError> {
         let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE users SET disabled_at = $1 WHERE tenant = $2 AND user_id = $3 \
              AND disabled_at IS NULL",
@@ -631,9 +693,13 @@ impl Store {
         .bind(now)
         .bind(&self.inner.tenant)
         .bind(user_id)
-        .execute(&self.inner.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        commit_recorded(tx, audit, change).await?;
+        Ok(true)
     }
 
     // ---- recovery codes --------------------------------------------------------------------
@@ -729,9 +795,17 @@ impl Store {
         row.as_ref().map(token_from).transpose()
     }
 
-    /// Revokes a token at `now`. `false` when unknown or already revoked.
-    pub async fn revoke_token(&self, token_hash: &[u8], now: i64) -> Result<bool, StoreError> {
+    /// Revokes a token at `now`, committed with `audit`'s record of `change`. `false`
+    /// (nothing recorded) when unknown or already revoked.
+    pub async fn revoke_token(
+        &self,
+        token_hash: &[u8],
+        now: i64,
+        audit: &dyn AccountSink,
+        change: &AccountChange,
+    ) -> Result<bool, StoreError> {
         let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE tokens SET revoked_at = $1 \
              WHERE token_hash = $2 AND tenant = $3 AND revoked_at IS NULL",
@@ -739,16 +813,26 @@ impl Store {
         .bind(now)
         .bind(token_hash)
         .bind(&self.inner.tenant)
-        .execute(&self.inner.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        commit_recorded(tx, audit, change).await?;
+        Ok(true)
     }
 
     // ---- OAuth2 clients --------------------------------------------------------------------
 
-    /// Registers a client.
-    pub async fn insert_client(&self, client: &ClientRow) -> Result<(), StoreError> {
+    /// Registers a client, committed with `audit`'s record of `change`.
+    pub async fn insert_client(
+        &self,
+        client: &ClientRow,
+        audit: &dyn AccountSink,
+        change: &AccountChange,
+    ) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO oauth_clients (client_id, tenant, name, secret_hash, scopes, \
              launch_patient, created_at, disabled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -761,9 +845,9 @@ impl Store {
         .bind(client.launch_patient.as_deref())
         .bind(client.created_at)
         .bind(client.disabled_at)
-        .execute(&self.inner.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        commit_recorded(tx, audit, change).await
     }
 
     /// The client with this id.
@@ -790,9 +874,16 @@ impl Store {
 
     // ---- care grants -----------------------------------------------------------------------
 
-    /// Creates or replaces the grant of (user, patient).
-    pub async fn upsert_grant(&self, grant: &GrantRow) -> Result<(), StoreError> {
+    /// Creates or replaces the grant of (user, patient), committed with `audit`'s record of
+    /// `change`.
+    pub async fn upsert_grant(
+        &self,
+        grant: &GrantRow,
+        audit: &dyn AccountSink,
+        change: &AccountChange,
+    ) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO care_grants (tenant, user_id, patient_id, labels, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -805,9 +896,9 @@ impl Store {
         .bind(&grant.labels)
         .bind(grant.created_at)
         .bind(grant.expires_at)
-        .execute(&self.inner.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        commit_recorded(tx, audit, change).await
     }
 
     /// The grant of (user, patient), active or not.
@@ -946,6 +1037,18 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Has `audit` record `change` in `tx`, then commits. A failing sink drops `tx`, which rolls
+/// the change back: no account change is committed without its audit entry.
+async fn commit_recorded(
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    audit: &dyn AccountSink,
+    change: &AccountChange,
+) -> Result<(), StoreError> {
+    audit.record_account(&mut tx, change).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn replace_codes_in(

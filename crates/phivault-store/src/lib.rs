@@ -59,7 +59,10 @@ pub use retention::{DISPOSE_BATCH, RetentionCount, RetentionRule};
 pub use rotation::{KekStatus, KeyStatus, RotationProgress, RotationReport};
 pub use search::{SearchPage, SearchScope};
 pub use sqlx::AnyConnection;
-pub use written::{AuditSink, NoAudit, SinkFuture, WriteKind, Written};
+pub use written::{
+    AccountChange, AccountChangeKind, AccountSink, AuditSink, NoAudit, SinkFuture, WriteKind,
+    Written,
+};
 
 /// How to open a [`Store`].
 #[derive(Debug, Clone)]

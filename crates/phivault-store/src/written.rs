@@ -8,6 +8,11 @@
 //! When the sink fails, the transaction rolls back: no write is committed without its audit
 //! entries. The sink is a trait so the store knows nothing about the entries' format (that is
 //! phivault-audit's) and so a benchmark can measure the store with the audit switched off.
+//!
+//! Account changes (a user created, linked, granted, disabled; a client registered; a TOTP
+//! factor enrolled; a token revoked: [`crate::accounts`]) keep the same promise through the
+//! sibling trait [`AccountSink`]: the change and its audit entry commit in one transaction, so
+//! no change is in effect without its entry, and no entry claims a change that did not happen.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -74,13 +79,107 @@ pub trait AuditSink: Send + Sync {
     fn record<'a>(&'a self, conn: &'a mut AnyConnection, written: &'a [Written]) -> SinkFuture<'a>;
 }
 
+/// What kind of account change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountChangeKind {
+    /// A user account was created.
+    UserCreated,
+    /// A patient user was linked to their Patient record.
+    PatientLinked,
+    /// A clinician was linked to their Practitioner record.
+    PractitionerLinked,
+    /// A care grant (user, patient) was created or replaced.
+    Granted,
+    /// An OAuth2 client was registered.
+    ClientRegistered,
+    /// A user account was disabled.
+    UserDisabled,
+    /// A TOTP secret was stored for a user (enrolment started).
+    TotpEnrolmentStarted,
+    /// A user's TOTP factor was enabled (and their recovery codes replaced).
+    TotpEnabled,
+    /// A session or access token was revoked.
+    TokenRevoked,
+}
+
+impl AccountChangeKind {
+    /// A short name (`user-created`, `granted`, ...), for logs and per-change entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountChangeKind::UserCreated => "user-created",
+            AccountChangeKind::PatientLinked => "patient-linked",
+            AccountChangeKind::PractitionerLinked => "practitioner-linked",
+            AccountChangeKind::Granted => "granted",
+            AccountChangeKind::ClientRegistered => "client-registered",
+            AccountChangeKind::UserDisabled => "user-disabled",
+            AccountChangeKind::TotpEnrolmentStarted => "totp-enrolment-started",
+            AccountChangeKind::TotpEnabled => "totp-enabled",
+            AccountChangeKind::TokenRevoked => "token-revoked",
+        }
+    }
+}
+
+/// One account change made by a transaction. Ids only: never a username, secret or token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountChange {
+    /// What changed.
+    pub kind: AccountChangeKind,
+    /// The FHIR resource the change names: the Patient of a link or grant, the Practitioner
+    /// of a link.
+    pub resource: Option<(ResourceType, Id)>,
+    /// The patient concerned (a link or grant to their record).
+    pub patient: Option<Id>,
+}
+
+impl AccountChange {
+    /// A change that names no resource.
+    pub fn new(kind: AccountChangeKind) -> AccountChange {
+        AccountChange {
+            kind,
+            resource: None,
+            patient: None,
+        }
+    }
+
+    /// A change about `patient`'s own record (link, grant).
+    pub fn about_patient(kind: AccountChangeKind, patient: &Id) -> AccountChange {
+        AccountChange {
+            kind,
+            resource: Some((ResourceType::PATIENT, patient.clone())),
+            patient: Some(patient.clone()),
+        }
+    }
+}
+
+/// Records an account change inside the transaction that makes it, after the change and
+/// before the commit; an error rolls the change back.
+pub trait AccountSink: Send + Sync {
+    /// Records `change` through `conn`, the changing transaction.
+    fn record_account<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        change: &'a AccountChange,
+    ) -> SinkFuture<'a>;
+}
+
 /// A sink that records nothing: for tests of the store itself and for the benchmark of the
-/// store without auditing. The server and the CLI never use it for a data write.
+/// store without auditing. The server and the CLI never use it for a data write or an
+/// account change.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoAudit;
 
 impl AuditSink for NoAudit {
     fn record<'a>(&'a self, _: &'a mut AnyConnection, _: &'a [Written]) -> SinkFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl AccountSink for NoAudit {
+    fn record_account<'a>(
+        &'a self,
+        _: &'a mut AnyConnection,
+        _: &'a AccountChange,
+    ) -> SinkFuture<'a> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -431,6 +431,26 @@ impl Server {
         self.api = None;
     }
 
+    /// Asks the process to stop with SIGTERM (a graceful shutdown: in-flight requests drain,
+    /// the audit trail's pending summaries are written and a checkpoint seals it) and waits
+    /// for it to exit. Returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "cannot send SIGTERM to the server"
+        );
+        let status = c.wait().ok();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        self.api = None;
+        status.and_then(|s| s.code())
+    }
+
     /// Starts the server again on the same data directory and database (killing it first if
     /// it still runs), and obtains a fresh access token for the system app.
     pub async fn restart(&mut self) {

@@ -2,7 +2,14 @@
 //! master key), and a forced restore carries the replaced installation's revocations forward.
 
 use super::*;
+use phivault_store::NoAudit;
 use phivault_store::accounts::{ClientRow, NewUser, TokenRow};
+use phivault_store::{AccountChange, AccountChangeKind};
+
+/// An account change for calls whose sink ([`NoAudit`]) records nothing.
+fn any_change() -> AccountChange {
+    AccountChange::new(AccountChangeKind::UserCreated)
+}
 
 /// The plaintext of a v2 archive rewritten as the v1 format (no MAC): what an archive
 /// written before authentication looks like, or what someone without the master key can
@@ -167,28 +174,36 @@ async fn revocations_after_the_backup_survive_a_restore_over_the_installation() 
         for (user, name) in [("u-1", "alice"), ("u-2", "bob")] {
             assert!(
                 store
-                    .insert_user(&NewUser {
-                        user_id: user.to_owned(),
-                        username: name.to_owned(),
-                        role: "clinician".to_owned(),
-                        password_hash: format!("$argon2id$old-{user}"),
-                        created_at: 1_700_000_000,
-                    })
+                    .insert_user(
+                        &NewUser {
+                            user_id: user.to_owned(),
+                            username: name.to_owned(),
+                            role: "clinician".to_owned(),
+                            password_hash: format!("$argon2id$old-{user}"),
+                            created_at: 1_700_000_000,
+                        },
+                        &NoAudit,
+                        &any_change()
+                    )
                     .await
                     .unwrap()
             );
         }
         for client in ["c-1", "c-2"] {
             store
-                .insert_client(&ClientRow {
-                    client_id: client.to_owned(),
-                    name: client.to_owned(),
-                    secret_hash: vec![7; 32],
-                    scopes: "system/*.read".to_owned(),
-                    launch_patient: None,
-                    created_at: 1_700_000_000,
-                    disabled_at: None,
-                })
+                .insert_client(
+                    &ClientRow {
+                        client_id: client.to_owned(),
+                        name: client.to_owned(),
+                        secret_hash: vec![7; 32],
+                        scopes: "system/*.read".to_owned(),
+                        launch_patient: None,
+                        created_at: 1_700_000_000,
+                        disabled_at: None,
+                    },
+                    &NoAudit,
+                    &any_change(),
+                )
                 .await
                 .unwrap();
         }
@@ -205,8 +220,18 @@ async fn revocations_after_the_backup_survive_a_restore_over_the_installation() 
         // recovery code, a changed password; and a token issued and revoked since (not in
         // the archive at all).
         let now = 1_800_000_000;
-        assert!(store.revoke_token(&[1; 32], now).await.unwrap());
-        assert!(store.disable_user("u-2", now).await.unwrap());
+        assert!(
+            store
+                .revoke_token(&[1; 32], now, &NoAudit, &any_change())
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .disable_user("u-2", now, &NoAudit, &any_change())
+                .await
+                .unwrap()
+        );
         sqlx::query("UPDATE oauth_clients SET disabled_at = $1 WHERE client_id = 'c-2'")
             .bind(now)
             .execute(store.pool())
@@ -220,7 +245,12 @@ async fn revocations_after_the_backup_survive_a_restore_over_the_installation() 
                 .unwrap()
         );
         store.insert_token(&token(9, "u-1")).await.unwrap();
-        assert!(store.revoke_token(&[9; 32], now).await.unwrap());
+        assert!(
+            store
+                .revoke_token(&[9; 32], now, &NoAudit, &any_change())
+                .await
+                .unwrap()
+        );
         store.close().await;
 
         let report = restore_into(

@@ -840,7 +840,8 @@ impl Access {
     }
 
     /// Grants the creator of a new Patient a care relationship with it (clinicians; a
-    /// clinician creating a patient has no care team yet).
+    /// clinician creating a patient has no care team yet). The grant commits with an entry of
+    /// its own (action `granted`), after the request's own entry.
     pub(crate) async fn grant_creator(&self, patient: &Id) -> Result<(), ApiError> {
         if !self.is_clinician() {
             return Ok(());
@@ -854,7 +855,13 @@ impl Access {
         );
         self.state
             .accounts
-            .grant(&username, patient, &[], None)
+            .grant(
+                &username,
+                patient,
+                &[],
+                None,
+                &crate::audit_sink::RequestSink::per_resource(&self.state, self.slot.clone()),
+            )
             .await?;
         Ok(())
     }

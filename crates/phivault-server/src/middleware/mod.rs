@@ -3,4 +3,5 @@
 
 pub(crate) mod client_address;
 pub(crate) mod connections;
+pub(crate) mod refusals;
 pub(crate) mod slow_body;

@@ -10,6 +10,12 @@ use phivault_store::{NoAudit, Store, StoreError};
 use sqlx::Row;
 
 use super::{Fixture, fixtures, observation, patient, valid};
+use phivault_store::{AccountChange, AccountChangeKind};
+
+/// An account change for calls whose sink ([`NoAudit`]) records nothing.
+fn any_change() -> AccountChange {
+    AccountChange::new(AccountChangeKind::UserCreated)
+}
 
 /// The key id and wrapped bytes of `patient`'s data key.
 async fn key_of(s: &Store, patient: &Id) -> (String, Vec<u8>) {
@@ -176,26 +182,34 @@ async fn erasure_removes_grants_break_glass_tokens_and_account_links() {
             ("pat2", "patient"),
         ] {
             let user_id = uuid_like(name);
-            s.insert_user(&NewUser {
-                user_id: user_id.clone(),
-                username: format!("{name}-{l}"),
-                role: role.to_owned(),
-                password_hash: "$argon2id$x".to_owned(),
-                created_at: 1,
-            })
+            s.insert_user(
+                &NewUser {
+                    user_id: user_id.clone(),
+                    username: format!("{name}-{l}"),
+                    role: role.to_owned(),
+                    password_hash: "$argon2id$x".to_owned(),
+                    created_at: 1,
+                },
+                &NoAudit,
+                &any_change(),
+            )
             .await
             .unwrap();
             users.push(user_id);
         }
         let (doc, pat, pat2) = (&users[0], &users[1], &users[2]);
         for who in [&p.id, &q.id] {
-            s.upsert_grant(&GrantRow {
-                user_id: doc.clone(),
-                patient_id: who.to_string(),
-                labels: String::new(),
-                created_at: 1,
-                expires_at: None,
-            })
+            s.upsert_grant(
+                &GrantRow {
+                    user_id: doc.clone(),
+                    patient_id: who.to_string(),
+                    labels: String::new(),
+                    created_at: 1,
+                    expires_at: None,
+                },
+                &NoAudit,
+                &any_change(),
+            )
             .await
             .unwrap();
             s.insert_break_glass(&BreakGlassRow {
@@ -209,8 +223,12 @@ async fn erasure_removes_grants_break_glass_tokens_and_account_links() {
             .await
             .unwrap();
         }
-        s.set_user_patient(pat, Some(p.id.as_str())).await.unwrap();
-        s.set_user_patient(pat2, Some(q.id.as_str())).await.unwrap();
+        s.set_user_patient(pat, Some(p.id.as_str()), &NoAudit, &any_change())
+            .await
+            .unwrap();
+        s.set_user_patient(pat2, Some(q.id.as_str()), &NoAudit, &any_change())
+            .await
+            .unwrap();
         let token = |hash: u8, who: &Id| TokenRow {
             token_hash: vec![hash; 32],
             kind: "access".to_owned(),
