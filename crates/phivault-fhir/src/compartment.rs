@@ -345,7 +345,8 @@ pub fn check_compartment_of(rtype: ResourceType, body: &Value) -> Result<(), Fhi
                 IssueCode::Invalid,
                 rtype.to_string(),
                 format!(
-                    "a {rtype} is outside every patient compartment (stored under the directory                      key, readable by every user), so it must not reference or contain a Patient"
+                    "{rtype} is outside every patient compartment (stored under the directory key, \
+                     readable by every user): it must not reference or contain a Patient"
                 ),
             ),
         };
@@ -358,7 +359,9 @@ pub fn check_compartment_of(rtype: ResourceType, body: &Value) -> Result<(), Fhi
             IssueCode::Required,
             paths.first().cloned().unwrap_or_else(|| rtype.to_string()),
             format!(
-                "a {rtype} must name its patient: one of {} must reference `Patient/{{id}}`                  (a {rtype} naming no patient, or only a Group, Device or other subject,                  would be protected by no patient's key and is not accepted)",
+                "{rtype} must name its patient: one of {} must reference `Patient/{{id}}` \
+                 (naming no patient, or only a Group, a Device or another subject, it would \
+                 be protected by no patient's key)",
                 paths.join(", ")
             ),
         ),
@@ -366,7 +369,8 @@ pub fn check_compartment_of(rtype: ResourceType, body: &Value) -> Result<(), Fhi
             IssueCode::Invalid,
             paths.first().cloned().unwrap_or_else(|| rtype.to_string()),
             format!(
-                "a {rtype} must name one patient, not several: its data is sealed under one                  patient's key (the references in {} name different patients)",
+                "{rtype} must name one patient, not several: it is sealed under one patient's \
+                 key (the references in {} name different patients)",
                 paths.join(", ")
             ),
         ),
