@@ -23,6 +23,8 @@ pub mod json;
 mod outcome;
 mod search;
 mod spec;
+#[cfg(test)]
+mod spec_tests;
 mod types;
 mod validate;
 
