@@ -567,7 +567,7 @@ mod tests {
                 "must be relative",
             ),
             (
-                with_entries(json!([{"request": {"method": "GET", "url": "Account/1"}}])),
+                with_entries(json!([{"request": {"method": "GET", "url": "Binary/1"}}])),
                 "0",
                 "unsupported resource type",
             ),

@@ -3,8 +3,11 @@
 //! This crate owns what a FHIR request means: which resource types exist here
 //! ([`ResourceType`]), what a valid id is ([`Id`]), whether a body conforms to the official R4
 //! structure definitions ([`Validator`], which yields a [`ValidResource`] only for conforming
-//! bodies), which patient compartment a resource belongs to ([`compartment_patient`], and the
-//! references that must be resolved before it can be known: [`patient_links`]), which
+//! bodies), which types, compartments and search parameters FHIR R4 defines (tables generated
+//! at build time from the official definitions vendored in `data/`), which patient
+//! compartment a resource belongs to ([`compartment_patient`], the references that must be
+//! resolved before it can be known: [`patient_links`], and the rules a body must keep:
+//! [`check_compartment`]), which
 //! normalized values each search parameter indexes ([`index_entries`]) and how a search query
 //! parses ([`SearchQuery::parse`]), how transaction and batch Bundles read
 //! ([`BundleRequest`]), and how errors are told to clients ([`OperationOutcome`]).
@@ -19,6 +22,9 @@ mod error;
 pub mod json;
 mod outcome;
 mod search;
+mod spec;
+#[cfg(test)]
+mod spec_tests;
 mod types;
 mod validate;
 
@@ -26,14 +32,16 @@ pub use bundle::{
     BundleEntry, BundleKind, BundleRequest, EntryMethod, EntryUrl, rewrite_references,
 };
 pub use compartment::{
-    LinkKind, PatientLink, check_patient_links, patient_links, patient_links_of,
+    LinkKind, PatientLink, check_compartment, check_compartment_of, check_patient_links,
+    compartment_params, compartment_patient, compartment_patient_of, compartment_patients_of,
+    patient_links, patient_links_of,
 };
 pub use error::{FhirError, Issue, IssueCode};
 pub use outcome::OperationOutcome;
 pub use search::{
-    IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery,
-    compartment_patient, compartment_patient_of, index_entries, index_entries_of,
-    is_compartment_keyed, normalize_string, search_params,
+    IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery, index_entries,
+    index_entries_of, is_compartment_keyed, normalize_string, search_params, unsupported_params,
 };
+pub use spec::{Step, Unsupported, param_counts};
 pub use types::{Id, ResourceType};
 pub use validate::{ValidResource, Validator};

@@ -6,15 +6,20 @@
 //! [`index_entries`] produces the values of a resource and [`SearchQuery::parse`] the values a
 //! query looks for, through the same normalization. What each kind supports:
 //!
-//! * **string** (names): case- and accent-insensitive, matching the whole value, a whole
-//!   word, or a prefix (of the value or of a word) of at least [`MIN_PREFIX_CHARS`]
-//!   characters; `:exact` matches the trimmed raw value.
-//! * **token**: `code`, `system|code`, `|code` (no system); codes are case-sensitive.
-//! * **reference**: `Type/id` or a bare id (meaning `Patient/id`); relative references only.
-//! * **date**: equality at year, month or day precision (`2020`, `2020-03`, `2020-03-14`).
+//! * **string** (strings, HumanName and Address parts): case- and accent-insensitive,
+//!   matching the whole value, a whole word, or a prefix (of the value or of a word) of at
+//!   least [`MIN_PREFIX_CHARS`] characters; `:exact` matches the trimmed raw value.
+//! * **token**: `code`, `system|code`, `|code` (no system); codes are case-sensitive. Over
+//!   codes, strings, booleans, Coding, CodeableConcept, Identifier and ContactPoint.
+//! * **reference**: `Type/id` or a bare id (meaning the parameter's only target type, else
+//!   `Patient/id`); relative references only.
+//! * **date**: equality at year, month or day precision (`2020`, `2020-03`, `2020-03-14`)
+//!   with a date, dateTime, instant, or the start or end of a Period.
+//! * **uri**: equality with the exact value.
 //!
-//! Order comparisons (`lt`, `ge`, ...) and free-text modifiers cannot be served by a blind
-//! index and are refused with a message saying so.
+//! The parameters of each type are generated from the specification (see `spec`). Order
+//! comparisons (`lt`, `ge`, ...), free-text modifiers and the parameter kinds a blind index
+//! cannot serve (number, quantity, composite, special) are refused with a message saying so.
 
 use std::collections::BTreeSet;
 
@@ -22,8 +27,8 @@ use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
 
+use crate::spec::{self, Step, Unsupported};
 use crate::{FhirError, Id, ResourceType, ValidResource};
-use SearchParamKind::{Date, Reference, String as Str, Token};
 
 /// Shortest prefix of a name (in characters) that is indexed and can be searched as a prefix.
 const MIN_PREFIX_CHARS: usize = 3;
@@ -70,16 +75,19 @@ pub enum SearchParamKind {
     Reference,
     /// Dates matched at day, month or year precision.
     Date,
+    /// URIs matched exactly.
+    Uri,
 }
 
 impl SearchParamKind {
-    /// The FHIR search parameter type (`string`, `token`, `reference`, `date`).
+    /// The FHIR search parameter type (`string`, `token`, `reference`, `date`, `uri`).
     pub fn as_str(&self) -> &'static str {
         match self {
             SearchParamKind::String => "string",
             SearchParamKind::Token => "token",
             SearchParamKind::Reference => "reference",
             SearchParamKind::Date => "date",
+            SearchParamKind::Uri => "uri",
         }
     }
 }
@@ -91,269 +99,23 @@ pub struct SearchParamDef {
     pub name: &'static str,
     /// Its kind.
     pub kind: SearchParamKind,
-    /// FHIRPath-ish expression, for the CapabilityStatement.
+    /// The specification's FHIRPath expression for this type, for the CapabilityStatement.
     pub expression: &'static str,
+    /// The expression compiled: the values of any of these paths are indexed.
+    pub(crate) paths: &'static [&'static [Step]],
+    /// For references, the types the parameter may point to (empty: any).
+    pub(crate) targets: &'static [&'static str],
 }
 
-// The table. Each expression is `Type.path | Type.path ...` over element names (arrays are
-// flattened); it is both documentation and what `index_entries` evaluates. A `where(...)`
-// step is documentation only: the `patient` parameter keeps references to a Patient by name.
-
-const fn def(
-    name: &'static str,
-    kind: SearchParamKind,
-    expression: &'static str,
-) -> SearchParamDef {
-    SearchParamDef {
-        name,
-        kind,
-        expression,
-    }
-}
-
-const PATIENT: &[SearchParamDef] = &[
-    def(
-        "name",
-        Str,
-        "Patient.name.family | Patient.name.given | Patient.name.text | Patient.name.prefix | Patient.name.suffix",
-    ),
-    def("family", Str, "Patient.name.family"),
-    def("given", Str, "Patient.name.given"),
-    def("identifier", Token, "Patient.identifier"),
-    def("gender", Token, "Patient.gender"),
-    def("birthdate", Date, "Patient.birthDate"),
-];
-
-const PRACTITIONER: &[SearchParamDef] = &[
-    def(
-        "name",
-        Str,
-        "Practitioner.name.family | Practitioner.name.given | Practitioner.name.text | Practitioner.name.prefix | Practitioner.name.suffix",
-    ),
-    def("family", Str, "Practitioner.name.family"),
-    def("given", Str, "Practitioner.name.given"),
-    def("identifier", Token, "Practitioner.identifier"),
-];
-
-const PRACTITIONER_ROLE: &[SearchParamDef] =
-    &[def("identifier", Token, "PractitionerRole.identifier")];
-
-const ORGANIZATION: &[SearchParamDef] = &[
-    def("name", Str, "Organization.name"),
-    def("identifier", Token, "Organization.identifier"),
-];
-
-const LOCATION: &[SearchParamDef] = &[def("identifier", Token, "Location.identifier")];
-
-const CARE_TEAM: &[SearchParamDef] = &[
-    def("identifier", Token, "CareTeam.identifier"),
-    def("status", Token, "CareTeam.status"),
-    def(
-        "patient",
-        Reference,
-        "CareTeam.subject.where(resolve() is Patient)",
-    ),
-    def("subject", Reference, "CareTeam.subject"),
-    def("participant", Reference, "CareTeam.participant.member"),
-];
-
-const ENCOUNTER: &[SearchParamDef] = &[
-    def("identifier", Token, "Encounter.identifier"),
-    def("code", Token, "Encounter.type"),
-    def("status", Token, "Encounter.status"),
-    def(
-        "patient",
-        Reference,
-        "Encounter.subject.where(resolve() is Patient)",
-    ),
-    def("subject", Reference, "Encounter.subject"),
-    def("date", Date, "Encounter.period.start"),
-];
-
-const OBSERVATION: &[SearchParamDef] = &[
-    def("identifier", Token, "Observation.identifier"),
-    def("code", Token, "Observation.code"),
-    def("status", Token, "Observation.status"),
-    def(
-        "patient",
-        Reference,
-        "Observation.subject.where(resolve() is Patient)",
-    ),
-    def("subject", Reference, "Observation.subject"),
-    def(
-        "date",
-        Date,
-        "Observation.effectiveDateTime | Observation.effectivePeriod.start | Observation.effectiveInstant | Observation.issued",
-    ),
-];
-
-const CONDITION: &[SearchParamDef] = &[
-    def("identifier", Token, "Condition.identifier"),
-    def("code", Token, "Condition.code"),
-    def("clinical-status", Token, "Condition.clinicalStatus"),
-    def(
-        "patient",
-        Reference,
-        "Condition.subject.where(resolve() is Patient)",
-    ),
-    def("subject", Reference, "Condition.subject"),
-    def(
-        "date",
-        Date,
-        "Condition.onsetDateTime | Condition.recordedDate",
-    ),
-];
-
-const PROCEDURE: &[SearchParamDef] = &[
-    def("identifier", Token, "Procedure.identifier"),
-    def("code", Token, "Procedure.code"),
-    def("status", Token, "Procedure.status"),
-    def(
-        "patient",
-        Reference,
-        "Procedure.subject.where(resolve() is Patient)",
-    ),
-    def("subject", Reference, "Procedure.subject"),
-    def(
-        "date",
-        Date,
-        "Procedure.performedDateTime | Procedure.performedPeriod.start",
-    ),
-];
-
-const MEDICATION_REQUEST: &[SearchParamDef] = &[
-    def("identifier", Token, "MedicationRequest.identifier"),
-    def("code", Token, "MedicationRequest.medicationCodeableConcept"),
-    def("status", Token, "MedicationRequest.status"),
-    def(
-        "patient",
-        Reference,
-        "MedicationRequest.subject.where(resolve() is Patient)",
-    ),
-    def("subject", Reference, "MedicationRequest.subject"),
-    def("date", Date, "MedicationRequest.authoredOn"),
-];
-
-const ALLERGY_INTOLERANCE: &[SearchParamDef] = &[
-    def("identifier", Token, "AllergyIntolerance.identifier"),
-    def("code", Token, "AllergyIntolerance.code"),
-    def(
-        "clinical-status",
-        Token,
-        "AllergyIntolerance.clinicalStatus",
-    ),
-    def("patient", Reference, "AllergyIntolerance.patient"),
-    def("subject", Reference, "AllergyIntolerance.patient"),
-    def(
-        "date",
-        Date,
-        "AllergyIntolerance.recordedDate | AllergyIntolerance.onsetDateTime",
-    ),
-];
-
-const IMMUNIZATION: &[SearchParamDef] = &[
-    def("identifier", Token, "Immunization.identifier"),
-    def("code", Token, "Immunization.vaccineCode"),
-    def("status", Token, "Immunization.status"),
-    def("patient", Reference, "Immunization.patient"),
-    def("subject", Reference, "Immunization.patient"),
-    def("date", Date, "Immunization.occurrenceDateTime"),
-];
-
-const DIAGNOSTIC_REPORT: &[SearchParamDef] = &[
-    def("identifier", Token, "DiagnosticReport.identifier"),
-    def("code", Token, "DiagnosticReport.code"),
-    def("status", Token, "DiagnosticReport.status"),
-    def(
-        "patient",
-        Reference,
-        "DiagnosticReport.subject.where(resolve() is Patient)",
-    ),
-    def("subject", Reference, "DiagnosticReport.subject"),
-    def(
-        "date",
-        Date,
-        "DiagnosticReport.effectiveDateTime | DiagnosticReport.effectivePeriod.start",
-    ),
-];
-
-const DOCUMENT_REFERENCE: &[SearchParamDef] = &[
-    def("identifier", Token, "DocumentReference.identifier"),
-    def("code", Token, "DocumentReference.type"),
-    def("status", Token, "DocumentReference.status"),
-    def(
-        "patient",
-        Reference,
-        "DocumentReference.subject.where(resolve() is Patient)",
-    ),
-    def("subject", Reference, "DocumentReference.subject"),
-    def("date", Date, "DocumentReference.date"),
-];
-
-const CARE_PLAN: &[SearchParamDef] = &[
-    def("identifier", Token, "CarePlan.identifier"),
-    def("code", Token, "CarePlan.category"),
-    def("status", Token, "CarePlan.status"),
-    def(
-        "patient",
-        Reference,
-        "CarePlan.subject.where(resolve() is Patient)",
-    ),
-    def("subject", Reference, "CarePlan.subject"),
-    def("date", Date, "CarePlan.period.start"),
-];
-
-const CONSENT: &[SearchParamDef] = &[
-    def("identifier", Token, "Consent.identifier"),
-    def("code", Token, "Consent.category"),
-    def("status", Token, "Consent.status"),
-    def("patient", Reference, "Consent.patient"),
-    def("subject", Reference, "Consent.patient"),
-    def("date", Date, "Consent.dateTime"),
-    def("scope", Token, "Consent.scope"),
-    def("category", Token, "Consent.category"),
-    // Equality with the start or the end date of the root provision's period (a blind index
-    // cannot compare ranges).
-    def(
-        "period",
-        Date,
-        "Consent.provision.period.start | Consent.provision.period.end",
-    ),
-];
-
-const TASK: &[SearchParamDef] = &[
-    def("identifier", Token, "Task.identifier"),
-    def("code", Token, "Task.code"),
-    def("status", Token, "Task.status"),
-    def("patient", Reference, "Task.for.where(resolve() is Patient)"),
-    def("subject", Reference, "Task.for"),
-    def("date", Date, "Task.authoredOn"),
-    def("focus", Reference, "Task.focus"),
-];
-
-/// The parameters supported for `rtype` (not counting `_id`, `_count`, which apply to all).
+/// The parameters supported for `rtype` (not counting `_id`, `_count`, which apply to all,
+/// and `_security`, see [`SECURITY`]), generated from the specification (see `spec`).
 pub fn search_params(rtype: ResourceType) -> &'static [SearchParamDef] {
-    match rtype.as_str() {
-        "Patient" => PATIENT,
-        "Practitioner" => PRACTITIONER,
-        "PractitionerRole" => PRACTITIONER_ROLE,
-        "Organization" => ORGANIZATION,
-        "Location" => LOCATION,
-        "CareTeam" => CARE_TEAM,
-        "Encounter" => ENCOUNTER,
-        "Observation" => OBSERVATION,
-        "Condition" => CONDITION,
-        "Procedure" => PROCEDURE,
-        "MedicationRequest" => MEDICATION_REQUEST,
-        "AllergyIntolerance" => ALLERGY_INTOLERANCE,
-        "Immunization" => IMMUNIZATION,
-        "DiagnosticReport" => DIAGNOSTIC_REPORT,
-        "DocumentReference" => DOCUMENT_REFERENCE,
-        "CarePlan" => CARE_PLAN,
-        "Consent" => CONSENT,
-        "Task" => TASK,
-        _ => &[],
-    }
+    spec::type_spec(rtype.as_str()).map_or(&[], |s| s.params)
+}
+
+/// The parameters of the specification for `rtype` that are not served, with why.
+pub fn unsupported_params(rtype: ResourceType) -> &'static [Unsupported] {
+    spec::type_spec(rtype.as_str()).map_or(&[], |s| s.unsupported)
 }
 
 /// One value to put in the blind index: `(param, normalized value)`. The store hashes
@@ -379,11 +141,13 @@ impl IndexEntry {
 
 /// `_security` (security labels in `meta.security`), searchable on every type. Authorization
 /// uses it to keep labelled resources out of searches by principals without a grant.
-pub const SECURITY: SearchParamDef = def(
-    "_security",
-    SearchParamKind::Token,
-    "Resource.meta.security",
-);
+pub const SECURITY: SearchParamDef = SearchParamDef {
+    name: "_security",
+    kind: SearchParamKind::Token,
+    expression: "Resource.meta.security",
+    paths: &[&[Step::Field(&["meta"]), Step::Field(&["security"])]],
+    targets: &[],
+};
 
 /// Whether the index tokens of `param` are keyed per compartment: the store puts the
 /// compartment's key id into their HMAC input, so equal values in two patients' compartments
@@ -408,20 +172,33 @@ pub fn index_entries_of(rtype: ResourceType, body: &Value) -> Vec<IndexEntry> {
         .iter()
         .chain(std::iter::once(&SECURITY))
     {
-        for value in values_at(body, def.expression) {
+        for value in values_of(body, def) {
             match def.kind {
                 SearchParamKind::String => index_string(def.name, value, &mut out),
                 SearchParamKind::Token => index_token(def.name, value, &mut out),
                 SearchParamKind::Reference => {
-                    if let Some(target) = reference_target(def.name, value) {
+                    if let Some(target) = reference_target(def, value) {
                         out.insert(IndexEntry::new(def.name, target));
                     }
                 }
                 SearchParamKind::Date => {
-                    if let Some(date) = value.as_str() {
+                    // A date, dateTime or instant; a Period by its start and its end.
+                    let dates = match value {
+                        Value::Object(period) => ["start", "end"]
+                            .iter()
+                            .filter_map(|k| period.get(*k).and_then(Value::as_str))
+                            .collect(),
+                        other => other.as_str().into_iter().collect::<Vec<_>>(),
+                    };
+                    for date in dates {
                         for v in date_precisions(date) {
                             out.insert(IndexEntry::new(def.name, v));
                         }
+                    }
+                }
+                SearchParamKind::Uri => {
+                    if let Some(uri) = value.as_str().map(str::trim).filter(|u| !u.is_empty()) {
+                        out.insert(IndexEntry::new(def.name, uri));
                     }
                 }
             }
@@ -430,35 +207,42 @@ pub fn index_entries_of(rtype: ResourceType, body: &Value) -> Vec<IndexEntry> {
     out.into_iter().collect()
 }
 
-/// The values an expression selects in a body, arrays flattened.
-pub(crate) fn values_at<'v>(body: &'v Value, expression: &str) -> Vec<&'v Value> {
-    let mut out = Vec::new();
-    for path in expression.split('|') {
-        let mut current = vec![body];
-        // The first step is the type name; `where(...)` steps are documentation.
-        for step in path
-            .trim()
-            .split('.')
-            .skip(1)
-            .filter(|s| !s.starts_with("where("))
-        {
-            let mut next = Vec::new();
-            for value in current {
-                match value.get(step) {
-                    Some(Value::Array(items)) => next.extend(items.iter()),
-                    Some(item) => next.push(item),
-                    None => {}
-                }
-            }
-            current = next;
-        }
-        out.extend(current);
-    }
-    out
+/// The values a parameter's expression selects in a body, arrays flattened.
+pub(crate) fn values_of<'v>(body: &'v Value, def: &SearchParamDef) -> Vec<&'v Value> {
+    spec::select(body, def.paths, true)
 }
+
+/// The parts of a HumanName or an Address that a string parameter over it matches.
+const NAME_AND_ADDRESS_PARTS: &[&str] = &[
+    "text",
+    "family",
+    "given",
+    "prefix",
+    "suffix",
+    "line",
+    "city",
+    "district",
+    "state",
+    "postalCode",
+    "country",
+];
 
 /// Name entries: the normalized value, its words, their prefixes; the raw value as `:exact`.
 fn index_string(param: &str, value: &Value, out: &mut BTreeSet<IndexEntry>) {
+    if let Value::Object(parts) = value {
+        for key in NAME_AND_ADDRESS_PARTS {
+            match parts.get(*key) {
+                Some(Value::Array(items)) => {
+                    for item in items {
+                        index_string(param, item, out);
+                    }
+                }
+                Some(part @ Value::String(_)) => index_string(param, part, out),
+                _ => {}
+            }
+        }
+        return;
+    }
     let Some(raw) = value.as_str() else {
         return;
     };
@@ -513,6 +297,7 @@ fn index_token(param: &str, value: &Value, out: &mut BTreeSet<IndexEntry>) {
     }
     match value {
         Value::String(code) => push(None, Some(code)),
+        Value::Bool(b) => push(None, Some(if *b { "true" } else { "false" })),
         Value::Object(object) => {
             if let Some(codings) = object.get("coding").and_then(Value::as_array) {
                 for coding in codings {
@@ -528,12 +313,12 @@ fn index_token(param: &str, value: &Value, out: &mut BTreeSet<IndexEntry>) {
     }
 }
 
-/// The indexed form of a Reference element for `param`: `Type/id` (relative references only),
-/// and for `patient` only references to a Patient.
-fn reference_target(param: &str, value: &Value) -> Option<String> {
+/// The indexed form of a Reference element for `def`: `Type/id` (relative references only),
+/// of one of the parameter's target types.
+fn reference_target(def: &SearchParamDef, value: &Value) -> Option<String> {
     let reference = value.get("reference").and_then(Value::as_str)?;
     let (rtype, id) = parse_relative_reference(reference)?;
-    if param == "patient" && rtype != "Patient" {
+    if !def.targets.is_empty() && !def.targets.contains(&rtype) {
         return None;
     }
     Some(format!("{rtype}/{id}"))
@@ -559,7 +344,7 @@ pub(crate) fn parse_relative_reference(reference: &str) -> Option<(&str, Id)> {
 }
 
 /// A FHIR resource type name: an upper-case ASCII letter, then ASCII letters.
-fn is_type_name(s: &str) -> bool {
+pub(crate) fn is_type_name(s: &str) -> bool {
     s.len() <= MAX_NAME_CHARS
         && s.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
         && s.bytes().all(|b| b.is_ascii_alphabetic())
@@ -588,33 +373,6 @@ fn date_precisions(value: &str) -> Vec<String> {
         _ => {}
     }
     out
-}
-
-/// The patient compartment a resource belongs to: the Patient's own id, or the id in its
-/// `subject`/`patient` (`Patient/{id}`) reference, per type. `None` for resources outside
-/// any compartment (Practitioner, Organization, ...) and for references that are not to a
-/// Patient. For a Patient without an id yet, `None`.
-pub fn compartment_patient(resource: &ValidResource) -> Option<Id> {
-    compartment_patient_of(resource.resource_type(), resource.body())
-}
-
-/// [`compartment_patient`] of a body of `rtype` known to be valid (for example one the store
-/// wrote after validation and has just decrypted).
-pub fn compartment_patient_of(rtype: ResourceType, body: &Value) -> Option<Id> {
-    if rtype == ResourceType::PATIENT {
-        return body
-            .get("id")
-            .and_then(Value::as_str)
-            .and_then(|s| Id::parse(s).ok());
-    }
-    // The `patient` search parameter names the element that links a resource to its patient.
-    let def = search_params(rtype).iter().find(|d| d.name == "patient")?;
-    values_at(body, def.expression)
-        .into_iter()
-        .filter_map(|v| v.get("reference").and_then(Value::as_str))
-        .filter_map(parse_relative_reference)
-        .find(|(rtype, _)| *rtype == "Patient")
-        .map(|(_, id)| id)
 }
 
 /// Case/accent-insensitive normal form: NFKD, combining marks removed, lower-case,
@@ -746,7 +504,18 @@ impl SearchQuery {
                     {
                         Some(def) => query.params.push(parse_param(def, name, modifier, value)?),
                         None if lenient => query.ignored.push(truncate(name)),
-                        None => return Err(FhirError::UnknownSearchParam(truncate(name))),
+                        None => match unsupported_params(rtype).iter().find(|u| u.name == base) {
+                            Some(u) => {
+                                return Err(bad(
+                                    name,
+                                    format!(
+                                        "this {} parameter of {rtype} is not supported: {}",
+                                        u.kind, u.reason
+                                    ),
+                                ));
+                            }
+                            None => return Err(FhirError::UnknownSearchParam(truncate(name))),
+                        },
                     }
                     let entries: usize = query.params.iter().map(|p| p.any_of.len()).sum();
                     if entries > MAX_ENTRIES {
@@ -841,9 +610,20 @@ fn parse_param(
                     Some(m) if is_type_name(m) => Some(m),
                     Some(m) => return Err(modifier_refused(m)),
                 };
-                let target = parse_reference_query(def.name, name, target_type, &part)?;
+                let target = parse_reference_query(def, name, target_type, &part)?;
                 IndexEntry::new(def.name, target)
             }
+            SearchParamKind::Uri => match modifier {
+                None => {
+                    let raw = unescape(&part);
+                    let raw = raw.trim();
+                    if raw.is_empty() {
+                        return Err(bad(name, "empty value"));
+                    }
+                    IndexEntry::new(def.name, raw)
+                }
+                Some(m) => return Err(modifier_refused(m)),
+            },
             SearchParamKind::Date => match modifier {
                 None => IndexEntry::new(def.name, parse_date_query(name, &unescape(&part))?),
                 Some(m) => return Err(modifier_refused(m)),
@@ -888,10 +668,11 @@ fn parse_token(name: &str, part: &str) -> Result<String, FhirError> {
     }
 }
 
-/// `Type/id`, `Type/id/_history/n` or a bare `id` (a Patient, or the `:Type` modifier's type)
-/// -> `Type/id`.
+/// `Type/id`, `Type/id/_history/n` or a bare `id` (the `:Type` modifier's type, else the
+/// parameter's only target type, else a Patient) -> `Type/id`, of one of the parameter's
+/// target types.
 fn parse_reference_query(
-    param: &str,
+    def: &SearchParamDef,
     name: &str,
     target_type: Option<&str>,
     part: &str,
@@ -917,10 +698,23 @@ fn parse_reference_query(
         (rtype.to_owned(), id)
     } else {
         let id = Id::parse(value).map_err(|_| bad(name, "not a valid id"))?;
-        (target_type.unwrap_or("Patient").to_owned(), id)
+        let default = match def.targets {
+            [only] => only,
+            _ => "Patient",
+        };
+        (target_type.unwrap_or(default).to_owned(), id)
     };
-    if param == "patient" && rtype != "Patient" {
-        return Err(bad(name, "must reference a Patient"));
+    if !def.targets.is_empty() && !def.targets.contains(&rtype.as_str()) {
+        return Err(bad(
+            name,
+            match def.targets {
+                [only] => format!("must reference a {only}"),
+                _ => format!(
+                    "must reference one of the parameter's target types ({})",
+                    def.targets.join(", ")
+                ),
+            },
+        ));
     }
     Ok(format!("{rtype}/{id}"))
 }
@@ -1038,6 +832,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::compartment_patient;
     use crate::validate::tests::{condition, observation, synthea_patient, validator};
 
     fn entry(param: &str, value: &str) -> IndexEntry {
@@ -1077,20 +872,25 @@ mod tests {
     }
 
     #[test]
-    fn every_type_has_identifier_and_sound_expressions() {
+    fn every_type_has_sound_generated_parameters() {
+        let mut with_identifier = 0;
         for rtype in ResourceType::all() {
             let defs = search_params(rtype);
-            assert!(defs.iter().any(|d| d.name == "identifier"), "{rtype}");
+            with_identifier += usize::from(defs.iter().any(|d| d.name == "identifier"));
             for d in defs {
                 for path in d.expression.split('|') {
+                    let path = path.trim().trim_start_matches('(');
                     assert!(
-                        path.trim().starts_with(&format!("{rtype}.")),
+                        path.starts_with(&format!("{rtype}.")) || path.starts_with("Resource."),
                         "{rtype} {d:?}"
                     );
                 }
+                assert!(!d.paths.is_empty() && d.paths.iter().all(|p| !p.is_empty()));
                 assert_eq!(defs.iter().filter(|x| x.name == d.name).count(), 1);
+                assert!(!unsupported_params(rtype).iter().any(|u| u.name == d.name));
             }
         }
+        assert!(with_identifier > 100, "{with_identifier}");
     }
 
     #[test]
@@ -1114,7 +914,6 @@ mod tests {
             ),
             entry("scope", "*|research"),
             entry("category", "http://loinc.org|59284-0"),
-            entry("code", "*|59284-0"),
             entry("period", "2026-01-02"),
             entry("period", "2026-01"),
             entry("period", "2027"),
@@ -1165,7 +964,12 @@ mod tests {
         // Every param key is a declared parameter (or its :exact form).
         for e in &entries {
             let base = e.param.strip_suffix(":exact").unwrap_or(&e.param);
-            assert!(PATIENT.iter().any(|d| d.name == base), "{e:?}");
+            assert!(
+                search_params(ResourceType::PATIENT)
+                    .iter()
+                    .any(|d| d.name == base),
+                "{e:?}"
+            );
         }
     }
 
@@ -1229,7 +1033,7 @@ mod tests {
             entry("clinical-status", "*|active"),
             entry("code", "http://snomed.info/sct|44054006"),
             entry("patient", "Patient/p1"),
-            entry("date", "2001-07-02"),
+            entry("onset-date", "2001-07-02"),
         ] {
             assert!(cond.contains(&e), "missing {e:?} in {cond:?}");
         }
@@ -1243,9 +1047,10 @@ mod tests {
         }));
         assert!(enc.contains(&entry("subject", "Group/g1")));
         assert!(!enc.iter().any(|e| e.param == "patient"));
-        assert!(enc.contains(&entry("code", "|x1")));
-        assert!(enc.contains(&entry("code", "*|x1")));
-        assert!(enc.contains(&entry("code", "s|x2")));
+        assert!(enc.contains(&entry("type", "|x1")));
+        assert!(enc.contains(&entry("type", "*|x1")));
+        assert!(enc.contains(&entry("type", "s|x2")));
+        assert!(enc.contains(&entry("class", "*|AMB")));
         for reference in [
             "http://other.example/fhir/Patient/p1",
             "urn:uuid:0c3151bd-1cbf-4d64-b04d-cd9187a4c6e0",

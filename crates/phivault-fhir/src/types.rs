@@ -9,27 +9,10 @@ use crate::FhirError;
 pub struct ResourceType(&'static str);
 
 impl ResourceType {
-    /// Every type this server stores, in the CapabilityStatement's order.
-    pub const ALL: &'static [&'static str] = &[
-        "Patient",
-        "Practitioner",
-        "PractitionerRole",
-        "Organization",
-        "Location",
-        "CareTeam",
-        "Encounter",
-        "Observation",
-        "Condition",
-        "Procedure",
-        "MedicationRequest",
-        "AllergyIntolerance",
-        "Immunization",
-        "DiagnosticReport",
-        "DocumentReference",
-        "CarePlan",
-        "Consent",
-        "Task",
-    ];
+    /// Every type this server stores: the concrete resource types of FHIR R4 4.0.1 but
+    /// Parameters, Bundle, Binary, AuditEvent and OperationOutcome (see `data/README.md`),
+    /// sorted by name. Generated from the specification at build time.
+    pub const ALL: &'static [&'static str] = crate::spec::TYPE_NAMES;
 
     /// The Patient type.
     pub const PATIENT: ResourceType = ResourceType("Patient");
@@ -39,11 +22,16 @@ impl ResourceType {
 
     /// Parses a type name; unknown or unsupported names are refused.
     pub fn parse(name: &str) -> Result<Self, FhirError> {
-        Self::ALL
-            .iter()
-            .find(|t| **t == name)
-            .map(|t| ResourceType(t))
-            .ok_or_else(|| FhirError::UnknownType(name.chars().take(64).collect()))
+        match Self::ALL.binary_search(&name) {
+            Ok(i) => Ok(ResourceType(Self::ALL[i])),
+            Err(_) => Err(FhirError::UnknownType(name.chars().take(64).collect())),
+        }
+    }
+
+    /// Why `name`, an R4 resource type, is not stored here (`None` when it is stored or is no
+    /// R4 type at all).
+    pub fn exclusion(name: &str) -> Option<&'static str> {
+        crate::spec::exclusion(name)
     }
 
     /// Iterates over all supported types.
@@ -54,6 +42,15 @@ impl ResourceType {
     /// The type's name.
     pub fn as_str(&self) -> &'static str {
         self.0
+    }
+
+    /// Whether resources of this type belong to a patient's compartment (sealed under that
+    /// patient's key, read by whoever may read the patient's record): Patient, the types the
+    /// Patient CompartmentDefinition lists with parameters, and Contract, Device,
+    /// GuidanceResponse and Task (which name a patient by their `patient` parameter). The
+    /// others are directory types (Practitioner, Organization, Medication, ...).
+    pub fn in_patient_compartment(&self) -> bool {
+        !crate::compartment_params(*self).is_empty()
     }
 }
 
@@ -121,5 +118,45 @@ mod tests {
         );
         assert!(ResourceType::parse("Patients").is_err());
         assert!(ResourceType::parse("patient").is_err());
+        for name in [
+            "Claim",
+            "ExplanationOfBenefit",
+            "Provenance",
+            "Medication",
+            "Goal",
+        ] {
+            assert_eq!(ResourceType::parse(name).unwrap().as_str(), name);
+        }
+        for name in [
+            "Bundle",
+            "Parameters",
+            "Binary",
+            "AuditEvent",
+            "OperationOutcome",
+        ] {
+            assert!(ResourceType::parse(name).is_err(), "{name}");
+            assert!(ResourceType::exclusion(name).is_some(), "{name}");
+        }
+        assert!(ResourceType::PATIENT.in_patient_compartment());
+        assert!(
+            ResourceType::parse("Claim")
+                .unwrap()
+                .in_patient_compartment()
+        );
+        assert!(
+            ResourceType::parse("Device")
+                .unwrap()
+                .in_patient_compartment()
+        );
+        assert!(
+            !ResourceType::parse("Medication")
+                .unwrap()
+                .in_patient_compartment()
+        );
+        assert!(
+            !ResourceType::parse("Practitioner")
+                .unwrap()
+                .in_patient_compartment()
+        );
     }
 }

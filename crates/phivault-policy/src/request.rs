@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use phivault_fhir::{Id, ResourceType, search_params};
+use phivault_fhir::{Id, ResourceType};
 use time::{Duration, OffsetDateTime};
 
 use crate::{Action, Label, PolicyError, Purpose, Role, ScopeSet};
@@ -12,10 +12,10 @@ const MAX_PRINCIPAL_ID_LEN: usize = 128;
 /// Longest break-the-glass reason accepted, in characters.
 const MAX_REASON_CHARS: usize = 1000;
 
-/// True for resource types outside the patient compartment (Practitioner, PractitionerRole,
-/// Organization, Location): those with no `patient` search parameter, Patient excepted.
+/// True for resource types outside the patient compartment (Practitioner, Organization,
+/// Medication, ...), as the FHIR crate generates it from the Patient CompartmentDefinition.
 pub(crate) fn is_directory_type(rtype: ResourceType) -> bool {
-    rtype != ResourceType::PATIENT && !search_params(rtype).iter().any(|d| d.name == "patient")
+    !rtype.in_patient_compartment()
 }
 
 /// Whether a principal is a person or an app on its own.
@@ -359,15 +359,30 @@ mod tests {
             .filter(|t| is_directory_type(*t))
             .map(|t| t.as_str())
             .collect();
-        assert_eq!(
-            dir,
-            [
-                "Practitioner",
-                "PractitionerRole",
-                "Organization",
-                "Location"
-            ]
-        );
+        for t in [
+            "Practitioner",
+            "PractitionerRole",
+            "Organization",
+            "Location",
+            "Medication",
+            "Questionnaire",
+        ] {
+            assert!(dir.contains(&t), "{t}");
+        }
+        for t in [
+            "Patient",
+            "Observation",
+            "Claim",
+            "ExplanationOfBenefit",
+            "Provenance",
+            "Device",
+            "Task",
+            "Goal",
+            "Group",
+        ] {
+            assert!(!dir.contains(&t), "{t}");
+        }
+        assert_eq!(dir.len(), ResourceType::ALL.len() - 69);
     }
 
     #[test]

@@ -14,6 +14,7 @@ fn kind_code(kind: SearchParamKind) -> &'static str {
         SearchParamKind::Token => "token",
         SearchParamKind::Reference => "reference",
         SearchParamKind::Date => "date",
+        SearchParamKind::Uri => "uri",
         _ => "special",
     }
 }
@@ -36,7 +37,12 @@ fn kind_documentation(kind: SearchParamKind) -> &'static str {
         SearchParamKind::Date => {
             "Matched over a blind index (HMAC tokens, no plaintext): equality only (no prefix \
              or the eq prefix) at day (YYYY-MM-DD), month (YYYY-MM) or year (YYYY) \
-             precision. No ranges (lt, gt, le, ge, ne, sa, eb, ap) and no times."
+             precision; a Period matches by its start or its end date. No ranges (lt, gt, le, \
+             ge, ne, sa, eb, ap) and no times."
+        }
+        SearchParamKind::Uri => {
+            "Matched over a blind index (HMAC tokens, no plaintext): the exact URI. No :below \
+             or :above."
         }
         _ => "Matched over a blind index (HMAC tokens, no plaintext), equality only.",
     }
@@ -266,7 +272,14 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
             "documentation": "Search runs over blind indexes (HMAC tokens of normalized \
                 values), so every parameter matches by equality: no ranges, no :contains, \
                 no _include, no _sort. Paging uses _count (default 50, at most 1000) and \
-                _offset.",
+                _offset. Every FHIR R4 resource type is stored but Parameters, Bundle \
+                (transactions and batches are processed at the base URL), Binary, \
+                OperationOutcome, and AuditEvent (the audit trail, read-only). A resource of \
+                a Patient-compartment type must name exactly one patient as Patient/{id} \
+                (422 otherwise); directory types must not reference a Patient. Each type \
+                lists the standard search parameters it serves; number, quantity, composite \
+                and special parameters, and those whose expression is not evaluated, are \
+                refused with 400.",
             "security": security(base_url),
             "resource": resources,
             "interaction": [
@@ -342,10 +355,55 @@ mod tests {
             SearchParamKind::Token,
             SearchParamKind::Reference,
             SearchParamKind::Date,
+            SearchParamKind::Uri,
         ];
         for k in kinds {
             assert_ne!(kind_code(k), "special");
             assert!(kind_documentation(k).contains("blind index"));
         }
+    }
+
+    #[test]
+    fn lists_exactly_the_stored_types_and_served_parameters() {
+        let statement = capability_statement("https://h:1/fhir");
+        let resources = statement["rest"][0]["resource"].as_array().unwrap();
+        let types: Vec<&str> = resources
+            .iter()
+            .filter_map(|r| r["type"].as_str())
+            .collect();
+        assert_eq!(types.len(), ResourceType::ALL.len() + 1);
+        for t in ResourceType::ALL {
+            assert!(types.contains(t), "{t}");
+        }
+        for t in ["Bundle", "Parameters", "Binary", "OperationOutcome"] {
+            assert!(!types.contains(&t), "{t}");
+        }
+        for r in resources.iter().filter(|r| r["type"] != "AuditEvent") {
+            let rtype = ResourceType::parse(r["type"].as_str().unwrap()).unwrap();
+            let served: Vec<&str> = search_params(rtype).iter().map(|d| d.name).collect();
+            let unsupported = phivault_fhir::unsupported_params(rtype);
+            for p in r["searchParam"].as_array().unwrap() {
+                let name = p["name"].as_str().unwrap();
+                assert!(name == "_id" || served.contains(&name), "{rtype}.{name}");
+                assert!(
+                    !unsupported.iter().any(|u| u.name == name),
+                    "{rtype}.{name}"
+                );
+                assert_ne!(p["type"], "special");
+            }
+        }
+        let names = |t: &str| -> Vec<String> {
+            resources.iter().find(|r| r["type"] == t).unwrap()["searchParam"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert!(names("Claim").contains(&"patient".to_owned()));
+        assert!(names("ExplanationOfBenefit").contains(&"patient".to_owned()));
+        assert!(names("Observation").contains(&"code".to_owned()));
+        assert!(!names("Observation").contains(&"value-quantity".to_owned()));
+        assert!(!names("Location").contains(&"near".to_owned()));
     }
 }

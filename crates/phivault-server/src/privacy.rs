@@ -50,22 +50,11 @@ fn strings(items: &[&str]) -> Vec<String> {
 /// What phivault does out of the box: treatment, emergency access, research (consented,
 /// de-identified) and the audit trail.
 pub fn default_processing_activities() -> Vec<ProcessingActivity> {
-    let clinical = strings(&[
-        "Patient",
-        "Encounter",
-        "Observation",
-        "Condition",
-        "Procedure",
-        "MedicationRequest",
-        "AllergyIntolerance",
-        "Immunization",
-        "DiagnosticReport",
-        "DocumentReference",
-        "CarePlan",
-        "CareTeam",
-        "Consent",
-        "Task",
-    ]);
+    // Every type of a patient's compartment (Patient, Observation, Claim, Device, ...).
+    let clinical: Vec<String> = phivault_fhir::ResourceType::all()
+        .filter(|t| t.in_patient_compartment())
+        .map(|t| t.as_str().to_owned())
+        .collect();
     vec![
         ProcessingActivity {
             name: "treatment".to_owned(),

@@ -133,6 +133,7 @@ mod tests {
                 "resourceType": "Observation",
                 "status": "final",
                 "code": { "coding": [{ "system": "http://loinc.org", "code": "8310-5" }] },
+                "subject": { "reference": "Patient/r1" },
             });
             let v = validator.validate(body, None).unwrap();
             ids.push(store.create(v, &NoAudit).await.unwrap().id);

@@ -23,6 +23,9 @@ use phivault_store::{NoAudit, Store, StoreOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+#[path = "router/all_types.rs"]
+mod all_types;
+
 const BASE: &str = "https://127.0.0.1:8443/fhir";
 const MAX_BODY: usize = 64 * 1024;
 /// Every test user's password (passes the password policy).
@@ -2041,15 +2044,22 @@ async fn searches_never_count_other_patients() {
     for _ in 0..3 {
         c.create(&observation(&theirs)).await;
     }
-    // A resource outside any compartment of its type is not everyone's either.
-    c.create(&json!({ "resourceType": "Observation", "status": "final",
-        "code": { "coding": [{ "system": "http://loinc.org", "code": "8867-4" }] } }))
+    // A resource of a compartment type naming no patient is not stored at all (it would be
+    // in no patient's compartment).
+    let a = c
+        .json(
+            Method::POST,
+            "/fhir/Observation",
+            &json!({ "resourceType": "Observation", "status": "final",
+                "code": { "coding": [{ "system": "http://loinc.org", "code": "8867-4" }] } }),
+        )
         .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{a:?}");
     c.create(&json!({ "resourceType": "Practitioner", "name": [{ "family": "Who" }] }))
         .await;
     c.grant(&admin, "doc", &mine, &[]).await;
 
-    assert_eq!(total(&c.get("/fhir/Observation").await), 6);
+    assert_eq!(total(&c.get("/fhir/Observation").await), 5);
     assert_eq!(total(&c.get_as(&doc, "/fhir/Observation").await), 2);
     assert_eq!(
         total(&c.get_as(&doc, "/fhir/Patient?family=smith").await),
@@ -3506,7 +3516,7 @@ async fn patients_named_by_url_or_condition_land_in_their_compartment() {
 }
 
 #[tokio::test]
-async fn history_of_a_resource_outside_every_compartment_is_decided_like_a_read() {
+async fn a_resource_in_no_compartment_is_refused_so_no_history_is_open() {
     let c = ctx().await;
     let admin = c.person("admin", Role::Admin).await;
     let doc = c.person("doc", Role::Clinician).await;
@@ -3522,19 +3532,21 @@ async fn history_of_a_resource_outside_every_compartment_is_decided_like_a_read(
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{a:?}");
     let pat = c.session("pat").await;
-    // About a Group: in no patient's compartment.
-    let (orphan, _) = c
-        .create(&hiv_note(json!({ "reference": "Group/g1" })))
-        .await;
-    for token in [&pat, &doc] {
-        c.get_as(token, &format!("/fhir/Observation/{orphan}"))
-            .await
-            .assert_denied("no-permit");
-        c.get_as(token, &format!("/fhir/Observation/{orphan}/_history"))
-            .await
-            .assert_denied("no-permit");
-        c.get_as(token, &format!("/fhir/Observation/{orphan}/_history/1"))
-            .await
-            .assert_denied("no-permit");
+    // About a Group: in no patient's compartment, so refused (422) to every writer rather
+    // than stored where neither the patient nor the care team could be decided on; no
+    // version exists for anyone to read.
+    for token in [&c.token, &doc] {
+        let a = c
+            .json_as(
+                token,
+                Method::POST,
+                "/fhir/Observation",
+                &hiv_note(json!({ "reference": "Group/g1" })),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{a:?}");
+    }
+    for token in [&pat, &doc, &c.token] {
+        assert_eq!(total(&c.get_as(token, "/fhir/Observation").await), 0);
     }
 }

@@ -11,6 +11,8 @@ use phivault_store::{NoAudit, Store, StoreError, StoreOptions};
 use serde_json::{Value, json};
 use sqlx::Row;
 
+#[path = "store/all_types.rs"]
+mod all_types;
 #[path = "store/compartments.rs"]
 mod compartments;
 #[path = "store/proofs.rs"]

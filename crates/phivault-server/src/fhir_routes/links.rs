@@ -14,14 +14,16 @@
 //!   (their patient is not one of ours: stored here it would fall in no compartment), a
 //!   reference by identifier alone (no `reference`; a logical identifier may name several
 //!   patients or none, and the record's key, readers and erasure must not depend on a guess),
-//!   contained patients, placeholders that no entry of the transaction defines, conditional
-//!   references to other types, and malformed references.
+//!   contained patients, placeholders that no entry of the transaction defines, and malformed
+//!   references.
+//! - **Then the compartment rules** ([`phivault_fhir::check_compartment`], 422): a resource of
+//!   a compartment type names exactly one patient, a directory resource none.
 
 use std::collections::HashMap;
 
 use phivault_fhir::{
     FhirError, Issue, IssueCode, LinkKind, PatientLink, ResourceType, SearchQuery, ValidResource,
-    patient_links,
+    check_compartment, patient_links,
 };
 
 use super::{Access, parse_pairs};
@@ -37,12 +39,15 @@ pub(crate) async fn resolve_patient_links(
     placeholders: &HashMap<String, String>,
 ) -> Result<(), ApiError> {
     let links = patient_links(resource);
-    if links.is_empty() {
-        return Ok(());
-    }
     let mut map = HashMap::new();
+    // A placeholder the transaction resolves leaves the compartment to the store's check.
+    let mut deferred = false;
     for link in links {
-        if placeholders.contains_key(&link.reference) || map.contains_key(&link.reference) {
+        if placeholders.contains_key(&link.reference) {
+            deferred = true;
+            continue;
+        }
+        if map.contains_key(&link.reference) {
             continue;
         }
         let target = match &link.kind {
@@ -90,6 +95,11 @@ pub(crate) async fn resolve_patient_links(
     }
     if !map.is_empty() {
         resource.rewrite_references(&map);
+    }
+    // The compartment rules (exactly one patient; none in a directory resource) are checked
+    // here, before the write is decided, so the refusal is the same 422 for every writer.
+    if !deferred {
+        check_compartment(resource)?;
     }
     Ok(())
 }

@@ -245,10 +245,14 @@ async fn a_patient_named_otherwise_than_by_a_relative_reference_is_refused() {
                 other => panic!("{}: expected a 422, got {other:?}", f.label),
             }
         }
-        // Non-patient subjects and relative patient references are written as before.
+        // A Group subject names no patient: refused too (it would be sealed under no
+        // patient's key). Relative patient references are written as before.
         let mut group = observation(&a.id, "1-1");
         group["subject"] = json!({"reference": "Group/g1"});
-        s.create(valid(group), &NoAudit).await.unwrap();
+        match s.create(valid(group), &NoAudit).await {
+            Err(e @ StoreError::Fhir(_)) => assert_eq!(e.http_status(), 422, "{}", f.label),
+            other => panic!("{}: expected a 422, got {other:?}", f.label),
+        }
         s.create(valid(observation(&a.id, "1-1")), &NoAudit)
             .await
             .unwrap();
