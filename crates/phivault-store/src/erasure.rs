@@ -216,8 +216,10 @@ impl Store {
     /// sealed under the directory key, which the erasure does not destroy), care grants,
     /// access tokens launched for the patient (deleted: a token without its launch patient
     /// would reach further, not less far), and the link of a patient account to the patient
-    /// (the account stays, linked to no one, so it opens nothing). Returns the tables changed,
-    /// whose residue is then purged from the files.
+    /// (the account stays, linked to no one, so it opens nothing), and the launch patient of
+    /// OAuth2 clients registered for the patient (the client is disabled in the same
+    /// statement: like a token, a client without its launch patient would reach further).
+    /// Returns the tables changed, whose residue is then purged from the files.
     async fn erase_traces(
         &self,
         conn: &mut AnyConnection,
@@ -243,6 +245,21 @@ impl Store {
             ),
         ];
         let mut changed = Vec::new();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let clients = sqlx::query(
+            "UPDATE oauth_clients SET launch_patient = NULL, \
+             disabled_at = COALESCE(disabled_at, $3) \
+             WHERE tenant = $1 AND launch_patient = $2",
+        )
+        .bind(tenant)
+        .bind(patient.as_str())
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if clients > 0 {
+            changed.push("oauth_clients");
+        }
         for (table, sql) in statements {
             let n = sqlx::query(sql)
                 .bind(tenant)

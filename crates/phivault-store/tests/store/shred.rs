@@ -5,7 +5,7 @@
 //! wrapped in the first format still opens and is moved to the current one by a rotation.
 
 use phivault_fhir::{Id, ResourceType};
-use phivault_store::accounts::{BreakGlassRow, GrantRow, NewUser, TokenRow};
+use phivault_store::accounts::{BreakGlassRow, ClientRow, GrantRow, NewUser, TokenRow};
 use phivault_store::{NoAudit, Store, StoreError};
 use sqlx::Row;
 
@@ -242,8 +242,31 @@ async fn erasure_removes_grants_break_glass_tokens_and_account_links() {
         };
         s.insert_token(&token(1, &p.id)).await.unwrap();
         s.insert_token(&token(2, &q.id)).await.unwrap();
+        let client = |id: &str, who: &Id| ClientRow {
+            client_id: format!("{id}-{l}"),
+            name: "launched app".to_owned(),
+            secret_hash: vec![7; 32],
+            scopes: "patient/*.rs".to_owned(),
+            launch_patient: Some(who.to_string()),
+            created_at: 1,
+            disabled_at: None,
+        };
+        for (id, who) in [("app-p", &p.id), ("app-q", &q.id)] {
+            s.insert_client(&client(id, who), &NoAudit, &any_change())
+                .await
+                .unwrap();
+        }
 
         s.erase_patient(&p.id, &NoAudit).await.unwrap();
+
+        // The app launched for the erased patient names no one and is disabled; the other
+        // patient's app is untouched.
+        let app = s.client(&format!("app-p-{l}")).await.unwrap().unwrap();
+        assert_eq!(app.launch_patient, None, "{l}");
+        assert!(app.disabled_at.is_some(), "{l}");
+        let other_app = s.client(&format!("app-q-{l}")).await.unwrap().unwrap();
+        assert_eq!(other_app.launch_patient, Some(q.id.to_string()), "{l}");
+        assert_eq!(other_app.disabled_at, None, "{l}");
 
         assert_eq!(s.grant(doc, p.id.as_str()).await.unwrap(), None, "{l}");
         assert!(s.grant(doc, q.id.as_str()).await.unwrap().is_some(), "{l}");
