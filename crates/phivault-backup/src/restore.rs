@@ -179,6 +179,9 @@ pub async fn restore<R: Read>(
     let resources_disposed = tx.replay_retention(&other_retention).await?;
     let revocations = tx.replay_revocations(&other_revocations).await?;
     tx.commit().await?;
+    // Restored tables have no statistics yet; without them PostgreSQL plans searches as if
+    // the index were empty.
+    target.refresh_statistics().await?;
     Ok(RestoreReport {
         manifest,
         replaced: existing

@@ -547,9 +547,17 @@ async fn import(settings: &Settings, args: &ImportArgs) -> Result<ExitCode> {
     } else {
         Outcome::Error
     };
+    // A bulk load leaves PostgreSQL with no statistics on the new rows; refresh them now so
+    // the first searches after the import are planned on what is there.
+    let analyzed = if summary.resources > 0 {
+        store.refresh_statistics().await
+    } else {
+        Ok(())
+    };
     let recorded = audit.command_entry(outcome, None, None).await;
     store.close().await;
     println!("{summary}");
+    analyzed?;
     recorded?;
     Ok(if summary.errors.is_empty() {
         ExitCode::SUCCESS

@@ -701,6 +701,13 @@ impl RestoreTarget {
         })
     }
 
+    /// Refreshes the planner statistics of the restored tables (see
+    /// [`Store::refresh_statistics`](crate::Store::refresh_statistics)); call after
+    /// [`RestoreTx::commit`].
+    pub async fn refresh_statistics(&self) -> Result<(), StoreError> {
+        crate::statistics::refresh(&self.pool, self.backend).await
+    }
+
     /// Closes the connections; when this connection created the SQLite file and `remove` is
     /// set (the restore failed), removes the file again, so a refused restore leaves nothing.
     pub async fn close(self, remove: bool) {

@@ -41,6 +41,7 @@ mod resources;
 mod retention;
 mod rotation;
 mod search;
+mod statistics;
 mod written;
 
 use std::sync::Arc;

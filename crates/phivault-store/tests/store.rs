@@ -21,6 +21,8 @@ mod proofs;
 mod rotation;
 #[path = "store/shred.rs"]
 mod shred;
+#[path = "store/statistics.rs"]
+mod statistics;
 
 fn validator() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();
