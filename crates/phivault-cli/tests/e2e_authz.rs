@@ -523,6 +523,20 @@ struct World {
     reason: Marker,
 }
 
+/// The ids of a searchset's entries of `search.mode` `mode`.
+fn mode_ids(bundle: &Value, mode: &str) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["search"]["mode"] == mode)
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn psy_label() -> Value {
     json!([{ "system": ACT_CODE, "code": "PSY" }])
 }
@@ -1256,36 +1270,83 @@ async fn owasp_cases(w: &World) {
     r.assert_status(200);
     assert_eq!(r.json()["total"], 1, "POST _search counts the same: {r:?}");
 
-    // _include and _revinclude are refused (they would reach other compartments).
-    for (who, q) in [
+    // _include and _revinclude return only what the principal may read: an Observation of P1
+    // derived from P2's Observation, P1's PSY Observation and O1 includes, for each principal,
+    // the ones it could read itself, never the others, and never counts them in the total.
+    let mut derived = observation(&w.p1, &w.copy_code, false);
+    derived["derivedFrom"] = json!([
+        { "reference": w.path(Res::O2) },
+        { "reference": w.path(Res::Psy) },
+        { "reference": w.path(Res::O1) },
+    ]);
+    let derived = w.apis[&Who::System].create(&derived).await;
+    let include_query = query(
+        "Observation",
+        &[("_id", &derived), ("_include", "Observation:derived-from")],
+    );
+    for (who, purpose, readable) in [
+        (care, t, vec![Res::O1]),
+        (Who::AppP1, t, vec![Res::O1]),
         (
-            care,
-            query(
-                "Observation",
-                &[("patient", &w.p1), ("_include", "Observation:subject")],
-            ),
+            Who::PatientP1,
+            Purpose::PatientRequest,
+            vec![Res::O1, Res::Psy],
         ),
-        (
-            care,
-            query(
-                "Patient",
-                &[("_id", &w.p1), ("_revinclude", "Observation:subject")],
-            ),
-        ),
-        (
-            care,
-            query(
-                "Observation",
-                &[("_include:iterate", "Observation:patient")],
-            ),
-        ),
-        (
-            Who::System,
-            query("Observation", &[("_include", "Observation:subject")]),
-        ),
+        (Who::System, t, vec![Res::O1, Res::O2]),
+        (Who::CarePsy, t, vec![Res::O1, Res::Psy]),
     ] {
-        let r = Api::send(w.request(who, t, Method::GET, &q)).await;
-        r.assert_outcome(400, &["_"]);
+        let r = Api::send(w.request(who, purpose, Method::GET, &include_query)).await;
+        r.assert_status(200);
+        let bundle = r.json();
+        assert_eq!(
+            bundle["total"], 1,
+            "{who:?}: includes are not counted: {bundle}"
+        );
+        let mut included = mode_ids(&bundle, "include");
+        included.sort();
+        let mut expected: Vec<String> = readable.iter().map(|res| w.id(*res).to_owned()).collect();
+        expected.sort();
+        assert_eq!(included, expected, "{who:?}: included Observations");
+        assert_eq!(mode_ids(&bundle, "match"), vec![derived.clone()], "{who:?}");
+    }
+    // The reverse: P1's Observations that name P1, as far as each may read them.
+    let rev_query = query(
+        "Patient",
+        &[("_id", &w.p1), ("_revinclude", "Observation:subject")],
+    );
+    for (who, psy_visible) in [(care, false), (Who::CarePsy, true)] {
+        let r = Api::send(w.request(who, t, Method::GET, &rev_query)).await;
+        r.assert_status(200);
+        let bundle = r.json();
+        assert_eq!(bundle["total"], 1, "{who:?}: {bundle}");
+        let included = mode_ids(&bundle, "include");
+        assert!(
+            included.contains(&w.o1) && included.contains(&derived),
+            "{who:?}"
+        );
+        assert_eq!(
+            included.contains(&w.psy),
+            psy_visible,
+            "{who:?}: the PSY Observation"
+        );
+        assert!(!included.contains(&w.o2), "{who:?}: P2's Observation");
+    }
+    // A clinician without P1 on the care team gets nothing, includes included.
+    let r = Api::send(w.request(Who::Other, t, Method::GET, &rev_query)).await;
+    r.assert_status(200);
+    assert_eq!(r.json()["total"], 0);
+    assert!(mode_ids(&r.json(), "include").is_empty());
+    // The forms not served are refused, whoever asks.
+    for q in [
+        query(
+            "Observation",
+            &[("_include:iterate", "Observation:patient")],
+        ),
+        query("Observation", &[("_include", "*")]),
+        query("Observation", &[("_include", "Patient:organization")]),
+    ] {
+        let r = Api::send(w.request(Who::System, t, Method::GET, &q)).await;
+        r.assert_outcome(400, &["_include"]);
     }
 
     // Existence never leaks: a missing id is refused like one out of reach, unless the

@@ -22,7 +22,6 @@ const EXPECTED_FAILURES: &[&str] = &[
     "check_paging_and_count",
     "check_sort",
     "check_get_or_create",
-    "check_include",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

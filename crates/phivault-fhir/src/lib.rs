@@ -19,6 +19,7 @@
 mod bundle;
 mod compartment;
 mod error;
+mod include;
 pub mod json;
 mod outcome;
 mod search;
@@ -37,6 +38,7 @@ pub use compartment::{
     patient_links, patient_links_of,
 };
 pub use error::{FhirError, Issue, IssueCode};
+pub use include::{Include, include_values, revinclude_values, split_includes};
 pub use outcome::OperationOutcome;
 pub use search::{
     IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery, index_entries,

@@ -86,6 +86,9 @@ fn resource_entry(rtype: ResourceType) -> Value {
         "conditionalUpdate": false,
         "conditionalDelete": "not-supported",
         "searchParam": params,
+        // One level (no :iterate); each included resource decided like a search hit.
+        "searchInclude": phivault_fhir::include_values(rtype),
+        "searchRevInclude": phivault_fhir::revinclude_values(rtype),
     })
 }
 
@@ -405,5 +408,40 @@ mod tests {
         assert!(names("Observation").contains(&"code".to_owned()));
         assert!(!names("Observation").contains(&"value-quantity".to_owned()));
         assert!(!names("Location").contains(&"near".to_owned()));
+
+        // Every listed include is one a search accepts, and the common ones are listed.
+        let list = |t: &str, field: &str| -> Vec<String> {
+            resources.iter().find(|r| r["type"] == t).unwrap()[field]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert!(list("Observation", "searchInclude").contains(&"Observation:subject".to_owned()));
+        let patient_rev = list("Patient", "searchRevInclude");
+        for rev in [
+            "Observation:subject",
+            "Provenance:target",
+            "Encounter:patient",
+        ] {
+            assert!(patient_rev.contains(&rev.to_owned()), "{rev}");
+        }
+        assert!(!patient_rev.contains(&"Observation:code".to_owned()));
+        for r in resources.iter().filter(|r| r["type"] != "AuditEvent") {
+            let rtype = ResourceType::parse(r["type"].as_str().unwrap()).unwrap();
+            for (field, name) in [
+                ("searchInclude", "_include"),
+                ("searchRevInclude", "_revinclude"),
+            ] {
+                for v in r[field].as_array().unwrap() {
+                    let pairs = [(name.to_owned(), v.as_str().unwrap().to_owned())];
+                    assert!(
+                        phivault_fhir::split_includes(rtype, &pairs).is_ok(),
+                        "{rtype} {name}={v}"
+                    );
+                }
+            }
+        }
     }
 }

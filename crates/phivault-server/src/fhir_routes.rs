@@ -8,6 +8,7 @@
 //! a [`RequestSink`], so its audit entries commit in its transaction (see `audit_sink`).
 
 mod guard;
+mod include;
 mod links;
 
 use std::collections::{HashMap, HashSet};
@@ -742,6 +743,7 @@ fn search_link(
     state: &AppState,
     rtype: ResourceType,
     query: &SearchQuery,
+    includes: &[phivault_fhir::Include],
     offset: usize,
 ) -> String {
     let mut pairs: Vec<(String, String)> = Vec::new();
@@ -752,6 +754,7 @@ fn search_link(
     for p in &query.params {
         pairs.push((p.name.clone(), p.raw.clone()));
     }
+    pairs.extend(includes.iter().map(phivault_fhir::Include::pair));
     pairs.push(("_count".to_owned(), query.count.to_string()));
     pairs.push(("_offset".to_owned(), offset.to_string()));
     format!("{}/{}?{}", base(state), rtype, query_string(&pairs))
@@ -764,20 +767,20 @@ async fn search(
     pairs: &[(String, String)],
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    // Refused even when lenient: they would reach other compartments.
-    refuse_includes(pairs)?;
-    let query = SearchQuery::parse(rtype, pairs, lenient(headers))?;
+    let (includes, pairs) = phivault_fhir::split_includes(rtype, pairs)?;
+    let query = SearchQuery::parse(rtype, &pairs, lenient(headers))?;
     let (total, resources) = access.search(rtype, &query).await?;
+    let included = include::included(state, access, rtype, &includes, &resources).await?;
 
     let mut links = vec![json!({
         "relation": "self",
-        "url": search_link(state, rtype, &query, query.offset),
+        "url": search_link(state, rtype, &query, &includes, query.offset),
     })];
     let next = query.offset.saturating_add(query.count);
     if query.count > 0 && (next as u64) < total {
         links.push(json!({
             "relation": "next",
-            "url": search_link(state, rtype, &query, next),
+            "url": search_link(state, rtype, &query, &includes, next),
         }));
     }
 
@@ -806,7 +809,27 @@ async fn search(
             "search": { "mode": "outcome" },
         }));
     }
+    if included.capped {
+        let mut outcome = OperationOutcome::default();
+        outcome.push(
+            "warning",
+            Issue {
+                code: IssueCode::TooCostly,
+                path: String::new(),
+                message: format!(
+                    "only the first {} included resources are on this page",
+                    include::MAX_INCLUDED
+                ),
+            },
+        );
+        entries.push(json!({
+            "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            "resource": outcome.to_json(),
+            "search": { "mode": "outcome" },
+        }));
+    }
     entries.extend(match_entries(state, resources));
+    entries.extend(included.entries);
     let bundle = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
