@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 
 use guard::refuse_includes;
 pub(crate) use guard::{Access, Current, Facts, X_BREAK_GLASS, X_PURPOSE_OF_USE, is_directory};
-pub(crate) use http::{require_form, require_json};
 use http::lenient;
+pub(crate) use http::{require_form, require_json};
 use links::resolve_patient_links;
 
 use crate::audit_sink::RequestSink;

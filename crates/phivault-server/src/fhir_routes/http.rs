@@ -168,8 +168,7 @@ fn negotiate(headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
 /// as a space).
 fn format_is_json(value: &str) -> bool {
     let value = value.trim();
-    value.eq_ignore_ascii_case("json")
-        || media_range_admits_json(&value.replace(' ', "+"), false)
+    value.eq_ignore_ascii_case("json") || media_range_admits_json(&value.replace(' ', "+"), false)
 }
 
 /// Whether an `Accept` value admits one of the JSON types.
@@ -189,18 +188,13 @@ fn media_range_admits_json(range: &str, wildcards: bool) -> bool {
             continue;
         };
         let value = value.trim().trim_matches('"');
-        match name.trim().to_ascii_lowercase().as_str() {
-            "q" => {
-                if value.parse::<f32>().map_or(true, |q| q <= 0.0) {
-                    return false;
-                }
-            }
-            "fhirversion" => {
-                if value != "4.0" && !value.starts_with("4.0.") {
-                    return false;
-                }
-            }
-            _ => {}
+        let refused = match name.trim().to_ascii_lowercase().as_str() {
+            "q" => value.parse::<f32>().map_or(true, |q| q <= 0.0),
+            "fhirversion" => value != "4.0" && !value.starts_with("4.0."),
+            _ => false,
+        };
+        if refused {
+            return false;
         }
     }
     match essence.as_str() {
@@ -263,7 +257,11 @@ impl ReadConditions {
     /// Whether the answer (the handler's 200 with its `ETag` and `Last-Modified`) is not
     /// modified for these conditions.
     fn not_modified(&self, response: &HeaderMap) -> bool {
-        let header = |name| response.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+        let header = |name| {
+            response
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
         if let Some(none_match) = &self.none_match {
             return match none_match {
                 NoneMatch::Any => true,
@@ -619,7 +617,10 @@ mod tests {
         let mut both = etag("W/\"3\"");
         both.insert(header::LAST_MODIFIED, HeaderValue::from_static(last));
         assert!(!c.not_modified(&both));
-        assert_eq!(ReadConditions::of(&HeaderMap::new()), ReadConditions::default());
+        assert_eq!(
+            ReadConditions::of(&HeaderMap::new()),
+            ReadConditions::default()
+        );
     }
 
     #[test]
@@ -638,7 +639,10 @@ mod tests {
         assert!(!lenient(&h));
         h.insert(&prefer, HeaderValue::from_static("return=OperationOutcome"));
         assert_eq!(prefer_return(&h), Some(Return::OperationOutcome));
-        h.insert(&prefer, HeaderValue::from_static("return=\"representation\""));
+        h.insert(
+            &prefer,
+            HeaderValue::from_static("return=\"representation\""),
+        );
         assert_eq!(prefer_return(&h), Some(Return::Representation));
         h.insert(&prefer, HeaderValue::from_static("return=everything"));
         assert_eq!(prefer_return(&h), None);
@@ -663,7 +667,7 @@ mod tests {
         assert!(minimal["entry"][0]["response"].get("outcome").is_none());
         assert_eq!(minimal["entry"][1]["resource"]["id"], "b");
         assert_eq!(minimal["entry"][2], bundle["entry"][2]);
-        let outcome = shape_bundle(bundle.clone(), Return::OperationOutcome);
+        let outcome = shape_bundle(bundle, Return::OperationOutcome);
         assert!(outcome["entry"][0].get("resource").is_none());
         assert_eq!(
             outcome["entry"][0]["response"]["outcome"]["issue"][0]["diagnostics"],

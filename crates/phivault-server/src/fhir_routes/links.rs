@@ -279,7 +279,10 @@ mod tests {
     fn only_resource_urls_are_rewritten() {
         let base = "https://ehr.example/fhir";
         for (url, expected) in [
-            ("https://ehr.example/fhir/Organization/o-1", Some("Organization/o-1")),
+            (
+                "https://ehr.example/fhir/Organization/o-1",
+                Some("Organization/o-1"),
+            ),
             (
                 "https://ehr.example/fhir/Practitioner/d/_history/3",
                 Some("Practitioner/d/_history/3"),

@@ -29,7 +29,11 @@ fn bundle(kind: &str, entries: Vec<Value>) -> Value {
 #[tokio::test]
 async fn bundles_are_taken_at_the_base_url_with_or_without_a_trailing_slash() {
     let c = ctx().await;
-    for (uri, kind) in [("/fhir/", "transaction"), ("/fhir/", "batch"), ("/fhir", "batch")] {
+    for (uri, kind) in [
+        ("/fhir/", "transaction"),
+        ("/fhir/", "batch"),
+        ("/fhir", "batch"),
+    ] {
         let family = format!("Slash{}{}", uri.len(), kind.len());
         let b = bundle(
             kind,
@@ -55,7 +59,10 @@ async fn bundles_are_taken_at_the_base_url_with_or_without_a_trailing_slash() {
     // The trailing slash is audited under its own route template.
     let before = audit_count(&c).await;
     let b = bundle("batch", vec![]);
-    assert_eq!(c.json(Method::POST, "/fhir/", &b).await.status, StatusCode::OK);
+    assert_eq!(
+        c.json(Method::POST, "/fhir/", &b).await.status,
+        StatusCode::OK
+    );
     let entries = audit_entries_after(&c, before).await;
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0].0.action, "POST /fhir/");
@@ -167,7 +174,12 @@ async fn conditional_read_answers_304_only_for_what_may_be_read() {
     // The current version: 304, no body, the ETag kept; audited as a read of the resource.
     let before = audit_count(&c).await;
     let a = c
-        .send(get_with(&c, &c.token, &uri, &[("if-none-match", "W/\"1\"")]))
+        .send(get_with(
+            &c,
+            &c.token,
+            &uri,
+            &[("if-none-match", "W/\"1\"")],
+        ))
         .await;
     assert_eq!(a.status, StatusCode::NOT_MODIFIED, "{a:?}");
     assert!(a.body.is_empty(), "{a:?}");
@@ -197,7 +209,10 @@ async fn conditional_read_answers_304_only_for_what_may_be_read() {
     // Once updated, the old tag and an earlier date read the new version in full.
     let mut next = c.get(&uri).await.json();
     next["gender"] = json!("other");
-    assert_eq!(c.json(Method::PUT, &uri, &next).await.status, StatusCode::OK);
+    assert_eq!(
+        c.json(Method::PUT, &uri, &next).await.status,
+        StatusCode::OK
+    );
     for (name, value) in [
         ("if-none-match", "W/\"1\""),
         ("if-modified-since", "Thu, 01 Jan 1970 00:00:00 GMT"),
@@ -215,7 +230,12 @@ async fn conditional_read_answers_304_only_for_what_may_be_read() {
         assert_eq!(a.header("etag"), Some("W/\"2\""));
     }
     let a = c
-        .send(get_with(&c, &c.token, &uri, &[("if-none-match", "W/\"2\"")]))
+        .send(get_with(
+            &c,
+            &c.token,
+            &uri,
+            &[("if-none-match", "W/\"2\"")],
+        ))
         .await;
     assert_eq!(a.status, StatusCode::NOT_MODIFIED, "{a:?}");
 
@@ -264,7 +284,11 @@ async fn conditional_read_answers_304_only_for_what_may_be_read() {
     let (gone, _) = c.create(&patient("Gone")).await;
     let gone_uri = format!("/fhir/Patient/{gone}");
     let a = c
-        .send(c.req(Method::DELETE, &gone_uri).body(Body::empty()).unwrap())
+        .send(
+            c.req(Method::DELETE, &gone_uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     let a = c
@@ -388,7 +412,9 @@ async fn prefer_return_shapes_create_update_and_bundles() {
                 json!({ "request": { "method": "GET", "url": "Patient?family=minimal" } }),
             ],
         );
-        let a = c.send(write_with(&c, Method::POST, "/fhir/", &b, prefer)).await;
+        let a = c
+            .send(write_with(&c, Method::POST, "/fhir/", &b, prefer))
+            .await;
         assert_eq!(a.status, StatusCode::OK, "{a:?}");
         let v = a.json();
         let written = &v["entry"][0];
@@ -414,7 +440,11 @@ async fn an_update_needs_the_urls_id_in_its_body() {
     other["id"] = json!("someone-else");
     let a = c.json(Method::PUT, &uri, &other).await;
     a.assert_outcome(StatusCode::BAD_REQUEST, "invalid");
-    assert_eq!(a.json()["issue"][0]["expression"][0], "Resource.id", "{a:?}");
+    assert_eq!(
+        a.json()["issue"][0]["expression"][0],
+        "Resource.id",
+        "{a:?}"
+    );
     let mut no_id = body.clone();
     no_id.as_object_mut().unwrap().remove("id");
     let a = c.json(Method::PUT, &uri, &no_id).await;
@@ -513,7 +543,9 @@ async fn own_absolute_urls_are_stored_as_relative_references() {
         "practitioner": { "reference": format!("{BASE}/Practitioner/{doc}") },
         "organization": { "reference": format!("{BASE}/Organization/{org}") },
     });
-    let a = c.json(Method::PUT, "/fhir/PractitionerRole/role-1", &role).await;
+    let a = c
+        .json(Method::PUT, "/fhir/PractitionerRole/role-1", &role)
+        .await;
     assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
     assert_eq!(
         a.json()["organization"]["reference"],
@@ -522,7 +554,9 @@ async fn own_absolute_urls_are_stored_as_relative_references() {
     role["organization"] = json!({ "reference": format!("{BASE}/Organization/{org}") });
     let b = bundle(
         "transaction",
-        vec![json!({ "resource": role, "request": { "method": "PUT", "url": "PractitionerRole/role-1" } })],
+        vec![
+            json!({ "resource": role, "request": { "method": "PUT", "url": "PractitionerRole/role-1" } }),
+        ],
     );
     let a = c.json(Method::POST, "/fhir/", &b).await;
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
@@ -551,7 +585,9 @@ async fn references_to_resources_that_do_not_exist_are_accepted_as_written() {
     assert_eq!(a.json()["subject"]["reference"], "Patient/arrives-later");
     let mut later = patient("Later");
     later["id"] = json!("arrives-later");
-    let a = c.json(Method::PUT, "/fhir/Patient/arrives-later", &later).await;
+    let a = c
+        .json(Method::PUT, "/fhir/Patient/arrives-later", &later)
+        .await;
     assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
     assert_eq!(
         total(&c.get("/fhir/Observation?patient=arrives-later").await),
@@ -562,7 +598,12 @@ async fn references_to_resources_that_do_not_exist_are_accepted_as_written() {
     let (app, secret) = c.client("portal", "patient/*.cruds", Some(&pid)).await;
     let portal = c.client_token(&app, &secret, None).await;
     let missing = c
-        .json_as(&portal, Method::POST, "/fhir/Observation", &observation("nobody-here"))
+        .json_as(
+            &portal,
+            Method::POST,
+            "/fhir/Observation",
+            &observation("nobody-here"),
+        )
         .await;
     let existing = c
         .json_as(
