@@ -82,7 +82,12 @@ pub(crate) async fn http_details(req: Request, next: Next) -> Response {
     }
     match preference {
         Some(preference) if response.status().is_success() => {
-            apply_preference(response, preference, route.starts_with("/fhir/{type}")).await
+            let kind = match (method, route.as_str()) {
+                (Method::POST, "/fhir/{type}") => Written::Create,
+                (Method::PUT, _) => Written::Update,
+                _ => Written::Bundle,
+            };
+            apply_preference(response, preference, kind).await
         }
         _ => response,
     }
@@ -367,9 +372,20 @@ fn prefer_return(headers: &HeaderMap) -> Option<Return> {
         })
 }
 
-/// The answer of a successful write shaped as `preference` asks; `single`: a create or an
-/// update (else a Bundle's answer).
-async fn apply_preference(response: Response, preference: Return, single: bool) -> Response {
+/// What answered a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// `POST [type]`: 201, or 200 when an existing resource is answered instead.
+    Create,
+    /// `PUT [type]/[id]`.
+    Update,
+    /// A transaction or batch.
+    Bundle,
+}
+
+/// The answer of a successful write shaped as `preference` asks.
+async fn apply_preference(response: Response, preference: Return, kind: Written) -> Response {
+    let single = kind != Written::Bundle;
     let (mut parts, body) = response.into_parts();
     if let Ok(value) = HeaderValue::from_str(preference.as_str()) {
         parts.headers.insert(PREFERENCE_APPLIED.clone(), value);
@@ -388,7 +404,7 @@ async fn apply_preference(response: Response, preference: Return, single: bool) 
         Err(_) => Value::Null,
     };
     let shaped = if single {
-        outcome_of_write(parts.status, &value).to_json()
+        outcome_of_write(kind, parts.status, &value).to_json()
     } else {
         shape_bundle(value, preference)
     };
@@ -405,14 +421,17 @@ async fn apply_preference(response: Response, preference: Return, single: bool) 
 
 /// What a write did, as an informational OperationOutcome: type, id and version only (never
 /// a value of the body).
-fn outcome_of_write(status: StatusCode, resource: &Value) -> OperationOutcome {
+fn outcome_of_write(kind: Written, status: StatusCode, resource: &Value) -> OperationOutcome {
     let rtype = resource["resourceType"].as_str().unwrap_or("resource");
     let id = resource["id"].as_str().unwrap_or("?");
     let version = resource["meta"]["versionId"].as_str().unwrap_or("?");
-    let message = if status == StatusCode::CREATED {
-        format!("created {rtype}/{id} (version {version})")
-    } else {
-        format!("updated {rtype}/{id} (now version {version})")
+    let message = match (kind, status) {
+        (_, StatusCode::CREATED) => format!("created {rtype}/{id} (version {version})"),
+        (Written::Create, _) => {
+            format!("nothing was written: {rtype}/{id} (version {version}) answers the create")
+        }
+        (Written::Update, _) => format!("updated {rtype}/{id} (now version {version})"),
+        (Written::Bundle, _) => format!("{rtype}/{id} is at version {version}"),
     };
     let mut outcome = OperationOutcome::default();
     outcome.push(
@@ -455,7 +474,7 @@ fn shape_bundle(mut bundle: Value, preference: Return) -> Value {
         {
             response.insert(
                 "outcome".to_owned(),
-                outcome_of_write(status, &resource).to_json(),
+                outcome_of_write(Written::Bundle, status, &resource).to_json(),
             );
         }
     }
@@ -646,6 +665,36 @@ mod tests {
         assert_eq!(prefer_return(&h), Some(Return::Representation));
         h.insert(&prefer, HeaderValue::from_static("return=everything"));
         assert_eq!(prefer_return(&h), None);
+    }
+
+    #[test]
+    fn outcomes_say_what_was_written() {
+        let r = json!({"resourceType": "Observation", "id": "o1", "meta": {"versionId": "2"},
+                       "note": [{"text": "private"}]});
+        let message = |kind, status| {
+            outcome_of_write(kind, status, &r).to_json()["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            message(Written::Create, StatusCode::CREATED),
+            "created Observation/o1 (version 2)"
+        );
+        assert_eq!(
+            message(Written::Create, StatusCode::OK),
+            "nothing was written: Observation/o1 (version 2) answers the create"
+        );
+        assert_eq!(
+            message(Written::Update, StatusCode::OK),
+            "updated Observation/o1 (now version 2)"
+        );
+        assert_eq!(
+            message(Written::Bundle, StatusCode::OK),
+            "Observation/o1 is at version 2"
+        );
+        let outcome = outcome_of_write(Written::Update, StatusCode::OK, &r).to_json();
+        assert!(!outcome.to_string().contains("private"));
     }
 
     #[test]
