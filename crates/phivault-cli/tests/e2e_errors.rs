@@ -136,15 +136,15 @@ async fn malformed_and_invalid_bodies() {
         r.assert_outcome(r.status, &["resourceType", "Observation"]);
         f.unchanged("wrong resourceType").await;
 
-        // id in the body differs from the URL: 422
+        // id in the body differs from the URL: 400 (FHIR R4)
         let mut body = s.get(&f.patient).await.json();
         body["id"] = json!("some-other-id");
         let r = s.put_json(&f.patient, &body).await;
         r.assert_outcome_any(
-            422,
+            400,
             &["some-other-id", "does not match", "mismatch", "differ"],
         );
-        r.assert_outcome(422, &["id"]);
+        r.assert_outcome(400, &["id"]);
         f.unchanged("id mismatch").await;
 
         // bodies that fail FHIR validation: 422 naming the element, never echoing the value

@@ -1,6 +1,6 @@
 //! The CapabilityStatement (`GET /fhir/metadata`): what this server really does, and nothing
-//! it does not (no `_include`, no `_sort`, no type- or system-level history, no conditional
-//! interactions, JSON only).
+//! it does not (no `_include`, no `_sort`, no type- or system-level history, conditional read
+//! but no other conditional interaction, JSON only).
 
 use phivault_fhir::{ResourceType, SearchParamKind, search_params};
 use serde_json::{Value, json};
@@ -82,7 +82,7 @@ fn resource_entry(rtype: ResourceType) -> Value {
         "readHistory": true,
         "updateCreate": true,
         "conditionalCreate": false,
-        "conditionalRead": "not-supported",
+        "conditionalRead": "full-support",
         "conditionalUpdate": false,
         "conditionalDelete": "not-supported",
         "searchParam": params,
@@ -282,7 +282,16 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
                 (422 otherwise); directory types must not reference a Patient. Each type \
                 lists the standard search parameters it serves; number, quantity, composite \
                 and special parameters, and those whose expression is not evaluated, are \
-                refused with 400.",
+                refused with 400. HTTP: JSON only (an Accept admitting no JSON type, or a \
+                _format other than json, answers 406); transactions and batches at [base] and \
+                [base]/; conditional read with If-None-Match (the version ETag, W/\"n\") or \
+                If-Modified-Since answers 304 after the read is decided and audited like any \
+                read; Prefer: return=minimal|representation|OperationOutcome on create, \
+                update, transaction and batch (per written entry), echoed in \
+                Preference-Applied; Prefer: handling=lenient on search; an update whose body \
+                id is absent or differs from the URL's answers 400; references to this \
+                server's own absolute URLs are stored relative; references to resources that \
+                do not exist are stored as written (no referential integrity).",
             "security": security(base_url),
             "resource": resources,
             "interaction": [
@@ -346,6 +355,25 @@ mod tests {
                 declared.contains(&op),
                 "{op} is not in the CapabilityStatement"
             );
+        }
+    }
+
+    #[test]
+    fn states_the_http_details_served() {
+        let statement = capability_statement("https://h:1/fhir");
+        assert_eq!(statement["format"], json!(["json"]));
+        let rest = &statement["rest"][0];
+        for r in rest["resource"].as_array().unwrap() {
+            let expected = if r["type"] == "AuditEvent" {
+                "not-supported"
+            } else {
+                "full-support"
+            };
+            assert_eq!(r["conditionalRead"], expected, "{}", r["type"]);
+        }
+        let doc = rest["documentation"].as_str().unwrap();
+        for phrase in ["406", "[base]/", "If-None-Match", "return=minimal", "304"] {
+            assert!(doc.contains(phrase), "{phrase}");
         }
     }
 

@@ -97,13 +97,20 @@ pub enum ApiError {
         /// What is accepted.
         expected: &'static str,
     },
+    /// The answer cannot be in a format the request accepts (406): `Accept` admits no JSON
+    /// type, or `_format` names another format.
+    #[error(
+        "this server answers only in JSON (application/fhir+json or application/json): the \
+         Accept header or _format asks for another format"
+    )]
+    NotAcceptable,
     /// No route for the path (404).
     #[error("no such endpoint")]
     NotFound,
     /// The route exists but not for this method (405).
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
-    /// The id in the URL and the id in the body differ (422).
+    /// The id in the URL and the id in the body differ (400, as FHIR R4 says).
     #[error("the id in the URL and the id in the body differ")]
     IdMismatch,
     /// An update body without `id` (400).
@@ -178,6 +185,10 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 OperationOutcome::error(IssueCode::NotSupported, e.to_string()),
             ),
+            e @ ApiError::NotAcceptable => (
+                StatusCode::NOT_ACCEPTABLE,
+                OperationOutcome::error(IssueCode::NotSupported, e.to_string()),
+            ),
             e @ ApiError::NotFound => (
                 StatusCode::NOT_FOUND,
                 OperationOutcome::error(IssueCode::NotFound, e.to_string()),
@@ -187,7 +198,7 @@ impl ApiError {
                 OperationOutcome::error(IssueCode::NotSupported, e.to_string()),
             ),
             e @ ApiError::IdMismatch => (
-                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::BAD_REQUEST,
                 OperationOutcome::from_issues(vec![Issue {
                     code: IssueCode::Invalid,
                     path: "Resource.id".to_owned(),
@@ -385,9 +396,10 @@ mod tests {
             .0,
             StatusCode::GONE
         );
+        assert_eq!(outcome_of(ApiError::IdMismatch).0, StatusCode::BAD_REQUEST);
         assert_eq!(
-            outcome_of(ApiError::IdMismatch).0,
-            StatusCode::UNPROCESSABLE_ENTITY
+            outcome_of(ApiError::NotAcceptable).0,
+            StatusCode::NOT_ACCEPTABLE
         );
         assert_eq!(outcome_of(ApiError::MissingId).0, StatusCode::BAD_REQUEST);
     }

@@ -227,6 +227,7 @@ impl std::fmt::Debug for AppState {
 /// names these templates as actions.
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/fhir"),
+    ("POST", "/fhir/"),
     ("GET", "/fhir/metadata"),
     ("GET", "/fhir/{type}"),
     ("POST", "/fhir/{type}"),

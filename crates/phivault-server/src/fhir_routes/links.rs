@@ -2,9 +2,14 @@
 //!
 //! Rules kept here (the store refuses whatever is left unresolved, see
 //! [`phivault_fhir::check_patient_links`]):
-//! - **This server's absolute URLs become relative.** `https://<base>/Patient/X` (scheme and
-//!   host compared without case, the default port implied) is rewritten to `Patient/X`, so the
-//!   resource lands in X's compartment like one written with `Patient/X`.
+//! - **This server's absolute URLs become relative, in every reference.**
+//!   `https://<base>/Patient/X` (scheme and host compared without case, the default port
+//!   implied) is rewritten to `Patient/X`, so the resource lands in X's compartment like one
+//!   written with `Patient/X`; likewise `https://<base>/Organization/O` becomes
+//!   `Organization/O` (and `.../_history/N` keeps its version) wherever a `reference` names
+//!   it. Only a known type and a valid id under the base are rewritten; anything else under
+//!   the base (and a transaction's own `fullUrl`s, which the transaction resolves) is left
+//!   as written.
 //! - **A conditional reference `Patient?<search>` is resolved once, at write time**, by a
 //!   search with the writer's own access: exactly one Patient the writer can see, and the
 //!   reference is rewritten to it; none is 422 and several are 412 (as FHIR answers
@@ -22,9 +27,10 @@
 use std::collections::HashMap;
 
 use phivault_fhir::{
-    FhirError, Issue, IssueCode, LinkKind, PatientLink, ResourceType, SearchQuery, ValidResource,
-    check_compartment, patient_links,
+    FhirError, Id, Issue, IssueCode, LinkKind, PatientLink, ResourceType, SearchQuery,
+    ValidResource, check_compartment, patient_links,
 };
+use serde_json::Value;
 
 use super::{Access, parse_pairs};
 use crate::{ApiError, AppState};
@@ -38,6 +44,7 @@ pub(crate) async fn resolve_patient_links(
     resource: &mut ValidResource,
     placeholders: &HashMap<String, String>,
 ) -> Result<(), ApiError> {
+    relativize_own_references(super::base(state), resource, placeholders);
     let links = patient_links(resource);
     let mut map = HashMap::new();
     // A placeholder the transaction resolves leaves the compartment to the store's check.
@@ -144,6 +151,63 @@ async fn resolve_conditional(
     }
 }
 
+/// Rewrites every `reference` that is an absolute URL of a resource on this server (`base`
+/// without a trailing slash) to its relative form, except the `placeholders` a transaction
+/// resolves itself.
+fn relativize_own_references(
+    base: &str,
+    resource: &mut ValidResource,
+    placeholders: &HashMap<String, String>,
+) {
+    let mut map = HashMap::new();
+    // An explicit stack: no recursion depth to exhaust, however deep the body.
+    let mut stack = vec![resource.body()];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(object) => {
+                for (key, child) in object {
+                    match child {
+                        Value::String(reference)
+                            if key == "reference"
+                                && reference.contains("://")
+                                && !placeholders.contains_key(reference) =>
+                        {
+                            if let Some(relative) = own_resource_url(base, reference) {
+                                map.insert(reference.clone(), relative);
+                            }
+                        }
+                        _ => stack.push(child),
+                    }
+                }
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    if !map.is_empty() {
+        resource.rewrite_references(&map);
+    }
+}
+
+/// `Type/id` or `Type/id/_history/vid` of an absolute URL of a resource under `base`.
+fn own_resource_url(base: &str, url: &str) -> Option<String> {
+    let relative = own_relative(base, url)?;
+    let segments: Vec<&str> = relative.split('/').collect();
+    let (rtype, id) = match segments.as_slice() {
+        [rtype, id] | [rtype, id, "_history", _] => (*rtype, *id),
+        _ => return None,
+    };
+    if let [.., vid] = segments.as_slice()
+        && segments.len() == 4
+        && (vid.is_empty() || !vid.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    ResourceType::parse(rtype).ok()?;
+    Id::parse(id).ok()?;
+    Some(relative)
+}
+
 /// The relative reference of an absolute URL under this server's base URL (`base` without a
 /// trailing slash), if it is one. Scheme and host compare without case; a default port
 /// (443 for https, 80 for http) is the same as none.
@@ -209,5 +273,29 @@ mod tests {
         assert!(own_relative(base, "https://ehr.example:8443/fhirx/Patient/p1").is_none());
         assert!(own_relative(base, "https://ehr.example:8443/fhir/").is_none());
         assert!(own_relative(base, "https://ehr.example:8443.evil/fhir/Patient/p1").is_none());
+    }
+
+    #[test]
+    fn only_resource_urls_are_rewritten() {
+        let base = "https://ehr.example/fhir";
+        for (url, expected) in [
+            (
+                "https://ehr.example/fhir/Organization/o-1",
+                Some("Organization/o-1"),
+            ),
+            (
+                "https://ehr.example/fhir/Practitioner/d/_history/3",
+                Some("Practitioner/d/_history/3"),
+            ),
+            ("https://ehr.example/fhir/metadata", None),
+            ("https://ehr.example/fhir/Nonsense/x", None),
+            ("https://ehr.example/fhir/Organization/bad id", None),
+            ("https://ehr.example/fhir/Organization/o/_history/x", None),
+            ("https://ehr.example/fhir/Organization/o/_history/", None),
+            ("https://ehr.example/fhir/Organization/o/extra", None),
+            ("https://other.example/fhir/Organization/o", None),
+        ] {
+            assert_eq!(own_resource_url(base, url).as_deref(), expected, "{url}");
+        }
     }
 }
