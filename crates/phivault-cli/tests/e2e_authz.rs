@@ -1349,6 +1349,68 @@ async fn owasp_cases(w: &World) {
         r.assert_outcome(400, &["_include"]);
     }
 
+    // Chains and _has look up the other type as the caller: P1 and P2 share a family name and
+    // O1, O2 and the PSY Observation a code, so each principal finds exactly what it could
+    // read itself, and the chain never reaches a patient or an Observation out of reach.
+    let chained = query(
+        "Observation",
+        &[
+            ("code", w.code.text()),
+            ("subject:Patient.family", w.family.text()),
+        ],
+    );
+    let has = query(
+        "Patient",
+        &[("_has:Observation:subject:code", w.code.text())],
+    );
+    for (who, purpose, observations, patients) in [
+        (care, t, vec![Res::O1], vec![Res::P1]),
+        (Who::CarePsy, t, vec![Res::O1, Res::Psy], vec![Res::P1]),
+        (
+            Who::System,
+            t,
+            vec![Res::O1, Res::O2],
+            vec![Res::P1, Res::P2],
+        ),
+        (
+            Who::PatientP2,
+            Purpose::PatientRequest,
+            vec![Res::O2],
+            vec![Res::P2],
+        ),
+        (Who::Other, t, vec![], vec![]),
+    ] {
+        for (q, expected) in [(&chained, &observations), (&has, &patients)] {
+            let r = Api::send(w.request(who, purpose, Method::GET, q)).await;
+            r.assert_status(200);
+            let bundle = r.json();
+            let mut found = mode_ids(&bundle, "match");
+            found.sort();
+            let mut want: Vec<String> = expected.iter().map(|res| w.id(*res).to_owned()).collect();
+            want.sort();
+            assert_eq!(found, want, "{who:?} {q}");
+            assert_eq!(bundle["total"], want.len(), "{who:?} {q}");
+            let link = bundle["link"][0]["url"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(link.contains("_has") || link.contains("family"), "{link}");
+        }
+    }
+    for (q, says) in [
+        (
+            query("Observation", &[("subject.organization.name", "x")]),
+            "one level",
+        ),
+        (
+            query("Observation", &[("subject.family", "x")]),
+            "several types",
+        ),
+    ] {
+        let r = Api::send(w.request(Who::System, t, Method::GET, &q)).await;
+        r.assert_outcome(400, &[says]);
+    }
+
     // Existence never leaks: a missing id is refused like one out of reach, unless the
     // principal could reach it.
     let missing = "Observation/no-such-observation-authz";

@@ -17,6 +17,7 @@
 //! through the same normalization, so a value found by search is exactly a value indexed.
 
 mod bundle;
+mod chain;
 mod compartment;
 mod error;
 mod include;
@@ -32,6 +33,7 @@ mod validate;
 pub use bundle::{
     BundleEntry, BundleKind, BundleRequest, EntryMethod, EntryUrl, rewrite_references,
 };
+pub use chain::{Chain, Chains, Has, split_chains};
 pub use compartment::{
     LinkKind, PatientLink, check_compartment, check_compartment_of, check_patient_links,
     compartment_params, compartment_patient, compartment_patient_of, compartment_patients_of,

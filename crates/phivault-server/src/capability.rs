@@ -190,7 +190,9 @@ fn security(base_url: &str) -> Value {
             send X-Purpose-Of-Use: ETREAT with X-Break-Glass-Reason for one hour of read \
             access to that patient, recorded and listed for review; ETREAT without a claim \
             in force is refused. Searches return and count \
-            only what the principal may read; _include and _revinclude are not supported. A \
+            only what the principal may read; _include, _revinclude, chained parameters and \
+            _has (one level each) look the other resources up as the principal, so they add, \
+            count and reveal nothing out of reach. A \
             refusal never tells whether a resource exists. Resources, search indexes and keys \
             are encrypted at rest (AES-256-GCM, per-patient data keys; search values stored \
             as HMAC tokens).",

@@ -7,6 +7,7 @@
 //! by [`guard`] before the store is asked; everything else is the store's. Every write passes
 //! a [`RequestSink`], so its audit entries commit in its transaction (see `audit_sink`).
 
+mod chain;
 mod guard;
 mod http;
 mod include;
@@ -688,23 +689,31 @@ async fn search_post(
     search(&state, &mut access, rtype, &pairs, &headers).await
 }
 
+/// What a search's links repeat beyond its indexed parameters: the client's own `_id` (not
+/// the ids a `_has` resolved to) and the parameters answered outside the index (`_has`,
+/// `_include`, `_revinclude`), as the client wrote them.
+struct LinkEcho {
+    ids: Option<Vec<Id>>,
+    pairs: Vec<(String, String)>,
+}
+
 /// The self link of a search: the parameters actually used, then `_count` and `_offset`.
 fn search_link(
     state: &AppState,
     rtype: ResourceType,
     query: &SearchQuery,
-    includes: &[phivault_fhir::Include],
+    echo: &LinkEcho,
     offset: usize,
 ) -> String {
     let mut pairs: Vec<(String, String)> = Vec::new();
-    if let Some(ids) = &query.ids {
+    if let Some(ids) = &echo.ids {
         let list: Vec<&str> = ids.iter().map(Id::as_str).collect();
         pairs.push(("_id".to_owned(), list.join(",")));
     }
     for p in &query.params {
         pairs.push((p.name.clone(), p.raw.clone()));
     }
-    pairs.extend(includes.iter().map(phivault_fhir::Include::pair));
+    pairs.extend(echo.pairs.iter().cloned());
     pairs.push(("_count".to_owned(), query.count.to_string()));
     pairs.push(("_offset".to_owned(), offset.to_string()));
     format!("{}/{}?{}", base(state), rtype, query_string(&pairs))
@@ -718,19 +727,39 @@ async fn search(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let (includes, pairs) = phivault_fhir::split_includes(rtype, pairs)?;
-    let query = SearchQuery::parse(rtype, &pairs, lenient(headers))?;
-    let (total, resources) = access.search(rtype, &query).await?;
+    let (chains, pairs) = phivault_fhir::split_chains(rtype, &pairs)?;
+    let mut query = SearchQuery::parse(rtype, &pairs, lenient(headers))?;
+    let echo = LinkEcho {
+        ids: query.ids.clone(),
+        pairs: chains
+            .has
+            .iter()
+            .map(|h| h.written.clone())
+            .chain(includes.iter().map(phivault_fhir::Include::pair))
+            .collect(),
+    };
+    let (total, resources) = if chains.is_empty() {
+        access.search(rtype, &query).await?
+    } else {
+        // The search asked for is decided before anything is looked up for it.
+        access.authorize_query(rtype).await?;
+        if chain::restrict(access, rtype, &chains, &mut query).await? {
+            access.search(rtype, &query).await?
+        } else {
+            (0, Vec::new())
+        }
+    };
     let included = include::included(state, access, rtype, &includes, &resources).await?;
 
     let mut links = vec![json!({
         "relation": "self",
-        "url": search_link(state, rtype, &query, &includes, query.offset),
+        "url": search_link(state, rtype, &query, &echo, query.offset),
     })];
     let next = query.offset.saturating_add(query.count);
     if query.count > 0 && (next as u64) < total {
         links.push(json!({
             "relation": "next",
-            "url": search_link(state, rtype, &query, &includes, next),
+            "url": search_link(state, rtype, &query, &echo, next),
         }));
     }
 
