@@ -1,0 +1,155 @@
+//! A populated phivault behind its router (no sockets), on a temporary SQLite database, and
+//! a system app's token: the fixture of the router-level benchmarks. Patient `i` is
+//! `Bench{i}` with one Observation (heart rate, effective on day `i % 365` of 2024).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Method, Request, StatusCode, header};
+use phivault_auth::{Accounts, PasswordHasher};
+use phivault_crypto::FileKeyProvider;
+use phivault_fhir::{BundleRequest, Validator};
+use phivault_server::AppState;
+use phivault_store::{NoAudit, Store, StoreOptions};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// Patients stored, each with one Observation.
+pub(crate) const PATIENTS: usize = 500;
+/// Patients per transaction Bundle while populating.
+const PER_BUNDLE: usize = 50;
+
+pub(crate) struct Bench {
+    _dir: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+    state: AppState,
+    token: String,
+    pub(crate) observations: Vec<String>,
+}
+
+/// Day `i % 365` of 2024 at 10:00 UTC, as a FHIR dateTime.
+fn day_of_2024(i: usize) -> String {
+    let date = time::Date::from_ordinal_date(2024, (i % 365) as u16 + 1).unwrap();
+    format!("{date}T10:00:00Z")
+}
+
+fn bundle_of(first: usize) -> Value {
+    let mut entries = Vec::new();
+    for i in first..first + PER_BUNDLE {
+        let urn = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+        entries.push(json!({
+            "fullUrl": urn,
+            "resource": {
+                "resourceType": "Patient",
+                "name": [{ "family": format!("Bench{i}"), "given": ["Pat"] }],
+                "birthDate": "1970-01-01",
+            },
+            "request": { "method": "POST", "url": "Patient" },
+        }));
+        entries.push(json!({
+            "resource": {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": { "coding": [{ "system": "http://loinc.org", "code": "8867-4" }] },
+                "subject": { "reference": urn },
+                "effectiveDateTime": day_of_2024(i),
+                "valueQuantity": { "value": 72, "unit": "/min",
+                    "system": "http://unitsofmeasure.org", "code": "/min" },
+            },
+            "request": { "method": "POST", "url": "Observation" },
+        }));
+    }
+    json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })
+}
+
+pub(crate) fn setup() -> Bench {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = FileKeyProvider::new(dir.path().join("master.key"));
+    keys.create_if_missing().unwrap();
+    let mut opts = StoreOptions::new(format!(
+        "sqlite://{}",
+        dir.path().join("bench.db").display()
+    ));
+    opts.max_bundle_entries = 2 * PER_BUNDLE;
+    let (state, token, observations) = runtime.block_on(async {
+        let store = Store::open(&opts, &keys).await.unwrap();
+        let validator = Arc::new(Validator::new().unwrap());
+        let mut observations = Vec::new();
+        for b in 0..PATIENTS / PER_BUNDLE {
+            let request =
+                BundleRequest::parse(&validator, bundle_of(b * PER_BUNDLE), 2 * PER_BUNDLE)
+                    .unwrap();
+            let response = store
+                .bundle(request, &phivault_store::NoAudit)
+                .await
+                .unwrap();
+            for e in response["entry"].as_array().unwrap() {
+                let location = e["response"]["location"].as_str().unwrap_or_default();
+                if let Some(rest) = location.strip_prefix("Observation/") {
+                    observations.push(rest.split('/').next().unwrap().to_owned());
+                }
+            }
+        }
+        let mut state = AppState::new(
+            store.clone(),
+            validator,
+            None,
+            "https://127.0.0.1:8443/fhir",
+            1024 * 1024,
+        )
+        .await
+        .unwrap();
+        state.accounts =
+            Accounts::with_hasher(store, PasswordHasher::with_params(8, 1, 1).unwrap());
+        let (id, secret) = state
+            .accounts
+            .create_client("bench", "system/*.rs", None, &NoAudit)
+            .await
+            .unwrap();
+        let (token, _, _) = state
+            .accounts
+            .client_credentials(&id, secret.expose(), None)
+            .await
+            .unwrap();
+        (state, token.expose().to_owned(), observations)
+    });
+    assert_eq!(observations.len(), PATIENTS);
+    Bench {
+        _dir: dir,
+        runtime,
+        state,
+        token,
+        observations,
+    }
+}
+
+impl Bench {
+    /// One audited GET; returns the number of resources in a searchset (1 for a read).
+    pub(crate) fn get(&self, uri: &str) -> usize {
+        self.runtime.block_on(async {
+            let mut req = Request::builder()
+                .method(Method::GET)
+                .uri(uri)
+                .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 1))));
+            let resp = phivault_server::router(self.state.clone())
+                .oneshot(req)
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            v["entry"].as_array().map_or(1, Vec::len)
+        })
+    }
+}
