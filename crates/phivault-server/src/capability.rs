@@ -35,10 +35,14 @@ fn kind_documentation(kind: SearchParamKind) -> &'static str {
              with the :Type modifier or meaning Patient/id; equality only. No chaining."
         }
         SearchParamKind::Date => {
-            "Matched over a blind index (HMAC tokens, no plaintext): equality only (no prefix \
-             or the eq prefix) at day (YYYY-MM-DD), month (YYYY-MM) or year (YYYY) \
-             precision; a Period matches by its start or its end date. No ranges (lt, gt, le, \
-             ge, ne, sa, eb, ap) and no times."
+            "Matched over a blind index (HMAC tokens, no plaintext): the prefixes eq \
+             (default), ne, gt, lt, ge, le, sa and eb with a value at day (YYYY-MM-DD), month \
+             (YYYY-MM) or year (YYYY) precision, years 1800 to 2200; the target (a date, \
+             dateTime or instant by its date as written, a Period from its start to its end) \
+             is a range of days, and eq means within the search range. A range is served as \
+             the fewest year, month and day tokens covering it, so the index reveals no order. \
+             With several values of one parameter in a resource, eq and ne may match a \
+             resource whose values start and end in the range separately. No ap, no times."
         }
         SearchParamKind::Uri => {
             "Matched over a blind index (HMAC tokens, no plaintext): the exact URI. No :below \

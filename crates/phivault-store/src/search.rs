@@ -228,20 +228,40 @@ impl Store {
                 ));
             }
         }
-        for param in &query.params {
-            if keys.is_none() && param.any_of.iter().any(keyed) {
-                continue;
-            }
-            let tokens = tokens_of(&mut f, &param.any_of);
+        // Whether the resource has (or, `present` false, has none of) one of `entries`.
+        let exists = |f: &mut Filter, entries: &[IndexEntry], present: bool| -> String {
+            let tokens = tokens_of(f, entries);
             if tokens.is_empty() {
-                sql.push_str(" AND 1 = 0");
+                return if present { "1 = 0" } else { "1 = 1" }.to_owned();
+            }
+            format!(
+                "{}EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
+                 AND s.rtype = c.rtype AND s.id = c.id AND s.token IN ({}))",
+                if present { "" } else { "NOT " },
+                tokens.join(", ")
+            )
+        };
+        for param in &query.params {
+            if keys.is_none() && param.entries().any(keyed) {
                 continue;
             }
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
-                 AND s.rtype = c.rtype AND s.id = c.id AND s.token IN ({}))",
-                tokens.join(", ")
-            ));
+            // Any of the entries, or every test of one conjunction (date ranges).
+            let mut alternatives = Vec::new();
+            if !param.any_of.is_empty() {
+                alternatives.push(exists(&mut f, &param.any_of, true));
+            }
+            for tests in &param.conjunctions {
+                let all: Vec<String> = tests
+                    .iter()
+                    .map(|t| exists(&mut f, &t.any_of, t.present))
+                    .collect();
+                alternatives.push(format!("({})", all.join(" AND ")));
+            }
+            if alternatives.is_empty() {
+                sql.push_str(" AND 1 = 0");
+            } else {
+                sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+            }
         }
         f.sql = sql;
         f
@@ -259,7 +279,7 @@ impl Store {
         scope: &SearchScope,
     ) -> Result<Option<Vec<String>>, StoreError> {
         let needed = scope.exclude_labels.iter().any(keyed)
-            || query.params.iter().any(|p| p.any_of.iter().any(keyed));
+            || query.params.iter().any(|p| p.entries().any(keyed));
         if !needed {
             return Ok(None);
         }
@@ -367,7 +387,7 @@ impl Store {
             + query
                 .params
                 .iter()
-                .flat_map(|p| p.any_of.iter())
+                .flat_map(|p| p.entries())
                 .filter(|e| keyed(e))
                 .count();
         let group = (MAX_KEYED_BINDS / per_key.max(1)).max(1);
