@@ -39,9 +39,9 @@ pub use compartment::{
 pub use error::{FhirError, Issue, IssueCode};
 pub use outcome::OperationOutcome;
 pub use search::{
-    IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery, TokenTest,
-    index_entries, index_entries_of, is_compartment_keyed, normalize_string, search_params,
-    unsupported_params,
+    IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery, TimeInterval,
+    TokenTest, index_entries, index_entries_of, is_compartment_keyed, normalize_string,
+    search_params, unsupported_params,
 };
 pub use spec::{Step, Unsupported, param_counts};
 pub use types::{Id, ResourceType};

@@ -20,6 +20,8 @@
 //!   years 1800 to 2200, values outside in one bucket each side (see `date_range`, which
 //!   also says where the tokens only approximate).
 //! * **uri**: equality with the exact value.
+//! * **`_lastUpdated`**: the same prefixes, over the write time the store keeps (see
+//!   `last_updated`).
 //!
 //! The parameters of each type are generated from the specification (see `spec`). The `ap`
 //! prefix, times in date search values, free-text modifiers and the parameter kinds a blind
@@ -34,9 +36,12 @@ use unicode_normalization::char::is_combining_mark;
 
 use crate::spec::{self, Step, Unsupported};
 
-mod date_range;
 use crate::{FhirError, Id, ResourceType, ValidResource};
+
+mod date_range;
+mod last_updated;
 pub use date_range::TokenTest;
+pub use last_updated::TimeInterval;
 
 /// Shortest prefix of a name (in characters) that is indexed and can be searched as a prefix.
 const MIN_PREFIX_CHARS: usize = 3;
@@ -416,6 +421,8 @@ pub struct SearchQuery {
     pub ids: Option<Vec<Id>>,
     /// Indexed parameters (AND).
     pub params: Vec<SearchParam>,
+    /// `_lastUpdated` parameters (AND), each the write times (OR of intervals) it matches.
+    pub last_updated: Vec<Vec<TimeInterval>>,
     /// Page size (`_count`, default 50, at most 1000).
     pub count: usize,
     /// Offset of the page (`_offset`, default 0, our paging parameter for `next` links).
@@ -438,6 +445,7 @@ impl SearchQuery {
         let mut query = SearchQuery {
             ids: None,
             params: Vec::new(),
+            last_updated: Vec::new(),
             count: DEFAULT_COUNT,
             offset: 0,
             ignored: Vec::new(),
@@ -457,6 +465,20 @@ impl SearchQuery {
                         Some(before) => before.into_iter().filter(|i| ids.contains(i)).collect(),
                         None => ids,
                     });
+                }
+                "_lastUpdated" => {
+                    let parts = split_unescaped(value, ',');
+                    if parts.len() > MAX_OR_VALUES {
+                        return Err(bad(
+                            name,
+                            format!("too many values (limit {MAX_OR_VALUES})"),
+                        ));
+                    }
+                    let mut any = Vec::new();
+                    for part in parts {
+                        any.extend(last_updated::parse(&part).map_err(|m| bad(name, m))?);
+                    }
+                    query.last_updated.push(any);
                 }
                 "_count" => {
                     query.count = value

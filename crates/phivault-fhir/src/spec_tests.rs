@@ -103,7 +103,6 @@ mod generated_tests {
                 "FHIRPath the server does not evaluate",
             ),
             ("Patient", "phonetic", "phonetic matching"),
-            ("Patient", "_lastUpdated", "not indexed"),
             ("RiskAssessment", "probability", "number parameters"),
         ] {
             match parse(rtype, name, "1") {

@@ -58,6 +58,14 @@ fn resource_entry(rtype: ResourceType) -> Value {
         "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
         "type": "token",
         "documentation": "Logical id; comma-separated values are ORed.",
+    }), json!({
+        "name": "_lastUpdated",
+        "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+        "type": "date",
+        "documentation": "Time of the last write (meta.lastUpdated, kept to the second): the \
+            prefixes eq (default), ne, gt, lt, ge, le, sa and eb with YYYY, YYYY-MM, \
+            YYYY-MM-DD (UTC) or YYYY-MM-DDThh:mm[:ss] with Z or an offset; no fractional \
+            seconds. Compared with the write time the server keeps in the clear (not PHI).",
     })];
     for def in search_params(rtype) {
         params.push(json!({
@@ -388,7 +396,10 @@ mod tests {
             let unsupported = phivault_fhir::unsupported_params(rtype);
             for p in r["searchParam"].as_array().unwrap() {
                 let name = p["name"].as_str().unwrap();
-                assert!(name == "_id" || served.contains(&name), "{rtype}.{name}");
+                assert!(
+                    name == "_id" || name == "_lastUpdated" || served.contains(&name),
+                    "{rtype}.{name}"
+                );
                 assert!(
                     !unsupported.iter().any(|u| u.name == name),
                     "{rtype}.{name}"

@@ -65,6 +65,7 @@ struct Filter {
 enum Bind {
     Text(String),
     Bytes(Vec<u8>),
+    Int(i64),
 }
 
 impl Filter {
@@ -81,6 +82,7 @@ impl Filter {
             q = match b {
                 Bind::Text(s) => q.bind(s.as_str()),
                 Bind::Bytes(v) => q.bind(v.as_slice()),
+                Bind::Int(n) => q.bind(*n),
             };
         }
         q
@@ -186,6 +188,31 @@ impl Store {
                  AND k.kind = 'patient' AND k.owner IN ({}))",
                 owners.join(", ")
             ));
+        }
+        // `_lastUpdated`: the write time the store keeps with the current version (unix
+        // seconds, the second of `meta.lastUpdated`), compared in the clear: it is no PHI.
+        for any in &query.last_updated {
+            let mut alternatives = Vec::new();
+            for interval in any {
+                let mut parts = Vec::new();
+                if let Some(from) = interval.from {
+                    let p = f.placeholder(Bind::Int(from));
+                    parts.push(format!("c.recorded_at >= {p}"));
+                }
+                if let Some(to) = interval.to {
+                    let p = f.placeholder(Bind::Int(to));
+                    parts.push(format!("c.recorded_at < {p}"));
+                }
+                if parts.is_empty() {
+                    parts.push("1 = 1".to_owned());
+                }
+                alternatives.push(format!("({})", parts.join(" AND ")));
+            }
+            if alternatives.is_empty() {
+                sql.push_str(" AND 1 = 0");
+            } else {
+                sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+            }
         }
         // The tokens of `entries`: one per entry, or, for a compartment-keyed entry, one per
         // compartment of `keys` (left out when `keys` is `None`).

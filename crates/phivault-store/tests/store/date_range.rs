@@ -280,3 +280,173 @@ async fn date_tokens_of_an_older_index_format_are_rebuilt() {
         assert_eq!(find(&reopened).await, 1, "{}", f.label);
     }
 }
+
+/// A random `_lastUpdated` search value around `base`: its text and range `[from, to)` in unix
+/// seconds, computed by truncating an instant (not by parsing the text).
+fn random_instant_search(rng: &mut Rng, base: i64) -> (String, i64, i64) {
+    use time::{Duration, OffsetDateTime, UtcOffset};
+    let t = base + i64::try_from(rng.below(3 * 86_400 * 40)).unwrap() - 86_400 * 40;
+    let offset = *rng.pick(&[0i8, 1, -5]);
+    let zone = match offset {
+        0 => "Z".to_owned(),
+        h => format!("{}{:02}:00", if h < 0 { '-' } else { '+' }, h.abs()),
+    };
+    let local = OffsetDateTime::from_unix_timestamp(t)
+        .unwrap()
+        .to_offset(UtcOffset::from_hms(offset, 0, 0).unwrap());
+    let utc = OffsetDateTime::from_unix_timestamp(t).unwrap();
+    let (y, m, d) = (utc.year(), u8::from(utc.month()), utc.day());
+    match rng.below(5) {
+        0 => {
+            let start = utc
+                .replace_date(date(y, 1, 1))
+                .replace_time(time::Time::MIDNIGHT);
+            let end = start.replace_year(y + 1).unwrap();
+            (
+                format!("{y:04}"),
+                start.unix_timestamp(),
+                end.unix_timestamp(),
+            )
+        }
+        1 => {
+            let start = utc
+                .replace_day(1)
+                .unwrap()
+                .replace_time(time::Time::MIDNIGHT);
+            let end = start + Duration::days(i64::from(utc.month().length(y)));
+            (
+                format!("{y:04}-{m:02}"),
+                start.unix_timestamp(),
+                end.unix_timestamp(),
+            )
+        }
+        2 => {
+            let start = utc.replace_time(time::Time::MIDNIGHT);
+            (
+                format!("{y:04}-{m:02}-{d:02}"),
+                start.unix_timestamp(),
+                start.unix_timestamp() + 86_400,
+            )
+        }
+        3 => {
+            let start = local
+                .replace_second(0)
+                .unwrap()
+                .replace_nanosecond(0)
+                .unwrap();
+            let text = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}{zone}",
+                local.year(),
+                u8::from(local.month()),
+                local.day(),
+                local.hour(),
+                local.minute()
+            );
+            (text, start.unix_timestamp(), start.unix_timestamp() + 60)
+        }
+        _ => {
+            let text = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{zone}",
+                local.year(),
+                u8::from(local.month()),
+                local.day(),
+                local.hour(),
+                local.minute(),
+                local.second()
+            );
+            (text, t, t + 1)
+        }
+    }
+}
+
+#[tokio::test]
+async fn last_updated_search_equals_the_oracle() {
+    let obs = ResourceType::parse("Observation").unwrap();
+    for f in fixtures().await {
+        let s = &f.store;
+        let mut rng = Rng(0x1a57_0bda_7e00_0002);
+        let pat = s
+            .create(valid(patient("Lastup", "Lou")), &NoAudit)
+            .await
+            .unwrap();
+        // A fresh write is found by the second, day and year of its meta.lastUpdated.
+        let fresh = s
+            .create(valid(observation(&pat.id, "8867-4")), &NoAudit)
+            .await
+            .unwrap();
+        let stamped = fresh.body["meta"]["lastUpdated"].as_str().unwrap();
+        let second = format!("{}Z", &stamped[..19]);
+        for (value, found) in [
+            (second.clone(), true),
+            (format!("ge{second}"), true),
+            (format!("le{second}"), true),
+            (format!("gt{second}"), false),
+            (format!("lt{second}"), false),
+            (format!("ne{second}"), false),
+            (stamped[..10].to_owned(), true),
+            (format!("eb{}", &stamped[..4]), false),
+        ] {
+            let page = s
+                .search(obs, &query(obs, &[("_lastUpdated", &value)]))
+                .await
+                .unwrap();
+            assert_eq!(page.total, u64::from(found), "{} {value}", f.label);
+        }
+        // Write times spread over months: set as if written then.
+        let base = 1_600_000_000i64;
+        let mut written = vec![(fresh.id.clone(), None)];
+        for _ in 0..60 {
+            let o = s
+                .create(valid(observation(&pat.id, "8867-4")), &NoAudit)
+                .await
+                .unwrap();
+            let at = base + i64::try_from(rng.below(86_400 * 60)).unwrap() - 86_400 * 30;
+            sqlx::query("UPDATE current_resources SET recorded_at = $1 WHERE id = $2")
+                .bind(at)
+                .bind(o.id.as_str())
+                .execute(s.pool())
+                .await
+                .unwrap();
+            written.push((o.id, Some(at)));
+        }
+        let mut partial = 0;
+        for case in 0..200 {
+            let mut params = Vec::new();
+            let mut expected: BTreeSet<String> = BTreeSet::new();
+            let mut values = Vec::new();
+            for _ in 0..(1 + rng.below(2)) {
+                let prefix = *rng.pick(PREFIXES);
+                let (text, from, to) = random_instant_search(&mut rng, base);
+                values.push(format!("{prefix}{text}"));
+                for (id, at) in &written {
+                    // The fresh resource was written now: later than every search value.
+                    let at = at.unwrap_or(i64::MAX / 2);
+                    let hit = match prefix {
+                        "" | "eq" => at >= from && at < to,
+                        "ne" => at < from || at >= to,
+                        "gt" | "sa" => at >= to,
+                        "ge" => at >= from,
+                        "lt" | "eb" => at < from,
+                        "le" => at < to,
+                        other => panic!("{other}"),
+                    };
+                    if hit {
+                        expected.insert(id.as_str().to_owned());
+                    }
+                }
+            }
+            params.push(("_lastUpdated".to_owned(), values.join(",")));
+            params.push(("_count".to_owned(), "1000".to_owned()));
+            let q = SearchQuery::parse(obs, &params, false).unwrap();
+            let page = s.search(obs, &q).await.unwrap();
+            let got: BTreeSet<String> = page
+                .resources
+                .iter()
+                .map(|r| r.id.as_str().to_owned())
+                .collect();
+            assert_eq!(got, expected, "{} case {case}: {params:?}", f.label);
+            partial += usize::from(!expected.is_empty() && expected.len() < written.len());
+        }
+        assert!(partial > 60, "{partial}");
+    }
+}
