@@ -40,7 +40,7 @@ pub use error::{FhirError, Issue, IssueCode};
 pub use outcome::OperationOutcome;
 pub use search::{
     IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery, TimeInterval,
-    TokenTest, index_entries, index_entries_of, is_compartment_keyed, normalize_string,
+    TokenTest, TotalMode, index_entries, index_entries_of, is_compartment_keyed, normalize_string,
     search_params, unsupported_params,
 };
 pub use spec::{Step, Unsupported, param_counts};

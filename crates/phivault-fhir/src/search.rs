@@ -40,8 +40,10 @@ use crate::{FhirError, Id, ResourceType, ValidResource};
 
 mod date_range;
 mod last_updated;
+mod result_params;
 pub use date_range::TokenTest;
 pub use last_updated::TimeInterval;
+pub use result_params::TotalMode;
 
 /// Shortest prefix of a name (in characters) that is indexed and can be searched as a prefix.
 const MIN_PREFIX_CHARS: usize = 3;
@@ -421,14 +423,21 @@ pub struct SearchQuery {
     pub ids: Option<Vec<Id>>,
     /// Indexed parameters (AND).
     pub params: Vec<SearchParam>,
-    /// `_lastUpdated` parameters (AND), each the write times (OR of intervals) it matches.
-    pub last_updated: Vec<Vec<TimeInterval>>,
-    /// Page size (`_count`, default 50, at most 1000).
+    /// `_lastUpdated` parameters (AND): each its value as written (for links; not PHI) and
+    /// the write times (OR of intervals) it matches.
+    pub last_updated: Vec<(String, Vec<TimeInterval>)>,
+    /// Page size (`_count`, default 50, at most 1000; 0: the total only).
     pub count: usize,
     /// Offset of the page (`_offset`, default 0, our paging parameter for `next` links).
     pub offset: usize,
     /// Parameters ignored under `Prefer: handling=lenient` (names only).
     pub ignored: Vec<String>,
+    /// Warnings for the searchset (a capped `_count`); no search values in them.
+    pub warnings: Vec<String>,
+    /// `_summary=count`: the total only (the page size is 0).
+    pub summary_count: bool,
+    /// Whether the searchset states its total (`_total`).
+    pub total: TotalMode,
 }
 
 impl SearchQuery {
@@ -449,6 +458,9 @@ impl SearchQuery {
             count: DEFAULT_COUNT,
             offset: 0,
             ignored: Vec::new(),
+            warnings: Vec::new(),
+            summary_count: false,
+            total: TotalMode::Accurate,
         };
         if let Some((name, _)) = pairs.get(MAX_PARAMS) {
             return Err(bad(
@@ -478,17 +490,10 @@ impl SearchQuery {
                     for part in parts {
                         any.extend(last_updated::parse(&part).map_err(|m| bad(name, m))?);
                     }
-                    query.last_updated.push(any);
+                    query.last_updated.push((value.clone(), any));
                 }
-                "_count" => {
-                    query.count = value
-                        .trim()
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=MAX_COUNT).contains(n))
-                        .ok_or_else(|| {
-                            bad(name, format!("must be an integer from 1 to {MAX_COUNT}"))
-                        })?;
+                "_count" | "_summary" | "_total" => {
+                    result_params::apply(&mut query, name, value)?;
                 }
                 "_offset" => {
                     query.offset = value
@@ -549,6 +554,9 @@ impl SearchQuery {
                     }
                 }
             }
+        }
+        if query.summary_count {
+            query.count = 0;
         }
         Ok(query)
     }
@@ -1386,10 +1394,8 @@ mod tests {
                 "not supported",
             ),
             (p, "_id", "ZQX MARKER", "_id", "not a valid id"),
-            (p, "_count", "0", "_count", "from 1 to 1000"),
-            (p, "_count", "1001", "_count", "from 1 to 1000"),
-            (p, "_count", "-1", "_count", "from 1 to 1000"),
-            (p, "_count", "ten", "_count", "from 1 to 1000"),
+            (p, "_count", "-1", "_count", "non-negative integer"),
+            (p, "_count", "ten", "_count", "non-negative integer"),
             (p, "_offset", "-5", "_offset", "non-negative"),
             (
                 p,

@@ -1,6 +1,6 @@
 //! The CapabilityStatement (`GET /fhir/metadata`): what this server really does, and nothing
 //! it does not (no `_include`, no `_sort`, no type- or system-level history, no conditional
-//! interactions, JSON only).
+//! interactions, JSON only). Search prefixes and result parameters are stated in `rest`.
 
 use phivault_fhir::{ResourceType, SearchParamKind, search_params};
 use serde_json::{Value, json};
@@ -53,20 +53,23 @@ fn kind_documentation(kind: SearchParamKind) -> &'static str {
 }
 
 fn resource_entry(rtype: ResourceType) -> Value {
-    let mut params = vec![json!({
-        "name": "_id",
-        "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
-        "type": "token",
-        "documentation": "Logical id; comma-separated values are ORed.",
-    }), json!({
-        "name": "_lastUpdated",
-        "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
-        "type": "date",
-        "documentation": "Time of the last write (meta.lastUpdated, kept to the second): the \
-            prefixes eq (default), ne, gt, lt, ge, le, sa and eb with YYYY, YYYY-MM, \
-            YYYY-MM-DD (UTC) or YYYY-MM-DDThh:mm[:ss] with Z or an offset; no fractional \
-            seconds. Compared with the write time the server keeps in the clear (not PHI).",
-    })];
+    let mut params = vec![
+        json!({
+            "name": "_id",
+            "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
+            "type": "token",
+            "documentation": "Logical id; comma-separated values are ORed.",
+        }),
+        json!({
+            "name": "_lastUpdated",
+            "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+            "type": "date",
+            "documentation": "Time of the last write (meta.lastUpdated, kept to the second): the \
+                prefixes eq (default), ne, gt, lt, ge, le, sa and eb with YYYY, YYYY-MM, \
+                YYYY-MM-DD (UTC) or YYYY-MM-DDThh:mm[:ss] with Z or an offset; no fractional \
+                seconds. Compared with the write time the server keeps in the clear (not PHI).",
+        }),
+    ];
     for def in search_params(rtype) {
         params.push(json!({
             "name": def.name,
@@ -282,9 +285,13 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
         "rest": [{
             "mode": "server",
             "documentation": "Search runs over blind indexes (HMAC tokens of normalized \
-                values), so every parameter matches by equality: no ranges, no :contains, \
-                no _include, no _sort. Paging uses _count (default 50, at most 1000) and \
-                _offset. Every FHIR R4 resource type is stored but Parameters, Bundle \
+                values): parameters match by equality, and date ranges (prefixes eq, ne, gt, \
+                lt, ge, le, sa, eb) by the fewest year/month/day tokens covering the range, so \
+                the index reveals no order; _lastUpdated compares the write time. No \
+                :contains, no _include, no _sort. Paging uses _count (default 50, at most \
+                1000: a larger value is reduced to 1000 with a warning entry; 0 gives the \
+                total only) and _offset; _summary=count gives the total only; _total=none \
+                leaves the total out (estimate and accurate give it exactly). Every FHIR R4 resource type is stored but Parameters, Bundle \
                 (transactions and batches are processed at the base URL), Binary, \
                 OperationOutcome, and AuditEvent (the audit trail, read-only). A resource of \
                 a Patient-compartment type must name exactly one patient as Patient/{id} \

@@ -9,6 +9,7 @@
 
 mod guard;
 mod links;
+mod searchset;
 
 use std::collections::{HashMap, HashSet};
 
@@ -22,7 +23,7 @@ use axum::routing::{get, post};
 use futures::StreamExt;
 use phivault_fhir::{
     BundleEntry, BundleKind, BundleRequest, EntryMethod, FhirError, Id, Issue, IssueCode,
-    OperationOutcome, ResourceType, SearchQuery, ValidResource, compartment_patient,
+    ResourceType, SearchQuery, ValidResource, compartment_patient,
 };
 use phivault_policy::{Action, Authorized, Consent, PolicyError, labels_of};
 use phivault_store::{EntryDecision, HistoryEntry, StoreError, StoredResource};
@@ -737,26 +738,6 @@ async fn search_post(
     search(&state, &mut access, rtype, &pairs, &headers).await
 }
 
-/// The self link of a search: the parameters actually used, then `_count` and `_offset`.
-fn search_link(
-    state: &AppState,
-    rtype: ResourceType,
-    query: &SearchQuery,
-    offset: usize,
-) -> String {
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    if let Some(ids) = &query.ids {
-        let list: Vec<&str> = ids.iter().map(Id::as_str).collect();
-        pairs.push(("_id".to_owned(), list.join(",")));
-    }
-    for p in &query.params {
-        pairs.push((p.name.clone(), p.raw.clone()));
-    }
-    pairs.push(("_count".to_owned(), query.count.to_string()));
-    pairs.push(("_offset".to_owned(), offset.to_string()));
-    format!("{}/{}?{}", base(state), rtype, query_string(&pairs))
-}
-
 async fn search(
     state: &AppState,
     access: &mut Access,
@@ -768,53 +749,7 @@ async fn search(
     refuse_includes(pairs)?;
     let query = SearchQuery::parse(rtype, pairs, lenient(headers))?;
     let (total, resources) = access.search(rtype, &query).await?;
-
-    let mut links = vec![json!({
-        "relation": "self",
-        "url": search_link(state, rtype, &query, query.offset),
-    })];
-    let next = query.offset.saturating_add(query.count);
-    if query.count > 0 && (next as u64) < total {
-        links.push(json!({
-            "relation": "next",
-            "url": search_link(state, rtype, &query, next),
-        }));
-    }
-
-    let mut entries: Vec<Value> = Vec::with_capacity(resources.len() + 1);
-    if !query.ignored.is_empty() {
-        let names: Vec<String> = query
-            .ignored
-            .iter()
-            .map(|n| n.chars().take(64).collect())
-            .collect();
-        let mut outcome = OperationOutcome::default();
-        outcome.push(
-            "warning",
-            Issue {
-                code: IssueCode::NotSupported,
-                path: String::new(),
-                message: format!(
-                    "these search parameters are not supported and were ignored: {}",
-                    names.join(", ")
-                ),
-            },
-        );
-        entries.push(json!({
-            "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-            "resource": outcome.to_json(),
-            "search": { "mode": "outcome" },
-        }));
-    }
-    entries.extend(match_entries(state, resources));
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": "searchset",
-        "total": total,
-        "link": links,
-        "entry": entries,
-    });
+    let bundle = searchset::searchset(state, rtype, &query, total, resources);
     Ok(access.mark(fhir_json(StatusCode::OK, &bundle)))
 }
 
@@ -1097,13 +1032,16 @@ async fn search_entry(
     query: &SearchQuery,
 ) -> Result<Value, ApiError> {
     let (total, resources) = access.search(rtype, query).await?;
+    let mut set = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": match_entries(state, resources),
+    });
+    if query.total != phivault_fhir::TotalMode::None {
+        set["total"] = json!(total);
+    }
     Ok(json!({
-        "resource": {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": total,
-            "entry": match_entries(state, resources),
-        },
+        "resource": set,
         "response": { "status": "200 OK" },
     }))
 }

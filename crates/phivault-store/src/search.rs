@@ -191,7 +191,7 @@ impl Store {
         }
         // `_lastUpdated`: the write time the store keeps with the current version (unix
         // seconds, the second of `meta.lastUpdated`), compared in the clear: it is no PHI.
-        for any in &query.last_updated {
+        for (_, any) in &query.last_updated {
             let mut alternatives = Vec::new();
             for interval in any {
                 let mut parts = Vec::new();
