@@ -56,19 +56,13 @@ const EXCLUDED: &[(&str, &str)] = &[
 const EXTRA_COMPARTMENT: &[&str] = &["Contract", "Device", "GuidanceResponse", "Task"];
 
 /// Parameters handled by the search code itself, not generated.
-const BUILT_IN: &[&str] = &["_id", "_security"];
+const BUILT_IN: &[&str] = &["_id", "_lastUpdated", "_security"];
 
 /// Parameters with a supported kind and expression that still are not served, and why.
-const NOT_SERVED: &[(&str, &str)] = &[
-    (
-        "phonetic",
-        "phonetic matching is not implemented on encrypted indexes",
-    ),
-    (
-        "_lastUpdated",
-        "meta.lastUpdated is set by the server after indexing and is not indexed",
-    ),
-];
+const NOT_SERVED: &[(&str, &str)] = &[(
+    "phonetic",
+    "phonetic matching is not implemented on encrypted indexes",
+)];
 
 /// FHIR primitive type names (the suffix of a choice element, capitalized, names them).
 const PRIMITIVES: &[&str] = &[

@@ -43,8 +43,9 @@ pub use error::{FhirError, Issue, IssueCode};
 pub use include::{Include, include_values, revinclude_values, split_includes};
 pub use outcome::OperationOutcome;
 pub use search::{
-    IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery, index_entries,
-    index_entries_of, is_compartment_keyed, normalize_string, search_params, unsupported_params,
+    IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery, TimeInterval,
+    TokenTest, TotalMode, index_entries, index_entries_of, is_compartment_keyed, normalize_string,
+    search_params, unsupported_params,
 };
 pub use spec::{Step, Unsupported, param_counts};
 pub use types::{Id, ResourceType};

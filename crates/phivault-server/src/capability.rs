@@ -1,6 +1,6 @@
 //! The CapabilityStatement (`GET /fhir/metadata`): what this server really does, and nothing
-//! it does not (no `_include`, no `_sort`, no type- or system-level history, conditional read
-//! but no other conditional interaction, JSON only).
+//! it does not (no `_sort`, no type- or system-level history, JSON only). Search prefixes,
+//! result parameters, includes and chains are stated in `rest`.
 
 use phivault_fhir::{ResourceType, SearchParamKind, search_params};
 use serde_json::{Value, json};
@@ -35,10 +35,14 @@ fn kind_documentation(kind: SearchParamKind) -> &'static str {
              with the :Type modifier or meaning Patient/id; equality only. No chaining."
         }
         SearchParamKind::Date => {
-            "Matched over a blind index (HMAC tokens, no plaintext): equality only (no prefix \
-             or the eq prefix) at day (YYYY-MM-DD), month (YYYY-MM) or year (YYYY) \
-             precision; a Period matches by its start or its end date. No ranges (lt, gt, le, \
-             ge, ne, sa, eb, ap) and no times."
+            "Matched over a blind index (HMAC tokens, no plaintext): the prefixes eq \
+             (default), ne, gt, lt, ge, le, sa and eb with a value at day (YYYY-MM-DD), month \
+             (YYYY-MM) or year (YYYY) precision, years 1800 to 2200; the target (a date, \
+             dateTime or instant by its date as written, a Period from its start to its end) \
+             is a range of days, and eq means within the search range. A range is served as \
+             the fewest year, month and day tokens covering it, so the index reveals no order. \
+             With several values of one parameter in a resource, eq and ne may match a \
+             resource whose values start and end in the range separately. No ap, no times."
         }
         SearchParamKind::Uri => {
             "Matched over a blind index (HMAC tokens, no plaintext): the exact URI. No :below \
@@ -49,12 +53,23 @@ fn kind_documentation(kind: SearchParamKind) -> &'static str {
 }
 
 fn resource_entry(rtype: ResourceType) -> Value {
-    let mut params = vec![json!({
-        "name": "_id",
-        "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
-        "type": "token",
-        "documentation": "Logical id; comma-separated values are ORed.",
-    })];
+    let mut params = vec![
+        json!({
+            "name": "_id",
+            "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
+            "type": "token",
+            "documentation": "Logical id; comma-separated values are ORed.",
+        }),
+        json!({
+            "name": "_lastUpdated",
+            "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+            "type": "date",
+            "documentation": "Time of the last write (meta.lastUpdated, kept to the second): the \
+                prefixes eq (default), ne, gt, lt, ge, le, sa and eb with YYYY, YYYY-MM, \
+                YYYY-MM-DD (UTC) or YYYY-MM-DDThh:mm[:ss] with Z or an offset; no fractional \
+                seconds. Compared with the write time the server keeps in the clear (not PHI).",
+        }),
+    ];
     for def in search_params(rtype) {
         params.push(json!({
             "name": def.name,
@@ -275,9 +290,13 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
         "rest": [{
             "mode": "server",
             "documentation": "Search runs over blind indexes (HMAC tokens of normalized \
-                values), so every parameter matches by equality: no ranges, no :contains, \
-                no _include, no _sort. Paging uses _count (default 50, at most 1000) and \
-                _offset. Every FHIR R4 resource type is stored but Parameters, Bundle \
+                values): parameters match by equality, and date ranges (prefixes eq, ne, gt, \
+                lt, ge, le, sa, eb) by the fewest year/month/day tokens covering the range, so \
+                the index reveals no order; _lastUpdated compares the write time. No \
+                :contains, no _include, no _sort. Paging uses _count (default 50, at most \
+                1000: a larger value is reduced to 1000 with a warning entry; 0 gives the \
+                total only) and _offset; _summary=count gives the total only; _total=none \
+                leaves the total out (estimate and accurate give it exactly). Every FHIR R4 resource type is stored but Parameters, Bundle \
                 (transactions and batches are processed at the base URL), Binary, \
                 OperationOutcome, and AuditEvent (the audit trail, read-only). A resource of \
                 a Patient-compartment type must name exactly one patient as Patient/{id} \
@@ -417,7 +436,10 @@ mod tests {
             let unsupported = phivault_fhir::unsupported_params(rtype);
             for p in r["searchParam"].as_array().unwrap() {
                 let name = p["name"].as_str().unwrap();
-                assert!(name == "_id" || served.contains(&name), "{rtype}.{name}");
+                assert!(
+                    name == "_id" || name == "_lastUpdated" || served.contains(&name),
+                    "{rtype}.{name}"
+                );
                 assert!(
                     !unsupported.iter().any(|u| u.name == name),
                     "{rtype}.{name}"

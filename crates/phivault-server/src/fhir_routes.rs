@@ -12,6 +12,7 @@ mod guard;
 mod http;
 mod include;
 mod links;
+mod searchset;
 
 use std::collections::{HashMap, HashSet};
 
@@ -25,7 +26,7 @@ use axum::routing::{get, post};
 use futures::StreamExt;
 use phivault_fhir::{
     BundleEntry, BundleKind, BundleRequest, EntryMethod, FhirError, Id, Issue, IssueCode,
-    OperationOutcome, ResourceType, SearchQuery, ValidResource, compartment_patient,
+    ResourceType, SearchQuery, ValidResource, compartment_patient,
 };
 use phivault_policy::{Action, Authorized, Consent, PolicyError, labels_of};
 use phivault_store::{EntryDecision, HistoryEntry, StoreError, StoredResource};
@@ -689,36 +690,6 @@ async fn search_post(
     search(&state, &mut access, rtype, &pairs, &headers).await
 }
 
-/// What a search's links repeat beyond its indexed parameters: the client's own `_id` (not
-/// the ids a `_has` resolved to) and the parameters answered outside the index (`_has`,
-/// `_include`, `_revinclude`), as the client wrote them.
-struct LinkEcho {
-    ids: Option<Vec<Id>>,
-    pairs: Vec<(String, String)>,
-}
-
-/// The self link of a search: the parameters actually used, then `_count` and `_offset`.
-fn search_link(
-    state: &AppState,
-    rtype: ResourceType,
-    query: &SearchQuery,
-    echo: &LinkEcho,
-    offset: usize,
-) -> String {
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    if let Some(ids) = &echo.ids {
-        let list: Vec<&str> = ids.iter().map(Id::as_str).collect();
-        pairs.push(("_id".to_owned(), list.join(",")));
-    }
-    for p in &query.params {
-        pairs.push((p.name.clone(), p.raw.clone()));
-    }
-    pairs.extend(echo.pairs.iter().cloned());
-    pairs.push(("_count".to_owned(), query.count.to_string()));
-    pairs.push(("_offset".to_owned(), offset.to_string()));
-    format!("{}/{}?{}", base(state), rtype, query_string(&pairs))
-}
-
 async fn search(
     state: &AppState,
     access: &mut Access,
@@ -729,7 +700,7 @@ async fn search(
     let (includes, pairs) = phivault_fhir::split_includes(rtype, pairs)?;
     let (chains, pairs) = phivault_fhir::split_chains(rtype, &pairs)?;
     let mut query = SearchQuery::parse(rtype, &pairs, lenient(headers))?;
-    let echo = LinkEcho {
+    let echo = searchset::LinkEcho {
         ids: query.ids.clone(),
         pairs: chains
             .has
@@ -750,73 +721,7 @@ async fn search(
         }
     };
     let included = include::included(state, access, rtype, &includes, &resources).await?;
-
-    let mut links = vec![json!({
-        "relation": "self",
-        "url": search_link(state, rtype, &query, &echo, query.offset),
-    })];
-    let next = query.offset.saturating_add(query.count);
-    if query.count > 0 && (next as u64) < total {
-        links.push(json!({
-            "relation": "next",
-            "url": search_link(state, rtype, &query, &echo, next),
-        }));
-    }
-
-    let mut entries: Vec<Value> = Vec::with_capacity(resources.len() + 1);
-    if !query.ignored.is_empty() {
-        let names: Vec<String> = query
-            .ignored
-            .iter()
-            .map(|n| n.chars().take(64).collect())
-            .collect();
-        let mut outcome = OperationOutcome::default();
-        outcome.push(
-            "warning",
-            Issue {
-                code: IssueCode::NotSupported,
-                path: String::new(),
-                message: format!(
-                    "these search parameters are not supported and were ignored: {}",
-                    names.join(", ")
-                ),
-            },
-        );
-        entries.push(json!({
-            "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-            "resource": outcome.to_json(),
-            "search": { "mode": "outcome" },
-        }));
-    }
-    if included.capped {
-        let mut outcome = OperationOutcome::default();
-        outcome.push(
-            "warning",
-            Issue {
-                code: IssueCode::TooCostly,
-                path: String::new(),
-                message: format!(
-                    "only the first {} included resources are on this page",
-                    include::MAX_INCLUDED
-                ),
-            },
-        );
-        entries.push(json!({
-            "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-            "resource": outcome.to_json(),
-            "search": { "mode": "outcome" },
-        }));
-    }
-    entries.extend(match_entries(state, resources));
-    entries.extend(included.entries);
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": "searchset",
-        "total": total,
-        "link": links,
-        "entry": entries,
-    });
+    let bundle = searchset::searchset(state, rtype, &query, &echo, total, resources, included);
     Ok(access.mark(fhir_json(StatusCode::OK, &bundle)))
 }
 
@@ -1099,13 +1004,16 @@ async fn search_entry(
     query: &SearchQuery,
 ) -> Result<Value, ApiError> {
     let (total, resources) = access.search(rtype, query).await?;
+    let mut set = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": match_entries(state, resources),
+    });
+    if query.total != phivault_fhir::TotalMode::None {
+        set["total"] = json!(total);
+    }
     Ok(json!({
-        "resource": {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": total,
-            "entry": match_entries(state, resources),
-        },
+        "resource": set,
         "response": { "status": "200 OK" },
     }))
 }

@@ -27,6 +27,8 @@ use tower::ServiceExt;
 mod all_types;
 #[path = "router/http_details.rs"]
 mod http_details;
+#[path = "router/result_params.rs"]
+mod result_params;
 
 const BASE: &str = "https://127.0.0.1:8443/fhir";
 const MAX_BODY: usize = 64 * 1024;

@@ -65,6 +65,7 @@ struct Filter {
 enum Bind {
     Text(String),
     Bytes(Vec<u8>),
+    Int(i64),
 }
 
 impl Filter {
@@ -81,6 +82,7 @@ impl Filter {
             q = match b {
                 Bind::Text(s) => q.bind(s.as_str()),
                 Bind::Bytes(v) => q.bind(v.as_slice()),
+                Bind::Int(n) => q.bind(*n),
             };
         }
         q
@@ -187,6 +189,31 @@ impl Store {
                 owners.join(", ")
             ));
         }
+        // `_lastUpdated`: the write time the store keeps with the current version (unix
+        // seconds, the second of `meta.lastUpdated`), compared in the clear: it is no PHI.
+        for (_, any) in &query.last_updated {
+            let mut alternatives = Vec::new();
+            for interval in any {
+                let mut parts = Vec::new();
+                if let Some(from) = interval.from {
+                    let p = f.placeholder(Bind::Int(from));
+                    parts.push(format!("c.recorded_at >= {p}"));
+                }
+                if let Some(to) = interval.to {
+                    let p = f.placeholder(Bind::Int(to));
+                    parts.push(format!("c.recorded_at < {p}"));
+                }
+                if parts.is_empty() {
+                    parts.push("1 = 1".to_owned());
+                }
+                alternatives.push(format!("({})", parts.join(" AND ")));
+            }
+            if alternatives.is_empty() {
+                sql.push_str(" AND 1 = 0");
+            } else {
+                sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+            }
+        }
         // The tokens of `entries`: one per entry, or, for a compartment-keyed entry, one per
         // compartment of `keys` (left out when `keys` is `None`).
         let tokens_of = |f: &mut Filter, entries: &[IndexEntry]| -> Vec<String> {
@@ -228,20 +255,40 @@ impl Store {
                 ));
             }
         }
-        for param in &query.params {
-            if keys.is_none() && param.any_of.iter().any(keyed) {
-                continue;
-            }
-            let tokens = tokens_of(&mut f, &param.any_of);
+        // Whether the resource has (or, `present` false, has none of) one of `entries`.
+        let exists = |f: &mut Filter, entries: &[IndexEntry], present: bool| -> String {
+            let tokens = tokens_of(f, entries);
             if tokens.is_empty() {
-                sql.push_str(" AND 1 = 0");
+                return if present { "1 = 0" } else { "1 = 1" }.to_owned();
+            }
+            format!(
+                "{}EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
+                 AND s.rtype = c.rtype AND s.id = c.id AND s.token IN ({}))",
+                if present { "" } else { "NOT " },
+                tokens.join(", ")
+            )
+        };
+        for param in &query.params {
+            if keys.is_none() && param.entries().any(keyed) {
                 continue;
             }
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
-                 AND s.rtype = c.rtype AND s.id = c.id AND s.token IN ({}))",
-                tokens.join(", ")
-            ));
+            // Any of the entries, or every test of one conjunction (date ranges).
+            let mut alternatives = Vec::new();
+            if !param.any_of.is_empty() {
+                alternatives.push(exists(&mut f, &param.any_of, true));
+            }
+            for tests in &param.conjunctions {
+                let all: Vec<String> = tests
+                    .iter()
+                    .map(|t| exists(&mut f, &t.any_of, t.present))
+                    .collect();
+                alternatives.push(format!("({})", all.join(" AND ")));
+            }
+            if alternatives.is_empty() {
+                sql.push_str(" AND 1 = 0");
+            } else {
+                sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+            }
         }
         f.sql = sql;
         f
@@ -259,7 +306,7 @@ impl Store {
         scope: &SearchScope,
     ) -> Result<Option<Vec<String>>, StoreError> {
         let needed = scope.exclude_labels.iter().any(keyed)
-            || query.params.iter().any(|p| p.any_of.iter().any(keyed));
+            || query.params.iter().any(|p| p.entries().any(keyed));
         if !needed {
             return Ok(None);
         }
@@ -367,7 +414,7 @@ impl Store {
             + query
                 .params
                 .iter()
-                .flat_map(|p| p.any_of.iter())
+                .flat_map(|p| p.entries())
                 .filter(|e| keyed(e))
                 .count();
         let group = (MAX_KEYED_BINDS / per_key.max(1)).max(1);

@@ -38,6 +38,7 @@ pub(crate) async fn restrict(
             name: chain.written.0.clone(),
             raw: chain.written.1.clone(),
             any_of,
+            conjunctions: Vec::new(),
         });
         if nothing {
             return Ok(false);
