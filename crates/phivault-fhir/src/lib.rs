@@ -18,6 +18,7 @@
 
 mod bundle;
 mod compartment;
+pub mod conditional;
 mod error;
 pub mod json;
 mod outcome;

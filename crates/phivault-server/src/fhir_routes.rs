@@ -7,8 +7,10 @@
 //! by [`guard`] before the store is asked; everything else is the store's. Every write passes
 //! a [`RequestSink`], so its audit entries commit in its transaction (see `audit_sink`).
 
+mod conditional;
 mod guard;
 mod links;
+mod query;
 
 use std::collections::{HashMap, HashSet};
 
@@ -31,6 +33,10 @@ use serde_json::{Value, json};
 use guard::refuse_includes;
 pub(crate) use guard::{Access, Current, Facts, X_BREAK_GLASS, X_PURPOSE_OF_USE, is_directory};
 use links::resolve_patient_links;
+pub(crate) use query::parse_pairs;
+#[cfg(test)]
+use query::percent_encode;
+use query::query_string;
 
 use crate::audit_sink::RequestSink;
 use crate::error::fhir_json;
@@ -228,82 +234,6 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Query strings
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Decodes one `application/x-www-form-urlencoded` component (`+` is a space).
-fn percent_decode(s: &str) -> Result<String, ApiError> {
-    let bad = || ApiError::BadRequest("malformed percent-encoding in the query".to_owned());
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = bytes
-                    .get(i + 1)
-                    .copied()
-                    .and_then(hex_value)
-                    .ok_or_else(bad)?;
-                let lo = bytes
-                    .get(i + 2)
-                    .copied()
-                    .and_then(hex_value)
-                    .ok_or_else(bad)?;
-                out.push(hi << 4 | lo);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out)
-        .map_err(|_| ApiError::BadRequest("the query is not valid UTF-8".to_owned()))
-}
-
-/// Splits and decodes `a=1&b=2` into pairs; empty pieces are skipped.
-pub(crate) fn parse_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|piece| {
-            let (k, v) = piece.split_once('=').unwrap_or((piece, ""));
-            Ok((percent_decode(k)?, percent_decode(v)?))
-        })
-        .collect()
-}
-
-/// Encodes a query component: unreserved characters and `:,/@` stay, the rest is `%XX`.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:,/@".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn query_string(pairs: &[(String, String)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-// ---------------------------------------------------------------------------------------
 // Responses
 
 pub(crate) fn base(state: &AppState) -> &str {
@@ -383,6 +313,9 @@ async fn create(
     };
     let proof = access.authorize_body(Action::Create, rtype, &facts).await?;
     check_consent_patient(&state, &resource, &HashSet::new()).await?;
+    if let Some(found) = conditional::if_none_exist(&mut access, rtype, &headers).await? {
+        return Ok(access.mark(resource_response(&state, StatusCode::OK, &found, false)));
+    }
     let sink = RequestSink::single_write(&state, access.audit_slot());
     let stored = state
         .store
@@ -1142,6 +1075,7 @@ async fn transaction(
     access.require(Action::Transaction)?;
     let kind = request.kind;
     let atomic = kind == BundleKind::Transaction;
+    let mut failed = conditional::resolve_bundle(&mut access, &mut request.entries, atomic).await?;
     let placeholders = placeholders(&request.entries);
     // A batch resolves no placeholders: its entries are independent.
     let resolved_by_store = if atomic {
@@ -1152,11 +1086,12 @@ async fn transaction(
 
     let mut plans = Vec::with_capacity(request.entries.len());
     for (index, entry) in request.entries.iter_mut().enumerate() {
-        let linked = match entry.resource.as_mut() {
-            Some(resource) => {
+        let linked = match (failed[index].take(), entry.resource.as_mut()) {
+            (Some(e), _) => Err(e),
+            (None, Some(resource)) => {
                 resolve_patient_links(&state, &mut access, resource, &resolved_by_store).await
             }
-            None => Ok(()),
+            (None, None) => Ok(()),
         };
         let planned = match linked {
             Ok(()) => plan_entry(&state, &mut access, entry, &placeholders, index, atomic).await,

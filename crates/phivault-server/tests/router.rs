@@ -25,6 +25,8 @@ use tower::ServiceExt;
 
 #[path = "router/all_types.rs"]
 mod all_types;
+#[path = "router/conditional.rs"]
+mod conditional;
 
 const BASE: &str = "https://127.0.0.1:8443/fhir";
 const MAX_BODY: usize = 64 * 1024;
