@@ -52,7 +52,13 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/fhir", post(transaction))
         .route("/fhir/metadata", get(metadata))
-        .route("/fhir/{type}", get(search_get).post(create))
+        .route(
+            "/fhir/{type}",
+            get(search_get)
+                .post(create)
+                .put(conditional::update)
+                .delete(conditional::delete),
+        )
         .route("/fhir/{type}/_search", post(search_post).get(search_get))
         .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{type}/{id}/_history", get(history))
@@ -82,7 +88,7 @@ pub(crate) fn path_error_response() -> Response {
         .into_response()
 }
 
-fn rtype_of(s: &str) -> Result<ResourceType, ApiError> {
+pub(crate) fn rtype_of(s: &str) -> Result<ResourceType, ApiError> {
     Ok(ResourceType::parse(s)?)
 }
 
@@ -144,7 +150,7 @@ pub(crate) fn require_form(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// `If-Match: W/"n"` (or `"n"`), if present.
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
@@ -209,7 +215,11 @@ pub(crate) async fn read_body(
 }
 
 /// A JSON body of a FHIR request, checked for type and size.
-async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn json_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     require_json(headers)?;
     read_body(body, headers, state.max_body_bytes).await
 }
@@ -300,8 +310,20 @@ async fn create(
     let rtype = rtype_of(&t)?;
     let bytes = json_body(&state, &headers, body).await?;
     // A body id is ignored: on create the server assigns the id (the store stamps it).
-    let mut resource = state.validator.parse(&bytes, Some(rtype))?;
-    resolve_patient_links(&state, &mut access, &mut resource, &HashMap::new()).await?;
+    let resource = state.validator.parse(&bytes, Some(rtype))?;
+    create_resource(&state, &mut access, rtype, resource, Some(&headers)).await
+}
+
+/// Creates `resource` (a POST, or a conditional update that matched nothing). With
+/// `headers`, an `If-None-Exist` condition is searched once the create is decided.
+pub(crate) async fn create_resource(
+    state: &AppState,
+    access: &mut Access,
+    rtype: ResourceType,
+    mut resource: ValidResource,
+    headers: Option<&HeaderMap>,
+) -> Result<Response, ApiError> {
+    resolve_patient_links(state, access, &mut resource, &HashMap::new()).await?;
     check_consent(&resource)?;
     let creates_patient = rtype == ResourceType::PATIENT;
     // The id is chosen before the decision: a new Patient is decided on its own id.
@@ -312,25 +334,22 @@ async fn create(
         Access::body_facts(&resource, &HashSet::new())
     };
     let proof = access.authorize_body(Action::Create, rtype, &facts).await?;
-    check_consent_patient(&state, &resource, &HashSet::new()).await?;
-    if let Some(found) = conditional::if_none_exist(&mut access, rtype, &headers).await? {
-        return Ok(access.mark(resource_response(&state, StatusCode::OK, &found, false)));
+    check_consent_patient(state, &resource, &HashSet::new()).await?;
+    if let Some(headers) = headers
+        && let Some(found) = conditional::if_none_exist(access, rtype, headers).await?
+    {
+        return Ok(access.mark(resource_response(state, StatusCode::OK, &found, false)));
     }
-    let sink = RequestSink::single_write(&state, access.audit_slot());
+    let sink = RequestSink::single_write(state, access.audit_slot());
     let stored = state
         .store
         .create_authorized(&proof, new_id, resource, &sink)
         .await?;
     sink.committed();
     if creates_patient {
-        grant_creator(&access, &stored.id).await;
+        grant_creator(access, &stored.id).await;
     }
-    Ok(access.mark(resource_response(
-        &state,
-        StatusCode::CREATED,
-        &stored,
-        true,
-    )))
+    Ok(access.mark(resource_response(state, StatusCode::CREATED, &stored, true)))
 }
 
 /// The facts of a Patient about to be created with a server-assigned id: a new patient
@@ -450,25 +469,37 @@ async fn update(
     let id = id_of(&i)?;
     let expected = if_match(&headers)?;
     let bytes = json_body(&state, &headers, body).await?;
-    let mut resource = state.validator.parse(&bytes, Some(rtype))?;
-    resolve_patient_links(&state, &mut access, &mut resource, &HashMap::new()).await?;
-    check_consent(&resource)?;
+    let resource = state.validator.parse(&bytes, Some(rtype))?;
     match resource.id() {
         None => return Err(ApiError::MissingId),
         Some(body_id) if body_id != id => return Err(ApiError::IdMismatch),
         Some(_) => {}
     }
+    update_resource(&state, &mut access, rtype, &id, resource, expected).await
+}
+
+/// Updates (or creates) `rtype/id` with `resource`, whose id is `id`.
+pub(crate) async fn update_resource(
+    state: &AppState,
+    access: &mut Access,
+    rtype: ResourceType,
+    id: &Id,
+    mut resource: ValidResource,
+    expected: Option<u64>,
+) -> Result<Response, ApiError> {
+    resolve_patient_links(state, access, &mut resource, &HashMap::new()).await?;
+    check_consent(&resource)?;
     // Both the stored resource and the new body: moving a resource into another compartment
     // needs the right on both.
-    let current = access.load(rtype, &id).await?;
-    let action = authorize_replaced(&mut access, rtype, &current).await?;
+    let current = access.load(rtype, id).await?;
+    let action = authorize_replaced(access, rtype, &current).await?;
     let facts = Access::body_facts(&resource, &HashSet::new());
     let proof = access.authorize_body(action, rtype, &facts).await?;
-    check_consent_patient(&state, &resource, &HashSet::new()).await?;
-    let sink = RequestSink::single_write(&state, access.audit_slot());
+    check_consent_patient(state, &resource, &HashSet::new()).await?;
+    let sink = RequestSink::single_write(state, access.audit_slot());
     let (stored, created) = state
         .store
-        .update_authorized(&proof, &id, resource, expected, &sink)
+        .update_authorized(&proof, id, resource, expected, &sink)
         .await?;
     sink.committed();
     let status = if created {
@@ -476,7 +507,7 @@ async fn update(
     } else {
         StatusCode::OK
     };
-    Ok(access.mark(resource_response(&state, status, &stored, created)))
+    Ok(access.mark(resource_response(state, status, &stored, created)))
 }
 
 async fn delete(
@@ -487,23 +518,33 @@ async fn delete(
     let Path((t, i)) = path.map_err(path_error)?;
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
-    let current = access.load(rtype, &id).await?;
+    delete_resource(&state, &mut access, rtype, &id).await
+}
+
+/// Deletes `rtype/id`: 204 (also when already deleted).
+pub(crate) async fn delete_resource(
+    state: &AppState,
+    access: &mut Access,
+    rtype: ResourceType,
+    id: &Id,
+) -> Result<Response, ApiError> {
+    let current = access.load(rtype, id).await?;
     let proof = access
         .authorize_current(Action::Delete, rtype, &current)
         .await?;
     let version = match (&current, proof) {
         (Current::Live(_), Some(proof)) => {
-            let sink = RequestSink::single_write(&state, access.audit_slot());
+            let sink = RequestSink::single_write(state, access.audit_slot());
             let version = state
                 .store
-                .delete_authorized(&proof, rtype, &id, &sink)
+                .delete_authorized(&proof, rtype, id, &sink)
                 .await?;
             sink.committed();
             version
         }
         // Deleting a deleted resource changes nothing (204); nothing to delete otherwise.
         (Current::Deleted { .. }, _) => None,
-        (other, _) => return Err(other.absent(rtype, &id)),
+        (other, _) => return Err(other.absent(rtype, id)),
     };
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(v) = version {

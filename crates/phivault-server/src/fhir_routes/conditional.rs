@@ -18,16 +18,28 @@
 //!   none is 422 and several 412, naming the entry and the element
 //!   ([`phivault_fhir::conditional`]). The search never picks a resource the writer cannot
 //!   read.
+//! - **Conditional update** (`PUT [base]/Type?search`): no match the caller may read creates
+//!   (a body id makes it an update-as-create of that id, decided like any `PUT`), one updates
+//!   it (a body id must be the match's, else 400), several are 412. **Conditional delete**
+//!   (`DELETE [base]/Type?search`): no match 204 (as for a resource that does not exist), one
+//!   is deleted like `DELETE Type/id`, several 412 (single deletes only).
 //! - Two concurrent conditional creates of the same thing may both create: the condition is
 //!   searched before the write's transaction, as in most FHIR servers.
 
-use axum::http::HeaderMap;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use phivault_fhir::conditional::{Finder, condition_query, resolve_conditions};
 use phivault_fhir::{BundleEntry, FhirError, Id, ResourceType, SearchQuery};
 use phivault_store::StoredResource;
 
-use super::{Access, parse_pairs};
-use crate::ApiError;
+use super::{
+    Access, create_resource, delete_resource, if_match, json_body, parse_pairs, path_error,
+    rtype_of, update_resource,
+};
+use crate::{ApiError, AppState};
 
 /// The header of a conditional create.
 const IF_NONE_EXIST: &str = "if-none-exist";
@@ -117,4 +129,80 @@ pub(crate) async fn resolve_bundle(
         return Err(e);
     }
     Ok(failed)
+}
+
+/// The one resource a conditional update or delete's query finds with the caller's access:
+/// `None` for none, 412 for several.
+async fn the_match(
+    access: &mut Access,
+    rtype: ResourceType,
+    query: Option<&str>,
+    what: &str,
+) -> Result<Option<Id>, ApiError> {
+    let pairs = parse_pairs(query.unwrap_or(""))?;
+    if pairs.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "a {what} of {rtype} needs an id (`{rtype}/{{id}}`) or a search (`{rtype}?...`)"
+        )));
+    }
+    let query = condition_query(rtype, &pairs)?;
+    let (total, found) = access.search(rtype, &query).await?;
+    match (total, found.as_slice()) {
+        (0, _) => Ok(None),
+        (1, [one]) => Ok(Some(one.id.clone())),
+        _ => Err(ApiError::Fhir(FhirError::MultipleMatches {
+            path: format!("{rtype}?"),
+            target: rtype.to_string(),
+        })),
+    }
+}
+
+/// `PUT [base]/Type?search`: conditional update.
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    mut access: Access,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(t) = path.map_err(path_error)?;
+    let rtype = rtype_of(&t)?;
+    let expected = if_match(&headers)?;
+    let bytes = json_body(&state, &headers, body).await?;
+    let resource = state.validator.parse(&bytes, Some(rtype))?;
+    let found = the_match(&mut access, rtype, query.as_deref(), "conditional update").await?;
+    let id = match (found, resource.id()) {
+        (Some(found), Some(body_id)) if body_id != found => {
+            return Err(ApiError::BadRequest(
+                "the resource's id is not the id of the resource the search found".to_owned(),
+            ));
+        }
+        (Some(found), _) => found,
+        // No match: an update-as-create of the body's id, decided like any PUT of it.
+        (None, Some(body_id)) => body_id,
+        (None, None) => {
+            return create_resource(&state, &mut access, rtype, resource, None).await;
+        }
+    };
+    let mut resource = resource;
+    if resource.id().as_ref() != Some(&id) {
+        resource.set_id(&id);
+    }
+    update_resource(&state, &mut access, rtype, &id, resource, expected).await
+}
+
+/// `DELETE [base]/Type?search`: conditional delete of one match.
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    mut access: Access,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let Path(t) = path.map_err(path_error)?;
+    let rtype = rtype_of(&t)?;
+    match the_match(&mut access, rtype, query.as_deref(), "conditional delete").await? {
+        Some(id) => delete_resource(&state, &mut access, rtype, &id).await,
+        None => Ok(access.mark(StatusCode::NO_CONTENT.into_response())),
+    }
 }

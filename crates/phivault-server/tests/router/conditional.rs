@@ -381,3 +381,90 @@ async fn conditional_references_never_pick_what_the_writer_cannot_read() {
     let a = c.json_as(&doc, Method::POST, "/fhir", &post(o)).await;
     a.assert_outcome(StatusCode::UNPROCESSABLE_ENTITY, "not-found");
 }
+
+#[tokio::test]
+async fn conditional_update_and_delete_act_on_one_readable_match() {
+    let c = ctx().await;
+    let uri = format!("/fhir/Organization?identifier={SYNTHEA}|u-1");
+    // No match, no id: created.
+    let a = c.json(Method::PUT, &uri, &org("u-1")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    let id = a.json()["id"].as_str().unwrap().to_owned();
+    // One match: updated in place.
+    let mut renamed = org("u-1");
+    renamed["name"] = json!("Renamed Hospital");
+    let a = c.json(Method::PUT, &uri, &renamed).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.json()["id"], id.as_str());
+    assert_eq!(a.header("etag"), Some("W/\"2\""));
+    // A body id other than the match's: 400.
+    renamed["id"] = json!("someone-else");
+    let a = c.json(Method::PUT, &uri, &renamed).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{a:?}");
+    // No search: 400; two matches: 412.
+    let a = c.json(Method::PUT, "/fhir/Organization", &org("u-1")).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{a:?}");
+    c.create(&org("u-1")).await;
+    c.json(Method::PUT, &uri, &org("u-1"))
+        .await
+        .assert_outcome(StatusCode::PRECONDITION_FAILED, "multiple-matches");
+    let del = |uri: String| c.send(c.req(Method::DELETE, &uri).body(Body::empty()).unwrap());
+    del(uri.clone())
+        .await
+        .assert_outcome(StatusCode::PRECONDITION_FAILED, "multiple-matches");
+    // One match: deleted; none: 204, nothing done.
+    let one = format!("/fhir/Organization?_id={id}");
+    assert_eq!(del(one.clone()).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        c.get(&format!("/fhir/Organization/{id}")).await.status,
+        StatusCode::GONE
+    );
+    assert_eq!(del(one).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(total(&c.get(&uri).await), 1);
+}
+
+#[tokio::test]
+async fn conditional_update_and_delete_never_touch_what_the_caller_cannot_read() {
+    let c = ctx().await;
+    let admin = c.person("admin", Role::Admin).await;
+    let doc = c.person("doc", Role::Clinician).await;
+    let (hidden, _) = c.create(&patient("Hidden")).await;
+    let (cared, _) = c.create(&patient("Cared")).await;
+    c.grant(&admin, "doc", &cared, &[]).await;
+    let (hidden_obs, _) = c
+        .create(&with_identifier(observation(&hidden), "urn:obs", "H-1"))
+        .await;
+    let uri = "/fhir/Observation?identifier=urn:obs|H-1";
+    // The only match is out of reach: a new Observation in the doctor's patient, the hidden
+    // one untouched.
+    let mine = with_identifier(observation(&cared), "urn:obs", "H-1");
+    let a = c.json_as(&doc, Method::PUT, uri, &mine).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    assert_ne!(a.json()["id"], hidden_obs.as_str());
+    let stored = c.get(&format!("/fhir/Observation/{hidden_obs}")).await;
+    assert_eq!(stored.header("etag"), Some("W/\"1\""), "{stored:?}");
+    // Naming the hidden one by id in the body: decided like a PUT of it, refused.
+    let mut theirs = mine.clone();
+    theirs["id"] = json!(hidden_obs);
+    let a = c
+        .json_as(
+            &doc,
+            Method::PUT,
+            "/fhir/Observation?identifier=urn:obs|NONE",
+            &theirs,
+        )
+        .await;
+    a.assert_denied("no-permit");
+    // A conditional delete by the hidden patient's identifier: only the doctor's own match.
+    let a = c
+        .send(
+            c.req_as(&doc, Method::DELETE, uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{a:?}");
+    let stored = c.get(&format!("/fhir/Observation/{hidden_obs}")).await;
+    assert_eq!(stored.status, StatusCode::OK, "{stored:?}");
+    assert_eq!(total(&c.get(uri).await), 1);
+}
