@@ -141,6 +141,47 @@ pub async fn resolve_conditions<F: Finder + Send>(
     atomic: bool,
     finder: &mut F,
 ) -> Result<Vec<Option<F::Error>>, F::Error> {
+    resolve_all(entries, atomic, finder, false).await
+}
+
+/// Resolves the conditional references of one resource written on its own (a create or an
+/// update), as in a batch: errors name the element (`Location.managingOrganization`).
+pub async fn resolve_references<F: Finder + Send>(
+    resource: ValidResource,
+    finder: &mut F,
+) -> Result<ValidResource, F::Error> {
+    let mut entries = [BundleEntry {
+        full_url: None,
+        method: EntryMethod::Post,
+        url: crate::EntryUrl {
+            rtype: resource.resource_type(),
+            id: None,
+            version: None,
+            query: Vec::new(),
+        },
+        if_match: None,
+        if_none_exist: None,
+        resource: Some(resource),
+    }];
+    let [mut failed] = resolve_all(&mut entries, false, finder, true)
+        .await?
+        .try_into()
+        .map_err(|_| FhirError::BadBundle("one entry expected".to_owned()))?;
+    if let Some(e) = failed.take() {
+        return Err(e);
+    }
+    let [entry] = entries;
+    entry
+        .resource
+        .ok_or_else(|| FhirError::BadBundle("the resource was lost".to_owned()).into())
+}
+
+async fn resolve_all<F: Finder + Send>(
+    entries: &mut [BundleEntry],
+    atomic: bool,
+    finder: &mut F,
+    single: bool,
+) -> Result<Vec<Option<F::Error>>, F::Error> {
     let mut errors: Vec<Option<F::Error>> = (0..entries.len()).map(|_| None).collect();
     // `fullUrl` of a matched conditional create -> the resource it matched.
     let mut matched: HashMap<String, String> = HashMap::new();
@@ -256,7 +297,11 @@ pub async fn resolve_conditions<F: Finder + Send>(
                     found
                 }
             };
-            let at = format!("Bundle.entry[{index}].resource.{}", strip_type(&path));
+            let at = if single {
+                path.clone()
+            } else {
+                format!("Bundle.entry[{index}].resource.{}", strip_type(&path))
+            };
             match found {
                 Found::One(one) => {
                     map.insert(reference.clone(), one);

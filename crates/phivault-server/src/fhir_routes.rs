@@ -320,9 +320,10 @@ pub(crate) async fn create_resource(
     state: &AppState,
     access: &mut Access,
     rtype: ResourceType,
-    mut resource: ValidResource,
+    resource: ValidResource,
     headers: Option<&HeaderMap>,
 ) -> Result<Response, ApiError> {
+    let mut resource = conditional::resolve_single(access, resource).await?;
     resolve_patient_links(state, access, &mut resource, &HashMap::new()).await?;
     check_consent(&resource)?;
     let creates_patient = rtype == ResourceType::PATIENT;
@@ -484,9 +485,10 @@ pub(crate) async fn update_resource(
     access: &mut Access,
     rtype: ResourceType,
     id: &Id,
-    mut resource: ValidResource,
+    resource: ValidResource,
     expected: Option<u64>,
 ) -> Result<Response, ApiError> {
+    let mut resource = conditional::resolve_single(access, resource).await?;
     resolve_patient_links(state, access, &mut resource, &HashMap::new()).await?;
     check_consent(&resource)?;
     // Both the stored resource and the new body: moving a resource into another compartment

@@ -31,8 +31,8 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use phivault_fhir::conditional::{Finder, condition_query, resolve_conditions};
-use phivault_fhir::{BundleEntry, FhirError, Id, ResourceType, SearchQuery};
+use phivault_fhir::conditional::{Finder, condition_query, resolve_conditions, resolve_references};
+use phivault_fhir::{BundleEntry, FhirError, Id, ResourceType, SearchQuery, ValidResource};
 use phivault_store::StoredResource;
 
 use super::{
@@ -113,6 +113,14 @@ pub(crate) async fn if_none_exist(
             target: rtype.to_string(),
         })),
     }
+}
+
+/// Resolves the conditional references (of any type) of a resource written on its own.
+pub(crate) async fn resolve_single(
+    access: &mut Access,
+    resource: ValidResource,
+) -> Result<ValidResource, ApiError> {
+    resolve_references(resource, &mut AccessFinder(access)).await
 }
 
 /// Resolves the conditional creates and references of a Bundle's entries with the caller's

@@ -468,3 +468,39 @@ async fn conditional_update_and_delete_never_touch_what_the_caller_cannot_read()
     assert_eq!(stored.status, StatusCode::OK, "{stored:?}");
     assert_eq!(total(&c.get(uri).await), 1);
 }
+
+#[tokio::test]
+async fn creates_and_updates_resolve_conditional_references_and_metadata_says_so() {
+    let c = ctx().await;
+    let (org_id, _) = c.create(&org("single-1")).await;
+    let (loc_id, created) = c
+        .create(&location(&format!(
+            "Organization?identifier={SYNTHEA}|single-1"
+        )))
+        .await;
+    assert_eq!(
+        created.json()["managingOrganization"]["reference"],
+        format!("Organization/{org_id}").as_str()
+    );
+    let mut moved = location(&format!("Organization?identifier={SYNTHEA}|nowhere"));
+    moved["id"] = json!(loc_id);
+    let a = c
+        .json(Method::PUT, &format!("/fhir/Location/{loc_id}"), &moved)
+        .await;
+    let v = a.assert_outcome(StatusCode::UNPROCESSABLE_ENTITY, "not-found");
+    assert_eq!(
+        v["issue"][0]["expression"][0],
+        "Location.managingOrganization"
+    );
+    let meta = c.get("/fhir/metadata").await.json();
+    let observation = meta["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Observation")
+        .unwrap()
+        .clone();
+    assert_eq!(observation["conditionalCreate"], true);
+    assert_eq!(observation["conditionalUpdate"], true);
+    assert_eq!(observation["conditionalDelete"], "single");
+}
