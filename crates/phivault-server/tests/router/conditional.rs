@@ -504,3 +504,56 @@ async fn creates_and_updates_resolve_conditional_references_and_metadata_says_so
     assert_eq!(observation["conditionalUpdate"], true);
     assert_eq!(observation["conditionalDelete"], "single");
 }
+
+#[tokio::test]
+async fn raw_synthea_bundles_of_the_newer_shape_post_as_they_are() {
+    let c = ctx_with(100, 1024 * 1024).await;
+    let mut files = crate::synthea::synthea_run(
+        &mut crate::synth::Rng::new(5),
+        crate::synthea::Shape::Newer,
+        2,
+    );
+    // Apps write no CareTeam (it grants care relationships) unless a policy file says so:
+    // left out here, with the CarePlan's reference to it; `phivault import` stores them.
+    for (_, bundle) in &mut files[2..] {
+        let entries = bundle["entry"].as_array_mut().unwrap();
+        let teams: Vec<Value> = entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "CareTeam")
+            .map(|e| json!({"reference": e["fullUrl"]}))
+            .collect();
+        entries.retain(|e| e["resource"]["resourceType"] != "CareTeam");
+        for e in entries.iter_mut() {
+            if let Some(resource) = e["resource"].as_object_mut() {
+                resource.remove("careTeam");
+            }
+            if let Some(targets) = e
+                .pointer_mut("/resource/target")
+                .and_then(Value::as_array_mut)
+            {
+                targets.retain(|t| !teams.contains(t));
+            }
+        }
+    }
+    for (name, bundle) in &files {
+        let a = c.json(Method::POST, "/fhir", bundle).await;
+        assert_eq!(a.status, StatusCode::OK, "{name}: {a:?}");
+    }
+    let bundles: Vec<&Value> = files.iter().map(|(_, b)| b).collect();
+    for (rtype, n) in crate::synthea::counts(&bundles) {
+        assert_eq!(
+            total(&c.get(&format!("/fhir/{rtype}")).await),
+            n as u64,
+            "{rtype}"
+        );
+    }
+    // The shared Bundles again: every conditional create finds its match.
+    for (name, bundle) in &files[..2] {
+        let a = c.json(Method::POST, "/fhir", bundle).await;
+        assert_eq!(a.status, StatusCode::OK, "{name}: {a:?}");
+        for entry in a.json()["entry"].as_array().unwrap() {
+            assert_eq!(entry["response"]["status"], "200 OK", "{name}");
+        }
+    }
+    assert_eq!(total(&c.get("/fhir/Organization").await), 2);
+}
