@@ -61,7 +61,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             init_tracing(LogFormat::Text, "warn");
             bench(args).await?;
         }
-        Command::Synthea(args) => write_synthea(&args)?,
+        Command::Synthea(args) => write_synthea(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
