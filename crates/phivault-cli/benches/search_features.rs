@@ -50,7 +50,7 @@ const CASES: &[(&str, &str, usize)] = &[
     (
         "observations_in_december_equality",
         "/fhir/Observation?date=2024-12&_count=100",
-        31,
+        30,
     ),
 ];
 

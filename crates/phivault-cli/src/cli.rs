@@ -189,6 +189,9 @@ pub(crate) enum Command {
     Import(ImportArgs),
     /// Measure ingest and read-by-id speed on a fresh temporary store (synthetic data only).
     Bench(BenchArgs),
+    /// Write synthetic raw Synthea R4 output (patient, hospital and practitioner Bundles) to a
+    /// directory, for trying `phivault import` without real data.
+    Synthea(SyntheaArgs),
 }
 
 impl Command {
@@ -198,7 +201,7 @@ impl Command {
             Command::Serve(a) => a.layer(),
             Command::Init(a) => a.layer(),
             Command::Import(a) => a.storage.layer(),
-            Command::Bench(_) => Layer::default(),
+            Command::Bench(_) | Command::Synthea(_) => Layer::default(),
         }
     }
 }
@@ -498,6 +501,27 @@ pub(crate) struct ImportArgs {
 
     #[command(flatten)]
     pub(crate) storage: StorageArgs,
+}
+
+/// `phivault synthea`
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SyntheaArgs {
+    /// `older`: `urn:uuid:` references only, providers inside each patient Bundle; `newer`:
+    /// conditional references to shared hospital and practitioner Bundles with `ifNoneExist`.
+    #[arg(long, value_name = "SHAPE", default_value = "newer", value_parser = ["older", "newer"])]
+    pub(crate) shape: String,
+
+    /// Patients (one Bundle each).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub(crate) patients: u64,
+
+    /// Seed of the generator (the same seed writes the same files).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) seed: u64,
+
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -20,7 +20,7 @@ use phivault_server::{AppState, ServerConfig, Transport, tls};
 use phivault_store::{Backend, Store, StoreError, StoreOptions};
 
 use crate::bench::{self, BenchOptions};
-use crate::cli::{BenchArgs, Cli, Command, ImportArgs};
+use crate::cli::{BenchArgs, Cli, Command, ImportArgs, SyntheaArgs};
 use crate::cli_audit::CliAudit;
 use crate::config::{self, LogFormat, Settings};
 use crate::import::{self, ImportEvent};
@@ -61,8 +61,39 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             init_tracing(LogFormat::Text, "warn");
             bench(args).await?;
         }
+        Command::Synthea(args) => write_synthea(args)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `phivault synthea`: writes the generated files and prints how many.
+fn write_synthea(args: &SyntheaArgs) -> Result<()> {
+    let shape = match args.shape.as_str() {
+        "older" => crate::synthea::Shape::Older,
+        _ => crate::synthea::Shape::Newer,
+    };
+    let patients = usize::try_from(args.patients).context("too many patients")?;
+    let files =
+        crate::synthea::synthea_run(&mut crate::synth::Rng::new(args.seed), shape, patients);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    for (name, bundle) in &files {
+        let path = args.out.join(name);
+        std::fs::write(&path, serde_json::to_vec_pretty(bundle)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let bundles: Vec<&serde_json::Value> = files.iter().map(|(_, b)| b).collect();
+    let per_type: Vec<String> = crate::synthea::counts(&bundles)
+        .into_iter()
+        .map(|(t, n)| format!("{t} {n}"))
+        .collect();
+    println!(
+        "wrote {} files to {}: {}",
+        files.len(),
+        args.out.display(),
+        per_type.join(", ")
+    );
+    Ok(())
 }
 
 /// Logs to stderr; verbosity from `RUST_LOG`, else `default_level`.

@@ -11,7 +11,12 @@
 //!   an id, so a patient export package re-imports under the same ids; its manifest line and
 //!   `AuditEvent` lines are skipped).
 //!
-//! Directories are searched recursively in sorted order for those two extensions. Error
+//! Directories are searched recursively in sorted order for those two extensions; Synthea's
+//! shared `hospitalInformation*` and `practitionerInformation*` Bundles are imported before
+//! the others, since patient Bundles name their providers by conditional references
+//! (`Organization?identifier=...`) resolved against what is already stored. Conditional
+//! creates (`ifNoneExist`) that find their match write nothing, so importing a shared Bundle
+//! twice adds nothing. Error
 //! messages name files, entry indexes (0-based, as `Bundle.entry[K]`) and line numbers
 //! (1-based), never resource content.
 //!
@@ -124,6 +129,9 @@ pub(crate) async fn import(
     for path in paths {
         collect(path, true, &mut files, &mut run);
     }
+    // Synthea's shared Bundles first: patient Bundles name their providers by conditional
+    // references that only these create (stable: the order is otherwise kept).
+    files.sort_by_key(|(file, _)| !is_shared_synthea(file));
     progress(ImportEvent::Found { files: files.len() });
     for (file, kind) in files {
         progress(ImportEvent::FileStarted { file: &file });
@@ -135,6 +143,14 @@ pub(crate) async fn import(
         progress(ImportEvent::FileDone);
     }
     run.summary
+}
+
+/// Whether a file is one of the Bundles Synthea writes once per run for every patient
+/// (`hospitalInformation*.json`, `practitionerInformation*.json`).
+fn is_shared_synthea(file: &Path) -> bool {
+    file.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        n.starts_with("hospitalInformation") || n.starts_with("practitionerInformation")
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -485,8 +501,9 @@ fn fhir_place(error: FhirError) -> (Place, String) {
     }
 }
 
-/// Counts the written resources of a transaction- or batch-response Bundle: POST and PUT
-/// entries with a 2xx status. Calls `failed(i, message)` for each entry that did not succeed.
+/// Counts the written resources of a transaction- or batch-response Bundle: POST entries
+/// answered 201 (a conditional create that found its match answers 200 and writes nothing)
+/// and PUT entries with a 2xx status. Calls `failed(i, message)` for each entry that did not succeed.
 fn count_written(
     response: &Value,
     methods: &[EntryMethod],
@@ -502,11 +519,10 @@ fn count_written(
             .and_then(Value::as_str)
             .unwrap_or_default();
         if status.starts_with('2') {
-            if matches!(
-                methods.get(i),
-                Some(EntryMethod::Post) | Some(EntryMethod::Put)
-            ) {
-                written += 1;
+            match methods.get(i) {
+                Some(EntryMethod::Post) if status.starts_with("201") => written += 1,
+                Some(EntryMethod::Put) => written += 1,
+                _ => {}
             }
         } else {
             let message = entry

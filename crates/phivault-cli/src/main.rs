@@ -19,6 +19,7 @@ mod hardening;
 mod import;
 mod keys_cmd;
 mod synth;
+mod synthea;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -53,6 +53,9 @@ pub struct BundleEntry {
     pub url: EntryUrl,
     /// `request.ifMatch` version (from `W/"3"`), if any.
     pub if_match: Option<u64>,
+    /// `request.ifNoneExist` of a POST (conditional create), decoded query pairs. Resolved
+    /// (and cleared) before the store writes: see [`crate::conditional`].
+    pub if_none_exist: Option<Vec<(String, String)>>,
     /// The resource (POST/PUT), validated, with its type equal to `url.rtype`.
     pub resource: Option<ValidResource>,
 }
@@ -166,6 +169,29 @@ fn parse_entry(validator: &Validator, entry: Value) -> Result<BundleEntry, Strin
         })
         .transpose()?;
 
+    let if_none_exist = match request.get("ifNoneExist") {
+        None => None,
+        Some(Value::String(q)) => {
+            // Written as the query alone (`identifier=...`), sometimes with `Type?` before it.
+            let q = match q.split_once('?') {
+                Some((path, rest)) if !path.contains('=') => rest,
+                _ => q.as_str(),
+            };
+            let pairs = parse_query(q)
+                .map_err(|_| "request.ifNoneExist has malformed percent-encoding".to_owned())?;
+            if pairs.is_empty() {
+                return Err(
+                    "request.ifNoneExist must hold a search (e.g. identifier=s|v)".to_owned(),
+                );
+            }
+            Some(pairs)
+        }
+        Some(_) => return Err("request.ifNoneExist must be a string".to_owned()),
+    };
+    if if_none_exist.is_some() && method != EntryMethod::Post {
+        return Err("request.ifNoneExist is only for a POST (conditional create)".to_owned());
+    }
+
     let plain = url.version.is_none() && url.query.is_empty();
     match method {
         EntryMethod::Get => {}
@@ -213,6 +239,7 @@ fn parse_entry(validator: &Validator, entry: Value) -> Result<BundleEntry, Strin
         method,
         url,
         if_match,
+        if_none_exist,
         resource,
     })
 }
@@ -298,7 +325,7 @@ fn parse_entry_url(url: &str) -> Result<EntryUrl, String> {
 }
 
 /// `a=b&c=d` -> decoded pairs (`+` is a space, `%XX` a byte; the result must be UTF-8).
-fn parse_query(query: &str) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn parse_query(query: &str) -> Result<Vec<(String, String)>, String> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())

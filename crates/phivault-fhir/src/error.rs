@@ -141,6 +141,15 @@ pub enum FhirError {
         /// The referenced type.
         target: String,
     },
+    /// A conditional create (`If-None-Exist`, `ifNoneExist`), update or delete matches more
+    /// than one resource the caller may read (412).
+    #[error("{path}: the condition matches more than one {target}")]
+    MultipleMatches {
+        /// Where the condition is (`If-None-Exist`, `Bundle.entry[2].request.ifNoneExist`).
+        path: String,
+        /// The searched type.
+        target: String,
+    },
     /// The shipped FHIR schema could not be loaded or compiled: a fault of the build, not of
     /// the request (a server should not start with it).
     #[error("internal: the FHIR schema could not be loaded: {0}")]
@@ -159,13 +168,16 @@ impl FhirError {
                     }
                     FhirError::MalformedJson(_) => IssueCode::Structure,
                     FhirError::TooManyEntries { .. } => IssueCode::TooCostly,
-                    FhirError::AmbiguousReference { .. } => IssueCode::MultipleMatches,
+                    FhirError::AmbiguousReference { .. } | FhirError::MultipleMatches { .. } => {
+                        IssueCode::MultipleMatches
+                    }
                     FhirError::SchemaUnavailable(_) => IssueCode::Exception,
                     _ => IssueCode::Invalid,
                 },
                 path: match other {
                     FhirError::BadBundleEntry { index, .. } => format!("Bundle.entry[{index}]"),
-                    FhirError::AmbiguousReference { path, .. } => path.clone(),
+                    FhirError::AmbiguousReference { path, .. }
+                    | FhirError::MultipleMatches { path, .. } => path.clone(),
                     _ => String::new(),
                 },
                 message: other.to_string(),

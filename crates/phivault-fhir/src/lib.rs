@@ -19,6 +19,7 @@
 mod bundle;
 mod chain;
 mod compartment;
+pub mod conditional;
 mod error;
 mod include;
 pub mod json;

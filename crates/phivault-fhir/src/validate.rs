@@ -95,6 +95,13 @@ impl ValidResource {
         }
     }
 
+    /// Sets `id` (a valid id keeps the body valid), e.g. the id a conditional update found.
+    pub fn set_id(&mut self, id: &Id) {
+        if let Value::Object(body) = &mut self.body {
+            body.insert("id".to_owned(), Value::String(id.as_str().to_owned()));
+        }
+    }
+
     /// Sets `id` and `meta.versionId`/`meta.lastUpdated` (server-assigned; keeps other meta).
     /// Keeps validity: the values set are valid id, id and instant.
     pub fn stamp(&mut self, id: &Id, version: u64, last_updated: &str) {

@@ -147,8 +147,8 @@ fn interaction(action: &str) -> Option<&'static str> {
         }
         ("POST", "/fhir/{type}/_search") => "search-type",
         ("POST", "/fhir/{type}") => "create",
-        ("PUT", "/fhir/{type}/{id}") => "update",
-        ("DELETE", "/fhir/{type}/{id}") => "delete",
+        ("PUT", "/fhir/{type}/{id}" | "/fhir/{type}") => "update",
+        ("DELETE", "/fhir/{type}/{id}" | "/fhir/{type}") => "delete",
         (
             "GET" | "HEAD",
             "/fhir/Patient/{id}/$access-log"

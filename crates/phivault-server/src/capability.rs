@@ -1,6 +1,8 @@
 //! The CapabilityStatement (`GET /fhir/metadata`): what this server really does, and nothing
-//! it does not (no `_sort`, no type- or system-level history, JSON only). Search prefixes,
-//! result parameters, includes and chains are stated in `rest`.
+//! it does not (no `_sort`, no type- or system-level history, JSON only). Conditional
+//! read, create, update and delete (single) are listed, each condition decided with the
+//! caller's own search; search prefixes, result parameters, includes and chains are stated in
+//! `rest`.
 
 use phivault_fhir::{ResourceType, SearchParamKind, search_params};
 use serde_json::{Value, json};
@@ -52,6 +54,17 @@ fn kind_documentation(kind: SearchParamKind) -> &'static str {
     }
 }
 
+/// How conditional interactions are decided, on every type.
+const CONDITIONAL_DOCUMENTATION: &str = "Conditional interactions (If-None-Exist and \
+    Bundle ifNoneExist; PUT and DELETE [base]/Type?search; conditional references \
+    Type?search in transactions, batches and, for the patient, in creates and updates) are \
+    resolved by a search with the caller's own access: a match the caller may not read counts \
+    as none, so a conditional create or update whose only match is out of reach creates a new \
+    resource (201) exactly as if nothing matched. One match: the create answers it (200, \
+    nothing written), the update updates it, the delete deletes it, the reference names it. \
+    Several: 412. A conditional reference that finds nothing: 422. In a transaction, a \
+    conditional reference also finds resources created by the same transaction.";
+
 fn resource_entry(rtype: ResourceType) -> Value {
     let mut params = vec![
         json!({
@@ -96,10 +109,11 @@ fn resource_entry(rtype: ResourceType) -> Value {
         "versioning": "versioned-update",
         "readHistory": true,
         "updateCreate": true,
-        "conditionalCreate": false,
+        "conditionalCreate": true,
         "conditionalRead": "full-support",
-        "conditionalUpdate": false,
-        "conditionalDelete": "not-supported",
+        "conditionalUpdate": true,
+        "conditionalDelete": "single",
+        "documentation": CONDITIONAL_DOCUMENTATION,
         "searchParam": params,
         // One level (no :iterate); each included resource decided like a search hit.
         "searchInclude": phivault_fhir::include_values(rtype),

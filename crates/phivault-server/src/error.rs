@@ -231,7 +231,9 @@ fn fhir_status(e: &FhirError) -> StatusCode {
         FhirError::UnknownType(_) => StatusCode::NOT_FOUND,
         FhirError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         FhirError::TooManyEntries { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        FhirError::AmbiguousReference { .. } => StatusCode::PRECONDITION_FAILED,
+        FhirError::AmbiguousReference { .. } | FhirError::MultipleMatches { .. } => {
+            StatusCode::PRECONDITION_FAILED
+        }
         FhirError::SchemaUnavailable(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }

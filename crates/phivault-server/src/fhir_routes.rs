@@ -8,10 +8,12 @@
 //! a [`RequestSink`], so its audit entries commit in its transaction (see `audit_sink`).
 
 mod chain;
+mod conditional;
 mod guard;
 mod http;
 mod include;
 mod links;
+mod query;
 mod searchset;
 
 use std::collections::{HashMap, HashSet};
@@ -37,6 +39,10 @@ pub(crate) use guard::{Access, Current, Facts, X_BREAK_GLASS, X_PURPOSE_OF_USE, 
 use http::lenient;
 pub(crate) use http::{require_form, require_json};
 use links::resolve_patient_links;
+pub(crate) use query::parse_pairs;
+#[cfg(test)]
+use query::percent_encode;
+use query::query_string;
 
 use crate::audit_sink::RequestSink;
 use crate::error::fhir_json;
@@ -53,7 +59,13 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/fhir", post(transaction))
         .route("/fhir/", post(transaction))
         .route("/fhir/metadata", get(metadata))
-        .route("/fhir/{type}", get(search_get).post(create))
+        .route(
+            "/fhir/{type}",
+            get(search_get)
+                .post(create)
+                .put(conditional::update)
+                .delete(conditional::delete),
+        )
         .route("/fhir/{type}/_search", post(search_post).get(search_get))
         .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{type}/{id}/_history", get(history))
@@ -84,7 +96,7 @@ pub(crate) fn path_error_response() -> Response {
         .into_response()
 }
 
-fn rtype_of(s: &str) -> Result<ResourceType, ApiError> {
+pub(crate) fn rtype_of(s: &str) -> Result<ResourceType, ApiError> {
     Ok(ResourceType::parse(s)?)
 }
 
@@ -106,7 +118,7 @@ fn version_of(s: &str) -> Result<u64, ApiError> {
 // Headers
 
 /// `If-Match: W/"n"` (or `"n"`), if present.
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
@@ -156,7 +168,11 @@ pub(crate) async fn read_body(
 }
 
 /// A JSON body of a FHIR request, checked for type and size.
-async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn json_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     require_json(headers)?;
     read_body(body, headers, state.max_body_bytes).await
 }
@@ -178,82 +194,6 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
             e.column()
         )))
     })
-}
-
-// ---------------------------------------------------------------------------------------
-// Query strings
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Decodes one `application/x-www-form-urlencoded` component (`+` is a space).
-fn percent_decode(s: &str) -> Result<String, ApiError> {
-    let bad = || ApiError::BadRequest("malformed percent-encoding in the query".to_owned());
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = bytes
-                    .get(i + 1)
-                    .copied()
-                    .and_then(hex_value)
-                    .ok_or_else(bad)?;
-                let lo = bytes
-                    .get(i + 2)
-                    .copied()
-                    .and_then(hex_value)
-                    .ok_or_else(bad)?;
-                out.push(hi << 4 | lo);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out)
-        .map_err(|_| ApiError::BadRequest("the query is not valid UTF-8".to_owned()))
-}
-
-/// Splits and decodes `a=1&b=2` into pairs; empty pieces are skipped.
-pub(crate) fn parse_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|piece| {
-            let (k, v) = piece.split_once('=').unwrap_or((piece, ""));
-            Ok((percent_decode(k)?, percent_decode(v)?))
-        })
-        .collect()
-}
-
-/// Encodes a query component: unreserved characters and `:,/@` stay, the rest is `%XX`.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:,/@".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn query_string(pairs: &[(String, String)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -323,8 +263,21 @@ async fn create(
     let rtype = rtype_of(&t)?;
     let bytes = json_body(&state, &headers, body).await?;
     // A body id is ignored: on create the server assigns the id (the store stamps it).
-    let mut resource = state.validator.parse(&bytes, Some(rtype))?;
-    resolve_patient_links(&state, &mut access, &mut resource, &HashMap::new()).await?;
+    let resource = state.validator.parse(&bytes, Some(rtype))?;
+    create_resource(&state, &mut access, rtype, resource, Some(&headers)).await
+}
+
+/// Creates `resource` (a POST, or a conditional update that matched nothing). With
+/// `headers`, an `If-None-Exist` condition is searched once the create is decided.
+pub(crate) async fn create_resource(
+    state: &AppState,
+    access: &mut Access,
+    rtype: ResourceType,
+    resource: ValidResource,
+    headers: Option<&HeaderMap>,
+) -> Result<Response, ApiError> {
+    let mut resource = conditional::resolve_single(access, resource).await?;
+    resolve_patient_links(state, access, &mut resource, &HashMap::new()).await?;
     check_consent(&resource)?;
     let creates_patient = rtype == ResourceType::PATIENT;
     // The id is chosen before the decision: a new Patient is decided on its own id.
@@ -335,22 +288,22 @@ async fn create(
         Access::body_facts(&resource, &HashSet::new())
     };
     let proof = access.authorize_body(Action::Create, rtype, &facts).await?;
-    check_consent_patient(&state, &resource, &HashSet::new()).await?;
-    let sink = RequestSink::single_write(&state, access.audit_slot());
+    check_consent_patient(state, &resource, &HashSet::new()).await?;
+    if let Some(headers) = headers
+        && let Some(found) = conditional::if_none_exist(access, rtype, headers).await?
+    {
+        return Ok(access.mark(resource_response(state, StatusCode::OK, &found, false)));
+    }
+    let sink = RequestSink::single_write(state, access.audit_slot());
     let stored = state
         .store
         .create_authorized(&proof, new_id, resource, &sink)
         .await?;
     sink.committed();
     if creates_patient {
-        grant_creator(&access, &stored.id).await;
+        grant_creator(access, &stored.id).await;
     }
-    Ok(access.mark(resource_response(
-        &state,
-        StatusCode::CREATED,
-        &stored,
-        true,
-    )))
+    Ok(access.mark(resource_response(state, StatusCode::CREATED, &stored, true)))
 }
 
 /// The facts of a Patient about to be created with a server-assigned id: a new patient
@@ -470,25 +423,38 @@ async fn update(
     let id = id_of(&i)?;
     let expected = if_match(&headers)?;
     let bytes = json_body(&state, &headers, body).await?;
-    let mut resource = state.validator.parse(&bytes, Some(rtype))?;
+    let resource = state.validator.parse(&bytes, Some(rtype))?;
     match resource.id() {
         None => return Err(ApiError::MissingId),
         Some(body_id) if body_id != id => return Err(ApiError::IdMismatch),
         Some(_) => {}
     }
-    resolve_patient_links(&state, &mut access, &mut resource, &HashMap::new()).await?;
+    update_resource(&state, &mut access, rtype, &id, resource, expected).await
+}
+
+/// Updates (or creates) `rtype/id` with `resource`, whose id is `id`.
+pub(crate) async fn update_resource(
+    state: &AppState,
+    access: &mut Access,
+    rtype: ResourceType,
+    id: &Id,
+    resource: ValidResource,
+    expected: Option<u64>,
+) -> Result<Response, ApiError> {
+    let mut resource = conditional::resolve_single(access, resource).await?;
+    resolve_patient_links(state, access, &mut resource, &HashMap::new()).await?;
     check_consent(&resource)?;
     // Both the stored resource and the new body: moving a resource into another compartment
     // needs the right on both.
-    let current = access.load(rtype, &id).await?;
-    let action = authorize_replaced(&mut access, rtype, &current).await?;
+    let current = access.load(rtype, id).await?;
+    let action = authorize_replaced(access, rtype, &current).await?;
     let facts = Access::body_facts(&resource, &HashSet::new());
     let proof = access.authorize_body(action, rtype, &facts).await?;
-    check_consent_patient(&state, &resource, &HashSet::new()).await?;
-    let sink = RequestSink::single_write(&state, access.audit_slot());
+    check_consent_patient(state, &resource, &HashSet::new()).await?;
+    let sink = RequestSink::single_write(state, access.audit_slot());
     let (stored, created) = state
         .store
-        .update_authorized(&proof, &id, resource, expected, &sink)
+        .update_authorized(&proof, id, resource, expected, &sink)
         .await?;
     sink.committed();
     let status = if created {
@@ -496,7 +462,7 @@ async fn update(
     } else {
         StatusCode::OK
     };
-    Ok(access.mark(resource_response(&state, status, &stored, created)))
+    Ok(access.mark(resource_response(state, status, &stored, created)))
 }
 
 async fn delete(
@@ -507,23 +473,33 @@ async fn delete(
     let Path((t, i)) = path.map_err(path_error)?;
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
-    let current = access.load(rtype, &id).await?;
+    delete_resource(&state, &mut access, rtype, &id).await
+}
+
+/// Deletes `rtype/id`: 204 (also when already deleted).
+pub(crate) async fn delete_resource(
+    state: &AppState,
+    access: &mut Access,
+    rtype: ResourceType,
+    id: &Id,
+) -> Result<Response, ApiError> {
+    let current = access.load(rtype, id).await?;
     let proof = access
         .authorize_current(Action::Delete, rtype, &current)
         .await?;
     let version = match (&current, proof) {
         (Current::Live(_), Some(proof)) => {
-            let sink = RequestSink::single_write(&state, access.audit_slot());
+            let sink = RequestSink::single_write(state, access.audit_slot());
             let version = state
                 .store
-                .delete_authorized(&proof, rtype, &id, &sink)
+                .delete_authorized(&proof, rtype, id, &sink)
                 .await?;
             sink.committed();
             version
         }
         // Deleting a deleted resource changes nothing (204); nothing to delete otherwise.
         (Current::Deleted { .. }, _) => None,
-        (other, _) => return Err(other.absent(rtype, &id)),
+        (other, _) => return Err(other.absent(rtype, id)),
     };
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Some(v) = version {
@@ -1052,6 +1028,7 @@ async fn transaction(
     access.require(Action::Transaction)?;
     let kind = request.kind;
     let atomic = kind == BundleKind::Transaction;
+    let mut failed = conditional::resolve_bundle(&mut access, &mut request.entries, atomic).await?;
     let placeholders = placeholders(&request.entries);
     // A batch resolves no placeholders: its entries are independent.
     let resolved_by_store = if atomic {
@@ -1062,11 +1039,12 @@ async fn transaction(
 
     let mut plans = Vec::with_capacity(request.entries.len());
     for (index, entry) in request.entries.iter_mut().enumerate() {
-        let linked = match entry.resource.as_mut() {
-            Some(resource) => {
+        let linked = match (failed[index].take(), entry.resource.as_mut()) {
+            (Some(e), _) => Err(e),
+            (None, Some(resource)) => {
                 resolve_patient_links(&state, &mut access, resource, &resolved_by_store).await
             }
-            None => Ok(()),
+            (None, None) => Ok(()),
         };
         let planned = match linked {
             Ok(()) => plan_entry(&state, &mut access, entry, &placeholders, index, atomic).await,

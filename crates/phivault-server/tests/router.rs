@@ -29,6 +29,15 @@ mod all_types;
 mod http_details;
 #[path = "router/result_params.rs"]
 mod result_params;
+#[path = "router/conditional.rs"]
+mod conditional;
+// The CLI's generator of raw Synthea output (self-contained files).
+#[path = "../../phivault-cli/src/synth.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod synth;
+#[path = "../../phivault-cli/src/synthea.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod synthea;
 
 const BASE: &str = "https://127.0.0.1:8443/fhir";
 const MAX_BODY: usize = 64 * 1024;
@@ -111,19 +120,24 @@ impl Answer {
 }
 
 async fn ctx() -> Ctx {
+    ctx_with(10, MAX_BODY).await
+}
+
+/// [`ctx`] with other limits on Bundle entries and body size.
+async fn ctx_with(max_bundle_entries: usize, max_body: usize) -> Ctx {
     let dir = tempfile::tempdir().unwrap();
     let mut key = [0u8; 32];
     phivault_crypto::random_bytes(&mut key).unwrap();
     let keys = phivault_crypto::StaticKeyProvider::from_hex(hex::encode(key));
     let mut opts = StoreOptions::new(format!("sqlite://{}/t.db", dir.path().display()));
-    opts.max_bundle_entries = 10;
+    opts.max_bundle_entries = max_bundle_entries;
     let store = Store::open(&opts, &keys).await.unwrap();
     let mut state = AppState::new(
         store.clone(),
         Arc::new(Validator::new().unwrap()),
         None,
         BASE,
-        MAX_BODY,
+        max_body,
     )
     .await
     .unwrap();

@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 
+use phivault_fhir::conditional::{Finder, resolve_conditions};
 use phivault_fhir::{
-    BundleEntry, BundleKind, BundleRequest, EntryMethod, Id, OperationOutcome, SearchQuery,
+    BundleEntry, BundleKind, BundleRequest, EntryMethod, Id, OperationOutcome, ResourceType,
+    SearchQuery,
 };
 use phivault_policy::{Action, Authorized};
 use serde_json::{Value, json};
@@ -75,8 +77,29 @@ fn rank(m: EntryMethod) -> u8 {
     }
 }
 
+/// The proof-free search of conditions: everything is visible to the master key's holder.
+struct StoreFinder<'a>(&'a Store);
+
+impl Finder for StoreFinder<'_> {
+    type Error = StoreError;
+
+    async fn find(
+        &mut self,
+        rtype: ResourceType,
+        query: &SearchQuery,
+    ) -> Result<(u64, Vec<Id>), StoreError> {
+        let page = self.0.search(rtype, query).await?;
+        Ok((
+            page.total,
+            page.resources.into_iter().map(|r| r.id).collect(),
+        ))
+    }
+}
+
 impl Store {
-    /// Runs a transaction or batch Bundle and returns the response Bundle.
+    /// Runs a transaction or batch Bundle and returns the response Bundle. Conditional creates
+    /// (`ifNoneExist`) and conditional references are resolved first, over everything
+    /// ([`phivault_fhir::conditional`]).
     /// `audit` records the writes in their transaction: all of a transaction's writes at once,
     /// each batch entry's write in that entry's own transaction. Proof-free: for the master
     /// key's holder (import) and tests; the server uses [`Store::bundle_authorized`].
@@ -107,10 +130,38 @@ impl Store {
 
     async fn run_bundle(
         &self,
-        request: BundleRequest,
+        mut request: BundleRequest,
         decisions: Option<Vec<EntryDecision>>,
         audit: &dyn AuditSink,
     ) -> Result<Value, StoreError> {
+        let atomic = request.kind == BundleKind::Transaction;
+        let mut failed: Vec<Option<StoreError>> = match decisions {
+            // The caller resolved the conditions with its own access (and cleared them).
+            Some(_) => request
+                .entries
+                .iter()
+                .map(|e| {
+                    e.if_none_exist.as_ref().map(|_| StoreError::Undecided {
+                        rtype: e.url.rtype.to_string(),
+                    })
+                })
+                .collect(),
+            // Proof-free: resolved with access to everything.
+            None => {
+                resolve_conditions(&mut request.entries, atomic, &mut StoreFinder(self)).await?
+            }
+        };
+        if atomic
+            && let Some((index, e)) = failed
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, e)| e.take().map(|e| (i, e)))
+        {
+            return Err(StoreError::Entry {
+                index,
+                source: Box::new(e),
+            });
+        }
         let entries: Vec<(BundleEntry, Option<EntryDecision>)> = match decisions {
             Some(d) => request
                 .entries
@@ -121,7 +172,7 @@ impl Store {
         };
         match request.kind {
             BundleKind::Transaction => self.transaction(entries, audit).await,
-            BundleKind::Batch => self.batch(entries, audit).await,
+            BundleKind::Batch => self.batch(entries, failed, audit).await,
         }
     }
 
@@ -217,11 +268,15 @@ impl Store {
     async fn batch(
         &self,
         entries: Vec<(BundleEntry, Option<EntryDecision>)>,
+        failed: Vec<Option<StoreError>>,
         audit: &dyn AuditSink,
     ) -> Result<Value, StoreError> {
         let mut responses = Vec::with_capacity(entries.len());
-        for entry in entries {
+        for (entry, failed) in entries.into_iter().zip(failed) {
             let one = async {
+                if let Some(e) = failed {
+                    return Err(e);
+                }
                 let mut work = self.plan(vec![entry], false).await?;
                 let w = work
                     .pop()

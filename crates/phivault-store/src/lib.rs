@@ -309,6 +309,9 @@ impl StoreError {
             StoreError::Entry { source, .. } => source.http_status(),
             StoreError::Fhir(FhirError::UnknownType(_)) => 404,
             StoreError::Fhir(FhirError::Invalid(_)) => 422,
+            StoreError::Fhir(
+                FhirError::AmbiguousReference { .. } | FhirError::MultipleMatches { .. },
+            ) => 412,
             StoreError::Fhir(_) => 400,
             StoreError::Integrity { .. }
             | StoreError::AuditKeyMissing { .. }
