@@ -81,7 +81,11 @@ async fn download_all(api: &Api, manifest: &Value) -> BTreeMap<String, Vec<Value
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len() as u64, file["count"].as_u64().unwrap(), "{rtype}");
+        assert_eq!(
+            lines.len() as u64,
+            file["count"].as_u64().unwrap(),
+            "{rtype}"
+        );
         assert!(lines.iter().all(|l| l["resourceType"] == rtype.as_str()));
         // Deleted once downloaded.
         api.get(url).await.assert_status(404);
@@ -186,7 +190,12 @@ async fn bulk_export() {
         }
 
         // ---- System export: every type, counts equal to what searches find.
-        let all = export(&sys, "$export?_outputFormat=application%2Ffhir%2Bndjson", None).await;
+        let all = export(
+            &sys,
+            "$export?_outputFormat=application%2Ffhir%2Bndjson",
+            None,
+        )
+        .await;
         for (rtype, lines) in &all {
             assert_eq!(
                 lines.len() as u64,
@@ -275,11 +284,7 @@ async fn bulk_export() {
         let clinician = person(&server, "clinician", None, Some(&a)).await;
         let patient_a = person(&server, "patient", Some(&a), None).await;
         let researcher = person(&server, "researcher", None, None).await;
-        let launched = server.api_as(
-            &server
-                .client_token("patient/*.rs", Some(a.as_str()))
-                .await,
-        );
+        let launched = server.api_as(&server.client_token("patient/*.rs", Some(a.as_str())).await);
         for (who, api) in [
             ("clinician", &clinician),
             ("patient", &patient_a),
@@ -326,15 +331,26 @@ async fn bulk_export() {
             .await
             .assert_status(201);
         let research = server.api_as(&server.client_token("system/*.rs", None).await);
-        let out = export(&research, "$export?_type=Patient,Observation", Some("HRESCH")).await;
-        assert_eq!(ids(out.get("Patient")), BTreeSet::from([a.clone()]), "{label}");
+        let out = export(
+            &research,
+            "$export?_type=Patient,Observation",
+            Some("HRESCH"),
+        )
+        .await;
+        assert_eq!(
+            ids(out.get("Patient")),
+            BTreeSet::from([a.clone()]),
+            "{label}"
+        );
         assert_eq!(ids(out.get("Observation")), a_obs, "{label}");
         // The same app for treatment reaches everyone.
         let treat = export(&research, "$export?_type=Patient", Some("TREAT")).await;
         assert!(ids(treat.get("Patient")).contains(&c));
 
         // ---- An exported patient's access log shows the exports; no marker on disk.
-        let log = patient_a.get(&format!("Patient/{a}/$access-log?_count=500")).await;
+        let log = patient_a
+            .get(&format!("Patient/{a}/$access-log?_count=500"))
+            .await;
         log.assert_status(200);
         let exports = phivault_testkit::search_matches(&log.json(), "AuditEvent")
             .into_iter()

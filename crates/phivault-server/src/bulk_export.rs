@@ -154,10 +154,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/fhir/$export", get(system_export))
         .route("/fhir/Patient/$export", get(patient_export))
         .route("/fhir/Group/{id}/$export", get(group_export))
-        .route(
-            "/fhir/$export-status/{job}",
-            get(status).delete(cancel),
-        )
+        .route("/fhir/$export-status/{job}", get(status).delete(cancel))
         .route("/fhir/$export-file/{job}/{file}", get(download))
 }
 
@@ -358,7 +355,11 @@ struct Output {
 
 impl Output {
     /// Adds one resource as a line of its type's file, unless `_since` leaves it out.
-    fn add(&mut self, rtype: ResourceType, r: &phivault_store::StoredResource) -> Result<(), ApiError> {
+    fn add(
+        &mut self,
+        rtype: ResourceType,
+        r: &phivault_store::StoredResource,
+    ) -> Result<(), ApiError> {
         if let Some(since) = self.since {
             let updated = OffsetDateTime::parse(&r.last_updated, &Rfc3339)
                 .map_err(|_| ApiError::internal(&"a stored meta.lastUpdated is not an instant"))?;
@@ -366,9 +367,7 @@ impl Output {
                 return Ok(());
             }
         }
-        let line = Zeroizing::new(
-            serde_json::to_vec(&r.body).map_err(|e| ApiError::internal(&e))?,
-        );
+        let line = Zeroizing::new(serde_json::to_vec(&r.body).map_err(|e| ApiError::internal(&e))?);
         self.resources += 1;
         self.bytes = self.bytes.saturating_add(line.len() + 1);
         if self.resources > self.limits.max_resources || self.bytes > self.limits.max_bytes {
@@ -472,9 +471,7 @@ async fn kick_off(
             false,
         ),
     };
-    if compartment_only
-        && let Some(t) = types.iter().find(|t| !t.in_patient_compartment())
-    {
+    if compartment_only && let Some(t) = types.iter().find(|t| !t.in_patient_compartment()) {
         return Err(ApiError::BadRequest(format!(
             "_type: {t} is not in the Patient compartment; a Patient or Group export covers \
              only compartment types (use [base]/$export for the others)"
@@ -677,8 +674,10 @@ mod tests {
 
     #[test]
     fn parameters() {
-        let r = parse_request(Some("_type=Patient,Observation&_since=2024-01-01T00:00:00Z"))
-            .unwrap();
+        let r = parse_request(Some(
+            "_type=Patient,Observation&_since=2024-01-01T00:00:00Z",
+        ))
+        .unwrap();
         assert_eq!(r.types.unwrap().len(), 2);
         assert!(r.since.is_some());
         assert!(parse_request(Some("_outputFormat=application%2Ffhir%2Bndjson")).is_ok());
@@ -696,7 +695,10 @@ mod tests {
     fn prefer_header() {
         let mut h = HeaderMap::new();
         assert!(!respond_async(&h));
-        h.insert("prefer", HeaderValue::from_static("handling=lenient, respond-async"));
+        h.insert(
+            "prefer",
+            HeaderValue::from_static("handling=lenient, respond-async"),
+        );
         assert!(respond_async(&h));
         h.insert("prefer", HeaderValue::from_static("return=minimal"));
         assert!(!respond_async(&h));
