@@ -21,7 +21,8 @@
 //! - **The export runs during the kick-off request**, so its decisions and its audit entry
 //!   are those of the request; the client still sees the asynchronous protocol (202, a
 //!   status URL, a manifest). Status, download and cancel are audited requests of their own.
-//! - **Output is PHI: never on disk.** Files are held in memory only (zeroed when dropped),
+//! - **Output is PHI: never on disk.** Files are held in memory only (zeroed when a job is
+//!   cancelled or expires; a downloaded file's buffer is handed to the response),
 //!   bounded per export ([`BulkLimits::max_resources`], [`BulkLimits::max_bytes`]: a larger
 //!   export is refused with 400 asking to narrow it) and in number
 //!   ([`BulkLimits::max_jobs`]); a file is removed once downloaded, a job when cancelled or
@@ -63,7 +64,7 @@ const PER_QUERY: usize = 100;
 const OUTPUT_FORMATS: &[&str] = &["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
 /// Bounds on exports held in memory.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BulkLimits {
     /// Most resources in one export.
     pub max_resources: usize,
@@ -658,7 +659,10 @@ async fn download(
                 )
             })?
         };
-        let mut response = (StatusCode::OK, bytes.to_vec()).into_response();
+        // Moved into the response (no copy left behind in the job).
+        let mut bytes = bytes;
+        let body = std::mem::take(&mut *bytes);
+        let mut response = (StatusCode::OK, body).into_response();
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
