@@ -18,6 +18,7 @@ use phivault_testkit::fixtures::{self, LOINC, coding};
 use phivault_testkit::{Api, Marker, Resp, Server, backends, query, random_username, scan_dir};
 use reqwest::Method;
 use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
 
 const BIN: &str = env!("CARGO_BIN_EXE_phivault");
 const SCOPE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/consentscope";
@@ -224,21 +225,19 @@ async fn bulk_export() {
         );
 
         // ---- _since: what changed after the newest resource exported so far.
-        let newest = all
-            .values()
-            .flatten()
-            .map(|r| r["meta"]["lastUpdated"].as_str().unwrap().to_owned())
-            .max()
-            .unwrap();
+        // Compared as instants: stamps drop trailing zeros of their fractions.
+        let instant = |r: &Value| {
+            let text = r["meta"]["lastUpdated"].as_str().unwrap().to_owned();
+            let at = time::OffsetDateTime::parse(&text, &Rfc3339).unwrap();
+            (at, text)
+        };
+        let (newest_at, newest) = all.values().flatten().map(instant).max().unwrap();
         let mut later = Vec::new();
         // Stamps may have coarse precision: create until one is strictly later.
         while later.is_empty() {
             let o = sys.create(&observation(&b, &code)).await;
-            let stamp = sys.get(&format!("Observation/{o}")).await.json()["meta"]["lastUpdated"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            if stamp > newest {
+            let (stamp, _) = instant(&sys.get(&format!("Observation/{o}")).await.json());
+            if stamp > newest_at {
                 later.push(o);
             } else {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
