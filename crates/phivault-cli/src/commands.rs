@@ -443,6 +443,7 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
     .with_retention(settings.retention.clone())
     .with_trusted_proxies(settings.edge.trusted_proxies.clone())
     .with_refusal_limits(settings.edge.refusals)
+    .with_bulk_limits(settings.edge.bulk)
     .with_role_purposes(settings.role_purposes.clone())
     .context("setting the purposes of use per role")?;
     let state = AppState {

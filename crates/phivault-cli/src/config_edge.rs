@@ -19,6 +19,12 @@
 //!   most one window of counts.
 //! - `refusal_max_addresses`: client addresses tracked per window; requests from further
 //!   addresses go to one overflow summary (a count and a sample of addresses); default 10000.
+//! - `bulk_export_max_resources`, `bulk_export_max_bytes`: the most resources and NDJSON
+//!   bytes one Bulk Data export may hold in memory (a larger export is refused with 400);
+//!   defaults 100000 and 268435456 (256 MiB).
+//! - `bulk_export_max_jobs`: exports held in memory at once (429 beyond); default 16.
+//! - `bulk_export_expiry_secs`: how long a finished export stays downloadable; default 3600
+//!   (1 to 86400).
 
 use std::time::Duration;
 
@@ -40,6 +46,10 @@ pub(crate) struct EdgeLayer {
     pub(crate) max_connections_per_address: Option<usize>,
     pub(crate) refusal_window_secs: Option<u64>,
     pub(crate) refusal_max_addresses: Option<usize>,
+    pub(crate) bulk_export_max_resources: Option<usize>,
+    pub(crate) bulk_export_max_bytes: Option<usize>,
+    pub(crate) bulk_export_max_jobs: Option<usize>,
+    pub(crate) bulk_export_expiry_secs: Option<u64>,
 }
 
 /// `[edge]` resolved.
@@ -52,6 +62,8 @@ pub(crate) struct EdgeSettings {
     pub(crate) limits: phivault_server::ConnectionLimits,
     /// How refused unauthenticated requests are aggregated in the audit trail.
     pub(crate) refusals: phivault_server::RefusalLimits,
+    /// Bounds on Bulk Data exports held in memory.
+    pub(crate) bulk: phivault_server::BulkLimits,
 }
 
 impl EdgeLayer {
@@ -117,12 +129,36 @@ impl EdgeLayer {
                 refusal_defaults.max_addresses,
             )?,
         };
+        let bulk_defaults = phivault_server::BulkLimits::default();
+        let bulk = phivault_server::BulkLimits {
+            max_resources: at_least_one(
+                "edge.bulk_export_max_resources",
+                self.bulk_export_max_resources,
+                bulk_defaults.max_resources,
+            )?,
+            max_bytes: at_least_one(
+                "edge.bulk_export_max_bytes",
+                self.bulk_export_max_bytes,
+                bulk_defaults.max_bytes,
+            )?,
+            max_jobs: at_least_one(
+                "edge.bulk_export_max_jobs",
+                self.bulk_export_max_jobs,
+                bulk_defaults.max_jobs,
+            )?,
+            expiry: seconds(
+                "edge.bulk_export_expiry_secs",
+                self.bulk_export_expiry_secs,
+                bulk_defaults.expiry,
+            )?,
+        };
         Ok(EdgeSettings {
             trusted_proxies,
             max_concurrent_password_hashes,
             require_patient_totp: self.require_patient_totp.unwrap_or(false),
             limits,
             refusals,
+            bulk,
         })
     }
 }
@@ -172,7 +208,9 @@ impl EdgeSettings {
              require_patient_totp = {}\nheader_read_timeout_secs = {}\n\
              body_read_timeout_secs = {}\nmax_connections = {}\n\
              max_connections_per_address = {}\nrefusal_window_secs = {}\n\
-             refusal_max_addresses = {}\n",
+             refusal_max_addresses = {}\nbulk_export_max_resources = {}\n\
+             bulk_export_max_bytes = {}\nbulk_export_max_jobs = {}\n\
+             bulk_export_expiry_secs = {}\n",
             proxies.join(", "),
             self.max_concurrent_password_hashes,
             self.require_patient_totp,
@@ -181,7 +219,11 @@ impl EdgeSettings {
             self.limits.max_connections,
             self.limits.max_connections_per_address,
             self.refusals.window.as_secs(),
-            self.refusals.max_addresses
+            self.refusals.max_addresses,
+            self.bulk.max_resources,
+            self.bulk.max_bytes,
+            self.bulk.max_jobs,
+            self.bulk.expiry.as_secs()
         )
     }
 }
@@ -208,10 +250,19 @@ mod tests {
             max_connections_per_address: Some(5),
             refusal_window_secs: Some(2),
             refusal_max_addresses: Some(7),
+            bulk_export_max_resources: Some(50),
+            bulk_export_expiry_secs: Some(60),
             ..EdgeLayer::default()
         }
         .resolve()
         .unwrap();
+        assert_eq!(s.bulk.max_resources, 50);
+        assert_eq!(s.bulk.expiry, Duration::from_secs(60));
+        assert_eq!(
+            s.bulk.max_jobs,
+            phivault_server::BulkLimits::default().max_jobs
+        );
+        assert!(s.to_toml().contains("bulk_export_max_resources = 50\n"));
         assert_eq!(s.refusals.window, Duration::from_secs(2));
         assert_eq!(s.refusals.max_addresses, 7);
         assert_eq!(d.refusals, phivault_server::RefusalLimits::default());
@@ -259,6 +310,14 @@ mod tests {
             },
             EdgeLayer {
                 refusal_max_addresses: Some(0),
+                ..EdgeLayer::default()
+            },
+            EdgeLayer {
+                bulk_export_max_jobs: Some(0),
+                ..EdgeLayer::default()
+            },
+            EdgeLayer {
+                bulk_export_expiry_secs: Some(0),
                 ..EdgeLayer::default()
             },
         ] {

@@ -155,6 +155,7 @@ fn interaction(action: &str) -> Option<&'static str> {
             | "/fhir/Patient/{id}/$everything"
             | "/fhir/Patient/{id}/$export",
         ) => "operation",
+        (_, r) if r.ends_with("/$export") || r.starts_with("/fhir/$export-") => "operation",
         _ => return None,
     })
 }
@@ -172,7 +173,7 @@ fn event_type(action: &str) -> (Value, Option<Value>) {
             rest_subtype(),
         );
     }
-    if route == "/fhir/Patient/{id}/$export" || action == "cli export-patient" {
+    if route.ends_with("/$export") || action == "cli export-patient" {
         return (coding(DCM_SYSTEM, "110106", "Export"), rest_subtype());
     }
     if matches!(verb, "read" | "search" | "create" | "update" | "delete")

@@ -228,6 +228,40 @@ fn security(base_url: &str) -> Value {
     })
 }
 
+/// The Bulk Data export operations (FHIR Bulk Data Access IG v2), at system level.
+fn bulk_operations() -> Value {
+    let rules = "Asynchronous: Prefer: respond-async is required (400 otherwise); the kick-off \
+        answers 202 with Content-Location [base]/$export-status/{job}; the status answers the \
+        completion manifest (requiresAccessToken true, one application/fhir+ndjson file per \
+        type at [base]/$export-file/{job}/{Type}.ndjson) to the principal that started the job \
+        only (404 to others); DELETE on the status URL cancels and deletes. Parameters: \
+        _outputFormat (application/fhir+ndjson, application/ndjson, ndjson), _type, _since (an \
+        instant; meta.lastUpdated strictly after it); no _typeFilter, _elements or \
+        includeAssociatedData. For backend services (system/ scopes) and researchers under \
+        the policies; every resource is decided like a search hit of the caller (scopes, \
+        labels, consent), every patient exported is named in the kick-off's audit entry. The \
+        export runs during the kick-off; its output is held in memory only (never on disk), \
+        bounded per export, each file deleted once downloaded and the job after one hour.";
+    json!([{
+        "name": "export",
+        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+        "documentation": format!("GET [base]/$export: every type. {rules}"),
+    }, {
+        "name": "patient-export",
+        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+        "documentation": format!(
+            "GET [base]/Patient/$export: the Patient compartment types of every patient. {rules}"
+        ),
+    }, {
+        "name": "group-export",
+        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+        "documentation": format!(
+            "GET [base]/Group/{{id}}/$export: the Patient compartment types of the Group's \
+             member.entity Patients (the Group decided like a read). {rules}"
+        ),
+    }])
+}
+
 /// The CapabilityStatement of this server at `base_url`.
 pub(crate) fn capability_statement(base_url: &str) -> Value {
     let now = time::OffsetDateTime::now_utc();
@@ -333,6 +367,7 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
                 { "code": "transaction" },
                 { "code": "batch" },
             ],
+            "operation": bulk_operations(),
         }],
     })
 }
@@ -390,6 +425,26 @@ mod tests {
                 declared.contains(&op),
                 "{op} is not in the CapabilityStatement"
             );
+        }
+    }
+
+    #[test]
+    fn declares_the_bulk_export_routes() {
+        let statement = capability_statement("https://h:1/fhir");
+        let ops = statement["rest"][0]["operation"].as_array().unwrap();
+        for (name, route) in [
+            ("export", "/fhir/$export"),
+            ("patient-export", "/fhir/Patient/$export"),
+            ("group-export", "/fhir/Group/{id}/$export"),
+        ] {
+            let op = ops.iter().find(|o| o["name"] == name).unwrap();
+            assert!(
+                op["definition"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("http://hl7.org/fhir/uv/bulkdata/OperationDefinition/")
+            );
+            assert!(crate::ROUTES.contains(&("GET", route)), "{route}");
         }
     }
 

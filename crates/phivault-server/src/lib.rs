@@ -16,7 +16,9 @@
 //! crypto-shredding (`POST /fhir/Patient/{id}/$erase`, admins), answering a signed erasure
 //! certificate; access and portability (`GET /fhir/Patient/{id}/$everything`, decided per
 //! resource like reads, and the patient's own `GET /fhir/Patient/{id}/$export`, a portable
-//! NDJSON package, see [`portability`]).
+//! NDJSON package, see [`portability`]); Bulk Data export (`GET /fhir/$export`,
+//! `/fhir/Patient/$export`, `/fhir/Group/{id}/$export`, for backend services and researchers,
+//! every resource decided like a search hit, output held in memory only).
 //!
 //! Guarantees:
 //! - **No route answers without a valid token**, except login, the OAuth2 endpoints (which
@@ -40,6 +42,7 @@ mod audit_event;
 mod audit_routes;
 mod audit_sink;
 mod auth_routes;
+mod bulk_export;
 mod capability;
 mod edge;
 mod erasure_routes;
@@ -65,6 +68,7 @@ use phivault_fhir::Validator;
 use phivault_policy::{ConsentDefaults, PolicyEngine, RolePurposes};
 use phivault_store::Store;
 
+pub use bulk_export::{BulkJobs, BulkLimits};
 pub use error::{ApiError, ServerError};
 pub use middleware::connections::ConnectionLimits;
 pub use middleware::refusals::{RefusalLimits, RefusalTally};
@@ -133,6 +137,8 @@ pub struct AppState {
     /// Refused unauthenticated requests of the current window, per client address: the
     /// first of each address is audited in full, the rest in one summary entry per window.
     pub refusals: Arc<RefusalTally>,
+    /// Bulk Data exports, held in memory only until downloaded, cancelled or expired.
+    pub bulk: Arc<BulkJobs>,
 }
 
 impl AppState {
@@ -168,6 +174,7 @@ impl AppState {
             retention: Arc::from(Vec::new()),
             trusted_proxies: Arc::from(Vec::new()),
             refusals: Arc::new(RefusalTally::new(RefusalLimits::default())),
+            bulk: Arc::new(BulkJobs::new(BulkLimits::default())),
         })
     }
 
@@ -206,6 +213,13 @@ impl AppState {
     /// addresses tracked).
     pub fn with_refusal_limits(mut self, limits: RefusalLimits) -> AppState {
         self.refusals = Arc::new(RefusalTally::new(limits));
+        self
+    }
+
+    /// The state with these bounds on Bulk Data exports (resources, bytes, exports held,
+    /// expiry) instead of the defaults.
+    pub fn with_bulk_limits(mut self, limits: BulkLimits) -> AppState {
+        self.bulk = Arc::new(BulkJobs::new(limits));
         self
     }
 
@@ -262,6 +276,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/fhir/Patient/{id}/$export"),
     ("POST", "/fhir/Patient/{id}/$request-correction"),
     ("POST", "/fhir/Patient/{id}/$request-erasure"),
+    ("GET", "/fhir/$export"),
+    ("GET", "/fhir/Patient/$export"),
+    ("GET", "/fhir/Group/{id}/$export"),
+    ("GET", "/fhir/$export-status/{job}"),
+    ("DELETE", "/fhir/$export-status/{job}"),
+    ("GET", "/fhir/$export-file/{job}/{file}"),
 ];
 
 /// The application's routes (usable without sockets, e.g. `Router::oneshot` in tests).
@@ -285,6 +305,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(privacy::routes())
         .merge(erasure_routes::routes())
         .merge(export_routes::routes())
+        .merge(bulk_export::routes())
         .merge(request_routes::routes())
         .fallback(fhir_routes::no_route)
         .method_not_allowed_fallback(fhir_routes::method_not_allowed)

@@ -25,6 +25,8 @@ use tower::ServiceExt;
 
 #[path = "router/all_types.rs"]
 mod all_types;
+#[path = "router/bulk.rs"]
+mod bulk;
 #[path = "router/http_details.rs"]
 mod http_details;
 #[path = "router/result_params.rs"]
