@@ -492,7 +492,7 @@ impl SearchQuery {
                     }
                     query.last_updated.push((value.clone(), any));
                 }
-                "_count" | "_summary" | "_total" => {
+                "_count" | "_summary" | "_total" | "_totalMethod" => {
                     result_params::apply(&mut query, name, value)?;
                 }
                 "_offset" => {

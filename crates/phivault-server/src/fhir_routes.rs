@@ -256,11 +256,13 @@ async fn create(
     State(state): State<AppState>,
     mut access: Access,
     path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let Path(t) = path.map_err(path_error)?;
     let rtype = rtype_of(&t)?;
+    let headers = conditional::query_condition(&headers, query.as_deref())?;
     let bytes = json_body(&state, &headers, body).await?;
     // A body id is ignored: on create the server assigns the id (the store stamps it).
     let resource = state.validator.parse(&bytes, Some(rtype))?;

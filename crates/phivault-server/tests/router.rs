@@ -27,12 +27,12 @@ use tower::ServiceExt;
 mod all_types;
 #[path = "router/bulk.rs"]
 mod bulk;
+#[path = "router/conditional.rs"]
+mod conditional;
 #[path = "router/http_details.rs"]
 mod http_details;
 #[path = "router/result_params.rs"]
 mod result_params;
-#[path = "router/conditional.rs"]
-mod conditional;
 // The CLI's generator of raw Synthea output (self-contained files).
 #[path = "../../phivault-cli/src/synth.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -2111,23 +2111,40 @@ async fn searches_never_count_other_patients() {
         .await;
     assert_eq!(total(&a), 0);
 
-    // _include and _revinclude are refused, lenient or not.
-    for q in [
-        "_include=Observation:patient",
-        "_revinclude=Observation:patient",
-        "_include:iterate=Observation:patient",
-    ] {
-        let a = c.get_as(&doc, &format!("/fhir/Patient?{q}")).await;
-        a.assert_outcome(StatusCode::BAD_REQUEST, "not-supported");
-        let a = c
-            .send(
-                c.req_as(&doc, Method::GET, &format!("/fhir/Patient?{q}"))
-                    .header("prefer", "handling=lenient")
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await;
-        a.assert_outcome(StatusCode::BAD_REQUEST, "not-supported");
+    // _revinclude adds only the Observations the clinician may read, and counts none.
+    let a = c
+        .get_as(
+            &doc,
+            "/fhir/Patient?family=smith&_revinclude=Observation:patient",
+        )
+        .await;
+    assert_eq!(total(&a), 1);
+    let included: Vec<Value> = a.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["subject"]["reference"].clone())
+        .collect();
+    assert_eq!(included.len(), 2, "{included:?}");
+    assert!(
+        included
+            .iter()
+            .all(|r| *r == json!(format!("Patient/{mine}"))),
+        "{included:?}"
+    );
+    // One level only, lenient or not.
+    for lenient in [false, true] {
+        let mut req = c.req_as(
+            &doc,
+            Method::GET,
+            "/fhir/Patient?_include:iterate=Observation:patient",
+        );
+        if lenient {
+            req = req.header("prefer", "handling=lenient");
+        }
+        let a = c.send(req.body(Body::empty()).unwrap()).await;
+        a.assert_outcome(StatusCode::BAD_REQUEST, "invalid");
     }
 }
 

@@ -1,4 +1,4 @@
-//! Result parameters: `_count`, `_summary`, `_total`.
+//! Result parameters: `_count`, `_summary`, `_total` (and `_totalMethod`, its Aidbox name).
 //!
 //! * `_count=n`: page size from 0 to [`MAX_COUNT`]; `0` asks for the total only. A larger
 //!   value is capped to the maximum and a warning says so (the searchset carries it as an
@@ -61,6 +61,14 @@ pub(crate) fn apply(query: &mut SearchQuery, name: &str, value: &str) -> Result<
                 _ => return Err(bad(name, "must be none, estimate or accurate")),
             }
         }
+        // Aidbox's name for `_total`, sent by fhirpy's `count()`: `count` is an exact total.
+        "_totalMethod" => {
+            query.total = match value {
+                "none" => TotalMode::None,
+                "count" | "estimate" => TotalMode::Accurate,
+                _ => return Err(bad(name, "must be count, estimate or none")),
+            }
+        }
         _ => return Ok(false),
     }
     Ok(true)
@@ -102,6 +110,15 @@ mod tests {
         assert_eq!(q.count, 20);
         assert_eq!(parse(&[]).unwrap().total, TotalMode::Accurate);
         assert_eq!(parse(&[("_total", "none")]).unwrap().total, TotalMode::None);
+        assert_eq!(
+            parse(&[("_totalMethod", "none")]).unwrap().total,
+            TotalMode::None
+        );
+        assert_eq!(
+            parse(&[("_totalMethod", "count")]).unwrap().total,
+            TotalMode::Accurate
+        );
+        assert!(parse(&[("_totalMethod", "fast")]).is_err());
         assert_eq!(
             parse(&[("_total", "estimate")]).unwrap().total,
             TotalMode::Accurate

@@ -93,6 +93,38 @@ fn header_query(rtype: ResourceType, headers: &HeaderMap) -> Result<Option<Searc
         .map_err(|e| bad(e.to_string()))
 }
 
+/// The headers of a create whose query string holds search parameters
+/// (`POST [base]/Type?identifier=...`, as fhirpy's `get_or_create` sends it): the query is
+/// the create's condition, exactly as if it had come as `If-None-Exist`. A create must not
+/// ignore a condition it was given (that would write the duplicate the client meant to
+/// avoid), and giving it twice is refused. `_format` and `_pretty` alone are no condition.
+pub(crate) fn query_condition(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<HeaderMap, ApiError> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(headers.clone());
+    };
+    let pairs = parse_pairs(query)?;
+    if pairs
+        .iter()
+        .all(|(name, _)| matches!(name.as_str(), "_format" | "_pretty"))
+    {
+        return Ok(headers.clone());
+    }
+    if headers.contains_key(IF_NONE_EXIST) {
+        return Err(ApiError::BadRequest(
+            "a create takes its condition once: in If-None-Exist or in the query string".to_owned(),
+        ));
+    }
+    let value = axum::http::HeaderValue::from_str(query).map_err(|_| {
+        ApiError::BadRequest("the query string of a create is not visible ASCII".to_owned())
+    })?;
+    let mut headers = headers.clone();
+    headers.insert(IF_NONE_EXIST, value);
+    Ok(headers)
+}
+
 /// A conditional create's search (after the create was decided): `Some(resource)` when
 /// exactly one resource the caller may read matches (answer it with 200, write nothing),
 /// `None` when none does or there is no `If-None-Exist` (create), 412 when several do.

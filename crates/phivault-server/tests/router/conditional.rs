@@ -557,3 +557,38 @@ async fn raw_synthea_bundles_of_the_newer_shape_post_as_they_are() {
     }
     assert_eq!(total(&c.get("/fhir/Organization").await), 2);
 }
+
+/// `POST Type?search` (fhirpy's `get_or_create`) is a conditional create: the query string is
+/// its condition, never silently ignored; a condition given twice is refused.
+#[tokio::test]
+async fn a_create_query_string_is_its_condition() {
+    let c = ctx().await;
+    let post = |uri: String, condition: Option<&str>| {
+        let mut req = c
+            .req_as(&c.token, Method::POST, &uri)
+            .header(header::CONTENT_TYPE, "application/fhir+json");
+        if let Some(condition) = condition {
+            req = req.header("if-none-exist", condition);
+        }
+        req.body(Body::from(org("org-q").to_string())).unwrap()
+    };
+    let uri = format!("/fhir/Organization?identifier={SYNTHEA}|org-q");
+    let first = c.send(post(uri.clone(), None)).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    let second = c.send(post(uri.clone(), None)).await;
+    assert_eq!(second.status, StatusCode::OK, "{second:?}");
+    assert_eq!(second.json()["id"], first.json()["id"]);
+    let found = c
+        .get(&format!("/fhir/Organization?identifier={SYNTHEA}|org-q"))
+        .await;
+    assert_eq!(found.json()["total"], 1, "no duplicate");
+    // `_format` alone is no condition: a plain create.
+    let plain = c
+        .send(post("/fhir/Organization?_format=json".to_owned(), None))
+        .await;
+    assert_eq!(plain.status, StatusCode::CREATED, "{plain:?}");
+    let twice = c
+        .send(post(uri, Some(&format!("identifier={SYNTHEA}|org-q"))))
+        .await;
+    assert_eq!(twice.status, StatusCode::BAD_REQUEST, "{twice:?}");
+}
