@@ -52,6 +52,11 @@ const CASES: &[(&str, &str, usize)] = &[
         "/fhir/Observation?date=2024-12&_count=100",
         30,
     ),
+    (
+        "observations_in_december_range",
+        "/fhir/Observation?date=ge2024-12-01&_count=100",
+        30,
+    ),
 ];
 
 fn benches(c: &mut Criterion) {
