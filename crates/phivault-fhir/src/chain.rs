@@ -13,8 +13,7 @@
 //! Deeper chains (`subject.organization.name`), nested `_has` and chains inside `_has` are
 //! refused with a message saying so.
 
-use crate::include::Pairs;
-use crate::search::{SearchParamKind, search_params};
+use crate::include::{Pairs, bad, reference_param};
 use crate::{FhirError, ResourceType};
 
 /// One chained parameter.
@@ -62,13 +61,6 @@ impl Chains {
 /// At most this many chained and `_has` parameters in one search (each costs a search).
 const MAX_CHAINS: usize = 4;
 
-fn bad(name: &str, message: impl Into<String>) -> FhirError {
-    FhirError::BadSearchValue {
-        param: name.chars().take(64).collect(),
-        message: message.into(),
-    }
-}
-
 /// Splits the chained and `_has` parameters of a search of `rtype` from the others.
 pub fn split_chains(
     rtype: ResourceType,
@@ -109,18 +101,7 @@ fn parse_chain(rtype: ResourceType, name: &str, value: &str) -> Result<Chain, Fh
         Some((p, t)) => (p, Some(ResourceType::parse(t)?)),
         None => (left, None),
     };
-    let def = search_params(rtype)
-        .iter()
-        .find(|d| d.name == param && d.kind == SearchParamKind::Reference)
-        .ok_or_else(|| {
-            bad(
-                name,
-                format!(
-                    "{rtype} has no reference search parameter '{}' to chain on",
-                    param.chars().take(64).collect::<String>()
-                ),
-            )
-        })?;
+    let def = reference_param(rtype, name, param, "to chain on")?;
     let target = match given {
         Some(t) if def.may_refer_to(t) => t,
         Some(t) => {
@@ -163,18 +144,7 @@ fn parse_has(rtype: ResourceType, name: &str, spec: &str, value: &str) -> Result
         return Err(bad(name, "expected _has:SourceType:reference:parameter"));
     }
     let source = ResourceType::parse(source)?;
-    let def = search_params(source)
-        .iter()
-        .find(|d| d.name == param && d.kind == SearchParamKind::Reference)
-        .ok_or_else(|| {
-            bad(
-                name,
-                format!(
-                    "{source} has no reference search parameter '{}'",
-                    param.chars().take(64).collect::<String>()
-                ),
-            )
-        })?;
+    let def = reference_param(source, name, param, "")?;
     if !def.may_refer_to(rtype) {
         return Err(bad(
             name,

@@ -17,7 +17,7 @@
 
 use serde_json::Value;
 
-use crate::search::{SearchParamDef, SearchParamKind, index_entries_of, search_params};
+use crate::search::{SearchParamDef, SearchParamKind, reference_target, search_params, values_of};
 use crate::{FhirError, Id, ResourceType};
 
 /// At most this many `_include` and `_revinclude` parameters in one search.
@@ -60,17 +60,66 @@ impl Include {
         if self.reverse {
             return Vec::new();
         }
-        index_entries_of(self.source, body)
+        references_through(self.source, self.param, body)
             .into_iter()
-            .filter(|e| e.param == self.param)
-            .filter_map(|e| {
-                let (t, id) = e.value.split_once('/')?;
-                let t = ResourceType::parse(t).ok()?;
-                let id = Id::parse(id).ok()?;
-                self.target.is_none_or(|want| want == t).then_some((t, id))
-            })
+            .filter(|(t, _)| self.target.is_none_or(|want| want == *t))
             .collect()
     }
+}
+
+/// The reference search parameter `param` of `rtype`, or a 400 naming what is missing
+/// (`what`: the use it was wanted for, e.g. "to chain on"; empty for none).
+pub(crate) fn reference_param(
+    rtype: ResourceType,
+    name: &str,
+    param: &str,
+    what: &str,
+) -> Result<&'static SearchParamDef, FhirError> {
+    search_params(rtype)
+        .iter()
+        .find(|d| d.name == param && d.kind == SearchParamKind::Reference)
+        .ok_or_else(|| {
+            let param: String = param.chars().take(64).collect();
+            let what = if what.is_empty() {
+                String::new()
+            } else {
+                format!(" {what}")
+            };
+            bad(
+                name,
+                format!("{rtype} has no reference search parameter '{param}'{what}"),
+            )
+        })
+}
+
+/// The `Type/id` references a resource of `rtype` (`body`) holds through its reference
+/// parameter `param`: the parameter's own paths, not the whole index of the resource.
+pub fn references_through(
+    rtype: ResourceType,
+    param: &str,
+    body: &Value,
+) -> Vec<(ResourceType, Id)> {
+    let Some(def) = search_params(rtype)
+        .iter()
+        .find(|d| d.name == param && d.kind == SearchParamKind::Reference)
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<(ResourceType, Id)> = Vec::new();
+    for value in values_of(body, def) {
+        let Some(target) = reference_target(def, value) else {
+            continue;
+        };
+        let Some((t, id)) = target.split_once('/') else {
+            continue;
+        };
+        if let (Ok(t), Ok(id)) = (ResourceType::parse(t), Id::parse(id))
+            && !out.contains(&(t, id.clone()))
+        {
+            out.push((t, id));
+        }
+    }
+    out
 }
 
 impl SearchParamDef {
@@ -104,9 +153,9 @@ pub fn revinclude_values(rtype: ResourceType) -> Vec<String> {
         .collect()
 }
 
-fn bad(name: &str, message: impl Into<String>) -> FhirError {
+pub(crate) fn bad(name: &str, message: impl Into<String>) -> FhirError {
     FhirError::BadSearchValue {
-        param: name.to_owned(),
+        param: name.chars().take(64).collect(),
         message: message.into(),
     }
 }
@@ -192,16 +241,7 @@ fn parse_one(
             format!("the source type must be the type searched ({rtype}), not {source}"),
         ));
     }
-    let param_name: String = param.chars().take(64).collect();
-    let def = search_params(source)
-        .iter()
-        .find(|d| d.name == param && d.kind == SearchParamKind::Reference)
-        .ok_or_else(|| {
-            bad(
-                name,
-                format!("{source} has no reference search parameter '{param_name}'"),
-            )
-        })?;
+    let def = reference_param(source, name, param, "")?;
     if let Some(t) = target
         && !def.may_refer_to(t)
     {

@@ -41,7 +41,7 @@ pub use compartment::{
     patient_links, patient_links_of,
 };
 pub use error::{FhirError, Issue, IssueCode};
-pub use include::{Include, include_values, revinclude_values, split_includes};
+pub use include::{Include, include_values, references_through, revinclude_values, split_includes};
 pub use outcome::OperationOutcome;
 pub use search::{
     IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery, TimeInterval,

@@ -316,7 +316,7 @@ fn index_token(param: &str, value: &Value, out: &mut BTreeSet<IndexEntry>) {
 
 /// The indexed form of a Reference element for `def`: `Type/id` (relative references only),
 /// of one of the parameter's target types.
-fn reference_target(def: &SearchParamDef, value: &Value) -> Option<String> {
+pub(crate) fn reference_target(def: &SearchParamDef, value: &Value) -> Option<String> {
     let reference = value.get("reference").and_then(Value::as_str)?;
     let (rtype, id) = parse_relative_reference(reference)?;
     if !def.targets.is_empty() && !def.targets.contains(&rtype) {

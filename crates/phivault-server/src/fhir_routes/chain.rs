@@ -4,9 +4,7 @@
 //! request's audit entry, as any search does); the search asked for is then restricted to
 //! what it found. A chain becomes `ref=Type/id,...`, a `_has` becomes `_id=...`.
 
-use phivault_fhir::{
-    Chains, Id, IndexEntry, ResourceType, SearchParam, SearchQuery, index_entries_of,
-};
+use phivault_fhir::{Chains, Id, IndexEntry, ResourceType, SearchParam, SearchQuery};
 
 use super::Access;
 use crate::ApiError;
@@ -48,15 +46,8 @@ pub(crate) async fn restrict(
         let found = inner_search(access, has.source, &has.inner, &has.written.0).await?;
         let mut ids: Vec<Id> = Vec::new();
         for (_, _, body) in &found {
-            for entry in index_entries_of(has.source, body) {
-                if entry.param != has.param {
-                    continue;
-                }
-                if let Some((t, id)) = entry.value.split_once('/')
-                    && t == rtype.as_str()
-                    && let Ok(id) = Id::parse(id)
-                    && !ids.contains(&id)
-                {
+            for (t, id) in phivault_fhir::references_through(has.source, has.param, body) {
+                if t == rtype && !ids.contains(&id) {
                     ids.push(id);
                 }
             }
