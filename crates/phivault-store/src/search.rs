@@ -7,7 +7,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
 use crate::released::Unreleased;
-use crate::{Store, StoreError, StoredResource};
+use crate::{Backend, Store, StoreError, StoredResource};
 
 /// One page of search results.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,17 +154,16 @@ impl Store {
             let mut parts = Vec::new();
             if !owners.is_empty() {
                 parts.push(format!(
-                    "c.key_id IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = c.tenant \
+                    "c.key_id IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = {t} \
                      AND k.kind = 'patient' AND k.owner IN ({}))",
                     owners.join(", ")
                 ));
             }
             if scope.directory {
-                parts.push(
-                    "c.key_id IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = c.tenant \
+                parts.push(format!(
+                    "c.key_id IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = {t} \
                      AND k.kind = 'directory')"
-                        .to_owned(),
-                );
+                ));
             }
             if parts.is_empty() {
                 sql.push_str(" AND 1 = 0");
@@ -172,10 +171,10 @@ impl Store {
                 sql.push_str(&format!(" AND ({})", parts.join(" OR ")));
             }
         } else if !scope.directory {
-            sql.push_str(
-                " AND c.key_id NOT IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = c.tenant \
-                 AND k.kind = 'directory')",
-            );
+            sql.push_str(&format!(
+                " AND c.key_id NOT IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = {t} \
+                 AND k.kind = 'directory')"
+            ));
         }
         if !scope.exclude_patients.is_empty() {
             let owners: Vec<String> = scope
@@ -184,7 +183,7 @@ impl Store {
                 .map(|p| f.placeholder(Bind::Bytes(self.inner.keys.patient_owner(p))))
                 .collect();
             sql.push_str(&format!(
-                " AND c.key_id NOT IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = c.tenant \
+                " AND c.key_id NOT IN (SELECT k.key_id FROM data_keys k WHERE k.tenant = {t} \
                  AND k.kind = 'patient' AND k.owner IN ({}))",
                 owners.join(", ")
             ));
@@ -248,11 +247,8 @@ impl Store {
         if !exclude.is_empty() {
             let tokens = tokens_of(&mut f, &exclude);
             if !tokens.is_empty() {
-                sql.push_str(&format!(
-                    " AND NOT EXISTS (SELECT 1 FROM search_index x WHERE x.tenant = c.tenant \
-                     AND x.rtype = c.rtype AND x.id = c.id AND x.token IN ({}))",
-                    tokens.join(", ")
-                ));
+                sql.push_str(" AND ");
+                sql.push_str(&self.index_test(&t, &r, &tokens, false));
             }
         }
         // Whether the resource has (or, `present` false, has none of) one of `entries`.
@@ -261,12 +257,7 @@ impl Store {
             if tokens.is_empty() {
                 return if present { "1 = 0" } else { "1 = 1" }.to_owned();
             }
-            format!(
-                "{}EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
-                 AND s.rtype = c.rtype AND s.id = c.id AND s.token IN ({}))",
-                if present { "" } else { "NOT " },
-                tokens.join(", ")
-            )
+            self.index_test(&t, &r, &tokens, present)
         };
         for param in &query.params {
             if keys.is_none() && param.entries().any(keyed) {
@@ -292,6 +283,33 @@ impl Store {
         }
         f.sql = sql;
         f
+    }
+
+    /// Whether resource `c` has (`present`) or has none of (`!present`) the index `tokens`
+    /// (placeholders; `t` and `r` those of the tenant and the type).
+    ///
+    /// A test that a resource has a token is an uncorrelated `c.id IN (SELECT ...)` on both
+    /// backends: the matching ids are read once through the (tenant, rtype, token) primary
+    /// key and the resources looked up by id, so a search costs what it matches. A correlated
+    /// `EXISTS` made SQLite probe every token for every resource of the type (a patient's
+    /// Observations, or the label exclusion's tokens of every compartment, cost a scan of the
+    /// whole type). For the absence of tokens SQLite materializes the uncorrelated `NOT IN`
+    /// once; PostgreSQL plans `NOT IN (subquery)` as a hashed subplan only while the ids fit
+    /// in `work_mem` and as a per-row rescan past it, so there it stays a `NOT EXISTS`, which
+    /// it plans as an anti-join whatever the size.
+    fn index_test(&self, t: &str, r: &str, tokens: &[String], present: bool) -> String {
+        let list = tokens.join(", ");
+        match (present, self.inner.backend) {
+            (true, _) | (false, Backend::Sqlite) => format!(
+                "c.id {}IN (SELECT s.id FROM search_index s WHERE s.tenant = {t} \
+                 AND s.rtype = {r} AND s.token IN ({list}))",
+                if present { "" } else { "NOT " },
+            ),
+            (false, Backend::Postgres) => format!(
+                "NOT EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
+                 AND s.rtype = c.rtype AND s.id = c.id AND s.token IN ({list}))"
+            ),
+        }
     }
 
     /// The data-key ids of the compartments a search with compartment-keyed entries looks

@@ -1,6 +1,7 @@
 //! A populated phivault behind its router (no sockets), on a temporary SQLite database, and
 //! a system app's token: the fixture of the router-level benchmarks. Patient `i` is
-//! `Bench{i}` with one Observation (heart rate, effective on day `i % 365` of 2024).
+//! `Bench{i}` with one Observation (heart rate, effective on day `i % 365` of 2024), or with
+//! `k` of them on consecutive days ([`setup_sized`]).
 
 use std::sync::Arc;
 
@@ -28,6 +29,9 @@ pub(crate) struct Bench {
     /// The Observations' ids (the attribution bench reads them by id; not every bench does).
     #[allow(dead_code)]
     pub(crate) observations: Vec<String>,
+    /// The Patients' ids.
+    #[allow(dead_code)]
+    pub(crate) patients: Vec<String>,
 }
 
 /// Day `i % 365` of 2024 at 10:00 UTC, as a FHIR dateTime.
@@ -36,7 +40,7 @@ fn day_of_2024(i: usize) -> String {
     format!("{date}T10:00:00Z")
 }
 
-fn bundle_of(first: usize) -> Value {
+fn bundle_of(first: usize, per_patient: usize) -> Value {
     let mut entries = Vec::new();
     for i in first..first + PER_BUNDLE {
         let urn = format!("urn:uuid:{}", uuid::Uuid::new_v4());
@@ -49,23 +53,32 @@ fn bundle_of(first: usize) -> Value {
             },
             "request": { "method": "POST", "url": "Patient" },
         }));
-        entries.push(json!({
-            "resource": {
-                "resourceType": "Observation",
-                "status": "final",
-                "code": { "coding": [{ "system": "http://loinc.org", "code": "8867-4" }] },
-                "subject": { "reference": urn },
-                "effectiveDateTime": day_of_2024(i),
-                "valueQuantity": { "value": 72, "unit": "/min",
-                    "system": "http://unitsofmeasure.org", "code": "/min" },
-            },
-            "request": { "method": "POST", "url": "Observation" },
-        }));
+        for k in 0..per_patient {
+            entries.push(json!({
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": { "coding": [{ "system": "http://loinc.org", "code": "8867-4" }] },
+                    "subject": { "reference": urn },
+                    "effectiveDateTime": day_of_2024(i + k),
+                    "valueQuantity": { "value": 72, "unit": "/min",
+                        "system": "http://unitsofmeasure.org", "code": "/min" },
+                },
+                "request": { "method": "POST", "url": "Observation" },
+            }));
+        }
     }
     json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })
 }
 
+/// [`PATIENTS`] patients with one Observation each.
+#[allow(dead_code)]
 pub(crate) fn setup() -> Bench {
+    setup_sized(PATIENTS, 1)
+}
+
+/// `patients` patients (a multiple of 50) with `per_patient` Observations each.
+pub(crate) fn setup_sized(patients: usize, per_patient: usize) -> Bench {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,15 +90,20 @@ pub(crate) fn setup() -> Bench {
         "sqlite://{}",
         dir.path().join("bench.db").display()
     ));
-    opts.max_bundle_entries = 2 * PER_BUNDLE;
-    let (state, token, observations) = runtime.block_on(async {
+    let per_bundle = PER_BUNDLE * (1 + per_patient);
+    opts.max_bundle_entries = per_bundle;
+    let (state, token, observations, patient_ids) = runtime.block_on(async {
         let store = Store::open(&opts, &keys).await.unwrap();
         let validator = Arc::new(Validator::new().unwrap());
         let mut observations = Vec::new();
-        for b in 0..PATIENTS / PER_BUNDLE {
-            let request =
-                BundleRequest::parse(&validator, bundle_of(b * PER_BUNDLE), 2 * PER_BUNDLE)
-                    .unwrap();
+        let mut patient_ids = Vec::new();
+        for b in 0..patients / PER_BUNDLE {
+            let request = BundleRequest::parse(
+                &validator,
+                bundle_of(b * PER_BUNDLE, per_patient),
+                per_bundle,
+            )
+            .unwrap();
             let response = store
                 .bundle(request, &phivault_store::NoAudit)
                 .await
@@ -94,6 +112,9 @@ pub(crate) fn setup() -> Bench {
                 let location = e["response"]["location"].as_str().unwrap_or_default();
                 if let Some(rest) = location.strip_prefix("Observation/") {
                     observations.push(rest.split('/').next().unwrap().to_owned());
+                }
+                if let Some(rest) = location.strip_prefix("Patient/") {
+                    patient_ids.push(rest.split('/').next().unwrap().to_owned());
                 }
             }
         }
@@ -118,15 +139,17 @@ pub(crate) fn setup() -> Bench {
             .client_credentials(&id, secret.expose(), None)
             .await
             .unwrap();
-        (state, token.expose().to_owned(), observations)
+        (state, token.expose().to_owned(), observations, patient_ids)
     });
-    assert_eq!(observations.len(), PATIENTS);
+    assert_eq!(observations.len(), patients * per_patient);
+    assert_eq!(patient_ids.len(), patients);
     Bench {
         _dir: dir,
         runtime,
         state,
         token,
         observations,
+        patients: patient_ids,
     }
 }
 
