@@ -150,6 +150,15 @@ pub enum FhirError {
         /// The searched type.
         target: String,
     },
+    /// A sorted search matches more resources than the server sorts (each is decrypted to be
+    /// sorted): the client narrows the search.
+    #[error(
+        "_sort: the search matches more than {limit} resources, too costly to sort; narrow the search"
+    )]
+    TooCostlyToSort {
+        /// The most matches sorted.
+        limit: usize,
+    },
     /// The shipped FHIR schema could not be loaded or compiled: a fault of the build, not of
     /// the request (a server should not start with it).
     #[error("internal: the FHIR schema could not be loaded: {0}")]
@@ -167,7 +176,9 @@ impl FhirError {
                         IssueCode::NotSupported
                     }
                     FhirError::MalformedJson(_) => IssueCode::Structure,
-                    FhirError::TooManyEntries { .. } => IssueCode::TooCostly,
+                    FhirError::TooManyEntries { .. } | FhirError::TooCostlyToSort { .. } => {
+                        IssueCode::TooCostly
+                    }
                     FhirError::AmbiguousReference { .. } | FhirError::MultipleMatches { .. } => {
                         IssueCode::MultipleMatches
                     }

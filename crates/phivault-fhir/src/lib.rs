@@ -44,9 +44,10 @@ pub use error::{FhirError, Issue, IssueCode};
 pub use include::{Include, include_values, references_through, revinclude_values, split_includes};
 pub use outcome::OperationOutcome;
 pub use search::{
-    IndexEntry, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery, TimeInterval,
-    TokenTest, TotalMode, index_entries, index_entries_of, is_compartment_keyed, normalize_string,
-    search_params, unsupported_params,
+    IndexEntry, MAX_SORTED, SECURITY, SearchParam, SearchParamDef, SearchParamKind, SearchQuery,
+    SortKey, TimeInterval, TokenTest, TotalMode, index_entries, index_entries_of,
+    is_compartment_keyed, normalize_string, search_params, sort_by_keys, sort_param,
+    unsupported_params,
 };
 pub use spec::{Step, Unsupported, param_counts};
 pub use types::{Id, ResourceType};

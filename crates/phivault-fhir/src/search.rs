@@ -41,9 +41,11 @@ use crate::{FhirError, Id, ResourceType, ValidResource};
 mod date_range;
 mod last_updated;
 mod result_params;
+mod sort;
 pub use date_range::TokenTest;
 pub use last_updated::TimeInterval;
 pub use result_params::TotalMode;
+pub use sort::{MAX_SORTED, SortKey, sort_by_keys, sort_param};
 
 /// Shortest prefix of a name (in characters) that is indexed and can be searched as a prefix.
 const MIN_PREFIX_CHARS: usize = 3;
@@ -438,6 +440,8 @@ pub struct SearchQuery {
     pub summary_count: bool,
     /// Whether the searchset states its total (`_total`).
     pub total: TotalMode,
+    /// `_sort` keys, in order (empty: the store's order, by id).
+    pub sort: Vec<SortKey>,
 }
 
 impl SearchQuery {
@@ -461,6 +465,7 @@ impl SearchQuery {
             warnings: Vec::new(),
             summary_count: false,
             total: TotalMode::Accurate,
+            sort: Vec::new(),
         };
         if let Some((name, _)) = pairs.get(MAX_PARAMS) {
             return Err(bad(
@@ -494,6 +499,12 @@ impl SearchQuery {
                 }
                 "_count" | "_summary" | "_total" | "_totalMethod" => {
                     result_params::apply(&mut query, name, value)?;
+                }
+                "_sort" => {
+                    query.sort.extend(sort::parse(rtype, value)?);
+                    if query.sort.len() > sort::MAX_SORT_KEYS {
+                        return Err(bad(name, "too many sort keys in all"));
+                    }
                 }
                 "_offset" => {
                     query.offset = value
@@ -1297,11 +1308,14 @@ mod tests {
         assert_eq!((q.count, q.offset), (1000, 20));
         let q = SearchQuery::parse(
             p,
-            &pairs(&[("_sort", "x"), ("foo:bar", "y"), ("family", "x")]),
+            &pairs(&[("_elements", "x"), ("foo:bar", "y"), ("family", "x")]),
             true,
         )
         .unwrap();
-        assert_eq!(q.ignored, vec!["_sort".to_owned(), "foo:bar".to_owned()]);
+        assert_eq!(
+            q.ignored,
+            vec!["_elements".to_owned(), "foo:bar".to_owned()]
+        );
         assert_eq!(q.params.len(), 1);
     }
 
@@ -1415,7 +1429,7 @@ mod tests {
             ),
             (org, "family", "x", "", ""),
             (p, "code", "x", "", ""),
-            (p, "_sort", "x", "", ""),
+            (p, "_elements", "x", "", ""),
             (p, "name.family", "x", "", ""),
         ];
         for (rtype, name, value, param, phrase) in cases {

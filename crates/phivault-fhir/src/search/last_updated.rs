@@ -45,7 +45,7 @@ pub(crate) fn parse(part: &str) -> Result<Vec<TimeInterval>, String> {
 }
 
 /// The range `[from, to)` in unix seconds of a search value at its precision.
-fn range(value: &str) -> Result<(i64, i64), String> {
+pub(super) fn range(value: &str) -> Result<(i64, i64), String> {
     let malformed = || MALFORMED.to_owned();
     let (date_part, time_part) = match value.split_once('T') {
         Some((d, t)) => (d, Some(t)),
