@@ -65,6 +65,15 @@ const CONDITIONAL_DOCUMENTATION: &str = "Conditional interactions (If-None-Exist
     Several: 412. A conditional reference that finds nothing: 422. In a transaction, a \
     conditional reference also finds resources created by the same transaction.";
 
+/// What `_sort` does, for the CapabilityStatement.
+const SORT_DOCUMENTATION: &str = "_sort on every type but AuditEvent: comma-separated keys, - for \
+    descending, over _id, _lastUpdated and the type's date and string parameters (token, \
+    reference and unknown keys answer 400). Dates compare the earliest instant ascending, the \
+    latest descending; strings compare case- and accent-insensitively; missing values sort \
+    last; ties by id. The index holds no order, so a sorted search decrypts every match the \
+    caller may read (each decided and audited like a read, its patient named in the audit \
+    entry) and is refused (400 too-costly) above 10,000 matches.";
+
 fn resource_entry(rtype: ResourceType) -> Value {
     let mut params = vec![
         json!({
@@ -341,7 +350,7 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
                 values): parameters match by equality, and date ranges (prefixes eq, ne, gt, \
                 lt, ge, le, sa, eb) by the fewest year/month/day tokens covering the range, so \
                 the index reveals no order; _lastUpdated compares the write time. No \
-                :contains, no _include, no _sort. Paging uses _count (default 50, at most \
+                :contains, no _include. Paging uses _count (default 50, at most \
                 1000: a larger value is reduced to 1000 with a warning entry; 0 gives the \
                 total only) and _offset; _summary=count gives the total only; _total=none \
                 leaves the total out (estimate and accurate give it exactly). Every FHIR R4 resource type is stored but Parameters, Bundle \
@@ -363,6 +372,12 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
                 do not exist are stored as written (no referential integrity).",
             "security": security(base_url),
             "resource": resources,
+            // A result parameter for every type: the order of the searchset.
+            "searchParam": [{
+                "name": "_sort",
+                "type": "special",
+                "documentation": SORT_DOCUMENTATION,
+            }],
             "interaction": [
                 { "code": "transaction" },
                 { "code": "batch" },
@@ -453,6 +468,14 @@ mod tests {
         let statement = capability_statement("https://h:1/fhir");
         assert_eq!(statement["format"], json!(["json"]));
         let rest = &statement["rest"][0];
+        assert_eq!(rest["searchParam"][0]["name"], "_sort");
+        let sort = rest["searchParam"][0]["documentation"].as_str().unwrap();
+        assert!(sort.contains("10,000") && sort.contains("audit"), "{sort}");
+        assert_eq!(
+            phivault_fhir::MAX_SORTED,
+            10_000,
+            "the documentation states the cap"
+        );
         for r in rest["resource"].as_array().unwrap() {
             let expected = if r["type"] == "AuditEvent" {
                 "not-supported"

@@ -139,6 +139,9 @@ pub struct AppState {
     pub refusals: Arc<RefusalTally>,
     /// Bulk Data exports, held in memory only until downloaded, cancelled or expired.
     pub bulk: Arc<BulkJobs>,
+    /// Most matches a `_sort` search decrypts and sorts (at most
+    /// [`phivault_fhir::MAX_SORTED`]); a search matching more is refused as too costly.
+    pub max_sorted: usize,
 }
 
 impl AppState {
@@ -175,6 +178,7 @@ impl AppState {
             trusted_proxies: Arc::from(Vec::new()),
             refusals: Arc::new(RefusalTally::new(RefusalLimits::default())),
             bulk: Arc::new(BulkJobs::new(BulkLimits::default())),
+            max_sorted: phivault_fhir::MAX_SORTED,
         })
     }
 
@@ -220,6 +224,13 @@ impl AppState {
     /// expiry) instead of the defaults.
     pub fn with_bulk_limits(mut self, limits: BulkLimits) -> AppState {
         self.bulk = Arc::new(BulkJobs::new(limits));
+        self
+    }
+
+    /// The state sorting at most `limit` matches per `_sort` search (capped at
+    /// [`phivault_fhir::MAX_SORTED`]).
+    pub fn with_max_sorted(mut self, limit: usize) -> AppState {
+        self.max_sorted = limit.min(phivault_fhir::MAX_SORTED);
         self
     }
 

@@ -33,6 +33,8 @@ mod conditional;
 mod http_details;
 #[path = "router/result_params.rs"]
 mod result_params;
+#[path = "router/sort.rs"]
+mod sort;
 // The CLI's generator of raw Synthea output (self-contained files).
 #[path = "../../phivault-cli/src/synth.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -128,10 +130,21 @@ async fn ctx() -> Ctx {
 /// [`ctx`] with other limits on Bundle entries and body size.
 async fn ctx_with(max_bundle_entries: usize, max_body: usize) -> Ctx {
     let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    ctx_at(dir, url, max_bundle_entries, max_body).await
+}
+
+/// [`ctx`] over the database at `url` (SQLite in `dir`, or PostgreSQL).
+async fn ctx_at(
+    dir: tempfile::TempDir,
+    url: String,
+    max_bundle_entries: usize,
+    max_body: usize,
+) -> Ctx {
     let mut key = [0u8; 32];
     phivault_crypto::random_bytes(&mut key).unwrap();
     let keys = phivault_crypto::StaticKeyProvider::from_hex(hex::encode(key));
-    let mut opts = StoreOptions::new(format!("sqlite://{}/t.db", dir.path().display()));
+    let mut opts = StoreOptions::new(url);
     opts.max_bundle_entries = max_bundle_entries;
     let store = Store::open(&opts, &keys).await.unwrap();
     let mut state = AppState::new(

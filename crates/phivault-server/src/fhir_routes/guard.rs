@@ -72,6 +72,8 @@ use time::OffsetDateTime;
 use crate::edge::AuditSlot;
 use crate::{ApiError, AppState};
 
+mod sorted;
+
 /// `X-Purpose-Of-Use`: an HL7 v3 PurposeOfUse code (`TREAT`, `ETREAT`, ...).
 pub(crate) static X_PURPOSE_OF_USE: HeaderName = HeaderName::from_static("x-purpose-of-use");
 /// `X-Break-Glass-Reason`: why an emergency access is claimed (with `ETREAT`).
@@ -903,6 +905,9 @@ impl Access {
     ) -> Result<(u64, Vec<StoredResource>), ApiError> {
         self.authorize_query(rtype).await?;
         let plan = self.search_plan(rtype, query).await?;
+        if !query.sort.is_empty() && query.count > 0 {
+            return self.search_sorted(rtype, query, &plan).await;
+        }
 
         let mut total = 0u64;
         let mut resources = Vec::new();
@@ -920,7 +925,19 @@ impl Access {
                 resources.extend(page);
             }
         }
+        let (released, dropped) = self.decide_hits(rtype, &plan, resources).await?;
+        Ok((total.saturating_sub(dropped), released))
+    }
 
+    /// Decides every hit of a search like a read and releases those allowed; notes their
+    /// patients (and any break-the-glass) in the request's audit entry. Returns the released
+    /// resources, in the order given, and how many hits the policies refused.
+    async fn decide_hits(
+        &mut self,
+        rtype: ResourceType,
+        plan: &SearchPlan,
+        resources: Vec<Unreleased<StoredResource>>,
+    ) -> Result<(Vec<StoredResource>, u64), ApiError> {
         let mut hits = Vec::with_capacity(resources.len());
         for r in resources {
             let facts = Self::stored_facts(r.facts());
@@ -978,12 +995,11 @@ impl Access {
                 "search: the SQL scope and the policies disagree; hits the policies refuse were dropped"
             );
         }
-        let total = total.saturating_sub(dropped as u64);
         let mut released = Vec::with_capacity(kept.len());
         for ((r, _), proof) in kept {
             released.push(r.release(&proof)?);
         }
-        Ok((total, released))
+        Ok((released, dropped as u64))
     }
 
     /// What a search of `rtype` may see, in SQL terms, and the facts to decide its hits with.

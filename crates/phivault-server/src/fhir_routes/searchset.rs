@@ -18,8 +18,8 @@ pub(super) struct LinkEcho {
     pub(super) pairs: Vec<(String, String)>,
 }
 
-/// A link of a search: the parameters actually used, then the result parameters, `_count`
-/// and `_offset`.
+/// A link of a search: the parameters actually used, then the result parameters (`_sort`
+/// included, so every page is cut from the same order), `_count` and `_offset`.
 pub(super) fn search_link(
     state: &AppState,
     rtype: ResourceType,
@@ -44,6 +44,9 @@ pub(super) fn search_link(
     }
     if query.total == TotalMode::None {
         pairs.push(("_total".to_owned(), "none".to_owned()));
+    }
+    if !query.sort.is_empty() {
+        pairs.push(("_sort".to_owned(), phivault_fhir::sort_param(&query.sort)));
     }
     pairs.push(("_count".to_owned(), query.count.to_string()));
     pairs.push(("_offset".to_owned(), offset.to_string()));
