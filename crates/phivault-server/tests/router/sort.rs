@@ -234,6 +234,31 @@ async fn pages_keep_the_order_and_include_still_works() {
         assert_eq!(total(&a), 7);
         assert!(match_ids(&a).is_empty());
 
+        // A batch's search entry sorts the same way; an unsupported key fails that entry only.
+        let bundle = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+            { "request": { "method": "GET", "url": "Patient?_sort=-family&_count=3" } },
+            { "request": { "method": "GET", "url": "Patient?_sort=gender" } },
+        ]});
+        let a = c.json(Method::POST, "/fhir", &bundle).await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        let b = a.json();
+        let found: Vec<&str> = b["entry"][0]["resource"]["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap())
+            .collect();
+        let last_three: Vec<&str> = expected.iter().rev().take(3).map(String::as_str).collect();
+        assert_eq!(found, last_three, "{backend}: {b}");
+        assert_eq!(b["entry"][0]["resource"]["total"], 7);
+        assert!(
+            b["entry"][1]["response"]["status"]
+                .as_str()
+                .unwrap()
+                .starts_with("400"),
+            "{backend}: {b}"
+        );
+
         // _include with _sort: the page's patients come along.
         let pid = &expected[0];
         for day in ["2020-01-01", "2024-01-01"] {

@@ -8,6 +8,11 @@
 //! count is of what the scopes let the principal see, so the refusal says nothing about
 //! resources out of reach.
 //!
+//! Every key sorts from the decrypted bodies, `_id` and `_lastUpdated` included: the store's
+//! plaintext write time is kept to the second only (`meta.lastUpdated` to the millisecond),
+//! and a clinician's search pages its label groups one after the other, so no store order is
+//! the searchset's order: they sort in memory like the others.
+//!
 //! Audit: every resource sorted was read by the server on the principal's behalf, so the
 //! search's audit entry names the patient of every match sorted, not only of the page's.
 
