@@ -45,7 +45,7 @@
 //! For the audit trail, the guard notes in the request's [`AuditSlot`] the effective purpose
 //! of use, every compartment patient it decided on (allowed or denied: a refused request's
 //! entry names the patient too, when there was exactly one), every patient whose resources a
-//! search returns (so each finds the search in their access log) and whether an allowed decision
+//! search returns or sorts (so each finds the search in their access log) and whether an allowed decision
 //! relied on break-the-glass (a new claim or a recorded one).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -897,7 +897,8 @@ impl Access {
     /// Label grants are per patient and one SQL scope excludes the same labels everywhere, so
     /// a clinician's reachable patients are grouped by the labels they may read there (all of
     /// them under a break-the-glass claim), one scope per group; the groups are disjoint, and
-    /// their results are paged one group after the other, in a fixed order.
+    /// their results are paged one group after the other, in a fixed order. A search with
+    /// `_sort` keys reads every match instead and orders them (see `sorted`).
     pub(crate) async fn search(
         &mut self,
         rtype: ResourceType,
