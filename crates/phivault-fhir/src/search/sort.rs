@@ -444,7 +444,11 @@ mod tests {
     #[test]
     fn last_updated_sorts_from_meta() {
         let p = ResourceType::PATIENT;
-        let at = |id: &str, t: &str| json!({ "resourceType": "Patient", "id": id, "meta": { "lastUpdated": t } });
+        let at = |id: &str, t: &str| {
+            let mut b = json!({ "resourceType": "Patient", "id": id });
+            b["meta"] = json!({ "lastUpdated": t });
+            b
+        };
         let bodies = vec![
             at("x", "2024-01-02T00:00:00Z"),
             at("y", "2024-01-01T00:00:00.250Z"),

@@ -45,8 +45,8 @@
 //! For the audit trail, the guard notes in the request's [`AuditSlot`] the effective purpose
 //! of use, every compartment patient it decided on (allowed or denied: a refused request's
 //! entry names the patient too, when there was exactly one), every patient whose resources a
-//! search returns or sorts (so each finds the search in their access log) and whether an allowed decision
-//! relied on break-the-glass (a new claim or a recorded one).
+//! search returns or sorts (so each finds the search in their access log) and whether an
+//! allowed decision relied on break-the-glass (a new claim or a recorded one).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
