@@ -28,6 +28,7 @@ mod search;
 mod spec;
 #[cfg(test)]
 mod spec_tests;
+mod subset;
 mod types;
 mod validate;
 
@@ -49,5 +50,6 @@ pub use search::{
     search_params, unsupported_params,
 };
 pub use spec::{Step, Unsupported, param_counts};
+pub use subset::{SUBSETTED, SUBSETTED_SYSTEM, Subset, is_subsetted};
 pub use types::{Id, ResourceType};
 pub use validate::{ValidResource, Validator};

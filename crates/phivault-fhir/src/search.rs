@@ -438,6 +438,9 @@ pub struct SearchQuery {
     pub summary_count: bool,
     /// Whether the searchset states its total (`_total`).
     pub total: TotalMode,
+    /// `_summary=true|text|data` or `_elements`: the representation of every returned
+    /// resource, included ones too (see [`crate::Subset`]).
+    pub subset: Option<crate::Subset>,
 }
 
 impl SearchQuery {
@@ -461,6 +464,7 @@ impl SearchQuery {
             warnings: Vec::new(),
             summary_count: false,
             total: TotalMode::Accurate,
+            subset: None,
         };
         if let Some((name, _)) = pairs.get(MAX_PARAMS) {
             return Err(bad(
@@ -494,7 +498,25 @@ impl SearchQuery {
                 }
                 "_count" | "_summary" | "_total" | "_totalMethod" => {
                     result_params::apply(&mut query, name, value)?;
+                    if name == "_summary" {
+                        crate::subset::apply_param(
+                            &mut query.subset,
+                            rtype,
+                            name,
+                            value,
+                            lenient,
+                            &mut query.warnings,
+                        )?;
+                    }
                 }
+                "_elements" => crate::subset::apply_param(
+                    &mut query.subset,
+                    rtype,
+                    name,
+                    value,
+                    lenient,
+                    &mut query.warnings,
+                )?,
                 "_offset" => {
                     query.offset = value
                         .trim()
