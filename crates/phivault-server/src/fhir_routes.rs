@@ -15,6 +15,7 @@ mod include;
 mod links;
 mod query;
 mod searchset;
+mod subset;
 
 use std::collections::{HashMap, HashSet};
 
@@ -337,10 +338,13 @@ async fn read(
     State(state): State<AppState>,
     mut access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((t, i)) = path.map_err(path_error)?;
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
+    let subset = subset::asked(rtype, query.as_deref(), &headers)?;
     let current = access.load(rtype, &id).await?;
     let proof = access
         .authorize_current(Action::Read, rtype, &current)
@@ -348,7 +352,7 @@ async fn read(
     match (current, proof) {
         (Current::Live(stored), Some(proof)) => {
             let stored = stored.release(&proof)?;
-            Ok(access.mark(resource_response(&state, StatusCode::OK, &stored, false)))
+            Ok(access.mark(subset::response(&state, stored, subset.as_ref())))
         }
         (other, _) => Err(other.absent(rtype, &id)),
     }
@@ -358,11 +362,14 @@ async fn vread(
     State(state): State<AppState>,
     mut access: Access,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((t, i, v)) = path.map_err(path_error)?;
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
     let version = version_of(&v)?;
+    let subset = subset::asked(rtype, query.as_deref(), &headers)?;
     match state.store.vread_unreleased(rtype, &id, version).await {
         // Decided on the version asked for: it may lie in another compartment than the
         // current one.
@@ -371,7 +378,7 @@ async fn vread(
                 .authorize_stored(Action::Vread, stored.facts())
                 .await?;
             let stored = stored.release(&proof)?;
-            Ok(access.mark(resource_response(&state, StatusCode::OK, &stored, false)))
+            Ok(access.mark(subset::response(&state, stored, subset.as_ref())))
         }
         // No such version, a deletion, or a version that fails its integrity check: answered
         // only to who may read the resource (as currently stored); a refusal otherwise, the
@@ -537,7 +544,7 @@ fn history_paging(pairs: &[(String, String)], lenient: bool) -> Result<(usize, u
                     .parse::<usize>()
                     .map_err(|_| bad("must be a non-negative integer".to_owned()))?;
             }
-            "_format" => {}
+            "_format" | "_summary" | "_elements" => {}
             _ if lenient => {}
             other => {
                 return Err(ApiError::Fhir(FhirError::UnknownSearchParam(
@@ -549,7 +556,12 @@ fn history_paging(pairs: &[(String, String)], lenient: bool) -> Result<(usize, u
     Ok((count, offset))
 }
 
-fn history_entry(state: &AppState, rtype: ResourceType, id: &Id, h: HistoryEntry) -> Value {
+fn history_entry(
+    state: &AppState,
+    (rtype, id): (ResourceType, &Id),
+    h: HistoryEntry,
+    subset: Option<&phivault_fhir::Subset>,
+) -> Value {
     let full_url = format!("{}/{}/{}", base(state), rtype, id);
     let (method, url, status) = if h.deleted {
         ("DELETE", format!("{rtype}/{id}"), "204 No Content")
@@ -563,11 +575,12 @@ fn history_entry(state: &AppState, rtype: ResourceType, id: &Id, h: HistoryEntry
         "request": { "method": method, "url": url },
         "response": {
             "status": status,
-            "etag": etag(h.version),
+            "etag": subset::etag_of(h.version, subset),
             "lastModified": h.last_updated,
         },
     });
-    if let Some(body) = h.body {
+    if let Some(mut body) = h.body {
+        subset::history_body(subset, &mut body);
         entry["resource"] = body;
     }
     entry
@@ -585,6 +598,7 @@ async fn history(
     let id = id_of(&i)?;
     let pairs = parse_pairs(query.as_deref().unwrap_or(""))?;
     let (count, offset) = history_paging(&pairs, lenient(&headers))?;
+    let subset = subset::asked(rtype, query.as_deref(), &headers)?;
     let current = access.load(rtype, &id).await?;
     let proof = access
         .authorize_current(Action::History, rtype, &current)
@@ -611,10 +625,11 @@ async fn history(
     }
     let link = |offset: usize| {
         format!(
-            "{}/{}/{}/_history?_count={count}&_offset={offset}",
+            "{}/{}/{}/_history?_count={count}&_offset={offset}{}",
             base(&state),
             rtype,
-            id
+            id,
+            subset::link_suffix(subset.as_ref())
         )
     };
     let mut links = vec![json!({ "relation": "self", "url": link(offset) })];
@@ -623,7 +638,7 @@ async fn history(
     }
     let entries: Vec<Value> = versions
         .into_iter()
-        .map(|h| history_entry(&state, rtype, &id, h))
+        .map(|h| history_entry(&state, (rtype, &id), h, subset.as_ref()))
         .collect();
     let bundle = json!({
         "resourceType": "Bundle",
@@ -687,7 +702,7 @@ async fn search(
             .chain(includes.iter().map(phivault_fhir::Include::pair))
             .collect(),
     };
-    let (total, resources) = if chains.is_empty() {
+    let (total, mut resources) = if chains.is_empty() {
         access.search(rtype, &query).await?
     } else {
         // The search asked for is decided before anything is looked up for it.
@@ -698,7 +713,9 @@ async fn search(
             (0, Vec::new())
         }
     };
-    let included = include::included(state, access, rtype, &includes, &resources).await?;
+    let mut included = include::included(state, access, rtype, &includes, &resources).await?;
+    subset::matches(query.subset.as_ref(), &mut resources);
+    subset::included(query.subset.as_ref(), &mut included);
     let bundle = searchset::searchset(state, rtype, &query, &echo, total, resources, included);
     Ok(access.mark(fhir_json(StatusCode::OK, &bundle)))
 }
@@ -981,7 +998,8 @@ async fn search_entry(
     rtype: ResourceType,
     query: &SearchQuery,
 ) -> Result<Value, ApiError> {
-    let (total, resources) = access.search(rtype, query).await?;
+    let (total, mut resources) = access.search(rtype, query).await?;
+    subset::matches(query.subset.as_ref(), &mut resources);
     let mut set = json!({
         "resourceType": "Bundle",
         "type": "searchset",

@@ -33,6 +33,8 @@ mod conditional;
 mod http_details;
 #[path = "router/result_params.rs"]
 mod result_params;
+#[path = "router/summary.rs"]
+mod summary;
 // The CLI's generator of raw Synthea output (self-contained files).
 #[path = "../../phivault-cli/src/synth.rs"]
 #[allow(dead_code, unreachable_pub)]

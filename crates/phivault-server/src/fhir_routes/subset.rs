@@ -1,0 +1,93 @@
+//! Subsetted representations (`_summary=true|text|data`, `_elements`) on read, vread,
+//! history and search (see [`phivault_fhir::Subset`]).
+//!
+//! A resource is subsetted after it was decided, released and audited exactly like the whole
+//! resource: subsetting only leaves elements out, so it never widens what is returned.
+//!
+//! ETags: a subset of version `n` is another representation than the whole resource, so it
+//! gets its own weak ETag, `W/"n-subsetted"`. Conditional reads (`If-None-Match`) compare it as
+//! any tag; `If-Match` on an update takes version ETags only, so a subset's ETag is refused
+//! (400) rather than taken as a precondition for a full update. A body carrying the
+//! `SUBSETTED` tag is refused on every write by the validator (400).
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use phivault_fhir::{ResourceType, Subset};
+use phivault_store::StoredResource;
+use serde_json::Value;
+
+use super::include::Included;
+use super::{etag, parse_pairs, resource_response, set_header};
+use crate::{ApiError, AppState};
+
+/// The subset a read, vread or history of `rtype` asks for in its query string (other
+/// parameters are not looked at here). Unknown element names: 400, or ignored when lenient.
+pub(super) fn asked(
+    rtype: ResourceType,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Option<Subset>, ApiError> {
+    let pairs = parse_pairs(query.unwrap_or(""))?;
+    Ok(Subset::from_pairs(rtype, &pairs, super::lenient(headers))?)
+}
+
+/// The ETag of version `version` in the representation `subset`.
+pub(super) fn etag_of(version: u64, subset: Option<&Subset>) -> String {
+    match subset {
+        Some(_) => format!("W/\"{version}-subsetted\""),
+        None => etag(version),
+    }
+}
+
+/// The 200 answer of a read or vread: the resource, subsetted as asked.
+pub(super) fn response(
+    state: &AppState,
+    mut stored: StoredResource,
+    subset: Option<&Subset>,
+) -> Response {
+    let Some(subset) = subset else {
+        return resource_response(state, StatusCode::OK, &stored, false);
+    };
+    subset.apply(&mut stored.body);
+    let mut response = resource_response(state, StatusCode::OK, &stored, false);
+    set_header(
+        &mut response,
+        header::ETAG,
+        &etag_of(stored.version, Some(subset)),
+    );
+    response
+}
+
+/// Subsets the matches of a search page.
+pub(super) fn matches(subset: Option<&Subset>, resources: &mut [StoredResource]) {
+    if let Some(subset) = subset {
+        for r in resources {
+            subset.apply(&mut r.body);
+        }
+    }
+}
+
+/// Subsets what `_include` and `_revinclude` added to a page, as its matches.
+pub(super) fn included(subset: Option<&Subset>, included: &mut Included) {
+    if let Some(subset) = subset {
+        for entry in &mut included.entries {
+            if let Some(resource) = entry.get_mut("resource") {
+                subset.apply(resource);
+            }
+        }
+    }
+}
+
+/// Subsets a version's body in a history.
+pub(super) fn history_body(subset: Option<&Subset>, body: &mut Value) {
+    if let Some(subset) = subset {
+        subset.apply(body);
+    }
+}
+
+/// The query-string suffix (`&_summary=true`) that repeats `subset` in a history link.
+pub(super) fn link_suffix(subset: Option<&Subset>) -> String {
+    subset.map_or_else(String::new, |s| {
+        format!("&{}", super::query_string(&[s.pair()]))
+    })
+}
