@@ -8,7 +8,8 @@
 //! * `_elements=a,b`: those top-level elements, plus the mandatory ones ("servers SHOULD
 //!   return mandatory elements"). A name is an element's name (`birthDate`, `deceased` or
 //!   `deceased[x]`) or one JSON property of a choice (`deceasedBoolean`, which keeps the
-//!   whole choice). An unknown name for the type is a 400, or a warning when lenient.
+//!   whole choice), or `resourceType`. An unknown name for the type is a 400, or a warning
+//!   when lenient.
 //!
 //! Every subset keeps `resourceType`, `id`, `meta` (with its security labels, which the
 //! authorization of the full resource already used) and `modifierExtension` (a modifier
@@ -251,7 +252,8 @@ pub(crate) fn apply_param(
                     ));
                 }
                 let part: String = part.chars().take(MAX_NAME_CHARS).collect();
-                if table.iter().any(|e| names(e, &part)) {
+                // `resourceType` (always returned) is asked for by clients such as fhirpy.
+                if part == "resourceType" || table.iter().any(|e| names(e, &part)) {
                     if !asked.contains(&part) {
                         asked.push(part);
                     }

@@ -182,6 +182,15 @@ fn parameters() {
         .unwrap(),
         Some(Subset::Elements(vec!["deceasedBoolean".to_owned()]))
     );
+    // fhirpy's `elements()` adds `id` and `resourceType`.
+    assert_eq!(
+        parse(&[("_elements", "resourceType,birthDate,id")], false).unwrap(),
+        Some(Subset::Elements(vec![
+            "resourceType".to_owned(),
+            "birthDate".to_owned(),
+            "id".to_owned()
+        ]))
+    );
     // Other parameters are not looked at.
     assert_eq!(parse(&[("family", "x")], false).unwrap(), None);
     for (list, phrase) in [
