@@ -556,12 +556,7 @@ fn history_paging(pairs: &[(String, String)], lenient: bool) -> Result<(usize, u
     Ok((count, offset))
 }
 
-fn history_entry(
-    state: &AppState,
-    (rtype, id): (ResourceType, &Id),
-    h: HistoryEntry,
-    subset: Option<&phivault_fhir::Subset>,
-) -> Value {
+fn history_entry(state: &AppState, rtype: ResourceType, id: &Id, h: HistoryEntry) -> Value {
     let full_url = format!("{}/{}/{}", base(state), rtype, id);
     let (method, url, status) = if h.deleted {
         ("DELETE", format!("{rtype}/{id}"), "204 No Content")
@@ -575,12 +570,11 @@ fn history_entry(
         "request": { "method": method, "url": url },
         "response": {
             "status": status,
-            "etag": subset::etag_of(h.version, subset),
+            "etag": etag(h.version),
             "lastModified": h.last_updated,
         },
     });
-    if let Some(mut body) = h.body {
-        subset::history_body(subset, &mut body);
+    if let Some(body) = h.body {
         entry["resource"] = body;
     }
     entry
@@ -638,7 +632,7 @@ async fn history(
     }
     let entries: Vec<Value> = versions
         .into_iter()
-        .map(|h| history_entry(&state, (rtype, &id), h, subset.as_ref()))
+        .map(|h| subset::history_entry(&state, rtype, &id, h, subset.as_ref()))
         .collect();
     let bundle = json!({
         "resourceType": "Bundle",

@@ -12,8 +12,8 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use phivault_fhir::{ResourceType, Subset};
-use phivault_store::StoredResource;
+use phivault_fhir::{Id, ResourceType, Subset};
+use phivault_store::{HistoryEntry, StoredResource};
 use serde_json::Value;
 
 use super::include::Included;
@@ -78,11 +78,23 @@ pub(super) fn included(subset: Option<&Subset>, included: &mut Included) {
     }
 }
 
-/// Subsets a version's body in a history.
-pub(super) fn history_body(subset: Option<&Subset>, body: &mut Value) {
+/// A version's entry in a history, subsetted as asked: its resource and its etag.
+pub(super) fn history_entry(
+    state: &AppState,
+    rtype: ResourceType,
+    id: &Id,
+    h: HistoryEntry,
+    subset: Option<&Subset>,
+) -> Value {
+    let version = h.version;
+    let mut entry = super::history_entry(state, rtype, id, h);
     if let Some(subset) = subset {
-        subset.apply(body);
+        if let Some(body) = entry.get_mut("resource") {
+            subset.apply(body);
+        }
+        entry["response"]["etag"] = Value::String(etag_of(version, Some(subset)));
     }
+    entry
 }
 
 /// The query-string suffix (`&_summary=true`) that repeats `subset` in a history link.
