@@ -1043,6 +1043,7 @@ async fn transaction(
     let kind = request.kind;
     let atomic = kind == BundleKind::Transaction;
     let mut failed = conditional::resolve_bundle(&mut access, &mut request.entries, atomic).await?;
+    let subsets = subset::bundle_reads(&request.entries, &mut failed, atomic)?;
     let placeholders = placeholders(&request.entries);
     // A batch resolves no placeholders: its entries are independent.
     let resolved_by_store = if atomic {
@@ -1143,6 +1144,7 @@ async fn transaction(
                     tracing::warn!(index, "a Bundle read was refused after the Bundle ran");
                     answers[index] = error_entry(e);
                 }
+                subset::bundle_answer(&mut answers[index], subsets[index].as_ref());
                 if creates_patient
                     && status == Some(201)
                     && let Some(id) = answers[index]

@@ -12,7 +12,7 @@
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use phivault_fhir::{Id, ResourceType, Subset};
+use phivault_fhir::{BundleEntry, EntryMethod, Id, ResourceType, Subset};
 use phivault_store::{HistoryEntry, StoredResource};
 use serde_json::Value;
 
@@ -102,4 +102,55 @@ pub(super) fn link_suffix(subset: Option<&Subset>) -> String {
     subset.map_or_else(String::new, |s| {
         format!("&{}", super::query_string(&[s.pair()]))
     })
+}
+
+/// The subsets asked for by a Bundle's read and vread entries (`GET Type/id?_summary=true`),
+/// one per entry. A bad parameter refuses a transaction (naming the entry) and is the
+/// entry's answer in a batch (`failed`).
+pub(super) fn bundle_reads(
+    entries: &[BundleEntry],
+    failed: &mut [Option<ApiError>],
+    atomic: bool,
+) -> Result<Vec<Option<Subset>>, ApiError> {
+    let mut out = Vec::with_capacity(entries.len());
+    for (index, e) in entries.iter().enumerate() {
+        if e.method != EntryMethod::Get || e.url.id.is_none() {
+            out.push(None);
+            continue;
+        }
+        match Subset::from_pairs(e.url.rtype, &e.url.query, false) {
+            Ok(subset) => out.push(subset),
+            Err(err) if atomic => return Err(super::in_entry(index, err.into())),
+            Err(err) => {
+                if let Some(slot) = failed.get_mut(index)
+                    && slot.is_none()
+                {
+                    *slot = Some(err.into());
+                }
+                out.push(None);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Subsets the answer of a Bundle's read or vread entry: its resource and its etag.
+pub(super) fn bundle_answer(answer: &mut Value, subset: Option<&Subset>) {
+    let Some(subset) = subset else {
+        return;
+    };
+    let Some(resource) = answer.get_mut("resource") else {
+        return;
+    };
+    subset.apply(resource);
+    let version = resource
+        .get("meta")
+        .and_then(|m| m.get("versionId"))
+        .and_then(Value::as_str)
+        .and_then(|v| v.parse::<u64>().ok());
+    if let (Some(version), Some(response)) = (version, answer.get_mut("response"))
+        && response.get("etag").is_some()
+    {
+        response["etag"] = Value::String(etag_of(version, Some(subset)));
+    }
 }

@@ -195,6 +195,49 @@ async fn summaries_and_elements_on_read_and_search() {
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
     let found = &a.json()["entry"][0]["resource"]["entry"][0]["resource"];
     assert_eq!(keys(found), ["gender", "id", "meta", "resourceType"]);
+
+    // And in a batch's reads and vreads; a bad one is that entry's 400, other parameters on
+    // a read are still refused.
+    let bundle = json!({
+        "resourceType": "Bundle", "type": "batch",
+        "entry": [
+            { "request": { "method": "GET", "url": format!("Patient/{pid}?_summary=true") } },
+            { "request": { "method": "GET", "url": format!("Patient/{pid}/_history/1?_elements=gender") } },
+            { "request": { "method": "GET", "url": format!("Patient/{pid}?_elements=shoeSize") } },
+            { "request": { "method": "GET", "url": format!("Patient/{pid}") } },
+        ],
+    });
+    let a = c.json(Method::POST, "/fhir", &bundle).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let answers = a.json()["entry"].as_array().unwrap().clone();
+    assert!(answers[0]["resource"].get("photo").is_none(), "{a:?}");
+    assert!(subsetted(&answers[0]["resource"]));
+    assert_eq!(answers[0]["response"]["etag"], "W/\"1-subsetted\"");
+    assert_eq!(
+        keys(&answers[1]["resource"]),
+        ["gender", "id", "meta", "resourceType"]
+    );
+    assert!(
+        answers[2]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("400"),
+        "{a:?}"
+    );
+    assert!(answers[3]["resource"].get("photo").is_some());
+    assert!(!subsetted(&answers[3]["resource"]));
+    for url in [
+        format!("Patient/{pid}?_elements=shoeSize"),
+        format!("Patient/{pid}?family=x"),
+    ] {
+        let bundle = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [{ "request": { "method": "GET", "url": url } }],
+        });
+        let a = c.json(Method::POST, "/fhir", &bundle).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{url}: {a:?}");
+        assert!(a.diagnostics().contains("Bundle.entry[0]"), "{a:?}");
+    }
 }
 
 #[tokio::test]
