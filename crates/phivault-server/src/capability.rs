@@ -71,7 +71,7 @@ const SUMMARY_DOCUMENTATION: &str = "_summary=true (R4's summary elements), text
     default); _elements=a,b (those top-level elements and the mandatory ones; an unknown name \
     is 400, ignored under Prefer: handling=lenient). Not both: 400. On search (included \
     resources too), read, vread and history. Every subset keeps resourceType, id, meta and \
-    modifierExtension, carries the meta.tag SUBSETTED (v3-ObservationValue) and the ETag \
+    the modifier elements, carries the meta.tag SUBSETTED (v3-ObservationValue) and the ETag \
     W/\"n-subsetted\", which If-Match refuses; a body tagged SUBSETTED is never written (400).";
 
 fn resource_entry(rtype: ResourceType) -> Value {

@@ -3,18 +3,19 @@
 //!
 //! * `_summary=true`: the top-level elements the R4 StructureDefinition marks `isSummary`,
 //!   plus the mandatory ones (`min >= 1`);
-//! * `_summary=text`: `text` and the mandatory top-level elements;
+//! * `_summary=text`: `text` and the mandatory and modifier top-level elements;
 //! * `_summary=data`: everything but `text`;
-//! * `_elements=a,b`: those top-level elements, plus the mandatory ones ("servers SHOULD
-//!   return mandatory elements"). A name is an element's name (`birthDate`, `deceased` or
+//! * `_elements=a,b`: those top-level elements, plus the mandatory and modifier ones
+//!   ("servers SHOULD return mandatory elements"; a modifier such as `Patient.active` changes
+//!   the meaning of the rest, so it is never left out). A name is an element's name (`birthDate`, `deceased` or
 //!   `deceased[x]`) or one JSON property of a choice (`deceasedBoolean`, which keeps the
 //!   whole choice), or `resourceType`. An unknown name for the type is a 400, or a warning
 //!   when lenient.
 //!
 //! Every subset keeps `resourceType`, `id`, `meta` (with its security labels, which the
-//! authorization of the full resource already used) and `modifierExtension` (a modifier
-//! changes the meaning of what is returned, so it is never dropped, although R4 does not mark
-//! it summary), and carries the `meta.tag` [`SUBSETTED`]. A primitive's extension property
+//! authorization of the full resource already used) and the modifiers, `modifierExtension`
+//! included (R4 does not mark it summary, but it changes the meaning of what is returned),
+//! and carries the `meta.tag` [`SUBSETTED`]. A primitive's extension property
 //! (`_birthDate`) goes with its element. Only top-level elements are selected: a kept element
 //! is returned whole (R4's summary flags on nested elements are not applied).
 //!
@@ -51,23 +52,26 @@ pub(crate) struct Element {
     summary: bool,
     /// `min >= 1`.
     mandatory: bool,
+    /// `isModifier`: it changes the meaning of the rest, so every subset keeps it.
+    modifier: bool,
 }
 
-const N: (bool, bool) = (false, false);
-const S: (bool, bool) = (true, false);
-const M: (bool, bool) = (false, true);
-const SM: (bool, bool) = (true, true);
+/// No flag.
+const N: u8 = 0;
+/// `isSummary`.
+const S: u8 = 1;
+/// `min >= 1`.
+const M: u8 = 2;
+/// `isModifier`.
+const X: u8 = 4;
 
-const fn el(
-    name: &'static str,
-    json: &'static [&'static str],
-    (summary, mandatory): (bool, bool),
-) -> Element {
+const fn el(name: &'static str, json: &'static [&'static str], flags: u8) -> Element {
     Element {
         name,
         json,
-        summary,
-        mandatory,
+        summary: flags & S != 0,
+        mandatory: flags & M != 0,
+        modifier: flags & X != 0,
     }
 }
 
@@ -158,6 +162,7 @@ impl Subset {
             return false;
         };
         element.mandatory
+            || element.modifier
             || match self {
                 Subset::Summary => element.summary,
                 Subset::Text => element.name == "text",

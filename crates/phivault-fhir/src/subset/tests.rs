@@ -45,6 +45,9 @@ fn table_has_the_r4_flags() {
     assert_eq!(flag("photo"), Some((false, false)));
     assert_eq!(flag("contact"), Some((false, false)));
     assert_eq!(flag("text"), Some((false, false)));
+    let active = p.iter().find(|e| e.name == "active").unwrap();
+    assert!(active.modifier && active.summary);
+    assert!(!p.iter().find(|e| e.name == "photo").unwrap().modifier);
     let o = elements_of("Observation");
     let status = o.iter().find(|e| e.name == "status").unwrap();
     assert!(status.summary && status.mandatory);
@@ -97,9 +100,17 @@ fn summary_true_keeps_summary_and_mandatory_elements() {
 fn text_data_and_elements() {
     let mut body = patient();
     Subset::Text.apply(&mut body);
+    // deceased[x] is a modifier: kept.
     assert_eq!(
         keys(&body),
-        ["id", "meta", "modifierExtension", "resourceType", "text"]
+        [
+            "deceasedBoolean",
+            "id",
+            "meta",
+            "modifierExtension",
+            "resourceType",
+            "text"
+        ]
     );
     let mut obs = json!({
         "resourceType": "Observation", "status": "final", "code": { "text": "c" },
@@ -135,10 +146,10 @@ fn text_data_and_elements() {
             "resourceType"
         ]
     );
-    // A resource without meta gets one for the tag.
-    let mut bare = json!({ "resourceType": "Patient", "gender": "other" });
+    // A resource without meta gets one for the tag; a modifier (active) is never left out.
+    let mut bare = json!({ "resourceType": "Patient", "gender": "other", "active": false });
     Subset::Elements(vec!["name".to_owned()]).apply(&mut bare);
-    assert_eq!(keys(&bare), ["meta", "resourceType"]);
+    assert_eq!(keys(&bare), ["active", "meta", "resourceType"]);
     assert!(is_subsetted(&bare));
     assert!(!is_subsetted(&patient()));
 }
