@@ -278,7 +278,8 @@ fn parse_etag(etag: &str) -> Option<u64> {
     etag.parse().ok()
 }
 
-/// Parses a relative entry URL: `Type`, `Type/id`, `Type/id/_history/v`, `Type?query`.
+/// Parses a relative entry URL: `Type`, `Type/id`, `Type/id/_history/v`, `Type?query`; a
+/// read or vread may carry `_summary`, `_elements` and `_format` (other methods none).
 fn parse_entry_url(url: &str) -> Result<EntryUrl, String> {
     const SHAPE: &str =
         "request.url must be relative: Type, Type/id, Type/id/_history/version or Type?query";
@@ -313,8 +314,18 @@ fn parse_entry_url(url: &str) -> Result<EntryUrl, String> {
         .transpose()?;
     let query = match query {
         None => Vec::new(),
-        Some(_) if id.is_some() => return Err(SHAPE.to_owned()),
-        Some(query) => parse_query(query)?,
+        Some(query) => {
+            let pairs = parse_query(query)?;
+            // A read or vread takes only the parameters of its representation.
+            if id.is_some()
+                && pairs
+                    .iter()
+                    .any(|(k, _)| !matches!(k.as_str(), "_summary" | "_elements" | "_format"))
+            {
+                return Err(SHAPE.to_owned());
+            }
+            pairs
+        }
     };
     Ok(EntryUrl {
         rtype,
@@ -699,6 +710,20 @@ mod tests {
         .unwrap();
         assert_eq!(bundle.kind, BundleKind::Batch);
         assert!(bundle.entries.is_empty());
+    }
+
+    #[test]
+    fn reads_take_representation_parameters_only() {
+        let url = parse_entry_url("Patient/p1/_history/2?_summary=true&_elements=name").unwrap();
+        assert_eq!((url.id.is_some(), url.version), (true, Some(2)));
+        assert_eq!(url.query.len(), 2);
+        for bad in ["Patient/p1?family=x", "Patient/p1?_summary=true&_count=1"] {
+            assert!(parse_entry_url(bad).is_err(), "{bad}");
+        }
+        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "DELETE", "url": "Patient/p1?_summary=true"}},
+        ]});
+        assert!(BundleRequest::parse(validator(), bundle, 10).is_err());
     }
 
     #[test]

@@ -159,6 +159,12 @@ pub enum FhirError {
         /// The most matches sorted.
         limit: usize,
     },
+    /// A body to write carries the `SUBSETTED` tag: a partial representation (`_summary`,
+    /// `_elements`), which would erase what it left out.
+    #[error(
+        "the resource is tagged SUBSETTED (a partial representation from _summary or _elements) and cannot be written: read it whole, then write it"
+    )]
+    Subsetted,
     /// The shipped FHIR schema could not be loaded or compiled: a fault of the build, not of
     /// the request (a server should not start with it).
     #[error("internal: the FHIR schema could not be loaded: {0}")]

@@ -10,7 +10,8 @@
 //! [`check_compartment`]), which
 //! normalized values each search parameter indexes ([`index_entries`]) and how a search query
 //! parses ([`SearchQuery::parse`]), how transaction and batch Bundles read
-//! ([`BundleRequest`]), and how errors are told to clients ([`OperationOutcome`]).
+//! ([`BundleRequest`]), which elements a `_summary` or `_elements` subset keeps ([`Subset`]),
+//! and how errors are told to clients ([`OperationOutcome`]).
 //!
 //! Guarantees: every public parser returns a typed value or a [`FhirError`] naming the path of
 //! the offending element; nothing here panics on input. Index values and query values go
@@ -28,6 +29,7 @@ mod search;
 mod spec;
 #[cfg(test)]
 mod spec_tests;
+mod subset;
 mod types;
 mod validate;
 
@@ -50,5 +52,6 @@ pub use search::{
     unsupported_params,
 };
 pub use spec::{Step, Unsupported, param_counts};
+pub use subset::{SUBSETTED, SUBSETTED_SYSTEM, Subset, is_subsetted};
 pub use types::{Id, ResourceType};
 pub use validate::{ValidResource, Validator};

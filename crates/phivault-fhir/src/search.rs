@@ -442,6 +442,9 @@ pub struct SearchQuery {
     pub total: TotalMode,
     /// `_sort` keys, in order (empty: the store's order, by id).
     pub sort: Vec<SortKey>,
+    /// `_summary=true|text|data` or `_elements`: the representation of every returned
+    /// resource, included ones too (see [`crate::Subset`]).
+    pub subset: Option<crate::Subset>,
 }
 
 impl SearchQuery {
@@ -466,6 +469,7 @@ impl SearchQuery {
             summary_count: false,
             total: TotalMode::Accurate,
             sort: Vec::new(),
+            subset: None,
         };
         if let Some((name, _)) = pairs.get(MAX_PARAMS) {
             return Err(bad(
@@ -499,6 +503,16 @@ impl SearchQuery {
                 }
                 "_count" | "_summary" | "_total" | "_totalMethod" => {
                     result_params::apply(&mut query, name, value)?;
+                    if name == "_summary" {
+                        crate::subset::apply_param(
+                            &mut query.subset,
+                            rtype,
+                            name,
+                            value,
+                            lenient,
+                            &mut query.warnings,
+                        )?;
+                    }
                 }
                 "_sort" => {
                     query.sort.extend(sort::parse(rtype, value)?);
@@ -506,6 +520,14 @@ impl SearchQuery {
                         return Err(bad(name, "too many sort keys in all"));
                     }
                 }
+                "_elements" => crate::subset::apply_param(
+                    &mut query.subset,
+                    rtype,
+                    name,
+                    value,
+                    lenient,
+                    &mut query.warnings,
+                )?,
                 "_offset" => {
                     query.offset = value
                         .trim()

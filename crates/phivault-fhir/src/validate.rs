@@ -321,6 +321,9 @@ impl Validator {
             });
         }
         let rtype = ResourceType::parse(found)?;
+        if crate::is_subsetted(&body) {
+            return Err(FhirError::Subsetted);
+        }
 
         let mut issues = Vec::new();
         self.check(rtype.as_str(), &body, rtype.as_str(), &mut issues)?;

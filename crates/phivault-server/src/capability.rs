@@ -73,6 +73,14 @@ const SORT_DOCUMENTATION: &str = "_sort on every type but AuditEvent: comma-sepa
     last; ties by id. The index holds no order, so a sorted search decrypts every match the \
     caller may read (each decided and audited like a read, its patient named in the audit \
     entry) and is refused (400 too-costly) above 10,000 matches.";
+/// `_summary` and `_elements`, on search, read, vread and history of every type.
+const SUMMARY_DOCUMENTATION: &str = "_summary=true (R4's summary elements), text (text and \
+    the mandatory elements), data (all but text), count (search: the total only), false (the \
+    default); _elements=a,b (those top-level elements and the mandatory ones; an unknown name \
+    is 400, ignored under Prefer: handling=lenient). Not both: 400. On search (included \
+    resources too), read, vread and history. Every subset keeps resourceType, id, meta and \
+    the modifier elements, carries the meta.tag SUBSETTED (v3-ObservationValue) and the ETag \
+    W/\"n-subsetted\", which If-Match refuses; a body tagged SUBSETTED is never written (400).";
 
 fn resource_entry(rtype: ResourceType) -> Value {
     let mut params = vec![
@@ -90,6 +98,18 @@ fn resource_entry(rtype: ResourceType) -> Value {
                 prefixes eq (default), ne, gt, lt, ge, le, sa and eb with YYYY, YYYY-MM, \
                 YYYY-MM-DD (UTC) or YYYY-MM-DDThh:mm[:ss] with Z or an offset; no fractional \
                 seconds. Compared with the write time the server keeps in the clear (not PHI).",
+        }),
+        json!({
+            "name": "_summary",
+            "definition": "http://hl7.org/fhir/SearchParameter/Resource-summary",
+            "type": "token",
+            "documentation": SUMMARY_DOCUMENTATION,
+        }),
+        json!({
+            "name": "_elements",
+            "definition": "http://hl7.org/fhir/SearchParameter/Resource-elements",
+            "type": "string",
+            "documentation": SUMMARY_DOCUMENTATION,
         }),
     ];
     for def in search_params(rtype) {
@@ -369,7 +389,9 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
                 Preference-Applied; Prefer: handling=lenient on search; an update whose body \
                 id is absent or differs from the URL's answers 400; references to this \
                 server's own absolute URLs are stored relative; references to resources that \
-                do not exist are stored as written (no referential integrity).",
+                do not exist are stored as written (no referential integrity). \
+                _summary=true|text|data and _elements return subsets tagged SUBSETTED (see \
+                each type's searchParam).",
             "security": security(base_url),
             "resource": resources,
             // A result parameter for every type: the order of the searchset.
@@ -529,7 +551,8 @@ mod tests {
             for p in r["searchParam"].as_array().unwrap() {
                 let name = p["name"].as_str().unwrap();
                 assert!(
-                    name == "_id" || name == "_lastUpdated" || served.contains(&name),
+                    ["_id", "_lastUpdated", "_summary", "_elements"].contains(&name)
+                        || served.contains(&name),
                     "{rtype}.{name}"
                 );
                 assert!(

@@ -15,6 +15,7 @@ mod include;
 mod links;
 mod query;
 mod searchset;
+mod subset;
 
 use std::collections::{HashMap, HashSet};
 
@@ -337,10 +338,13 @@ async fn read(
     State(state): State<AppState>,
     mut access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((t, i)) = path.map_err(path_error)?;
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
+    let subset = subset::asked(rtype, query.as_deref(), &headers)?;
     let current = access.load(rtype, &id).await?;
     let proof = access
         .authorize_current(Action::Read, rtype, &current)
@@ -348,7 +352,7 @@ async fn read(
     match (current, proof) {
         (Current::Live(stored), Some(proof)) => {
             let stored = stored.release(&proof)?;
-            Ok(access.mark(resource_response(&state, StatusCode::OK, &stored, false)))
+            Ok(access.mark(subset::response(&state, stored, subset.as_ref())))
         }
         (other, _) => Err(other.absent(rtype, &id)),
     }
@@ -358,11 +362,14 @@ async fn vread(
     State(state): State<AppState>,
     mut access: Access,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((t, i, v)) = path.map_err(path_error)?;
     let rtype = rtype_of(&t)?;
     let id = id_of(&i)?;
     let version = version_of(&v)?;
+    let subset = subset::asked(rtype, query.as_deref(), &headers)?;
     match state.store.vread_unreleased(rtype, &id, version).await {
         // Decided on the version asked for: it may lie in another compartment than the
         // current one.
@@ -371,7 +378,7 @@ async fn vread(
                 .authorize_stored(Action::Vread, stored.facts())
                 .await?;
             let stored = stored.release(&proof)?;
-            Ok(access.mark(resource_response(&state, StatusCode::OK, &stored, false)))
+            Ok(access.mark(subset::response(&state, stored, subset.as_ref())))
         }
         // No such version, a deletion, or a version that fails its integrity check: answered
         // only to who may read the resource (as currently stored); a refusal otherwise, the
@@ -537,7 +544,7 @@ fn history_paging(pairs: &[(String, String)], lenient: bool) -> Result<(usize, u
                     .parse::<usize>()
                     .map_err(|_| bad("must be a non-negative integer".to_owned()))?;
             }
-            "_format" => {}
+            "_format" | "_summary" | "_elements" => {}
             _ if lenient => {}
             other => {
                 return Err(ApiError::Fhir(FhirError::UnknownSearchParam(
@@ -585,6 +592,7 @@ async fn history(
     let id = id_of(&i)?;
     let pairs = parse_pairs(query.as_deref().unwrap_or(""))?;
     let (count, offset) = history_paging(&pairs, lenient(&headers))?;
+    let subset = subset::asked(rtype, query.as_deref(), &headers)?;
     let current = access.load(rtype, &id).await?;
     let proof = access
         .authorize_current(Action::History, rtype, &current)
@@ -611,10 +619,11 @@ async fn history(
     }
     let link = |offset: usize| {
         format!(
-            "{}/{}/{}/_history?_count={count}&_offset={offset}",
+            "{}/{}/{}/_history?_count={count}&_offset={offset}{}",
             base(&state),
             rtype,
-            id
+            id,
+            subset::link_suffix(subset.as_ref())
         )
     };
     let mut links = vec![json!({ "relation": "self", "url": link(offset) })];
@@ -623,7 +632,7 @@ async fn history(
     }
     let entries: Vec<Value> = versions
         .into_iter()
-        .map(|h| history_entry(&state, rtype, &id, h))
+        .map(|h| subset::history_entry(&state, rtype, &id, h, subset.as_ref()))
         .collect();
     let bundle = json!({
         "resourceType": "Bundle",
@@ -687,7 +696,7 @@ async fn search(
             .chain(includes.iter().map(phivault_fhir::Include::pair))
             .collect(),
     };
-    let (total, resources) = if chains.is_empty() {
+    let (total, mut resources) = if chains.is_empty() {
         access.search(rtype, &query).await?
     } else {
         // The search asked for is decided before anything is looked up for it.
@@ -698,7 +707,9 @@ async fn search(
             (0, Vec::new())
         }
     };
-    let included = include::included(state, access, rtype, &includes, &resources).await?;
+    let mut included = include::included(state, access, rtype, &includes, &resources).await?;
+    subset::matches(query.subset.as_ref(), &mut resources);
+    subset::included(query.subset.as_ref(), &mut included);
     let bundle = searchset::searchset(state, rtype, &query, &echo, total, resources, included);
     Ok(access.mark(fhir_json(StatusCode::OK, &bundle)))
 }
@@ -981,7 +992,8 @@ async fn search_entry(
     rtype: ResourceType,
     query: &SearchQuery,
 ) -> Result<Value, ApiError> {
-    let (total, resources) = access.search(rtype, query).await?;
+    let (total, mut resources) = access.search(rtype, query).await?;
+    subset::matches(query.subset.as_ref(), &mut resources);
     let mut set = json!({
         "resourceType": "Bundle",
         "type": "searchset",
@@ -1031,6 +1043,7 @@ async fn transaction(
     let kind = request.kind;
     let atomic = kind == BundleKind::Transaction;
     let mut failed = conditional::resolve_bundle(&mut access, &mut request.entries, atomic).await?;
+    let subsets = subset::bundle_reads(&request.entries, &mut failed, atomic)?;
     let placeholders = placeholders(&request.entries);
     // A batch resolves no placeholders: its entries are independent.
     let resolved_by_store = if atomic {
@@ -1131,6 +1144,7 @@ async fn transaction(
                     tracing::warn!(index, "a Bundle read was refused after the Bundle ran");
                     answers[index] = error_entry(e);
                 }
+                subset::bundle_answer(&mut answers[index], subsets[index].as_ref());
                 if creates_patient
                     && status == Some(201)
                     && let Some(id) = answers[index]

@@ -35,6 +35,8 @@ mod http_details;
 mod result_params;
 #[path = "router/sort.rs"]
 mod sort;
+#[path = "router/summary.rs"]
+mod summary;
 // The CLI's generator of raw Synthea output (self-contained files).
 #[path = "../../phivault-cli/src/synth.rs"]
 #[allow(dead_code, unreachable_pub)]

@@ -191,6 +191,41 @@ def check_include():
     assert raw["total"] == 1, raw["total"]
 
 
+
+def check_summary_and_elements():
+    body = patient(f"Su{RUN}", "Fay", f"su-{RUN}", "1977-07-07")
+    body["photo"] = [{"contentType": "image/png", "data": "iVBORw0K"}]
+    pat = client.resource("Patient", **body)
+    pat.save()
+
+    def subsetted(resource):
+        return any(
+            t.get("code") == "SUBSETTED"
+            and t.get("system") == "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+            for t in resource["meta"].get("tag", [])
+        )
+
+    # fhirpy's elements() asks for the names given plus id and resourceType.
+    raw = client.resources("Patient").search(_id=pat.id).elements("birthDate").fetch_raw()
+    valid(raw)
+    found = raw["entry"][0]["resource"]
+    assert set(found) == {"resourceType", "id", "meta", "birthDate"}, found
+    assert subsetted(found), found
+    # _summary=true: the summary elements (name, birthDate), not photo.
+    raw = client.resources("Patient").search(_id=pat.id, _summary="true").fetch_raw()
+    valid(raw)
+    found = raw["entry"][0]["resource"]
+    assert "photo" not in found and found["birthDate"] == "1977-07-07", found
+    assert subsetted(found), found
+    # A read with _summary=text, validated too; the whole resource is untouched.
+    text = client.execute(f"Patient/{pat.id}", method="get", params={"_summary": "text"})
+    valid(text)
+    assert subsetted(text) and "photo" not in text and "name" not in text, text
+    whole = client.reference("Patient", pat.id).to_resource()
+    assert whole["photo"][0]["contentType"] == "image/png"
+    assert not any(t.get("code") == "SUBSETTED" for t in whole.get("meta", {}).get("tag", []))
+
+
 CHECKS = [
     check_capability_statement,
     check_fhirclient_create_read_search,
@@ -200,6 +235,7 @@ CHECKS = [
     check_sort,
     check_get_or_create,
     check_include,
+    check_summary_and_elements,
 ]
 
 # Checks the server does not pass yet are named in PHIVAULT_PY_EXPECTED_FAILURES (comma

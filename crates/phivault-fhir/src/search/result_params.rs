@@ -4,8 +4,8 @@
 //!   value is capped to the maximum and a warning says so (the searchset carries it as an
 //!   OperationOutcome entry), rather than refused.
 //! * `_summary=count`: the total only (as `_count=0`, whatever `_count` says); `_summary=false`
-//!   is the default. Other summaries (`true`, `text`, `data`) are refused: the server returns
-//!   whole resources only.
+//!   is the default. The other summaries (`true`, `text`, `data`) and `_elements` shape the
+//!   resources returned (see `crate::subset`).
 //! * `_total=none` leaves the total out; `estimate` and `accurate` give the exact total (the
 //!   count is computed anyway, over what the principal may read only).
 
@@ -46,13 +46,8 @@ pub(crate) fn apply(query: &mut SearchQuery, name: &str, value: &str) -> Result<
         }
         "_summary" => match value {
             "count" => query.summary_count = true,
-            "false" => query.summary_count = false,
-            _ => {
-                return Err(bad(
-                    name,
-                    "only count and false are supported: the server returns whole resources",
-                ));
-            }
+            // Checked (and remembered) by `subset::apply_param`.
+            _ => query.summary_count = false,
         },
         "_total" => {
             query.total = match value {
@@ -108,6 +103,18 @@ mod tests {
         assert_eq!(q.count, 0);
         let q = parse(&[("_summary", "false"), ("_count", "20")]).unwrap();
         assert_eq!(q.count, 20);
+        let q = parse(&[("_summary", "true"), ("_count", "20")]).unwrap();
+        assert_eq!((q.count, q.subset), (20, Some(crate::Subset::Summary)));
+        let q = parse(&[("_summary", "count"), ("_summary", "text")]).unwrap();
+        assert_eq!(
+            (q.summary_count, q.subset),
+            (false, Some(crate::Subset::Text))
+        );
+        let q = parse(&[("_elements", "birthDate")]).unwrap();
+        assert_eq!(
+            q.subset,
+            Some(crate::Subset::Elements(vec!["birthDate".to_owned()]))
+        );
         assert_eq!(parse(&[]).unwrap().total, TotalMode::Accurate);
         assert_eq!(parse(&[("_total", "none")]).unwrap().total, TotalMode::None);
         assert_eq!(
@@ -127,8 +134,7 @@ mod tests {
             ("_count", "-1", "non-negative integer"),
             ("_count", "ten", "non-negative integer"),
             ("_count", "99999999999999999999999", "non-negative integer"),
-            ("_summary", "true", "only count and false"),
-            ("_summary", "text", "only count and false"),
+            ("_summary", "all", "true, text, data, count or false"),
             ("_total", "all", "none, estimate or accurate"),
         ] {
             match parse(&[(name, value)]) {

@@ -42,6 +42,9 @@ pub(super) fn search_link(
     if query.summary_count {
         pairs.push(("_summary".to_owned(), "count".to_owned()));
     }
+    if let Some(subset) = &query.subset {
+        pairs.push(subset.pair());
+    }
     if query.total == TotalMode::None {
         pairs.push(("_total".to_owned(), "none".to_owned()));
     }
