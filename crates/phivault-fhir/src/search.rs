@@ -1330,13 +1330,13 @@ mod tests {
         assert_eq!((q.count, q.offset), (1000, 20));
         let q = SearchQuery::parse(
             p,
-            &pairs(&[("_elements", "x"), ("foo:bar", "y"), ("family", "x")]),
+            &pairs(&[("_containedType", "x"), ("foo:bar", "y"), ("family", "x")]),
             true,
         )
         .unwrap();
         assert_eq!(
             q.ignored,
-            vec!["_elements".to_owned(), "foo:bar".to_owned()]
+            vec!["_containedType".to_owned(), "foo:bar".to_owned()]
         );
         assert_eq!(q.params.len(), 1);
     }
@@ -1451,7 +1451,7 @@ mod tests {
             ),
             (org, "family", "x", "", ""),
             (p, "code", "x", "", ""),
-            (p, "_elements", "x", "", ""),
+            (p, "_containedType", "x", "", ""),
             (p, "name.family", "x", "", ""),
         ];
         for (rtype, name, value, param, phrase) in cases {
