@@ -94,6 +94,20 @@ impl Filter {
 /// group of compartments.
 const MAX_KEYED_BINDS: usize = 4000;
 
+/// Index rows counted, at most, to tell how selective a search test is (see `Store::drive`).
+const PROBE_CAP: usize = 1000;
+
+/// How a statement tests the index (see `Store::drive`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drive {
+    /// Every test as the set of ids it matches (`c.id IN (SELECT ...)`).
+    Sets,
+    /// `_id` gives the candidates; every index test probes each of them.
+    Ids,
+    /// This parameter's set gives the candidates; every other test probes each of them.
+    Param(usize),
+}
+
 /// Whether an entry's tokens are keyed per compartment.
 fn keyed(e: &IndexEntry) -> bool {
     is_compartment_keyed(&e.param)
@@ -111,6 +125,7 @@ impl Store {
         query: &SearchQuery,
         scope: &SearchScope,
         keys: Option<&[String]>,
+        drive: Drive,
     ) -> Filter {
         let mut f = Filter {
             sql: String::new(),
@@ -251,27 +266,42 @@ impl Store {
                 sql.push_str(&self.index_test(&t, &r, &tokens, false));
             }
         }
-        // Whether the resource has (or, `present` false, has none of) one of `entries`.
-        let exists = |f: &mut Filter, entries: &[IndexEntry], present: bool| -> String {
+        // Whether the resource has (or, `present` false, has none of) one of `entries`,
+        // tested on each candidate (`probe`) or as the set of matching ids.
+        let exists = |f: &mut Filter, entries: &[IndexEntry], present: bool, probe: bool| {
             let tokens = tokens_of(f, entries);
             if tokens.is_empty() {
                 return if present { "1 = 0" } else { "1 = 1" }.to_owned();
             }
-            self.index_test(&t, &r, &tokens, present)
+            if probe {
+                format!(
+                    "{}EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
+                     AND s.rtype = c.rtype AND s.token IN ({}) AND s.id = c.id)",
+                    if present { "" } else { "NOT " },
+                    tokens.join(", ")
+                )
+            } else {
+                self.index_test(&t, &r, &tokens, present)
+            }
         };
-        for param in &query.params {
+        for (i, param) in query.params.iter().enumerate() {
             if keys.is_none() && param.entries().any(keyed) {
                 continue;
             }
+            let probe = match drive {
+                Drive::Sets => false,
+                Drive::Ids => true,
+                Drive::Param(driver) => i != driver,
+            };
             // Any of the entries, or every test of one conjunction (date ranges).
             let mut alternatives = Vec::new();
             if !param.any_of.is_empty() {
-                alternatives.push(exists(&mut f, &param.any_of, true));
+                alternatives.push(exists(&mut f, &param.any_of, true, probe));
             }
             for tests in &param.conjunctions {
                 let all: Vec<String> = tests
                     .iter()
-                    .map(|t| exists(&mut f, &t.any_of, t.present))
+                    .map(|t| exists(&mut f, &t.any_of, t.present, probe))
                     .collect();
                 alternatives.push(format!("({})", all.join(" AND ")));
             }
@@ -366,7 +396,7 @@ impl Store {
                 }
             }
             None => {
-                let f = self.filter(rtype, query, scope, None);
+                let f = self.filter(rtype, query, scope, None, Drive::Sets);
                 let sql = format!(
                     "SELECT DISTINCT c.key_id AS key_id FROM current_resources c WHERE {}",
                     f.sql
@@ -383,6 +413,70 @@ impl Store {
         keys.sort();
         keys.dedup();
         Ok(Some(keys))
+    }
+
+    /// How SQLite should run a search's index tests (PostgreSQL plans semi-joins itself,
+    /// whatever form they are written in: [`Drive::Sets`]).
+    ///
+    /// SQLite runs a `c.id IN (SELECT ...)` test by reading every id that matches it, so a
+    /// search with an unselective test (`status=final`, a `code` every Observation has, an
+    /// open date range) beside a selective one (`subject=Patient/X`) would cost what the
+    /// unselective test matches in the whole type. So when a search has two tests or more,
+    /// the one matching the fewest index rows (counted up to [`PROBE_CAP`], from the index
+    /// alone) gives the candidate ids, and every other test probes the index's primary key
+    /// for each candidate. `_id` gives the candidates whenever it is present.
+    async fn drive(&self, rtype: ResourceType, query: &SearchQuery) -> Result<Drive, StoreError> {
+        if self.inner.backend != Backend::Sqlite || query.params.is_empty() {
+            return Ok(Drive::Sets);
+        }
+        if query.ids.is_some() {
+            return Ok(Drive::Ids);
+        }
+        if query.params.len() < 2 {
+            return Ok(Drive::Sets);
+        }
+        let mut best: Option<(i64, usize)> = None;
+        for (i, param) in query.params.iter().enumerate() {
+            // Only plain "any of these entries" tests can give the candidates.
+            if param.any_of.is_empty()
+                || !param.conjunctions.is_empty()
+                || param.any_of.iter().any(keyed)
+            {
+                continue;
+            }
+            let mut f = Filter {
+                sql: String::new(),
+                binds: vec![
+                    Bind::Text(self.inner.tenant.clone()),
+                    Bind::Text(rtype.as_str().to_owned()),
+                ],
+            };
+            let tokens: Vec<String> = param
+                .any_of
+                .iter()
+                .map(|e| {
+                    let token = self
+                        .inner
+                        .keys
+                        .search_token(rtype.as_str(), &e.param, &e.value);
+                    f.placeholder(Bind::Bytes(token))
+                })
+                .collect();
+            let sql = format!(
+                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM search_index WHERE tenant = $1 \
+                 AND rtype = $2 AND token IN ({}) LIMIT {PROBE_CAP}) x",
+                tokens.join(", ")
+            );
+            let n: i64 = f
+                .bind_all(sqlx::query(&sql))
+                .fetch_one(&self.inner.pool)
+                .await?
+                .try_get("n")?;
+            if best.is_none_or(|(fewest, _)| n < fewest) {
+                best = Some((n, i));
+            }
+        }
+        Ok(best.map_or(Drive::Sets, |(_, i)| Drive::Param(i)))
     }
 
     /// Runs a search over everything: resources of `rtype` matching every parameter, one
@@ -425,8 +519,9 @@ impl Store {
         query: &SearchQuery,
         scope: &SearchScope,
     ) -> Result<SearchPage, StoreError> {
+        let drive = self.drive(rtype, query).await?;
         let Some(keys) = self.keyed_compartments(rtype, query, scope).await? else {
-            return self.search_page(rtype, query, scope, None).await;
+            return self.search_page(rtype, query, scope, None, drive).await;
         };
         let per_key = scope.exclude_labels.iter().filter(|e| keyed(e)).count()
             + query
@@ -437,7 +532,9 @@ impl Store {
                 .count();
         let group = (MAX_KEYED_BINDS / per_key.max(1)).max(1);
         if keys.len() <= group {
-            return self.search_page(rtype, query, scope, Some(&keys)).await;
+            return self
+                .search_page(rtype, query, scope, Some(&keys), drive)
+                .await;
         }
         let mut page = SearchPage {
             total: 0,
@@ -449,7 +546,9 @@ impl Store {
             let mut q = query.clone();
             q.offset = if room > 0 { skip } else { 0 };
             q.count = room;
-            let part = self.search_page(rtype, &q, scope, Some(chunk)).await?;
+            let part = self
+                .search_page(rtype, &q, scope, Some(chunk), drive)
+                .await?;
             page.total = page.total.saturating_add(part.total);
             if room > 0 {
                 room = room.saturating_sub(part.resources.len());
@@ -467,8 +566,9 @@ impl Store {
         query: &SearchQuery,
         scope: &SearchScope,
         keys: Option<&[String]>,
+        drive: Drive,
     ) -> Result<SearchPage, StoreError> {
-        let f = self.filter(rtype, query, scope, keys);
+        let f = self.filter(rtype, query, scope, keys, drive);
         let count_sql = format!(
             "SELECT COUNT(*) AS n FROM current_resources c WHERE {}",
             f.sql

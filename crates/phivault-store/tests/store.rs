@@ -21,6 +21,8 @@ mod date_range;
 mod proofs;
 #[path = "store/rotation.rs"]
 mod rotation;
+#[path = "store/search_plan.rs"]
+mod search_plan;
 #[path = "store/shred.rs"]
 mod shred;
 #[path = "store/statistics.rs"]
