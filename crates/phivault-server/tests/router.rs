@@ -31,6 +31,8 @@ mod bulk;
 mod conditional;
 #[path = "router/http_details.rs"]
 mod http_details;
+#[path = "router/quantity.rs"]
+mod quantity;
 #[path = "router/result_params.rs"]
 mod result_params;
 // The CLI's generator of raw Synthea output (self-contained files).
