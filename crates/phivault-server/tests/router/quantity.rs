@@ -161,3 +161,47 @@ async fn numeric_values_are_not_in_the_database_files() {
     }
     assert!(scanned > 10_000, "{scanned}");
 }
+
+#[tokio::test]
+async fn decimals_keep_their_written_precision_on_read_and_search() {
+    let c = ctx().await;
+    let (pid, _) = c.create(&patient("Precise")).await;
+    // (as written, as read back): serde_json writes an exponent as `e` and a sign.
+    for (written, read) in [
+        ("1.50", "1.50"),
+        ("0.10", "0.10"),
+        ("100.00", "100.00"),
+        ("-0.0", "-0.0"),
+        ("1e2", "1e+2"),
+        ("2.50E-3", "2.50e-3"),
+    ] {
+        let body = format!(
+            r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"subject":{{"reference":"Patient/{pid}"}},"valueQuantity":{{"value":{written},"unit":"u{written}"}}}}"#
+        );
+        let a = c
+            .send(
+                c.req_as(&c.token, Method::POST, "/fhir/Observation")
+                    .header(header::CONTENT_TYPE, "application/fhir+json")
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+        // The number as written, then the next key.
+        let needle = format!(r#""value":{read},"unit""#);
+        let created = String::from_utf8(a.body.clone()).unwrap();
+        assert!(created.contains(&needle), "{written}: {created}");
+        let id = a.json()["id"].as_str().unwrap().to_owned();
+        let read_back = c.get(&format!("/fhir/Observation/{id}")).await;
+        let text = String::from_utf8(read_back.body.clone()).unwrap();
+        assert!(text.contains(&needle), "{written}: {text}");
+        let found = c
+            .get(&format!(
+                "/fhir/Observation?_id={id}&value-quantity={written}"
+            ))
+            .await;
+        assert_eq!(total(&found), 1, "{written}");
+        let text = String::from_utf8(found.body.clone()).unwrap();
+        assert!(text.contains(&needle), "{written}: {text}");
+    }
+}
