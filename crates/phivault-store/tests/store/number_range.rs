@@ -227,3 +227,44 @@ fn random_u64() -> u64 {
     phivault_crypto::random_bytes(&mut b).unwrap();
     u64::from_le_bytes(b)
 }
+
+#[tokio::test]
+async fn number_tokens_of_an_older_index_format_are_rebuilt() {
+    let obs = ResourceType::parse("Observation").unwrap();
+    for f in fixtures().await {
+        let s = &f.store;
+        let pat = s
+            .create(valid(patient("Oldnum", "Ola")), &NoAudit)
+            .await
+            .unwrap();
+        // The helper's Observation has a valueQuantity of 72 /min.
+        let o = s
+            .create(valid(observation(&pat.id, "8867-4")), &NoAudit)
+            .await
+            .unwrap();
+        let find = |store: &Store| {
+            let store = store.clone();
+            async move {
+                store
+                    .search(obs, &query(obs, &[("value-quantity", "gt70||/min")]))
+                    .await
+                    .unwrap()
+                    .total
+            }
+        };
+        assert_eq!(find(s).await, 1);
+        // An index of format 3 (no number tokens).
+        sqlx::query("UPDATE index_formats SET format = 3")
+            .execute(s.pool())
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM search_index WHERE id = $1")
+            .bind(o.id.as_str())
+            .execute(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(find(s).await, 0);
+        let reopened = f.reopen(&f.key).await.unwrap();
+        assert_eq!(find(&reopened).await, 1, "{}", f.label);
+    }
+}
