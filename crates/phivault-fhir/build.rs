@@ -219,6 +219,8 @@ fn main() -> Res<()> {
                         "token" => "Token",
                         "reference" => "Reference",
                         "date" => "Date",
+                        "number" => "Number",
+                        "quantity" => "Quantity",
                         _ => "Uri",
                     };
                     let mut paths_src = String::new();
@@ -309,7 +311,10 @@ fn decide(
     if let Some((_, why)) = NOT_SERVED.iter().find(|(n, _)| *n == code) {
         return Err((*why).to_owned());
     }
-    if !matches!(kind, "string" | "token" | "reference" | "date" | "uri") {
+    if !matches!(
+        kind,
+        "string" | "token" | "reference" | "date" | "uri" | "number" | "quantity"
+    ) {
         return Err(format!(
             "{kind} parameters are not supported on encrypted indexes"
         ));
@@ -468,6 +473,11 @@ fn indexes(kind: &str, ty: &str) -> bool {
         "reference" => ty == "Reference",
         "date" => matches!(ty, "date" | "dateTime" | "instant" | "Period"),
         "uri" => matches!(ty, "uri" | "url" | "canonical" | "oid" | "uuid"),
+        "number" => matches!(ty, "decimal" | "integer" | "positiveInt" | "unsignedInt"),
+        "quantity" => matches!(
+            ty,
+            "Quantity" | "Age" | "Duration" | "Count" | "Distance" | "Money" | "SimpleQuantity"
+        ),
         _ => false,
     }
 }
@@ -596,9 +606,12 @@ fn resolve(
     }
     let mut out = Vec::new();
     for (steps, ty, choice) in alts {
+        // A quantity parameter's `as Range` and `as SampledData` alternatives are not indexed
+        // (a Range is not one value, SampledData a series): the parameter serves the others.
+        let skipped = kind == "quantity" && matches!(ty.as_str(), "Range" | "SampledData");
         if indexes(kind, &ty) {
             out.push(steps);
-        } else if !choice {
+        } else if !choice && !skipped {
             return Err(format!(
                 "the expression selects a {ty}, which a {kind} parameter does not index"
             ));

@@ -7,11 +7,21 @@
 //! limit), with a visitor that builds the [`Value`] and fails on the second occurrence of a
 //! key in one object. The error names no key or value (bodies hold PHI); it carries the line
 //! and column like any `serde_json` error.
+//!
+//! Numbers keep their text: the workspace enables `serde_json`'s `arbitrary_precision`, under
+//! which the parser hands a number to a visitor as a one-entry map whose key is
+//! [`NUMBER_TOKEN`] and whose value is the number as written; it becomes a [`Number`] holding
+//! that text (a FHIR decimal's precision is part of its value: `1.50` is not `1.5`). The
+//! parser normalizes only an exponent's notation (`1e2` and `1E2` become `1e+2`): digits, value
+//! and precision are kept.
 
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+
+/// The key under which `serde_json` (with `arbitrary_precision`) passes a number's text.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 /// The message of the error a duplicate key raises (see [`is_duplicate_key`]).
 pub(crate) const DUPLICATE_KEY: &str = "duplicate object key";
@@ -96,6 +106,14 @@ impl<'de> Visitor<'de> for UniqueValue {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            if out.is_empty() && key == NUMBER_TOKEN {
+                // A number as written; the parser has checked its syntax.
+                let text: String = map.next_value()?;
+                let number = text
+                    .parse::<Number>()
+                    .map_err(|_| de::Error::custom("invalid number"))?;
+                return Ok(Value::Number(number));
+            }
             if out.contains_key(&key) {
                 return Err(de::Error::custom(DUPLICATE_KEY));
             }
@@ -125,6 +143,24 @@ mod tests {
             let theirs: Value = serde_json::from_str(text).unwrap();
             assert_eq!(ours, theirs, "{text}");
         }
+    }
+
+    #[test]
+    fn numbers_keep_their_text() {
+        let text =
+            r#"{"a":1.50,"b":0.10,"c":1e+2,"d":-0.0,"e":18446744073709551616,"f":[5.40e-3]}"#;
+        let v = from_slice_unique(text.as_bytes()).unwrap();
+        assert_eq!(serde_json::to_string(&v).unwrap(), text);
+        assert_eq!(v["a"].as_f64(), Some(1.5));
+        assert_eq!(v["c"].as_f64(), Some(100.0));
+        // serde_json writes an exponent as `e` and a sign: the digits, and so the value and
+        // its precision, are kept; only the notation of the exponent is normalized.
+        let v = from_slice_unique(br#"[1e2,5.40E-3]"#).unwrap();
+        assert_eq!(serde_json::to_string(&v).unwrap(), "[1e+2,5.40e-3]");
+        // An object that merely has that key is an object (a client cannot forge a number).
+        let forged = format!(r#"{{"a":{{"{NUMBER_TOKEN}":"1"}}}}"#);
+        let v = from_slice_unique(forged.as_bytes()).unwrap();
+        assert!(v["a"].is_object() || v["a"].is_number(), "{v}");
     }
 
     #[test]

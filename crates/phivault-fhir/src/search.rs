@@ -20,13 +20,17 @@
 //!   years 1800 to 2200, values outside in one bucket each side (see `date_range`, which
 //!   also says where the tokens only approximate).
 //! * **uri**: equality with the exact value.
+//! * **number** and **quantity**: the prefixes `eq ne gt lt ge le sa eb ap` over decimals and
+//!   integers, and over Quantity (Age, Duration, Count, Distance, Money) values per unit
+//!   (`5.4`, `5.4|system|code`, `5.4||code-or-unit`); a value is indexed under sign, decimal
+//!   exponent and leading-digit buckets, and a range is covered exactly by the fewest of them
+//!   (see `number_range`).
 //! * **`_lastUpdated`**: the same prefixes, over the write time the store keeps (see
 //!   `last_updated`).
 //!
 //! The parameters of each type are generated from the specification (see `spec`). The `ap`
-//! prefix, times in date search values, free-text modifiers and the parameter kinds a blind
-//! index does not serve (number, quantity, composite, special) are refused with a message
-//! saying so.
+//! prefix on dates, times in date search values, free-text modifiers and the parameter kinds
+//! a blind index does not serve (composite, special) are refused with a message saying so.
 
 use std::collections::BTreeSet;
 
@@ -40,6 +44,7 @@ use crate::{FhirError, Id, ResourceType, ValidResource};
 
 mod date_range;
 mod last_updated;
+mod number_range;
 mod result_params;
 mod sort;
 pub use date_range::TokenTest;
@@ -94,6 +99,10 @@ pub enum SearchParamKind {
     Date,
     /// URIs matched exactly.
     Uri,
+    /// Decimals and integers, with order prefixes over covering buckets.
+    Number,
+    /// Quantities (value and unit), with order prefixes over covering buckets per unit.
+    Quantity,
 }
 
 impl SearchParamKind {
@@ -105,6 +114,8 @@ impl SearchParamKind {
             SearchParamKind::Reference => "reference",
             SearchParamKind::Date => "date",
             SearchParamKind::Uri => "uri",
+            SearchParamKind::Number => "number",
+            SearchParamKind::Quantity => "quantity",
         }
     }
 }
@@ -199,6 +210,12 @@ pub fn index_entries_of(rtype: ResourceType, body: &Value) -> Vec<IndexEntry> {
                     }
                 }
                 SearchParamKind::Date => out.extend(date_range::index_value(def.name, value)),
+                SearchParamKind::Number => {
+                    out.extend(number_range::index_number_value(def.name, value));
+                }
+                SearchParamKind::Quantity => {
+                    out.extend(number_range::index_quantity_value(def.name, value));
+                }
                 SearchParamKind::Uri => {
                     if let Some(uri) = value.as_str().map(str::trim).filter(|u| !u.is_empty()) {
                         out.insert(IndexEntry::new(def.name, uri));
@@ -689,6 +706,27 @@ fn parse_param(
                         return Err(bad(name, "empty value"));
                     }
                     IndexEntry::new(def.name, raw)
+                }
+                Some(m) => return Err(modifier_refused(m)),
+            },
+            SearchParamKind::Number | SearchParamKind::Quantity => match modifier {
+                None => {
+                    let quantity = def.kind == SearchParamKind::Quantity;
+                    match number_range::parse_query(def.name, &part, quantity) {
+                        Ok(date_range::Matcher::AnyOf(entries)) => {
+                            for e in entries {
+                                if !any_of.contains(&e) {
+                                    any_of.push(e);
+                                }
+                            }
+                            continue;
+                        }
+                        Ok(date_range::Matcher::Conjunctions(c)) => {
+                            conjunctions.extend(c);
+                            continue;
+                        }
+                        Err(message) => return Err(bad(name, message)),
+                    }
                 }
                 Some(m) => return Err(modifier_refused(m)),
             },

@@ -192,13 +192,25 @@ mod tests {
             &[&[Step::Field(&["subject"]), Step::RefIs("Patient")][..]]
         );
         let unsupported: Vec<&str> = obs.unsupported.iter().map(|u| u.name).collect();
-        for name in [
-            "value-quantity",
-            "code-value-quantity",
-            "combo-code-value-concept",
-        ] {
+        for name in ["code-value-quantity", "combo-code-value-concept"] {
             assert!(unsupported.contains(&name), "{name}");
         }
+        // Quantity parameters are served over their Quantity alternatives; the SampledData
+        // ones are left out.
+        let quantity = obs
+            .params
+            .iter()
+            .find(|d| d.name == "value-quantity")
+            .unwrap();
+        assert_eq!(quantity.kind, SearchParamKind::Quantity);
+        assert_eq!(quantity.paths, &[&[Step::Field(&["valueQuantity"])][..]]);
+        let probability = type_spec("RiskAssessment")
+            .unwrap()
+            .params
+            .iter()
+            .find(|d| d.name == "probability")
+            .unwrap();
+        assert_eq!(probability.kind, SearchParamKind::Number);
         let email = type_spec("Patient")
             .unwrap()
             .params

@@ -88,8 +88,8 @@ mod generated_tests {
         for (rtype, name, phrase) in [
             (
                 "Observation",
-                "value-quantity",
-                "quantity parameters are not supported",
+                "code-value-quantity",
+                "composite parameters are not supported",
             ),
             (
                 "Observation",
@@ -103,7 +103,6 @@ mod generated_tests {
                 "FHIRPath the server does not evaluate",
             ),
             ("Patient", "phonetic", "phonetic matching"),
-            ("RiskAssessment", "probability", "number parameters"),
         ] {
             match parse(rtype, name, "1") {
                 Err(FhirError::BadSearchValue { param, message }) => {

@@ -17,6 +17,8 @@ fn kind_code(kind: SearchParamKind) -> &'static str {
         SearchParamKind::Reference => "reference",
         SearchParamKind::Date => "date",
         SearchParamKind::Uri => "uri",
+        SearchParamKind::Number => "number",
+        SearchParamKind::Quantity => "quantity",
         _ => "special",
     }
 }
@@ -49,6 +51,16 @@ fn kind_documentation(kind: SearchParamKind) -> &'static str {
         SearchParamKind::Uri => {
             "Matched over a blind index (HMAC tokens, no plaintext): the exact URI. No :below \
              or :above."
+        }
+        SearchParamKind::Number | SearchParamKind::Quantity => {
+            "Matched over a blind index (HMAC tokens, no plaintext): the prefixes eq \
+             (default: within the implicit range of the value's written precision, 5.4 is \
+             [5.35, 5.45)), ne, gt, lt, ge, le (against the exact value), sa, eb and ap (the eq \
+             range or within 10%). Quantities as number, number|system|code or number||code \
+             (code or unit text), no unit conversion. A value is indexed under sign, decimal \
+             exponent and leading-digit buckets; a range is served exactly as the fewest \
+             buckets covering it, so the index reveals no order. Search values: at most 6 \
+             significant digits (5 for eq, ne, sa, eb, ap), magnitudes 1e-12 to 1e16 or 0."
         }
         _ => "Matched over a blind index (HMAC tokens, no plaintext), equality only.",
     }
@@ -378,8 +390,9 @@ pub(crate) fn capability_statement(base_url: &str) -> Value {
                 OperationOutcome, and AuditEvent (the audit trail, read-only). A resource of \
                 a Patient-compartment type must name exactly one patient as Patient/{id} \
                 (422 otherwise); directory types must not reference a Patient. Each type \
-                lists the standard search parameters it serves; number, quantity, composite \
-                and special parameters, and those whose expression is not evaluated, are \
+                lists the standard search parameters it serves (number and quantity \
+                parameters with prefixes over bucket tokens, like dates); composite and \
+                special parameters, and those whose expression is not evaluated, are \
                 refused with 400. HTTP: JSON only (an Accept admitting no JSON type, or a \
                 _format other than json, answers 406); transactions and batches at [base] and \
                 [base]/; conditional read with If-None-Match (the version ETag, W/\"n\") or \
@@ -522,6 +535,8 @@ mod tests {
             SearchParamKind::Reference,
             SearchParamKind::Date,
             SearchParamKind::Uri,
+            SearchParamKind::Number,
+            SearchParamKind::Quantity,
         ];
         for k in kinds {
             assert_ne!(kind_code(k), "special");
@@ -573,7 +588,14 @@ mod tests {
         assert!(names("Claim").contains(&"patient".to_owned()));
         assert!(names("ExplanationOfBenefit").contains(&"patient".to_owned()));
         assert!(names("Observation").contains(&"code".to_owned()));
-        assert!(!names("Observation").contains(&"value-quantity".to_owned()));
+        for (t, p) in [
+            ("Observation", "value-quantity"),
+            ("Observation", "component-value-quantity"),
+            ("RiskAssessment", "probability"),
+        ] {
+            assert!(names(t).contains(&p.to_owned()), "{t}.{p}");
+        }
+        assert!(!names("Observation").contains(&"code-value-quantity".to_owned()));
         assert!(!names("Location").contains(&"near".to_owned()));
 
         // Every listed include is one a search accepts, and the common ones are listed.

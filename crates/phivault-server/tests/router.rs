@@ -31,6 +31,8 @@ mod bulk;
 mod conditional;
 #[path = "router/http_details.rs"]
 mod http_details;
+#[path = "router/quantity.rs"]
+mod quantity;
 #[path = "router/result_params.rs"]
 mod result_params;
 #[path = "router/sort.rs"]

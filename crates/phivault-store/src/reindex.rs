@@ -7,7 +7,10 @@
 //! searches of format 2 would no longer find them (a labelled resource would escape the label
 //! filtering of searches). Format 3 indexes each date value by the year, month and day tokens
 //! of its first and last day (`{param}:lo`, `{param}:hi`), which date range searches cover;
-//! format 2 date tokens would not be found by them. So a tenant on an older format (an installation from before, or a
+//! format 2 date tokens would not be found by them. Format 4 indexes number and quantity
+//! values under their sign, exponent and leading-digit buckets (see
+//! `phivault_fhir::search::number_range`), which number and quantity searches cover; format 3
+//! has no such tokens. So a tenant on an older format (an installation from before, or a
 //! restored older archive) has every live resource's tokens recomputed from its sealed body
 //! when the store opens, before anything is served, and only then is the format recorded.
 //! Resources of erased compartments are skipped (their tokens are swept with them), and so is
@@ -20,7 +23,7 @@ use crate::resources::index_token;
 use crate::{Store, StoreError};
 
 /// The index format this code writes and searches.
-pub(crate) const INDEX_FORMAT: i64 = 3;
+pub(crate) const INDEX_FORMAT: i64 = 4;
 
 /// Resources re-indexed per write transaction.
 const BATCH: i64 = 200;

@@ -17,6 +17,8 @@ mod all_types;
 mod compartments;
 #[path = "store/date_range.rs"]
 mod date_range;
+#[path = "store/number_range.rs"]
+mod number_range;
 #[path = "store/proofs.rs"]
 mod proofs;
 #[path = "store/rotation.rs"]

@@ -104,11 +104,11 @@ async fn new_types_support_every_interaction() {
         );
     }
     // Unsupported parameters: a precise 400.
-    let a = c.get("/fhir/Observation?value-quantity=5").await;
+    let a = c.get("/fhir/Observation?code-value-quantity=5").await;
     a.assert_outcome(StatusCode::BAD_REQUEST, "invalid");
     assert!(
         a.diagnostics()
-            .contains("quantity parameters are not supported"),
+            .contains("composite parameters are not supported"),
         "{a:?}"
     );
     // Types not stored here.
