@@ -23,10 +23,13 @@ use router_fixture::setup_sized;
 const SIZES: [usize; 3] = [100, 1_000, 10_000];
 const PER_PATIENT: usize = 4;
 
+/// A case: its group name, its URI for patient `i`, and the hits it returns.
+type Case<'a> = (&'static str, Box<dyn Fn(usize) -> String + 'a>, usize);
+
 fn benches(c: &mut Criterion) {
     for n in SIZES {
         let bench = setup_sized(n, PER_PATIENT);
-        let cases: [(&str, Box<dyn Fn(usize) -> String>, usize); 4] = [
+        let cases: [Case<'_>; 4] = [
             (
                 "patient_observations",
                 Box::new(|i| format!("/fhir/Observation?subject=Patient/{}", bench.patients[i])),
