@@ -1,7 +1,10 @@
 //! Search over the blind index: every parameter value becomes an HMAC token, matched by
 //! equality; no plaintext value reaches SQL.
 
-use phivault_fhir::{Id, IndexEntry, ResourceType, SearchQuery, is_compartment_keyed};
+use phivault_fhir::{
+    Id, IndexEntry, ResourceType, SearchParam, SearchQuery, compartment_params,
+    is_compartment_keyed,
+};
 use sqlx::Row;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
@@ -352,6 +355,7 @@ impl Store {
         rtype: ResourceType,
         query: &SearchQuery,
         scope: &SearchScope,
+        drive: Drive,
     ) -> Result<Option<Vec<String>>, StoreError> {
         let needed = scope.exclude_labels.iter().any(keyed)
             || query.params.iter().any(|p| p.entries().any(keyed));
@@ -396,7 +400,7 @@ impl Store {
                 }
             }
             None => {
-                let f = self.filter(rtype, query, scope, None, Drive::Sets);
+                let f = self.filter(rtype, query, scope, None, drive);
                 let sql = format!(
                     "SELECT DISTINCT c.key_id AS key_id FROM current_resources c WHERE {}",
                     f.sql
@@ -424,7 +428,10 @@ impl Store {
     /// unselective test matches in the whole type. So when a search has two tests or more,
     /// the one matching the fewest index rows (counted up to [`PROBE_CAP`], from the index
     /// alone) gives the candidate ids, and every other test probes the index's primary key
-    /// for each candidate. `_id` gives the candidates whenever it is present.
+    /// for each candidate. `_id` gives the candidates whenever it is present. The tests are
+    /// counted compartment parameters first (a patient's reference is usually the most
+    /// selective), each only up to the fewest rows counted so far, so an unselective test
+    /// costs no more than the selective one found before it.
     async fn drive(&self, rtype: ResourceType, query: &SearchQuery) -> Result<Drive, StoreError> {
         if self.inner.backend != Backend::Sqlite || query.params.is_empty() {
             return Ok(Drive::Sets);
@@ -435,14 +442,24 @@ impl Store {
         if query.params.len() < 2 {
             return Ok(Drive::Sets);
         }
+        // Only plain "any of these entries" tests can give the candidates.
+        let mut candidates: Vec<(usize, &SearchParam)> = query
+            .params
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                !p.any_of.is_empty() && p.conjunctions.is_empty() && !p.any_of.iter().any(keyed)
+            })
+            .collect();
+        let compartment = compartment_params(rtype);
+        candidates.sort_by_key(|(_, p)| {
+            !compartment.contains(&p.name.split(':').next().unwrap_or_default())
+        });
         let mut best: Option<(i64, usize)> = None;
-        for (i, param) in query.params.iter().enumerate() {
-            // Only plain "any of these entries" tests can give the candidates.
-            if param.any_of.is_empty()
-                || !param.conjunctions.is_empty()
-                || param.any_of.iter().any(keyed)
-            {
-                continue;
+        for (i, param) in candidates {
+            let cap = best.map_or(PROBE_CAP as i64, |(fewest, _)| fewest);
+            if cap == 0 {
+                break;
             }
             let mut f = Filter {
                 sql: String::new(),
@@ -464,7 +481,7 @@ impl Store {
                 .collect();
             let sql = format!(
                 "SELECT COUNT(*) AS n FROM (SELECT 1 FROM search_index WHERE tenant = $1 \
-                 AND rtype = $2 AND token IN ({}) LIMIT {PROBE_CAP}) x",
+                 AND rtype = $2 AND token IN ({}) LIMIT {cap}) x",
                 tokens.join(", ")
             );
             let n: i64 = f
@@ -520,7 +537,7 @@ impl Store {
         scope: &SearchScope,
     ) -> Result<SearchPage, StoreError> {
         let drive = self.drive(rtype, query).await?;
-        let Some(keys) = self.keyed_compartments(rtype, query, scope).await? else {
+        let Some(keys) = self.keyed_compartments(rtype, query, scope, drive).await? else {
             return self.search_page(rtype, query, scope, None, drive).await;
         };
         let per_key = scope.exclude_labels.iter().filter(|e| keyed(e)).count()

@@ -155,6 +155,7 @@ pub(crate) fn setup_sized(patients: usize, per_patient: usize) -> Bench {
 
 impl Bench {
     /// One audited GET; returns the number of resources in a searchset (1 for a read).
+    #[allow(dead_code)]
     pub(crate) fn get(&self, uri: &str) -> usize {
         self.runtime.block_on(async {
             let mut req = Request::builder()
@@ -177,4 +178,76 @@ impl Bench {
             v["entry"].as_array().map_or(1, Vec::len)
         })
     }
+
+    /// One whole system-level Bulk Data export, as a client runs it: the asynchronous
+    /// kick-off, the status request that returns the manifest, the download of every NDJSON
+    /// file, then the `DELETE` that removes the job. Returns the resources exported.
+    #[allow(dead_code)]
+    pub(crate) fn bulk_export(&self) -> usize {
+        self.runtime.block_on(async {
+            let kickoff = self
+                .send(Method::GET, "/fhir/$export", Some("respond-async"))
+                .await;
+            assert_eq!(kickoff.0, StatusCode::ACCEPTED);
+            let status = local_path(kickoff.1.as_deref().expect("Content-Location"));
+            let (code, _, body) = self.send(Method::GET, &status, None).await;
+            assert_eq!(code, StatusCode::OK, "the export runs during its kick-off");
+            let manifest: Value = serde_json::from_slice(&body).unwrap();
+            let mut resources = 0;
+            for file in manifest["output"].as_array().unwrap() {
+                let url = local_path(file["url"].as_str().unwrap());
+                let (code, _, body) = self.send(Method::GET, &url, None).await;
+                assert_eq!(code, StatusCode::OK, "{url}");
+                resources += body
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count();
+            }
+            let (code, _, _) = self.send(Method::DELETE, &status, None).await;
+            assert!(code.is_success(), "{code}");
+            resources
+        })
+    }
+
+    /// One request with the app's token: (status, Content-Location, body).
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        prefer: Option<&str>,
+    ) -> (StatusCode, Option<String>, Vec<u8>) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::ACCEPT, "application/fhir+json");
+        if let Some(prefer) = prefer {
+            req = req.header("prefer", prefer);
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 1))));
+        let resp = phivault_server::router(self.state.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get(header::CONTENT_LOCATION)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec();
+        (status, location, body)
+    }
+}
+
+/// The path and query of one of the server's absolute URLs (the router sees no host).
+#[allow(dead_code)]
+fn local_path(url: &str) -> String {
+    url.strip_prefix("https://127.0.0.1:8443")
+        .unwrap_or_else(|| panic!("not this server's URL: {url}"))
+        .to_owned()
 }
