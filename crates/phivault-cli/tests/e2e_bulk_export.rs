@@ -182,7 +182,15 @@ async fn bulk_export() {
             ("$export?_type=Nope", "_type"),
             ("$export?_outputFormat=text%2Fcsv", "_outputFormat"),
             ("$export?_since=2024-01-01", "_since"),
-            ("$export?_typeFilter=Observation%3Fcode%3Dx", "_typeFilter"),
+            ("$export?_typeFilter=Observation%3Fnope%3Dx", "_typeFilter"),
+            (
+                "$export?_typeFilter=Observation%3F_sort%3Ddate",
+                "_typeFilter",
+            ),
+            (
+                "$export?_type=Patient&_typeFilter=Observation%3Fstatus%3Dfinal",
+                "_typeFilter",
+            ),
             ("Patient/$export?_type=Practitioner", "compartment"),
         ] {
             kick_off_with(&sys, q, true, None)
@@ -223,6 +231,45 @@ async fn bulk_export() {
             ["Observation", "Patient"],
             "{label}"
         );
+
+        // ---- _typeFilter: only the filtered type is narrowed; several filters are ORed.
+        let filtered = export(
+            &sys,
+            &query(
+                "$export",
+                &[
+                    ("_type", "Observation,Patient"),
+                    ("_typeFilter", &format!("Observation?subject=Patient/{a}")),
+                ],
+            ),
+            None,
+        )
+        .await;
+        let of = |patients: &[&String]| -> BTreeSet<String> {
+            obs.iter()
+                .filter(|(_, p)| patients.contains(p))
+                .map(|(o, _)| o.clone())
+                .collect()
+        };
+        assert_eq!(ids(filtered.get("Observation")), of(&[&a]), "{label}");
+        assert_eq!(
+            ids(filtered.get("Patient")),
+            ids(only.get("Patient")),
+            "{label}"
+        );
+        let either = export(
+            &sys,
+            &query(
+                "$export",
+                &[(
+                    "_typeFilter",
+                    &format!("Observation?subject=Patient/{a},Observation?subject=Patient/{b}"),
+                )],
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(ids(either.get("Observation")), of(&[&a, &b]), "{label}");
 
         // ---- _since: what changed after the newest resource exported so far.
         // Compared as instants: stamps drop trailing zeros of their fractions.

@@ -281,12 +281,63 @@ struct Request {
     /// Named in `_type` (else every type of the level).
     types: Option<Vec<ResourceType>>,
     since: Option<OffsetDateTime>,
+    /// `_typeFilter`: per type, searches whose hits alone are exported (any of them).
+    filters: HashMap<ResourceType, Vec<Vec<(String, String)>>>,
+}
+
+/// Result parameters a `_typeFilter` search may not carry: the export pages, orders and
+/// shapes its own output.
+const NOT_IN_TYPE_FILTER: &[&str] = &[
+    "_count",
+    "_offset",
+    "_sort",
+    "_summary",
+    "_elements",
+    "_total",
+    "_totalMethod",
+    "_include",
+    "_revinclude",
+    "_contained",
+    "_containedType",
+    "_format",
+];
+
+/// One `_typeFilter` value (`Type?search`, itself URL-encoded): its type and its query pairs,
+/// checked as that type's search would be (unknown parameters and malformed values: 400).
+fn parse_type_filter(value: &str) -> Result<(ResourceType, Vec<(String, String)>), ApiError> {
+    let bad = |why: &str| {
+        ApiError::BadRequest(format!(
+            "_typeFilter: {why} (a filter is Type?search, for example Observation%3Fstatus%3Dfinal)"
+        ))
+    };
+    let (t, query) = value
+        .split_once('?')
+        .ok_or_else(|| bad("no `?` between the type and its search"))?;
+    let rtype = ResourceType::parse(t.trim())
+        .map_err(|_| bad("the filter does not start with a resource type this server stores"))?;
+    let pairs = parse_pairs(query)?;
+    if pairs.is_empty() {
+        return Err(bad("the filter has no search parameter"));
+    }
+    if let Some((name, _)) = pairs
+        .iter()
+        .find(|(n, _)| NOT_IN_TYPE_FILTER.contains(&n.split(':').next().unwrap_or_default()))
+    {
+        return Err(bad(&format!(
+            "`{}` is a result parameter, not a search parameter",
+            name.chars().take(64).collect::<String>()
+        )));
+    }
+    SearchQuery::parse(rtype, &pairs, false)
+        .map_err(|e| ApiError::BadRequest(format!("_typeFilter: {e}")))?;
+    Ok((rtype, pairs))
 }
 
 fn parse_request(query: Option<&str>) -> Result<Request, ApiError> {
     let mut request = Request {
         types: None,
         since: None,
+        filters: HashMap::new(),
     };
     for (name, value) in parse_pairs(query.unwrap_or(""))? {
         match name.as_str() {
@@ -323,14 +374,28 @@ fn parse_request(query: Option<&str>) -> Result<Request, ApiError> {
                 })?;
                 request.since = Some(since);
             }
+            "_typeFilter" => {
+                // Filters are separated by commas; a comma inside one arrives encoded (%2C).
+                for filter in value.split(',').filter(|f| !f.trim().is_empty()) {
+                    let (rtype, pairs) = parse_type_filter(filter)?;
+                    request.filters.entry(rtype).or_default().push(pairs);
+                }
+            }
             _ => {
                 return Err(ApiError::BadRequest(format!(
-                    "$export takes _outputFormat, _type and _since, not `{}` (no _typeFilter, \
+                    "$export takes _outputFormat, _type, _since and _typeFilter, not `{}` (no \
                      _elements or includeAssociatedData)",
                     name.chars().take(64).collect::<String>()
                 )));
             }
         }
+    }
+    if let Some(types) = &request.types
+        && let Some(t) = request.filters.keys().find(|t| !types.contains(t))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "_typeFilter: {t} is not among the types named in _type"
+        )));
     }
     Ok(request)
 }
@@ -417,16 +482,38 @@ async fn export_search(
     }
 }
 
-/// Exports `rtype` at `level` into `out`. `Ok(false)` when the principal may not search it.
+/// Exports `rtype` at `level` into `out`: the hits of any of `filters` (`_typeFilter`
+/// searches of the type; none: every resource of the level). `Ok(false)` when the principal
+/// may not search it.
 async fn export_type(
     access: &mut Access,
     rtype: ResourceType,
     level: &Level,
+    filters: Option<&Vec<Vec<(String, String)>>>,
     out: &mut Output,
 ) -> Result<bool, ApiError> {
+    let unfiltered = vec![Vec::new()];
+    let filters = filters.unwrap_or(&unfiltered);
+    // A resource matching several filters is exported once.
     let mut seen = HashSet::new();
+    let mut allowed = true;
+    for filter in filters {
+        allowed &= export_filtered(access, rtype, level, filter, &mut seen, out).await?;
+    }
+    Ok(allowed)
+}
+
+/// Exports the hits of one search of `rtype` (`filter`, possibly empty) at `level`.
+async fn export_filtered(
+    access: &mut Access,
+    rtype: ResourceType,
+    level: &Level,
+    filter: &[(String, String)],
+    seen: &mut HashSet<Id>,
+    out: &mut Output,
+) -> Result<bool, ApiError> {
     let Level::Members(members) = level else {
-        return export_search(access, rtype, &[], &mut seen, out).await;
+        return export_search(access, rtype, filter, seen, out).await;
     };
     let mut allowed = true;
     for chunk in members.chunks(PER_QUERY) {
@@ -440,8 +527,9 @@ async fn export_type(
                 .map(|param| vec![((*param).to_owned(), refs.join(","))])
                 .collect()
         };
-        for p in pairs {
-            allowed &= export_search(access, rtype, &p, &mut seen, out).await?;
+        for mut p in pairs {
+            p.extend(filter.iter().cloned());
+            allowed &= export_search(access, rtype, &p, seen, out).await?;
         }
     }
     Ok(allowed)
@@ -513,7 +601,8 @@ async fn kick_off(
         ));
     }
     for rtype in allowed {
-        export_type(access, rtype, &level, &mut out).await?;
+        let filters = request.filters.get(&rtype);
+        export_type(access, rtype, &level, filters, &mut out).await?;
     }
 
     let job = uuid::Uuid::new_v4().to_string();
@@ -685,11 +774,32 @@ mod tests {
         assert_eq!(r.types.unwrap().len(), 2);
         assert!(r.since.is_some());
         assert!(parse_request(Some("_outputFormat=application%2Ffhir%2Bndjson")).is_ok());
+        let r = parse_request(Some(
+            "_typeFilter=Observation%3Fstatus%3Dfinal,Observation%3Fcode%3Dhttp%253A%252F%252Floinc.org%257C8867-4,Patient%3Fgender%3Dfemale",
+        ))
+        .unwrap();
+        let obs = ResourceType::parse("Observation").unwrap();
+        assert_eq!(
+            r.filters[&obs].len(),
+            2,
+            "two filters of one type: either matches"
+        );
+        assert_eq!(
+            r.filters[&obs][1],
+            vec![("code".to_owned(), "http://loinc.org|8867-4".to_owned())],
+            "a filter's own query is decoded once more"
+        );
+        assert_eq!(r.filters[&ResourceType::PATIENT].len(), 1);
         for bad in [
             "_type=Nope",
             "_since=2024-01-01",
             "_outputFormat=text%2Fcsv",
-            "_typeFilter=Observation%3Fcode%3Dx",
+            "_typeFilter=Observation",
+            "_typeFilter=Nope%3Fstatus%3Dfinal",
+            "_typeFilter=Observation%3Fnope%3Dx",
+            "_typeFilter=Observation%3F_count%3D5",
+            "_typeFilter=Observation%3Fdate%3Dxx",
+            "_type=Patient&_typeFilter=Observation%3Fstatus%3Dfinal",
         ] {
             assert!(parse_request(Some(bad)).is_err(), "{bad}");
         }

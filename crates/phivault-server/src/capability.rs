@@ -277,8 +277,8 @@ fn bulk_operations() -> Value {
         type at [base]/$export-file/{job}/{Type}.ndjson) to the principal that started the job \
         only (404 to others); DELETE on the status URL cancels and deletes. Parameters: \
         _outputFormat (application/fhir+ndjson, application/ndjson, ndjson), _type, _since (an \
-        instant; meta.lastUpdated strictly after it); no _typeFilter, _elements or \
-        includeAssociatedData. For backend services (system/ scopes) and researchers under \
+        instant; meta.lastUpdated strictly after it), _typeFilter (Type?search, ORed per \
+        type, run as the caller's search); no _elements or includeAssociatedData. For backend services (system/ scopes) and researchers under \
         the policies; every resource is decided like a search hit of the caller (scopes, \
         labels, consent), every patient exported is named in the kick-off's audit entry. The \
         export runs during the kick-off; its output is held in memory only (never on disk), \
