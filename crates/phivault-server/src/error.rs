@@ -298,6 +298,11 @@ pub(crate) const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 /// A FHIR JSON response with `status`.
 pub(crate) fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    fhir_json_bytes(status, bytes)
+}
+
+/// A FHIR JSON answer of JSON text already serialized.
+pub(crate) fn fhir_json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON))],

@@ -233,9 +233,38 @@ pub(crate) fn resource_response(
     location: bool,
 ) -> Response {
     let mut response = fhir_json(status, &stored.body);
-    set_header(&mut response, header::ETAG, &etag(stored.version));
+    resource_headers(state, &mut response, stored, location);
+    response
+}
+
+/// The 200 answer of a read whose body is served as it was stored: the decrypted JSON text,
+/// not serialized again (only for a resource whose body was not changed since it was read).
+pub(crate) fn as_stored_response(state: &AppState, stored: &StoredResource) -> Response {
+    let Some(json) = stored.as_stored() else {
+        return resource_response(state, StatusCode::OK, stored, false);
+    };
+    // The stored text and the body it parsed to say the same: a caller that changed the body
+    // must not come here (the tests run with this check).
+    debug_assert_eq!(
+        serde_json::to_vec(&stored.body).ok().as_deref(),
+        Some(json),
+        "a changed body was served as stored"
+    );
+    let mut response = crate::error::fhir_json_bytes(StatusCode::OK, json.to_vec());
+    resource_headers(state, &mut response, stored, false);
+    response
+}
+
+/// The ETag, Last-Modified and (on a create) Location of a resource's answer.
+fn resource_headers(
+    state: &AppState,
+    response: &mut Response,
+    stored: &StoredResource,
+    location: bool,
+) {
+    set_header(response, header::ETAG, &etag(stored.version));
     if let Some(date) = http_date(&stored.last_updated) {
-        set_header(&mut response, header::LAST_MODIFIED, &date);
+        set_header(response, header::LAST_MODIFIED, &date);
     }
     if location {
         let url = format!(
@@ -245,9 +274,8 @@ pub(crate) fn resource_response(
             stored.id,
             stored.version
         );
-        set_header(&mut response, header::LOCATION, &url);
+        set_header(response, header::LOCATION, &url);
     }
-    response
 }
 
 // ---------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ impl StoreOptions {
 
 /// A resource as stored: its current or requested version, decrypted and checked.
 /// `Debug` shows type, id and version only: the body is PHI.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct StoredResource {
     /// Type.
     pub rtype: phivault_fhir::ResourceType,
@@ -107,6 +107,59 @@ pub struct StoredResource {
     pub last_updated: String,
     /// The body, with `id` and `meta` stamped by the server.
     pub body: Value,
+    /// The JSON text `body` was decrypted from (None for what a write returns). Read through
+    /// [`StoredResource::as_stored`] only: it no longer matches `body` once `body` is changed.
+    stored_json: Option<std::sync::Arc<[u8]>>,
+}
+
+impl StoredResource {
+    /// A resource built by the store from a body it holds (a write's result: no stored text
+    /// kept).
+    pub(crate) fn new(
+        rtype: phivault_fhir::ResourceType,
+        id: phivault_fhir::Id,
+        version: u64,
+        last_updated: String,
+        body: Value,
+    ) -> Self {
+        StoredResource {
+            rtype,
+            id,
+            version,
+            last_updated,
+            body,
+            stored_json: None,
+        }
+    }
+
+    /// Keeps the JSON text the body was parsed from.
+    pub(crate) fn with_stored_json(mut self, json: Vec<u8>) -> Self {
+        self.stored_json = Some(json.into());
+        self
+    }
+
+    /// The body's JSON exactly as it was decrypted, to answer a read without serializing the
+    /// body again (the stored text is what `serde_json` wrote from the same body at write
+    /// time, and a parse then a write of it yields the same text).
+    ///
+    /// Only for a resource whose `body` was not changed since it was read (subsetting,
+    /// redaction, ...): a caller that changed it must serialize `body` instead. None for a
+    /// write's result.
+    pub fn as_stored(&self) -> Option<&[u8]> {
+        self.stored_json.as_deref()
+    }
+}
+
+/// Equality is of what the resource is (type, id, version, time, body), not of whether the
+/// stored JSON text came along.
+impl PartialEq for StoredResource {
+    fn eq(&self, other: &Self) -> bool {
+        self.rtype == other.rtype
+            && self.id == other.id
+            && self.version == other.version
+            && self.last_updated == other.last_updated
+            && self.body == other.body
+    }
 }
 
 /// One version in a resource's history. `Debug` leaves the body out (PHI).

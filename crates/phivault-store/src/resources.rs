@@ -429,7 +429,7 @@ impl Store {
         let deleted: i64 = row.try_get("deleted")?;
         let key_live = row.try_get::<i64, _>("key_live")? > 0;
         let body = self
-            .open_version(
+            .open_version_text(
                 rtype,
                 id,
                 to_i64(version),
@@ -633,13 +633,7 @@ impl Store {
         self.insert_index_in(conn, rtype, &id, &tokens).await?;
         let version = to_u64(version);
         Ok(PutOutcome {
-            stored: StoredResource {
-                rtype,
-                id,
-                version,
-                last_updated: now_text,
-                body: resource.into_body(),
-            },
+            stored: StoredResource::new(rtype, id, version, now_text, resource.into_body()),
             created: current.is_none(),
             patient,
         })
@@ -873,7 +867,7 @@ impl Store {
         };
         let is_deleted = cur_deleted != 0;
         let body = self
-            .open_version(rtype, id, cur, is_deleted, &key_id, &sealed, key_live)
+            .open_version_text(rtype, id, cur, is_deleted, &key_id, &sealed, key_live)
             .await?;
         if is_deleted {
             return Err(StoreError::Gone {
@@ -914,6 +908,23 @@ impl Store {
         sealed: &[u8],
         key_live: bool,
     ) -> Result<Value, StoreError> {
+        self.open_version_text(rtype, id, version, deleted, key_id, sealed, key_live)
+            .await
+            .map(|opened| opened.body)
+    }
+
+    /// [`Self::open_version`], keeping the JSON text too.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn open_version_text(
+        &self,
+        rtype: ResourceType,
+        id: &Id,
+        version: i64,
+        deleted: bool,
+        key_id: &str,
+        sealed: &[u8],
+        key_live: bool,
+    ) -> Result<Opened, StoreError> {
         if !key_live {
             return Err(self.key_missing(rtype, id, version, key_id).await);
         }
@@ -943,7 +954,7 @@ impl Store {
                 return Err(self.integrity(rtype, id, version, "content does not match its row"));
             }
         }
-        Ok(body)
+        Ok(Opened { body, json: plain })
     }
 
     /// Logs an integrity failure (ids only, no content) and builds the error.
@@ -985,14 +996,21 @@ fn last_updated_of(body: &Value, deleted: bool) -> String {
         .to_owned()
 }
 
-fn stored_from(rtype: ResourceType, id: &Id, version: u64, body: Value) -> StoredResource {
-    StoredResource {
+fn stored_from(rtype: ResourceType, id: &Id, version: u64, opened: Opened) -> StoredResource {
+    StoredResource::new(
         rtype,
-        id: id.clone(),
+        id.clone(),
         version,
-        last_updated: last_updated_of(&body, false),
-        body,
-    }
+        last_updated_of(&opened.body, false),
+        opened.body,
+    )
+    .with_stored_json(opened.json)
+}
+
+/// A version decrypted and checked: the body and the JSON text it was parsed from.
+pub(crate) struct Opened {
+    pub(crate) body: Value,
+    pub(crate) json: Vec<u8>,
 }
 
 /// A unique-key violation on a version row means a concurrent writer took that version.

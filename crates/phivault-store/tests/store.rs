@@ -153,6 +153,13 @@ async fn create_read_update_delete_history() {
         let read = s.read(ResourceType::PATIENT, &id).await.unwrap();
         assert_eq!(read.body, created.body);
         assert_eq!(read.body["meta"]["versionId"], "1");
+        // A read keeps the JSON text it decrypted, which a read answers with as it is: the
+        // same text the body serializes to. A write's result has none.
+        assert_eq!(
+            read.as_stored(),
+            Some(serde_json::to_vec(&read.body).unwrap().as_slice())
+        );
+        assert_eq!(created.as_stored(), None);
 
         // If-Match with a stale version is refused and changes nothing.
         let mut body = patient("Smythe", "Ann");
@@ -172,6 +179,10 @@ async fn create_read_update_delete_history() {
         assert_eq!(updated.version, 2);
         let v1 = s.vread(ResourceType::PATIENT, &id, 1).await.unwrap();
         assert_eq!(v1.body["name"][0]["family"], "Smith");
+        assert_eq!(
+            v1.as_stored(),
+            Some(serde_json::to_vec(&v1.body).unwrap().as_slice())
+        );
 
         assert_eq!(
             s.delete(ResourceType::PATIENT, &id, &NoAudit)

@@ -46,7 +46,7 @@ pub(super) fn response(
     subset: Option<&Subset>,
 ) -> Response {
     let Some(subset) = subset else {
-        return resource_response(state, StatusCode::OK, &stored, false);
+        return super::as_stored_response(state, &stored);
     };
     subset.apply(&mut stored.body);
     let mut response = resource_response(state, StatusCode::OK, &stored, false);
