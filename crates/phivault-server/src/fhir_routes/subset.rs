@@ -120,7 +120,7 @@ pub(super) fn bundle_reads(
         }
         match Subset::from_pairs(e.url.rtype, &e.url.query, false) {
             Ok(subset) => out.push(subset),
-            Err(err) if atomic => return Err(super::in_entry(index, err.into())),
+            Err(err) if atomic => return Err(super::transaction::in_entry(index, err.into())),
             Err(err) => {
                 if let Some(slot) = failed.get_mut(index)
                     && slot.is_none()
