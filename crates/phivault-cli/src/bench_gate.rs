@@ -32,7 +32,7 @@ pub(crate) fn refuse_bench_only_build() -> Result<()> {
     if BENCH_ONLY_BUILD {
         bail!(
             "this is a bench-only build that {}; it refuses to store data. Rebuild without \
-             that feature.",
+             the bench-only features.",
             switched_off()
         );
     }
@@ -44,8 +44,8 @@ pub(crate) fn refuse_unless_bench_child() -> Result<()> {
     if BENCH_ONLY_BUILD && !started_by_bench() {
         bail!(
             "this is a bench-only build that {}; it refuses to store data (only `phivault \
-             bench http` runs a server with it, on a temporary store). Rebuild without that \
-             feature.",
+             bench http` runs a server with it, on a temporary store). Rebuild without the \
+             bench-only features.",
             switched_off()
         );
     }
