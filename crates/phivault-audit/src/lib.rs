@@ -60,6 +60,11 @@ mod log;
 pub mod merkle;
 mod verify;
 
+/// True only in a bench-only build (feature `bench-no-audit`): appends then write nothing
+/// and answer seq 0, to measure what auditing costs. The `phivault` binary built so refuses
+/// to serve or administer real data; no runtime setting can switch the audit off.
+pub const BENCH_NO_AUDIT: bool = cfg!(feature = "bench-no-audit");
+
 pub use checkpoint::Checkpoint;
 pub use entry::{
     ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, KEYED_CHAIN_DOMAIN, Outcome,

@@ -324,12 +324,8 @@ struct Opened(Accounts, Store);
 /// Opens the storage as `serve` does: the data directory and master key (created when
 /// missing, so the first admin can be made before the first start), then the database.
 async fn open(settings: &Settings) -> Result<Opened> {
-    if phivault_crypto::NOOP_CIPHER {
-        bail!(
-            "this is a bench-only build (feature bench-noop-cipher) that does not encrypt; it \
-             refuses to store data. Rebuild without that feature."
-        );
-    }
+    // `phivault bench http` adds its client to the server it starts through `client add`.
+    crate::bench_gate::refuse_unless_bench_child()?;
     let dir = &settings.data_dir;
     crate::commands::create_private_dir(dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))?;

@@ -209,10 +209,10 @@ impl AuditSink for BenchAudit {
 }
 
 /// A temporary directory removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let path = std::env::temp_dir().join(format!("phivault-bench-{}", uuid::Uuid::new_v4()));
         crate::commands::create_private_dir(&path)
             .with_context(|| format!("creating {}", path.display()))?;

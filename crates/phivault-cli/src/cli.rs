@@ -187,8 +187,9 @@ pub(crate) enum Command {
     /// one resource) and *.ndjson (one resource per line) files, or directories of them.
     #[command(after_help = SETTINGS_HELP)]
     Import(ImportArgs),
-    /// Measure ingest and read-by-id speed on a fresh temporary store (synthetic data only).
-    Bench(BenchArgs),
+    /// Measure on synthetic data only: the store in-process (`bench`, `bench store`: ingest,
+    /// read by id, erasure, audit verify, backup) or a real server over HTTPS (`bench http`).
+    Bench(BenchCommand),
     /// Write synthetic raw Synthea R4 output (patient, hospital and practitioner Bundles) to a
     /// directory, for trying `phivault import` without real data.
     Synthea(SyntheaArgs),
@@ -522,6 +523,65 @@ pub(crate) struct SyntheaArgs {
     /// Directory to write into (created if missing).
     #[arg(long, value_name = "DIR")]
     pub(crate) out: PathBuf,
+}
+
+/// `phivault bench [store|http] ...`: without a subcommand, the store benchmark (its flags
+/// are accepted directly, as before the subcommands existed).
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct BenchCommand {
+    #[command(subcommand)]
+    pub(crate) command: Option<BenchSubcommand>,
+    #[command(flatten)]
+    pub(crate) store: BenchArgs,
+}
+
+/// The benchmarks.
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum BenchSubcommand {
+    /// The store in-process, on a fresh temporary store: ingest, read by id, erasure, audit
+    /// verify, backup (the default).
+    Store(BenchArgs),
+    /// A real `phivault serve` (this binary, as a child process) over HTTPS on a temporary
+    /// store: ingest of a Synthea-shaped population through transaction Bundles, then reads
+    /// and searches at each concurrency (req/s, p50, p99, server CPU per request).
+    Http(BenchHttpArgs),
+}
+
+/// `phivault bench http`
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BenchHttpArgs {
+    /// Patients of the synthetic population (100 to 300 resources each, one transaction
+    /// Bundle per patient).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) patients: u64,
+
+    /// Seed of the population and of the requests (the same seed, the same run).
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub(crate) seed: u64,
+
+    /// Concurrent connections of each run, comma-separated (one keep-alive connection per
+    /// worker).
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', default_values_t = [1u64, 16, 64], value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub(crate) connections: Vec<u64>,
+
+    /// Seconds each workload runs at each concurrency.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) seconds: u64,
+
+    /// Only these workloads, comma-separated (default: all): read, family, identifier,
+    /// obs-code, obs-date, everything.
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',', value_parser = ["read", "family", "identifier", "obs-code", "obs-date", "everything"])]
+    pub(crate) workloads: Vec<String>,
+
+    /// Serve from this (empty) PostgreSQL database instead of a temporary SQLite file. Its
+    /// content is not removed afterwards.
+    #[arg(long, value_name = "URL")]
+    pub(crate) database_url: Option<String>,
+
+    /// Print the figures as one JSON document on stdout instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

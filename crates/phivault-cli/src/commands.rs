@@ -20,7 +20,7 @@ use phivault_server::{AppState, ServerConfig, Transport, tls};
 use phivault_store::{Backend, Store, StoreError, StoreOptions};
 
 use crate::bench::{self, BenchOptions};
-use crate::cli::{BenchArgs, Cli, Command, ImportArgs, SyntheaArgs};
+use crate::cli::{BenchArgs, BenchSubcommand, Cli, Command, ImportArgs, SyntheaArgs};
 use crate::cli_audit::CliAudit;
 use crate::config::{self, LogFormat, Settings};
 use crate::import::{self, ImportEvent};
@@ -59,7 +59,11 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(args) => {
             init_tracing(LogFormat::Text, "warn");
-            bench(args).await?;
+            match &args.command {
+                None => bench(&args.store).await?,
+                Some(BenchSubcommand::Store(store)) => bench(store).await?,
+                Some(BenchSubcommand::Http(http)) => crate::bench_http::run(http).await?,
+            }
         }
         Command::Synthea(args) => write_synthea(args)?,
     }
@@ -109,17 +113,6 @@ fn init_tracing(format: LogFormat, default_level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-}
-
-/// Commands that write real data refuse a build that does not encrypt.
-fn refuse_noop_cipher() -> Result<()> {
-    if phivault_crypto::NOOP_CIPHER {
-        bail!(
-            "this is a bench-only build (feature bench-noop-cipher) that does not encrypt; it \
-             refuses to store data. Rebuild without that feature."
-        );
-    }
-    Ok(())
 }
 
 /// Creates `dir` (and missing parents) with mode 0700.
@@ -404,7 +397,7 @@ fn check_pinned_audit_key(audit: &AuditLog, pinned: Option<&[u8]>) -> Result<()>
 
 /// `phivault serve`.
 async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
-    refuse_noop_cipher()?;
+    crate::bench_gate::refuse_unless_bench_child()?;
     check_transport(settings)?;
     let key = prepare_data_dir(settings)?;
     let validator = Arc::new(Validator::new().context("loading the FHIR R4 schema")?);
@@ -514,7 +507,7 @@ fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
 
 /// `phivault init`.
 async fn init(settings: &Settings) -> Result<()> {
-    refuse_noop_cipher()?;
+    crate::bench_gate::refuse_bench_only_build()?;
     let key = prepare_data_dir(settings)?;
     let store = open_store(settings, &key, settings.max_bundle_entries).await?;
     store.close().await;
@@ -530,7 +523,7 @@ async fn init(settings: &Settings) -> Result<()> {
 
 /// `phivault import PATH...`.
 async fn import(settings: &Settings, args: &ImportArgs) -> Result<ExitCode> {
-    refuse_noop_cipher()?;
+    crate::bench_gate::refuse_bench_only_build()?;
     let key = prepare_data_dir(settings)?;
     let limit = if settings.max_bundle_entries_set {
         settings.max_bundle_entries

@@ -9,6 +9,9 @@ mod audit_cmd;
 mod backup_cmd;
 mod bench;
 mod bench_backup;
+mod bench_gate;
+mod bench_http;
+mod bench_server;
 mod cli;
 mod cli_audit;
 mod commands;
@@ -18,6 +21,8 @@ mod export_patient;
 mod hardening;
 mod import;
 mod keys_cmd;
+mod loadgen;
+mod population;
 mod synth;
 mod synthea;
 
