@@ -59,6 +59,7 @@ mod error;
 mod log;
 pub mod merkle;
 mod verify;
+mod writer;
 
 pub use checkpoint::Checkpoint;
 pub use entry::{
