@@ -228,7 +228,7 @@ async fn fill_trail(log: &AuditLog, entries: u64) -> Result<()> {
             .map(|_| {
                 BenchAudit::entry(
                     "GET /fhir/{type}/{id}",
-                    Some(ResourceType::Observation),
+                    ResourceType::parse("Observation").ok(),
                     Some(&Id::generate()),
                 )
             })
