@@ -342,7 +342,7 @@ impl AuditLog {
     /// Appends `entry` in a transaction of its own; its `seq` is assigned (the one given is
     /// ignored). Returns the seq.
     ///
-    /// Group commit (see [`crate::writer`]): the entry goes to the log's writer task, which
+    /// Group commit: the entry goes to the log's writer task, which
     /// commits whatever entries all concurrent appenders have queued in one transaction (one
     /// fsync), chained in queue order exactly as one-by-one appends would be. Returns only
     /// once the entry is committed (durable); every appender of a batch that could not be
