@@ -131,6 +131,9 @@ pub enum AuditError {
         /// The column (`time`, `actor`, `patient`, `action`, `outcome` or `patients`).
         column: &'static str,
     },
+    /// A verification was stopped before it finished (its runtime shut down).
+    #[error("the audit verification was interrupted")]
+    Interrupted,
 }
 
 impl AuditError {

@@ -59,6 +59,7 @@ mod error;
 mod log;
 pub mod merkle;
 mod verify;
+mod writer;
 
 /// True only in a bench-only build (feature `bench-no-audit`): appends then write nothing
 /// and answer seq 0, to measure what auditing costs. The `phivault` binary built so refuses

@@ -13,15 +13,19 @@ use zeroize::Zeroizing;
 use crate::BENCH_NO_AUDIT;
 use crate::entry::{chain_tag, keyed_entry_hash, keyed_from_tag};
 use crate::merkle::{Frontier, MerkleTree};
+use crate::writer::Writer;
 use crate::{
     AuditEntry, AuditError, ChainVerifier, Checkpoint, ErasureCertificate, GENESIS_HASH, Keying,
     RecordedEntry, VerifyReport, entry_hash, verify_inclusion,
 };
 use phivault_crypto::MacKey;
-use std::sync::Arc;
 
-/// Entries read per page while verifying or proving.
+/// Entries read per page while proving.
 const PAGE: u32 = 1000;
+
+/// Entries read per page while verifying: large pages amortize each query; the next page is
+/// read while the current one is verified.
+const VERIFY_PAGE: u32 = 10_000;
 
 /// An inclusion proof with everything needed to check it without the database: the entry (its
 /// canonical body and previous hash, from which its hash is recomputed), its place, the audit
@@ -165,21 +169,13 @@ pub struct AuditLog {
     keying: Keying,
     /// Held for the whole of a checkpoint or tail verification (one at a time).
     verified: tokio::sync::Mutex<Option<Verified>>,
-    /// Entries waiting for the next group commit ([`AuditLog::append`]).
-    pending: std::sync::Mutex<Vec<Pending>>,
-    /// Held by the appender that commits a group (one group at a time).
-    committer: tokio::sync::Mutex<()>,
-}
-
-/// An entry waiting for its group commit, and where its seq (or the group's failure) goes.
-struct Pending {
-    entry: AuditEntry,
-    reply: tokio::sync::oneshot::Sender<Result<u64, String>>,
+    /// The group-commit writer of standalone appends ([`AuditLog::append`]).
+    writer: Writer,
 }
 
 /// The rows of `entries` as consecutive entries from `tail` on, each chained onto the one
 /// before it.
-fn chained_rows(
+pub(crate) fn chained_rows(
     entries: &[AuditEntry],
     tail: &AuditTail,
     key: &MacKey,
@@ -197,26 +193,12 @@ fn chained_rows(
     Ok(rows)
 }
 
-/// Writes one group in a transaction of its own and answers every appender in it.
-async fn commit_group(store: Store, key: Arc<MacKey>, group: Vec<Pending>) {
-    let (entries, replies): (Vec<AuditEntry>, Vec<_>) =
-        group.into_iter().map(|p| (p.entry, p.reply)).unzip();
-    let written = store
-        .append_audit_rows(|tail| chained_rows(&entries, tail, &key))
-        .await;
-    match written {
-        Ok(first) => {
-            for (seq, reply) in (first..).zip(replies) {
-                // An appender that gave up waiting does not need its seq.
-                let _ = reply.send(Ok(seq));
-            }
-        }
-        Err(e) => {
-            let text = e.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(text.clone()));
-            }
-        }
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -328,6 +310,7 @@ impl AuditLog {
                 "does not verify under the audit chain key (it was changed)".to_owned(),
             ));
         }
+        let writer = Writer::new(store.clone(), chain_key.clone());
         Ok(AuditLog {
             store,
             key_id: key.key_id,
@@ -337,8 +320,7 @@ impl AuditLog {
                 keyed_from: recorded.seq,
             },
             verified: tokio::sync::Mutex::new(None),
-            pending: std::sync::Mutex::new(Vec::new()),
-            committer: tokio::sync::Mutex::new(()),
+            writer,
         })
     }
 
@@ -361,48 +343,17 @@ impl AuditLog {
     /// Appends `entry` in a transaction of its own; its `seq` is assigned (the one given is
     /// ignored). Returns the seq.
     ///
-    /// Group commit: appenders that arrive while a group is being committed wait, and the
-    /// next of them commits all the entries waiting by then in one transaction (one fsync
-    /// for the group), then every appender of the group gets its seq. Each appender returns
-    /// only once its entry is committed (durable), and gets the group's error when the group
-    /// could not be written. The commit runs in a task of its own, so an appender that is
-    /// cancelled (a client that went away) neither loses the other entries of its group nor
-    /// leaves them waiting.
+    /// Group commit: the entry goes to the log's writer task, which
+    /// commits whatever entries all concurrent appenders have queued in one transaction (one
+    /// fsync), chained in queue order exactly as one-by-one appends would be. Returns only
+    /// once the entry is committed (durable); every appender of a batch that could not be
+    /// written gets the error. An appender cancelled after submitting does not stop its entry
+    /// from being written.
     pub async fn append(&self, entry: &AuditEntry) -> Result<u64, AuditError> {
         if BENCH_NO_AUDIT {
             return Ok(0);
         }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Pending {
-                entry: entry.clone(),
-                reply,
-            });
-        {
-            let _turn = self.committer.lock().await;
-            let group =
-                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-            // Empty when an earlier committer took this entry into its group.
-            if !group.is_empty() {
-                let task = tokio::spawn(commit_group(
-                    self.store.clone(),
-                    self.keying.key.clone(),
-                    group,
-                ));
-                if task.await.is_err() {
-                    tracing::error!("an audit group commit task failed");
-                }
-            }
-        }
-        match answer.await {
-            Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(text)) => Err(AuditError::Append(text)),
-            Err(_) => Err(AuditError::Append(
-                "the group commit holding the entry ended without an answer".to_owned(),
-            )),
-        }
+        self.writer.append(entry.clone()).await
     }
 
     /// Appends `entry` inside the caller's transaction (see
@@ -469,14 +420,14 @@ impl AuditLog {
                 present: target,
             });
         }
-        let mut v = ChainVerifier::resume_verified(
+        let v = ChainVerifier::resume_verified(
             current.last_entry_hash,
             current.frontier,
             later,
             self.public_key(),
         )?
         .keyed(self.keying.clone());
-        self.read_into(&mut v, target, &mut |_| {}).await?;
+        let v = self.read_into(v, target, &mut |_| {}).await?;
         let (report, frontier) = v.finish_with_frontier()?;
         let cp = Checkpoint::sign(
             &self.signer,
@@ -554,14 +505,14 @@ impl AuditLog {
         mut progress: impl FnMut(u64),
     ) -> Result<(TailReport, Verified), AuditError> {
         let (start, resumed) = self.tail_start().await?;
-        let mut v = match resumed {
+        let v = match resumed {
             Some(v) => v,
             None => ChainVerifier::new(self.checkpoints().await?, self.public_key())?
                 .keyed(self.keying.clone()),
         };
         let checked_before = v.count();
         let target = self.store.audit_tail().await?.seq.saturating_sub(1);
-        self.read_into(&mut v, target, &mut progress).await?;
+        let v = self.read_into(v, target, &mut progress).await?;
         let (report, frontier) = v.finish_with_frontier()?;
         let resumed_from = matches!(start, TailStart::Checkpoint { .. });
         let tail = TailReport {
@@ -634,21 +585,14 @@ impl AuditLog {
     /// each page.
     async fn read_into(
         &self,
-        v: &mut ChainVerifier,
+        v: ChainVerifier,
         target: u64,
         progress: &mut impl FnMut(u64),
-    ) -> Result<(), AuditError> {
+    ) -> Result<ChainVerifier, AuditError> {
         let first = v.count();
-        let mut after = first;
-        while after < target {
-            let rows = self.store.audit_entries(after, PAGE).await?;
-            let Some(last) = rows.last() else { break };
-            after = last.seq;
-            for row in rows.into_iter().take_while(|r| r.seq <= target) {
-                v.push(&RecordedEntry::from(row))?;
-            }
-            progress(v.count() - first);
-        }
+        let v = self
+            .feed(v, Some(target), &mut |count| progress(count - first))
+            .await?;
         // Entries up to `target` were there when it was read: they cannot have gone since.
         if v.count() < target {
             return Err(AuditError::Missing {
@@ -656,7 +600,60 @@ impl AuditLog {
                 next: target,
             });
         }
-        Ok(())
+        Ok(v)
+    }
+
+    /// Feeds `v` the stored entries after the ones it has verified, up to seq `upto` (`None`:
+    /// to the end), a page at a time: a reader task reads the next page while the current one
+    /// is verified (off the async threads, spread over the cores by
+    /// [`ChainVerifier::push_all`]). `progress` gets the verifier's count after each page.
+    async fn feed(
+        &self,
+        mut v: ChainVerifier,
+        upto: Option<u64>,
+        progress: &mut impl FnMut(u64),
+    ) -> Result<ChainVerifier, AuditError> {
+        let (pages, mut read) = tokio::sync::mpsc::channel(2);
+        let store = self.store.clone();
+        let mut after = v.count();
+        let reader = tokio::spawn(async move {
+            while upto.is_none_or(|t| after < t) {
+                let page = store.audit_entries_to_verify(after, VERIFY_PAGE).await;
+                let last = page
+                    .as_ref()
+                    .ok()
+                    .and_then(|rows| rows.last().map(|r| r.seq));
+                if pages.send(page).await.is_err() {
+                    break;
+                }
+                match last {
+                    Some(seq) => after = seq,
+                    None => break,
+                }
+            }
+        });
+        // Stops the reader when verification ends early (a bad entry, an error).
+        let _reader = AbortOnDrop(reader);
+        while let Some(page) = read.recv().await {
+            let entries: Vec<RecordedEntry> = page?
+                .into_iter()
+                .take_while(|r| upto.is_none_or(|t| r.seq <= t))
+                .map(RecordedEntry::from)
+                .collect();
+            if entries.is_empty() {
+                break;
+            }
+            let checked = tokio::task::spawn_blocking(move || v.push_all(&entries).map(|()| v));
+            v = match checked.await {
+                Ok(result) => result?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {
+                    return Err(AuditError::Interrupted);
+                }
+            };
+            progress(v.count());
+        }
+        Ok(v)
     }
 
     /// The checkpoints of size `min_size` or more, smallest first.
@@ -710,18 +707,8 @@ impl AuditLog {
     ) -> Result<VerifyReport, AuditError> {
         let mut checkpoints = self.checkpoints().await?;
         checkpoints.extend_from_slice(published);
-        let mut v = ChainVerifier::new(checkpoints, self.public_key())?.keyed(self.keying.clone());
-        let mut after = 0;
-        loop {
-            let rows = self.store.audit_entries(after, PAGE).await?;
-            let Some(last) = rows.last() else { break };
-            after = last.seq;
-            for row in rows {
-                v.push(&RecordedEntry::from(row))?;
-            }
-            progress(v.count());
-        }
-        v.finish()
+        let v = ChainVerifier::new(checkpoints, self.public_key())?.keyed(self.keying.clone());
+        self.feed(v, None, &mut progress).await?.finish()
     }
 
     /// The inclusion proof of entry `seq` under the smallest checkpoint that covers it. The

@@ -32,9 +32,7 @@ impl fmt::Debug for Keying {
 /// Checks entry `seq` (chained onto `prev`) as recorded: its stored hash must be its hash
 /// recomputed (the keyed formula when it carries a tag, the unkeyed one otherwise;
 /// [`AuditError::HashMismatch`]), and it must be authenticated
-/// ([`AuditError::Unauthenticated`]): no untagged entry after a tagged one (`seen_keyed`: a
-/// downgrade) and, with `keying`, no untagged entry in the keyed part, no tagged one before
-/// it, and no tag other than the one the key gives. Returns its hash.
+/// ([`AuditError::Unauthenticated`]): see [`authentic`]. Returns its hash.
 fn check_recorded(
     seq: u64,
     entry: &RecordedEntry,
@@ -54,19 +52,144 @@ fn check_recorded(
     if entry.entry_hash.as_slice() != hash.as_slice() {
         return Err(AuditError::HashMismatch { seq });
     }
-    let authentic = match (&tag, keying) {
-        (None, None) => !seen_keyed,
-        (None, Some(k)) => !seen_keyed && seq < k.keyed_from,
-        (Some(_), None) => true,
-        (Some(tag), Some(k)) => {
-            seq >= k.keyed_from
-                && phivault_crypto::ct_eq(&chain_tag(&k.key, prev, &entry.body), tag)
+    let key_ok = match (&tag, keying) {
+        (Some(tag), Some(k)) if seq >= k.keyed_from => {
+            phivault_crypto::ct_eq(&chain_tag(&k.key, prev, &entry.body), tag)
         }
+        _ => false,
     };
-    if !authentic {
+    if !authentic(seq, tag.is_some(), key_ok, keying, seen_keyed) {
         return Err(AuditError::Unauthenticated { seq });
     }
     Ok(hash)
+}
+
+/// Whether entry `seq` is authenticated: no untagged entry after a tagged one (`seen_keyed`:
+/// a downgrade) and, with `keying`, no untagged entry in the keyed part, no tagged one before
+/// it, and no tag other than the one the key gives (`key_ok`: the tag is the key's tag of the
+/// entry over the hash it chains onto).
+fn authentic(
+    seq: u64,
+    tagged: bool,
+    key_ok: bool,
+    keying: Option<&Keying>,
+    seen_keyed: bool,
+) -> bool {
+    match (tagged, keying) {
+        (false, None) => !seen_keyed,
+        (false, Some(k)) => !seen_keyed && seq < k.keyed_from,
+        (true, None) => true,
+        (true, Some(k)) => seq >= k.keyed_from && key_ok,
+    }
+}
+
+/// Entries checked by one thread at least before [`ChainVerifier::push_all`] spreads a run
+/// over several.
+const MIN_PER_THREAD: usize = 256;
+
+/// The tag an entry carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Absent,
+    Present,
+    /// Not 32 bytes: refused as unauthenticated.
+    Malformed,
+}
+
+/// What can be checked of an entry on its own, over its *stored* previous hash, so that
+/// entries are checked in parallel ([`precheck`]); what depends on the entries before it (its
+/// seq, its link to the previous entry's recomputed hash, the downgrade rule) is judged in
+/// seq order by [`ChainVerifier::link`], which refuses a stored previous hash other than the
+/// recomputed one before using anything computed over it.
+#[derive(Debug)]
+struct Prechecked {
+    /// The first fault of the entry alone, in the order a serial check finds them: a body
+    /// that is not canonical, a body of another seq, a copied-out column that disagrees.
+    fault: Option<AuditError>,
+    tag: Tag,
+    /// The entry's recomputed hash over its stored previous hash (`None` when that is not 32
+    /// bytes or the entry has a fault).
+    hash: Option<[u8; 32]>,
+    /// With keying, a tag in the keyed part: whether it is the key's tag.
+    key_ok: bool,
+}
+
+/// The checks of `entry` that do not depend on the entries before it (see [`Prechecked`]).
+fn precheck(entry: &RecordedEntry, keying: Option<&Keying>) -> Prechecked {
+    let seq = entry.seq;
+    let fault = match AuditEntry::from_canonical(&entry.body) {
+        None => Some(AuditError::Malformed { seq }),
+        Some(parsed) if parsed.seq != seq => Some(AuditError::Misplaced {
+            seq,
+            claimed: parsed.seq,
+        }),
+        Some(parsed) => check_columns(entry, &parsed).err(),
+    };
+    let tag = match &entry.chain_mac {
+        None => None,
+        Some(t) => <[u8; 32]>::try_from(t.as_slice()).ok(),
+    };
+    let tag_state = match (&entry.chain_mac, &tag) {
+        (None, _) => Tag::Absent,
+        (Some(_), Some(_)) => Tag::Present,
+        (Some(_), None) => Tag::Malformed,
+    };
+    let prev = <[u8; 32]>::try_from(entry.prev_hash.as_slice()).ok();
+    let (hash, key_ok) = match (fault.is_none(), prev) {
+        (true, Some(prev)) => {
+            let hash = match &tag {
+                None => entry_hash(&prev, &entry.body),
+                Some(tag) => keyed_entry_hash(&prev, tag, &entry.body),
+            };
+            let key_ok = match (&tag, keying) {
+                (Some(tag), Some(k)) if seq >= k.keyed_from => {
+                    phivault_crypto::ct_eq(&chain_tag(&k.key, &prev, &entry.body), tag)
+                }
+                _ => false,
+            };
+            (Some(hash), key_ok)
+        }
+        _ => (None, false),
+    };
+    Prechecked {
+        fault,
+        tag: tag_state,
+        hash,
+        key_ok,
+    }
+}
+
+/// [`precheck`] of every entry of `entries`, spread over the available cores when there are
+/// enough of them (contiguous runs, one per thread, results in entry order).
+fn precheck_all(entries: &[RecordedEntry], keying: Option<&Keying>) -> Vec<Prechecked> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.min(entries.len() / MIN_PER_THREAD).max(1);
+    if threads == 1 {
+        return entries.iter().map(|e| precheck(e, keying)).collect();
+    }
+    let run = entries.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = entries
+            .chunks(run)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|e| precheck(e, keying))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for worker in workers {
+            match worker.join() {
+                Ok(part) => out.extend(part),
+                // A panic in a check is a bug: it surfaces as it would have on this thread.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
 }
 
 /// The columns the store copies out of an entry's body for its queries (`audit_entries`'
@@ -325,6 +448,25 @@ impl ChainVerifier {
 
     /// Checks the next entry.
     pub fn push(&mut self, entry: &RecordedEntry) -> Result<(), AuditError> {
+        let pre = precheck(entry, self.keying.as_ref());
+        self.link(entry, pre)
+    }
+
+    /// Checks the next entries, in seq order, as [`ChainVerifier::push`] of each in turn
+    /// does (the same checks, the same first error): what each entry holds on its own is
+    /// checked in parallel over the cores, then the entries are linked in order.
+    pub fn push_all(&mut self, entries: &[RecordedEntry]) -> Result<(), AuditError> {
+        let pre = precheck_all(entries, self.keying.as_ref());
+        for (entry, pre) in entries.iter().zip(pre) {
+            self.link(entry, pre)?;
+        }
+        Ok(())
+    }
+
+    /// Judges the next entry from its [`precheck`], in the order of the checks documented on
+    /// [`ChainVerifier`]: its seq, its own faults, its link to the entry before it, its tag,
+    /// its hash, its authentication; then grows the tree and checks the checkpoints reached.
+    fn link(&mut self, entry: &RecordedEntry, pre: Prechecked) -> Result<(), AuditError> {
         let seq = self.count + 1;
         if entry.seq != seq {
             return Err(AuditError::Missing {
@@ -332,26 +474,32 @@ impl ChainVerifier {
                 next: entry.seq,
             });
         }
-        let parsed =
-            AuditEntry::from_canonical(&entry.body).ok_or(AuditError::Malformed { seq })?;
-        if parsed.seq != seq {
-            return Err(AuditError::Misplaced {
-                seq,
-                claimed: parsed.seq,
-            });
+        if let Some(fault) = pre.fault {
+            return Err(fault);
         }
-        check_columns(entry, &parsed)?;
         if entry.prev_hash.as_slice() != self.prev.as_slice() {
             return Err(AuditError::ChainBroken { seq });
         }
-        let hash = check_recorded(
+        // From here the stored previous hash is `self.prev`: what `precheck` computed over
+        // it is what a check over the recomputed chain gives.
+        if pre.tag == Tag::Malformed {
+            return Err(AuditError::Unauthenticated { seq });
+        }
+        let hash = match pre.hash {
+            Some(hash) if entry.entry_hash.as_slice() == hash.as_slice() => hash,
+            _ => return Err(AuditError::HashMismatch { seq }),
+        };
+        let tagged = pre.tag == Tag::Present;
+        if !authentic(
             seq,
-            entry,
-            &self.prev,
+            tagged,
+            pre.key_ok,
             self.keying.as_ref(),
             self.seen_keyed,
-        )?;
-        self.seen_keyed |= entry.chain_mac.is_some();
+        ) {
+            return Err(AuditError::Unauthenticated { seq });
+        }
+        self.seen_keyed |= tagged;
         self.prev = hash;
         self.range.push(&hash);
         self.count = seq;
@@ -418,8 +566,6 @@ pub fn verify_chain(
     public_key: &[u8],
 ) -> Result<VerifyReport, AuditError> {
     let mut v = ChainVerifier::new(checkpoints.to_vec(), public_key)?;
-    for e in entries {
-        v.push(e)?;
-    }
+    v.push_all(entries)?;
     v.finish()
 }

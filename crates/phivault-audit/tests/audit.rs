@@ -1076,3 +1076,11 @@ async fn group_commit_gives_each_appender_its_own_committed_seq() {
 /// Entries that concern several patients, and the columns copied out of entries.
 #[path = "audit/attribution.rs"]
 mod attribution;
+
+/// The group-commit writer of standalone appends.
+#[path = "audit/writer.rs"]
+mod writer;
+
+/// Verification across its pages and parallel runs.
+#[path = "audit/pages.rs"]
+mod pages;

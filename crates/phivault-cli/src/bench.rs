@@ -28,6 +28,9 @@ pub(crate) struct BenchOptions {
     pub(crate) database_url: Option<String>,
     /// Resources of the large patient erased (0: no erasure figures).
     pub(crate) erasure_resources: u64,
+    /// Entries the audit trail is filled up to before its verification is timed (0: as the
+    /// benchmark left it).
+    pub(crate) audit_entries: u64,
     /// Also time a backup, its verification and its restore.
     pub(crate) backup: bool,
     /// Where to restore (None: a temporary SQLite file).
@@ -208,6 +211,39 @@ impl AuditSink for BenchAudit {
     }
 }
 
+/// Entries written per transaction while filling the trail.
+const FILL_CHUNK: u64 = 10_000;
+
+/// Appends synthetic read entries until the trail holds `entries` (nothing when it already
+/// does), in transactions of [`FILL_CHUNK`] entries.
+async fn fill_trail(log: &AuditLog, entries: u64) -> Result<()> {
+    let store = log.store();
+    let mut present = store.audit_tail().await?.seq.saturating_sub(1);
+    if present < entries {
+        eprintln!("phivault: bench: filling the audit trail up to {entries} entries");
+    }
+    while present < entries {
+        let n = (entries - present).min(FILL_CHUNK);
+        let batch: Vec<AuditEntry> = (0..n)
+            .map(|_| {
+                BenchAudit::entry(
+                    "GET /fhir/{type}/{id}",
+                    ResourceType::parse("Observation").ok(),
+                    Some(&Id::generate()),
+                )
+            })
+            .collect();
+        let _lock = store.write_lock().await;
+        let mut tx = store.begin_write().await?;
+        log.append_all_in(&mut tx, &batch)
+            .await
+            .context("filling the audit trail")?;
+        tx.commit().await.context("filling the audit trail")?;
+        present += n;
+    }
+    Ok(())
+}
+
 /// A temporary directory removed on drop.
 pub(crate) struct TempDir(pub(crate) PathBuf);
 
@@ -372,6 +408,7 @@ async fn measure(
     };
     let verify = match audit {
         Some(a) => {
+            fill_trail(&a.log, opts.audit_entries).await?;
             let start = Instant::now();
             let report = a
                 .log

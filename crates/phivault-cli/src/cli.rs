@@ -614,6 +614,12 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(crate) backup: bool,
 
+    /// Entries the audit trail is filled up to (with synthetic read entries, written in
+    /// large transactions) before its full verification is timed; 0 verifies the trail the
+    /// benchmark made.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) audit_entries: u64,
+
     /// An empty database to restore the benchmark's backup into (with --backup; default: a
     /// temporary SQLite file).
     #[arg(long, value_name = "URL", requires = "backup")]

@@ -599,6 +599,7 @@ async fn bench(args: &BenchArgs) -> Result<()> {
         readers: args.readers,
         database_url: args.database_url.clone(),
         erasure_resources: args.erasure_resources,
+        audit_entries: args.audit_entries,
         backup: args.backup,
         restore_url: args.restore_url.clone(),
     };

@@ -526,6 +526,66 @@ impl Store {
         Ok(rows)
     }
 
+    /// Up to `limit` entries with seq greater than `after`, in seq order, as a verification
+    /// reads them: every column but the tenant (left empty), and their
+    /// `audit_entry_patients` rows read with one range query over the page's seqs.
+    pub async fn audit_entries_to_verify(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, body, entry_hash, prev_hash, time, actor, patient, action, outcome, \
+             chain_mac FROM audit_entries WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(to_i64(after)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(AuditRow {
+                seq: to_u64(row.try_get(0)?)?,
+                tenant: String::new(),
+                body: row.try_get(1)?,
+                entry_hash: row.try_get(2)?,
+                prev_hash: row.try_get(3)?,
+                time: row.try_get(4)?,
+                actor: row.try_get(5)?,
+                patient: row.try_get(6)?,
+                action: row.try_get(7)?,
+                outcome: row.try_get(8)?,
+                chain_mac: row.try_get(9)?,
+                patients: Vec::new(),
+            });
+        }
+        drop(rows);
+        let Some(last) = out.last().map(|r| r.seq) else {
+            return Ok(out);
+        };
+        let patients = sqlx::query(
+            "SELECT seq, patient FROM audit_entry_patients WHERE seq > $1 AND seq <= $2 \
+             ORDER BY seq, patient",
+        )
+        .bind(to_i64(after)?)
+        .bind(to_i64(last)?)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        // Both in seq order: one walk attaches each row to its entry (rows of a seq with no
+        // entry are left out, as a query by the page's seqs would).
+        let mut at = 0;
+        for row in &patients {
+            let seq = to_u64(row.try_get(0)?)?;
+            while out.get(at).is_some_and(|r| r.seq < seq) {
+                at += 1;
+            }
+            if let Some(entry) = out.get_mut(at).filter(|r| r.seq == seq) {
+                entry.patients.push(row.try_get(1)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` entries matching `query`, newest (highest seq) first.
     pub async fn audit_search(
         &self,
