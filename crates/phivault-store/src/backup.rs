@@ -227,6 +227,11 @@ pub const TABLES: &[Table] = &[
         order: &["tenant"],
     },
     Table {
+        name: "cache_generations",
+        columns: &[text("tenant"), text("name"), int("value")],
+        order: &["tenant", "name"],
+    },
+    Table {
         name: "users",
         columns: &[
             text("user_id"),
@@ -969,8 +974,10 @@ impl RestoreTx {
         Ok(disposed)
     }
 
-    /// Commits the restore.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    /// Commits the restore, with fresh cache generations: a process serving this database
+    /// derived its caches from rows the restore replaced.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        crate::generations::bump_all(&mut self.tx).await?;
         self.tx.commit().await?;
         Ok(())
     }

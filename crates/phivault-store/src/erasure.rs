@@ -245,6 +245,9 @@ impl Store {
             ),
         ];
         let mut changed = Vec::new();
+        // Tokens deleted, clients disabled, patient accounts unlinked: what authenticating a
+        // token answers changes with this transaction.
+        crate::generations::bump(&mut *conn, tenant, crate::Generation::Auth).await?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let clients = sqlx::query(
             "UPDATE oauth_clients SET launch_patient = NULL, \
