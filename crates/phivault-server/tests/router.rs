@@ -27,6 +27,8 @@ use tower::ServiceExt;
 mod all_types;
 #[path = "router/bulk.rs"]
 mod bulk;
+#[path = "router/caches.rs"]
+mod caches;
 #[path = "router/conditional.rs"]
 mod conditional;
 #[path = "router/http_details.rs"]
@@ -39,8 +41,6 @@ mod result_params;
 mod sort;
 #[path = "router/summary.rs"]
 mod summary;
-#[path = "router/token_cache.rs"]
-mod token_cache;
 // The CLI's generator of raw Synthea output (self-contained files).
 #[path = "../../phivault-cli/src/synth.rs"]
 #[allow(dead_code, unreachable_pub)]

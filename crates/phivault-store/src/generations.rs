@@ -24,12 +24,16 @@ pub enum Generation {
     /// What authenticating a bearer token answers: the token rows, the clients, and the
     /// users' role, disabled flag, patient and Practitioner links and second factor.
     Auth,
+    /// The active `Consent` resources of the tenant: any write of a Consent (create, update,
+    /// delete, a Bundle entry, disposal by retention), an erasure, a restore.
+    Consent,
 }
 
 impl Generation {
     fn name(self) -> &'static str {
         match self {
             Generation::Auth => "auth",
+            Generation::Consent => "consent",
         }
     }
 }
@@ -39,6 +43,11 @@ fn fresh_value() -> Result<i64, StoreError> {
     let mut bytes = [0u8; 8];
     phivault_crypto::random_bytes(&mut bytes)?;
     Ok(i64::from_le_bytes(bytes))
+}
+
+/// The consent generation's kind when `rtype` is the Consent type (writes of it replace it).
+pub(crate) fn of_type(rtype: &str) -> Option<Generation> {
+    (rtype == "Consent").then_some(Generation::Consent)
 }
 
 /// Inside a write transaction of `tenant`: replaces the generation `kind` with a fresh value.

@@ -423,6 +423,7 @@ impl Store {
         // them in label-filtered searches.
         store.upgrade_index().await?;
         store.ensure_generation(Generation::Auth).await?;
+        store.ensure_generation(Generation::Consent).await?;
         Ok(store)
     }
 

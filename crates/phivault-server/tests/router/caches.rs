@@ -1,8 +1,10 @@
-//! The verified-token cache never outlives what it caches: a token used (so cached) and then
-//! revoked, or whose user or client is disabled, or whose patient link changes, is answered
-//! by the new state on the very next request, whether the change went through this server or
-//! through another process on the same database (as the CLI does). On SQLite and (when
-//! `PHIVAULT_TEST_DATABASE_URL` is set) PostgreSQL.
+//! The server's caches never outlive what they cache. The verified-token cache: a token used
+//! (so cached) and then revoked, or whose user or client is disabled, or whose patient link
+//! changes, is answered by the new state on the very next request. The consent memo: a
+//! consent written, withdrawn or deleted binds the next decision and the next search. Both
+//! whether the change went through this server or through another process on the same
+//! database (as the CLI does). On SQLite and (when `PHIVAULT_TEST_DATABASE_URL` is set)
+//! PostgreSQL.
 
 use super::*;
 
@@ -221,6 +223,81 @@ async fn a_patient_link_changed_elsewhere_binds_the_next_request() {
         let a = c
             .get_as(&session, &format!("/fhir/Patient/{elsewhere}"))
             .await;
+        assert_eq!(a.status, StatusCode::OK, "{backend}: {a:?}");
+        other.store().close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_consent_changed_by_another_process_binds_the_next_request() {
+    for (backend, c) in contexts().await {
+        let other = c.other_process().await;
+        let admin = c.person("admin", Role::Admin).await;
+        let doc = c.person("doc", Role::Clinician).await;
+        let (pid, _) = c.create(&patient("Memo")).await;
+        let (oid, _) = c.create(&observation(&pid)).await;
+        c.grant(&admin, "doc", &pid, &[]).await;
+        let uri = format!("/fhir/Observation/{oid}");
+        let search = format!("/fhir/Observation?subject=Patient/{pid}");
+        // Read twice (the memo holds the patient's consents: none), searched twice.
+        for _ in 0..2 {
+            let a = c.get_as(&doc, &uri).await;
+            assert_eq!(a.status, StatusCode::OK, "{backend}: {a:?}");
+            assert_eq!(total(&c.get_as(&doc, &search).await), 1, "{backend}");
+            assert_eq!(
+                total(&c.get_as(&doc, "/fhir/Observation").await),
+                1,
+                "{backend}"
+            );
+        }
+
+        // The patient refuses treatment, written by another process: the next decision, the
+        // next patient search and the next search across patients all apply it.
+        let valid = |body: Value| c.state.validator.validate(body, None).unwrap();
+        let consent = other
+            .store()
+            .create(valid(deny_consent(&pid, "TREAT", &[])), &NoAudit)
+            .await
+            .unwrap();
+        c.get_as(&doc, &uri).await.assert_denied("consent-denies");
+        assert_eq!(total(&c.get_as(&doc, &search).await), 0, "{backend}");
+        assert_eq!(
+            total(&c.get_as(&doc, "/fhir/Observation").await),
+            0,
+            "{backend}"
+        );
+        c.get_as(&doc, &uri).await.assert_denied("consent-denies");
+
+        // The refusal withdrawn (inactive) elsewhere: the next request reads again.
+        let mut body = consent.body.clone();
+        body["status"] = json!("inactive");
+        other
+            .store()
+            .update(&consent.id, valid(body.clone()), None, &NoAudit)
+            .await
+            .unwrap();
+        let a = c.get_as(&doc, &uri).await;
+        assert_eq!(a.status, StatusCode::OK, "{backend}: {a:?}");
+        assert_eq!(
+            total(&c.get_as(&doc, "/fhir/Observation").await),
+            1,
+            "{backend}"
+        );
+
+        // Active again, then deleted.
+        body["status"] = json!("active");
+        other
+            .store()
+            .update(&consent.id, valid(body), None, &NoAudit)
+            .await
+            .unwrap();
+        c.get_as(&doc, &uri).await.assert_denied("consent-denies");
+        other
+            .store()
+            .delete(consent.rtype, &consent.id, &NoAudit)
+            .await
+            .unwrap();
+        let a = c.get_as(&doc, &uri).await;
         assert_eq!(a.status, StatusCode::OK, "{backend}: {a:?}");
         other.store().close().await;
     }
