@@ -902,6 +902,8 @@ impl RestoreTx {
         .await?
         .rows_affected();
         if deleted > 0 {
+            // The restored rows no longer are the archive's: see `crate::generations`.
+            crate::generations::bump_all(&mut self.tx).await?;
             // Their compartments' search tokens are swept again (Store::sweep_erasures).
             sqlx::query(
                 "UPDATE erasures SET index_swept_at = NULL WHERE key_id IN \
@@ -971,13 +973,14 @@ impl RestoreTx {
             self.insert(table, &columns, std::slice::from_ref(row))
                 .await?;
         }
+        if disposed > 0 {
+            crate::generations::bump_all(&mut self.tx).await?;
+        }
         Ok(disposed)
     }
 
-    /// Commits the restore, with fresh cache generations: a process serving this database
-    /// derived its caches from rows the restore replaced.
-    pub async fn commit(mut self) -> Result<(), StoreError> {
-        crate::generations::bump_all(&mut self.tx).await?;
+    /// Commits the restore.
+    pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
         Ok(())
     }

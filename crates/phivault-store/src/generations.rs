@@ -8,10 +8,13 @@
 //! committed in between; any other value (or no row) means "derive again". This holds across
 //! processes and nodes sharing the database, because the value lives in the database.
 //!
-//! The values are random rather than counted: a restore brings back an archive's rows
-//! (older values), and a counter could then climb to a value a running process had cached
-//! under with other rows behind it. A restore writes a fresh value too
-//! ([`crate::backup::RestoreTx::commit`]).
+//! The values are random rather than counted, so that one value names one state of the rows
+//! across copies of the database: a restore brings back an archive's rows with the values
+//! they had when the archive was taken (a process that cached under such a value cached
+//! exactly those rows), where a counter could climb again to a value a running process had
+//! cached under with other rows behind it. A restore that then changes the restored rows
+//! (replayed revocations, erasures, retention disposals) writes fresh values in its
+//! transaction ([`bump_all`]).
 
 use sqlx::{AnyConnection, Row};
 
@@ -68,8 +71,8 @@ pub(crate) async fn bump(
     Ok(())
 }
 
-/// Inside a restore: replaces every generation of every tenant with a fresh value (the rows
-/// restored are not the rows any process derived its state from).
+/// Inside a restore that changed restored rows: replaces every generation of every tenant
+/// with a fresh value.
 pub(crate) async fn bump_all(conn: &mut AnyConnection) -> Result<(), StoreError> {
     sqlx::query("UPDATE cache_generations SET value = $1")
         .bind(fresh_value()?)
