@@ -23,6 +23,11 @@ use serde_json::Value;
 use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
 
+mod verified;
+
+pub use verified::MAX_VERIFIED_TOKENS;
+use verified::VerifiedTokens;
+
 use crate::lockout::{FAILURES_BEFORE_LOCKOUT, MAX_LOCKOUT_SECS, lockout_secs};
 use crate::recovery::RECOVERY_CODE_COUNT;
 use crate::token;
@@ -373,6 +378,8 @@ pub struct Accounts {
     hashing_gauge: Arc<HashingGauge>,
     /// Patients, too, must confirm TOTP before their sessions can do anything else.
     patient_totp_required: bool,
+    /// Tokens verified recently, checked against the auth generation on each use.
+    verified: Arc<VerifiedTokens>,
 }
 
 /// How many password hashes run now, and the most that ever ran at once.
@@ -427,6 +434,7 @@ impl Accounts {
             hashing: Arc::new(tokio::sync::Semaphore::new(default_hash_concurrency())),
             hashing_gauge: Arc::new(HashingGauge::default()),
             patient_totp_required: false,
+            verified: Arc::new(VerifiedTokens::new(MAX_VERIFIED_TOKENS)),
         }
     }
 
@@ -448,6 +456,8 @@ impl Accounts {
     /// enrol TOTP either way.
     pub fn with_patient_totp_required(mut self, required: bool) -> Self {
         self.patient_totp_required = required;
+        // Entries verified under the other setting answer `enrolment_only` differently.
+        self.verified = Arc::new(VerifiedTokens::new(MAX_VERIFIED_TOKENS));
         self
     }
 
@@ -688,6 +698,28 @@ impl Accounts {
                 self.now(),
                 audit,
                 &AccountChange::new(AccountChangeKind::UserDisabled),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Disables an OAuth2 client: its credentials and every token bound to it stop working;
+    /// the row stays for the audit trail. Committed with `audit`'s entry; disabling a
+    /// disabled client changes and records nothing.
+    pub async fn disable_client(
+        &self,
+        client_id: &str,
+        audit: &dyn AccountSink,
+    ) -> Result<(), ServiceError> {
+        if self.store.client(client_id).await?.is_none() {
+            return Err(ServiceError::NotFound("client".to_owned()));
+        }
+        self.store
+            .disable_client(
+                client_id,
+                self.now(),
+                audit,
+                &AccountChange::new(AccountChangeKind::ClientDisabled),
             )
             .await?;
         Ok(())
@@ -973,97 +1005,6 @@ impl Accounts {
             )
             .await?;
         Ok(())
-    }
-
-    /// Who a bearer token speaks for (session or access token).
-    pub async fn authenticate(&self, bearer: &str) -> Result<Authenticated, ServiceError> {
-        let fail = |why: &'static str| {
-            tracing::debug!(target: "phivault::auth", why, "bearer token refused");
-            ServiceError::CredentialFailure
-        };
-        let (kind, hash) = token::parse(bearer).map_err(|_| fail("malformed"))?;
-        if !matches!(kind, TokenKind::Session | TokenKind::Access) {
-            return Err(fail("not a session or access token"));
-        }
-        let row = self
-            .store
-            .token(hash.as_bytes())
-            .await?
-            .ok_or_else(|| fail("unknown"))?;
-        let record = TokenRecord {
-            hash: <[u8; 32]>::try_from(row.token_hash.as_slice())
-                .map(TokenHash::from_bytes)
-                .map_err(|_| fail("stored hash length"))?,
-            kind: row
-                .kind
-                .parse::<TokenKind>()
-                .map_err(|_| fail("stored kind"))?,
-            principal_id: row.principal_id,
-            client_id: row.client_id,
-            scopes: row.scopes,
-            issued_at: row.issued_at,
-            expires_at: row.expires_at,
-            revoked_at: row.revoked_at,
-        };
-        record
-            .check(self.now(), kind, None)
-            .map_err(|_| fail("expired, revoked or of another kind"))?;
-        let launch_patient = row.launch_patient.as_deref().map(parse_id).transpose()?;
-        if let Some(client_id) = record.client_id.as_deref() {
-            // A token bound to a client stops working when the client is disabled.
-            match self.store.client(client_id).await? {
-                Some(c) if c.disabled_at.is_none() => {}
-                _ => return Err(fail("client unknown or disabled")),
-            }
-        }
-        if kind == TokenKind::Access
-            && let Some(client_id) = record
-                .client_id
-                .as_deref()
-                .filter(|c| *c == record.principal_id)
-        {
-            // A client acting on its own (client credentials).
-            let scopes = ScopeSet::parse(&record.scopes).map_err(internal)?;
-            let mut principal = PrincipalRef::client(client_id, scopes).map_err(internal)?;
-            if let Some(p) = launch_patient {
-                principal = principal.with_launch_patient(p);
-            }
-            return Ok(Authenticated {
-                principal,
-                practitioner: None,
-                client_id: Some(client_id.to_owned()),
-                enrolment_only: false,
-            });
-        }
-        let user = match self.store.user_by_id(&record.principal_id).await? {
-            Some(u) if u.disabled_at.is_none() => u,
-            _ => return Err(fail("account unknown or disabled")),
-        };
-        let role = Role::parse(&user.role).map_err(internal)?;
-        let mut principal = PrincipalRef::user(&user.user_id, role).map_err(internal)?;
-        if role == Role::Patient
-            && let Some(p) = &user.patient_id
-        {
-            principal = principal
-                .with_linked_patient(parse_id(p)?)
-                .map_err(internal)?;
-        }
-        if kind == TokenKind::Access {
-            // A user acting through an app: the token's scopes narrow what the user may do.
-            principal = principal.with_scopes(ScopeSet::parse(&record.scopes).map_err(internal)?);
-            if let Some(p) = launch_patient {
-                principal = principal.with_launch_patient(p);
-            }
-        }
-        let practitioner = user.practitioner_id.as_deref().map(parse_id).transpose()?;
-        Ok(Authenticated {
-            principal,
-            practitioner,
-            client_id: record.client_id,
-            enrolment_only: kind == TokenKind::Session
-                && self.second_factor_required(role)
-                && !user.totp_enabled,
-        })
     }
 
     /// Registers an OAuth2 client with its allowed scopes, committed with `audit`'s entry;

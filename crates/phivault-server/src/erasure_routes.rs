@@ -81,6 +81,9 @@ async fn erase_of(state: &AppState, access: &Access, patient: &Id) -> Result<Res
     let sink = RequestSink::single_write(state, access.audit_slot());
     let record = state.store.erase_patient(patient, &sink).await?;
     sink.committed();
+    // The erased patient's consents leave this process's memory now (other processes drop
+    // theirs at their next consent read: the erasure wrote a fresh consent generation).
+    state.consent_memo.clear();
     if state.store.key_residue_pending() {
         tracing::warn!(
             key_id = %record.key_id,

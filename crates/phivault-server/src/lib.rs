@@ -44,6 +44,7 @@ mod audit_sink;
 mod auth_routes;
 mod bulk_export;
 mod capability;
+mod consent_memo;
 mod edge;
 mod erasure_routes;
 mod error;
@@ -69,6 +70,7 @@ use phivault_policy::{ConsentDefaults, PolicyEngine, RolePurposes};
 use phivault_store::Store;
 
 pub use bulk_export::{BulkJobs, BulkLimits};
+pub use consent_memo::ConsentMemo;
 pub use error::{ApiError, ServerError};
 pub use middleware::connections::ConnectionLimits;
 pub use middleware::refusals::{RefusalLimits, RefusalTally};
@@ -142,6 +144,9 @@ pub struct AppState {
     /// Most matches a `_sort` search decrypts and sorts (at most
     /// [`phivault_fhir::MAX_SORTED`]); a search matching more is refused as too costly.
     pub max_sorted: usize,
+    /// Patients' active consents as last read, trusted only under the consent generation
+    /// they were read at (see [`ConsentMemo`]).
+    pub consent_memo: Arc<ConsentMemo>,
 }
 
 impl AppState {
@@ -179,6 +184,7 @@ impl AppState {
             refusals: Arc::new(RefusalTally::new(RefusalLimits::default())),
             bulk: Arc::new(BulkJobs::new(BulkLimits::default())),
             max_sorted: phivault_fhir::MAX_SORTED,
+            consent_memo: Arc::new(ConsentMemo::default()),
         })
     }
 

@@ -27,6 +27,8 @@ use tower::ServiceExt;
 mod all_types;
 #[path = "router/bulk.rs"]
 mod bulk;
+#[path = "router/caches.rs"]
+mod caches;
 #[path = "router/conditional.rs"]
 mod conditional;
 #[path = "router/http_details.rs"]
@@ -59,6 +61,9 @@ struct Ctx {
     token: String,
     /// That app's client id.
     app_id: String,
+    /// The database and master key (hex), for a second store over the same database.
+    url: String,
+    master_hex: String,
 }
 
 struct Answer {
@@ -147,8 +152,9 @@ async fn ctx_at(
 ) -> Ctx {
     let mut key = [0u8; 32];
     phivault_crypto::random_bytes(&mut key).unwrap();
-    let keys = phivault_crypto::StaticKeyProvider::from_hex(hex::encode(key));
-    let mut opts = StoreOptions::new(url);
+    let master_hex = hex::encode(key);
+    let keys = phivault_crypto::StaticKeyProvider::from_hex(master_hex.clone());
+    let mut opts = StoreOptions::new(url.clone());
     opts.max_bundle_entries = max_bundle_entries;
     let store = Store::open(&opts, &keys).await.unwrap();
     let mut state = AppState::new(
@@ -167,6 +173,8 @@ async fn ctx_at(
         state,
         token: String::new(),
         app_id: String::new(),
+        url,
+        master_hex,
     };
     let (id, secret) = c.client("system", "system/*.cruds", None).await;
     c.token = c.client_token(&id, &secret, None).await;

@@ -33,6 +33,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use zeroize::Zeroizing;
 
+use crate::generations::{self, Generation};
 use crate::keys::{DataKey, Owner};
 use crate::{AccountChange, AccountSink, Store, StoreError};
 
@@ -516,7 +517,8 @@ impl Store {
             return Ok(false);
         }
         replace_codes_in(&mut tx, user_id, code_hashes).await?;
-        commit_recorded(tx, audit, change).await?;
+        // The user's sessions stop being enrolment-only.
+        commit_recorded_auth(tx, &self.inner.tenant, audit, change).await?;
         Ok(true)
     }
 
@@ -667,8 +669,12 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        // The audited columns (patient and Practitioner links) are part of what authenticating
+        // a token answers; the password hash (rehashed on login) is not.
         match audited {
-            Some((audit, change)) => commit_recorded(tx, audit, change).await?,
+            Some((audit, change)) => {
+                commit_recorded_auth(tx, &self.inner.tenant, audit, change).await?;
+            }
             None => tx.commit().await?,
         }
         Ok(true)
@@ -698,7 +704,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        commit_recorded(tx, audit, change).await?;
+        commit_recorded_auth(tx, &self.inner.tenant, audit, change).await?;
         Ok(true)
     }
 
@@ -818,7 +824,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        commit_recorded(tx, audit, change).await?;
+        commit_recorded_auth(tx, &self.inner.tenant, audit, change).await?;
         Ok(true)
     }
 
@@ -870,6 +876,34 @@ impl Store {
             created_at: row.try_get("created_at")?,
             disabled_at: row.try_get("disabled_at")?,
         }))
+    }
+
+    /// Disables a client at `now` (kept for the audit trail; its credentials and every token
+    /// bound to it stop working), committed with `audit`'s record of `change`. `false`
+    /// (nothing recorded) when there is no such client or it is disabled already.
+    pub async fn disable_client(
+        &self,
+        client_id: &str,
+        now: i64,
+        audit: &dyn AccountSink,
+        change: &AccountChange,
+    ) -> Result<bool, StoreError> {
+        let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE oauth_clients SET disabled_at = $1 WHERE client_id = $2 AND tenant = $3 \
+             AND disabled_at IS NULL",
+        )
+        .bind(now)
+        .bind(client_id)
+        .bind(&self.inner.tenant)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        commit_recorded_auth(tx, &self.inner.tenant, audit, change).await?;
+        Ok(true)
     }
 
     // ---- care grants -----------------------------------------------------------------------
@@ -1037,6 +1071,19 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Replaces the auth generation inside `tx` (the change alters what authenticating a token
+/// answers: see [`crate::Generation::Auth`]), has `audit` record `change` in `tx`, then
+/// commits.
+async fn commit_recorded_auth(
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    tenant: &str,
+    audit: &dyn AccountSink,
+    change: &AccountChange,
+) -> Result<(), StoreError> {
+    generations::bump(&mut tx, tenant, Generation::Auth).await?;
+    commit_recorded(tx, audit, change).await
 }
 
 /// Has `audit` record `change` in `tx`, then commits. A failing sink drops `tx`, which rolls

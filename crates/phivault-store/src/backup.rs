@@ -227,6 +227,11 @@ pub const TABLES: &[Table] = &[
         order: &["tenant"],
     },
     Table {
+        name: "cache_generations",
+        columns: &[text("tenant"), text("name"), int("value")],
+        order: &["tenant", "name"],
+    },
+    Table {
         name: "users",
         columns: &[
             text("user_id"),
@@ -897,6 +902,8 @@ impl RestoreTx {
         .await?
         .rows_affected();
         if deleted > 0 {
+            // The restored rows no longer are the archive's: see `crate::generations`.
+            crate::generations::bump_all(&mut self.tx).await?;
             // Their compartments' search tokens are swept again (Store::sweep_erasures).
             sqlx::query(
                 "UPDATE erasures SET index_swept_at = NULL WHERE key_id IN \
@@ -965,6 +972,9 @@ impl RestoreTx {
             let columns: Vec<&'static Column> = table.columns.iter().collect();
             self.insert(table, &columns, std::slice::from_ref(row))
                 .await?;
+        }
+        if disposed > 0 {
+            crate::generations::bump_all(&mut self.tx).await?;
         }
         Ok(disposed)
     }

@@ -245,6 +245,11 @@ impl Store {
             ),
         ];
         let mut changed = Vec::new();
+        // Tokens deleted, clients disabled, patient accounts unlinked: what authenticating a
+        // token answers changes with this transaction.
+        crate::generations::bump(&mut *conn, tenant, crate::Generation::Auth).await?;
+        // The patient's consents become unreadable: a server's memo of them is stale.
+        crate::generations::bump(&mut *conn, tenant, crate::Generation::Consent).await?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let clients = sqlx::query(
             "UPDATE oauth_clients SET launch_patient = NULL, \

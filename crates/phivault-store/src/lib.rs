@@ -33,6 +33,7 @@ mod backend;
 pub mod backup;
 mod bundle;
 mod erasure;
+mod generations;
 mod keys;
 mod reindex;
 mod released;
@@ -55,6 +56,7 @@ use sqlx::AnyPool;
 pub use backend::Backend;
 pub use bundle::EntryDecision;
 pub use erasure::{ErasureRecord, SweepReport};
+pub use generations::Generation;
 pub use released::{Facts, Unreleased};
 pub use retention::{DISPOSE_BATCH, RetentionCount, RetentionRule};
 pub use rotation::{KekStatus, KeyStatus, RotationProgress, RotationReport};
@@ -473,6 +475,8 @@ impl Store {
         // Before anything is served: an index in an older format would leak labels and miss
         // them in label-filtered searches.
         store.upgrade_index().await?;
+        store.ensure_generation(Generation::Auth).await?;
+        store.ensure_generation(Generation::Consent).await?;
         Ok(store)
     }
 

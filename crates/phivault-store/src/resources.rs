@@ -534,6 +534,10 @@ impl Store {
         // PostgreSQL locked against an erasure, inside this transaction.
         self.hold_key_in(conn, &key.key_id, patient.as_ref())
             .await?;
+        if let Some(kind) = crate::generations::of_type(rtype.as_str()) {
+            // What a server keeps of the tenant's consents is stale once this commits.
+            crate::generations::bump(conn, tenant, kind).await?;
+        }
         let current = if create_only {
             None
         } else {
@@ -728,6 +732,9 @@ impl Store {
         // checks its integrity before a tombstone is stacked on it.
         let live = self.read_in(conn, rtype, id).await?;
         let patient = compartment_patient_of(rtype, &live.body);
+        if let Some(kind) = crate::generations::of_type(rtype.as_str()) {
+            crate::generations::bump(conn, tenant, kind).await?;
+        }
         self.hold_key_in(conn, &key_id, patient.as_ref()).await?;
         let sealer = self.sealer_of(rtype, id, old, &key_id).await?;
         let version = old + 1;

@@ -108,6 +108,9 @@ impl Store {
         let rtype = rule.rtype.as_str();
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;
+        if let Some(kind) = crate::generations::of_type(rtype) {
+            crate::generations::bump(&mut tx, tenant, kind).await?;
+        }
         let rows = sqlx::query(
             "SELECT id, version, recorded_at FROM current_resources \
              WHERE tenant = $1 AND rtype = $2 AND recorded_at < $3 \

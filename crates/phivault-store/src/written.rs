@@ -100,6 +100,8 @@ pub enum AccountChangeKind {
     TotpEnabled,
     /// A session or access token was revoked.
     TokenRevoked,
+    /// An OAuth2 client was disabled.
+    ClientDisabled,
 }
 
 impl AccountChangeKind {
@@ -115,6 +117,7 @@ impl AccountChangeKind {
             AccountChangeKind::TotpEnrolmentStarted => "totp-enrolment-started",
             AccountChangeKind::TotpEnabled => "totp-enabled",
             AccountChangeKind::TokenRevoked => "token-revoked",
+            AccountChangeKind::ClientDisabled => "client-disabled",
         }
     }
 }

@@ -157,11 +157,17 @@ impl Bench {
     /// One audited GET; returns the number of resources in a searchset (1 for a read).
     #[allow(dead_code)]
     pub(crate) fn get(&self, uri: &str) -> usize {
+        self.get_as(&self.token, uri)
+    }
+
+    /// [`Bench::get`] with another bearer token.
+    #[allow(dead_code)]
+    pub(crate) fn get_as(&self, token: &str, uri: &str) -> usize {
         self.runtime.block_on(async {
             let mut req = Request::builder()
                 .method(Method::GET)
                 .uri(uri)
-                .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
                 .body(Body::empty())
                 .unwrap();
             req.extensions_mut()
@@ -176,6 +182,43 @@ impl Bench {
                 .unwrap();
             let v: Value = serde_json::from_slice(&bytes).unwrap();
             v["entry"].as_array().map_or(1, Vec::len)
+        })
+    }
+
+    /// A session of a new patient account linked to patient `i` (password login; patients
+    /// need no second factor by default).
+    #[allow(dead_code)]
+    pub(crate) fn patient_session(&self, i: usize) -> String {
+        self.runtime.block_on(async {
+            let accounts = &self.state.accounts;
+            let username = format!("bench-patient-{i}");
+            let password = "plum-orchard-lantern-47";
+            accounts
+                .create_user(
+                    &username,
+                    phivault_auth::Password::new(password),
+                    phivault_policy::Role::Patient,
+                    &NoAudit,
+                )
+                .await
+                .unwrap();
+            let patient = phivault_fhir::Id::parse(&self.patients[i]).unwrap();
+            accounts
+                .link_patient(&username, &patient, &NoAudit)
+                .await
+                .unwrap();
+            let outcome = accounts
+                .login(phivault_auth::LoginRequest {
+                    username,
+                    password: phivault_auth::Password::new(password),
+                    totp: None,
+                    recovery_code: None,
+                    address: std::net::IpAddr::from([127, 0, 0, 1]),
+                })
+                .await
+                .unwrap();
+            assert!(!outcome.enrolment_only);
+            outcome.token.expose().to_owned()
         })
     }
 

@@ -27,8 +27,11 @@
 //!   system-level scope: not through the requesting principal's access) and evaluates them
 //!   for the purpose of use, the resource type and the principal (its Practitioner, its
 //!   OAuth2 client); with no applicable provision, the configured default of the purpose
-//!   decides. Consents are cached for the request only, so a withdrawal (status `inactive`,
-//!   or a deny provision) binds the next request of every principal, tokens already issued
+//!   decides. Consents read are kept in the process memo ([`crate::ConsentMemo`]) under
+//!   the consent generation, which every Consent write (any process) replaces in its own
+//!   transaction; each request reads the generation before any consent and takes from the
+//!   memo only what was read under the same value, so a withdrawal (status `inactive`, or a
+//!   deny provision) binds the next request of every principal, tokens already issued
 //!   included. Searches apply the same verdicts in SQL: patients whose consent denies are left
 //!   out of the scope (or, for a purpose denied by default, only the patients whose consent
 //!   permits are in it), so results and totals agree with the per-hit decisions. A patient's
@@ -69,6 +72,7 @@ use phivault_store::{Facts as StoredFacts, SearchScope, StoreError, StoredResour
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::consent_memo::Memoized;
 use crate::edge::AuditSlot;
 use crate::{ApiError, AppState};
 
@@ -175,6 +179,9 @@ struct ConsentCache {
     by_patient: HashMap<Id, Arc<Vec<Consent>>>,
     /// Every active consent of the tenant was read: a patient without an entry has none.
     complete: bool,
+    /// The consent generation, read once, before any consent this request reads (`Some(None)`:
+    /// the database has none, and the process memo is not used).
+    generation: Option<Option<i64>>,
 }
 
 /// Largest page read when loading consents.
@@ -436,7 +443,23 @@ impl Access {
         Ok(out)
     }
 
-    /// The active consents of `patient` (cached for this request).
+    /// The consent generation this request decides under, read before the first consent it
+    /// reads: a consent change committed before the read gives another value, so what the
+    /// process memo holds under this value is at least as new as the request.
+    async fn consent_generation(&self) -> Result<Option<i64>, ApiError> {
+        if let Some(g) = self.lock_consents().generation {
+            return Ok(g);
+        }
+        let g = self
+            .state
+            .store
+            .generation(phivault_store::Generation::Consent)
+            .await?;
+        Ok(*self.lock_consents().generation.get_or_insert(g))
+    }
+
+    /// The active consents of `patient` (cached for this request; from the process memo
+    /// when nothing changed since it read them).
     async fn consents_of(&self, patient: &Id) -> Result<Arc<Vec<Consent>>, ApiError> {
         {
             let cache = self.lock_consents();
@@ -446,6 +469,15 @@ impl Access {
             if cache.complete {
                 return Ok(Arc::new(Vec::new()));
             }
+        }
+        let generation = self.consent_generation().await?;
+        if let Some(g) = generation
+            && let Memoized::Consents(consents) = self.state.consent_memo.get(g, patient)
+        {
+            self.lock_consents()
+                .by_patient
+                .insert(patient.clone(), consents.clone());
+            return Ok(consents);
         }
         let pairs = vec![
             ("patient".to_owned(), format!("Patient/{patient}")),
@@ -457,6 +489,9 @@ impl Access {
         };
         let mut found = self.load_consents(pairs, &scope).await?;
         let consents = Arc::new(found.remove(patient).unwrap_or_default());
+        if let Some(g) = generation {
+            self.state.consent_memo.put(g, patient, consents.clone());
+        }
         self.lock_consents()
             .by_patient
             .insert(patient.clone(), consents.clone());
@@ -469,6 +504,15 @@ impl Access {
         if self.lock_consents().complete {
             return Ok(());
         }
+        let generation = self.consent_generation().await?;
+        if let Some(g) = generation
+            && let Some(all) = self.state.consent_memo.all(g)
+        {
+            let mut cache = self.lock_consents();
+            cache.by_patient = all;
+            cache.complete = true;
+            return Ok(());
+        }
         let pairs = vec![("status".to_owned(), "active".to_owned())];
         let scope = SearchScope {
             patients: None,
@@ -476,8 +520,13 @@ impl Access {
             ..SearchScope::default()
         };
         let found = self.load_consents(pairs, &scope).await?;
+        let all: HashMap<Id, Arc<Vec<Consent>>> =
+            found.into_iter().map(|(p, c)| (p, Arc::new(c))).collect();
+        if let Some(g) = generation {
+            self.state.consent_memo.put_all(g, &all);
+        }
         let mut cache = self.lock_consents();
-        cache.by_patient = found.into_iter().map(|(p, c)| (p, Arc::new(c))).collect();
+        cache.by_patient = all;
         cache.complete = true;
         Ok(())
     }

@@ -167,6 +167,10 @@ impl RestoreTx {
                     .await?
                     .map_or(0, |_| 1);
         }
+        if done.tokens + done.users + done.clients > 0 {
+            // The restored rows no longer are the archive's: see `crate::generations`.
+            crate::generations::bump_all(&mut self.tx).await?;
+        }
         Ok(done)
     }
 }
