@@ -228,6 +228,9 @@ async fn a_patient_link_changed_elsewhere_binds_the_next_request() {
     }
 }
 
+// The other process writes as the system (as the CLI's import does), without a principal's
+// decision: the proof-free store writes.
+#[allow(clippy::disallowed_methods)]
 #[tokio::test]
 async fn a_consent_changed_by_another_process_binds_the_next_request() {
     for (backend, c) in contexts().await {
