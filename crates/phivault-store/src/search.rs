@@ -100,10 +100,6 @@ const MAX_KEYED_BINDS: usize = 4000;
 /// Index rows counted, at most, to tell how selective a search test is (see `Store::drive`).
 const PROBE_CAP: usize = 1000;
 
-/// Tokens up to which a candidate is tested by probing the index's primary key once per
-/// token; past it, by reading the candidate's own index rows (a resource has a few dozen).
-const PROBE_BY_TOKEN_MAX: usize = 16;
-
 /// How a statement tests the index (see `Store::drive`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Drive {
@@ -280,18 +276,7 @@ impl Store {
             if tokens.is_empty() {
                 return if present { "1 = 0" } else { "1 = 1" }.to_owned();
             }
-            if probe && tokens.len() > PROBE_BY_TOKEN_MAX {
-                // Many tokens (a date range's cover): read the candidate's own index rows
-                // (`search_index_resource`, a few dozen) and look each up in the list, built
-                // once per statement, instead of one primary-key probe per token. The unary
-                // `+` (a no-op on a blob) keeps SQLite from planning the probes anyway.
-                format!(
-                    "{}EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
-                     AND s.rtype = c.rtype AND s.id = c.id AND +s.token IN ({}))",
-                    if present { "" } else { "NOT " },
-                    tokens.join(", ")
-                )
-            } else if probe {
+            if probe {
                 format!(
                     "{}EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
                      AND s.rtype = c.rtype AND s.token IN ({}) AND s.id = c.id)",
