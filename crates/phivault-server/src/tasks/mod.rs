@@ -1,3 +1,0 @@
-//! Background tasks of a serving process.
-
-pub(crate) mod statistics;
