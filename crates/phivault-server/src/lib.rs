@@ -55,6 +55,7 @@ pub mod portability;
 mod privacy;
 mod request_routes;
 mod retention;
+mod tasks;
 pub mod tls;
 
 use std::io::Write;
@@ -428,6 +429,11 @@ pub async fn serve(
         state.retention.clone(),
         retention::RETENTION_EVERY,
     )));
+    // PostgreSQL's planner statistics, refreshed as the server's writes make them stale.
+    let statistics = AbortOnDrop(tokio::spawn(tasks::statistics::statistics_loop(
+        state.store.clone(),
+        tasks::statistics::CHECK_EVERY,
+    )));
     // Summaries of refused unauthenticated requests, at the end of every window.
     let refusals = state.refusals.clone();
     let refusal_flushes = AbortOnDrop(tokio::spawn(middleware::refusals::flush_loop(
@@ -437,6 +443,7 @@ pub async fn serve(
     let audit = state.audit.clone();
     let app = router(state);
     let _retention = retention;
+    let _statistics = statistics;
     let _evictions = evictions;
 
     let served = match tls {

@@ -62,6 +62,7 @@ pub use retention::{DISPOSE_BATCH, RetentionCount, RetentionRule};
 pub use rotation::{KekStatus, KeyStatus, RotationProgress, RotationReport};
 pub use search::{SearchPage, SearchScope};
 pub use sqlx::AnyConnection;
+pub use statistics::{STALE_AFTER_WRITES, StatisticsWatch};
 pub use written::{
     AccountChange, AccountChangeKind, AccountSink, AuditSink, NoAudit, SinkFuture, WriteKind,
     Written,
@@ -438,6 +439,8 @@ struct Inner {
     max_bundle_entries: usize,
     /// Tables whose deleted key material a purge has still to remove from the files.
     residue: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
+    /// Resources written through this store (see [`Store::resource_writes`]).
+    resource_writes: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -470,6 +473,7 @@ impl Store {
                 write_lock,
                 max_bundle_entries: opts.max_bundle_entries,
                 residue: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+                resource_writes: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         // Before anything is served: an index in an older format would leak labels and miss

@@ -635,6 +635,9 @@ impl Store {
             }
         }
         self.insert_index_in(conn, rtype, &id, &tokens).await?;
+        self.inner
+            .resource_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let version = to_u64(version);
         Ok(PutOutcome {
             stored: StoredResource::new(rtype, id, version, now_text, resource.into_body()),

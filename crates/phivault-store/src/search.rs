@@ -101,7 +101,7 @@ const MAX_KEYED_BINDS: usize = 4000;
 const PROBE_CAP: usize = 1000;
 
 /// How a statement tests the index (see `Store::drive`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Drive {
     /// Every test as the set of ids it matches (`c.id IN (SELECT ...)`).
     Sets,
@@ -109,6 +109,9 @@ enum Drive {
     Ids,
     /// This parameter's set gives the candidates; every other test probes each of them.
     Param(usize),
+    /// PostgreSQL: this parameter matches exactly these ids (read beforehand, at most
+    /// [`PROBE_CAP`]), bound as constants; every other test probes each of them.
+    Listed(usize, Vec<String>),
 }
 
 /// Whether an entry's tokens are keyed per compartment.
@@ -128,7 +131,7 @@ impl Store {
         query: &SearchQuery,
         scope: &SearchScope,
         keys: Option<&[String]>,
-        drive: Drive,
+        drive: &Drive,
     ) -> Filter {
         let mut f = Filter {
             sql: String::new(),
@@ -279,9 +282,10 @@ impl Store {
             if probe {
                 format!(
                     "{}EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
-                     AND s.rtype = c.rtype AND s.token IN ({}) AND s.id = c.id)",
+                     AND s.rtype = c.rtype AND s.token IN ({}) AND s.id = c.id{})",
                     if present { "" } else { "NOT " },
-                    tokens.join(", ")
+                    tokens.join(", "),
+                    self.per_row_fence()
                 )
             } else {
                 self.index_test(&t, &r, &tokens, present)
@@ -294,7 +298,22 @@ impl Store {
             let probe = match drive {
                 Drive::Sets => false,
                 Drive::Ids => true,
-                Drive::Param(driver) => i != driver,
+                Drive::Param(driver) => i != *driver,
+                Drive::Listed(driver, ids) => {
+                    if i == *driver {
+                        let list: Vec<String> = ids
+                            .iter()
+                            .map(|id| f.placeholder(Bind::Text(id.clone())))
+                            .collect();
+                        if list.is_empty() {
+                            sql.push_str(" AND 1 = 0");
+                        } else {
+                            sql.push_str(&format!(" AND c.id IN ({})", list.join(", ")));
+                        }
+                        continue;
+                    }
+                    true
+                }
             };
             // Any of the entries, or every test of one conjunction (date ranges).
             let mut alternatives = Vec::new();
@@ -340,8 +359,25 @@ impl Store {
             ),
             (false, Backend::Postgres) => format!(
                 "NOT EXISTS (SELECT 1 FROM search_index s WHERE s.tenant = c.tenant \
-                 AND s.rtype = c.rtype AND s.id = c.id AND s.token IN ({list}))"
+                 AND s.rtype = c.rtype AND s.id = c.id AND s.token IN ({list}){})",
+                self.per_row_fence()
             ),
+        }
+    }
+
+    /// What ends a correlated subquery that must run for each candidate row, looking the row
+    /// up by its own key: on PostgreSQL `OFFSET 0`, which keeps the planner from turning the
+    /// `EXISTS` into a join. As a join, its plan rests on statistics: with statistics taken
+    /// while the tables were nearly empty (or never taken), PostgreSQL estimates one row
+    /// everywhere, and then may scan every index row of the type for each candidate, keeping
+    /// only the candidate's as a join filter (an authorization-matrix search ran for minutes
+    /// that way). Run for each row, the candidate's id is a parameter the index lookup is
+    /// bound to, whatever the statistics say. SQLite already runs a correlated `EXISTS` for
+    /// each row (and has no bare `OFFSET`).
+    fn per_row_fence(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Postgres => " OFFSET 0",
+            Backend::Sqlite => "",
         }
     }
 
@@ -355,7 +391,7 @@ impl Store {
         rtype: ResourceType,
         query: &SearchQuery,
         scope: &SearchScope,
-        drive: Drive,
+        drive: &Drive,
     ) -> Result<Option<Vec<String>>, StoreError> {
         let needed = scope.exclude_labels.iter().any(keyed)
             || query.params.iter().any(|p| p.entries().any(keyed));
@@ -419,8 +455,7 @@ impl Store {
         Ok(Some(keys))
     }
 
-    /// How SQLite should run a search's index tests (PostgreSQL plans semi-joins itself,
-    /// whatever form they are written in: [`Drive::Sets`]).
+    /// How a search's index tests run.
     ///
     /// SQLite runs a `c.id IN (SELECT ...)` test by reading every id that matches it, so a
     /// search with an unselective test (`status=final`, a `code` every Observation has, an
@@ -432,14 +467,23 @@ impl Store {
     /// counted compartment parameters first (a patient's reference is usually the most
     /// selective), each only up to the fewest rows counted so far, so an unselective test
     /// costs no more than the selective one found before it.
+    ///
+    /// PostgreSQL would plan the sets as joins itself, but a join's plan rests on statistics
+    /// that may be missing or stale (see [`Store::per_row_fence`]). So there the most
+    /// selective test's ids are read the same way (even for a search with one test) and,
+    /// when they are fewer than [`PROBE_CAP`], bound as constants: the statement then looks
+    /// its candidates up by primary key and probes the other tests for each, a plan that
+    /// needs no statistics. Only a search whose every test matches more rows than that is
+    /// left to the planner ([`Drive::Sets`]).
     async fn drive(&self, rtype: ResourceType, query: &SearchQuery) -> Result<Drive, StoreError> {
-        if self.inner.backend != Backend::Sqlite || query.params.is_empty() {
+        let postgres = self.inner.backend == Backend::Postgres;
+        if query.params.is_empty() {
             return Ok(Drive::Sets);
         }
         if query.ids.is_some() {
             return Ok(Drive::Ids);
         }
-        if query.params.len() < 2 {
+        if query.params.len() < 2 && !postgres {
             return Ok(Drive::Sets);
         }
         // Only plain "any of these entries" tests can give the candidates.
@@ -455,9 +499,10 @@ impl Store {
         candidates.sort_by_key(|(_, p)| {
             !compartment.contains(&p.name.split(':').next().unwrap_or_default())
         });
-        let mut best: Option<(i64, usize)> = None;
+        // (rows counted, the parameter, its ids when read)
+        let mut best: Option<(usize, usize, Vec<String>)> = None;
         for (i, param) in candidates {
-            let cap = best.map_or(PROBE_CAP as i64, |(fewest, _)| fewest);
+            let cap = best.as_ref().map_or(PROBE_CAP, |(fewest, _, _)| *fewest);
             if cap == 0 {
                 break;
             }
@@ -479,21 +524,49 @@ impl Store {
                     f.placeholder(Bind::Bytes(token))
                 })
                 .collect();
-            let sql = format!(
-                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM search_index WHERE tenant = $1 \
-                 AND rtype = $2 AND token IN ({}) LIMIT {cap}) x",
-                tokens.join(", ")
-            );
-            let n: i64 = f
-                .bind_all(sqlx::query(&sql))
-                .fetch_one(&self.inner.pool)
-                .await?
-                .try_get("n")?;
-            if best.is_none_or(|(fewest, _)| n < fewest) {
-                best = Some((n, i));
+            let (n, ids) = if postgres {
+                let sql = format!(
+                    "SELECT id FROM search_index WHERE tenant = $1 AND rtype = $2 \
+                     AND token IN ({}) LIMIT {cap}",
+                    tokens.join(", ")
+                );
+                let rows = f
+                    .bind_all(sqlx::query(&sql))
+                    .fetch_all(&self.inner.pool)
+                    .await?;
+                let mut ids = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    ids.push(row.try_get::<String, _>("id")?);
+                }
+                (rows.len(), ids)
+            } else {
+                let sql = format!(
+                    "SELECT COUNT(*) AS n FROM (SELECT 1 FROM search_index WHERE tenant = $1 \
+                     AND rtype = $2 AND token IN ({}) LIMIT {cap}) x",
+                    tokens.join(", ")
+                );
+                let n: i64 = f
+                    .bind_all(sqlx::query(&sql))
+                    .fetch_one(&self.inner.pool)
+                    .await?
+                    .try_get("n")?;
+                (usize::try_from(n).unwrap_or(usize::MAX), Vec::new())
+            };
+            if best.as_ref().is_none_or(|(fewest, _, _)| n < *fewest) {
+                best = Some((n, i, ids));
             }
         }
-        Ok(best.map_or(Drive::Sets, |(_, i)| Drive::Param(i)))
+        Ok(match best {
+            None => Drive::Sets,
+            // Fewer rows than the cap: these are all of the test's ids.
+            Some((n, i, mut ids)) if postgres && n < PROBE_CAP => {
+                ids.sort();
+                ids.dedup();
+                Drive::Listed(i, ids)
+            }
+            Some(_) if postgres => Drive::Sets,
+            Some((_, i, _)) => Drive::Param(i),
+        })
     }
 
     /// Runs a search over everything: resources of `rtype` matching every parameter, one
@@ -537,8 +610,8 @@ impl Store {
         scope: &SearchScope,
     ) -> Result<SearchPage, StoreError> {
         let drive = self.drive(rtype, query).await?;
-        let Some(keys) = self.keyed_compartments(rtype, query, scope, drive).await? else {
-            return self.search_page(rtype, query, scope, None, drive).await;
+        let Some(keys) = self.keyed_compartments(rtype, query, scope, &drive).await? else {
+            return self.search_page(rtype, query, scope, None, &drive).await;
         };
         let per_key = scope.exclude_labels.iter().filter(|e| keyed(e)).count()
             + query
@@ -550,7 +623,7 @@ impl Store {
         let group = (MAX_KEYED_BINDS / per_key.max(1)).max(1);
         if keys.len() <= group {
             return self
-                .search_page(rtype, query, scope, Some(&keys), drive)
+                .search_page(rtype, query, scope, Some(&keys), &drive)
                 .await;
         }
         let mut page = SearchPage {
@@ -564,7 +637,7 @@ impl Store {
             q.offset = if room > 0 { skip } else { 0 };
             q.count = room;
             let part = self
-                .search_page(rtype, &q, scope, Some(chunk), drive)
+                .search_page(rtype, &q, scope, Some(chunk), &drive)
                 .await?;
             page.total = page.total.saturating_add(part.total);
             if room > 0 {
@@ -583,7 +656,7 @@ impl Store {
         query: &SearchQuery,
         scope: &SearchScope,
         keys: Option<&[String]>,
-        drive: Drive,
+        drive: &Drive,
     ) -> Result<SearchPage, StoreError> {
         let f = self.filter(rtype, query, scope, keys, drive);
         let count_sql = format!(
@@ -605,11 +678,12 @@ impl Store {
                         (SELECT MAX(m.version) FROM resource_versions m \
                           WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version, \
                         (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = c.key_id) AS key_live \
-                 FROM current_resources c \
-                 LEFT JOIN resource_versions v ON v.tenant = c.tenant AND v.rtype = c.rtype \
-                      AND v.id = c.id AND v.version = c.version \
+                 FROM current_resources c {} \
                  WHERE {} ORDER BY c.id LIMIT {} OFFSET {}",
-                f.sql, query.count, query.offset
+                self.current_version_join(),
+                f.sql,
+                query.count,
+                query.offset
             );
             let rows = f
                 .bind_all(sqlx::query(&page_sql))
@@ -630,5 +704,22 @@ impl Store {
             total: u64::try_from(total).unwrap_or(0),
             resources,
         })
+    }
+    /// Joins each page row `c` to its current version `v`. On PostgreSQL a lateral subquery
+    /// run for each page row with its key as parameters (see [`Store::per_row_fence`]): as a
+    /// plain join, a planner that believes the tables empty may scan every version of the
+    /// type for each row.
+    fn current_version_join(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Postgres => {
+                "LEFT JOIN LATERAL (SELECT v.version, v.key_id, v.sealed, v.deleted \
+                 FROM resource_versions v WHERE v.tenant = c.tenant AND v.rtype = c.rtype \
+                 AND v.id = c.id AND v.version = c.version OFFSET 0) v ON TRUE"
+            }
+            Backend::Sqlite => {
+                "LEFT JOIN resource_versions v ON v.tenant = c.tenant AND v.rtype = c.rtype \
+                 AND v.id = c.id AND v.version = c.version"
+            }
+        }
     }
 }

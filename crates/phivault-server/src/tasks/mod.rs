@@ -1,0 +1,3 @@
+//! Background tasks of a serving process.
+
+pub(crate) mod statistics;
