@@ -10,7 +10,9 @@
 //! format 2 date tokens would not be found by them. Format 4 indexes number and quantity
 //! values under their sign, exponent and leading-digit buckets (see
 //! `phivault_fhir::search::number_range`), which number and quantity searches cover; format 3
-//! has no such tokens. So a tenant on an older format (an installation from before, or a
+//! has no such tokens. Format 5 adds the century and decade tokens of each date endpoint,
+//! which date range searches now cover open ranges with; format 4 has none, so a range
+//! spanning a whole decade would miss its values. So a tenant on an older format (an installation from before, or a
 //! restored older archive) has every live resource's tokens recomputed from its sealed body
 //! when the store opens, before anything is served, and only then is the format recorded.
 //! Resources of erased compartments are skipped (their tokens are swept with them), and so is
@@ -23,7 +25,7 @@ use crate::resources::index_token;
 use crate::{Store, StoreError};
 
 /// The index format this code writes and searches.
-pub(crate) const INDEX_FORMAT: i64 = 4;
+pub(crate) const INDEX_FORMAT: i64 = 5;
 
 /// Resources re-indexed per write transaction.
 const BATCH: i64 = 200;

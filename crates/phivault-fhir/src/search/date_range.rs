@@ -10,8 +10,12 @@
 //! `2020-03-14T10:00:00+01:00` that day (the date as written: a time and its zone are not
 //! looked at). A Period is `start`'s first day ..= `end`'s last day; a missing start is open
 //! below, a missing end open above; a Period with neither is not indexed. The value's first day
-//! `lo` is indexed under `{param}:lo` and its last day `hi` under `{param}:hi`, each as three
-//! tokens (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) — six tokens per value, and one presence token.
+//! `lo` is indexed under `{param}:lo` and its last day `hi` under `{param}:hi`, each as the five
+//! calendar units that hold it: its century (`20xx`), decade (`202x`), year (`2024`), month
+//! (`2024-03`) and day (`2024-03-14`) — ten tokens per value, and one presence token. Centuries
+//! and decades keep open ranges short: `ge2020-01-01` is `202x`, `203x` to `209x`, `21xx`,
+//! `2200` and the bucket above (12 tokens) rather than 181 years, and each token is one probe
+//! of the index for each candidate a search tests.
 //!
 //! **Bounded universe.** Days from [`MIN_YEAR`]-01-01 to [`MAX_YEAR`]-12-31 are indexed as
 //! above. An endpoint before it (or a missing Period start) is indexed as the one token
@@ -35,9 +39,9 @@
 //! `ne` is "not both the starts and the ends fall in the range" in the same sense. Times of
 //! day are not indexed: a search value with a time is refused.
 //!
-//! **Cost.** The widest cover (`1800-01-02` to `2200-12-30`, or `gt`/`lt` near the bounds) is
-//! at most 401 years + 22 months + 60 days + 1 bucket = [`MAX_COVER`] tokens, far below the
-//! search's bound on entries; the number of tokens of a query depends on its range and is
+//! **Cost.** A cover holds at most, on each side of the centuries it spans, 30 days, 11
+//! months, 9 years and 9 decades; at most 4 centuries; and the 2 buckets: [`MAX_COVER`]
+//! tokens, far below the search's bound on entries; the number of tokens of a query depends on its range and is
 //! visible to a database observer, as the `IN` list length.
 
 use time::{Date, Month};
@@ -51,7 +55,7 @@ pub(crate) const MIN_YEAR: i32 = 1800;
 pub(crate) const MAX_YEAR: i32 = 2200;
 
 /// Most tokens one cover can hold (see the module docs).
-const MAX_COVER: usize = 401 + 22 + 60 + 1;
+const MAX_COVER: usize = 2 * (30 + 11 + 9 + 9) + 4 + 2;
 
 // One date value's query (`ne`: two covers and two presence entries) fits many times in a
 // search's bound on entries.
@@ -162,7 +166,18 @@ pub(crate) fn target_range(value: &serde_json::Value) -> Option<(Day, Day)> {
     }
 }
 
-/// The tokens of one endpoint: its year, month and day, or its bucket.
+/// The century token of the century starting at year `y` (`y` a multiple of 100).
+fn century(y: i32) -> String {
+    format!("{:02}xx", y / 100)
+}
+
+/// The decade token of the decade starting at year `y` (`y` a multiple of 10).
+fn decade(y: i32) -> String {
+    format!("{:03}x", y / 10)
+}
+
+/// The tokens of one endpoint: its century, decade, year, month and day, or its bucket. A
+/// century or decade reaching past [`MAX_YEAR`] is never part of a cover, so it is left out.
 fn endpoint_tokens(day: Day) -> Vec<String> {
     if day <= below() {
         return vec![BELOW.to_owned()];
@@ -173,11 +188,18 @@ fn endpoint_tokens(day: Day) -> Vec<String> {
     match Date::from_julian_day(day) {
         Ok(d) => {
             let (y, m, dd) = (d.year(), u8::from(d.month()), d.day());
-            vec![
-                format!("{y:04}"),
-                format!("{y:04}-{m:02}"),
-                format!("{y:04}-{m:02}-{dd:02}"),
-            ]
+            let mut out = Vec::with_capacity(5);
+            let (c, dec) = (y - y.rem_euclid(100), y - y.rem_euclid(10));
+            if c + 99 <= MAX_YEAR {
+                out.push(century(c));
+            }
+            if dec + 9 <= MAX_YEAR {
+                out.push(decade(dec));
+            }
+            out.push(format!("{y:04}"));
+            out.push(format!("{y:04}-{m:02}"));
+            out.push(format!("{y:04}-{m:02}-{dd:02}"));
+            out
         }
         Err(_) => Vec::new(),
     }
@@ -207,8 +229,8 @@ fn keys(param: &str) -> (String, String) {
     (format!("{param}:lo"), format!("{param}:hi"))
 }
 
-/// The fewest year, month and day tokens (and buckets) whose union is exactly the days
-/// `[a, b]` of the extended universe; empty when `a > b`.
+/// The fewest century, decade, year, month and day tokens (and buckets) whose union is
+/// exactly the days `[a, b]` of the extended universe; empty when `a > b`.
 pub(crate) fn cover(a: Day, b: Day) -> Vec<String> {
     let (mut a, mut b) = (clamp(a), clamp(b));
     let mut out = Vec::new();
@@ -230,7 +252,15 @@ pub(crate) fn cover(a: Day, b: Day) -> Vec<String> {
         let (y, m) = (d.year(), u8::from(d.month()));
         let year_end = ymd(y, 12, 31).unwrap_or(a);
         let month_end = a + i32::from(d.month().length(y)) - 1;
-        if d.ordinal() == 1 && year_end <= b {
+        let century_end = ymd(y + 99, 12, 31).unwrap_or(i32::MAX);
+        let decade_end = ymd(y + 9, 12, 31).unwrap_or(i32::MAX);
+        if d.ordinal() == 1 && y % 100 == 0 && century_end <= b {
+            out.push(century(y));
+            a = century_end + 1;
+        } else if d.ordinal() == 1 && y % 10 == 0 && decade_end <= b {
+            out.push(decade(y));
+            a = decade_end + 1;
+        } else if d.ordinal() == 1 && year_end <= b {
             out.push(format!("{y:04}"));
             a = year_end + 1;
         } else if d.day() == 1 && month_end <= b {
@@ -349,10 +379,33 @@ mod tests {
 
     /// The days a cover token stands for.
     fn span(token: &str) -> (Day, Day) {
+        let years = |first: i32, n: i32| {
+            (
+                ymd(first, 1, 1).unwrap(),
+                ymd(first + n - 1, 12, 31).unwrap(),
+            )
+        };
         match token {
             BELOW => (i32::MIN, below()),
             ABOVE => (above(), i32::MAX),
+            t if t.ends_with("xx") => years(t[..2].parse::<i32>().unwrap() * 100, 100),
+            t if t.ends_with('x') => years(t[..3].parse::<i32>().unwrap() * 10, 10),
             t => calendar_range(t).unwrap(),
+        }
+    }
+
+    /// The unit a cover token is part of (`None` for a century or a bucket).
+    fn parent(token: &str) -> Option<String> {
+        if token == BELOW || token == ABOVE || token.ends_with("xx") {
+            return None;
+        }
+        if token.ends_with('x') {
+            return Some(format!("{}xx", &token[..2]));
+        }
+        match token.len() {
+            10 => Some(token[..7].to_owned()),
+            7 => Some(token[..4].to_owned()),
+            _ => Some(format!("{}x", &token[..3])),
         }
     }
 
@@ -388,16 +441,33 @@ mod tests {
             assert_eq!(cover(day(a), day(b)), *expected, "{a}..{b}");
         }
         assert!(cover(day("2020-01-02"), day("2020-01-01")).is_empty());
-        // The whole universe and beyond: buckets and the 401 years.
+        // Decades and centuries where whole ones fit.
+        assert_eq!(
+            cover(day("2019-12-31"), day("2041-02-28")),
+            ["2019-12-31", "202x", "203x", "2040", "2041-01", "2041-02"]
+        );
+        // An open range: from a decade's first day to the bucket above.
+        assert_eq!(
+            cover(day("2020-01-01"), above()),
+            [
+                "202x", "203x", "204x", "205x", "206x", "207x", "208x", "209x", "21xx", "2200",
+                ABOVE
+            ]
+        );
+        // The whole universe and beyond: buckets, four centuries and the year 2200.
         let all = cover(below(), above());
-        assert_eq!(all.len(), 403);
-        assert_eq!(all.first().map(String::as_str), Some(BELOW));
-        assert_eq!(all.last().map(String::as_str), Some(ABOVE));
+        assert_eq!(all, [BELOW, "18xx", "19xx", "20xx", "21xx", "2200", ABOVE]);
         // The widest ranges stay under the bound.
         let widest = cover(day("1800-01-02"), day("2200-12-30"));
         assert!(widest.len() <= MAX_COVER, "{}", widest.len());
-        assert_eq!(widest.len(), 30 + 11 + 399 + 11 + 30);
+        assert_eq!(widest.len(), 30 + 11 + 9 + 9 + 3 + 11 + 30);
         assert!(cover(day("1800-01-02"), above()).len() <= MAX_COVER);
+        let near_both_ends = cover(day("1809-12-02"), day("2199-01-30"));
+        assert!(
+            near_both_ends.len() <= MAX_COVER,
+            "{}",
+            near_both_ends.len()
+        );
     }
 
     #[test]
@@ -434,15 +504,11 @@ mod tests {
                     assert!(clamp(b) == above());
                 } else {
                     assert!(*s >= a && *e <= b, "{t}");
-                    // Maximal: the parent unit is not inside the range.
-                    let parent = match t.len() {
-                        10 => Some(&t[..7]),
-                        7 => Some(&t[..4]),
-                        _ => None,
-                    };
-                    if let Some(p) = parent {
-                        let (ps, pe) = calendar_range(p).unwrap();
-                        assert!(ps < a || pe > b, "{t} in {a}..{b}");
+                    // Maximal: the parent unit is not inside the range (or not inside the
+                    // universe).
+                    if let Some(p) = parent(t) {
+                        let (ps, pe) = span(&p);
+                        assert!(ps < a || pe > b || pe > last_day(), "{t} in {a}..{b}");
                     }
                 }
             }
@@ -482,7 +548,12 @@ mod tests {
         assert_eq!(target_range(&json!("garbage")), None);
         assert_eq!(
             endpoint_tokens(day("2020-03-04")),
-            ["2020", "2020-03", "2020-03-04"]
+            ["20xx", "202x", "2020", "2020-03", "2020-03-04"]
+        );
+        // No century or decade past the universe's last year.
+        assert_eq!(
+            endpoint_tokens(day("2200-07-01")),
+            ["2200", "2200-07", "2200-07-01"]
         );
     }
 

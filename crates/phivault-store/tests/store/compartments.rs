@@ -219,7 +219,7 @@ async fn an_index_in_an_older_format_is_rebuilt_when_the_store_opens() {
             .await
             .unwrap()
             .get("format");
-        assert_eq!(format, 4);
+        assert_eq!(format, 5);
     }
 }
 
