@@ -352,7 +352,20 @@ pub(crate) async fn authenticate(
             ApiError::Unauthorized
         });
     };
-    let who = match state.accounts.authenticate(&token).await {
+    // Every generation at once, before the token's rows and any consent are read: the
+    // token cache checks the auth value, the request's consent decisions use the consent
+    // value (`fhir_routes::guard`), one statement for both.
+    let generations = match state.store.generations().await {
+        Ok(g) => g,
+        Err(e) => return ApiError::Store(e).into_response(),
+    };
+    req.extensions_mut()
+        .insert(ConsentGeneration(generations.consent));
+    let who = match state
+        .accounts
+        .authenticate_under(&token, generations.auth)
+        .await
+    {
         Ok(who) => who,
         Err(ServiceError::Store(e)) => return ApiError::Store(e).into_response(),
         Err(e @ ServiceError::Throttled { .. }) => return ApiError::from(e).into_response(),
@@ -392,6 +405,10 @@ pub(crate) async fn authenticate(
     response.extensions_mut().insert(principal);
     response
 }
+
+/// The consent generation read when the request was authenticated (see `authenticate`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConsentGeneration(pub(crate) Option<i64>);
 
 /// The answer when the audit entry of a request cannot be stored: the request's own answer
 /// (a read's body included) is discarded.

@@ -81,7 +81,38 @@ pub(crate) async fn bump_all(conn: &mut AnyConnection) -> Result<(), StoreError>
     Ok(())
 }
 
+/// The values of every generation, read by one statement (see [`Store::generations`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Generations {
+    /// [`Generation::Auth`]'s value (`None`: no row, nothing may be cached under it).
+    pub auth: Option<i64>,
+    /// [`Generation::Consent`]'s value (`None`: no row).
+    pub consent: Option<i64>,
+}
+
 impl Store {
+    /// The values of every generation, read together: one statement where a request would
+    /// otherwise read each generation it caches under on its own (the request's token, then
+    /// its consents). A value read earlier in a request is as good as one read later: what
+    /// was cached under it is at least as new as that moment, and the request began after it.
+    pub async fn generations(&self) -> Result<Generations, StoreError> {
+        let rows = sqlx::query("SELECT name, value FROM cache_generations WHERE tenant = $1")
+            .bind(&self.inner.tenant)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        let mut out = Generations::default();
+        for row in rows {
+            let name: String = row.try_get("name")?;
+            let value: i64 = row.try_get("value")?;
+            if name == Generation::Auth.name() {
+                out.auth = Some(value);
+            } else if name == Generation::Consent.name() {
+                out.consent = Some(value);
+            }
+        }
+        Ok(out)
+    }
+
     /// The current value of the generation `kind`, or `None` when it has no row (a restored
     /// archive from before generations): then nothing may be cached under it.
     pub async fn generation(&self, kind: Generation) -> Result<Option<i64>, StoreError> {

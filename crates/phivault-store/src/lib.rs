@@ -56,7 +56,7 @@ use sqlx::AnyPool;
 pub use backend::Backend;
 pub use bundle::EntryDecision;
 pub use erasure::{ErasureRecord, SweepReport};
-pub use generations::Generation;
+pub use generations::{Generation, Generations};
 pub use released::{Facts, Unreleased};
 pub use retention::{DISPOSE_BATCH, RetentionCount, RetentionRule};
 pub use rotation::{KekStatus, KeyStatus, RotationProgress, RotationReport};

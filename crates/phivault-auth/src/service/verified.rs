@@ -129,12 +129,23 @@ fn fail(why: &'static str) -> ServiceError {
 impl Accounts {
     /// Who a bearer token speaks for (session or access token).
     pub async fn authenticate(&self, bearer: &str) -> Result<Authenticated, ServiceError> {
+        // Read before the rows (see the module docs).
+        let generation = self.store.generation(Generation::Auth).await?;
+        self.authenticate_under(bearer, generation).await
+    }
+
+    /// [`Accounts::authenticate`] under an auth generation the caller read (with the other
+    /// generations, `phivault_store::Store::generations`) before calling: the verified-token
+    /// cache answers only for tokens verified under that same value.
+    pub async fn authenticate_under(
+        &self,
+        bearer: &str,
+        generation: Option<i64>,
+    ) -> Result<Authenticated, ServiceError> {
         let (kind, hash) = token::parse(bearer).map_err(|_| fail("malformed"))?;
         if !matches!(kind, TokenKind::Session | TokenKind::Access) {
             return Err(fail("not a session or access token"));
         }
-        // Read before the rows (see the module docs).
-        let generation = self.store.generation(Generation::Auth).await?;
         let now = self.now();
         if let Some(g) = generation
             && let Some(who) = self.verified.get(hash.as_bytes(), g, now)

@@ -29,7 +29,8 @@
 //!   OAuth2 client); with no applicable provision, the configured default of the purpose
 //!   decides. Consents read are kept in the process memo ([`crate::ConsentMemo`]) under
 //!   the consent generation, which every Consent write (any process) replaces in its own
-//!   transaction; each request reads the generation before any consent and takes from the
+//!   transaction; each request reads the generation before any consent (when it is
+//!   authenticated, in the same statement as the token cache's generation) and takes from the
 //!   memo only what was read under the same value, so a withdrawal (status `inactive`, or a
 //!   deny provision) binds the next request of every principal, tokens already issued
 //!   included. Searches apply the same verdicts in SQL: patients whose consent denies are left
@@ -73,7 +74,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::consent_memo::Memoized;
-use crate::edge::AuditSlot;
+use crate::edge::{AuditSlot, ConsentGeneration};
 use crate::{ApiError, AppState};
 
 mod sorted;
@@ -213,7 +214,11 @@ impl FromRequestParts<AppState> for Access {
         // access that could not be audited is not given).
         let slot = AuditSlot::of(&parts.extensions)
             .ok_or_else(|| ApiError::internal(&"a FHIR request without its audit context"))?;
-        Access::new(state.clone(), who, &parts.headers, slot)
+        let access = Access::new(state.clone(), who, &parts.headers, slot)?;
+        if let Some(ConsentGeneration(g)) = parts.extensions.get::<ConsentGeneration>() {
+            access.lock_consents().generation = Some(*g);
+        }
+        Ok(access)
     }
 }
 
