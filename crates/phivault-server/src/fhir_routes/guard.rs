@@ -52,32 +52,32 @@
 //! search returns or sorts (so each finds the search in their access log) and whether an
 //! allowed decision relied on break-the-glass (a new claim or a recorded one).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use phivault_auth::{Authenticated, BreakGlassRecord};
-use phivault_fhir::{
-    Id, IndexEntry, ResourceType, SearchQuery, ValidResource, compartment_patient,
-    compartment_patient_of,
-};
+use phivault_fhir::{Id, ResourceType, ValidResource, compartment_patient};
 use phivault_policy::{
-    AccessRequest, Action, Authorized, BreakGlass, Consent, ConsentQuery, ConsentVerdict,
-    DecisionContext, Denied, DenyReason, Label, PrincipalKind, Purpose, ResourceRef, Role,
-    ScopeContext, evaluate, labels_of,
+    AccessRequest, Action, Authorized, BreakGlass, DecisionContext, Denied, DenyReason, Label,
+    PrincipalKind, Purpose, ResourceRef, Role, labels_of,
 };
-use phivault_store::{Facts as StoredFacts, SearchScope, StoreError, StoredResource, Unreleased};
+use phivault_store::{Facts as StoredFacts, StoreError, StoredResource, Unreleased};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::consent_memo::Memoized;
 use crate::edge::{AuditSlot, ConsentGeneration};
 use crate::{ApiError, AppState};
 
+mod consents;
+mod search;
 mod sorted;
+
+use consents::ConsentCache;
+use search::SearchPlan;
 
 /// `X-Purpose-Of-Use`: an HL7 v3 PurposeOfUse code (`TREAT`, `ETREAT`, ...).
 pub(crate) static X_PURPOSE_OF_USE: HeaderName = HeaderName::from_static("x-purpose-of-use");
@@ -174,20 +174,6 @@ pub(crate) struct Access {
     consents: Mutex<ConsentCache>,
 }
 
-/// The consents read by one request.
-#[derive(Default)]
-struct ConsentCache {
-    by_patient: HashMap<Id, Arc<Vec<Consent>>>,
-    /// Every active consent of the tenant was read: a patient without an entry has none.
-    complete: bool,
-    /// The consent generation, read once, before any consent this request reads (`Some(None)`:
-    /// the database has none, and the process memo is not used).
-    generation: Option<Option<i64>>,
-}
-
-/// Largest page read when loading consents.
-const CONSENT_PAGE: usize = 1000;
-
 impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Access")
@@ -216,7 +202,7 @@ impl FromRequestParts<AppState> for Access {
             .ok_or_else(|| ApiError::internal(&"a FHIR request without its audit context"))?;
         let access = Access::new(state.clone(), who, &parts.headers, slot)?;
         if let Some(ConsentGeneration(g)) = parts.extensions.get::<ConsentGeneration>() {
-            access.lock_consents().generation = Some(*g);
+            access.consents_under(*g);
         }
         Ok(access)
     }
@@ -395,195 +381,6 @@ impl Access {
         let mut ctx = DecisionContext::new(self.purpose, self.now);
         ctx.consent_permits = self.state.consent_defaults.permits(self.purpose);
         ctx
-    }
-
-    fn lock_consents(&self) -> std::sync::MutexGuard<'_, ConsentCache> {
-        // A panic while holding the lock leaves a cache that is still consistent (entries
-        // are inserted whole): keep using it.
-        self.consents
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Reads every page of active Consents matching `pairs` within `scope`, through the store
-    /// (a system-level read, not the principal's access), grouped by patient. A stored
-    /// consent that can no longer be applied is taken as denying everything (fail closed).
-    async fn load_consents(
-        &self,
-        pairs: Vec<(String, String)>,
-        scope: &SearchScope,
-    ) -> Result<HashMap<Id, Vec<Consent>>, ApiError> {
-        let rtype = consent_type()?;
-        let mut query = SearchQuery::parse(rtype, &pairs, false)
-            .map_err(|e| ApiError::internal(&format!("the consent query failed: {e}")))?;
-        query.count = CONSENT_PAGE;
-        query.offset = 0;
-        let mut out: HashMap<Id, Vec<Consent>> = HashMap::new();
-        loop {
-            // Consents are an input of the decision, read as the system; none is returned.
-            #[allow(clippy::disallowed_methods)]
-            let page = self.state.store.search_scoped(rtype, &query, scope).await?;
-            let read = page.resources.len();
-            for r in page.resources {
-                let Some(patient) = compartment_patient_of(rtype, &r.body) else {
-                    continue;
-                };
-                let consent = match Consent::parse(&r.body) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => continue,
-                    Err(_) => {
-                        tracing::error!(
-                            "a stored Consent cannot be applied; it is taken as denying every                              purpose until it is corrected"
-                        );
-                        Consent::unreadable(patient.clone())
-                    }
-                };
-                out.entry(patient).or_default().push(consent);
-            }
-            query.offset = query.offset.saturating_add(read);
-            if read == 0 || u64::try_from(query.offset).unwrap_or(u64::MAX) >= page.total {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// The consent generation this request decides under, read before the first consent it
-    /// reads: a consent change committed before the read gives another value, so what the
-    /// process memo holds under this value is at least as new as the request.
-    async fn consent_generation(&self) -> Result<Option<i64>, ApiError> {
-        if let Some(g) = self.lock_consents().generation {
-            return Ok(g);
-        }
-        let g = self
-            .state
-            .store
-            .generation(phivault_store::Generation::Consent)
-            .await?;
-        Ok(*self.lock_consents().generation.get_or_insert(g))
-    }
-
-    /// The active consents of `patient` (cached for this request; from the process memo
-    /// when nothing changed since it read them).
-    async fn consents_of(&self, patient: &Id) -> Result<Arc<Vec<Consent>>, ApiError> {
-        {
-            let cache = self.lock_consents();
-            if let Some(c) = cache.by_patient.get(patient) {
-                return Ok(c.clone());
-            }
-            if cache.complete {
-                return Ok(Arc::new(Vec::new()));
-            }
-        }
-        let generation = self.consent_generation().await?;
-        if let Some(g) = generation
-            && let Memoized::Consents(consents) = self.state.consent_memo.get(g, patient)
-        {
-            self.lock_consents()
-                .by_patient
-                .insert(patient.clone(), consents.clone());
-            return Ok(consents);
-        }
-        let pairs = vec![
-            ("patient".to_owned(), format!("Patient/{patient}")),
-            ("status".to_owned(), "active".to_owned()),
-        ];
-        let scope = SearchScope {
-            patients: Some(vec![patient.clone()]),
-            ..SearchScope::default()
-        };
-        let mut found = self.load_consents(pairs, &scope).await?;
-        let consents = Arc::new(found.remove(patient).unwrap_or_default());
-        if let Some(g) = generation {
-            self.state.consent_memo.put(g, patient, consents.clone());
-        }
-        self.lock_consents()
-            .by_patient
-            .insert(patient.clone(), consents.clone());
-        Ok(consents)
-    }
-
-    /// Reads every active consent of the tenant into the cache (for searches across
-    /// patients).
-    async fn load_all_consents(&self) -> Result<(), ApiError> {
-        if self.lock_consents().complete {
-            return Ok(());
-        }
-        let generation = self.consent_generation().await?;
-        if let Some(g) = generation
-            && let Some(all) = self.state.consent_memo.all(g)
-        {
-            let mut cache = self.lock_consents();
-            cache.by_patient = all;
-            cache.complete = true;
-            return Ok(());
-        }
-        let pairs = vec![("status".to_owned(), "active".to_owned())];
-        let scope = SearchScope {
-            patients: None,
-            directory: false,
-            ..SearchScope::default()
-        };
-        let found = self.load_consents(pairs, &scope).await?;
-        let all: HashMap<Id, Arc<Vec<Consent>>> =
-            found.into_iter().map(|(p, c)| (p, Arc::new(c))).collect();
-        if let Some(g) = generation {
-            self.state.consent_memo.put_all(g, &all);
-        }
-        let mut cache = self.lock_consents();
-        cache.by_patient = all;
-        cache.complete = true;
-        Ok(())
-    }
-
-    /// The consents' verdict on this request for a resource of `rtype` of `patient`.
-    fn verdict(&self, consents: &[Consent], rtype: ResourceType) -> ConsentVerdict {
-        let query = ConsentQuery {
-            purpose: self.purpose,
-            rtype: Some(rtype),
-            practitioner: self.who.practitioner.as_ref(),
-            client: self.who.client_id.as_deref(),
-            now: self.now,
-        };
-        evaluate(consents, &query)
-    }
-
-    /// Whether `patient`'s consents (else the purpose's default) allow this request on a
-    /// resource of `rtype`.
-    async fn consent_permits(&self, patient: &Id, rtype: ResourceType) -> Result<bool, ApiError> {
-        let consents = self.consents_of(patient).await?;
-        Ok(self
-            .verdict(&consents, rtype)
-            .permits(&self.state.consent_defaults, self.purpose))
-    }
-
-    /// The restriction consent puts on a search of `rtype` across patients: `(Some(only),
-    /// _)` when the purpose is denied by default (only the patients whose consent permits),
-    /// else `(None, excluded)` (the patients whose consent denies).
-    async fn consent_scope(
-        &self,
-        rtype: ResourceType,
-    ) -> Result<(Option<Vec<Id>>, Vec<Id>), ApiError> {
-        self.load_all_consents().await?;
-        let by_default = self.state.consent_defaults.permits(self.purpose);
-        let cache = self.lock_consents();
-        let mut chosen: Vec<Id> = cache
-            .by_patient
-            .iter()
-            .filter(|(_, consents)| {
-                let permits = self
-                    .verdict(consents, rtype)
-                    .permits(&self.state.consent_defaults, self.purpose);
-                permits != by_default
-            })
-            .map(|(p, _)| p.clone())
-            .collect();
-        chosen.sort();
-        Ok(if by_default {
-            (None, chosen)
-        } else {
-            (Some(chosen), Vec::new())
-        })
     }
 
     /// The context of a decision about `facts` of type `rtype`: care relationship, label
@@ -921,418 +718,6 @@ impl Access {
             .await?;
         Ok(())
     }
-
-    // -------------------------------------------------------------------------------------
-    // Search
-
-    /// Authorizes a search of `rtype` as a query; 403 when denied. A query is across
-    /// patients, except for an app launched for one patient, whose searches never leave that
-    /// patient's compartment (its `patient/` scopes reach nothing else).
-    pub(crate) async fn authorize_query(&mut self, rtype: ResourceType) -> Result<(), ApiError> {
-        let principal = &self.who.principal;
-        let patient = match principal.kind() {
-            PrincipalKind::Client if !is_directory(rtype) => principal.launch_patient().cloned(),
-            _ => None,
-        };
-        let facts = Facts {
-            patient,
-            labels: Vec::new(),
-            new_patient: false,
-        };
-        self.authorize_body(Action::Search, rtype, &facts)
-            .await
-            .map(|_| ())
-    }
-
-    /// Runs a search of `rtype` restricted to what the principal may read: a query-level
-    /// decision, the SQL scopes, then every hit decided again. Returns the total (of what the
-    /// principal may read) and the page's resources.
-    ///
-    /// Label grants are per patient and one SQL scope excludes the same labels everywhere, so
-    /// a clinician's reachable patients are grouped by the labels they may read there (all of
-    /// them under a break-the-glass claim), one scope per group; the groups are disjoint, and
-    /// their results are paged one group after the other, in a fixed order. A search with
-    /// `_sort` keys reads every match instead and orders them (see `sorted`).
-    pub(crate) async fn search(
-        &mut self,
-        rtype: ResourceType,
-        query: &SearchQuery,
-    ) -> Result<(u64, Vec<StoredResource>), ApiError> {
-        self.authorize_query(rtype).await?;
-        let plan = self.search_plan(rtype, query).await?;
-        if !query.sort.is_empty() && query.count > 0 {
-            return self.search_sorted(rtype, query, &plan).await;
-        }
-
-        let mut total = 0u64;
-        let mut resources = Vec::new();
-        let mut skip = query.offset;
-        let mut room = query.count;
-        for scope in &plan.scopes {
-            let mut q = query.clone();
-            q.offset = if room > 0 { skip } else { 0 };
-            q.count = room;
-            let (found, page) = self.state.store.search_unreleased(rtype, &q, scope).await?;
-            total = total.saturating_add(found);
-            if room > 0 {
-                room = room.saturating_sub(page.len());
-                skip = skip.saturating_sub(usize::try_from(found).unwrap_or(usize::MAX));
-                resources.extend(page);
-            }
-        }
-        let (released, dropped) = self.decide_hits(rtype, &plan, resources).await?;
-        Ok((total.saturating_sub(dropped), released))
-    }
-
-    /// Decides every hit of a search like a read and releases those allowed; notes their
-    /// patients (and any break-the-glass) in the request's audit entry. Returns the released
-    /// resources, in the order given, and how many hits the policies refused.
-    async fn decide_hits(
-        &mut self,
-        rtype: ResourceType,
-        plan: &SearchPlan,
-        resources: Vec<Unreleased<StoredResource>>,
-    ) -> Result<(Vec<StoredResource>, u64), ApiError> {
-        let mut hits = Vec::with_capacity(resources.len());
-        for r in resources {
-            let facts = Self::stored_facts(r.facts());
-            hits.push((r, facts));
-        }
-        // Contexts per patient, computed before the (synchronous) filter.
-        let mut contexts: HashMap<Option<Id>, DecisionContext> = HashMap::new();
-        for (_, facts) in &hits {
-            if contexts.contains_key(&facts.patient) {
-                continue;
-            }
-            let ctx = match (&plan.patients, &facts.patient) {
-                (Some(known), Some(patient)) => {
-                    let mut ctx = self.base_context();
-                    ctx.consent_permits = self.consent_permits(patient, rtype).await?;
-                    if let Some(f) = known.get(patient) {
-                        ctx.care_team = f.care_team;
-                        ctx.label_grants = f.label_grants.clone();
-                        ctx.break_glass = f.claim.clone();
-                    }
-                    ctx
-                }
-                _ => self.context(rtype, facts).await?.0,
-            };
-            contexts.insert(facts.patient.clone(), ctx);
-        }
-        let before = hits.len();
-        let base = self.base_context();
-        let kept = self.state.policy.filter(hits, |(_, facts)| {
-            let context = contexts
-                .get(&facts.patient)
-                .cloned()
-                .unwrap_or_else(|| base.clone());
-            self.request(
-                Action::Search,
-                ResourceRef::new(rtype, facts.patient.clone(), facts.labels.clone()),
-                context,
-            )
-        });
-        if kept.iter().any(|(_, proof)| proof.break_glass()) {
-            self.slot.note_break_glass();
-        }
-        // Every patient whose data the page returns is named in the request's audit entry.
-        for ((_, facts), _) in &kept {
-            if let Some(patient) = &facts.patient {
-                self.slot.note_patient(patient);
-            }
-        }
-        let dropped = before - kept.len();
-        if dropped > 0 {
-            tracing::error!(
-                dropped,
-                rtype = %rtype,
-                role = %self.role(),
-                "search: the SQL scope and the policies disagree; hits the policies refuse were dropped"
-            );
-        }
-        let mut released = Vec::with_capacity(kept.len());
-        for ((r, _), proof) in kept {
-            released.push(r.release(&proof)?);
-        }
-        Ok((released, dropped as u64))
-    }
-
-    /// What a search of `rtype` may see, in SQL terms, and the facts to decide its hits with.
-    async fn search_plan(
-        &mut self,
-        rtype: ResourceType,
-        query: &SearchQuery,
-    ) -> Result<SearchPlan, ApiError> {
-        let directory = is_directory(rtype);
-        let all_labels = || label_entries(rtype, &BTreeSet::new());
-        let principal = self.who.principal.clone();
-        let nothing = SearchScope {
-            patients: Some(Vec::new()),
-            directory: false,
-            ..SearchScope::default()
-        };
-        let one = |scope| SearchPlan {
-            scopes: vec![scope],
-            patients: None,
-        };
-        match (principal.kind(), principal.role()) {
-            (PrincipalKind::Client, _) => {
-                let system = principal.scopes().is_some_and(|scopes| {
-                    scopes.data_scopes().iter().any(|s| {
-                        s.context() == ScopeContext::System
-                            && s.resource_type().is_none_or(|t| t == rtype)
-                    })
-                });
-                // Apps have no label grants: labelled resources are left out of their
-                // searches (the policies refuse them too).
-                let scope = if system && principal.launch_patient().is_none() {
-                    self.across_patients(rtype, all_labels()?).await?
-                } else if let Some(launch) = principal.launch_patient() {
-                    let reachable = directory || self.consent_permits(launch, rtype).await?;
-                    SearchScope {
-                        patients: Some(if reachable {
-                            vec![launch.clone()]
-                        } else {
-                            Vec::new()
-                        }),
-                        directory,
-                        exclude_labels: all_labels()?,
-                        exclude_patients: Vec::new(),
-                    }
-                } else {
-                    nothing
-                };
-                Ok(one(scope))
-            }
-            (PrincipalKind::User, Role::Patient) => {
-                // Their own compartment, labels included (a patient's own record passes them;
-                // consent does not bind their own access).
-                let scope = match principal.linked_patient() {
-                    Some(own) => SearchScope {
-                        patients: Some(vec![own.clone()]),
-                        directory,
-                        ..SearchScope::default()
-                    },
-                    None => SearchScope {
-                        directory,
-                        ..nothing
-                    },
-                };
-                Ok(one(scope))
-            }
-            (PrincipalKind::User, Role::Clinician) if directory => Ok(one(SearchScope {
-                patients: Some(Vec::new()),
-                directory: true,
-                exclude_labels: all_labels()?,
-                exclude_patients: Vec::new(),
-            })),
-            (PrincipalKind::User, Role::Clinician) => self.clinician_plan(rtype, query).await,
-            // Other roles reach no clinical data by default; an operator's policy may grant
-            // more, which the per-hit decisions then apply (labels left out).
-            _ => Ok(one(self.across_patients(rtype, all_labels()?).await?)),
-        }
-    }
-
-    /// A scope over every compartment (and the directory), less what the patients' consents
-    /// refuse this request (nothing to refuse for a directory type).
-    async fn across_patients(
-        &self,
-        rtype: ResourceType,
-        exclude_labels: Vec<IndexEntry>,
-    ) -> Result<SearchScope, ApiError> {
-        let (patients, exclude_patients) = if is_directory(rtype) {
-            (None, Vec::new())
-        } else {
-            self.consent_scope(rtype).await?
-        };
-        Ok(SearchScope {
-            patients,
-            directory: true,
-            exclude_labels,
-            exclude_patients,
-        })
-    }
-
-    /// A clinician's search of a compartment type: the patients on their care team and those
-    /// under a break-the-glass claim, grouped by the labels they may read there.
-    async fn clinician_plan(
-        &mut self,
-        rtype: ResourceType,
-        query: &SearchQuery,
-    ) -> Result<SearchPlan, ApiError> {
-        let target = single_patient(rtype, query);
-        let mut claims: HashMap<Id, BreakGlass> = HashMap::new();
-        if self.glass_applies() {
-            let now = self.now.unix_timestamp();
-            let principal_id = self.who.principal.id().to_owned();
-            for record in self.state.accounts.list_break_glass().await? {
-                if record.user_id == principal_id
-                    && record.started_at <= now
-                    && now < record.expires_at
-                    && target.as_ref().is_none_or(|t| *t == record.patient)
-                    && !claims.contains_key(&record.patient)
-                    && let Some(claim) = restore_claim(&record)
-                {
-                    claims.insert(record.patient.clone(), claim);
-                }
-            }
-            // A claim made with a search that names one patient is a claim for that patient:
-            // decided (and recorded when relied on) before anything is read.
-            if let (Some(target), Some(claim)) = (&target, self.claim.clone())
-                && !claims.contains_key(target)
-            {
-                let facts = Facts {
-                    patient: Some(target.clone()),
-                    labels: Vec::new(),
-                    new_patient: false,
-                };
-                if let Ok(proof) = self.decide(Action::Search, rtype, &facts).await?
-                    && proof.break_glass()
-                {
-                    claims.insert(target.clone(), claim);
-                }
-            }
-        }
-        // ETREAT reaches only the patients under a claim: without one the policies refuse it
-        // (`forbid.emergency_without_claim`), care team or not, so the SQL scope leaves the
-        // care team out and totals agree with the per-hit decisions.
-        let candidates = match &target {
-            _ if self.purpose == Purpose::EmergencyTreat => Vec::new(),
-            Some(t) => vec![t.clone()],
-            None => self.state.accounts.care_patients(&self.who).await?,
-        };
-        let mut patients: HashMap<Id, PatientFacts> = HashMap::new();
-        for p in candidates {
-            let (care_team, label_grants) = self.state.accounts.relationship(&self.who, &p).await?;
-            if care_team {
-                patients.insert(
-                    p,
-                    PatientFacts {
-                        care_team,
-                        label_grants,
-                        claim: None,
-                    },
-                );
-            }
-        }
-        // Consent: the care team's patients whose consent refuses this request are left out
-        // (a break-the-glass claim passes consent).
-        // Many patients: one read of every consent rather than one per patient.
-        if patients.len() > 50 {
-            self.load_all_consents().await?;
-        }
-        let mut consenting = HashMap::with_capacity(patients.len());
-        for (p, f) in patients {
-            if self.consent_permits(&p, rtype).await? {
-                consenting.insert(p, f);
-            }
-        }
-        let mut patients = consenting;
-        for (p, claim) in claims {
-            patients
-                .entry(p)
-                .or_insert_with(|| PatientFacts {
-                    care_team: false,
-                    label_grants: Vec::new(),
-                    claim: None,
-                })
-                .claim = Some(claim);
-        }
-        // Group by what may be read: `None` (a claim: every label), else the granted labels.
-        let mut groups: BTreeMap<Option<BTreeSet<Label>>, Vec<Id>> = BTreeMap::new();
-        for (p, f) in &patients {
-            let key = match f.claim {
-                Some(_) => None,
-                None => Some(f.label_grants.iter().copied().collect()),
-            };
-            groups.entry(key).or_default().push(p.clone());
-        }
-        let mut scopes = Vec::with_capacity(groups.len().max(1));
-        for (key, mut members) in groups {
-            members.sort();
-            let exclude_labels = match key {
-                None => Vec::new(),
-                Some(allowed) => label_entries(rtype, &allowed)?,
-            };
-            scopes.push(SearchScope {
-                patients: Some(members),
-                directory: false,
-                exclude_labels,
-                exclude_patients: Vec::new(),
-            });
-        }
-        if scopes.is_empty() {
-            scopes.push(SearchScope {
-                patients: Some(Vec::new()),
-                directory: false,
-                ..SearchScope::default()
-            });
-        }
-        Ok(SearchPlan {
-            scopes,
-            patients: Some(patients),
-        })
-    }
-}
-
-/// What a search may see.
-struct SearchPlan {
-    /// Disjoint SQL scopes, searched and paged in this order.
-    scopes: Vec<SearchScope>,
-    /// Clinicians: the facts of every patient the scopes reach (`None`: ask per patient).
-    patients: Option<HashMap<Id, PatientFacts>>,
-}
-
-/// A clinician's relationship with one patient, for deciding search hits.
-struct PatientFacts {
-    care_team: bool,
-    label_grants: Vec<Label>,
-    claim: Option<BreakGlass>,
-}
-
-/// The one patient a search is limited to, if it names exactly one: `Patient?_id=X`, or a
-/// `patient=X` parameter of a compartment type.
-fn single_patient(rtype: ResourceType, query: &SearchQuery) -> Option<Id> {
-    if rtype == ResourceType::PATIENT {
-        return match query.ids.as_deref() {
-            Some([id]) => Some(id.clone()),
-            _ => None,
-        };
-    }
-    query
-        .params
-        .iter()
-        .filter(|p| p.name.split(':').next() == Some("patient"))
-        .find_map(|p| match p.any_of.as_slice() {
-            [entry] => entry
-                .value
-                .strip_prefix("Patient/")
-                .and_then(|id| Id::parse(id).ok()),
-            _ => None,
-        })
-}
-
-/// The `_security` index entries of every sensitivity label except `allowed`, for `rtype`.
-fn label_entries(
-    rtype: ResourceType,
-    allowed: &BTreeSet<Label>,
-) -> Result<Vec<IndexEntry>, ApiError> {
-    let codes: Vec<&str> = LABEL_CODES
-        .split(',')
-        .filter(|code| Label::parse(code).is_ok_and(|l| !allowed.contains(&l)))
-        .collect();
-    if codes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let query = SearchQuery::parse(rtype, &[("_security".to_owned(), codes.join(","))], false)
-        .map_err(|e| ApiError::internal(&format!("the label exclusion query failed: {e}")))?;
-    Ok(query.params.into_iter().flat_map(|p| p.any_of).collect())
-}
-
-/// The Consent type.
-fn consent_type() -> Result<ResourceType, ApiError> {
-    ResourceType::parse("Consent")
-        .map_err(|_| ApiError::internal(&"the Consent type is not supported"))
 }
 
 /// Refuses `_include` and `_revinclude` (and their `:iterate` forms) whatever the handling:
@@ -1352,6 +737,11 @@ pub(crate) fn refuse_includes(pairs: &[(String, String)]) -> Result<(), ApiError
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use phivault_fhir::SearchQuery;
+
+    use super::search::{label_entries, single_patient};
     use super::*;
 
     #[test]
