@@ -22,8 +22,8 @@
 use std::io::Write;
 
 use phivault_auth::Accounts;
-use phivault_fhir::{Id, ResourceType, SearchQuery};
-use phivault_store::{SearchScope, Store, StoredResource, Unreleased};
+use phivault_fhir::{Id, ResourceType};
+use phivault_store::{Store, StoredResource, Unreleased};
 use serde_json::{Value, json};
 
 use crate::ApiError;
@@ -38,9 +38,6 @@ pub const EXPORT_SYSTEM: &str = "urn:phivault:export";
 pub const MANIFEST_CODE: &str = "manifest";
 /// The package format named in the manifest.
 pub const FORMAT: &str = "phivault-patient-export/1";
-
-/// Resources read per store page.
-const PAGE: usize = 500;
 
 /// True when `resource` (one line of a package) is its manifest.
 pub fn is_manifest(resource: &Value) -> bool {
@@ -81,36 +78,28 @@ pub async fn compartment(
     let _exists = store
         .read_unreleased(ResourceType::PATIENT, patient)
         .await?;
-    let scope = SearchScope {
-        patients: Some(vec![patient.clone()]),
-        directory: false,
-        ..SearchScope::default()
-    };
-    let mut out = Vec::new();
-    for rtype in compartment_types() {
-        let mut query = SearchQuery::parse(rtype, &[], false)?;
-        query.count = PAGE;
-        query.offset = 0;
-        loop {
-            let (total, page) = store.search_unreleased(rtype, &query, &scope).await?;
-            let read = page.len();
-            out.extend(page);
-            if let Some(limit) = limit
-                && out.len() > limit
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "the patient's compartment holds more than {limit} resources, more than \
-                     one answer carries; use Patient/[id]/$export (NDJSON) or \
-                     `phivault export-patient`"
-                )));
-            }
-            query.offset = query.offset.saturating_add(read);
-            if read == 0 || u64::try_from(query.offset).unwrap_or(u64::MAX) >= total {
-                break;
-            }
-        }
+    let types = compartment_types();
+    let rank = |t: ResourceType| types.iter().position(|x| *x == t);
+    // One more than the limit, to tell a compartment past it.
+    let held = store
+        .compartment_unreleased(patient, limit.map(|n| n.saturating_add(1)))
+        .await?;
+    let mut out: Vec<(usize, Unreleased<StoredResource>)> = held
+        .into_iter()
+        .filter_map(|r| rank(r.facts().rtype()).map(|i| (i, r)))
+        .collect();
+    if let Some(limit) = limit
+        && out.len() > limit
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the patient's compartment holds more than {limit} resources, more than one answer \
+             carries; use Patient/[id]/$export (NDJSON) or `phivault export-patient`"
+        )));
     }
-    Ok(out)
+    // The compartment's order: by type as `compartment_types` lists them, then by id (the
+    // store's order within a type; the sort is stable).
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, r)| r).collect())
 }
 
 /// What a package holds.

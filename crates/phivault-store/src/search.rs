@@ -705,6 +705,63 @@ impl Store {
             resources,
         })
     }
+    /// Every current resource held under `patient`'s data key (their compartment, whatever
+    /// the type), held until a decision releases each: ordered by type, then id; at most
+    /// `limit` of them. One statement through the `key_id` index, so it costs what the
+    /// compartment holds: a search per compartment type with the patient as scope read every
+    /// resource of each type to find the patient's (`$everything` grew with the whole store).
+    pub async fn compartment_unreleased(
+        &self,
+        patient: &Id,
+        limit: Option<usize>,
+    ) -> Result<Vec<Unreleased<StoredResource>>, StoreError> {
+        let keys = sqlx::query(
+            "SELECT key_id FROM data_keys WHERE tenant = $1 AND kind = 'patient' AND owner = $2",
+        )
+        .bind(&self.inner.tenant)
+        .bind(self.inner.keys.patient_owner(patient))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}"));
+        let mut out = Vec::new();
+        for key in keys {
+            let key_id: String = key.try_get("key_id")?;
+            // The tenant's rows only (a key belongs to one tenant; said again, not assumed).
+            let sql = format!(
+                "SELECT c.rtype AS rtype, c.id AS id, c.version AS cur, c.deleted AS cur_deleted, \
+                        c.key_id AS cur_key, v.version AS v_version, v.key_id AS key_id, \
+                        v.sealed AS sealed, v.deleted AS deleted, \
+                        (SELECT MAX(m.version) FROM resource_versions m \
+                          WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version, \
+                        (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = c.key_id) AS key_live \
+                 FROM current_resources c {} \
+                 WHERE c.key_id = $1 AND c.tenant = $2 AND c.deleted = 0 \
+                   AND NOT EXISTS (SELECT 1 FROM erasures e WHERE e.key_id = c.key_id) \
+                 ORDER BY c.rtype, c.id{limit}",
+                self.current_version_join()
+            );
+            let rows = sqlx::query(&sql)
+                .bind(&key_id)
+                .bind(&self.inner.tenant)
+                .fetch_all(&self.inner.pool)
+                .await?;
+            for row in rows {
+                let rtype: String = row.try_get("rtype")?;
+                let id: String = row.try_get("id")?;
+                let invalid = || StoreError::Integrity {
+                    rtype: rtype.clone(),
+                    id: "(invalid type or id in the database)".to_owned(),
+                };
+                let parsed = ResourceType::parse(&rtype).map_err(|_| invalid())?;
+                let id = Id::parse(&id).map_err(|_| invalid())?;
+                out.push(Unreleased::stored(
+                    self.open_current(parsed, &id, &row).await?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// Joins each page row `c` to its current version `v`. On PostgreSQL a lateral subquery
     /// run for each page row with its key as parameters (see [`Store::per_row_fence`]): as a
     /// plain join, a planner that believes the tables empty may scan every version of the

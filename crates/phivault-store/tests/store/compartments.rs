@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use phivault_fhir::{Id, IndexEntry, ResourceType, SearchQuery};
+use phivault_policy::Action;
 use phivault_store::{NoAudit, SearchScope, Store, StoreError};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -256,5 +257,74 @@ async fn a_patient_named_otherwise_than_by_a_relative_reference_is_refused() {
         s.create(valid(observation(&a.id, "1-1")), &NoAudit)
             .await
             .unwrap();
+    }
+}
+
+/// A patient's compartment is read whole through their data key: every current resource of
+/// every type under it, the Patient included, nothing deleted, nothing of another patient or
+/// of the directory; by type, then id; at most the limit; and nothing once erased.
+#[tokio::test]
+async fn a_compartment_is_read_whole_through_its_key() {
+    for f in fixtures().await {
+        let s = &f.store;
+        let a = s
+            .create(valid(patient("Whole", "Ann")), &NoAudit)
+            .await
+            .unwrap();
+        let b = s
+            .create(valid(patient("Other", "Bob")), &NoAudit)
+            .await
+            .unwrap();
+        let mut expected = vec![("Patient".to_owned(), a.id.to_string())];
+        for code in ["1-1", "2-2", "3-3"] {
+            let o = s
+                .create(valid(observation(&a.id, code)), &NoAudit)
+                .await
+                .unwrap();
+            expected.push(("Observation".to_owned(), o.id.to_string()));
+            s.create(valid(observation(&b.id, code)), &NoAudit)
+                .await
+                .unwrap();
+        }
+        let c = s
+            .create(valid(super::condition(&a.id, "44054006")), &NoAudit)
+            .await
+            .unwrap();
+        expected.push(("Condition".to_owned(), c.id.to_string()));
+        let gone = s
+            .create(valid(observation(&a.id, "9-9")), &NoAudit)
+            .await
+            .unwrap();
+        let obs = ResourceType::parse("Observation").unwrap();
+        s.delete(obs, &gone.id, &NoAudit).await.unwrap();
+        s.create(
+            valid(json!({"resourceType": "Organization", "name": "Directory Org"})),
+            &NoAudit,
+        )
+        .await
+        .unwrap();
+        expected.sort();
+
+        let read = |limit| {
+            let s = s.clone();
+            let id = a.id.clone();
+            async move {
+                s.compartment_unreleased(&id, limit)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| {
+                        let rtype = r.facts().rtype().to_string();
+                        let proof = super::proofs::proof(Action::Read, &rtype, &id);
+                        let r = r.release(&proof).unwrap();
+                        (rtype, r.id.to_string())
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(read(None).await, expected, "{}", f.label);
+        assert_eq!(read(Some(2)).await, expected[..2], "{}", f.label);
+        s.erase_patient(&a.id, &NoAudit).await.unwrap();
+        assert!(read(None).await.is_empty(), "{}", f.label);
     }
 }

@@ -18,7 +18,7 @@ use super::{fixtures, observation, patient, query, valid, validator};
 static ENGINE: LazyLock<PolicyEngine> = LazyLock::new(|| PolicyEngine::new_default().unwrap());
 
 /// A clinician on `patient`'s care team, allowed `action` on `rtype` there.
-fn proof(action: Action, rtype: &str, patient: &Id) -> Authorized {
+pub(super) fn proof(action: Action, rtype: &str, patient: &Id) -> Authorized {
     let mut context = DecisionContext::new(Purpose::Treat, time::OffsetDateTime::now_utc());
     context.care_team = true;
     context.consent_permits = true;
