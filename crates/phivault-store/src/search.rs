@@ -97,6 +97,15 @@ impl Filter {
 /// group of compartments.
 const MAX_KEYED_BINDS: usize = 4000;
 
+/// What a statement selects of a current resource `c` joined to its version `v` (see
+/// `Store::current_version_join`), as `Store::open_current` reads it.
+const CURRENT_COLUMNS: &str = "c.id AS id, c.version AS cur, c.deleted AS cur_deleted, \
+     c.key_id AS cur_key, v.version AS v_version, v.key_id AS key_id, v.sealed AS sealed, \
+     v.deleted AS deleted, \
+     (SELECT MAX(m.version) FROM resource_versions m \
+       WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version, \
+     (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = c.key_id) AS key_live";
+
 /// Index rows counted, at most, to tell how selective a search test is (see `Store::drive`).
 const PROBE_CAP: usize = 1000;
 
@@ -672,13 +681,7 @@ impl Store {
             Vec::new()
         } else {
             let page_sql = format!(
-                "SELECT c.id AS id, c.version AS cur, c.deleted AS cur_deleted, c.key_id AS cur_key, \
-                        v.version AS v_version, v.key_id AS key_id, v.sealed AS sealed, \
-                        v.deleted AS deleted, \
-                        (SELECT MAX(m.version) FROM resource_versions m \
-                          WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version, \
-                        (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = c.key_id) AS key_live \
-                 FROM current_resources c {} \
+                "SELECT {CURRENT_COLUMNS} FROM current_resources c {} \
                  WHERE {} ORDER BY c.id LIMIT {} OFFSET {}",
                 self.current_version_join(),
                 f.sql,
@@ -706,10 +709,16 @@ impl Store {
         })
     }
     /// Every current resource held under `patient`'s data key (their compartment, whatever
-    /// the type), held until a decision releases each: ordered by type, then id; at most
-    /// `limit` of them. One statement through the `key_id` index, so it costs what the
-    /// compartment holds: a search per compartment type with the patient as scope read every
-    /// resource of each type to find the patient's (`$everything` grew with the whole store).
+    /// the type), held until a decision releases each, ordered by type, then id. With
+    /// `limit`, at most that many; when the compartment holds more, which of them is
+    /// unspecified (callers refuse such a compartment).
+    ///
+    /// One statement through the `key_id` index, so it costs what the compartment holds (a
+    /// search per compartment type with the patient as scope read every resource of each type
+    /// to find the patient's). The statement names neither the tenant nor an order: SQLite
+    /// would then walk the primary key `(tenant, rtype, id)`, which gives that order without a
+    /// sort, across every resource of the tenant. A key belongs to one tenant; the rows'
+    /// tenant is checked here all the same.
     pub async fn compartment_unreleased(
         &self,
         patient: &Id,
@@ -726,40 +735,37 @@ impl Store {
         let mut out = Vec::new();
         for key in keys {
             let key_id: String = key.try_get("key_id")?;
-            // The tenant's rows only (a key belongs to one tenant; said again, not assumed).
             let sql = format!(
-                "SELECT c.rtype AS rtype, c.id AS id, c.version AS cur, c.deleted AS cur_deleted, \
-                        c.key_id AS cur_key, v.version AS v_version, v.key_id AS key_id, \
-                        v.sealed AS sealed, v.deleted AS deleted, \
-                        (SELECT MAX(m.version) FROM resource_versions m \
-                          WHERE m.tenant = c.tenant AND m.rtype = c.rtype AND m.id = c.id) AS max_version, \
-                        (SELECT COUNT(*) FROM data_keys k WHERE k.key_id = c.key_id) AS key_live \
+                "SELECT c.tenant AS tenant, c.rtype AS rtype, {CURRENT_COLUMNS} \
                  FROM current_resources c {} \
-                 WHERE c.key_id = $1 AND c.tenant = $2 AND c.deleted = 0 \
-                   AND NOT EXISTS (SELECT 1 FROM erasures e WHERE e.key_id = c.key_id) \
-                 ORDER BY c.rtype, c.id{limit}",
+                 WHERE c.key_id = $1 AND c.deleted = 0 \
+                   AND NOT EXISTS (SELECT 1 FROM erasures e WHERE e.key_id = c.key_id){limit}",
                 self.current_version_join()
             );
             let rows = sqlx::query(&sql)
                 .bind(&key_id)
-                .bind(&self.inner.tenant)
                 .fetch_all(&self.inner.pool)
                 .await?;
             for row in rows {
+                let tenant: String = row.try_get("tenant")?;
                 let rtype: String = row.try_get("rtype")?;
                 let id: String = row.try_get("id")?;
                 let invalid = || StoreError::Integrity {
                     rtype: rtype.clone(),
-                    id: "(invalid type or id in the database)".to_owned(),
+                    id: "(invalid tenant, type or id in the database)".to_owned(),
                 };
+                if tenant != self.inner.tenant {
+                    return Err(invalid());
+                }
                 let parsed = ResourceType::parse(&rtype).map_err(|_| invalid())?;
                 let id = Id::parse(&id).map_err(|_| invalid())?;
-                out.push(Unreleased::stored(
-                    self.open_current(parsed, &id, &row).await?,
-                ));
+                out.push(self.open_current(parsed, &id, &row).await?);
             }
         }
-        Ok(out)
+        out.sort_by(|a, b| {
+            (a.rtype.as_str(), a.id.as_str()).cmp(&(b.rtype.as_str(), b.id.as_str()))
+        });
+        Ok(out.into_iter().map(Unreleased::stored).collect())
     }
 
     /// Joins each page row `c` to its current version `v`. On PostgreSQL a lateral subquery

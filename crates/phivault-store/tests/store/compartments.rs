@@ -323,7 +323,9 @@ async fn a_compartment_is_read_whole_through_its_key() {
             }
         };
         assert_eq!(read(None).await, expected, "{}", f.label);
-        assert_eq!(read(Some(2)).await, expected[..2], "{}", f.label);
+        let two = read(Some(2)).await;
+        assert_eq!(two.len(), 2, "{}", f.label);
+        assert!(two.iter().all(|r| expected.contains(r)), "{}", f.label);
         s.erase_patient(&a.id, &NoAudit).await.unwrap();
         assert!(read(None).await.is_empty(), "{}", f.label);
     }
