@@ -136,6 +136,29 @@ async fn ctx() -> Ctx {
     ctx_with(10, MAX_BODY).await
 }
 
+/// One context per backend: SQLite, and PostgreSQL in a fresh schema named `pv_<prefix>_...`
+/// when `PHIVAULT_TEST_DATABASE_URL` is set.
+async fn backend_contexts(prefix: &str) -> Vec<(&'static str, Ctx)> {
+    let mut out = vec![("sqlite", ctx().await)];
+    if let Ok(base) = std::env::var("PHIVAULT_TEST_DATABASE_URL") {
+        let mut suffix = [0u8; 6];
+        phivault_crypto::random_bytes(&mut suffix).unwrap();
+        let schema = format!("pv_{prefix}_{}", hex::encode(suffix));
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
+            .await
+            .expect("PHIVAULT_TEST_DATABASE_URL must point at a running PostgreSQL");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let dir = tempfile::tempdir().unwrap();
+        out.push(("postgres", ctx_at(dir, url, 10, MAX_BODY).await));
+    }
+    out
+}
+
 /// [`ctx`] with other limits on Bundle entries and body size.
 async fn ctx_with(max_bundle_entries: usize, max_body: usize) -> Ctx {
     let dir = tempfile::tempdir().unwrap();

@@ -5,26 +5,9 @@
 
 use super::*;
 
-/// One context per backend: SQLite, and PostgreSQL in a fresh schema when configured.
+/// One context per backend (see [`backend_contexts`]).
 async fn contexts() -> Vec<(&'static str, Ctx)> {
-    let mut out = vec![("sqlite", ctx().await)];
-    if let Ok(base) = std::env::var("PHIVAULT_TEST_DATABASE_URL") {
-        let mut suffix = [0u8; 6];
-        phivault_crypto::random_bytes(&mut suffix).unwrap();
-        let schema = format!("pv_sort_{}", hex::encode(suffix));
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
-            .await
-            .expect("PHIVAULT_TEST_DATABASE_URL must point at a running PostgreSQL");
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-        let dir = tempfile::tempdir().unwrap();
-        out.push(("postgres", ctx_at(dir, url, 10, MAX_BODY).await));
-    }
-    out
+    backend_contexts("sort").await
 }
 
 fn person(family: &str, birth: Option<&str>) -> Value {
