@@ -39,7 +39,7 @@ async fn concurrent_appends_all_commit_as_one_valid_chain() {
             tokio::spawn(async move {
                 for i in 0..10u64 {
                     let _lock = store.write_lock().await;
-                    let mut tx = store.pool().begin().await.unwrap();
+                    let mut tx = store.begin_write().await.unwrap();
                     a.append_in(&mut tx, &entry(5000 + i)).await.unwrap();
                     tx.commit().await.unwrap();
                 }
