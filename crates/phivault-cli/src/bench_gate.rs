@@ -1,14 +1,15 @@
 //! Bench-only builds (features `bench-noop-cipher`, `bench-no-audit`) store data without
 //! encryption or without audit. Such a build refuses every command that stores real data,
-//! except the server and the client provisioning that `phivault bench http` starts itself on
-//! its temporary store, which it marks with [`BENCH_CHILD_ENV`].
+//! except the server, the client provisioning and the import that `phivault bench http` and
+//! `phivault bench import` start themselves on their temporary stores, which they mark with
+//! [`BENCH_CHILD_ENV`].
 //!
 //! In a normal build none of this applies: [`BENCH_ONLY_BUILD`] is false at compile time and
 //! the environment variable is never read.
 
 use anyhow::{Result, bail};
 
-/// Set (to `1`) by `phivault bench http` on the processes it starts.
+/// Set (to `1`) by `phivault bench http` and `bench import` on the processes they start.
 pub(crate) const BENCH_CHILD_ENV: &str = "PHIVAULT_BENCH_CHILD";
 
 /// True when this build does not encrypt or does not audit.
@@ -39,12 +40,12 @@ pub(crate) fn refuse_bench_only_build() -> Result<()> {
     Ok(())
 }
 
-/// Refuses in a bench-only build unless started by `phivault bench http`.
+/// Refuses in a bench-only build unless started by `phivault bench http` or `bench import`.
 pub(crate) fn refuse_unless_bench_child() -> Result<()> {
     if BENCH_ONLY_BUILD && !started_by_bench() {
         bail!(
             "this is a bench-only build that {}; it refuses to store data (only `phivault \
-             bench http` runs a server with it, on a temporary store). Rebuild without the \
+             bench http` and `bench import` run it, on a temporary store). Rebuild without the \
              bench-only features.",
             switched_off()
         );

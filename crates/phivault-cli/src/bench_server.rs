@@ -89,7 +89,7 @@ impl BenchServer {
         cmd.arg("serve")
             .args(&storage)
             .args(["--listen", "127.0.0.1:0"]);
-        prepare(&mut cmd, dir);
+        prepare_child(&mut cmd, dir);
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true);
@@ -153,7 +153,7 @@ impl BenchServer {
         let mut cmd = Command::new(&exe);
         cmd.args(["client", "add", "--name", "bench", "--scope", scope])
             .args(&self.storage);
-        prepare(&mut cmd, dir);
+        prepare_child(&mut cmd, dir);
         let out = cmd
             .stdin(Stdio::null())
             .output()
@@ -192,9 +192,9 @@ impl BenchServer {
     }
 }
 
-/// The child's environment: marked as started by the bench (a bench-only build serves only
+/// A child's environment: marked as started by the bench (a bench-only build serves only
 /// so), without the caller's `PHIVAULT_*` settings, logging warnings only, run in `dir`.
-fn prepare(cmd: &mut Command, dir: &Path) {
+pub(crate) fn prepare_child(cmd: &mut Command, dir: &Path) {
     for var in PHIVAULT_ENV {
         cmd.env_remove(var);
     }

@@ -546,6 +546,31 @@ pub(crate) enum BenchSubcommand {
     /// store: ingest of a Synthea-shaped population through transaction Bundles, then reads
     /// and searches at each concurrency (req/s, p50, p99, server CPU per request).
     Http(BenchHttpArgs),
+    /// `phivault import` (this binary, as a child process) of a Synthea-shaped population
+    /// written as one transaction Bundle file per patient, into a temporary store: rate, CPU
+    /// per resource and the importer's peak resident memory.
+    Import(BenchImportArgs),
+}
+
+/// `phivault bench import`
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BenchImportArgs {
+    /// Patients of the synthetic population (100 to 300 resources each, one file each).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) patients: u64,
+
+    /// Seed of the population (the same seed, the same files).
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub(crate) seed: u64,
+
+    /// Import into this (empty) PostgreSQL database instead of a temporary SQLite file. Its
+    /// content is not removed afterwards.
+    #[arg(long, value_name = "URL")]
+    pub(crate) database_url: Option<String>,
+
+    /// Print the figures as one JSON document on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `phivault bench http`

@@ -63,6 +63,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 None => bench(&args.store).await?,
                 Some(BenchSubcommand::Store(store)) => bench(store).await?,
                 Some(BenchSubcommand::Http(http)) => crate::bench_http::run(http).await?,
+                Some(BenchSubcommand::Import(import)) => crate::bench_import::run(import).await?,
             }
         }
         Command::Synthea(args) => write_synthea(args)?,
@@ -523,7 +524,7 @@ async fn init(settings: &Settings) -> Result<()> {
 
 /// `phivault import PATH...`.
 async fn import(settings: &Settings, args: &ImportArgs) -> Result<ExitCode> {
-    crate::bench_gate::refuse_bench_only_build()?;
+    crate::bench_gate::refuse_unless_bench_child()?;
     let key = prepare_data_dir(settings)?;
     let limit = if settings.max_bundle_entries_set {
         settings.max_bundle_entries

@@ -11,6 +11,7 @@ mod bench;
 mod bench_backup;
 mod bench_gate;
 mod bench_http;
+mod bench_import;
 mod bench_server;
 mod cli;
 mod cli_audit;

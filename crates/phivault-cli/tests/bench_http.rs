@@ -136,7 +136,8 @@ fn bench_store_flags_still_work() {
     }
 }
 
-/// A bench-only build serves and administers only under `phivault bench http`.
+/// A bench-only build serves, administers and imports only under `phivault bench http` or
+/// `bench import`.
 #[cfg(any(feature = "bench-noop-cipher", feature = "bench-no-audit"))]
 #[test]
 fn bench_only_build_refuses_to_serve_or_administer() {
@@ -156,6 +157,7 @@ fn bench_only_build_refuses_to_serve_or_administer() {
             data,
         ][..],
         &["init", "--data-dir", data][..],
+        &["import", "--data-dir", data, "."][..],
     ] {
         let out = phivault(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
