@@ -97,6 +97,10 @@ impl Filter {
 /// group of compartments.
 const MAX_KEYED_BINDS: usize = 4000;
 
+/// Ids of labelled resources a search leaves out by id, at most (see `Store::labelled_ids`):
+/// bound in one statement beside the search's own values.
+const MAX_LABELLED: usize = 4000;
+
 /// What a statement selects of a current resource `c` joined to its version `v` (see
 /// `Store::current_version_join`), as `Store::open_current` reads it.
 const CURRENT_COLUMNS: &str = "c.id AS id, c.version AS cur, c.deleted AS cur_deleted, \
@@ -134,12 +138,17 @@ impl Store {
     /// tokens are computed for each of these compartments, and rows of other compartments are
     /// left out); `None` when it has none, or to leave those entries out (only for listing the
     /// compartments a search reaches).
+    ///
+    /// `labelled`: ids of resources of `rtype` to leave out (those carrying an excluded label,
+    /// resolved beforehand by [`Store::labelled_ids`] instead of binding the exclusion's tokens
+    /// of every compartment here).
     fn filter(
         &self,
         rtype: ResourceType,
         query: &SearchQuery,
         scope: &SearchScope,
         keys: Option<&[String]>,
+        labelled: &[String],
         drive: &Drive,
     ) -> Filter {
         let mut f = Filter {
@@ -164,6 +173,13 @@ impl Store {
             } else {
                 sql.push_str(&format!(" AND c.id IN ({})", list.join(", ")));
             }
+        }
+        if !labelled.is_empty() {
+            let list: Vec<String> = labelled
+                .iter()
+                .map(|id| f.placeholder(Bind::Text(id.clone())))
+                .collect();
+            sql.push_str(&format!(" AND c.id NOT IN ({})", list.join(", ")));
         }
         if let Some(keys) = keys {
             let list: Vec<String> = keys
@@ -445,7 +461,7 @@ impl Store {
                 }
             }
             None => {
-                let f = self.filter(rtype, query, scope, None, drive);
+                let f = self.filter(rtype, query, scope, None, &[], drive);
                 let sql = format!(
                     "SELECT DISTINCT c.key_id AS key_id FROM current_resources c WHERE {}",
                     f.sql
@@ -462,6 +478,71 @@ impl Store {
         keys.sort();
         keys.dedup();
         Ok(Some(keys))
+    }
+
+    /// The ids of the resources of `rtype`, in the compartments of `keys`, that carry one of
+    /// the scope's compartment-keyed label exclusions; `None` when there are more than
+    /// [`MAX_LABELLED`] (the caller then binds the exclusion's tokens per group of
+    /// compartments instead).
+    ///
+    /// Each compartment's tokens are looked up through the index's primary key, in groups of
+    /// [`MAX_KEYED_BINDS`] tokens: a cost in the number of compartments (an HMAC and a key
+    /// probe per compartment and label), not in the rows the search reaches. Binding the same
+    /// tokens inside the search instead repeated the search's count and page once per group
+    /// of compartments (a type-wide page over 10,000 compartments was 13 statements of each,
+    /// and its results were ordered by id only within each group).
+    async fn labelled_ids(
+        &self,
+        rtype: ResourceType,
+        scope: &SearchScope,
+        keys: &[String],
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let labels: Vec<&IndexEntry> = scope.exclude_labels.iter().filter(|e| keyed(e)).collect();
+        let mut ids = Vec::new();
+        if labels.is_empty() {
+            return Ok(Some(ids));
+        }
+        for chunk in keys.chunks((MAX_KEYED_BINDS / labels.len()).max(1)) {
+            let mut f = Filter {
+                sql: String::new(),
+                binds: vec![
+                    Bind::Text(self.inner.tenant.clone()),
+                    Bind::Text(rtype.as_str().to_owned()),
+                ],
+            };
+            let mut tokens = Vec::with_capacity(chunk.len() * labels.len());
+            for key_id in chunk {
+                for e in &labels {
+                    let token = self.inner.keys.compartment_token(
+                        key_id,
+                        rtype.as_str(),
+                        &e.param,
+                        &e.value,
+                    );
+                    tokens.push(f.placeholder(Bind::Bytes(token)));
+                }
+            }
+            // One more than the room left: enough to tell that there are too many.
+            let room = MAX_LABELLED + 1 - ids.len();
+            let sql = format!(
+                "SELECT DISTINCT id FROM search_index WHERE tenant = $1 AND rtype = $2 \
+                 AND token IN ({}) LIMIT {room}",
+                tokens.join(", ")
+            );
+            for row in f
+                .bind_all(sqlx::query(&sql))
+                .fetch_all(&self.inner.pool)
+                .await?
+            {
+                ids.push(row.try_get::<String, _>("id")?);
+            }
+            ids.sort();
+            ids.dedup();
+            if ids.len() > MAX_LABELLED {
+                return Ok(None);
+            }
+        }
+        Ok(Some(ids))
     }
 
     /// How a search's index tests run.
@@ -609,9 +690,12 @@ impl Store {
     /// routes use [`Store::search_unreleased`].
     ///
     /// Results are ordered by id. A search with compartment-keyed entries (`_security`, or a
-    /// scope that leaves labels out) over more compartments than one statement can bind runs
-    /// as one statement per group of compartments (in key order), paged one group after the
-    /// other: ordered by id within each group.
+    /// scope that leaves labels out) binds their tokens for each compartment it reaches. A
+    /// search whose only keyed entries are the scope's label exclusion, over every compartment
+    /// or more than one statement can bind, first resolves them to the ids they leave out
+    /// ([`Store::labelled_ids`]). Any other search over more compartments than one statement
+    /// can bind runs as one statement per group of compartments (in key order), paged one
+    /// group after the other: ordered by id within each group.
     pub async fn search_scoped(
         &self,
         rtype: ResourceType,
@@ -620,19 +704,30 @@ impl Store {
     ) -> Result<SearchPage, StoreError> {
         let drive = self.drive(rtype, query).await?;
         let Some(keys) = self.keyed_compartments(rtype, query, scope, &drive).await? else {
-            return self.search_page(rtype, query, scope, None, &drive).await;
+            return self.search_page(rtype, query, scope, None, &[], &drive).await;
         };
-        let per_key = scope.exclude_labels.iter().filter(|e| keyed(e)).count()
-            + query
-                .params
-                .iter()
-                .flat_map(|p| p.entries())
-                .filter(|e| keyed(e))
-                .count();
+        let keyed_params = query
+            .params
+            .iter()
+            .flat_map(|p| p.entries())
+            .filter(|e| keyed(e))
+            .count();
+        let per_key = scope.exclude_labels.iter().filter(|e| keyed(e)).count() + keyed_params;
         let group = (MAX_KEYED_BINDS / per_key.max(1)).max(1);
+        // Over every compartment (a type-wide search), or more than one statement binds: only
+        // the scope's label exclusion is keyed, so resolve it to the ids it leaves out first.
+        let wide = scope.patients.is_none() || keys.len() > group;
+        if keyed_params == 0
+            && wide
+            && let Some(labelled) = self.labelled_ids(rtype, scope, &keys).await?
+        {
+            return self
+                .search_page(rtype, query, scope, None, &labelled, &drive)
+                .await;
+        }
         if keys.len() <= group {
             return self
-                .search_page(rtype, query, scope, Some(&keys), &drive)
+                .search_page(rtype, query, scope, Some(&keys), &[], &drive)
                 .await;
         }
         let mut page = SearchPage {
@@ -646,7 +741,7 @@ impl Store {
             q.offset = if room > 0 { skip } else { 0 };
             q.count = room;
             let part = self
-                .search_page(rtype, &q, scope, Some(chunk), &drive)
+                .search_page(rtype, &q, scope, Some(chunk), &[], &drive)
                 .await?;
             page.total = page.total.saturating_add(part.total);
             if room > 0 {
@@ -658,16 +753,17 @@ impl Store {
         Ok(page)
     }
 
-    /// One statement's count and page (see [`Store::filter`] for `keys`).
+    /// One statement's count and page (see [`Store::filter`] for `keys` and `labelled`).
     async fn search_page(
         &self,
         rtype: ResourceType,
         query: &SearchQuery,
         scope: &SearchScope,
         keys: Option<&[String]>,
+        labelled: &[String],
         drive: &Drive,
     ) -> Result<SearchPage, StoreError> {
-        let f = self.filter(rtype, query, scope, keys, drive);
+        let f = self.filter(rtype, query, scope, keys, labelled, drive);
         let count_sql = format!(
             "SELECT COUNT(*) AS n FROM current_resources c WHERE {}",
             f.sql

@@ -626,6 +626,37 @@ async fn scoped_search_sees_only_allowed_compartments_and_labels() {
             ..only_a.clone()
         };
         assert_eq!(s.search_scoped(obs, &q, &no_labels).await.unwrap().total, 1);
+        // Over every compartment the labelled Observation's id is resolved first and left out
+        // of both the total and the page, which stays ordered by id.
+        let everyone_no_labels = SearchScope {
+            patients: None,
+            directory: false,
+            exclude_labels: no_labels.exclude_labels.clone(),
+            exclude_patients: Vec::new(),
+        };
+        let page = s
+            .search_scoped(obs, &q, &everyone_no_labels)
+            .await
+            .unwrap();
+        assert_eq!(page.total, 2, "{}", f.label);
+        assert_eq!(page.resources.len(), 2, "{}", f.label);
+        assert!(
+            page.resources
+                .iter()
+                .all(|r| r.body["meta"]["security"].is_null()),
+            "{}",
+            f.label
+        );
+        assert!(page.resources[0].id.as_str() < page.resources[1].id.as_str());
+        let mut one_per_page = q.clone();
+        one_per_page.count = 1;
+        one_per_page.offset = 1;
+        let second = s
+            .search_scoped(obs, &one_per_page, &everyone_no_labels)
+            .await
+            .unwrap();
+        assert_eq!(second.total, 2, "{}", f.label);
+        assert_eq!(second.resources[0].id, page.resources[1].id, "{}", f.label);
         let nobody = SearchScope {
             patients: Some(Vec::new()),
             directory: false,
