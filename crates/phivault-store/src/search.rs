@@ -704,7 +704,9 @@ impl Store {
     ) -> Result<SearchPage, StoreError> {
         let drive = self.drive(rtype, query).await?;
         let Some(keys) = self.keyed_compartments(rtype, query, scope, &drive).await? else {
-            return self.search_page(rtype, query, scope, None, &[], &drive).await;
+            return self
+                .search_page(rtype, query, scope, None, &[], &drive)
+                .await;
         };
         let keyed_params = query
             .params

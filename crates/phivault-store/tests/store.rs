@@ -23,6 +23,8 @@ mod number_range;
 mod proofs;
 #[path = "store/rotation.rs"]
 mod rotation;
+#[path = "store/schema_upgrade.rs"]
+mod schema_upgrade;
 #[path = "store/search_plan.rs"]
 mod search_plan;
 #[path = "store/shred.rs"]
@@ -634,10 +636,7 @@ async fn scoped_search_sees_only_allowed_compartments_and_labels() {
             exclude_labels: no_labels.exclude_labels.clone(),
             exclude_patients: Vec::new(),
         };
-        let page = s
-            .search_scoped(obs, &q, &everyone_no_labels)
-            .await
-            .unwrap();
+        let page = s.search_scoped(obs, &q, &everyone_no_labels).await.unwrap();
         assert_eq!(page.total, 2, "{}", f.label);
         assert_eq!(page.resources.len(), 2, "{}", f.label);
         assert!(
