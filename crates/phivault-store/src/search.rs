@@ -481,9 +481,9 @@ impl Store {
     }
 
     /// The ids of the resources of `rtype`, in the compartments of `keys`, that carry one of
-    /// the scope's compartment-keyed label exclusions; `None` when there are more than
-    /// [`MAX_LABELLED`] (the caller then binds the exclusion's tokens per group of
-    /// compartments instead).
+    /// the scope's compartment-keyed label exclusions; `None` when their index rows are more
+    /// than [`MAX_LABELLED`] (a resource with two excluded labels has two; the caller then
+    /// binds the exclusion's tokens per group of compartments instead).
     ///
     /// Each compartment's tokens are looked up through the index's primary key, in groups of
     /// [`MAX_KEYED_BINDS`] tokens: a cost in the number of compartments (an HMAC and a key
@@ -522,25 +522,29 @@ impl Store {
                     tokens.push(f.placeholder(Bind::Bytes(token)));
                 }
             }
-            // One more than the room left: enough to tell that there are too many.
+            // At most one more row than there is room left. No `DISTINCT`: SQLite would then
+            // read the ids in order through the per-resource index, every token of the type,
+            // instead of probing the primary key per token.
             let room = MAX_LABELLED + 1 - ids.len();
             let sql = format!(
-                "SELECT DISTINCT id FROM search_index WHERE tenant = $1 AND rtype = $2 \
+                "SELECT id FROM search_index WHERE tenant = $1 AND rtype = $2 \
                  AND token IN ({}) LIMIT {room}",
                 tokens.join(", ")
             );
-            for row in f
+            let rows = f
                 .bind_all(sqlx::query(&sql))
                 .fetch_all(&self.inner.pool)
-                .await?
-            {
+                .await?;
+            // A full page may have been cut short: some labelled ids could be missing, and a
+            // missing one would be found. Too many, whatever the duplicates.
+            if rows.len() >= room {
+                return Ok(None);
+            }
+            for row in rows {
                 ids.push(row.try_get::<String, _>("id")?);
             }
             ids.sort();
             ids.dedup();
-            if ids.len() > MAX_LABELLED {
-                return Ok(None);
-            }
         }
         Ok(Some(ids))
     }
