@@ -17,6 +17,12 @@
 //! when the store opens, before anything is served, and only then is the format recorded.
 //! Resources of erased compartments are skipped (their tokens are swept with them), and so is
 //! a version that fails its integrity check (it is never served; the failure is logged).
+//!
+//! Not every change of the tokens needs a new format. Parameters that are the union of two
+//! others (`combo-code`, `combo-value-quantity`, ...; see `phivault_fhir::search`) stopped
+//! having tokens of their own without one: their searches look for their parts' tokens, which
+//! every format-5 index holds. A resource indexed before keeps its now unused union tokens
+//! until it is written again, deleted or erased, which remove all of a resource's tokens.
 
 use phivault_fhir::{Id, ResourceType, index_entries_of};
 use sqlx::Row;
