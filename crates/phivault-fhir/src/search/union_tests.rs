@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use super::unions::UNIONS;
 use super::*;
 
 fn observation_type() -> ResourceType {
