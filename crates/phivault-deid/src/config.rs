@@ -70,6 +70,8 @@ pub(crate) const DEFAULT_KNOWN_SYSTEMS: &[&str] = &[
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConfigFile {
+    /// The project key file (64 hex digits), relative to the configuration file.
+    pub(crate) key_file: Option<String>,
     /// A preset to start from.
     pub(crate) extends: Option<String>,
     /// The policy for dates a rule keeps without naming them exactly.
@@ -260,6 +262,11 @@ pub struct Config {
     pub sensitive: String,
     /// The rules, in order.
     pub rules: Vec<Rule>,
+    /// The project key file named by the configuration (resolved against the file's
+    /// directory by [`Config::load`]). Not part of [`Config::hash`]: the same rules under
+    /// another key are the same configuration.
+    #[serde(skip)]
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -272,7 +279,24 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, DeidError> {
         let file: ConfigFile =
             toml::from_str(text).map_err(|e| DeidError::Config(e.message().to_owned()))?;
-        Config::resolve(file, 0)
+        let key_file = file.key_file.clone().map(std::path::PathBuf::from);
+        let mut config = Config::resolve(file, 0)?;
+        config.key_file = key_file;
+        Ok(config)
+    }
+
+    /// Reads a configuration file; its `key_file` is taken relative to the file's directory.
+    pub fn load(path: &std::path::Path) -> Result<Config, DeidError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| DeidError::Config(format!("reading {}: {}", path.display(), e.kind())))?;
+        let mut config = Config::parse(&text)
+            .map_err(|e| DeidError::Config(format!("{}: {e}", path.display())))?;
+        if let Some(k) = &config.key_file
+            && k.is_relative()
+        {
+            config.key_file = Some(path.parent().unwrap_or(std::path::Path::new(".")).join(k));
+        }
+        Ok(config)
     }
 
     fn resolve(file: ConfigFile, depth: usize) -> Result<Config, DeidError> {
@@ -290,6 +314,7 @@ impl Config {
                 quasi_identifiers: default_quasi_identifiers(),
                 sensitive: "Condition.code".to_owned(),
                 rules: Vec::new(),
+                key_file: None,
             },
             Some(name) => {
                 let text = PRESETS
