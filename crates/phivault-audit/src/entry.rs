@@ -49,8 +49,9 @@ pub enum Outcome {
 /// The canonical bytes are the compact `serde_json` serialization of this struct, fields in
 /// this order: `seq, time, actor_id, actor_kind, role, purpose, break_glass, action,
 /// resource_type, resource_id, patient_id, outcome, source_address, request_id, actor_ref,
-/// patients, refusals`; absent optional values are `null`, enums are lower-case strings, except
-/// that `actor_ref` and `refusals` are left out when absent and `patients` when empty (so
+/// patients, refusals, configuration`; absent optional values are `null`, enums are
+/// lower-case strings, except that `actor_ref`, `refusals` and `configuration` are left out
+/// when absent and `patients` when empty (so
 /// entries written before they existed keep their bytes). Unknown fields are
 /// refused, and so is a `patients` list that is not strictly ascending or that repeats
 /// `patient_id` (one content, one spelling).
@@ -102,6 +103,10 @@ pub struct AuditEntry {
     /// ([`AuditEntry::refusal_summary`]): how many, when, and on which routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusals: Option<RefusalSummary>,
+    /// Present only on a de-identified (research) export: the SHA-256 (hex) of the
+    /// de-identification configuration it ran with, as its report states it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<String>,
 }
 
 /// The action of a summary entry of refused unauthenticated requests.
@@ -231,6 +236,7 @@ impl AuditEntry {
             actor_ref: None,
             patients: Vec::new(),
             refusals: Some(summary),
+            configuration: None,
         }
     }
 
@@ -330,6 +336,7 @@ mod tests {
             actor_ref: None,
             patients: Vec::new(),
             refusals: None,
+            configuration: None,
         }
     }
 
@@ -406,6 +413,12 @@ mod tests {
             ",\"actor_ref\":\"Practitioner/pr1/_history/2\",\"patients\":[\"p2\",\"p3\"]}"
         ));
         assert_eq!(AuditEntry::from_canonical(text.as_bytes()), Some(with_ref));
+        // A research export's configuration hash goes last, and only when present.
+        let mut research = e.clone();
+        research.configuration = Some("ab12".to_owned());
+        let text = String::from_utf8(research.canonical_bytes().unwrap()).unwrap();
+        assert!(text.ends_with(",\"patients\":[\"p2\",\"p3\"],\"configuration\":\"ab12\"}"));
+        assert_eq!(AuditEntry::from_canonical(text.as_bytes()), Some(research));
         // Without other patients, the bytes are those of an entry from before the list.
         assert!(
             !String::from_utf8(sample(4).canonical_bytes().unwrap())

@@ -112,6 +112,7 @@ fn entry(i: u64) -> AuditEntry {
         actor_ref: None,
         patients: Vec::new(),
         refusals: None,
+        configuration: None,
     }
 }
 

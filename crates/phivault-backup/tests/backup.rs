@@ -120,6 +120,7 @@ fn entry(action: &str, rtype: Option<String>, id: Option<String>) -> AuditEntry 
         actor_ref: None,
         patients: Vec::new(),
         refusals: None,
+        configuration: None,
     }
 }
 

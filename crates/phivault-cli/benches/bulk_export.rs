@@ -4,6 +4,10 @@
 //! file downloaded, the job deleted. Every resource is a search hit of the app, decided,
 //! decrypted and named per patient in the kick-off's audit entry.
 //!
+//! The same export through a research project (`deidentification=bench`, the `safe-harbor`
+//! preset, purpose HRESCH, every patient's consent permitting research): the same reads and
+//! decisions, plus the de-identification of every resource and the risk figures.
+//!
 //! `cargo bench -p phivault --bench bulk_export`; resources per second is the throughput
 //! criterion reports (`thrpt`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -21,7 +25,7 @@ const PATIENTS: usize = 500;
 const PER_PATIENT: usize = 4;
 
 fn benches(c: &mut Criterion) {
-    let bench = setup_sized(PATIENTS, PER_PATIENT);
+    let bench = setup_sized(PATIENTS, PER_PATIENT).with_research_project();
     let resources = bench.bulk_export();
     assert_eq!(
         resources,
@@ -34,6 +38,14 @@ fn benches(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(resources as u64));
     group.bench_function("system_2500_resources", |b| b.iter(|| bench.bulk_export()));
+    assert_eq!(
+        bench.deidentified_export(),
+        resources,
+        "every resource de-identified"
+    );
+    group.bench_function("deidentified_2500_resources", |b| {
+        b.iter(|| bench.deidentified_export())
+    });
     group.finish();
 }
 

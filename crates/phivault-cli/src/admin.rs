@@ -173,6 +173,28 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
             close(opened).await;
             result?;
         }
+        TopCommand::Deidentify(args) => {
+            if let Some(path) = &args.new_key {
+                crate::deidentify::new_key(path)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (Some(deid_config), Some(out)) = (&args.deid_config, &args.out) else {
+                bail!("deidentify needs --deid-config FILE and --out DIR (or --new-key FILE)");
+            };
+            let k = args
+                .k
+                .map(usize::try_from)
+                .transpose()
+                .context("--k is too large")?;
+            let settings = settings(&args.storage)
+                .map_err(|e| crate::deidentify::hint_if_deid_config(e, config_file))?;
+            let prepared = crate::deidentify::prepare(deid_config, args.key.as_deref(), out, k)?;
+            let opened = open(&settings).await?;
+            let result =
+                crate::deidentify::run(&opened.1, &settings.consent_defaults, prepared).await;
+            close(opened).await;
+            result?;
+        }
         TopCommand::Retention(RetentionCommand::Run(args)) => {
             let settings = settings(&args.storage)?;
             let opened = open(&settings).await?;

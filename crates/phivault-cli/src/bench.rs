@@ -187,6 +187,7 @@ impl BenchAudit {
             actor_ref: None,
             patients: Vec::new(),
             refusals: None,
+            configuration: None,
         }
     }
 }

@@ -95,6 +95,15 @@ pub(crate) enum TopCommand {
     /// (resources keep their ids; the manifest and AuditEvents are skipped).
     #[command(name = "export-patient", after_help = SETTINGS_HELP)]
     ExportPatient(ExportPatientArgs),
+    /// A de-identified research export: the records of the patients whose consent permits
+    /// research (purpose of use HRESCH; where no consent applies, the configured default,
+    /// which denies research unless set) through a de-identification configuration, as one
+    /// NDJSON file per resource type and report.json (counts, rules applied, the
+    /// configuration's hash, k-anonymity and l-diversity). Labelled resources never leave.
+    /// Audited as `cli deidentify`, in the access log of every patient released. With
+    /// --new-key FILE, creates a project key and exits.
+    #[command(after_help = SETTINGS_HELP)]
+    Deidentify(DeidentifyArgs),
     /// Apply the retention periods of the configuration (`[retention]`).
     #[command(subcommand)]
     Retention(RetentionCommand),
@@ -137,6 +146,33 @@ pub(crate) struct ExportPatientArgs {
     /// recipients. Without it the package is plaintext PHI.
     #[arg(long = "recipient", value_name = "AGE_PUBLIC_KEY")]
     pub(crate) recipients: Vec<String>,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
+}
+
+/// `phivault deidentify --deid-config FILE --out DIR [--k N] [--key FILE]`, or
+/// `phivault deidentify --new-key FILE`. (`--config` stays the server's configuration, which
+/// gives the storage and the consent defaults.)
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DeidentifyArgs {
+    /// The de-identification configuration (TOML: a preset to extend, rules, risk settings,
+    /// key_file; see docs/deidentification.md).
+    #[arg(long, value_name = "FILE", required_unless_present = "new_key")]
+    pub(crate) deid_config: Option<PathBuf>,
+    /// The directory to write (created owner-only; an existing non-empty one is refused).
+    #[arg(long, value_name = "DIR", required_unless_present = "new_key")]
+    pub(crate) out: Option<PathBuf>,
+    /// Withhold every record of the patients whose quasi-identifier class is smaller than N
+    /// (the report says how many).
+    #[arg(long = "k", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) k: Option<u64>,
+    /// The project key file (64 hex digits); default: key_file of the configuration.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+    /// Write a new random project key to FILE (created owner-only, never overwritten) and
+    /// exit.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["deid_config", "out", "k", "key"])]
+    pub(crate) new_key: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) storage: StorageArgs,
 }
@@ -741,6 +777,51 @@ mod tests {
         assert_eq!(layer.data_dir, Some(PathBuf::from("/d")));
         assert_eq!(layer.max_bundle_entries, Some(7));
         assert!(Invocation::try_parse_from(["phivault", "import"]).is_err());
+    }
+
+    #[test]
+    fn deidentify_parses() {
+        let cli = Invocation::try_parse_from([
+            "phivault",
+            "deidentify",
+            "--deid-config",
+            "deid.toml",
+            "--out",
+            "export",
+            "--k",
+            "5",
+            "--config",
+            "server.toml",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("server.toml")));
+        let TopCommand::Deidentify(a) = &cli.command else {
+            panic!("deidentify: {cli:?}");
+        };
+        assert_eq!(a.deid_config, Some(PathBuf::from("deid.toml")));
+        assert_eq!(a.k, Some(5));
+        let cli = Invocation::try_parse_from(["phivault", "deidentify", "--new-key", "k"]).unwrap();
+        let TopCommand::Deidentify(a) = &cli.command else {
+            panic!("deidentify --new-key: {cli:?}");
+        };
+        assert_eq!(a.new_key, Some(PathBuf::from("k")));
+        for args in [
+            &["phivault", "deidentify", "--out", "x"][..],
+            &["phivault", "deidentify", "--deid-config", "d.toml"],
+            &[
+                "phivault",
+                "deidentify",
+                "--deid-config",
+                "d",
+                "--out",
+                "x",
+                "--k",
+                "0",
+            ],
+            &["phivault", "deidentify", "--new-key", "k", "--out", "x"],
+        ] {
+            assert!(Invocation::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

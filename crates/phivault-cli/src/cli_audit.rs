@@ -15,6 +15,11 @@
 //!   `cli restore` to the restored trail once the restore has committed;
 //! - `keys rotate` and `keys rotate-master` append one entry (`cli keys rotate`,
 //!   `cli keys rotate-master`) after the rotation, with its outcome;
+//! - `deidentify` appends one `cli deidentify` entry once the export is written (before it is
+//!   moved into place, so an export whose entry cannot be written is removed), with purpose
+//!   of use HRESCH, the de-identification configuration's SHA-256 (`configuration`) and every
+//!   patient whose records the export released (outcome `error`, naming no patient, when the
+//!   run failed);
 //! - the administration commands that change accounts (`user add|link-patient|
 //!   link-practitioner|grant`, `client add`) write their one entry (`cli user add`, ...,
 //!   outcome allowed) inside the change's transaction, through the store's [`AccountSink`]:
@@ -34,6 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, anyhow};
 use phivault_audit::{ActorKind, AuditEntry, AuditLog, Outcome};
 use phivault_fhir::Id;
+use phivault_policy::Purpose;
 use phivault_store::{
     AccountChange, AccountSink, AnyConnection, AuditSink, SinkFuture, Store, StoreError, Written,
 };
@@ -117,6 +123,7 @@ impl CliAudit {
             actor_ref: None,
             patients: Vec::new(),
             refusals: None,
+            configuration: None,
         }
     }
 
@@ -134,6 +141,34 @@ impl CliAudit {
             patient.map(ToString::to_string),
             outcome,
         );
+        self.log.append(&entry).await.map(|_| ()).map_err(|e| {
+            anyhow!(
+                "the audit entry of `phivault {}` could not be written: {e}",
+                self.command()
+            )
+        })
+    }
+
+    /// Appends the command's own entry for a release of patients' records for `purpose`
+    /// (`deidentify`): `outcome`, the purpose of use, the de-identification `configuration`
+    /// (SHA-256, hex) it ran with, and every patient whose records it released (`patient_id`
+    /// when there is one, else the `patients` list), so that each finds it in their access
+    /// log.
+    pub(crate) async fn release_entry(
+        &self,
+        outcome: Outcome,
+        purpose: Purpose,
+        configuration: &str,
+        patients: Vec<String>,
+    ) -> Result<()> {
+        let single = match patients.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        };
+        let mut entry = self.entry(self.action.clone(), None, single, outcome);
+        entry.purpose = Some(purpose.as_str().to_owned());
+        entry.configuration = Some(configuration.to_owned());
+        entry.set_patients(patients);
         self.log.append(&entry).await.map(|_| ()).map_err(|e| {
             anyhow!(
                 "the audit entry of `phivault {}` could not be written: {e}",

@@ -413,6 +413,12 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
             key: certs.key,
         }
     };
+    // Before anything listens: a project whose configuration or key cannot be read stops
+    // the start, with the reason.
+    let research = crate::research_projects::load(
+        &settings.research_projects,
+        time::OffsetDateTime::now_utc().year(),
+    )?;
     let base_url = settings.base_url();
     let config = ServerConfig {
         listen: settings.listen,
@@ -438,6 +444,7 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
     .with_trusted_proxies(settings.edge.trusted_proxies.clone())
     .with_refusal_limits(settings.edge.refusals)
     .with_bulk_limits(settings.edge.bulk)
+    .with_research_projects(research)
     .with_role_purposes(settings.role_purposes.clone())
     .context("setting the purposes of use per role")?;
     let state = AppState {

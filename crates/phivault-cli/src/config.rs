@@ -17,6 +17,7 @@ use phivault_store::RetentionRule;
 use serde::Deserialize;
 
 use crate::config_edge::{EdgeLayer, EdgeSettings};
+use crate::research_projects::{ResearchProjectSetting, check_research_projects};
 
 /// The file read when neither `--config` nor `PHIVAULT_CONFIG` names one (only if it exists).
 pub(crate) const DEFAULT_CONFIG_FILE: &str = "phivault.toml";
@@ -77,6 +78,9 @@ pub(crate) struct Layer {
     pub(crate) retention: Option<BTreeMap<String, String>>,
     /// `[edge]`: proxies, password hashing (file only; see `config_edge`).
     pub(crate) edge: Option<EdgeLayer>,
+    /// `[[research_projects]]`: de-identified exports researchers may run (file only; see
+    /// `research_projects`).
+    pub(crate) research_projects: Option<Vec<ResearchProjectSetting>>,
 }
 
 impl Layer {
@@ -99,6 +103,7 @@ impl Layer {
             processing_activities: self.processing_activities.or(lower.processing_activities),
             retention: self.retention.or(lower.retention),
             edge: self.edge.or(lower.edge),
+            research_projects: self.research_projects.or(lower.research_projects),
         }
     }
 }
@@ -133,6 +138,8 @@ pub(crate) struct Settings {
     pub(crate) retention: Vec<RetentionRule>,
     /// `[edge]`.
     pub(crate) edge: EdgeSettings,
+    /// The research projects (checked; their files are read when the server starts).
+    pub(crate) research_projects: Vec<ResearchProjectSetting>,
 }
 
 impl Settings {
@@ -225,6 +232,17 @@ impl Settings {
             }
         }
         out.push_str(&self.edge.to_toml());
+        for p in &self.research_projects {
+            out.push_str("\n[[research_projects]]\n");
+            out.push_str(&format!("name = {}\n", quote(&p.name)));
+            out.push_str(&format!(
+                "deidentification = {}\n",
+                quote(&p.deidentification.display().to_string())
+            ));
+            if let Some(k) = p.k {
+                out.push_str(&format!("k = {k}\n"));
+            }
+        }
         out
     }
 }
@@ -439,6 +457,7 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
     })?;
     let retention = parse_retention(merged.retention.unwrap_or_default())?;
     let edge = merged.edge.unwrap_or_default().resolve()?;
+    let research_projects = check_research_projects(merged.research_projects.unwrap_or_default())?;
     Ok(Settings {
         data_dir,
         database_url,
@@ -457,6 +476,7 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         processing_activities,
         retention,
         edge,
+        research_projects,
     })
 }
 

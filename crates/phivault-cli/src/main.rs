@@ -18,12 +18,14 @@ mod cli_audit;
 mod commands;
 mod config;
 mod config_edge;
+mod deidentify;
 mod export_patient;
 mod hardening;
 mod import;
 mod keys_cmd;
 mod loadgen;
 mod population;
+mod research_projects;
 mod synth;
 mod synthea;
 

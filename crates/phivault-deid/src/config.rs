@@ -5,11 +5,12 @@
 //! extends = "safe-harbor"        # start from a preset (safe-harbor, limited-data-set,
 //!                                # gdpr-pseudonymization); the rules below are added, and
 //!                                # replace a preset rule of the same type and path
-//! dates = "year"                 # dates kept by a rule that does not name them exactly:
+//! dates = "year"                 # every date a `keep` rule passes (named or below the
+//!                                # named element, and dates written in kept text):
 //!                                # year | shift | keep | redact
 //! date_shift_max_days = 365      # dateShift offsets lie in -N..=N days, never 0
 //! scrub_free_text = true         # remove the patient's names, identifiers, contacts and
-//!                                # address from every text that is kept
+//!                                # addresses (as their Patient holds them) from kept text
 //! known_systems = ["http://example.org/codes"]   # added to the defaults: a Coding.display
 //!                                # is kept only when its system is one of these
 //! zip3_restricted = ["036"]      # replaces the shipped table of small ZIP areas
@@ -29,7 +30,9 @@
 //!
 //! Paths name JSON elements (`valueQuantity`, not `value[x]`); array positions are not
 //! written. A rule covers its element and everything below it; the longest matching path
-//! wins, a type's own rule over a `*` rule of the same length.
+//! wins, a type's own rule over a `*` rule of the same length. A resource type is exported
+//! only if it has a rule of its own (`*` rules alone do not export a type). Free text, dates
+//! and extensions have rules of their own: see the engine (`engine.rs`).
 
 use std::collections::BTreeMap;
 
@@ -74,7 +77,7 @@ pub(crate) struct ConfigFile {
     pub(crate) key_file: Option<String>,
     /// A preset to start from.
     pub(crate) extends: Option<String>,
-    /// The policy for dates a rule keeps without naming them exactly.
+    /// The policy for every date a `keep` rule passes.
     pub(crate) dates: Option<DatePolicy>,
     /// Largest date shift, in days.
     pub(crate) date_shift_max_days: Option<u32>,
@@ -123,7 +126,8 @@ pub enum Reduce {
     Zip3,
 }
 
-/// What happens to dates that a `keep` rule covers without naming them.
+/// What happens to every date a `keep` rule passes (whether it names the date or an element
+/// above it), and to dates written in kept text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatePolicy {
@@ -182,7 +186,10 @@ pub enum Method {
         /// The value.
         value: Value,
     },
-    /// Numeric noise within `bound` (a fraction of the value when `relative`).
+    /// Numeric noise within `bound` (a fraction of the value when `relative`), rounded to
+    /// the value's decimals (at most 6) without passing the bound (so a bound under one unit
+    /// of the last decimal leaves the value as it is). Keyed: the same key, resource, element
+    /// and occurrence draw the same noise in every export.
     Perturb {
         /// The largest change.
         bound: f64,
@@ -246,7 +253,7 @@ impl Rule {
 pub struct Config {
     /// The preset it extends, if any.
     pub extends: Option<String>,
-    /// Dates under a `keep` that does not name them.
+    /// Dates a `keep` passes.
     pub dates: DatePolicy,
     /// Largest date shift, in days.
     pub date_shift_max_days: u32,

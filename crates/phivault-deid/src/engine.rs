@@ -6,14 +6,24 @@
 //!   extensions (`_birthDate`), and a resource type with no rule of its own is left out.
 //! - **Free text is removed unless named.** `text` (the narrative's `div` included),
 //!   `display`, `comment`, `description`, `note` text, `patientInstruction`, `valueString`,
-//!   `authorString` and `title` are removed unless a rule names that exact element, except a
-//!   `Coding.display` whose `system` is a known code system (a published term).
-//! - **Dates under a `keep`** that does not name them go through the configured date policy
-//!   (year, shift, keep or redact); naming a date element exactly keeps it.
-//! - **Pseudonyms link.** `cryptoHash` of a resource's `id` and of a `Type/id` reference hash
-//!   the same `Type/id` text, so a reference still points at the pseudonymous resource.
+//!   `valueMarkdown`, `contentString`, `conclusion`, `summary`, `authorString` and `title` are
+//!   removed unless a rule names that exact element, except a `Coding.display` whose `system`
+//!   is a known code system (a published term). So is an element's own `id` below the
+//!   resource (only the resource's `id` is covered by a rule above it).
+//! - **Every date a `keep` passes goes through the date policy** (year, shift, keep or
+//!   redact), whether the rule names the date element or an element above it: a date is
+//!   never kept more precisely than the policy says. A date that should be treated otherwise
+//!   gets its own method (`dateShift`, `generalize` to `year`, `redact`).
+//! - **Pseudonyms link.** `cryptoHash` of a resource's `id` and of a `Type/id` reference
+//!   (`Type/id/_history/n` too, its version dropped) hash the same `Type/id` text, so a
+//!   reference still points at the pseudonymous resource.
 //! - **Kept text is scrubbed** (when configured) of the patient's own names, identifiers,
-//!   contacts and address found elsewhere in the record.
+//!   contacts and address found in their Patient resource, and dates written in it follow the
+//!   date policy (see `scrub.rs`). Scrubbing covers free text and every string kept by a rule
+//!   above it; a structured element a rule names exactly (the city a limited data set keeps)
+//!   is kept as written.
+//! - **`substitute` replaces the element it names** as a whole (an object included); below
+//!   that element, and for every other method, a rule acts on each value (leaf) it covers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -21,6 +31,7 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::config::{Config, DatePolicy, Generalization, Method};
+use crate::scrub::{self, Terms};
 use crate::{DeidError, ProjectKey, dates, zip3};
 
 /// Elements that hold free text.
@@ -32,6 +43,10 @@ const FREE_TEXT: &[&str] = &[
     "description",
     "patientInstruction",
     "valueString",
+    "valueMarkdown",
+    "contentString",
+    "conclusion",
+    "summary",
     "authorString",
     "title",
 ];
@@ -55,17 +70,14 @@ fn date_named(name: &str) -> bool {
         )
 }
 
-/// The replacement of a scrubbed term.
-const SCRUBBED: &str = "[REDACTED]";
-
 /// What is known about one patient while their resources are de-identified.
 pub struct PatientContext {
     /// `Patient/<id>`.
     reference: String,
     /// The date offset of `dateShift`, in days (never 0).
     offset_days: i64,
-    /// Lower-case terms to scrub from kept text.
-    terms: Vec<Zeroizing<String>>,
+    /// Terms to scrub from kept text.
+    terms: Terms,
 }
 
 impl std::fmt::Debug for PatientContext {
@@ -85,6 +97,8 @@ struct TypeRules {
 /// A configured de-identification with its key: transforms resources one by one.
 pub struct Deidentifier {
     config: Config,
+    /// Each rule's label in reports, by index.
+    labels: Vec<String>,
     key: ProjectKey,
     hash: String,
     by_type: HashMap<String, TypeRules>,
@@ -120,8 +134,10 @@ impl Deidentifier {
             }
         }
         let hash = config.hash();
+        let labels = config.rules.iter().map(|r| r.label()).collect();
         Deidentifier {
             config,
+            labels,
             key,
             hash,
             by_type,
@@ -166,9 +182,9 @@ impl Deidentifier {
             draw - max + 1
         };
         let terms = if self.config.scrub_free_text {
-            patient.map(scrub_terms).unwrap_or_default()
+            patient.map(scrub::terms).unwrap_or_default()
         } else {
-            Vec::new()
+            Terms::default()
         };
         PatientContext {
             reference: format!("Patient/{patient_id}"),
@@ -210,86 +226,12 @@ impl Deidentifier {
             path: String::new(),
             counts,
             resource_id: body["id"].as_str().unwrap_or_default(),
+            perturbed: HashMap::new(),
         };
         let mut out = walk.object(fields).unwrap_or_default();
         out.insert("resourceType".to_owned(), Value::String(rtype.to_owned()));
         Some(Value::Object(out))
     }
-}
-
-/// Lower-case identifying terms of a Patient: names, identifiers, contacts, address lines.
-fn scrub_terms(patient: &Value) -> Vec<Zeroizing<String>> {
-    let mut terms: Vec<Zeroizing<String>> = Vec::new();
-    let mut add = |v: &Value| {
-        if let Some(s) = v.as_str() {
-            let s = s.trim().to_lowercase();
-            // Short fragments ("Al", "Jr") would scrub ordinary words.
-            if s.chars().count() >= 3 && !terms.iter().any(|t| **t == s) {
-                terms.push(Zeroizing::new(s));
-            }
-        }
-    };
-    let each = |v: &Value| v.as_array().cloned().unwrap_or_default();
-    let mut names = each(&patient["name"]);
-    for contact in each(&patient["contact"]) {
-        names.push(contact["name"].clone());
-        for t in each(&contact["telecom"]) {
-            add(&t["value"]);
-        }
-    }
-    for name in &names {
-        add(&name["family"]);
-        add(&name["text"]);
-        for g in each(&name["given"]) {
-            add(&g);
-        }
-    }
-    for i in each(&patient["identifier"]) {
-        add(&i["value"]);
-    }
-    for t in each(&patient["telecom"]) {
-        add(&t["value"]);
-    }
-    for a in each(&patient["address"]) {
-        add(&a["city"]);
-        add(&a["postalCode"]);
-        add(&a["text"]);
-        for l in each(&a["line"]) {
-            add(&l);
-        }
-    }
-    add(&patient["birthDate"]);
-    // Longest first, so a full name is replaced before its parts.
-    terms.sort_by_key(|t| std::cmp::Reverse(t.len()));
-    terms
-}
-
-/// `hay` with every ASCII-case-insensitive occurrence of a term replaced.
-fn scrub(hay: &str, terms: &[Zeroizing<String>]) -> Option<String> {
-    let mut out: Option<String> = None;
-    for term in terms {
-        let current = out.as_deref().unwrap_or(hay);
-        let lower = current.to_lowercase();
-        // Lower-casing may change byte lengths outside ASCII: then only exact-case matches.
-        let same_len = lower.len() == current.len();
-        let find_in = if same_len { lower.as_str() } else { current };
-        if !find_in.contains(term.as_str()) {
-            continue;
-        }
-        let mut result = String::with_capacity(current.len());
-        let mut rest = 0;
-        for (at, _) in find_in.match_indices(term.as_str()) {
-            if at < rest {
-                continue;
-            }
-            result.push_str(&current[rest..at]);
-            result.push_str(SCRUBBED);
-            rest = at + term.len();
-        }
-        result.push_str(&current[rest..]);
-        out = Some(result);
-    }
-    out
 }
 
 /// The walk over one resource.
@@ -303,6 +245,8 @@ struct Walk<'a> {
     path: String,
     counts: &'a mut RuleCounts,
     resource_id: &'a str,
+    /// How many values of each path `perturb` has drawn noise for in this resource.
+    perturbed: HashMap<String, u32>,
 }
 
 /// The rule deciding a leaf: its index and whether it names the leaf exactly.
@@ -339,8 +283,13 @@ impl Walk<'_> {
     }
 
     fn count(&mut self, rule: usize) {
-        let label = self.engine.config.rules[rule].label();
-        *self.counts.entry(label).or_default() += 1;
+        let label = &self.engine.labels[rule];
+        match self.counts.get_mut(label) {
+            Some(n) => *n += 1,
+            None => {
+                self.counts.insert(label.clone(), 1);
+            }
+        }
     }
 
     fn object(&mut self, fields: &Map<String, Value>) -> Option<Map<String, Value>> {
@@ -388,7 +337,10 @@ impl Walk<'_> {
 
     fn value(&mut self, name: &str, value: &Value, known_display: bool) -> Option<Value> {
         match value {
-            Value::Object(fields) => self.object(fields).map(Value::Object),
+            Value::Object(fields) => match self.substitute_here() {
+                Some(v) => Some(v),
+                None => self.object(fields).map(Value::Object),
+            },
             Value::Array(items) => {
                 let out: Vec<Value> = items
                     .iter()
@@ -400,16 +352,31 @@ impl Walk<'_> {
         }
     }
 
+    /// The value of a `substitute` rule naming the current path exactly.
+    fn substitute_here(&mut self) -> Option<Value> {
+        let decision = self.decide().filter(|d| d.exact)?;
+        let Method::Substitute { value } = &self.engine.config.rules[decision.rule].method else {
+            return None;
+        };
+        let value = value.clone();
+        self.count(decision.rule);
+        Some(value)
+    }
+
     fn leaf(&mut self, name: &str, value: &Value, known_display: bool) -> Option<Value> {
         let decision = self.decide()?;
         let method = &self.engine.config.rules[decision.rule].method;
         let free_text = FREE_TEXT.contains(&name) && !known_display;
-        if free_text && !decision.exact {
+        // An element's own id (not the resource's) is a code of the sender's, not data.
+        let element_id = name == "id" && self.path != "id";
+        if (free_text || element_id) && !decision.exact {
             return None;
         }
         let out = match method {
             Method::Redact => None,
-            Method::Keep => self.keep(name, value, decision.exact),
+            // A structured element the rule names exactly (the city a limited data set
+            // keeps) is kept as written; free text, and what a rule above keeps, is scrubbed.
+            Method::Keep => self.keep(name, value, free_text || !decision.exact),
             Method::CryptoHash => Some(Value::String(self.hash(name, value))),
             Method::Encrypt => self
                 .engine
@@ -431,22 +398,27 @@ impl Walk<'_> {
         out
     }
 
-    fn keep(&self, name: &str, value: &Value, exact: bool) -> Option<Value> {
+    fn keep(&self, name: &str, value: &Value, scrub_it: bool) -> Option<Value> {
         let Some(s) = value.as_str() else {
             return Some(value.clone());
         };
+        let policy = self.engine.config.dates;
         let is_date = dates::is_full_date(s) || (date_named(name) && dates::is_partial_date(s));
-        let kept = if is_date && !exact {
-            match self.engine.config.dates {
-                DatePolicy::Keep => s.to_owned(),
-                DatePolicy::Redact => return None,
-                DatePolicy::Year => format!("{:04}", dates::year(s)?),
-                DatePolicy::Shift => dates::shift(s, self.ctx.offset_days)?,
+        if is_date {
+            return match policy {
+                DatePolicy::Keep => Some(s.to_owned()),
+                DatePolicy::Redact => None,
+                DatePolicy::Year => dates::year(s).map(|y| format!("{y:04}")),
+                DatePolicy::Shift => dates::shift(s, self.ctx.offset_days),
             }
-        } else {
-            s.to_owned()
-        };
-        Some(Value::String(scrub(&kept, &self.ctx.terms).unwrap_or(kept)))
+            .map(Value::String);
+        }
+        let scrubbed = scrub_it.then(|| scrub::scrub(s, &self.ctx.terms)).flatten();
+        let text = scrubbed.as_deref().unwrap_or(s);
+        let dated = scrub::dates_in_text(text, policy, self.ctx.offset_days);
+        Some(Value::String(
+            dated.or(scrubbed).unwrap_or_else(|| s.to_owned()),
+        ))
     }
 
     fn hash(&self, name: &str, value: &Value) -> String {
@@ -455,12 +427,15 @@ impl Walk<'_> {
         if self.path == "id" {
             return key.pseudonym(&format!("{}/{text}", self.rtype));
         }
+        // `Type/id`, or `Type/id/_history/version` (the version is dropped: it would say how
+        // often the record changed).
+        let unversioned = text.split("/_history/").next().unwrap_or_default();
         if name == "reference"
-            && let Some((t, id)) = text.split_once('/')
+            && let Some((t, id)) = unversioned.split_once('/')
             && phivault_fhir::ResourceType::parse(t).is_ok()
             && phivault_fhir::Id::parse(id).is_ok()
         {
-            return format!("{t}/{}", key.pseudonym(&text));
+            return format!("{t}/{}", key.pseudonym(unversioned));
         }
         key.pseudonym(&text)
     }
@@ -494,22 +469,29 @@ impl Walk<'_> {
         }
     }
 
-    fn perturb(&self, value: &Value, bound: f64, relative: bool) -> Option<Value> {
+    fn perturb(&mut self, value: &Value, bound: f64, relative: bool) -> Option<Value> {
         let n = number_of(value)?;
         let text = value.to_string();
         let decimals = text.split_once('.').map_or(0, |(_, f)| f.len()).min(6);
-        // Stable per resource and element: the same export twice gives the same noise, so
-        // averaging exports learns nothing.
+        // Stable per resource, element and occurrence (the second component's value draws
+        // apart from the first's): the same export twice gives the same noise, so averaging
+        // exports learns nothing.
+        let seen = self.perturbed.entry(self.path.clone()).or_insert(0);
+        *seen += 1;
         let draw = self.engine.key.noise_draw(&format!(
-            "{}|{}/{}|{}",
-            self.ctx.reference, self.rtype, self.resource_id, self.path
+            "{}|{}/{}|{}|{}",
+            self.ctx.reference, self.rtype, self.resource_id, self.path, seen
         ));
         #[allow(clippy::cast_precision_loss)]
         let unit = (draw as f64) / (u64::MAX as f64) * 2.0 - 1.0;
         let width = if relative { bound * n.abs() } else { bound };
         let noisy = n + unit * width;
         let scale = 10f64.powi(i32::try_from(decimals).unwrap_or(0));
-        let rounded = (noisy * scale).round() / scale;
+        let mut rounded = (noisy * scale).round() / scale;
+        // Rounding to the value's precision may step past the bound: step back towards it.
+        if (rounded - n).abs() > width {
+            rounded -= (1.0 / scale).copysign(rounded - n);
+        }
         let text = format!("{rounded:.decimals$}");
         serde_json::from_str::<Value>(&text).ok()
     }
@@ -532,4 +514,122 @@ fn number_of(value: &Value) -> Option<f64> {
 /// Reverses `encrypt` for the key holder.
 pub fn decrypt(key: &ProjectKey, value: &str) -> Result<Zeroizing<String>, DeidError> {
     key.decrypt(value)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn engine(rules: &str) -> Deidentifier {
+        let config = Config::parse(rules).unwrap();
+        Deidentifier::new(config, ProjectKey::from_bytes(&[3; 32]).unwrap(), 2025)
+    }
+
+    #[test]
+    fn perturb_stays_within_its_bound_after_rounding() {
+        for (bound, can_move) in [(0.7, false), (1.5, true)] {
+            let e = engine(&format!(
+                "[[rules]]\npath = \"Observation.component.valueQuantity.value\"\n\
+                 method = \"perturb\"\nbound = {bound}\n"
+            ));
+            let (mut moved, mut apart) = (0, 0);
+            for i in 0..300 {
+                let ctx = e.patient_context(&format!("p{i}"), None);
+                let body = json!({"id": "o", "component": [
+                    {"valueQuantity": {"value": 70}}, {"valueQuantity": {"value": 70}}]});
+                let out = e.apply(&ctx, "Observation", &body).unwrap();
+                let a = out["component"][0]["valueQuantity"]["value"]
+                    .as_i64()
+                    .unwrap();
+                let b = out["component"][1]["valueQuantity"]["value"]
+                    .as_i64()
+                    .unwrap();
+                apart += usize::from(a != b);
+                for v in [a, b] {
+                    assert!((v - 70).abs() as f64 <= bound, "{bound}: {v}");
+                    moved += usize::from(v != 70);
+                }
+            }
+            // An integer within 0.7 can only stay; within 1.5 it moves, each occurrence by
+            // its own draw.
+            assert_eq!(moved > 0, can_move, "{bound}");
+            assert_eq!(apart > 0, can_move, "{bound}");
+        }
+    }
+
+    #[test]
+    fn substitute_replaces_a_whole_element_and_element_ids_go() {
+        let e = engine(
+            "[[rules]]\npath = \"Patient.maritalStatus\"\nmethod = \"substitute\"\n\
+             value = { text = \"withheld\" }\n[[rules]]\npath = \"Patient.communication\"\n\
+             method = \"keep\"\n",
+        );
+        let ctx = e.patient_context("p", None);
+        let body = json!({"maritalStatus": {"coding": [{"code": "M"}], "text": "Married"},
+                          "communication": [{"id": "c1", "language": {"coding": [{"id": "x", "code": "en"}]}}]});
+        let out = e.apply(&ctx, "Patient", &body).unwrap();
+        assert_eq!(out["maritalStatus"], json!({"text": "withheld"}));
+        assert_eq!(
+            out["communication"],
+            json!([{"language": {"coding": [{"code": "en"}]}}])
+        );
+    }
+
+    #[test]
+    fn references_link_to_the_pseudonymous_resource_versioned_or_not() {
+        let e = engine(
+            "[[rules]]\npaths = [\"*.id\", \"*.subject.reference\"]\nmethod = \"cryptoHash\"\n\
+             [[rules]]\npath = \"Observation.status\"\nmethod = \"keep\"\n",
+        );
+        let ctx = e.patient_context("p1", None);
+        let id = e.pseudonym_of("Patient", "p1");
+        for reference in ["Patient/p1", "Patient/p1/_history/3"] {
+            let out = e
+                .apply(
+                    &ctx,
+                    "Observation",
+                    &json!({"id": "o", "subject": {"reference": reference}}),
+                )
+                .unwrap();
+            assert_eq!(
+                out["subject"]["reference"],
+                format!("Patient/{id}"),
+                "{reference}"
+            );
+            assert_eq!(out["id"], e.pseudonym_of("Observation", "o"));
+        }
+        let out = e
+            .apply(
+                &ctx,
+                "Observation",
+                &json!({"subject": {"reference": "urn:uuid:1234"}}),
+            )
+            .unwrap();
+        assert_eq!(out["subject"]["reference"].as_str().unwrap().len(), 64);
+    }
+
+    #[test]
+    fn a_date_named_exactly_still_follows_the_date_policy() {
+        for (policy, expected) in [
+            ("year", Some("2019")),
+            ("redact", None),
+            ("keep", Some("2019-04-02T09:30:00Z")),
+        ] {
+            let e = engine(&format!(
+                "dates = \"{policy}\"\n[[rules]]\npath = \"Condition.onsetDateTime\"\nmethod = \"keep\"\n\
+                 [[rules]]\npath = \"Condition.id\"\nmethod = \"keep\"\n"
+            ));
+            let ctx = e.patient_context("p", None);
+            let out = e
+                .apply(
+                    &ctx,
+                    "Condition",
+                    &json!({"id": "c", "onsetDateTime": "2019-04-02T09:30:00Z"}),
+                )
+                .unwrap();
+            assert_eq!(out["onsetDateTime"].as_str(), expected, "{policy}");
+        }
+    }
 }

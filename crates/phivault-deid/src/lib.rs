@@ -11,7 +11,10 @@
 //!
 //! What it guarantees:
 //! - **Allow-list**: an element, extension or resource type without a rule is never output;
-//!   free text is output only where a rule names it exactly.
+//!   free text is output only where a rule names it exactly, scrubbed of the patient's own
+//!   identifiers.
+//! - **Dates at the configured precision**: every date a rule keeps goes through the date
+//!   policy (year, shift, keep, redact), dates written in kept text included.
 //! - **Keyed and stable**: the same input and key give the same pseudonyms and the same date
 //!   offsets in every export; another key shares none of them. A patient's dates all move by
 //!   one offset (never 0, at most `date_shift_max_days`), so intervals survive exactly.
@@ -31,6 +34,7 @@ mod error;
 mod key;
 mod risk;
 mod run;
+mod scrub;
 mod zip3;
 
 pub use config::{

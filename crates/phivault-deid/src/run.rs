@@ -17,6 +17,8 @@ use crate::risk::{self, QiKey, Risk};
 
 /// One patient's output, held until the export's risk is known.
 struct Held {
+    /// The patient's original id (for the caller's audit entry, never in the output).
+    id: String,
     ctx: PatientContext,
     /// Output order: by pseudonym, never by the original id.
     pseudonym: String,
@@ -90,13 +92,31 @@ pub struct Report {
     pub risk_released: Risk,
 }
 
-/// The output of a run.
-#[derive(Debug)]
+/// The output of a run. Its `Debug` output names the files and their sizes, never their
+/// content (a limited data set is still PHI).
 pub struct Release {
     /// NDJSON by resource type.
     pub files: BTreeMap<String, Vec<u8>>,
     /// The report.
     pub report: Report,
+    /// The original ids of the patients whose records were released (ascending): the
+    /// caller names them in the export's audit entry. Not part of the output.
+    pub released_patients: Vec<String>,
+}
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: BTreeMap<&str, usize> = self
+            .files
+            .iter()
+            .map(|(t, b)| (t.as_str(), b.len()))
+            .collect();
+        f.debug_struct("Release")
+            .field("file_bytes", &sizes)
+            .field("report", &self.report)
+            .field("released_patients", &self.released_patients.len())
+            .finish()
+    }
 }
 
 impl<'a> Run<'a> {
@@ -125,6 +145,7 @@ impl<'a> Run<'a> {
         self.held.insert(
             id.to_owned(),
             Held {
+                id: id.to_owned(),
                 ctx,
                 pseudonym: self.engine.pseudonym_of("Patient", id),
                 patient: out,
@@ -205,8 +226,11 @@ impl<'a> Run<'a> {
             .collect();
         let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut suppressed_patients = 0;
+        let mut released_patients = Vec::with_capacity(patients.len());
         for (p, keep) in patients.iter().zip(&kept) {
-            if !keep {
+            if *keep {
+                released_patients.push(p.id.clone());
+            } else {
                 suppressed_patients += 1;
             }
             let all = p
@@ -242,6 +266,11 @@ impl<'a> Run<'a> {
             k_threshold: threshold,
             risk_released: released,
         };
-        Release { files, report }
+        released_patients.sort();
+        Release {
+            files,
+            report,
+            released_patients,
+        }
     }
 }

@@ -30,7 +30,9 @@ pub enum Action {
     ManageKeys,
     /// Read the audit trail.
     ReadAudit,
-    /// Export de-identified data.
+    /// Put a patient's resources of one type into a de-identified research export: decided
+    /// per type and patient (with the resource's labels), like a search hit; the content
+    /// leaves only through the de-identification engine.
     ExportDeidentified,
     /// Read the CapabilityStatement.
     ReadCapabilities,
@@ -124,6 +126,12 @@ impl Action {
             self,
             Action::Erase | Action::ExportOwn | Action::RequestCorrection | Action::RequestErasure
         )
+    }
+
+    /// True for the actions decided on a `Resource` entity (type, patient, labels): the
+    /// clinical ones, the ones about one's own patient record, and the research export.
+    pub fn is_on_resource(&self) -> bool {
+        self.is_clinical() || self.is_about_own_patient() || *self == Action::ExportDeidentified
     }
 
     /// True for the clinical actions that only read.

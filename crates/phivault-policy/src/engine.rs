@@ -464,9 +464,11 @@ impl PolicyEngine {
                     );
                 let ctx = &request.context;
                 let clinical = request.action.is_clinical();
+                // A research export's proof is per type and patient, like a clinical one.
+                let typed = clinical || request.action == Action::ExportDeidentified;
                 // A read of the audit trail keeps the patient whose access log it is, an
                 // erasure the patient erased.
-                let about_patient = clinical
+                let about_patient = typed
                     || request.action == Action::ReadAudit
                     || request.action == Action::Erase
                     || request.action.is_about_own_patient();
@@ -475,7 +477,7 @@ impl PolicyEngine {
                     principal_id: request.principal.id().to_owned(),
                     role: request.principal.role(),
                     action: request.action,
-                    resource_type: request.resource.rtype.filter(|_| clinical),
+                    resource_type: request.resource.rtype.filter(|_| typed),
                     patient: request.resource.patient.clone().filter(|_| about_patient),
                     purpose: ctx.purpose,
                     break_glass_until: ctx
@@ -598,7 +600,7 @@ impl PolicyEngine {
 
     fn resource_uid(&self, request: &AccessRequest) -> EntityUid {
         // The resource entity stands for the facts of this request only; its id is not used.
-        if request.action.is_clinical() || request.action.is_about_own_patient() {
+        if request.action.is_on_resource() {
             EntityUid::from_type_name_and_id(self.names.resource.clone(), EntityId::new("this"))
         } else if request.action == Action::ReadAudit {
             EntityUid::from_type_name_and_id(self.names.audit.clone(), EntityId::new("this"))
@@ -617,7 +619,7 @@ impl PolicyEngine {
             HashSet::new(),
         )
         .map_err(|_| ())?;
-        let resource = if request.action.is_clinical() || request.action.is_about_own_patient() {
+        let resource = if request.action.is_on_resource() {
             let r = &request.resource;
             Entity::new(
                 self.resource_uid(request),

@@ -72,7 +72,8 @@ impl Permissions {
     pub fn needed_by(action: Action) -> Option<Permissions> {
         Some(match action {
             Action::Read | Action::Vread | Action::History => Permissions::READ,
-            Action::Search => Permissions::SEARCH,
+            // A research export is a search whose hits leave de-identified.
+            Action::Search | Action::ExportDeidentified => Permissions::SEARCH,
             Action::Create => Permissions::CREATE,
             Action::Update => Permissions::UPDATE,
             Action::Delete => Permissions::DELETE,

@@ -238,7 +238,7 @@ fn non_clinical_actions_by_role() {
             &[ManageUsers, ManageClients, ManageKeys, ReadCapabilities],
         ),
         (Role::Auditor, &[ReadAudit, ReadCapabilities]),
-        (Role::Researcher, &[ExportDeidentified, ReadCapabilities]),
+        (Role::Researcher, &[ReadCapabilities]),
         (Role::Clinician, &[Transaction, ReadCapabilities]),
         (Role::Patient, &[Transaction, ReadCapabilities]),
     ];
@@ -248,7 +248,6 @@ fn non_clinical_actions_by_role() {
         ManageClients,
         ManageKeys,
         ReadAudit,
-        ExportDeidentified,
         ReadCapabilities,
     ];
     for (role, allowed_actions) in table {
@@ -1478,5 +1477,60 @@ fn care_teams_are_granted_by_the_team_not_by_a_scope() {
             team(OTHER),
             Purpose::Treat
         )));
+    }
+}
+
+#[test]
+fn research_exports_need_research_consent_and_no_labels() {
+    let researcher = user(Role::Researcher);
+    let app = client("system/Observation.rs");
+    let decide = |who: &PrincipalRef, resource: ResourceRef, purpose: Purpose, consent: bool| {
+        let mut r = request(who, Action::ExportDeidentified, resource, purpose);
+        r.context.consent_permits = consent;
+        ENGINE.decide(&r)
+    };
+    for who in [&researcher, &app] {
+        // Research, consent permitting, unlabelled: allowed, and the proof is for this type
+        // and patient only.
+        let proof = decide(who, obs(CARE, &[]), Purpose::Research, true).unwrap();
+        assert!(proof.covers(
+            Action::ExportDeidentified,
+            Some(rtype("Observation")),
+            Some(&id(CARE))
+        ));
+        assert!(!proof.covers(
+            Action::ExportDeidentified,
+            Some(rtype("Observation")),
+            Some(&id(OTHER))
+        ));
+        assert!(!proof.covers(Action::Search, Some(rtype("Observation")), Some(&id(CARE))));
+        // Without the patient's research consent, labelled, or across patients: refused.
+        assert!(decide(who, obs(CARE, &[]), Purpose::Research, false).is_err());
+        assert!(
+            decide(
+                who,
+                obs(CARE, &[Label::MentalHealth]),
+                Purpose::Research,
+                true
+            )
+            .is_err()
+        );
+        let across = ResourceRef::new(rtype("Observation"), None, vec![]);
+        assert!(decide(who, across, Purpose::Research, true).is_err());
+    }
+    // Another purpose is refused (the researcher may not assert it; the app's policy asks
+    // for research).
+    assert!(decide(&researcher, obs(CARE, &[]), Purpose::Treat, true).is_err());
+    assert!(decide(&app, obs(CARE, &[]), Purpose::Treat, true).is_err());
+    // An app's scopes bound the types it may export.
+    let cond = ResourceRef::new(rtype("Condition"), Some(id(CARE)), vec![]);
+    assert!(decide(&app, cond.clone(), Purpose::Research, true).is_err());
+    assert!(decide(&researcher, cond, Purpose::Research, true).is_ok());
+    // Nobody else exports de-identified data by default.
+    for role in [Role::Admin, Role::Clinician, Role::Auditor, Role::Patient] {
+        assert!(
+            decide(&user(role), obs(CARE, &[]), role.default_purpose(), true).is_err(),
+            "{role}"
+        );
     }
 }

@@ -141,6 +141,7 @@ mod tests {
             actor_ref: None,
             patients: Vec::new(),
             refusals: None,
+            configuration: None,
         }
     }
 

@@ -52,6 +52,7 @@ use crate::edge::Who;
 use crate::error::fhir_json;
 use crate::fhir_routes::{Access, Current, base, parse_pairs, path_error};
 use crate::portability::NDJSON;
+use crate::routes::research_export;
 use crate::{ApiError, AppState};
 
 /// Page size of the searches an export runs.
@@ -283,6 +284,9 @@ struct Request {
     since: Option<OffsetDateTime>,
     /// `_typeFilter`: per type, searches whose hits alone are exported (any of them).
     filters: HashMap<ResourceType, Vec<Vec<(String, String)>>>,
+    /// `deidentification`: the research project whose de-identification the export goes
+    /// through (see `routes::research_export`).
+    deidentification: Option<String>,
 }
 
 /// Result parameters a `_typeFilter` search may not carry: the export pages, orders and
@@ -338,6 +342,7 @@ fn parse_request(query: Option<&str>) -> Result<Request, ApiError> {
         types: None,
         since: None,
         filters: HashMap::new(),
+        deidentification: None,
     };
     for (name, value) in parse_pairs(query.unwrap_or(""))? {
         match name.as_str() {
@@ -381,14 +386,24 @@ fn parse_request(query: Option<&str>) -> Result<Request, ApiError> {
                     request.filters.entry(rtype).or_default().push(pairs);
                 }
             }
+            "deidentification" => request.deidentification = Some(value),
             _ => {
                 return Err(ApiError::BadRequest(format!(
-                    "$export takes _outputFormat, _type, _since and _typeFilter, not `{}` (no \
-                     _elements or includeAssociatedData)",
+                    "$export takes _outputFormat, _type, _since, _typeFilter and \
+                     deidentification, not `{}` (no _elements or includeAssociatedData)",
                     name.chars().take(64).collect::<String>()
                 )));
             }
         }
+    }
+    if request.deidentification.is_some()
+        && (request.since.is_some() || !request.filters.is_empty())
+    {
+        return Err(ApiError::BadRequest(
+            "a de-identified export (deidentification) takes _type only: _since and \
+             _typeFilter would select by values the recipient must not see"
+                .to_owned(),
+        ));
     }
     if let Some(types) = &request.types
         && let Some(t) = request.filters.keys().find(|t| !types.contains(t))
@@ -550,8 +565,9 @@ async fn kick_off(
     }
     eligible(access)?;
     let request = parse_request(query.as_deref())?;
-    let compartment_only = !matches!(level, Level::System);
-    let (types, named) = match request.types {
+    // A research export covers patients' data only, at every level.
+    let compartment_only = !matches!(level, Level::System) || request.deidentification.is_some();
+    let (types, named) = match request.types.clone() {
         Some(types) => (types, true),
         None => (
             ResourceType::all()
@@ -561,10 +577,19 @@ async fn kick_off(
         ),
     };
     if compartment_only && let Some(t) = types.iter().find(|t| !t.in_patient_compartment()) {
-        return Err(ApiError::BadRequest(format!(
-            "_type: {t} is not in the Patient compartment; a Patient or Group export covers \
-             only compartment types (use [base]/$export for the others)"
-        )));
+        return Err(ApiError::BadRequest(
+            if request.deidentification.is_some() {
+                format!(
+                    "_type: {t} is not in the Patient compartment; a de-identified export covers \
+                 only patients' data"
+                )
+            } else {
+                format!(
+                    "_type: {t} is not in the Patient compartment; a Patient or Group export \
+                 covers only compartment types (use [base]/$export for the others)"
+                )
+            },
+        ));
     }
     {
         let jobs = state.bulk.lock();
@@ -573,8 +598,42 @@ async fn kick_off(
         }
     }
     let transaction_time = OffsetDateTime::now_utc();
+    let (files, extension) = match &request.deidentification {
+        Some(project) => {
+            let members = match &level {
+                Level::Members(m) => Some(m.as_slice()),
+                Level::System | Level::Patients => None,
+            };
+            let out = research_export::export(
+                &state.research,
+                project,
+                access,
+                &types,
+                members,
+                state.bulk.limits,
+            )
+            .await?;
+            (out.files, Some(json!({ "deidentification": out.report })))
+        }
+        None => (
+            identified(access, types, named, &level, &request, state.bulk.limits).await?,
+            None,
+        ),
+    };
+    finish(state, access, uri, transaction_time, files, extension)
+}
+
+/// Reads an identified export: every type the principal may search, as its searches.
+async fn identified(
+    access: &mut Access,
+    types: Vec<ResourceType>,
+    named: bool,
+    level: &Level,
+    request: &Request,
+    limits: BulkLimits,
+) -> Result<BTreeMap<&'static str, (Zeroizing<Vec<u8>>, usize)>, ApiError> {
     let mut out = Output {
-        limits: state.bulk.limits,
+        limits,
         since: request.since,
         files: BTreeMap::new(),
         resources: 0,
@@ -602,14 +661,25 @@ async fn kick_off(
     }
     for rtype in allowed {
         let filters = request.filters.get(&rtype);
-        export_type(access, rtype, &level, filters, &mut out).await?;
+        export_type(access, rtype, level, filters, &mut out).await?;
     }
+    Ok(out.files)
+}
 
+/// Registers the finished export as a job and answers the kick-off (202, the status URL).
+fn finish(
+    state: &AppState,
+    access: &Access,
+    uri: &OriginalUri,
+    transaction_time: OffsetDateTime,
+    out_files: BTreeMap<&'static str, (Zeroizing<Vec<u8>>, usize)>,
+    extension: Option<Value>,
+) -> Result<Response, ApiError> {
     let job = uuid::Uuid::new_v4().to_string();
     let base = base(state);
-    let mut output = Vec::with_capacity(out.files.len());
-    let mut files = HashMap::with_capacity(out.files.len());
-    for (rtype, (bytes, count)) in out.files {
+    let mut output = Vec::with_capacity(out_files.len());
+    let mut files = HashMap::with_capacity(out_files.len());
+    for (rtype, (bytes, count)) in out_files {
         let name = format!("{rtype}.ndjson");
         output.push(json!({
             "type": rtype,
@@ -626,13 +696,16 @@ async fn kick_off(
             .map(|p| p.as_str())
             .unwrap_or_else(|| uri.0.path())
     );
-    let manifest = json!({
+    let mut manifest = json!({
         "transactionTime": transaction_time.format(&Rfc3339).map_err(|e| ApiError::internal(&e))?,
         "request": request_url,
         "requiresAccessToken": true,
         "output": output,
         "error": [],
     });
+    if let (Some(extension), Value::Object(m)) = (extension, &mut manifest) {
+        m.insert("extension".to_owned(), extension);
+    }
     state.bulk.lock().insert(
         job.clone(),
         Job {

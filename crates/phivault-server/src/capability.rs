@@ -282,7 +282,14 @@ fn bulk_operations() -> Value {
         the policies; every resource is decided like a search hit of the caller (scopes, \
         labels, consent), every patient exported is named in the kick-off's audit entry. The \
         export runs during the kick-off; its output is held in memory only (never on disk), \
-        bounded per export, each file deleted once downloaded and the job after one hour.";
+        bounded per export, each file deleted once downloaded and the job after one hour. \
+        De-identified research exports: deidentification=<project> (a research project the \
+        operator configured) with X-Purpose-Of-Use: HRESCH, for researchers and apps with \
+        system/ search scopes; only the patients whose research consent permits it, never \
+        labelled resources, Patient compartment types only, _type accepted (not _since or \
+        _typeFilter); every resource goes through the project's de-identification rules, \
+        and the manifest's extension.deidentification is the report (counts, rules applied, \
+        configuration hash, k-anonymity and l-diversity).";
     json!([{
         "name": "export",
         "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",

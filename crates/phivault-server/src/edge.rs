@@ -87,6 +87,8 @@ struct AuditNotes {
     /// Refused for want of a valid bearer token (none, malformed, unknown, expired,
     /// revoked): the request names no account.
     unauthenticated: bool,
+    /// A research export's de-identification configuration (SHA-256, hex).
+    configuration: Option<String>,
 }
 
 /// The fixed facts of a request, known before it runs.
@@ -145,6 +147,11 @@ impl AuditSlot {
     /// The effective purpose of use.
     pub(crate) fn note_purpose(&self, purpose: Purpose) {
         self.notes().purpose = Some(purpose);
+    }
+
+    /// The request is a research export with this de-identification configuration.
+    pub(crate) fn note_configuration(&self, hash: &str) {
+        self.notes().configuration = Some(hash.to_owned());
     }
 
     /// A decision relied on break-the-glass.
@@ -215,6 +222,7 @@ impl AuditSlot {
             actor_ref: notes.actor_ref.clone(),
             patients: Vec::new(),
             refusals: None,
+            configuration: notes.configuration.clone(),
         }
     }
 }

@@ -55,6 +55,7 @@ pub mod portability;
 mod privacy;
 mod request_routes;
 mod retention;
+mod routes;
 mod tasks;
 pub mod tls;
 
@@ -76,6 +77,7 @@ pub use error::{ApiError, ServerError};
 pub use middleware::connections::ConnectionLimits;
 pub use middleware::refusals::{RefusalLimits, RefusalTally};
 pub use privacy::{ProcessingActivity, check_processing_activities, default_processing_activities};
+pub use routes::research_export::{ResearchProject, ResearchProjects};
 
 /// How the server listens.
 #[derive(Debug, Clone)]
@@ -142,6 +144,9 @@ pub struct AppState {
     pub refusals: Arc<RefusalTally>,
     /// Bulk Data exports, held in memory only until downloaded, cancelled or expired.
     pub bulk: Arc<BulkJobs>,
+    /// The research projects whose de-identified exports researchers and research apps may
+    /// run (none by default).
+    pub research: Arc<ResearchProjects>,
     /// Most matches a `_sort` search decrypts and sorts (at most
     /// [`phivault_fhir::MAX_SORTED`]); a search matching more is refused as too costly.
     pub max_sorted: usize,
@@ -184,6 +189,7 @@ impl AppState {
             trusted_proxies: Arc::from(Vec::new()),
             refusals: Arc::new(RefusalTally::new(RefusalLimits::default())),
             bulk: Arc::new(BulkJobs::new(BulkLimits::default())),
+            research: Arc::new(ResearchProjects::default()),
             max_sorted: phivault_fhir::MAX_SORTED,
             consent_memo: Arc::new(ConsentMemo::default()),
         })
@@ -231,6 +237,12 @@ impl AppState {
     /// expiry) instead of the defaults.
     pub fn with_bulk_limits(mut self, limits: BulkLimits) -> AppState {
         self.bulk = Arc::new(BulkJobs::new(limits));
+        self
+    }
+
+    /// The state with these research projects (de-identified `$export`s).
+    pub fn with_research_projects(mut self, projects: ResearchProjects) -> AppState {
+        self.research = Arc::new(projects);
         self
     }
 

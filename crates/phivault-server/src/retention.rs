@@ -57,6 +57,7 @@ impl AuditSink for SystemSink {
                     actor_ref: None,
                     patients: Vec::new(),
                     refusals: None,
+                    configuration: None,
                 })
                 .collect();
             self.audit

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -35,6 +35,8 @@ mod conditional;
 mod http_details;
 #[path = "router/quantity.rs"]
 mod quantity;
+#[path = "router/research.rs"]
+mod research;
 #[path = "router/result_params.rs"]
 mod result_params;
 #[path = "router/sort.rs"]

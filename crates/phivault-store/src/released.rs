@@ -121,7 +121,9 @@ impl<T> Unreleased<T> {
 
     /// The content, when `proof` allows a read (read, vread, history or search) of this type
     /// in this compartment, or the export of this compartment by its patient (the right of
-    /// access covers every type of it). A deletion in a history (no body) needs a history
+    /// access covers every type of it), or a research export of this type in this
+    /// compartment (unlabelled resources only: the caller hands the content to the
+    /// de-identification engine and to nothing else). A deletion in a history (no body) needs a history
     /// proof for the type. Anything else is a defect of the caller: refused, and logged.
     pub fn release(self, proof: &Authorized) -> Result<T, StoreError> {
         let facts = &self.facts;
@@ -131,6 +133,10 @@ impl<T> Unreleased<T> {
                 || (proof.action() == Action::ExportOwn
                     && facts.patient.is_some()
                     && proof.patient() == facts.patient.as_ref())
+                || (proof.action() == Action::ExportDeidentified
+                    && facts.patient.is_some()
+                    && facts.labels.is_empty()
+                    && proof.covers(proof.action(), Some(facts.rtype), facts.patient.as_ref()))
         } else {
             proof.action() == Action::History && proof.resource_type() == Some(facts.rtype)
         };

@@ -227,9 +227,40 @@ impl Bench {
     /// file, then the `DELETE` that removes the job. Returns the resources exported.
     #[allow(dead_code)]
     pub(crate) fn bulk_export(&self) -> usize {
+        self.export("/fhir/$export", None)
+    }
+
+    /// Adds a research project `bench` (the `safe-harbor` preset) and lets research proceed
+    /// where no consent says otherwise (every patient takes part), for
+    /// [`Bench::deidentified_export`].
+    #[allow(dead_code)]
+    pub(crate) fn with_research_project(mut self) -> Bench {
+        let mut defaults = phivault_policy::ConsentDefaults::default();
+        defaults.set(phivault_policy::Purpose::Research, true);
+        let engine = phivault_deid::Deidentifier::new(
+            phivault_deid::Config::preset("safe-harbor").unwrap(),
+            phivault_deid::ProjectKey::from_bytes(&[7; 32]).unwrap(),
+            2026,
+        );
+        let project = phivault_server::ResearchProject::new("bench", engine, None).unwrap();
+        self.state = self
+            .state
+            .clone()
+            .with_privacy(defaults, phivault_server::default_processing_activities())
+            .with_research_projects(phivault_server::ResearchProjects::new(vec![project]).unwrap());
+        self
+    }
+
+    /// [`Bench::bulk_export`] de-identified through the research project (purpose HRESCH).
+    #[allow(dead_code)]
+    pub(crate) fn deidentified_export(&self) -> usize {
+        self.export("/fhir/$export?deidentification=bench", Some("HRESCH"))
+    }
+
+    fn export(&self, kick_off: &str, purpose: Option<&str>) -> usize {
         self.runtime.block_on(async {
             let kickoff = self
-                .send(Method::GET, "/fhir/$export", Some("respond-async"))
+                .send_with(Method::GET, kick_off, Some("respond-async"), purpose)
                 .await;
             assert_eq!(kickoff.0, StatusCode::ACCEPTED);
             let status = local_path(kickoff.1.as_deref().expect("Content-Location"));
@@ -259,6 +290,17 @@ impl Bench {
         uri: &str,
         prefer: Option<&str>,
     ) -> (StatusCode, Option<String>, Vec<u8>) {
+        self.send_with(method, uri, prefer, None).await
+    }
+
+    /// [`Bench::send`] with a purpose of use.
+    async fn send_with(
+        &self,
+        method: Method,
+        uri: &str,
+        prefer: Option<&str>,
+        purpose: Option<&str>,
+    ) -> (StatusCode, Option<String>, Vec<u8>) {
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -266,6 +308,9 @@ impl Bench {
             .header(header::ACCEPT, "application/fhir+json");
         if let Some(prefer) = prefer {
             req = req.header("prefer", prefer);
+        }
+        if let Some(purpose) = purpose {
+            req = req.header("x-purpose-of-use", purpose);
         }
         let mut req = req.body(Body::empty()).unwrap();
         req.extensions_mut()

@@ -73,6 +73,7 @@ use crate::edge::{AuditSlot, ConsentGeneration};
 use crate::{ApiError, AppState};
 
 mod consents;
+mod research;
 mod search;
 mod sorted;
 
