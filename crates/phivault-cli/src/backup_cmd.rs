@@ -228,7 +228,8 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+/// Creates `path` (it must not exist) for writing, mode 0600 on Unix.
+pub(crate) fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -138,7 +138,7 @@ fn check_out(out: &Path) -> Result<()> {
 /// `phivault deidentify --new-key FILE`: a new random project key in a new owner-only file.
 pub(crate) fn new_key(path: &Path) -> Result<()> {
     let text = ProjectKey::generate()?;
-    let mut file = create_private_file(path).map_err(|e| {
+    let mut file = crate::backup_cmd::create_private_file(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             anyhow!(
                 "{} exists: a project key is never overwritten (the pseudonyms and date shifts \
@@ -165,18 +165,6 @@ pub(crate) fn new_key(path: &Path) -> Result<()> {
         path.display()
     );
     Ok(())
-}
-
-/// Creates `path` (it must not exist) for writing, mode 0600 on Unix.
-fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)
 }
 
 /// Creates the directory `path` (it must not exist), mode 0700 on Unix; missing parents are
@@ -437,8 +425,8 @@ fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>, report: &Report) -
         .chain(std::iter::once((REPORT_FILE.to_owned(), report.as_slice())));
     for (name, bytes) in all {
         let path = dir.join(&name);
-        let mut file =
-            create_private_file(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut file = crate::backup_cmd::create_private_file(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
         file.write_all(bytes)
             .and_then(|()| file.sync_all())
             .with_context(|| format!("writing {}", path.display()))?;

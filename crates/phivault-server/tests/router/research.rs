@@ -74,6 +74,17 @@ async fn fetch(c: &Ctx, token: &str, a: &Answer) -> (Value, BTreeMap<String, Str
     (manifest, files)
 }
 
+/// The audit entry of the last export kick-off after entry `after`.
+async fn export_entry(c: &Ctx, after: u64) -> phivault_audit::AuditEntry {
+    audit_entries_after(c, after)
+        .await
+        .into_iter()
+        .rev()
+        .map(|(e, _)| e)
+        .find(|e| e.action == "GET /fhir/$export")
+        .expect("the kick-off is audited")
+}
+
 #[tokio::test]
 async fn research_exports_follow_consent_and_release_nothing_identifying() {
     for (backend, mut c) in backend_contexts("research").await {
@@ -178,11 +189,7 @@ async fn research_exports_follow_consent_and_release_nothing_identifying() {
         assert!(!all.contains("PSY"), "labelled data left: {all}");
         assert!(all.contains("8867-4"), "the clinical code survives: {all}");
         // Audited: the consenting patients (and only they) find a research use.
-        let entries = audit_entries_after(&c, before).await;
-        let (kick, _) = entries
-            .iter()
-            .find(|(e, _)| e.action == "GET /fhir/$export")
-            .expect("the kick-off is audited");
+        let kick = export_entry(&c, before).await;
         assert_eq!(kick.purpose.as_deref(), Some("HRESCH"));
         assert_eq!(kick.configuration.as_deref(), Some(hash.as_str()));
         assert!(kick.concerns(&ids[0]) && kick.concerns(&ids[2]), "{kick:?}");
@@ -223,11 +230,7 @@ async fn research_exports_follow_consent_and_release_nothing_identifying() {
         assert_eq!(report["patientsReleased"], 1, "{backend} {report}");
         assert_eq!(report["patientsWithoutConsent"], 2, "{report}");
         assert_eq!(files["Patient"].lines().count(), 1);
-        let entries = audit_entries_after(&c, before).await;
-        let (kick, _) = entries
-            .iter()
-            .find(|(e, _)| e.action == "GET /fhir/$export")
-            .unwrap();
+        let kick = export_entry(&c, before).await;
         assert!(
             kick.concerns(&ids[0]) && !kick.concerns(&ids[2]),
             "{kick:?}"
@@ -282,12 +285,7 @@ async fn research_apps_need_research_scopes_and_small_classes_are_withheld() {
     assert_eq!(files["Patient"].lines().count(), 2);
     assert!(!files["Patient"].contains("\"male\""), "{files:?}");
     // The withheld patient is not named in the export's audit entry; the others are.
-    let entries = audit_entries_after(&c, 0).await;
-    let (kick, _) = entries
-        .iter()
-        .rev()
-        .find(|(e, _)| e.action == "GET /fhir/$export")
-        .unwrap();
+    let kick = export_entry(&c, 0).await;
     assert!(kick.concerns(&ids[0]) && kick.concerns(&ids[1]), "{kick:?}");
     assert!(!kick.concerns(&ids[2]), "{kick:?}");
     // Its scopes do not reach Observations: naming them is refused per patient, so none.
