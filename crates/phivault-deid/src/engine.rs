@@ -228,8 +228,13 @@ impl Deidentifier {
             resource_id: body["id"].as_str().unwrap_or_default(),
             perturbed: HashMap::new(),
         };
-        let mut out = walk.object(fields).unwrap_or_default();
+        let kept = walk.object(fields).unwrap_or_default();
+        // `resourceType` first, then `id`, as FHIR JSON is usually read.
+        let mut out = Map::with_capacity(kept.len() + 1);
         out.insert("resourceType".to_owned(), Value::String(rtype.to_owned()));
+        let (ids, others): (Vec<_>, Vec<_>) = kept.into_iter().partition(|(k, _)| k == "id");
+        out.extend(ids);
+        out.extend(others);
         Some(Value::Object(out))
     }
 }
