@@ -1525,7 +1525,11 @@ fn research_exports_need_research_consent_and_no_labels() {
     // An app's scopes bound the types it may export.
     let cond = ResourceRef::new(rtype("Condition"), Some(id(CARE)), vec![]);
     assert!(decide(&app, cond.clone(), Purpose::Research, true).is_err());
-    assert!(decide(&researcher, cond, Purpose::Research, true).is_ok());
+    assert!(decide(&researcher, cond.clone(), Purpose::Research, true).is_ok());
+    // An app acting for the researcher stays within its scopes.
+    let delegated = user(Role::Researcher).with_scopes(scopes("user/Observation.rs"));
+    assert!(decide(&delegated, obs(CARE, &[]), Purpose::Research, true).is_ok());
+    assert!(decide(&delegated, cond, Purpose::Research, true).is_err());
     // Nobody else exports de-identified data by default.
     for role in [Role::Admin, Role::Clinician, Role::Auditor, Role::Patient] {
         assert!(
