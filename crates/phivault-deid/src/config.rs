@@ -29,7 +29,9 @@
 //! ```
 //!
 //! Paths name JSON elements (`valueQuantity`, not `value[x]`); array positions are not
-//! written. A rule covers its element and everything below it; the longest matching path
+//! written. A rule on an `extension` path may add `url = "..."`: it then covers only the
+//! extensions with that url (several such rules may share the path); the other extensions
+//! there are left out unless a rule without `url` names the path. A rule covers its element and everything below it; the longest matching path
 //! wins, a type's own rule over a `*` rule of the same length. A resource type is exported
 //! only if it has a rule of its own (`*` rules alone do not export a type). Free text, dates
 //! and extensions have rules of their own: see the engine (`engine.rs`).
@@ -65,6 +67,8 @@ pub(crate) const DEFAULT_KNOWN_SYSTEMS: &[&str] = &[
     "http://hl7.org/fhir/sid/cvx",
     "http://unitsofmeasure.org",
     "urn:ietf:bcp:47",
+    // CDC Race and Ethnicity (US Core race and ethnicity extensions).
+    "urn:oid:2.16.840.1.113883.6.238",
     "http://terminology.hl7.org/CodeSystem/",
     "http://hl7.org/fhir/",
 ];
@@ -160,6 +164,8 @@ pub(crate) struct RuleFile {
     pub(crate) bound: Option<f64>,
     /// `perturb`: `bound` is a fraction of the value.
     pub(crate) relative: Option<bool>,
+    /// On an `extension` path: the rule applies to the extensions with this `url` only.
+    pub(crate) url: Option<String>,
 }
 
 /// A de-identification method.
@@ -236,15 +242,23 @@ pub struct Rule {
     pub rtype: String,
     /// Elements below the type, dot-separated.
     pub path: String,
+    /// On an `extension` (or `modifierExtension`) path: only the extensions with this
+    /// `url` (with everything inside them); others at that path are left out unless a rule
+    /// without `url` covers them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// What happens to what the path covers.
     #[serde(flatten)]
     pub method: Method,
 }
 
 impl Rule {
-    /// `Type.path`.
+    /// `Type.path method`, or `Type.path(url) method`.
     pub fn label(&self) -> String {
-        format!("{}.{} {}", self.rtype, self.path, self.method.name())
+        match &self.url {
+            None => format!("{}.{} {}", self.rtype, self.path, self.method.name()),
+            Some(url) => format!("{}.{}({url}) {}", self.rtype, self.path, self.method.name()),
+        }
     }
 }
 
@@ -413,16 +427,31 @@ impl Config {
             for p in paths {
                 let (rtype, path) =
                     split_path(&p).map_err(|e| DeidError::Config(format!("rules[{i}]: {e}")))?;
+                if let Some(url) = &rule.url {
+                    let last = path.rsplit('.').next().unwrap_or_default();
+                    if !matches!(last, "extension" | "modifierExtension") {
+                        return Err(DeidError::Config(format!(
+                            "rules[{i}]: `url` selects extensions: the path must end in \
+                             extension or modifierExtension, not `{last}`"
+                        )));
+                    }
+                    if url.trim().is_empty() || url.chars().any(char::is_whitespace) {
+                        return Err(DeidError::Config(format!(
+                            "rules[{i}]: `url` must be an extension's canonical URL"
+                        )));
+                    }
+                }
                 let rule = Rule {
                     rtype,
                     path,
+                    url: rule.url.clone(),
                     method: method.clone(),
                 };
-                // A later rule for the same type and path replaces the earlier one (a file
-                // overriding its preset).
-                config
-                    .rules
-                    .retain(|r| !(r.rtype == rule.rtype && r.path == rule.path));
+                // A later rule for the same type, path (and url) replaces the earlier one (a
+                // file overriding its preset).
+                config.rules.retain(|r| {
+                    !(r.rtype == rule.rtype && r.path == rule.path && r.url == rule.url)
+                });
                 config.rules.push(rule);
             }
         }
@@ -608,6 +637,14 @@ mod tests {
             ),
             ("[[rules]]\nmethod = \"keep\"", "`path` or `paths`"),
             ("bogus = 1", "unknown field"),
+            (
+                "[[rules]]\npath = \"Patient.name\"\nmethod = \"keep\"\nurl = \"http://x\"",
+                "must end in extension",
+            ),
+            (
+                "[[rules]]\npath = \"Patient.extension\"\nmethod = \"keep\"\nurl = \"a b\"",
+                "canonical URL",
+            ),
             ("zip3_restricted = [\"12\"]", "three digits"),
             (
                 "[risk]\nquasi_identifiers = [{ path = \"Observation.code\" }]",

@@ -90,6 +90,8 @@ impl std::fmt::Debug for PatientContext {
 #[derive(Default)]
 struct TypeRules {
     exact: HashMap<String, usize>,
+    /// Rules that select extensions by `url`, by their (extension) path.
+    by_url: HashMap<String, Vec<(String, usize)>>,
     /// Every path that lies on the way to a rule (`a`, `a.b` for a rule on `a.b.c`).
     above: HashSet<String>,
 }
@@ -123,7 +125,19 @@ impl Deidentifier {
         let mut by_type: HashMap<String, TypeRules> = HashMap::new();
         for (i, rule) in config.rules.iter().enumerate() {
             let t = by_type.entry(rule.rtype.clone()).or_default();
-            t.exact.insert(rule.path.clone(), i);
+            match &rule.url {
+                None => {
+                    t.exact.insert(rule.path.clone(), i);
+                }
+                Some(url) => {
+                    t.by_url
+                        .entry(rule.path.clone())
+                        .or_default()
+                        .push((url.clone(), i));
+                    // The extension path itself is on the way to a rule.
+                    t.above.insert(rule.path.clone());
+                }
+            }
             let mut prefix = String::new();
             for seg in rule.path.split('.') {
                 if !prefix.is_empty() {
@@ -227,6 +241,7 @@ impl Deidentifier {
             counts,
             resource_id: body["id"].as_str().unwrap_or_default(),
             perturbed: HashMap::new(),
+            forced: None,
         };
         let kept = walk.object(fields).unwrap_or_default();
         // `resourceType` first, then `id`, as FHIR JSON is usually read.
@@ -252,6 +267,9 @@ struct Walk<'a> {
     resource_id: &'a str,
     /// How many values of each path `perturb` has drawn noise for in this resource.
     perturbed: HashMap<String, u32>,
+    /// Inside an extension a `url` rule selected: that rule, and the length of the path at
+    /// which it applies (it decides everything below).
+    forced: Option<(usize, usize)>,
 }
 
 /// The rule deciding a leaf: its index and whether it names the leaf exactly.
@@ -270,8 +288,15 @@ impl Walk<'_> {
                 .any(|t| t.above.contains(&self.path) || t.exact.contains_key(&self.path))
     }
 
-    /// The longest rule covering the current path.
+    /// The longest rule covering the current path (inside an extension a `url` rule
+    /// selected: that rule).
     fn decide(&self) -> Option<Decision> {
+        if let Some((rule, depth)) = self.forced {
+            return Some(Decision {
+                rule,
+                exact: self.path.len() == depth,
+            });
+        }
         let mut end = self.path.len();
         loop {
             let prefix = &self.path[..end];
@@ -311,9 +336,10 @@ impl Walk<'_> {
             }
             self.path.push_str(name);
             let is_extension = name == "extension" || name == "modifierExtension";
-            // Extensions pass only where a rule's path goes through them.
+            // Extensions pass only where a rule's path goes through them (or inside an
+            // extension a `url` rule selected).
             let reach = if is_extension {
-                self.reachable(false)
+                self.forced.is_some() || self.reachable(false)
             } else {
                 self.reachable(covered || self.decide().is_some())
             };
@@ -346,6 +372,13 @@ impl Walk<'_> {
                 Some(v) => Some(v),
                 None => self.object(fields).map(Value::Object),
             },
+            Value::Array(items) if self.forced.is_none() && self.selects_by_url() => {
+                let out: Vec<Value> = items
+                    .iter()
+                    .filter_map(|item| self.extension(name, item, known_display))
+                    .collect();
+                (!out.is_empty()).then_some(Value::Array(out))
+            }
             Value::Array(items) => {
                 let out: Vec<Value> = items
                     .iter()
@@ -353,6 +386,51 @@ impl Walk<'_> {
                     .collect();
                 (!out.is_empty()).then_some(Value::Array(out))
             }
+            leaf => self.leaf(name, leaf, known_display),
+        }
+    }
+
+    /// Whether `url` rules select the extensions at the current path.
+    fn selects_by_url(&self) -> bool {
+        [self.own, self.any]
+            .into_iter()
+            .flatten()
+            .any(|t| t.by_url.contains_key(&self.path))
+    }
+
+    /// One extension at a path with `url` rules: under the rule for its `url` (the type's
+    /// own before a `*` rule), else under the rule without `url` that covers the path, if any.
+    fn extension(&mut self, name: &str, item: &Value, known_display: bool) -> Option<Value> {
+        let url = item.get("url").and_then(Value::as_str);
+        let rule = [self.own, self.any].into_iter().flatten().find_map(|t| {
+            t.by_url
+                .get(&self.path)?
+                .iter()
+                .find(|(u, _)| Some(u.as_str()) == url)
+                .map(|(_, i)| *i)
+        });
+        match rule {
+            Some(rule) => {
+                self.forced = Some((rule, self.path.len()));
+                let out = self.value(name, item, known_display);
+                self.forced = None;
+                out
+            }
+            None if self.decide().is_some_and(|d| d.exact) => {
+                self.value_unselected(name, item, known_display)
+            }
+            None => None,
+        }
+    }
+
+    /// [`Walk::value`] of one array item, without the `url` selection (a rule without `url`
+    /// names the path).
+    fn value_unselected(&mut self, name: &str, item: &Value, known_display: bool) -> Option<Value> {
+        match item {
+            Value::Object(fields) => match self.substitute_here() {
+                Some(v) => Some(v),
+                None => self.object(fields).map(Value::Object),
+            },
             leaf => self.leaf(name, leaf, known_display),
         }
     }

@@ -89,6 +89,7 @@ fn useful_data_survives_and_references_link() {
             "address",
             "birthDate",
             "communication",
+            "extension",
             "gender",
             "id",
             "maritalStatus",
@@ -96,6 +97,30 @@ fn useful_data_survives_and_references_link() {
             "resourceType"
         ]
     );
+
+    // Of the extensions, only US Core race, ethnicity and birth sex (selected by url), with
+    // their codes and without their free text.
+    let kept: Vec<&str> = ordinary["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
+            "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity",
+            "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex",
+        ]
+    );
+    let race = &ordinary["extension"][0]["extension"];
+    assert_eq!(race[0]["valueCoding"]["code"], "2106-3");
+    assert!(
+        !race.to_string().contains("valueString"),
+        "free text: {race}"
+    );
+    assert_eq!(ordinary["extension"][2]["valueCode"], "F");
 
     // An observation keeps its code, value and unit; its year stays.
     let height_in = &patients[0]
