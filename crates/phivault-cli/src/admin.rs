@@ -126,6 +126,41 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
             result?;
             eprintln!("phivault: {}", grant.describe(&args.username));
         }
+        TopCommand::User(UserCommand::Disable(args)) => {
+            let accounts = open(&settings(&args.storage)?).await?;
+            let disable = async |audit: &CliAudit| {
+                accounts
+                    .0
+                    .disable_user(&args.username, audit)
+                    .await
+                    .with_context(|| format!("disabling user {}", args.username))
+            };
+            let result = audited(&accounts, "user disable", None, disable).await;
+            close(accounts).await;
+            result?;
+            eprintln!(
+                "phivault: user {} disabled: their sessions and tokens are refused from the next \
+                 request on",
+                args.username
+            );
+        }
+        TopCommand::Client(ClientCommand::Disable(args)) => {
+            let accounts = open(&settings(&args.storage)?).await?;
+            let disable = async |audit: &CliAudit| {
+                accounts
+                    .0
+                    .disable_client(&args.client_id, audit)
+                    .await
+                    .with_context(|| format!("disabling client {}", args.client_id))
+            };
+            let result = audited(&accounts, "client disable", None, disable).await;
+            close(accounts).await;
+            result?;
+            eprintln!(
+                "phivault: client {} disabled: its tokens are refused from the next request on",
+                args.client_id
+            );
+        }
         TopCommand::Client(ClientCommand::Add(args)) => {
             let launch = check_client(&args)?;
             let accounts = open(&settings(&args.storage)?).await?;

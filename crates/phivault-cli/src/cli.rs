@@ -261,6 +261,19 @@ pub(crate) enum UserCommand {
     /// carrying sensitivity labels, optionally until a time.
     #[command(after_help = SETTINGS_HELP)]
     Grant(UserGrantArgs),
+    /// Disable a user (containment): their logins and every session and token they hold stop
+    /// working at once; the account stays for the audit trail.
+    #[command(after_help = SETTINGS_HELP)]
+    Disable(UserDisableArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct UserDisableArgs {
+    /// The user's login name.
+    #[arg(value_name = "USERNAME")]
+    pub(crate) username: String,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -316,6 +329,19 @@ pub(crate) enum ClientCommand {
     /// secret is shown once).
     #[command(after_help = SETTINGS_HELP)]
     Add(ClientAddArgs),
+    /// Disable an OAuth2 client (containment): its credentials and every token issued to it
+    /// stop working at once; the registration stays for the audit trail.
+    #[command(after_help = SETTINGS_HELP)]
+    Disable(ClientDisableArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClientDisableArgs {
+    /// The client id (`pvcl_...`).
+    #[arg(value_name = "CLIENT_ID")]
+    pub(crate) client_id: String,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
 }
 
 #[derive(Debug, Clone, Args)]

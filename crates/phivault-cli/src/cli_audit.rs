@@ -21,7 +21,7 @@
 //!   patient whose records the export released (outcome `error`, naming no patient, when the
 //!   run failed);
 //! - the administration commands that change accounts (`user add|link-patient|
-//!   link-practitioner|grant`, `client add`) write their one entry (`cli user add`, ...,
+//!   link-practitioner|grant|disable`, `client add|disable`) write their one entry (`cli user add`, ...,
 //!   outcome allowed) inside the change's transaction, through the store's [`AccountSink`]:
 //!   when it cannot be written the change is rolled back and the command fails, saying so.
 //!   A command that fails before or instead of changing anything appends its entry with

@@ -366,3 +366,82 @@ async fn each_account_change_has_exactly_one_entry() {
         server.assert_no_panic();
     }
 }
+
+/// Containment: `phivault user disable` and `client disable`, run while the server serves,
+/// refuse the account's session and the client's token (and its credentials) from their next
+/// request on, each with one entry; an unknown name changes nothing and is recorded as an
+/// error.
+#[tokio::test]
+async fn disabling_an_account_or_a_client_refuses_its_next_request() {
+    for backend in backends() {
+        let server = Server::start(BIN, &backend, &[]).await;
+        let s = server.api().clone();
+        let pid = s
+            .create(&fixtures::patient(Marker::name().text(), "Contained"))
+            .await;
+        let doc = random_username();
+        let session = server.staff_session(&doc, "clinician").await;
+        server.grant(&doc, &pid, &[], None).await;
+        server
+            .api_as(&session)
+            .get(&format!("Patient/{pid}"))
+            .await
+            .assert_status(200);
+        let (client_id, secret) = server.add_client("contained", "system/*.rs", None).await;
+        let token = server.client_credentials(&client_id, &secret, None).await;
+        server
+            .api_as(&token)
+            .get(&format!("Patient/{pid}"))
+            .await
+            .assert_status(200);
+
+        let before = last_seq(&server).await;
+        server
+            .cli(&["user", "disable", &doc], None)
+            .await
+            .assert_ok("phivault user disable");
+        server
+            .cli(&["client", "disable", &client_id], None)
+            .await
+            .assert_ok("phivault client disable");
+        let entries = entries_after(&server, before).await;
+        let actions: Vec<(&str, Outcome)> = entries
+            .iter()
+            .map(|e| (e.action.as_str(), e.outcome))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("cli user disable", Outcome::Allowed),
+                ("cli client disable", Outcome::Allowed)
+            ],
+            "{entries:?}"
+        );
+
+        server
+            .api_as(&session)
+            .get(&format!("Patient/{pid}"))
+            .await
+            .assert_status(401);
+        server
+            .api_as(&token)
+            .get(&format!("Patient/{pid}"))
+            .await
+            .assert_status(401);
+        assert_eq!(
+            server.token_request(&client_id, &secret, None).await.status,
+            401,
+            "a disabled client gets no new token"
+        );
+        // The server's own app still works: only what was disabled is refused.
+        s.get(&format!("Patient/{pid}")).await.assert_status(200);
+
+        let before = last_seq(&server).await;
+        let out = server.cli(&["user", "disable", "no-such-user"], None).await;
+        assert_eq!(out.code, Some(1), "{out:?}");
+        let entries = entries_after(&server, before).await;
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].action, "cli user disable");
+        assert_eq!(entries[0].outcome, Outcome::Error);
+    }
+}
