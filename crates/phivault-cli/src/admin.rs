@@ -230,6 +230,13 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
             close(opened).await;
             result?;
         }
+        TopCommand::Breach(crate::breach_cmd::BreachCommand::Report(args)) => {
+            let opened = open(&settings(&args.storage)?).await?;
+            let run = async |_: &CliAudit| crate::breach_cmd::report(&opened.1, &args).await;
+            let result = audited(&opened, "breach report", None, run).await;
+            close(opened).await;
+            result?;
+        }
         TopCommand::Retention(RetentionCommand::Run(args)) => {
             let settings = settings(&args.storage)?;
             let opened = open(&settings).await?;

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Layer, LogFormat};
 
 /// The configuration keys, for `--help`.
-const SETTINGS_HELP: &str = "\
+pub(crate) const SETTINGS_HELP: &str = "\
 Settings (precedence: flag > environment > configuration file > default):
   toml key             environment variable          flag                    default
   data_dir             PHIVAULT_DATA_DIR             --data-dir DIR          ./phivault-data
@@ -107,6 +107,9 @@ pub(crate) enum TopCommand {
     /// Apply the retention periods of the configuration (`[retention]`).
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// After a breach: whose data an actor reached, from the audit trail.
+    #[command(subcommand)]
+    Breach(crate::breach_cmd::BreachCommand),
     /// Rotate the key-encryption key or the master key while servers run; show the keys.
     #[command(subcommand)]
     Keys(crate::keys_cmd::KeysCommand),

@@ -13,6 +13,7 @@ mod bench_gate;
 mod bench_http;
 mod bench_import;
 mod bench_server;
+mod breach_cmd;
 mod cli;
 mod cli_audit;
 mod commands;

@@ -1,0 +1,215 @@
+//! Breach-impact reports: whose data one actor, or one network, reached in a window, read
+//! from the trail to notify the patients and the regulator.
+//!
+//! Rules kept here:
+//! - **Every patient the actor's allowed requests concerned** is listed: the patient of a
+//!   read or a write, every patient a search, `$everything` or Bundle returned, every patient
+//!   an export released (each entry records them: `patient_id` and `patients`). Refused
+//!   requests exposed nothing and are only counted.
+//! - **Indexed, not scanned**: an actor's entries are read through the trail's (actor, time)
+//!   index, newest first, page by page; a network's through the time index (the address is in
+//!   each entry's body), so that costs what the window holds.
+//! - Per patient: accesses by kind (read, search, export, change, other), by resource type,
+//!   and the first and last access. Resource types are the data classes the trail records;
+//!   the sensitivity labels of what a request returned are not in the trail, so the report
+//!   does not claim them.
+//! - Ids only, as in the trail: no names, no content.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+use phivault_store::Store;
+use phivault_store::audit::AuditQuery;
+use serde::Serialize;
+
+use crate::{AuditEntry, AuditError, Outcome};
+
+/// Entries read per page.
+const PAGE: u32 = 5000;
+
+/// Whose requests a report covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// Entries by this actor id (a user id or a client id).
+    Actor(String),
+    /// Entries whose client address lies in this network.
+    Network(IpNet),
+}
+
+/// What one request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessKind {
+    /// A read of one resource (or its versions).
+    Read,
+    /// A search, `$everything`, a Bundle read.
+    Search,
+    /// A Bulk Data export, a patient's package, a de-identified export.
+    Export,
+    /// A create, update, delete or erasure.
+    Change,
+    /// Anything else that concerned a patient.
+    Other,
+}
+
+impl AccessKind {
+    /// The kind of an entry's action (`METHOD /route/template`, or `cli ...`).
+    pub fn of(action: &str) -> AccessKind {
+        if action.ends_with("/$export")
+            || action.contains("$export-file")
+            || action == "cli export-patient"
+            || action == "cli deidentify"
+        {
+            return AccessKind::Export;
+        }
+        let (method, route) = action.split_once(' ').unwrap_or((action, ""));
+        match method {
+            "GET" | "HEAD" if route.ends_with("/{id}") || route.contains("/{id}/_history") => {
+                AccessKind::Read
+            }
+            "GET" | "HEAD" if route.starts_with("/fhir") => AccessKind::Search,
+            "POST" if route.ends_with("/_search") => AccessKind::Search,
+            "POST" | "PUT" | "PATCH" | "DELETE" if route.starts_with("/fhir") => AccessKind::Change,
+            "create" | "update" | "delete" | "erase" => AccessKind::Change,
+            _ => AccessKind::Other,
+        }
+    }
+}
+
+/// One patient in a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Affected {
+    /// The patient's id.
+    pub patient: String,
+    /// First access (unix ms).
+    pub first_ms: i64,
+    /// Last access (unix ms).
+    pub last_ms: i64,
+    /// Allowed requests that concerned the patient.
+    pub accesses: u64,
+    /// By kind.
+    pub by_kind: BTreeMap<AccessKind, u64>,
+    /// By resource type (the type a request named).
+    pub by_resource_type: BTreeMap<String, u64>,
+}
+
+/// A breach-impact report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BreachReport {
+    /// Start of the window (unix ms, inclusive).
+    pub from_ms: i64,
+    /// End of the window (unix ms, exclusive).
+    pub to_ms: i64,
+    /// Allowed requests covered.
+    pub requests: u64,
+    /// Refused requests (they exposed nothing).
+    pub refused: u64,
+    /// The actors whose requests were covered.
+    pub actors: Vec<String>,
+    /// The patients reached, by id.
+    pub patients: Vec<Affected>,
+}
+
+/// The report of `selector`'s requests in `from_ms..to_ms`.
+pub async fn breach_report(
+    store: &Store,
+    selector: &Selector,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<BreachReport, AuditError> {
+    let mut query = AuditQuery {
+        actor: match selector {
+            Selector::Actor(id) => Some(id.clone()),
+            Selector::Network(_) => None,
+        },
+        since: Some(from_ms),
+        until: Some(to_ms),
+        ..AuditQuery::default()
+    };
+    let mut patients: BTreeMap<String, Affected> = BTreeMap::new();
+    let mut actors = BTreeSet::new();
+    let (mut requests, mut refused) = (0u64, 0u64);
+    // An empty window reads nothing.
+    let mut more = from_ms < to_ms;
+    while more {
+        let rows = store.audit_search(&query, PAGE).await?;
+        more = rows.len() == PAGE as usize;
+        let Some(last) = rows.last() else { break };
+        query.before_seq = Some(last.seq);
+        for row in &rows {
+            let entry = AuditEntry::from_canonical(&row.body)
+                .ok_or(AuditError::Malformed { seq: row.seq })?;
+            if let Selector::Network(net) = selector {
+                let inside = entry
+                    .source_address
+                    .as_deref()
+                    .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                    .is_some_and(|a| net.contains(&a));
+                if !inside {
+                    continue;
+                }
+            }
+            if entry.outcome != Outcome::Allowed {
+                refused += 1;
+                continue;
+            }
+            requests += 1;
+            actors.insert(entry.actor_id.clone());
+            add(&mut patients, &entry);
+        }
+    }
+    Ok(BreachReport {
+        from_ms,
+        to_ms,
+        requests,
+        refused,
+        actors: actors.into_iter().collect(),
+        patients: patients.into_values().collect(),
+    })
+}
+
+/// Adds one allowed entry to the patients it concerns.
+fn add(patients: &mut BTreeMap<String, Affected>, entry: &AuditEntry) {
+    let kind = AccessKind::of(&entry.action);
+    for patient in entry.patients_concerned() {
+        let a = patients.entry(patient.clone()).or_insert_with(|| Affected {
+            patient,
+            first_ms: entry.time,
+            last_ms: entry.time,
+            accesses: 0,
+            by_kind: BTreeMap::new(),
+            by_resource_type: BTreeMap::new(),
+        });
+        a.first_ms = a.first_ms.min(entry.time);
+        a.last_ms = a.last_ms.max(entry.time);
+        a.accesses += 1;
+        *a.by_kind.entry(kind).or_default() += 1;
+        if let Some(t) = &entry.resource_type {
+            *a.by_resource_type.entry(t.clone()).or_default() += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_are_classified() {
+        for (action, kind) in [
+            ("GET /fhir/{type}/{id}", AccessKind::Read),
+            ("GET /fhir/{type}/{id}/_history/{vid}", AccessKind::Read),
+            ("GET /fhir/{type}", AccessKind::Search),
+            ("POST /fhir/{type}/_search", AccessKind::Search),
+            ("GET /fhir/Patient/{id}/$everything", AccessKind::Search),
+            ("GET /fhir/$export", AccessKind::Export),
+            ("cli deidentify", AccessKind::Export),
+            ("POST /fhir/{type}", AccessKind::Change),
+            ("DELETE /fhir/{type}/{id}", AccessKind::Change),
+            ("create", AccessKind::Change),
+            ("POST /auth/login", AccessKind::Other),
+        ] {
+            assert_eq!(AccessKind::of(action), kind, "{action}");
+        }
+    }
+}
