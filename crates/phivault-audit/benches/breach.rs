@@ -67,6 +67,7 @@ fn spree(k: u64) -> AuditEntry {
         source_address: Some("203.0.113.9".to_owned()),
         patient_id: Some(format!("pat-{:05}", k * 97)),
         request_id: format!("spree-{k:04}"),
+        outcome: Outcome::Allowed,
         ..entry(k, 1)
     }
 }
