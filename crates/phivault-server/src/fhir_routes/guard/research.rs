@@ -14,7 +14,7 @@
 //! - What is released here is identified data: the caller hands it to the de-identification
 //!   engine and to nothing else.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use phivault_fhir::{Id, ResourceType, SearchQuery};
 use phivault_policy::{Action, Authorized, Purpose, ResourceRef};
@@ -76,6 +76,8 @@ impl Access {
         // One decision per patient and type: every unlabelled resource of that type in that
         // compartment has the same facts, so the same proof covers it.
         let mut proofs: HashMap<Id, Option<Authorized>> = HashMap::new();
+        // A page boundary moved by a concurrent write may show a resource twice.
+        let mut seen: HashSet<Id> = HashSet::new();
         let mut out = Vec::new();
         loop {
             let (total, page) = self
@@ -97,7 +99,10 @@ impl Access {
                     proofs.insert(patient.clone(), proof);
                 }
                 if let Some(Some(proof)) = proofs.get(&patient) {
-                    out.push((patient, hit.release(proof)?));
+                    let resource = hit.release(proof)?;
+                    if seen.insert(resource.id.clone()) {
+                        out.push((patient, resource));
+                    }
                 }
             }
             query.offset = query.offset.saturating_add(read);
