@@ -41,17 +41,7 @@ pub(crate) fn check_research_projects(
         message,
     };
     for (i, p) in projects.iter().enumerate() {
-        let ok = !p.name.is_empty()
-            && p.name.len() <= 64
-            && p.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !ok {
-            return Err(invalid(format!(
-                "name `{}`: use 1 to 64 letters, digits, '-', '_' or '.'",
-                p.name.chars().take(64).collect::<String>()
-            )));
-        }
+        ResearchProject::check_name(&p.name).map_err(invalid)?;
         if projects[..i].iter().any(|q| q.name == p.name) {
             return Err(invalid(format!("two projects are named `{}`", p.name)));
         }

@@ -28,11 +28,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Map, Value};
-use zeroize::Zeroizing;
 
 use crate::config::{Config, DatePolicy, Generalization, Method};
 use crate::scrub::{self, Terms};
-use crate::{DeidError, ProjectKey, dates, zip3};
+use crate::{ProjectKey, dates, zip3};
 
 /// Elements that hold free text.
 const FREE_TEXT: &[&str] = &[
@@ -592,11 +591,6 @@ fn number_of(value: &Value) -> Option<f64> {
         Value::Number(n) => n.to_string().parse().ok(),
         _ => None,
     }
-}
-
-/// Reverses `encrypt` for the key holder.
-pub fn decrypt(key: &ProjectKey, value: &str) -> Result<Zeroizing<String>, DeidError> {
-    key.decrypt(value)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ mod zip3;
 pub use config::{
     Config, DatePolicy, Generalization, Method, PRESETS, QuasiIdentifier, Reduce, Rule,
 };
-pub use engine::{Deidentifier, PatientContext, decrypt};
+pub use engine::{Deidentifier, PatientContext};
 pub use error::DeidError;
 pub use key::ProjectKey;
 pub use risk::Risk;

@@ -56,22 +56,30 @@ impl ResearchProject {
         engine: Deidentifier,
         k: Option<usize>,
     ) -> Result<ResearchProject, ServerError> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !ok {
-            return Err(ServerError::Config(format!(
-                "research project name `{}`: use 1 to 64 letters, digits, '-', '_' or '.'",
-                name.chars().take(64).collect::<String>()
-            )));
-        }
+        ResearchProject::check_name(name).map_err(ServerError::Config)?;
         Ok(ResearchProject {
             name: name.to_owned(),
             engine,
             k,
         })
+    }
+
+    /// Checks a project name (what clients write in `deidentification=`): 1 to 64 letters,
+    /// digits, `-`, `_` or `.`. The error names the problem.
+    pub fn check_name(name: &str) -> Result<(), String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "research project name `{}`: use 1 to 64 letters, digits, '-', '_' or '.'",
+                name.chars().take(64).collect::<String>()
+            ))
+        }
     }
 
     /// The project's name.

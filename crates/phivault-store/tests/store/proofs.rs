@@ -42,6 +42,74 @@ fn undecided<T: std::fmt::Debug>(r: Result<T, StoreError>, what: &str) {
     );
 }
 
+/// A researcher's research-export decision on `rtype` in `patient`'s compartment (the
+/// patient's consent permitting research).
+fn research_proof(rtype: &str, patient: &Id) -> Authorized {
+    let mut context = DecisionContext::new(Purpose::Research, time::OffsetDateTime::now_utc());
+    context.consent_permits = true;
+    let request = AccessRequest {
+        principal: PrincipalRef::user("u-researcher", Role::Researcher).unwrap(),
+        action: Action::ExportDeidentified,
+        resource: ResourceRef::new(
+            ResourceType::parse(rtype).unwrap(),
+            Some(patient.clone()),
+            Vec::new(),
+        ),
+        context,
+    };
+    ENGINE.decide(&request).expect("the researcher is allowed")
+}
+
+/// What a research export reads leaves the store only to a research-export proof for its
+/// type and patient, and never when it carries a sensitivity label, whatever the proof.
+#[tokio::test]
+async fn a_research_proof_releases_only_unlabelled_resources_of_its_type_and_patient() {
+    for f in fixtures().await {
+        let s = &f.store;
+        let a = s
+            .create(valid(patient("Ames", "Ann")), &NoAudit)
+            .await
+            .unwrap()
+            .id;
+        let b = s
+            .create(valid(patient("Bell", "Bo")), &NoAudit)
+            .await
+            .unwrap()
+            .id;
+        let obs = ResourceType::parse("Observation").unwrap();
+        let plain = s
+            .create(valid(observation(&a, "1")), &NoAudit)
+            .await
+            .unwrap()
+            .id;
+        let mut psy = observation(&a, "2");
+        psy["meta"] = json!({"security": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]});
+        let labelled = s.create(valid(psy), &NoAudit).await.unwrap().id;
+        let other = s
+            .create(valid(observation(&b, "3")), &NoAudit)
+            .await
+            .unwrap()
+            .id;
+
+        let held = s.read_unreleased(obs, &plain).await.unwrap();
+        assert_eq!(
+            held.release(&research_proof("Observation", &a)).unwrap().id,
+            plain,
+            "{}",
+            f.label
+        );
+        let held = s.read_unreleased(obs, &labelled).await.unwrap();
+        undecided(held.release(&research_proof("Observation", &a)), f.label);
+        let held = s.read_unreleased(obs, &other).await.unwrap();
+        undecided(held.release(&research_proof("Observation", &a)), f.label);
+        let held = s.read_unreleased(obs, &plain).await.unwrap();
+        undecided(held.release(&research_proof("Condition", &a)), f.label);
+        let held = s.read_unreleased(ResourceType::PATIENT, &a).await.unwrap();
+        undecided(held.release(&research_proof("Observation", &a)), f.label);
+    }
+}
+
 #[tokio::test]
 async fn a_read_is_released_only_to_a_proof_for_its_type_and_compartment() {
     for f in fixtures().await {
