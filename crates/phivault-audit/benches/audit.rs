@@ -50,6 +50,8 @@ fn entry(i: u64) -> AuditEntry {
         patients: Vec::new(),
         refusals: None,
         configuration: None,
+        labels: Vec::new(),
+        alert: None,
     }
 }
 

@@ -57,6 +57,8 @@ fn entry(i: u64, size: u64) -> AuditEntry {
         patients: Vec::new(),
         refusals: None,
         configuration: None,
+        labels: Vec::new(),
+        alert: None,
     }
 }
 

@@ -10,9 +10,14 @@
 //!   index, newest first, page by page; a network's through the time index (the address is in
 //!   each entry's body), so that costs what the window holds.
 //! - Per patient: accesses by kind (read, search, export, change, other), by resource type,
-//!   and the first and last access. Resource types are the data classes the trail records;
-//!   the sensitivity labels of what a request returned are not in the trail, so the report
-//!   does not claim them.
+//!   by sensitivity label (the data classes: `PSY`, `ETH`, `HIV`, `R`, as each entry's
+//!   `labels` records the labels of what the request decided on or returned), and the first
+//!   and last access.
+//! - **Labels err on the side of notifying.** An entry records the union of the labels of
+//!   every resource it decided on or returned, not which patient's resource carried which:
+//!   an entry about several patients (a search, a Bundle) counts each of its labels for every
+//!   patient it concerns. So a patient may be told of a data class that was another
+//!   patient's, but is never left untold of one of theirs.
 //! - Ids only, as in the trail: no names, no content.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,6 +96,10 @@ pub struct Affected {
     pub by_kind: BTreeMap<AccessKind, u64>,
     /// By resource type (the type a request named).
     pub by_resource_type: BTreeMap<String, u64>,
+    /// By sensitivity label (data class): allowed requests concerning the patient whose
+    /// entry carries the label. An entry's labels are attributed to every patient it
+    /// concerns (an over-approximation for entries about several patients).
+    pub by_label: BTreeMap<String, u64>,
 }
 
 /// A breach-impact report.
@@ -179,6 +188,7 @@ fn add(patients: &mut BTreeMap<String, Affected>, entry: &AuditEntry) {
             accesses: 0,
             by_kind: BTreeMap::new(),
             by_resource_type: BTreeMap::new(),
+            by_label: BTreeMap::new(),
         });
         a.first_ms = a.first_ms.min(entry.time);
         a.last_ms = a.last_ms.max(entry.time);
@@ -187,12 +197,79 @@ fn add(patients: &mut BTreeMap<String, Affected>, entry: &AuditEntry) {
         if let Some(t) = &entry.resource_type {
             *a.by_resource_type.entry(t.clone()).or_default() += 1;
         }
+        // The entry's labels, as it carries them for all its patients.
+        for label in &entry.labels {
+            *a.by_label.entry(label.clone()).or_default() += 1;
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// An allowed entry of `action` at `time` about `patient_id` and `others`, with `labels`.
+    fn entry(
+        time: i64,
+        action: &str,
+        patient_id: &str,
+        others: &[&str],
+        labels: &[&str],
+    ) -> AuditEntry {
+        let mut e: AuditEntry = serde_json::from_value(serde_json::json!({
+            "seq": 1, "time": time, "actor_id": "u1", "actor_kind": "user",
+            "role": "clinician", "purpose": "TREAT", "break_glass": false,
+            "action": action, "resource_type": "Observation", "resource_id": null,
+            "patient_id": patient_id, "outcome": "allowed", "source_address": null,
+            "request_id": "r1",
+        }))
+        .unwrap();
+        e.set_patients(others.iter().copied());
+        e.labels = labels.iter().map(|l| (*l).to_owned()).collect();
+        e
+    }
+
+    #[test]
+    fn labels_are_counted_for_every_patient_an_entry_concerns() {
+        let mut patients = BTreeMap::new();
+        // A search returning p1's HIV and PSY resources and p2's unlabelled ones: both are
+        // attributed both labels (the entry does not say whose resource carried which).
+        add(
+            &mut patients,
+            &entry(10, "GET /fhir/{type}", "p1", &["p2"], &["HIV", "PSY"]),
+        );
+        add(
+            &mut patients,
+            &entry(20, "GET /fhir/{type}/{id}", "p1", &[], &["PSY"]),
+        );
+        add(
+            &mut patients,
+            &entry(30, "GET /fhir/{type}/{id}", "p3", &[], &[]),
+        );
+        let by_label = |p: &str| -> Vec<(String, u64)> {
+            patients[p]
+                .by_label
+                .iter()
+                .map(|(l, n)| (l.clone(), *n))
+                .collect()
+        };
+        assert_eq!(
+            by_label("p1"),
+            [("HIV".to_owned(), 1), ("PSY".to_owned(), 2)]
+        );
+        assert_eq!(
+            by_label("p2"),
+            [("HIV".to_owned(), 1), ("PSY".to_owned(), 1)]
+        );
+        assert!(by_label("p3").is_empty());
+        assert_eq!(patients["p1"].accesses, 2);
+        // Serialized always, empty or not.
+        let json = serde_json::to_value(&patients["p3"]).unwrap();
+        assert_eq!(json["by_label"], serde_json::json!({}));
+        let json = serde_json::to_value(&patients["p1"]).unwrap();
+        assert_eq!(json["by_label"], serde_json::json!({"HIV": 1, "PSY": 2}));
+    }
 
     #[test]
     fn actions_are_classified() {

@@ -49,12 +49,12 @@ pub enum Outcome {
 /// The canonical bytes are the compact `serde_json` serialization of this struct, fields in
 /// this order: `seq, time, actor_id, actor_kind, role, purpose, break_glass, action,
 /// resource_type, resource_id, patient_id, outcome, source_address, request_id, actor_ref,
-/// patients, refusals, configuration`; absent optional values are `null`, enums are
-/// lower-case strings, except that `actor_ref`, `refusals` and `configuration` are left out
-/// when absent and `patients` when empty (so
-/// entries written before they existed keep their bytes). Unknown fields are
-/// refused, and so is a `patients` list that is not strictly ascending or that repeats
-/// `patient_id` (one content, one spelling).
+/// patients, refusals, configuration, labels, alert`; absent optional values are `null`,
+/// enums are lower-case strings, except that `actor_ref`, `refusals`, `configuration` and
+/// `alert` are left out when absent and `patients` and `labels` when empty (so entries
+/// written before they existed keep their bytes). Unknown fields are refused, and so is a
+/// `patients` or `labels` list that is not strictly ascending, or a `patients` list that
+/// repeats `patient_id` (one content, one spelling).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditEntry {
@@ -107,6 +107,50 @@ pub struct AuditEntry {
     /// de-identification configuration it ran with, as its report states it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub configuration: Option<String>,
+    /// The sensitivity labels (security-label codes such as `PSY`, `HIV`, `ETH`) of the
+    /// resources the request decided on or returned, strictly ascending: the data classes a
+    /// breach report counts and the labelled-access alert looks at. Codes only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Present only on an alert raised by a detection rule ([`AlertRecord`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<AlertRecord>,
+}
+
+/// The action of an alert entry (actor `phivault`, kind system).
+pub const ALERT_ACTION: &str = "alert";
+
+/// The action of the entry recording that an alert reached the webhook; its `request_id` is
+/// the alert's.
+pub const ALERT_DELIVERED_ACTION: &str = "alert delivered";
+
+/// What a detection rule saw: ids and counts only, never a value from a record.
+///
+/// Canonical form: fields in this order; `subject_kind` is `user`, `client`, `anonymous`,
+/// `system` or `address`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRecord {
+    /// The configured rule's name.
+    pub rule: String,
+    /// The rule's kind (`distinct_patients`, `off_hours`, ...).
+    pub kind: String,
+    /// Whom the alert is about: an actor id, or a client address.
+    pub subject: String,
+    /// What `subject` is.
+    pub subject_kind: String,
+    /// What was counted in the window (distinct patients, denials, ...).
+    pub count: u64,
+    /// The rule's threshold the count passed (0 for rules without one).
+    pub threshold: u64,
+    /// The window the count covers (unix ms, inclusive start).
+    pub from: i64,
+    /// End of the window (unix ms, the time of the entry that raised the alert).
+    pub to: i64,
+    /// The first and the last entry (seq) the rule counted: the evidence.
+    pub first_seq: u64,
+    /// The entry that raised the alert.
+    pub last_seq: u64,
 }
 
 /// The action of a summary entry of refused unauthenticated requests.
@@ -174,6 +218,9 @@ impl AuditEntry {
         if entry.refusals.as_ref().is_some_and(|r| !r.is_canonical()) {
             return None;
         }
+        if !entry.labels.windows(2).all(|w| w[0] < w[1]) {
+            return None;
+        }
         match entry.canonical_bytes() {
             Ok(again) if again == bytes => Some(entry),
             _ => None,
@@ -237,6 +284,8 @@ impl AuditEntry {
             patients: Vec::new(),
             refusals: Some(summary),
             configuration: None,
+            labels: Vec::new(),
+            alert: None,
         }
     }
 
@@ -337,6 +386,8 @@ mod tests {
             patients: Vec::new(),
             refusals: None,
             configuration: None,
+            labels: Vec::new(),
+            alert: None,
         }
     }
 
@@ -424,6 +475,52 @@ mod tests {
             !String::from_utf8(sample(4).canonical_bytes().unwrap())
                 .unwrap()
                 .contains("patients")
+        );
+    }
+
+    #[test]
+    fn labels_are_canonical_and_optional() {
+        let mut e = sample(5);
+        e.labels = vec!["HIV".to_owned(), "PSY".to_owned()];
+        let bytes = e.canonical_bytes().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.ends_with(",\"request_id\":\"r1\",\"labels\":[\"HIV\",\"PSY\"]}"),
+            "{text}"
+        );
+        assert_eq!(AuditEntry::from_canonical(&bytes), Some(e.clone()));
+        // After the other patients and the configuration.
+        let mut more = e;
+        more.set_patients(["p2"]);
+        more.configuration = Some("ab12".to_owned());
+        let text = String::from_utf8(more.canonical_bytes().unwrap()).unwrap();
+        assert!(
+            text.ends_with(
+                ",\"patients\":[\"p2\"],\"configuration\":\"ab12\",\"labels\":[\"HIV\",\"PSY\"]}"
+            ),
+            "{text}"
+        );
+        assert_eq!(AuditEntry::from_canonical(text.as_bytes()), Some(more));
+        // Out of order, repeated, or an empty list spelled out: not the one canonical form.
+        let text = String::from_utf8(bytes).unwrap();
+        for bad in [r#"["PSY","HIV"]"#, r#"["HIV","HIV"]"#, "[]"] {
+            let other = text.replace(r#"["HIV","PSY"]"#, bad);
+            assert_ne!(other, text);
+            assert_eq!(AuditEntry::from_canonical(other.as_bytes()), None, "{bad}");
+        }
+        // Without labels: exactly the bytes of an entry from before the field existed.
+        let plain = String::from_utf8(sample(5).canonical_bytes().unwrap()).unwrap();
+        assert_eq!(
+            plain,
+            "{\"seq\":5,\"time\":1700000000000,\"actor_id\":\"u1\",\"actor_kind\":\"user\",\
+             \"role\":\"clinician\",\"purpose\":null,\"break_glass\":false,\"action\":\"read\",\
+             \"resource_type\":\"Patient\",\"resource_id\":\"p1\",\"patient_id\":\"p1\",\
+             \"outcome\":\"allowed\",\"source_address\":null,\"request_id\":\"r1\"}"
+        );
+        assert!(!plain.contains("labels"));
+        assert_eq!(
+            AuditEntry::from_canonical(plain.as_bytes()),
+            Some(sample(5))
         );
     }
 

@@ -70,9 +70,9 @@ pub const BENCH_NO_AUDIT: bool = cfg!(feature = "bench-no-audit");
 pub use breach::{AccessKind, Affected, BreachReport, Selector, breach_report};
 pub use checkpoint::Checkpoint;
 pub use entry::{
-    ActorKind, AuditEntry, CHAIN_DOMAIN, GENESIS_HASH, KEYED_CHAIN_DOMAIN, Outcome,
-    REFUSALS_ACTION, RefusalSummary, SUMMARY_SAMPLE, action_code, chain_tag, entry_hash,
-    keyed_entry_hash, keyed_from_tag,
+    ALERT_ACTION, ALERT_DELIVERED_ACTION, ActorKind, AlertRecord, AuditEntry, CHAIN_DOMAIN,
+    GENESIS_HASH, KEYED_CHAIN_DOMAIN, Outcome, REFUSALS_ACTION, RefusalSummary, SUMMARY_SAMPLE,
+    action_code, chain_tag, entry_hash, keyed_entry_hash, keyed_from_tag,
 };
 pub use erasure::{ERASURE_DOMAIN, ERASURE_FORMAT, ErasureCertificate};
 pub use error::AuditError;

@@ -121,6 +121,8 @@ fn entry(action: &str, rtype: Option<String>, id: Option<String>) -> AuditEntry 
         patients: Vec::new(),
         refusals: None,
         configuration: None,
+        labels: Vec::new(),
+        alert: None,
     }
 }
 

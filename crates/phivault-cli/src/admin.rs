@@ -230,10 +230,25 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
             close(opened).await;
             result?;
         }
+        TopCommand::Alerts(crate::alerts_cmd::AlertsCommand::List(args)) => {
+            let opened = open(&settings(&args.storage)?).await?;
+            let run = async |_: &CliAudit| crate::alerts_cmd::list(&opened.1, &args).await;
+            let result = audited(&opened, "alerts list", None, run).await;
+            close(opened).await;
+            result?;
+        }
         TopCommand::Breach(crate::breach_cmd::BreachCommand::Report(args)) => {
             let opened = open(&settings(&args.storage)?).await?;
             let run = async |_: &CliAudit| crate::breach_cmd::report(&opened.1, &args).await;
             let result = audited(&opened, "breach report", None, run).await;
+            close(opened).await;
+            result?;
+        }
+        TopCommand::Breach(crate::breach_cmd::BreachCommand::Notify(args)) => {
+            let settings = settings(&args.storage)?;
+            let prepared = crate::breach_notify::prepare(&args)?;
+            let opened = open(&settings).await?;
+            let result = crate::breach_notify::run(&opened.1, prepared).await;
             close(opened).await;
             result?;
         }

@@ -188,6 +188,8 @@ impl BenchAudit {
             patients: Vec::new(),
             refusals: None,
             configuration: None,
+            labels: Vec::new(),
+            alert: None,
         }
     }
 }

@@ -35,6 +35,12 @@ pub(crate) enum BreachCommand {
     /// resource type and the first and last access. Audited as `cli breach report`.
     #[command(after_help = crate::cli::SETTINGS_HELP)]
     Report(BreachReportArgs),
+    /// From a JSON breach report and an incident file: one letter per patient (HTML and PDF,
+    /// in the patient's language where a template exists) and the summary for the
+    /// supervisory authority (GDPR art. 33), into a new owner-only directory. Audited as
+    /// `cli breach notify`, in the access log of every patient notified.
+    #[command(after_help = crate::cli::SETTINGS_HELP)]
+    Notify(crate::breach_notify::BreachNotifyArgs),
 }
 
 /// `phivault breach report (--actor|--client|--token-hash|--address) --from T --to T`
@@ -78,6 +84,8 @@ struct Affected {
     accesses: u64,
     by_kind: BTreeMap<AccessKind, u64>,
     by_resource_type: BTreeMap<String, u64>,
+    /// By sensitivity label (data class): attributed to every patient an entry concerns.
+    by_label: BTreeMap<String, u64>,
 }
 
 /// The printed report.
@@ -119,6 +127,7 @@ impl Report {
                     accesses: p.accesses,
                     by_kind: p.by_kind,
                     by_resource_type: p.by_resource_type,
+                    by_label: p.by_label,
                 })
                 .collect(),
         }
@@ -232,8 +241,8 @@ fn markdown(r: &Report) -> String {
     if !r.actors.is_empty() {
         out.push_str(&format!("Actors: {}.\n\n", r.actors.join(", ")));
     }
-    out.push_str("| patient | accesses | kinds | resource types | first | last |\n");
-    out.push_str("|---|---|---|---|---|---|\n");
+    out.push_str("| patient | accesses | kinds | resource types | data classes | first | last |\n");
+    out.push_str("|---|---|---|---|---|---|---|\n");
     for p in &r.patients {
         let kinds: Vec<String> = p
             .by_kind
@@ -253,16 +262,29 @@ fn markdown(r: &Report) -> String {
             .iter()
             .map(|(t, n)| format!("{t} {n}"))
             .collect();
+        let classes: Vec<String> = p.by_label.iter().map(|(l, n)| format!("{l} {n}")).collect();
         out.push_str(&format!(
-            "| Patient/{} | {} | {} | {} | {} | {} |\n",
+            "| Patient/{} | {} | {} | {} | {} | {} | {} |\n",
             p.patient,
             p.accesses,
             kinds.join(", "),
             types.join(", "),
+            if classes.is_empty() {
+                "-".to_owned()
+            } else {
+                classes.join(", ")
+            },
             p.first,
             p.last
         ));
     }
+    out.push_str(
+        "\nData classes: the sensitivity labels (PSY mental health, ETH substance use, HIV, \
+         R restricted) of what the requests decided on or returned, counted per request. A \
+         request about several patients counts its labels for each of them, so a patient may \
+         be listed with a class that was another's data. Entries written before labels were \
+         recorded carry none.\n",
+    );
     out
 }
 

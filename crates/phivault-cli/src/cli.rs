@@ -110,6 +110,9 @@ pub(crate) enum TopCommand {
     /// After a breach: whose data an actor reached, from the audit trail.
     #[command(subcommand)]
     Breach(crate::breach_cmd::BreachCommand),
+    /// The alerts of the breach-detection rules, from the audit trail.
+    #[command(subcommand)]
+    Alerts(crate::alerts_cmd::AlertsCommand),
     /// Rotate the key-encryption key or the master key while servers run; show the keys.
     #[command(subcommand)]
     Keys(crate::keys_cmd::KeysCommand),

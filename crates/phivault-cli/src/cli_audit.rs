@@ -124,6 +124,8 @@ impl CliAudit {
             patients: Vec::new(),
             refusals: None,
             configuration: None,
+            labels: Vec::new(),
+            alert: None,
         }
     }
 

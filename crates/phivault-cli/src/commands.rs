@@ -419,6 +419,17 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
         &settings.research_projects,
         time::OffsetDateTime::now_utc().year(),
     )?;
+    // The alert rules were checked with the settings; the webhook's key file is read now.
+    let alerting = phivault_server::Alerting {
+        rules: phivault_alerts::check_rules(Some(settings.alert_rules.clone()))
+            .map_err(|e| anyhow::anyhow!("alert_rules: {e}"))?,
+        webhook: match &settings.alert_webhook {
+            None => None,
+            Some(hook) => Some(Arc::new(
+                phivault_alerts::check_webhook(hook).map_err(|e| anyhow::anyhow!("{e}"))?,
+            )),
+        },
+    };
     let base_url = settings.base_url();
     let config = ServerConfig {
         listen: settings.listen,
@@ -445,6 +456,7 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
     .with_refusal_limits(settings.edge.refusals)
     .with_bulk_limits(settings.edge.bulk)
     .with_research_projects(research)
+    .with_alerting(alerting)
     .with_role_purposes(settings.role_purposes.clone())
     .context("setting the purposes of use per role")?;
     let state = AppState {

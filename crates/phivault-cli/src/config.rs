@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::config_edge::{EdgeLayer, EdgeSettings};
 use crate::research_projects::{ResearchProjectSetting, check_research_projects};
+use phivault_alerts::{RuleSetting, WebhookSetting};
 
 /// The file read when neither `--config` nor `PHIVAULT_CONFIG` names one (only if it exists).
 pub(crate) const DEFAULT_CONFIG_FILE: &str = "phivault.toml";
@@ -81,6 +82,10 @@ pub(crate) struct Layer {
     /// `[[research_projects]]`: de-identified exports researchers may run (file only; see
     /// `research_projects`).
     pub(crate) research_projects: Option<Vec<ResearchProjectSetting>>,
+    /// `[[alert_rules]]`: the breach-detection rules (file only; replace the defaults).
+    pub(crate) alert_rules: Option<Vec<RuleSetting>>,
+    /// `[alert_webhook]`: where alerts are POSTed, and the file of the signing key.
+    pub(crate) alert_webhook: Option<WebhookSetting>,
 }
 
 impl Layer {
@@ -104,6 +109,8 @@ impl Layer {
             retention: self.retention.or(lower.retention),
             edge: self.edge.or(lower.edge),
             research_projects: self.research_projects.or(lower.research_projects),
+            alert_rules: self.alert_rules.or(lower.alert_rules),
+            alert_webhook: self.alert_webhook.or(lower.alert_webhook),
         }
     }
 }
@@ -140,6 +147,10 @@ pub(crate) struct Settings {
     pub(crate) edge: EdgeSettings,
     /// The research projects (checked; their files are read when the server starts).
     pub(crate) research_projects: Vec<ResearchProjectSetting>,
+    /// The breach-detection rules in force (the defaults unless configured; checked).
+    pub(crate) alert_rules: Vec<RuleSetting>,
+    /// The alert webhook (its key file is read when the server starts).
+    pub(crate) alert_webhook: Option<WebhookSetting>,
 }
 
 impl Settings {
@@ -242,6 +253,14 @@ impl Settings {
             if let Some(k) = p.k {
                 out.push_str(&format!("k = {k}\n"));
             }
+        }
+        for rule in &self.alert_rules {
+            out.push_str("\n[[alert_rules]]\n");
+            out.push_str(&toml::to_string(rule).unwrap_or_default());
+        }
+        if let Some(hook) = &self.alert_webhook {
+            out.push_str("\n[alert_webhook]\n");
+            out.push_str(&toml::to_string(hook).unwrap_or_default());
         }
         out
     }
@@ -458,6 +477,13 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
     let retention = parse_retention(merged.retention.unwrap_or_default())?;
     let edge = merged.edge.unwrap_or_default().resolve()?;
     let research_projects = check_research_projects(merged.research_projects.unwrap_or_default())?;
+    let alert_rules = merged
+        .alert_rules
+        .unwrap_or_else(phivault_alerts::default_rules);
+    phivault_alerts::check_rules(Some(alert_rules.clone())).map_err(|e| ConfigError::Invalid {
+        key: "alert_rules",
+        message: e.0,
+    })?;
     Ok(Settings {
         data_dir,
         database_url,
@@ -477,6 +503,8 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         retention,
         edge,
         research_projects,
+        alert_rules,
+        alert_webhook: merged.alert_webhook,
     })
 }
 

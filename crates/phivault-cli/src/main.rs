@@ -5,6 +5,7 @@
 //! `phivault-server`, ...); the modules here read settings and report.
 
 mod admin;
+mod alerts_cmd;
 mod audit_cmd;
 mod backup_cmd;
 mod bench;
@@ -14,6 +15,7 @@ mod bench_http;
 mod bench_import;
 mod bench_server;
 mod breach_cmd;
+mod breach_notify;
 mod cli;
 mod cli_audit;
 mod commands;

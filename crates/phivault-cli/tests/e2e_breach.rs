@@ -1,6 +1,7 @@
 //! End-to-end: `phivault breach report` lists exactly the patients an actor reached in a
-//! window (reads, searches, writes), by user, client, token hash and network address, counts
-//! refused requests without listing their patients, and is itself audited; on every backend.
+//! window (reads, searches, writes), by user, client, token hash and network address, with the
+//! data classes (sensitivity labels) of what they reached, counts refused requests without
+//! listing their patients, and is itself audited; on every backend.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -62,7 +63,8 @@ async fn the_report_lists_exactly_whom_an_actor_reached() {
         let doc = random_username();
         let session = server.staff_session(&doc, "clinician").await;
         for pid in &ids[..4] {
-            server.grant(&doc, pid, &[], None).await;
+            let labels: &[&str] = if pid == &ids[2] { &["PSY"] } else { &[] };
+            server.grant(&doc, pid, labels, None).await;
         }
         let other = random_username();
         let other_session = server.staff_session(&other, "clinician").await;
@@ -80,6 +82,20 @@ async fn the_report_lists_exactly_whom_an_actor_reached() {
             .await
             .assert_status(200);
         as_doc.get("Patient?_count=50").await.assert_status(200);
+        // A mental-health note of the third patient, written and read again.
+        let mut note = fixtures::observation(
+            &format!("Patient/{}", ids[2]),
+            fixtures::coding(Some(fixtures::LOINC), "8867-4", "Heart rate"),
+            "2026-11-30T10:00:00Z",
+        );
+        note["meta"] = serde_json::json!({
+            "security": [{ "system": fixtures::ACT_CODE, "code": "PSY" }]
+        });
+        let psy = as_doc.create(&note).await;
+        as_doc
+            .get(&format!("Observation/{psy}"))
+            .await
+            .assert_status(200);
         let refused = as_doc.get(&format!("Patient/{}", ids[5])).await;
         assert!(matches!(refused.status, 403 | 404), "{refused:?}");
         server
@@ -103,6 +119,38 @@ async fn the_report_lists_exactly_whom_an_actor_reached() {
         assert_eq!(first["by_kind"]["search"], 1, "{first}");
         assert_eq!(first["by_resource_type"]["Patient"], 2, "{first}");
         assert!(first["first"].as_str().unwrap() <= first["last"].as_str().unwrap());
+        // Data classes: always present; the PSY note's write and read for the third patient.
+        assert_eq!(first["by_label"], serde_json::json!({}), "{first}");
+        let third = by_user["patients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["patient"] == ids[2].as_str())
+            .unwrap();
+        assert_eq!(
+            third["by_label"],
+            serde_json::json!({ "PSY": 2 }),
+            "{third}"
+        );
+        let out = server
+            .cli(
+                &[
+                    "breach", "report", "--actor", &doc, "--from", &start, "--to", &end,
+                ],
+                None,
+            )
+            .await;
+        out.assert_ok("phivault breach report (markdown)");
+        assert!(out.stdout.contains("| data classes |"), "{}", out.stdout);
+        let row = |pid: &str| {
+            out.stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("| Patient/{pid} |")))
+                .unwrap_or_else(|| panic!("no row for {pid}: {}", out.stdout))
+                .to_owned()
+        };
+        assert!(row(&ids[2]).contains("| PSY 2 |"), "{}", row(&ids[2]));
+        assert!(row(&ids[0]).contains("| - |"), "{}", row(&ids[0]));
 
         // The same through the session token's hash (the stolen credential).
         let hash = hex::encode(phivault_crypto::sha256(session.as_bytes()));

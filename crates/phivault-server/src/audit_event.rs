@@ -51,6 +51,10 @@ use crate::error::fhir_json;
 use crate::fhir_routes::{Access, X_PURPOSE_OF_USE, base, parse_pairs, path_error};
 use crate::{ApiError, AppState};
 
+mod entity;
+
+use entity::entities;
+
 /// Page size when `_count` is absent.
 pub(crate) const DEFAULT_COUNT: u32 = 50;
 /// Largest page size (a larger `_count` is lowered to it).
@@ -280,93 +284,6 @@ fn agent(entry: &AuditEntry, name: Option<&str>, view: &View) -> Value {
         );
     }
     Value::Object(a)
-}
-
-/// The entities of an entry: the patients it concerns, the resource, and the request. In a
-/// patient's view, the only patient named is the viewer (an entry about several patients, a
-/// search for example, does not tell one patient who the others were).
-fn entities(entry: &AuditEntry, view: &View) -> Vec<Value> {
-    let shown = |p: &str| match view {
-        View::Auditor => true,
-        View::Patient { patient, .. } => p == patient,
-    };
-    let mut out = Vec::new();
-    let mut concerned: Vec<&String> = entry.patient_id.iter().collect();
-    concerned.extend(entry.patients.iter());
-    for patient in concerned.into_iter().filter(|p| shown(p)) {
-        out.push(json!({
-            "what": { "reference": format!("Patient/{patient}") },
-            "type": coding(ENTITY_TYPE_SYSTEM, "1", "Person"),
-            "role": coding(OBJECT_ROLE_SYSTEM, "1", "Patient"),
-        }));
-    }
-    match (&entry.resource_type, &entry.resource_id) {
-        (Some(t), Some(id)) if t == "Patient" && !shown(id) => {
-            out.push(json!({
-                "what": { "type": t },
-                "type": coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
-                "role": coding(OBJECT_ROLE_SYSTEM, "4", "Domain Resource"),
-            }));
-        }
-        (Some(t), Some(id)) if !(t == "Patient" && entry.concerns(id)) => {
-            out.push(json!({
-                "what": { "reference": format!("{t}/{id}") },
-                "type": coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
-                "role": coding(OBJECT_ROLE_SYSTEM, "4", "Domain Resource"),
-            }));
-        }
-        (Some(t), None) => {
-            out.push(json!({
-                "what": { "type": t },
-                "type": coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
-                "role": coding(OBJECT_ROLE_SYSTEM, "4", "Domain Resource"),
-            }));
-        }
-        _ => {}
-    }
-    if let Some(summary) = &entry.refusals {
-        out.push(refusals_entity(summary, view));
-    }
-    if let Some(hash) = &entry.configuration {
-        out.push(json!({
-            "what": { "identifier": { "system": DEID_CONFIGURATION_SYSTEM, "value": hash } },
-            "type": coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
-            "description": "the de-identification configuration the research export ran with",
-        }));
-    }
-    out.push(json!({
-        "what": { "identifier": { "system": REQUEST_ID_SYSTEM, "value": entry.request_id } },
-        "type": coding(BALP_ENTITY_SYSTEM, "XrequestId", "Request Id"),
-    }));
-    out
-}
-
-/// The summary of refused unauthenticated requests as an entity whose details are the count
-/// (`count`), the first and last time (`first`, `last`, FHIR instants), each route asked for
-/// (`route`), each sampled client address of the overflow summary (`address`, auditors
-/// only) and whether the lists were cut short (`truncated`).
-fn refusals_entity(summary: &phivault_audit::RefusalSummary, view: &View) -> Value {
-    let detail = |t: &str, v: String| json!({ "type": t, "valueString": v });
-    let mut details = vec![
-        detail("count", summary.count.to_string()),
-        detail("first", instant(summary.first)),
-        detail("last", instant(summary.last)),
-    ];
-    details.extend(summary.routes.iter().map(|r| detail("route", r.clone())));
-    if matches!(view, View::Auditor) {
-        details.extend(
-            summary
-                .addresses
-                .iter()
-                .map(|a| detail("address", a.clone())),
-        );
-    }
-    details.push(detail("truncated", summary.truncated.to_string()));
-    json!({
-        "type": coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
-        "name": "refused unauthenticated requests",
-        "detail": details,
-    })
 }
 
 /// An audit entry as a FHIR R4 `AuditEvent`, as `view` may see it. `name` is the actor's

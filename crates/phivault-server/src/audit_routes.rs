@@ -142,6 +142,8 @@ mod tests {
             patients: Vec::new(),
             refusals: None,
             configuration: None,
+            labels: Vec::new(),
+            alert: None,
         }
     }
 

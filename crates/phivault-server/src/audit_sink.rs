@@ -12,7 +12,8 @@
 //!   audit middleware appends nothing more;
 //! - a transaction or batch Bundle (`POST /fhir`): one entry per written resource (action
 //!   `create`, `update` or `delete`) in the transaction that wrote it; the middleware appends
-//!   the Bundle request's own entry afterwards.
+//!   the Bundle request's own entry afterwards, which carries the sensitivity labels of
+//!   everything the Bundle decided on (the per-resource entries carry none).
 //!
 //! - an account change (the admin API, logout, TOTP enrolment, OAuth2 revocation: the store's
 //!   [`AccountSink`]): THE request's entry, naming the Patient or Practitioner the change is
@@ -125,13 +126,17 @@ impl RequestSink {
         let entries: Vec<_> = written
             .iter()
             .map(|w| {
-                self.slot.entry(
+                let mut entry = self.slot.entry(
                     w.kind.as_str().to_owned(),
                     Some(w.rtype.to_string()),
                     Some(w.id.to_string()),
                     w.patient.as_ref().map(ToString::to_string),
                     Outcome::Allowed,
-                )
+                );
+                // The slot's labels are the whole request's: the Bundle's own entry carries
+                // them, not each written resource's.
+                entry.labels.clear();
+                entry
             })
             .collect();
         self.audit
@@ -157,13 +162,18 @@ impl RequestSink {
             Mode::Request => self.slot.action().to_owned(),
             Mode::PerResource => change.kind.as_str().to_owned(),
         };
-        let entry = self.slot.entry(
+        let mut entry = self.slot.entry(
             action,
             resource_type,
             resource_id,
             change.patient.as_ref().map(ToString::to_string),
             Outcome::Allowed,
         );
+        if self.mode == Mode::PerResource {
+            // A change following the request's write (a care grant): the request's own entry
+            // carries what it decided on.
+            entry.labels.clear();
+        }
         let seq = self
             .audit
             .append_in(conn, &entry)

@@ -10,12 +10,13 @@
 //! The audit trail ([`audit_trail`]): every request gets an [`AuditSlot`] in its extensions
 //! before anything else runs. The parts that learn something about the request write it
 //! there: [`authenticate`] the principal, the FHIR guard (`fhir_routes::guard::Access`) the
-//! effective purpose of use, break-the-glass and every patient it decided on (allowed or
-//! denied), and the audit sink of a write (`crate::audit_sink`) that the request's entry was
-//! committed with the write. A route that knows the patient its request is about without going
-//! through the guard either notes it in the slot ([`AuditSlot::note_patient`], from the
-//! request's extensions) or puts an [`AuditPatient`] in its response's extensions; the latter
-//! wins.
+//! effective purpose of use, break-the-glass, every patient it decided on (allowed or
+//! denied) and the sensitivity labels of the resources it decided on or returned
+//! ([`AuditSlot::note_labels`]), and the audit sink of a write (`crate::audit_sink`) that the
+//! request's entry was committed with the write. A route that knows the patient its request
+//! is about without going through the guard either notes it in the slot
+//! ([`AuditSlot::note_patient`], from the request's extensions) or puts an [`AuditPatient`] in
+//! its response's extensions; the latter wins.
 
 use std::any::Any;
 use std::collections::BTreeSet;
@@ -31,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use phivault_audit::{ActorKind, AuditEntry, Outcome};
 use phivault_auth::{Authenticated, ServiceError};
 use phivault_fhir::{Id, IssueCode, OperationOutcome, ResourceType};
-use phivault_policy::{PrincipalKind, Purpose};
+use phivault_policy::{Label, PrincipalKind, Purpose};
 use tracing::Instrument;
 use zeroize::Zeroizing;
 
@@ -80,6 +81,13 @@ struct AuditNotes {
     /// Every compartment patient a decision was made on (allowed or denied), and every
     /// patient whose data the response returns (the hits of a search).
     patients: BTreeSet<Id>,
+    /// The sensitivity labels (canonical codes) of every resource an allowed decision was
+    /// made on, and of every resource the response returns.
+    labels: BTreeSet<&'static str>,
+    /// The labels of resources a decision refused: in the entry only when the request's
+    /// outcome is not allowed (a search or `$everything` leaves such a resource out of a 200,
+    /// which then did not disclose it).
+    denied_labels: BTreeSet<&'static str>,
     /// The request's own entry was committed with its write: its seq.
     entry_written: Option<u64>,
     /// An audit sink failed, so its write was rolled back.
@@ -164,6 +172,24 @@ impl AuditSlot {
         self.notes().patients.insert(patient.clone());
     }
 
+    /// An allowed decision was made on a resource carrying `labels`, or the response returns
+    /// one (a search's hits): its data classes are in the request's entry.
+    pub(crate) fn note_labels(&self, labels: &[Label]) {
+        if !labels.is_empty() {
+            self.notes().labels.extend(labels.iter().map(Label::as_str));
+        }
+    }
+
+    /// A decision refused a resource carrying `labels`: in the request's entry when it is a
+    /// denial (or an error), not when the request was served without that resource.
+    pub(crate) fn note_denied_labels(&self, labels: &[Label]) {
+        if !labels.is_empty() {
+            self.notes()
+                .denied_labels
+                .extend(labels.iter().map(Label::as_str));
+        }
+    }
+
     /// The request's own entry was committed with its write, as entry `seq`.
     pub(crate) fn note_entry_written(&self, seq: u64) {
         self.notes().entry_written = Some(seq);
@@ -184,8 +210,9 @@ impl AuditSlot {
         &self.facts.action
     }
 
-    /// An entry of this request: who, purpose, break-the-glass, address and request id from
-    /// the slot; the rest as given.
+    /// An entry of this request: who, purpose, break-the-glass, address, request id and
+    /// sensitivity labels from the slot (the labels of refused resources too when `outcome`
+    /// is not allowed); the rest as given.
     pub(crate) fn entry(
         &self,
         action: String,
@@ -204,6 +231,10 @@ impl AuditSlot {
             .or(self.facts.purpose_header)
             .or_else(|| notes.actor.as_ref().map(|a| a.default_purpose))
             .map(|p| p.as_str().to_owned());
+        let mut labels: BTreeSet<&str> = notes.labels.clone();
+        if outcome != Outcome::Allowed {
+            labels.extend(notes.denied_labels.iter().copied());
+        }
         AuditEntry {
             seq: 0,
             time: now_millis(),
@@ -223,6 +254,9 @@ impl AuditSlot {
             patients: Vec::new(),
             refusals: None,
             configuration: notes.configuration.clone(),
+            // Ascending and without repeats: a set's order.
+            labels: labels.into_iter().map(str::to_owned).collect(),
+            alert: None,
         }
     }
 }
@@ -515,7 +549,8 @@ fn non_canonical_path(path: &str) -> Option<String> {
 /// template (never the raw URI: its query can hold PHI), the resource type and id of a FHIR
 /// instance route, the patient when exactly one was decided on (allowed or denied; an
 /// [`AuditPatient`] in the response's extensions wins), every other patient decided on or
-/// whose data the response returns (the entry's `patients`), the effective purpose of use,
+/// whose data the response returns (the entry's `patients`), the sensitivity labels of what
+/// was decided on or returned ([`AuditSlot::entry`]), the effective purpose of use,
 /// break-the-glass, the outcome from the status, the client address (the peer, or what a
 /// trusted proxy says it is) and the request id.
 ///

@@ -17,7 +17,8 @@
 //!   the same 403. `?recipient=age1...` (repeatable) encrypts the package to those age
 //!   X25519 recipients (`application/octet-stream`, the binary age format).
 //!
-//! Both are audited by the middleware with the patient of the path.
+//! Both are audited by the middleware with the patient of the path and the sensitivity labels
+//! of the resources returned.
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
@@ -173,7 +174,10 @@ async fn export_of(
         }
     }
     let mut resources = Vec::new();
+    let slot = access.audit_slot();
     for r in portability::compartment(&state.store, patient, None).await? {
+        // The package holds the labelled resources too: their data classes are in the entry.
+        slot.note_labels(r.facts().labels());
         resources.push(r.release(&proof)?);
     }
     let (bytes, _) = portability::package(

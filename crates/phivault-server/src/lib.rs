@@ -78,6 +78,7 @@ pub use middleware::connections::ConnectionLimits;
 pub use middleware::refusals::{RefusalLimits, RefusalTally};
 pub use privacy::{ProcessingActivity, check_processing_activities, default_processing_activities};
 pub use routes::research_export::{ResearchProject, ResearchProjects};
+pub use tasks::alerts::Alerting;
 
 /// How the server listens.
 #[derive(Debug, Clone)]
@@ -153,6 +154,8 @@ pub struct AppState {
     /// Patients' active consents as last read, trusted only under the consent generation
     /// they were read at (see [`ConsentMemo`]).
     pub consent_memo: Arc<ConsentMemo>,
+    /// The detection rules the alert task runs while serving, and where alerts are sent.
+    pub alerting: Arc<Alerting>,
 }
 
 impl AppState {
@@ -192,6 +195,7 @@ impl AppState {
             research: Arc::new(ResearchProjects::default()),
             max_sorted: phivault_fhir::MAX_SORTED,
             consent_memo: Arc::new(ConsentMemo::default()),
+            alerting: Arc::new(Alerting::default()),
         })
     }
 
@@ -243,6 +247,13 @@ impl AppState {
     /// The state with these research projects (de-identified `$export`s).
     pub fn with_research_projects(mut self, projects: ResearchProjects) -> AppState {
         self.research = Arc::new(projects);
+        self
+    }
+
+    /// The state running these detection rules (checked by the caller) and sending alerts
+    /// to `webhook`, instead of the default rules without a webhook.
+    pub fn with_alerting(mut self, alerting: Alerting) -> AppState {
+        self.alerting = Arc::new(alerting);
         self
     }
 
@@ -330,6 +341,7 @@ pub fn router(state: AppState) -> axum::Router {
     fhir_routes::routes()
         .merge(auth_routes::routes())
         .merge(admin_routes::routes())
+        .merge(routes::alerts::routes())
         .merge(audit_routes::routes())
         .merge(audit_event::routes())
         .merge(privacy::routes())
@@ -452,6 +464,9 @@ pub async fn serve(
         refusals.clone(),
         state.audit.clone(),
     )));
+    // Breach detection: follows the trail as it is written.
+    let alerts = AbortOnDrop(tokio::spawn(tasks::alerts::engine(&state).run()));
+    let _alerts = alerts;
     let audit = state.audit.clone();
     let app = router(state);
     let _retention = retention;

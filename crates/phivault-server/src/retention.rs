@@ -58,6 +58,8 @@ impl AuditSink for SystemSink {
                     patients: Vec::new(),
                     refusals: None,
                     configuration: None,
+                    labels: Vec::new(),
+                    alert: None,
                 })
                 .collect();
             self.audit

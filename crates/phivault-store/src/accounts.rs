@@ -953,6 +953,19 @@ impl Store {
         row.as_ref().map(grant_from).transpose()
     }
 
+    /// Every grant on `patient` (in force or not), by user id.
+    pub async fn grants_of_patient(&self, patient_id: &str) -> Result<Vec<GrantRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT user_id, patient_id, labels, created_at, expires_at FROM care_grants \
+             WHERE tenant = $1 AND patient_id = $2 ORDER BY user_id",
+        )
+        .bind(&self.inner.tenant)
+        .bind(patient_id)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(grant_from).collect()
+    }
+
     /// The patients a user holds a grant for that is in force at `now`, ordered by id.
     pub async fn granted_patients(
         &self,

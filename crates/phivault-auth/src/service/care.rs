@@ -116,6 +116,49 @@ impl Accounts {
         Ok((false, Vec::new()))
     }
 
+    /// Whether the user with id `user_id` has a care relationship with `patient` now: a
+    /// grant in force, or a CareTeam naming their Practitioner (the alert rules know users
+    /// by id only). An unknown user has none.
+    pub async fn user_has_care(&self, user_id: &str, patient: &Id) -> Result<bool, ServiceError> {
+        if let Some(grant) = self.store.grant(user_id, patient.as_str()).await?
+            && grant.is_active(self.now())
+        {
+            return Ok(true);
+        }
+        let Some(user) = self.store.user_by_id(user_id).await? else {
+            return Ok(false);
+        };
+        let Some(practitioner) = user
+            .practitioner_id
+            .as_deref()
+            .and_then(|p| Id::parse(p).ok())
+        else {
+            return Ok(false);
+        };
+        let teams = self
+            .care_teams(
+                &[
+                    ("subject", format!("Patient/{patient}")),
+                    ("participant", format!("Practitioner/{practitioner}")),
+                ],
+                &practitioner,
+            )
+            .await?;
+        Ok(!teams.is_empty())
+    }
+
+    /// The accounts holding a grant on `patient`: (user id, account created, grant made),
+    /// times in unix seconds.
+    pub async fn grantees(&self, patient: &Id) -> Result<Vec<(String, i64, i64)>, ServiceError> {
+        let mut out = Vec::new();
+        for grant in self.store.grants_of_patient(patient.as_str()).await? {
+            if let Some(user) = self.store.user_by_id(&grant.user_id).await? {
+                out.push((grant.user_id, user.created_at, grant.created_at));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every patient the user may reach through care relationships (grants and CareTeam
     /// resources naming the user's Practitioner), for compartment-restricted searches.
     pub async fn care_patients(&self, who: &Authenticated) -> Result<Vec<Id>, ServiceError> {

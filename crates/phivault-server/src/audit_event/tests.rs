@@ -35,6 +35,8 @@ fn entry(seq: u64) -> AuditEntry {
         patients: Vec::new(),
         refusals: None,
         configuration: None,
+        labels: Vec::new(),
+        alert: None,
     }
 }
 
@@ -117,6 +119,14 @@ fn samples() -> Vec<AuditEntry> {
     e.outcome = Outcome::Denied;
     out.push(e);
     out.push(refusals_sample(9));
+    let mut e = entry(10);
+    e.labels = vec!["HIV".to_owned(), "PSY".to_owned(), "R".to_owned()];
+    out.push(e);
+    let mut e = entry(11);
+    e.resource_type = Some("Patient".to_owned());
+    e.resource_id = Some("pa".to_owned());
+    e.labels = vec!["ETH".to_owned()];
+    out.push(e);
     out
 }
 
@@ -243,6 +253,79 @@ fn representation_of_a_read() {
     assert!(p["agent"][0]["network"].is_null(), "{p}");
     assert!(!p.to_string().contains("192.0.2.7"));
     assert_eq!(p["agent"][0]["who"]["display"], "Dr Ann Smith");
+}
+
+/// The entities of an event that carry a `securityLabel`, with its codes as `system|code`.
+fn labelled_entities(event: &Value) -> Vec<(Value, Vec<String>)> {
+    event["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| !x["securityLabel"].is_null())
+        .map(|x| {
+            let codes = x["securityLabel"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}|{}",
+                        c["system"].as_str().unwrap(),
+                        c["code"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            (x.clone(), codes)
+        })
+        .collect()
+}
+
+#[test]
+fn sensitivity_labels_are_security_labels_of_the_resource() {
+    let own = View::Patient {
+        user_id: "u-pa".to_owned(),
+        patient: "pa".to_owned(),
+    };
+    let confidentiality = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+    let mut e = entry(1);
+    e.labels = vec!["PSY".to_owned(), "R".to_owned()];
+    for view in [&View::Auditor, &own] {
+        let v = audit_event(&e, None, view);
+        let labelled = labelled_entities(&v);
+        assert_eq!(labelled.len(), 1, "{v}");
+        // On the entity of the resource read, codes only.
+        assert_eq!(labelled[0].0["what"]["reference"], "Observation/o1", "{v}");
+        assert_eq!(
+            labelled[0].1,
+            [
+                format!("{ACT_CODE_SYSTEM}|PSY"),
+                format!("{confidentiality}|R")
+            ]
+        );
+        assert!(labelled[0].0["securityLabel"][0]["display"].is_null());
+    }
+    // A read of the Patient itself has no resource entity: the labels get one of their own.
+    let mut p = e.clone();
+    p.resource_type = Some("Patient".to_owned());
+    p.resource_id = Some("pa".to_owned());
+    let v = audit_event(&p, None, &View::Auditor);
+    let labelled = labelled_entities(&v);
+    assert_eq!(labelled.len(), 1, "{v}");
+    assert!(labelled[0].0["what"].is_null(), "{v}");
+    assert_eq!(labelled[0].0["role"]["code"], "4", "{v}");
+    // An entry about other patients too: auditors see its labels, the patient does not (they
+    // may be another patient's).
+    let mut search = e;
+    search.set_patients(["pb"]);
+    assert_eq!(
+        labelled_entities(&audit_event(&search, None, &View::Auditor)).len(),
+        1
+    );
+    let v = audit_event(&search, None, &own);
+    assert!(labelled_entities(&v).is_empty(), "{v}");
+    // Without labels, none.
+    let v = audit_event(&entry(1), None, &View::Auditor);
+    assert!(!v.to_string().contains("securityLabel"), "{v}");
 }
 
 #[test]

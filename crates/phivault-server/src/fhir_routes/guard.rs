@@ -49,7 +49,9 @@
 //! For the audit trail, the guard notes in the request's [`AuditSlot`] the effective purpose
 //! of use, every compartment patient it decided on (allowed or denied: a refused request's
 //! entry names the patient too, when there was exactly one), every patient whose resources a
-//! search returns or sorts (so each finds the search in their access log) and whether an
+//! search returns or sorts (so each finds the search in their access log), the sensitivity
+//! labels (codes) of every resource it allowed or a search returns or sorts, and of every
+//! resource it refused (in the entry of a request that was not served), and whether an
 //! allowed decision relied on break-the-glass (a new claim or a recorded one).
 
 use std::collections::HashSet;
@@ -475,6 +477,13 @@ impl Access {
         let decision = self.state.policy.decide(&request);
         if record && let Some(patient) = &facts.patient {
             self.slot.note_patient(patient);
+        }
+        if record {
+            // Codes only, from the facts already decided on (no read of its own).
+            match &decision {
+                Ok(_) => self.slot.note_labels(&facts.labels),
+                Err(_) => self.slot.note_denied_labels(&facts.labels),
+            }
         }
         if record && decision.as_ref().is_ok_and(Authorized::break_glass) {
             self.slot.note_break_glass();

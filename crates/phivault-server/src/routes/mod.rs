@@ -1,4 +1,5 @@
 //! Route handlers grouped by API. New APIs go here, one file each; the older route modules
 //! at the crate root move here as they are touched.
 
+pub(crate) mod alerts;
 pub(crate) mod research_export;

@@ -1,3 +1,4 @@
 //! Background tasks of a serving process.
 
+pub(crate) mod alerts;
 pub(crate) mod statistics;

@@ -407,3 +407,145 @@ async fn writes_fail_closed_and_roll_back_when_the_audit_refuses() {
     assert_eq!(total(&a), 1, "{a:?}");
     c.state.audit.verify(|_| {}).await.unwrap();
 }
+
+/// An Observation of `patient` carrying the sensitivity label `code` (v3-ActCode).
+fn labelled_observation(patient: &str, code: &str) -> Value {
+    let mut o = psy_observation(patient);
+    o["meta"]["security"][0]["code"] = json!(code);
+    o
+}
+
+/// The labels of the last entry after `before`, with its outcome.
+async fn last_labels(c: &Ctx, before: u64) -> (Vec<String>, phivault_audit::Outcome) {
+    let entries = audit_entries_after(c, before).await;
+    let (last, text) = entries.last().expect("an entry");
+    // Codes only: no display of a label is ever in the trail.
+    assert!(
+        !text.contains("mental") && !text.contains("display"),
+        "{text}"
+    );
+    (last.labels.clone(), last.outcome)
+}
+
+#[tokio::test]
+async fn entries_carry_the_labels_of_what_was_decided_on_or_returned() {
+    use phivault_audit::Outcome::{Allowed, Denied};
+    for (backend, c) in backend_contexts("labels").await {
+        let admin = c.person("admin", Role::Admin).await;
+        let psych = c.person("psych", Role::Clinician).await;
+        let gp = c.person("gp", Role::Clinician).await;
+        let (pid, _) = c.create(&patient("Labelaudit")).await;
+        let (plain, _) = c.create(&observation(&pid)).await;
+        c.grant(&admin, "psych", &pid, &["PSY", "HIV"]).await;
+        c.grant(&admin, "gp", &pid, &[]).await;
+
+        // A write records the labels of what it wrote (`MH` is read as PSY, its code).
+        let before = audit_count(&c).await;
+        let (psy, _) = c.create_as(&psych, &psy_observation(&pid)).await;
+        assert_eq!(
+            last_labels(&c, before).await,
+            (vec!["PSY".to_owned()], Allowed),
+            "{backend}"
+        );
+        let before = audit_count(&c).await;
+        let (hiv, _) = c
+            .create_as(&psych, &labelled_observation(&pid, "HIV"))
+            .await;
+        assert_eq!(
+            last_labels(&c, before).await,
+            (vec!["HIV".to_owned()], Allowed),
+            "{backend}"
+        );
+        let before = audit_count(&c).await;
+        let (mh, _) = c.create_as(&psych, &labelled_observation(&pid, "MH")).await;
+        assert_eq!(
+            last_labels(&c, before).await,
+            (vec!["PSY".to_owned()], Allowed),
+            "{backend}"
+        );
+
+        // A read of a labelled resource, of an unlabelled one, and of its history.
+        let before = audit_count(&c).await;
+        let a = c.get_as(&psych, &format!("/fhir/Observation/{psy}")).await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        assert_eq!(
+            last_labels(&c, before).await,
+            (vec!["PSY".to_owned()], Allowed),
+            "{backend}"
+        );
+        let before = audit_count(&c).await;
+        let a = c
+            .get_as(&psych, &format!("/fhir/Observation/{plain}"))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        assert_eq!(
+            last_labels(&c, before).await,
+            (vec![], Allowed),
+            "{backend}"
+        );
+        let before = audit_count(&c).await;
+        let a = c
+            .get_as(&psych, &format!("/fhir/Observation/{mh}/_history"))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        assert_eq!(
+            last_labels(&c, before).await,
+            (vec!["PSY".to_owned()], Allowed),
+            "{backend}"
+        );
+
+        // A search returning an HIV-labelled and an unlabelled resource.
+        let before = audit_count(&c).await;
+        let a = c
+            .get_as(&psych, &format!("/fhir/Observation?_id={hiv},{plain}"))
+            .await;
+        assert_eq!(total(&a), 2, "{backend}");
+        assert_eq!(
+            last_labels(&c, before).await,
+            (vec!["HIV".to_owned()], Allowed),
+            "{backend}"
+        );
+        // The same search by whom the labels are not granted returns, and records, neither.
+        let before = audit_count(&c).await;
+        let a = c
+            .get_as(&gp, &format!("/fhir/Observation?_id={hiv},{plain}"))
+            .await;
+        assert_eq!(total(&a), 1, "{backend}");
+        assert_eq!(
+            last_labels(&c, before).await,
+            (vec![], Allowed),
+            "{backend}"
+        );
+
+        // `$everything` returns them all to psych; to gp it leaves them out, and its entry
+        // claims none of their labels.
+        let before = audit_count(&c).await;
+        let a = c
+            .get_as(&psych, &format!("/fhir/Patient/{pid}/$everything"))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        let want = vec!["HIV".to_owned(), "PSY".to_owned()];
+        assert_eq!(last_labels(&c, before).await, (want, Allowed), "{backend}");
+        let before = audit_count(&c).await;
+        let a = c
+            .get_as(&gp, &format!("/fhir/Patient/{pid}/$everything"))
+            .await;
+        assert_eq!(total(&a), 2, "{backend}");
+        assert_eq!(
+            last_labels(&c, before).await,
+            (vec![], Allowed),
+            "{backend}"
+        );
+
+        // A refused read of a labelled resource records its label in the denial.
+        let before = audit_count(&c).await;
+        c.get_as(&gp, &format!("/fhir/Observation/{psy}"))
+            .await
+            .assert_denied("label-not-granted");
+        assert_eq!(
+            last_labels(&c, before).await,
+            (vec!["PSY".to_owned()], Denied),
+            "{backend}"
+        );
+    }
+}

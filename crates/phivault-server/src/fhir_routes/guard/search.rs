@@ -74,7 +74,7 @@ impl Access {
     }
 
     /// Decides every hit of a search like a read and releases those allowed; notes their
-    /// patients (and any break-the-glass) in the request's audit entry. Returns the released
+    /// patients and labels (and any break-the-glass) in the request's audit entry. Returns the released
     /// resources, in the order given, and how many hits the policies refused.
     pub(super) async fn decide_hits(
         &mut self,
@@ -124,11 +124,13 @@ impl Access {
         if kept.iter().any(|(_, proof)| proof.break_glass()) {
             self.slot.note_break_glass();
         }
-        // Every patient whose data the page returns is named in the request's audit entry.
+        // Every patient whose data the page returns is named in the request's audit entry,
+        // and every sensitivity label it carries.
         for ((_, facts), _) in &kept {
             if let Some(patient) = &facts.patient {
                 self.slot.note_patient(patient);
             }
+            self.slot.note_labels(&facts.labels);
         }
         let dropped = before - kept.len();
         if dropped > 0 {
