@@ -12,8 +12,9 @@
 //!   that subject until `window` has passed ([`Evaluator::quiet_until`]). Alerts already in
 //!   the trail set the same quiet time ([`Evaluator::note_alert`]), so a restart that
 //!   replays the last window does not repeat them.
-//! - Alert entries and other entries of the server itself (actor kind system) are never
-//!   counted.
+//! - Alert entries are never counted, and entries of actor kind system (the server's own,
+//!   the operator's CLI commands) only by the rule on grants (an operator granting a new
+//!   account access).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -244,15 +245,19 @@ impl Evaluator {
     /// What entry `entry` (already in the trail, with its seq) makes the rules find. The
     /// caller raises what it decides to raise through [`Evaluator::note_alert`].
     pub fn observe(&mut self, entry: &AuditEntry) -> Vec<Finding> {
-        if entry.actor_kind == ActorKind::System {
-            if let Some(alert) = &entry.alert {
-                self.note_alert(alert);
-            }
+        if let Some(alert) = &entry.alert {
+            self.note_alert(alert);
             return Vec::new();
         }
+        // The server's own entries and the operator's commands (actor kind system) are not
+        // a principal's use of data; only the operator's grants are watched.
+        let system = entry.actor_kind == ActorKind::System;
         let mut found = Vec::new();
         for i in 0..self.rules.len() {
             let rule = &self.rules[i];
+            if system && rule.kind != RuleKind::SelfGrant {
+                continue;
+            }
             let finding = match rule.kind {
                 RuleKind::DistinctPatients => self.distinct_patients(i, entry),
                 RuleKind::BreakGlass => self.break_glass(i, entry),
@@ -551,9 +556,8 @@ fn self_grant(rule: &Rule, entry: &AuditEntry) -> Option<Finding> {
         return None;
     }
     let patient = entry.patient_id.clone()?;
-    let mut alert = record(rule, entry, subject(entry), 1, 0, entry.seq);
-    alert.subject = format!("{}/Patient/{patient}", entry.actor_id);
-    alert.subject_kind = "user/patient".to_owned();
+    // About the granting account: one alert per window however many patients it grants.
+    let alert = record(rule, entry, subject(entry), 1, 0, entry.seq);
     Some(Finding::IfSelfOrNewGrantee { alert, patient })
 }
 

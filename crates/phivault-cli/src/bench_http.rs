@@ -38,7 +38,7 @@ pub(crate) async fn run(args: &BenchHttpArgs) -> Result<()> {
     eprintln!(
         "phivault: bench http: starting phivault serve ({backend}, TLS) on a temporary store"
     );
-    let server = BenchServer::start(&dir.0, args.database_url.as_deref()).await?;
+    let server = BenchServer::start(&dir.0, args.database_url.as_deref(), !args.no_alerts).await?;
     let result = measure(args, &dir.0, &server).await;
     if result.is_err() {
         eprintln!(

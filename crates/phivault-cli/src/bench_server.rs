@@ -67,10 +67,21 @@ pub(crate) struct ClientCredentials {
 impl BenchServer {
     /// Starts `phivault serve` on `dir` (data directory `dir/data`, master key `dir/master.key`
     /// outside it) and the database `database_url` (default: SQLite in the data directory).
-    pub(crate) async fn start(dir: &Path, database_url: Option<&str>) -> Result<BenchServer> {
+    /// `alerts`: whether the breach-detection rules run (the defaults), or none
+    /// (`alert_rules = []`), to measure what they cost.
+    pub(crate) async fn start(
+        dir: &Path,
+        database_url: Option<&str>,
+        alerts: bool,
+    ) -> Result<BenchServer> {
         let exe = std::env::current_exe().context("locating this binary")?;
         let config = dir.join("phivault.toml");
-        std::fs::write(&config, CONFIG).context("writing the server's configuration")?;
+        let text = if alerts {
+            CONFIG.to_owned()
+        } else {
+            format!("alert_rules = []\n{CONFIG}")
+        };
+        std::fs::write(&config, text).context("writing the server's configuration")?;
         let data = dir.join("data");
         let mut storage = vec![
             "--config".to_owned(),

@@ -675,6 +675,11 @@ pub(crate) struct BenchHttpArgs {
     /// Print the figures as one JSON document on stdout instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+
+    /// Serve without breach-detection rules (`alert_rules = []`), to measure what the
+    /// default rules cost against a run without this flag.
+    #[arg(long)]
+    pub(crate) no_alerts: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -25,7 +25,10 @@
 //!   outcome allowed) inside the change's transaction, through the store's [`AccountSink`]:
 //!   when it cannot be written the change is rolled back and the command fails, saying so.
 //!   A command that fails before or instead of changing anything appends its entry with
-//!   outcome `error` afterwards; `break-glass list` (a read) appends its entry after the read.
+//!   outcome `error` afterwards; `break-glass list`, `breach report` and `alerts list` (reads
+//!   of the accounts or the trail) append their entry after the read;
+//! - `breach notify` appends one `cli breach notify` entry naming every patient written to,
+//!   before the letters are moved into place.
 //!
 //! Not audited: `audit verify|prove|check-proof` (verification must not change the trail it
 //! checks, and a proof is of the trail as it is), `keys status` (ids, times and counts of
@@ -163,15 +166,36 @@ impl CliAudit {
         configuration: &str,
         patients: Vec<String>,
     ) -> Result<()> {
+        let mut entry = self.patients_entry(outcome, patients);
+        entry.purpose = Some(purpose.as_str().to_owned());
+        entry.configuration = Some(configuration.to_owned());
+        self.append(&entry).await
+    }
+
+    /// Appends the command's own entry with `outcome`, naming every patient of `patients`
+    /// (`breach notify`: those written to), so that each finds it in their access log.
+    pub(crate) async fn about_patients(
+        &self,
+        outcome: Outcome,
+        patients: Vec<String>,
+    ) -> Result<()> {
+        self.append(&self.patients_entry(outcome, patients)).await
+    }
+
+    /// The command's entry naming `patients`: `patient_id` when there is one, else the
+    /// `patients` list.
+    fn patients_entry(&self, outcome: Outcome, patients: Vec<String>) -> AuditEntry {
         let single = match patients.as_slice() {
             [one] => Some(one.clone()),
             _ => None,
         };
         let mut entry = self.entry(self.action.clone(), None, single, outcome);
-        entry.purpose = Some(purpose.as_str().to_owned());
-        entry.configuration = Some(configuration.to_owned());
         entry.set_patients(patients);
-        self.log.append(&entry).await.map(|_| ()).map_err(|e| {
+        entry
+    }
+
+    async fn append(&self, entry: &AuditEntry) -> Result<()> {
+        self.log.append(entry).await.map(|_| ()).map_err(|e| {
             anyhow!(
                 "the audit entry of `phivault {}` could not be written: {e}",
                 self.command()

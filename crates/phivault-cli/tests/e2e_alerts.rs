@@ -374,3 +374,90 @@ async fn a_normal_day_raises_no_alert() {
         server.assert_no_panic();
     }
 }
+
+#[tokio::test]
+async fn labelled_access_without_care_and_grants_to_new_or_own_accounts_raise_alerts() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, got) = receiver().await;
+        let config = config(dir.path(), &url, "");
+        let server = Server::start(BIN, &backend, &["--config", &config]).await;
+        let patient = server
+            .api()
+            .create(&fixtures::patient(Marker::name().text(), "Labelled"))
+            .await;
+        // The operator grants a new clinician the patient, mental-health notes included.
+        let carer = random_username();
+        let carer_session = server.staff_session(&carer, "clinician").await;
+        server.grant(&carer, &patient, &["PSY"], None).await;
+        let as_carer = server.api_as(&carer_session);
+        let mut note = fixtures::observation(
+            &format!("Patient/{patient}"),
+            fixtures::coding(Some(fixtures::LOINC), "8867-4", "Heart rate"),
+            "2026-11-30T10:00:00Z",
+        );
+        note["meta"] = serde_json::json!({
+            "security": [{ "system": fixtures::ACT_CODE, "code": "PSY" }]
+        });
+        let psy = as_carer.create(&note).await;
+        as_carer
+            .get(&format!("Observation/{psy}"))
+            .await
+            .assert_status(200);
+
+        // A clinician without a care relationship breaks the glass to read it.
+        let stranger = random_username();
+        let stranger_session = server.staff_session(&stranger, "clinician").await;
+        let r = Api::send(
+            server
+                .api_as(&stranger_session)
+                .request(Method::GET, &format!("Observation/{psy}"))
+                .header("X-Purpose-Of-Use", "ETREAT")
+                .header("X-Break-Glass-Reason", "unconscious in the emergency room"),
+        )
+        .await;
+        r.assert_status(200);
+
+        // An administrator grants themselves the patient.
+        let admin_name = random_username();
+        let admin = server.staff_session(&admin_name, "admin").await;
+        let r = Api::send(
+            server
+                .origin_request(
+                    Method::POST,
+                    &format!("/admin/users/{admin_name}/grants"),
+                    Some(&admin),
+                )
+                .header("content-type", "application/json")
+                .body(serde_json::json!({ "patient": patient }).to_string()),
+        )
+        .await;
+        assert!(r.status < 300, "{r:?}");
+
+        let alerts = wait_for(&got, "labelled and grant alerts", |a| {
+            a.iter().filter(|x| x["rule"] == "self-grant").count() == 2
+                && a.iter().any(|x| x["rule"] == "labelled-without-care")
+        })
+        .await;
+        let labelled: Vec<&Value> = alerts
+            .iter()
+            .filter(|x| x["rule"] == "labelled-without-care")
+            .collect();
+        assert_eq!(labelled.len(), 1, "only the stranger: {alerts:?}");
+        assert_eq!(labelled[0]["subject_kind"], "user/patient");
+        let subject = labelled[0]["subject"].as_str().unwrap();
+        assert!(
+            subject.ends_with(&format!("/Patient/{patient}")),
+            "{subject}"
+        );
+        let grants: Vec<&str> = alerts
+            .iter()
+            .filter(|x| x["rule"] == "self-grant")
+            .map(|x| x["subject_kind"].as_str().unwrap())
+            .collect();
+        // The operator's CLI grant to a new account, and the administrator's grant to
+        // themselves.
+        assert_eq!(grants, ["system", "user"], "{alerts:?}");
+        server.assert_no_panic();
+    }
+}

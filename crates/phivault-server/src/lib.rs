@@ -464,9 +464,15 @@ pub async fn serve(
         refusals.clone(),
         state.audit.clone(),
     )));
-    // Breach detection: follows the trail as it is written.
-    let alerts = AbortOnDrop(tokio::spawn(tasks::alerts::engine(&state).run()));
-    let _alerts = alerts;
+    // Breach detection: follows the trail as it is written (unless no rule is configured).
+    let _alerts = if state.alerting.rules.is_empty() {
+        tracing::warn!("no alert rules are configured: breach detection is off");
+        None
+    } else {
+        Some(AbortOnDrop(tokio::spawn(
+            tasks::alerts::engine(&state).run(),
+        )))
+    };
     let audit = state.audit.clone();
     let app = router(state);
     let _retention = retention;

@@ -45,7 +45,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use minijinja::value::{Serde, Value};
-use phivault_audit::{ActorKind, AuditEntry, AuditLog, Outcome};
+use phivault_audit::Outcome;
+
+use crate::cli_audit::CliAudit;
 use phivault_fhir::{Id, ResourceType};
 use phivault_store::{Store, StoreError};
 use serde::Serialize;
@@ -128,9 +130,7 @@ pub(crate) fn prepare(args: &BreachNotifyArgs) -> Result<Prepared> {
 
 /// Runs the notification (see the module docs) and reports on stderr.
 pub(crate) async fn run(store: &Store, prepared: Prepared) -> Result<()> {
-    let log = AuditLog::open(store.clone())
-        .await
-        .context("opening the audit trail")?;
+    let audit = CliAudit::open(store, "breach notify").await?;
     let out = prepared.out.clone();
     let tmp = output::temporary_dir(&out);
     let built = build(store, &prepared, &tmp).await;
@@ -141,9 +141,7 @@ pub(crate) async fn run(store: &Store, prepared: Prepared) -> Result<()> {
         Ok(b) => (Outcome::Allowed, b.notified.clone()),
         Err(_) => (Outcome::Error, Vec::new()),
     };
-    let recorded = log.append(&entry(outcome, patients)).await.map_err(|e| {
-        anyhow!("the audit entry of `phivault breach notify` could not be written: {e}")
-    });
+    let recorded = audit.about_patients(outcome, patients).await;
     let built = match (built, recorded) {
         (Ok(b), Ok(_)) => b,
         (Ok(_), Err(audit)) => {
@@ -161,51 +159,6 @@ pub(crate) async fn run(store: &Store, prepared: Prepared) -> Result<()> {
         eprintln!("phivault: {line}");
     }
     Ok(())
-}
-
-/// The CLI actor, as every CLI entry names it (`cli_audit`): `cli:<OS user>` from `$USER`,
-/// else `$LOGNAME`, else `cli`.
-fn cli_actor() -> String {
-    [std::env::var("USER").ok(), std::env::var("LOGNAME").ok()]
-        .into_iter()
-        .flatten()
-        .map(|u| u.trim().to_owned())
-        .find(|u| !u.is_empty())
-        .map_or_else(|| "cli".to_owned(), |u| format!("cli:{u}"))
-}
-
-/// The run's entry: `cli breach notify`, `outcome`, naming `patients` (the notified; the
-/// one as `patient_id` when there is one, else all in `patients`).
-fn entry(outcome: Outcome, patients: Vec<String>) -> AuditEntry {
-    let single = match patients.as_slice() {
-        [one] => Some(one.clone()),
-        _ => None,
-    };
-    let mut entry = AuditEntry {
-        seq: 0,
-        time: i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-            .unwrap_or(i64::MAX),
-        actor_id: cli_actor(),
-        actor_kind: ActorKind::System,
-        role: None,
-        purpose: None,
-        break_glass: false,
-        action: ACTION.to_owned(),
-        resource_type: None,
-        resource_id: None,
-        patient_id: single,
-        outcome,
-        source_address: None,
-        request_id: uuid::Uuid::new_v4().to_string(),
-        actor_ref: None,
-        patients: Vec::new(),
-        refusals: None,
-        configuration: None,
-        labels: Vec::new(),
-        alert: None,
-    };
-    entry.set_patients(patients);
-    entry
 }
 
 /// What the store holds of a patient of the report.
@@ -424,24 +377,6 @@ fn report_lines(built: &Built, prepared: &Prepared, out: &std::path::Path) -> Ve
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_entry_names_the_notified_patients() {
-        let one = entry(Outcome::Allowed, vec!["p1".to_owned()]);
-        assert_eq!(one.patient_id.as_deref(), Some("p1"));
-        assert!(one.patients.is_empty());
-        let many = entry(
-            Outcome::Allowed,
-            vec!["p2".to_owned(), "p1".to_owned(), "p3".to_owned()],
-        );
-        assert_eq!(many.patient_id, None);
-        assert_eq!(many.patients, ["p1", "p2", "p3"]);
-        assert_eq!(many.action, ACTION);
-        let failed = entry(Outcome::Error, Vec::new());
-        assert!(failed.patients_concerned().is_empty());
-        assert!(failed.actor_id.starts_with("cli"));
-        assert!(AuditEntry::from_canonical(&many.canonical_bytes().unwrap()).is_some());
-    }
 
     /// The templates shipped in the repository render every document (a missing value or a
     /// typo in them fails here, not at a breach).
