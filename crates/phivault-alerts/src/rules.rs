@@ -171,14 +171,14 @@ impl Sum {
 pub struct Evaluator {
     rules: Vec<Rule>,
     /// Per rule index and subject: distinct patients in the window.
-    distinct: HashMap<(usize, String), Distinct>,
+    distinct: Vec<HashMap<String, Distinct>>,
     /// Per rule index and subject: refused requests in the window.
-    denials: HashMap<(usize, String), Sum>,
+    denials: Vec<HashMap<String, Sum>>,
     /// Per rule name and subject key: no alert before this time (ms).
     quiet: HashMap<(String, String), i64>,
     /// Actors already known to have used an address / bulk access (the engine fills these
     /// once it has looked at the trail, and the evaluator as it sees more).
-    known_addresses: HashSet<(String, String)>,
+    known_addresses: HashMap<String, HashSet<String>>,
     known_bulk: HashSet<String>,
 }
 
@@ -186,11 +186,11 @@ impl Evaluator {
     /// An evaluator of `rules`, with empty windows.
     pub fn new(rules: Vec<Rule>) -> Evaluator {
         Evaluator {
+            distinct: rules.iter().map(|_| HashMap::new()).collect(),
+            denials: rules.iter().map(|_| HashMap::new()).collect(),
             rules,
-            distinct: HashMap::new(),
-            denials: HashMap::new(),
             quiet: HashMap::new(),
-            known_addresses: HashSet::new(),
+            known_addresses: HashMap::new(),
             known_bulk: HashSet::new(),
         }
     }
@@ -227,8 +227,24 @@ impl Evaluator {
     /// The engine found that `actor` has used `address` (or that it is the actor's first
     /// use, which is not "new").
     pub fn note_known_address(&mut self, actor: &str, address: &str) {
+        self.remember_address(actor, address);
+    }
+
+    /// Whether `actor` is known to have used `address`.
+    fn knows_address(&self, actor: &str, address: &str) -> bool {
         self.known_addresses
-            .insert((actor.to_owned(), address.to_owned()));
+            .get(actor)
+            .is_some_and(|set| set.contains(address))
+    }
+
+    /// Remembers that `actor` used `address` (allocating only the first time).
+    fn remember_address(&mut self, actor: &str, address: &str) {
+        if !self.knows_address(actor, address) {
+            self.known_addresses
+                .entry(actor.to_owned())
+                .or_default()
+                .insert(address.to_owned());
+        }
     }
 
     /// The engine found earlier bulk access by `actor`.
@@ -276,10 +292,9 @@ impl Evaluator {
         // What the trail says of this entry is known from now on.
         if entry.outcome == Outcome::Allowed {
             if let Some(address) = &entry.source_address {
-                self.known_addresses
-                    .insert((entry.actor_id.clone(), address.clone()));
+                self.remember_address(&entry.actor_id, address);
             }
-            if is_bulk(&entry.action) {
+            if is_bulk(&entry.action) && !self.known_bulk.contains(&entry.actor_id) {
                 self.known_bulk.insert(entry.actor_id.clone());
             }
         }
@@ -315,10 +330,7 @@ impl Evaluator {
         if patients.is_empty() {
             return None;
         }
-        let window = self
-            .distinct
-            .entry((i, entry.actor_id.clone()))
-            .or_default();
+        let window = slot(&mut self.distinct[i], &entry.actor_id)?;
         let baseline = window.baseline(entry.time);
         let mut count = 0;
         for p in &patients {
@@ -353,10 +365,7 @@ impl Evaluator {
             return None;
         }
         let patients = entry.patients_concerned();
-        let window = self
-            .distinct
-            .entry((i, entry.actor_id.clone()))
-            .or_default();
+        let window = slot(&mut self.distinct[i], &entry.actor_id)?;
         let mut count = window.counts.len();
         for p in &patients {
             count = window.add(entry.time, entry.seq, p, rule.window_ms);
@@ -389,7 +398,7 @@ impl Evaluator {
         if n == 0 {
             return None;
         }
-        let sum = self.denials.entry((i, who.1.clone())).or_default();
+        let sum = slot(&mut self.denials[i], &who.1)?;
         let total = sum.add(entry.time, entry.seq, n, rule.window_ms);
         (total > rule.threshold).then(|| {
             Finding::Raise(record(
@@ -408,9 +417,7 @@ impl Evaluator {
         let address = entry.source_address.as_ref()?;
         if entry.outcome != Outcome::Allowed
             || !rule.actor_kinds.contains(&entry.actor_kind)
-            || self
-                .known_addresses
-                .contains(&(entry.actor_id.clone(), address.clone()))
+            || self.knows_address(&entry.actor_id, address)
         {
             return None;
         }
@@ -438,6 +445,15 @@ impl Evaluator {
             lookback_ms: rule.lookback_ms,
         })
     }
+}
+
+/// The state kept for `key`, created empty the first time (the key is copied only then).
+/// Always `Some`; an `Option` so that no path can panic.
+fn slot<'a, T: Default>(map: &'a mut HashMap<String, T>, key: &str) -> Option<&'a mut T> {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), T::default());
+    }
+    map.get_mut(key)
 }
 
 /// Whether an action is a Bulk Data export kick-off or `$everything`.
