@@ -7,8 +7,10 @@
 //!   an export released (each entry records them: `patient_id` and `patients`). Refused
 //!   requests exposed nothing and are only counted.
 //! - **Indexed, not scanned**: an actor's entries are read through the trail's (actor, time)
-//!   index, newest first, page by page; a network's through the time index (the address is in
-//!   each entry's body), so that costs what the window holds.
+//!   index, newest first, page by page; a network's through the (address, time) index, the
+//!   network being one range of address keys ([`crate::network_range`]), so each costs what
+//!   the actor or the network did, not what the trail holds. Each entry's address is checked
+//!   again in its body.
 //! - Per patient: accesses by kind (read, search, export, change, other), by resource type,
 //!   by sensitivity label (the data classes: `PSY`, `ETH`, `HIV`, `R`, as each entry's
 //!   `labels` records the labels of what the request decided on or returned), and the first
@@ -130,6 +132,10 @@ pub async fn breach_report(
         actor: match selector {
             Selector::Actor(id) => Some(id.clone()),
             Selector::Network(_) => None,
+        },
+        address_between: match selector {
+            Selector::Actor(_) => None,
+            Selector::Network(net) => Some(crate::network_range(net)),
         },
         since: Some(from_ms),
         until: Some(to_ms),

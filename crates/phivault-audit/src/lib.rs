@@ -52,6 +52,7 @@
 //!
 //! Crypto is aws-lc-rs (SHA-256, Ed25519); nothing is hand-rolled.
 
+mod address;
 mod breach;
 mod checkpoint;
 mod entry;
@@ -67,6 +68,7 @@ mod writer;
 /// to serve or administer real data; no runtime setting can switch the audit off.
 pub const BENCH_NO_AUDIT: bool = cfg!(feature = "bench-no-audit");
 
+pub use address::{address_key, network_range};
 pub use breach::{AccessKind, Affected, BreachReport, Selector, breach_report};
 pub use checkpoint::Checkpoint;
 pub use entry::{

@@ -257,6 +257,7 @@ fn build_row(
         action: entry.action_code().to_owned(),
         outcome: entry.outcome.as_str().to_owned(),
         patients: entry.patients_concerned(),
+        address: crate::address_key(entry.source_address.as_deref()),
         actor: entry.actor_id,
         patient: entry.patient_id,
         chain_mac: Some(tag.to_vec()),
@@ -289,6 +290,20 @@ impl AuditLog {
                     .map(|e| (e.action_code().to_owned(), e.outcome.as_str().to_owned()))
             })
             .await?;
+        // Rows written before schema v16 lack their address key (breach reports by
+        // network read through it); filled once, each row then holds a key or "".
+        let filled = store
+            .fill_audit_addresses(|body| {
+                crate::address_key(
+                    AuditEntry::from_canonical(body)
+                        .and_then(|e| e.source_address)
+                        .as_deref(),
+                )
+            })
+            .await?;
+        if filled > 0 {
+            tracing::info!(entries = filled, "audit trail: address keys filled in");
+        }
         let chain_key = store.audit_chain_key();
         let tenant = store.tenant().to_owned();
         let recorded = store

@@ -40,7 +40,7 @@ use crate::{Backend, Store, StoreError};
 /// How many times an append is tried on PostgreSQL when another appender took the same seq.
 pub const APPEND_ATTEMPTS: usize = 8;
 
-/// Audit rows written by one INSERT (10 values each: well under both drivers' limits).
+/// Audit rows written by one INSERT (11 values each: well under both drivers' limits).
 const AUDIT_ROWS_PER_INSERT: usize = 100;
 
 /// `audit_entry_patients` rows written by one INSERT (2 values each; SQLite binds many values
@@ -76,6 +76,9 @@ pub struct NewAuditRow {
     pub outcome: String,
     /// The entry's tag under the audit chain key (`None`: an unkeyed entry).
     pub chain_mac: Option<Vec<u8>>,
+    /// The client address as an index key (32 hex digits of the IPv6 or IPv4-mapped
+    /// address), `""` when the entry has none.
+    pub address: String,
 }
 
 /// The end of the trail an append builds on.
@@ -147,6 +150,9 @@ pub struct AuditQuery {
     pub outcome: Option<String>,
     /// Only entries with a seq below this one (paging, newest first).
     pub before_seq: Option<u64>,
+    /// Entries whose address key lies in this range (inclusive; see
+    /// [`NewAuditRow::address`]): a network.
+    pub address_between: Option<(String, String)>,
 }
 
 /// A signed checkpoint as stored.
@@ -289,6 +295,15 @@ fn audit_where(query: &AuditQuery) -> Result<(String, Vec<AuditBind>), StoreErro
     text("actor", &query.actor, &mut conds);
     text("action", &query.action, &mut conds);
     text("outcome", &query.outcome, &mut conds);
+    if let Some((lo, hi)) = &query.address_between {
+        binds.push(AuditBind::Text(lo.clone()));
+        binds.push(AuditBind::Text(hi.clone()));
+        conds.push(format!(
+            "e.address BETWEEN ${} AND ${}",
+            binds.len() - 1,
+            binds.len()
+        ));
+    }
     if let Some(t) = query.since {
         binds.push(AuditBind::Int(t));
         conds.push(format!("e.time >= ${}", binds.len()));
@@ -428,9 +443,9 @@ impl Store {
             let chunk: Vec<NewAuditRow> = rows.by_ref().take(AUDIT_ROWS_PER_INSERT).collect();
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let b = i * 10 + 2;
+                    let b = i * 11 + 2;
                     format!(
-                        "(${}, $1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        "(${}, $1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
                         b,
                         b + 1,
                         b + 2,
@@ -440,13 +455,14 @@ impl Store {
                         b + 6,
                         b + 7,
                         b + 8,
-                        b + 9
+                        b + 9,
+                        b + 10
                     )
                 })
                 .collect();
             let sql = format!(
                 "INSERT INTO audit_entries (seq, tenant, body, entry_hash, prev_hash, time, \
-                 actor, patient, action, outcome, chain_mac) VALUES {}",
+                 actor, patient, action, outcome, chain_mac, address) VALUES {}",
                 values.join(", ")
             );
             let mut q = sqlx::query(&sql).bind(&self.inner.tenant);
@@ -464,7 +480,8 @@ impl Store {
                     .bind(row.patient)
                     .bind(row.action)
                     .bind(row.outcome)
-                    .bind(row.chain_mac);
+                    .bind(row.chain_mac)
+                    .bind(row.address);
                 seq += 1;
             }
             q.execute(&mut *conn).await?;
@@ -652,6 +669,40 @@ impl Store {
         }
         let row = q.fetch_one(&self.inner.pool).await?;
         to_u64(row.try_get("n")?)
+    }
+
+    /// Fills in the `address` column of rows written before schema v16 with the key `derive`
+    /// computes from each row's body (`""` for none, so that a row is filled once). Returns
+    /// the number of rows filled in; one query when there is nothing to fill.
+    pub async fn fill_audit_addresses<F>(&self, mut derive: F) -> Result<u64, StoreError>
+    where
+        F: FnMut(&[u8]) -> String,
+    {
+        let mut filled = 0;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, body FROM audit_entries WHERE address IS NULL ORDER BY seq LIMIT 5000",
+            )
+            .fetch_all(&self.inner.pool)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let _guard = self.write_guard().await;
+            let mut tx = self.begin_write().await?;
+            for row in &rows {
+                let seq: i64 = row.try_get("seq")?;
+                let body: Vec<u8> = row.try_get("body")?;
+                sqlx::query("UPDATE audit_entries SET address = $1 WHERE seq = $2")
+                    .bind(derive(&body))
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+                filled += 1;
+            }
+            tx.commit().await?;
+        }
+        Ok(filled)
     }
 
     /// Fills in the `action` and `outcome` columns of rows written before schema v4, as

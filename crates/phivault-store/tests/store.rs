@@ -718,6 +718,15 @@ async fn audit_rows_keys_and_checkpoints() {
                         action: if tail.seq == 5 { "D" } else { "R" }.to_owned(),
                         outcome: if tail.seq == 3 { "denied" } else { "allowed" }.to_owned(),
                         chain_mac: None,
+                        // Entries 2 and 4 came from one network ("0a..." keys), 3 from
+                        // another, 1 and 5 from nowhere known.
+                        address: match tail.seq {
+                            2 => "0a01",
+                            3 => "0b01",
+                            4 => "0a02",
+                            _ => "",
+                        }
+                        .to_owned(),
                     })
                 })
                 .await
@@ -780,6 +789,17 @@ async fn audit_rows_keys_and_checkpoints() {
             ..AuditQuery::default()
         };
         assert_eq!(seqs(s.audit_search(&q, 10).await.unwrap()), vec![3, 2]);
+        let q = AuditQuery {
+            address_between: Some(("0a00".to_owned(), "0aff".to_owned())),
+            ..AuditQuery::default()
+        };
+        assert_eq!(seqs(s.audit_search(&q, 10).await.unwrap()), vec![4, 2]);
+        let q = AuditQuery {
+            address_between: Some(("0a00".to_owned(), "0aff".to_owned())),
+            since: Some(1003),
+            ..AuditQuery::default()
+        };
+        assert_eq!(seqs(s.audit_search(&q, 10).await.unwrap()), vec![4]);
         assert_eq!(seqs(s.audit_search(&all, 2).await.unwrap()), vec![5, 4]);
         let page1 = s.audit_entries(0, 10).await.unwrap();
         assert_eq!(page1[4].action.as_deref(), Some("D"));

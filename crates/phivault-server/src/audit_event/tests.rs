@@ -537,6 +537,7 @@ fn search_parameters() {
             action: Some("R".to_owned()),
             outcome: Some("denied".to_owned()),
             before_seq: Some(42),
+            address_between: None,
         }
     );
     assert_eq!(q.count, 10);
