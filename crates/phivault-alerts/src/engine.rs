@@ -84,6 +84,8 @@ pub struct AlertEngine {
     deliveries: Option<mpsc::UnboundedSender<AuditEntry>>,
     /// The last seq evaluated.
     cursor: u64,
+    /// Alerts raised whose entry is not written yet (an append failed): written first.
+    pending: std::collections::VecDeque<AlertRecord>,
 }
 
 impl std::fmt::Debug for AlertEngine {
@@ -120,6 +122,7 @@ impl AlertEngine {
             lookups,
             deliveries,
             cursor: 0,
+            pending: std::collections::VecDeque::new(),
         }
     }
 
@@ -202,6 +205,7 @@ impl AlertEngine {
 
     /// Evaluates the next page of entries after the cursor; how many there were.
     pub async fn step(&mut self) -> Result<usize, AuditError> {
+        self.flush().await?;
         let rows = self.store.audit_bodies(self.cursor, PAGE).await?;
         for (seq, body) in &rows {
             // Parsed, not checked for its canonical form: this is a reader of the trail, not
@@ -216,12 +220,25 @@ impl AlertEngine {
             let findings = self.evaluator.observe(&entry);
             for finding in findings {
                 if let Some(alert) = self.confirm(finding, &entry).await {
-                    self.raise(alert).await?;
+                    self.evaluator.note_alert(&alert);
+                    self.pending.push_back(alert);
                 }
             }
+            // The entry is evaluated (once: its alerts wait in `pending` until written, so a
+            // failed append is retried without counting the entry again).
             self.cursor = *seq;
+            self.flush().await?;
         }
         Ok(rows.len())
+    }
+
+    /// Writes the alerts raised and not yet written, oldest first.
+    async fn flush(&mut self) -> Result<(), AuditError> {
+        while let Some(alert) = self.pending.front().cloned() {
+            self.write_alert(alert).await?;
+            self.pending.pop_front();
+        }
+        Ok(())
     }
 
     /// The alert of a finding whose condition holds.
@@ -326,9 +343,8 @@ impl AlertEngine {
         }
     }
 
-    /// Writes the alert's entry and hands it to the webhook.
-    async fn raise(&mut self, alert: AlertRecord) -> Result<(), AuditError> {
-        self.evaluator.note_alert(&alert);
+    /// Writes an alert's entry and hands it to the webhook.
+    async fn write_alert(&mut self, alert: AlertRecord) -> Result<(), AuditError> {
         tracing::warn!(
             rule = %alert.rule,
             kind = %alert.kind,

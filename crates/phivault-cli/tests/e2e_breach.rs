@@ -118,7 +118,13 @@ async fn the_report_lists_exactly_whom_an_actor_reached() {
         assert_eq!(first["by_kind"]["read"], 1, "{first}");
         assert_eq!(first["by_kind"]["search"], 1, "{first}");
         assert_eq!(first["by_resource_type"]["Patient"], 2, "{first}");
-        assert!(first["first"].as_str().unwrap() <= first["last"].as_str().unwrap());
+        // As instants: RFC 3339 text drops trailing zeros of the fraction, so "…01.9Z" sorts
+        // after "…01.95Z" as text.
+        let instant = |v: &Value| OffsetDateTime::parse(v.as_str().unwrap(), &Rfc3339).unwrap();
+        assert!(
+            instant(&first["first"]) <= instant(&first["last"]),
+            "{first}"
+        );
         // Data classes: always present; the PSY note's write and read for the third patient.
         assert_eq!(first["by_label"], serde_json::json!({}), "{first}");
         let third = by_user["patients"]

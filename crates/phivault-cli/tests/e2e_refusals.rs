@@ -21,10 +21,10 @@ async fn entries_after(server: &Server, after: i64) -> Vec<AuditEntry> {
     let rows = sqlx::query(
         "SELECT body FROM audit_entries WHERE seq > $1 AND actor <> 'phivault' ORDER BY seq",
     )
-        .bind(after)
-        .fetch_all(&db)
-        .await
-        .unwrap();
+    .bind(after)
+    .fetch_all(&db)
+    .await
+    .unwrap();
     db.close().await;
     rows.iter()
         .map(|row| AuditEntry::from_canonical(&row.get::<Vec<u8>, _>("body")).unwrap())
