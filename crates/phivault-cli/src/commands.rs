@@ -128,6 +128,52 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
+/// `--out` must not exist, or be an empty directory (output that is moved into place must
+/// not mix with what was there).
+pub(crate) fn check_new_out(out: &Path) -> Result<()> {
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "--out {}: the directory exists and is not empty; give a new (or empty) \
+                     directory",
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("--out {}: {e}", out.display())),
+    }
+}
+
+/// Creates the directory `path`, which must not exist, mode 0700 on Unix; missing parents
+/// are created too (0700). For output that is assembled in private before it is moved into
+/// place ([`partial_sibling`]).
+pub(crate) fn create_new_private_dir(path: &Path) -> std::io::Result<()> {
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        create_private_dir(parent)?;
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}
+
+/// `DIR.partial-<uuid>` beside `out`: where output is written before it is renamed to `out`
+/// (on the same file system, so the rename is atomic).
+pub(crate) fn partial_sibling(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{}", uuid::Uuid::new_v4()));
+    out.with_file_name(name)
+}
+
 /// The master key, and whether it was created by this run.
 struct MasterKeyFile {
     keys: FileKeyProvider,

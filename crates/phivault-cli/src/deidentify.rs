@@ -95,7 +95,7 @@ pub(crate) fn prepare(
             )
         })?;
     let key = ProjectKey::load(&key_file)?;
-    check_out(out)?;
+    crate::commands::check_new_out(out)?;
     Ok(Prepared {
         config,
         key,
@@ -114,24 +114,6 @@ pub(crate) fn hint_if_deid_config(error: anyhow::Error, config: Option<&Path>) -
             file.display()
         )),
         _ => error,
-    }
-}
-
-/// `--out` must not exist, or be an empty directory.
-fn check_out(out: &Path) -> Result<()> {
-    match std::fs::read_dir(out) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                bail!(
-                    "--out {}: the directory exists and is not empty; give a new (or empty) \
-                     directory",
-                    out.display()
-                );
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(anyhow!("--out {}: {e}", out.display())),
     }
 }
 
@@ -167,31 +149,6 @@ pub(crate) fn new_key(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates the directory `path` (it must not exist), mode 0700 on Unix; missing parents are
-/// created too (0700).
-fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    if let Some(parent) = path.parent()
-        && !parent.as_os_str().is_empty()
-        && !parent.exists()
-    {
-        crate::commands::create_private_dir(parent)?;
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(path)
-}
-
-/// `DIR.partial-<uuid>` beside `out`.
-fn temporary_dir(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".partial-{}", uuid::Uuid::new_v4()));
-    out.with_file_name(name)
-}
-
 /// Runs the export (see the module docs) and reports on stderr.
 pub(crate) async fn run(
     store: &Store,
@@ -201,7 +158,7 @@ pub(crate) async fn run(
     let audit = CliAudit::open(store, "deidentify").await?;
     let hash = prepared.config.hash();
     let out = prepared.out.clone();
-    let tmp = temporary_dir(&out);
+    let tmp = crate::commands::partial_sibling(&out);
     let built = build(store, defaults, prepared, &tmp).await;
     if built.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -417,7 +374,8 @@ async fn build(
 
 /// Writes `<Type>.ndjson` for each file and `report.json` into the new directory `dir`.
 fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>, report: &Report) -> Result<()> {
-    create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::commands::create_new_private_dir(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let report = serde_json::to_vec_pretty(report).context("serializing the report")?;
     let all = files
         .iter()
@@ -538,18 +496,25 @@ mod tests {
     #[test]
     fn out_must_be_new_or_empty() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(check_out(&dir.path().join("new")).is_ok());
-        assert!(check_out(dir.path()).is_ok(), "an empty directory");
+        assert!(crate::commands::check_new_out(&dir.path().join("new")).is_ok());
+        assert!(
+            crate::commands::check_new_out(dir.path()).is_ok(),
+            "an empty directory"
+        );
         std::fs::write(dir.path().join("x"), b"x").unwrap();
-        let e = check_out(dir.path()).unwrap_err().to_string();
+        let e = crate::commands::check_new_out(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not empty"), "{e}");
-        let e = check_out(&dir.path().join("x")).unwrap_err().to_string();
+        let e = crate::commands::check_new_out(&dir.path().join("x"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--out"), "{e}");
     }
 
     #[test]
     fn the_temporary_directory_is_beside_out() {
-        let t = temporary_dir(Path::new("/a/b/export"));
+        let t = crate::commands::partial_sibling(Path::new("/a/b/export"));
         assert_eq!(t.parent(), Some(Path::new("/a/b")));
         assert!(
             t.file_name()
@@ -557,7 +522,7 @@ mod tests {
                 .to_string_lossy()
                 .starts_with("export.partial-")
         );
-        let t = temporary_dir(Path::new("export/"));
+        let t = crate::commands::partial_sibling(Path::new("export/"));
         assert!(t.to_string_lossy().starts_with("export.partial-"), "{t:?}");
     }
 

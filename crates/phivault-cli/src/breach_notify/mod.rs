@@ -118,7 +118,7 @@ pub(crate) fn prepare(args: &BreachNotifyArgs) -> Result<Prepared> {
     let incident = Incident::load(&args.incident, OffsetDateTime::now_utc())?;
     let report = Report::load(&args.report)?;
     let templates = Templates::load(&args.template)?;
-    output::check_out(&args.out)?;
+    crate::commands::check_new_out(&args.out)?;
     Ok(Prepared {
         report,
         incident,
@@ -132,7 +132,7 @@ pub(crate) fn prepare(args: &BreachNotifyArgs) -> Result<Prepared> {
 pub(crate) async fn run(store: &Store, prepared: Prepared) -> Result<()> {
     let audit = CliAudit::open(store, "breach notify").await?;
     let out = prepared.out.clone();
-    let tmp = output::temporary_dir(&out);
+    let tmp = crate::commands::partial_sibling(&out);
     let built = build(store, &prepared, &tmp).await;
     if built.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);

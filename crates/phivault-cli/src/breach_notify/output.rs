@@ -14,51 +14,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use phivault_server::portability;
-
-/// `--out` must not exist, or be an empty directory.
-pub(super) fn check_out(out: &Path) -> Result<()> {
-    match std::fs::read_dir(out) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                bail!(
-                    "--out {}: the directory exists and is not empty; give a new (or empty) \
-                     directory",
-                    out.display()
-                );
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(anyhow!("--out {}: {e}", out.display())),
-    }
-}
-
-/// `DIR.partial-<uuid>` beside `out`.
-pub(super) fn temporary_dir(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".partial-{}", uuid::Uuid::new_v4()));
-    out.with_file_name(name)
-}
-
-/// Creates the directory `path` (it must not exist), mode 0700 on Unix; missing parents are
-/// created too (0700).
-fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    if let Some(parent) = path.parent()
-        && !parent.as_os_str().is_empty()
-        && !parent.exists()
-    {
-        crate::commands::create_private_dir(parent)?;
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(path)
-}
 
 /// Checks the age recipients (X25519 public keys, `age1...`) before anything is read.
 pub(super) fn check_recipients(recipients: &[String]) -> Result<()> {
@@ -82,9 +39,11 @@ pub(super) struct Sink {
 impl Sink {
     /// Creates `dir` (which must not exist) and its `letters/` folder.
     pub(super) fn create(dir: &Path, recipients: &[String]) -> Result<Sink> {
-        create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::commands::create_new_private_dir(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         let letters = dir.join("letters");
-        create_private_dir(&letters).with_context(|| format!("creating {}", letters.display()))?;
+        crate::commands::create_new_private_dir(&letters)
+            .with_context(|| format!("creating {}", letters.display()))?;
         Ok(Sink {
             dir: dir.to_path_buf(),
             recipients: recipients.to_vec(),
@@ -133,18 +92,6 @@ impl Sink {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn out_must_be_new_or_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(check_out(&dir.path().join("new")).is_ok());
-        assert!(check_out(dir.path()).is_ok(), "an empty directory");
-        std::fs::write(dir.path().join("x"), b"x").unwrap();
-        let e = check_out(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("not empty"), "{e}");
-        let t = temporary_dir(Path::new("/a/b/notice"));
-        assert_eq!(t.parent(), Some(Path::new("/a/b")));
-    }
 
     #[test]
     fn files_are_private_and_sealed_when_asked() {
