@@ -181,6 +181,9 @@ pub const TABLES: &[Table] = &[
             text("action"),
             text("outcome"),
             bytes("chain_mac"),
+            // Schema v16. An archive from before it has none: restored as NULL and filled in
+            // from the bodies when the restored trail is opened.
+            text("address"),
         ],
         order: &["seq"],
     },
