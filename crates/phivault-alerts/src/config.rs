@@ -110,6 +110,26 @@ pub struct RuleSetting {
     pub actor_kinds: Option<Vec<String>>,
 }
 
+impl RuleSetting {
+    /// A rule named `name` of `kind` with every other field left to the kind's defaults.
+    pub fn new(name: &str, kind: RuleKind) -> RuleSetting {
+        RuleSetting {
+            name: name.to_owned(),
+            kind,
+            window: None,
+            threshold: None,
+            baseline_factor: None,
+            roles: None,
+            hours: None,
+            days: None,
+            utc_offset: None,
+            lookback: None,
+            labels: None,
+            actor_kinds: None,
+        }
+    }
+}
+
 /// `[alert_webhook]` as written.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -189,18 +209,9 @@ const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 /// the site's own hours and time zone.
 pub fn default_rules() -> Vec<RuleSetting> {
     let rule = |name: &str, kind, window: &str, threshold: Option<u64>| RuleSetting {
-        name: name.to_owned(),
-        kind,
         window: Some(window.to_owned()),
         threshold,
-        baseline_factor: None,
-        roles: None,
-        hours: None,
-        days: None,
-        utc_offset: None,
-        lookback: None,
-        labels: None,
-        actor_kinds: None,
+        ..RuleSetting::new(name, kind)
     };
     vec![
         RuleSetting {
@@ -576,18 +587,9 @@ mod tests {
 
     fn off_hours() -> RuleSetting {
         RuleSetting {
-            name: "nights".to_owned(),
-            kind: RuleKind::OffHours,
-            window: None,
-            threshold: None,
-            baseline_factor: None,
-            roles: None,
             hours: Some("07:00-19:00".to_owned()),
-            days: None,
             utc_offset: Some("+01:00".to_owned()),
-            lookback: None,
-            labels: None,
-            actor_kinds: None,
+            ..RuleSetting::new("nights", RuleKind::OffHours)
         }
     }
 

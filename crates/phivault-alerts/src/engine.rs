@@ -244,11 +244,7 @@ impl AlertEngine {
     /// The alert of a finding whose condition holds.
     async fn confirm(&mut self, finding: Finding, entry: &AuditEntry) -> Option<AlertRecord> {
         // The alerts of this same entry may have made the rule quiet meanwhile.
-        let quiet = |ev: &Evaluator, a: &AlertRecord| {
-            ev.quiet_until(&a.rule, &a.subject)
-                .is_some_and(|until| entry.time < until)
-        };
-        if quiet(&self.evaluator, finding.alert()) {
+        if self.evaluator.is_quiet(finding.alert(), entry.time) {
             return None;
         }
         let checked = match finding {

@@ -9,7 +9,7 @@
 //! - Windows slide on the entries' own times, not on the clock: replaying a stretch of the
 //!   trail gives the same alerts as living through it.
 //! - One alert per rule and subject per window: after an alert, the rule stays quiet about
-//!   that subject until `window` has passed ([`Evaluator::quiet_until`]). Alerts already in
+//!   that subject until `window` has passed ([`Evaluator::is_quiet`]). Alerts already in
 //!   the trail set the same quiet time ([`Evaluator::note_alert`]), so a restart that
 //!   replays the last window does not repeat them.
 //! - Alert entries are never counted, and entries of actor kind system (the server's own,
@@ -219,11 +219,6 @@ impl Evaluator {
         *slot = (*slot).max(until);
     }
 
-    /// Until when (ms) a rule stays quiet about a subject.
-    pub fn quiet_until(&self, rule: &str, key: &str) -> Option<i64> {
-        self.quiet.get(&(rule.to_owned(), key.to_owned())).copied()
-    }
-
     /// The engine found that `actor` has used `address` (or that it is the actor's first
     /// use, which is not "new").
     pub fn note_known_address(&mut self, actor: &str, address: &str) {
@@ -252,9 +247,11 @@ impl Evaluator {
         self.known_bulk.insert(actor.to_owned());
     }
 
-    fn is_quiet(&self, rule: &Rule, key: &str, time: i64) -> bool {
+    /// Whether `alert`'s rule is still quiet about its subject at `time` (an alert of the
+    /// same rule and subject was raised less than a window before).
+    pub fn is_quiet(&self, alert: &AlertRecord, time: i64) -> bool {
         self.quiet
-            .get(&(rule.name.clone(), key.to_owned()))
+            .get(&(alert.rule.clone(), quiet_key(alert)))
             .is_some_and(|until| time < *until)
     }
 
@@ -298,11 +295,7 @@ impl Evaluator {
                 self.known_bulk.insert(entry.actor_id.clone());
             }
         }
-        found.retain(|f| {
-            let a = f.alert();
-            let rule = self.rules.iter().find(|r| r.name == a.rule);
-            rule.is_none_or(|r| !self.is_quiet(r, &quiet_key(a), entry.time))
-        });
+        found.retain(|f| !self.is_quiet(f.alert(), entry.time));
         found
     }
 

@@ -174,18 +174,9 @@ fn break_glass_on_a_fourth_patient_within_the_hour_raises() {
 
 fn off_hours_rule() -> Vec<RuleSetting> {
     vec![RuleSetting {
-        name: "nights".to_owned(),
-        kind: RuleKind::OffHours,
-        window: None,
-        threshold: None,
-        baseline_factor: None,
-        roles: None,
         hours: Some("07:00-19:00".to_owned()),
-        days: None,
         utc_offset: Some("+01:00".to_owned()),
-        lookback: None,
-        labels: None,
-        actor_kinds: None,
+        ..RuleSetting::new("nights", RuleKind::OffHours)
     }]
 }
 
