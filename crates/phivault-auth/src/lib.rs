@@ -101,8 +101,10 @@
 
 mod clock;
 mod hex32;
+pub mod jwt;
 pub mod lockout;
 pub mod password;
+pub mod pkce;
 pub mod recovery;
 pub mod service;
 pub mod token;
@@ -113,8 +115,11 @@ pub use lockout::{AddressLimited, AddressLimiter, LockedUntil, LoginThrottle};
 pub use password::{Password, PasswordHasher, PasswordPolicy, PolicyViolation};
 pub use recovery::{RecoveryCode, RecoveryCodeHash, RecoveryCodes};
 pub use service::{
-    Accounts, Authenticated, BreakGlassRecord, LoginOutcome, LoginRequest, ServiceError,
-    TotpEnrolment, UserSummary, default_hash_concurrency,
+    Accounts, AppAuthorization, Authenticated, BreakGlassRecord, ClientCredentials,
+    ClientRegistration, ClientType, CodeRequest, GrantError, IdTokenClaims, LoginOutcome,
+    LoginRequest, LoginStep, OAuthClient, ServiceError, TokenGrant, TotpEnrolment, UserSummary,
+    LAUNCH_LIFETIME_SECS, ONLINE_REFRESH_SECS, SIGNING_KEY_OVERLAP_SECS, SIGNING_KEY_ROTATE_SECS,
+    default_hash_concurrency, has_scope,
 };
 pub use token::{IssuedToken, TokenError, TokenHash, TokenKind, TokenRecord};
 pub use totp::{Totp, TotpError, TotpSecret};

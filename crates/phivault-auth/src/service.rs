@@ -25,8 +25,18 @@ use time::OffsetDateTime;
 
 mod care;
 mod clients;
+mod grants;
+mod launch;
+mod login;
+mod oauth;
+mod oidc;
 mod verified;
 
+pub use oauth::{
+    AppAuthorization, ClientCredentials, ClientRegistration, ClientType, CodeRequest,
+    GrantError, LAUNCH_LIFETIME_SECS, ONLINE_REFRESH_SECS, OAuthClient, TokenGrant, has_scope,
+};
+pub use oidc::{IdTokenClaims, SIGNING_KEY_OVERLAP_SECS, SIGNING_KEY_ROTATE_SECS};
 pub use verified::MAX_VERIFIED_TOKENS;
 use verified::VerifiedTokens;
 
@@ -111,6 +121,16 @@ pub struct LoginOutcome {
     pub enrolment_only: bool,
     /// Role of the user.
     pub role: Role,
+}
+
+/// Where a two-step login stands.
+#[derive(Debug)]
+pub enum LoginStep {
+    /// Signed in.
+    Done(LoginOutcome),
+    /// The password was right and the account has a second factor: this ticket (5 minutes,
+    /// once) goes with the code to [`Accounts::login_second_factor`].
+    SecondFactor(IssuedToken),
 }
 
 /// A TOTP enrolment in progress.
@@ -317,6 +337,8 @@ fn token_row(record: &TokenRecord, launch_patient: Option<String>) -> TokenRow {
         issued_at: record.issued_at,
         expires_at: record.expires_at,
         revoked_at: record.revoked_at,
+        family: None,
+        encounter: None,
     }
 }
 
@@ -773,138 +795,6 @@ impl Accounts {
     /// system).
     pub async fn user_count(&self) -> Result<u64, ServiceError> {
         Ok(self.store.user_count().await?)
-    }
-
-    /// A refused credential on a known account (the attempt was already counted when it
-    /// was claimed): the one answer for all.
-    fn refuse(&self, user: &UserRow, why: &'static str) -> Result<LoginOutcome, ServiceError> {
-        tracing::info!(target: "phivault::auth", user_id = %user.user_id, why, "login refused");
-        Err(ServiceError::CredentialFailure)
-    }
-
-    /// Password (+ TOTP or recovery code) login with lockout and per-address limits.
-    pub async fn login(&self, request: LoginRequest) -> Result<LoginOutcome, ServiceError> {
-        let now = self.now();
-        let LoginRequest {
-            username,
-            password,
-            totp,
-            recovery_code,
-            address,
-        } = request;
-        self.addresses
-            .check_and_record(address, now)
-            .map_err(|e| ServiceError::Throttled {
-                retry_after: e.retry_after_secs,
-            })?;
-        // Every attempt is counted as a failure before the password is checked, in the same
-        // step as the lock is checked, and the count is cleared only by a complete login: so
-        // parallel guesses get at most the allowed number of password checks.
-        let Some(user) = self.store.user_by_username(&username).await? else {
-            let key = self.store.username_token(&username);
-            let claim = self.unknown().claim(key, now);
-            if let Err(lock) = claim {
-                return Err(ServiceError::Throttled {
-                    retry_after: lock.retry_after(now),
-                });
-            }
-            self.verify_password(password, None).await?;
-            return Err(ServiceError::CredentialFailure);
-        };
-        match self
-            .store
-            .claim_login_attempt(&user.user_id, now, &self.lockout)
-            .await?
-        {
-            LoginClaim::Admitted => {}
-            LoginClaim::Locked { until } => {
-                return Err(ServiceError::Throttled {
-                    retry_after: LockedUntil { until }.retry_after(now),
-                });
-            }
-            LoginClaim::NoSuchUser => {
-                self.verify_password(password, None).await?;
-                return Err(ServiceError::CredentialFailure);
-            }
-        }
-        if user.disabled_at.is_some() {
-            self.verify_password(password, None).await?;
-            tracing::info!(target: "phivault::auth", user_id = %user.user_id, "login to a disabled account refused");
-            return Err(ServiceError::CredentialFailure);
-        }
-        let (ok, password) = self
-            .verify_password(password, Some(user.password_hash.clone()))
-            .await?;
-        if !ok {
-            return self.refuse(&user, "wrong password");
-        }
-        let role = Role::parse(&user.role).map_err(internal)?;
-        if user.totp_enabled {
-            if let Some(code) = totp.as_deref() {
-                let secret = self
-                    .store
-                    .user_totp_secret(&user)
-                    .await?
-                    .ok_or_else(|| internal("TOTP enabled without a secret"))?;
-                let secret = TotpSecret::from_bytes(&secret).map_err(internal)?;
-                let checker = Totp::new(&secret, &user.user_id).map_err(internal)?;
-                let last = user.totp_last_step.and_then(|s| u64::try_from(s).ok());
-                let step = match checker.verify(code, now, last) {
-                    Ok(step) => step,
-                    Err(TotpError::Replayed) => {
-                        return self.refuse(&user, "TOTP code replayed");
-                    }
-                    Err(_) => return self.refuse(&user, "wrong TOTP code"),
-                };
-                let step = i64::try_from(step).map_err(internal)?;
-                if !self.store.advance_totp_step(&user.user_id, step).await? {
-                    return self.refuse(&user, "TOTP code replayed concurrently");
-                }
-            } else if let Some(code) = recovery_code.as_deref() {
-                let hashes: Vec<RecoveryCodeHash> = self
-                    .store
-                    .unused_recovery_codes(&user.user_id)
-                    .await?
-                    .into_iter()
-                    .map(RecoveryCodeHash::from_bytes)
-                    .collect();
-                let Some(hash) = RecoveryCodes::verify(code, &hashes).and_then(|i| hashes.get(i))
-                else {
-                    return self.refuse(&user, "wrong recovery code");
-                };
-                if !self
-                    .store
-                    .use_recovery_code(&user.user_id, hash.as_bytes(), now)
-                    .await?
-                {
-                    return self.refuse(&user, "recovery code used concurrently");
-                }
-                tracing::info!(target: "phivault::auth", user_id = %user.user_id, "recovery code used");
-            } else {
-                // Answered like a wrong password (and counted like one): a distinct answer
-                // would tell a guesser that the password was right.
-                return self.refuse(&user, "second factor missing");
-            }
-        }
-        self.store.clear_login_failures(&user.user_id).await?;
-        self.addresses.forgive(address);
-        if let Some(hasher) = &self.hasher
-            && hasher.needs_rehash(&user.password_hash)
-        {
-            let phc = self.hash_password(password).await?;
-            self.store.set_password_hash(&user.user_id, &phc).await?;
-        }
-        let (token, record) = TokenRecord::issue(TokenKind::Session, &user.user_id, None, "", now)
-            .map_err(internal)?;
-        self.store.insert_token(&token_row(&record, None)).await?;
-        let enrolment_only = self.second_factor_required(role) && !user.totp_enabled;
-        tracing::info!(target: "phivault::auth", user_id = %user.user_id, enrolment_only, "login");
-        Ok(LoginOutcome {
-            token,
-            expires_at: record.expires_at,
-            enrolment_only,
-            role,
-        })
     }
 
     /// Starts TOTP enrolment for the authenticated user, committed with `audit`'s entry.

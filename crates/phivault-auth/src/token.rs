@@ -45,15 +45,27 @@ pub enum TokenKind {
     Mfa,
     /// An OAuth2 client secret (`pvc_`), a year, bound to its client.
     ClientSecret,
+    /// An OAuth2 refresh token (`pvr_`), bound to its client and to the grant (family) it
+    /// continues; rotated on every use. 90 days (`offline_access`) unless the grant says less.
+    Refresh,
+    /// An OAuth2 authorization code (`pvo_`), single-use, 60 seconds, bound to its client,
+    /// redirect URI and PKCE challenge.
+    AuthorizationCode,
+    /// A SMART EHR launch id (`pvl_`), minted for a clinician's session and bound to a
+    /// patient (and an encounter), 5 minutes.
+    Launch,
 }
 
 impl TokenKind {
     /// Every kind.
-    pub const ALL: [TokenKind; 4] = [
+    pub const ALL: [TokenKind; 7] = [
         TokenKind::Session,
         TokenKind::Access,
         TokenKind::Mfa,
         TokenKind::ClientSecret,
+        TokenKind::Refresh,
+        TokenKind::AuthorizationCode,
+        TokenKind::Launch,
     ];
 
     /// The prefix of tokens of this kind.
@@ -63,6 +75,9 @@ impl TokenKind {
             Self::Access => "pva_",
             Self::Mfa => "pvm_",
             Self::ClientSecret => "pvc_",
+            Self::Refresh => "pvr_",
+            Self::AuthorizationCode => "pvo_",
+            Self::Launch => "pvl_",
         }
     }
 
@@ -73,6 +88,9 @@ impl TokenKind {
             Self::Access => "access",
             Self::Mfa => "mfa",
             Self::ClientSecret => "client_secret",
+            Self::Refresh => "refresh",
+            Self::AuthorizationCode => "authorization_code",
+            Self::Launch => "launch",
         }
     }
 
@@ -83,6 +101,9 @@ impl TokenKind {
             Self::Access => Duration::minutes(15),
             Self::Mfa => Duration::minutes(5),
             Self::ClientSecret => Duration::days(365),
+            Self::Refresh => Duration::days(90),
+            Self::AuthorizationCode => Duration::seconds(60),
+            Self::Launch => Duration::minutes(5),
         }
     }
 

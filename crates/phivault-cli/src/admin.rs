@@ -20,13 +20,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use phivault_auth::{Accounts, Password};
 use phivault_crypto::{FileKeyProvider, KeyProvider};
 use phivault_fhir::Id;
-use phivault_policy::{Label, PolicyEngine, PolicyError, Role, ScopeSet};
+use phivault_policy::{Label, PolicyEngine, PolicyError, Role};
 use phivault_store::{Backend, Store, StoreError, StoreOptions};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::cli::{
-    BreakGlassCommand, BreakGlassListArgs, ClientAddArgs, ClientCommand, PolicyCommand,
+    BreakGlassCommand, BreakGlassListArgs, PolicyCommand,
     RetentionCommand, StorageArgs, TopCommand, UserAddArgs, UserCommand, UserGrantArgs,
 };
 use crate::cli_audit::CliAudit;
@@ -144,43 +144,7 @@ pub(crate) async fn run(config_file: Option<&Path>, command: TopCommand) -> Resu
                 args.username
             );
         }
-        TopCommand::Client(ClientCommand::Disable(args)) => {
-            let accounts = open(&settings(&args.storage)?).await?;
-            let disable = async |audit: &CliAudit| {
-                accounts
-                    .0
-                    .disable_client(&args.client_id, audit)
-                    .await
-                    .with_context(|| format!("disabling client {}", args.client_id))
-            };
-            let result = audited(&accounts, "client disable", None, disable).await;
-            close(accounts).await;
-            result?;
-            eprintln!(
-                "phivault: client {} disabled: its tokens are refused from the next request on",
-                args.client_id
-            );
-        }
-        TopCommand::Client(ClientCommand::Add(args)) => {
-            let launch = check_client(&args)?;
-            let accounts = open(&settings(&args.storage)?).await?;
-            let create = async |audit: &CliAudit| {
-                accounts
-                    .0
-                    .create_client(&args.name, &args.scope, launch.as_ref(), audit)
-                    .await
-                    .context("registering the client")
-            };
-            // The secret is shown only once the registration and its entry have committed.
-            let result = audited(&accounts, "client add", None, create).await;
-            close(accounts).await;
-            let (client_id, secret) = result?;
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "client_id: {client_id}")?;
-            writeln!(out, "client_secret: {}", secret.expose())?;
-            out.flush()?;
-            eprintln!("phivault: the client secret is shown once; store it now");
-        }
+        TopCommand::Client(command) => return crate::client_cmd::run(command, &settings).await,
         TopCommand::Policy(PolicyCommand::Check(args)) => {
             return Ok(policy_check(&args.file));
         }
@@ -345,7 +309,7 @@ async fn retention_run(opened: &Opened, settings: &Settings, dry_run: bool) -> R
 }
 
 /// What an administration command was about, for its audit entry.
-struct About<'a> {
+pub(crate) struct About<'a> {
     /// The resource (type, id).
     resource: (&'a str, &'a Id),
     /// The patient concerned.
@@ -367,7 +331,7 @@ impl<'a> About<'a> {
 /// makes through the context commits with the command's entry; otherwise (a failure, a read)
 /// the entry is appended afterwards with the outcome, and when it cannot be, the command
 /// fails, saying so.
-async fn audited<T>(
+pub(crate) async fn audited<T>(
     opened: &Opened,
     command: &str,
     about: Option<About<'_>>,
@@ -398,11 +362,11 @@ fn init_tracing(format: LogFormat) {
 }
 
 /// The accounts service and the store under it (closed with [`close`]).
-struct Opened(Accounts, Store);
+pub(crate) struct Opened(pub(crate) Accounts, pub(crate) Store);
 
 /// Opens the storage as `serve` does: the data directory and master key (created when
 /// missing, so the first admin can be made before the first start), then the database.
-async fn open(settings: &Settings) -> Result<Opened> {
+pub(crate) async fn open(settings: &Settings) -> Result<Opened> {
     // `phivault bench http` adds its client to the server it starts through `client add`.
     crate::bench_gate::refuse_unless_bench_child()?;
     let dir = &settings.data_dir;
@@ -438,7 +402,7 @@ async fn open(settings: &Settings) -> Result<Opened> {
     Ok(Opened(Accounts::new(store.clone()), store))
 }
 
-async fn close(opened: Opened) {
+pub(crate) async fn close(opened: Opened) {
     let Opened(accounts, store) = opened;
     drop(accounts);
     store.close().await;
@@ -519,7 +483,7 @@ fn generate_password() -> Result<Password> {
     Ok(Password::new(out))
 }
 
-fn parse_id(text: &str, what: &str) -> Result<Id> {
+pub(crate) fn parse_id(text: &str, what: &str) -> Result<Id> {
     Id::parse(text)
         .map_err(|_| anyhow!("invalid {what} id `{text}`: 1 to 64 letters, digits, `-` or `.`"))
 }
@@ -584,20 +548,6 @@ impl Grant {
 }
 
 /// Checks `client add`'s arguments before touching the database.
-fn check_client(args: &ClientAddArgs) -> Result<Option<Id>> {
-    if args.name.trim().is_empty() {
-        bail!("--name must not be empty");
-    }
-    let scopes = ScopeSet::parse(&args.scope).map_err(|e| anyhow!("--scope: {e}"))?;
-    if scopes.data_scopes().is_empty() {
-        bail!("--scope names no data scope (e.g. \"system/*.rs\" or \"patient/Observation.rs\")");
-    }
-    args.launch_patient
-        .as_deref()
-        .map(|p| parse_id(p, "launch patient"))
-        .transpose()
-}
-
 /// `phivault policy check FILE`: `ok: N policies` on stdout, else each problem on stderr and
 /// exit status 1.
 fn policy_check(file: &Path) -> ExitCode {
@@ -764,31 +714,6 @@ mod tests {
         let mut bad = grant_args(&[], None);
         bad.patient = "a b".to_owned();
         assert!(Grant::parse(&bad, now).is_err());
-    }
-
-    #[test]
-    fn client_arguments() {
-        let args = |scope: &str, launch: Option<&str>| ClientAddArgs {
-            name: "app".to_owned(),
-            scope: scope.to_owned(),
-            launch_patient: launch.map(str::to_owned),
-            storage: StorageArgs::default(),
-        };
-        assert!(
-            check_client(&args("system/*.cruds", None))
-                .unwrap()
-                .is_none()
-        );
-        assert_eq!(
-            check_client(&args("patient/Observation.rs", Some("p1")))
-                .unwrap()
-                .unwrap()
-                .to_string(),
-            "p1"
-        );
-        assert!(check_client(&args("system/Foo.r", None)).is_err());
-        assert!(check_client(&args("openid", None)).is_err());
-        assert!(check_client(&args("system/*.rs", Some("a b"))).is_err());
     }
 
     #[test]

@@ -331,14 +331,21 @@ pub(crate) struct UserGrantArgs {
 /// `phivault client ...`
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClientCommand {
-    /// Register an OAuth2 client (client credentials grant) and print its id and secret (the
-    /// secret is shown once).
+    /// Register an OAuth2 client and print its id (and, for a confidential-secret client,
+    /// its secret, shown once).
     #[command(after_help = SETTINGS_HELP)]
     Add(ClientAddArgs),
+    /// List the registered OAuth2 clients (disabled ones included).
+    #[command(after_help = SETTINGS_HELP)]
+    List(ClientListArgs),
     /// Disable an OAuth2 client (containment): its credentials and every token issued to it
     /// stop working at once; the registration stays for the audit trail.
     #[command(after_help = SETTINGS_HELP)]
     Disable(ClientDisableArgs),
+    /// Give a confidential-secret client a new secret (printed once); the old one stops
+    /// working at once.
+    #[command(after_help = SETTINGS_HELP)]
+    RotateSecret(ClientDisableArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -351,15 +358,41 @@ pub(crate) struct ClientDisableArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub(crate) struct ClientListArgs {
+    /// `text` (a table) or `json`.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub(crate) format: String,
+    #[command(flatten)]
+    pub(crate) storage: StorageArgs,
+}
+
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ClientAddArgs {
-    /// A name for people (shown in the audit trail).
+    /// A name for people (shown on the consent screen and in the audit trail).
     #[arg(long, value_name = "NAME")]
     pub(crate) name: String,
-    /// The SMART scopes the client may get, space-separated (e.g. "system/*.cruds" or
-    /// "patient/Observation.rs").
+    /// How the client authenticates: `public` (a browser or phone app: PKCE, no secret),
+    /// `confidential-jwt` (private_key_jwt with its own keys: SMART Backend Services) or
+    /// `confidential-secret` (a shared secret).
+    #[arg(long = "type", value_name = "TYPE", default_value = "confidential-secret")]
+    pub(crate) client_type: String,
+    /// The SMART scopes the client may get, space-separated (e.g. "system/*.cruds",
+    /// "patient/Observation.rs", "openid fhirUser launch/patient offline_access").
     #[arg(long, value_name = "SCOPES")]
     pub(crate) scope: String,
-    /// The patient whose compartment the client's patient/ scopes reach.
+    /// A redirect URI of the authorization code flow, matched exactly (https, or http to
+    /// localhost). Repeat for several.
+    #[arg(long = "redirect-uri", value_name = "URI")]
+    pub(crate) redirect_uris: Vec<String>,
+    /// The client's public keys (a JWKS or one JWK, JSON) for confidential-jwt: RS384 (RSA,
+    /// 2048 bits or more) or ES384 (P-384).
+    #[arg(long, value_name = "FILE", conflicts_with = "jwks_url")]
+    pub(crate) jwks: Option<std::path::PathBuf>,
+    /// Where to fetch the client's JWKS from, now (https); the keys are stored with the
+    /// registration and the URL recorded. The server never fetches keys itself.
+    #[arg(long, value_name = "URL")]
+    pub(crate) jwks_url: Option<String>,
+    /// The patient whose compartment the client's patient/ scopes reach (client credentials).
     #[arg(long, value_name = "ID")]
     pub(crate) launch_patient: Option<String>,
     #[command(flatten)]

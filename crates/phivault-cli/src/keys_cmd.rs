@@ -43,6 +43,11 @@ pub(crate) enum KeysCommand {
     /// Show the key-encryption keys (id, age, active, data keys), data keys by kind, the
     /// master key file and its age, and any unfinished rotation.
     Status(KeysStorageArgs),
+    /// Replace the OpenID Connect id_token signing key now (servers also do it every 90 days):
+    /// the new key signs from now on, the old one stays in the JWKS for a day so apps that
+    /// cached it still verify tokens signed before. Prints the new key id.
+    #[command(name = "rotate-signing")]
+    RotateSigning(KeysStorageArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,6 +82,13 @@ pub(crate) async fn run(config_file: Option<&Path>, command: KeysCommand) -> Res
         KeysCommand::RotateMaster(args) => {
             let line = rotate_master(&settings(&args.storage)?).await?;
             println!("{line}");
+        }
+        KeysCommand::RotateSigning(args) => {
+            let settings = settings(&args.storage)?;
+            let store = open(&settings, &settings.master_key_file).await?;
+            let result = rotate_signing(&store).await;
+            store.close().await;
+            println!("{}", result?);
         }
         KeysCommand::Status(args) => {
             let settings = settings(&args.storage)?;
@@ -133,6 +145,20 @@ async fn open(settings: &Settings, key_file: &Path) -> Result<Store> {
             _ => error,
         }
     })
+}
+
+/// `phivault keys rotate-signing`: the audited replacement of the id_token signing key.
+async fn rotate_signing(store: &Store) -> Result<String> {
+    let audit = CliAudit::open(store, "keys rotate-signing").await?;
+    let accounts = phivault_auth::Accounts::new(store.clone());
+    let run = accounts
+        .ensure_signing_key(true)
+        .await
+        .context("replacing the OpenID Connect signing key");
+    let kid = audit.finish(run, None, None).await?;
+    Ok(format!(
+        "ok: id_tokens are signed with key {kid}; the previous key stays published for a day"
+    ))
 }
 
 /// `phivault keys rotate`: the audited rotation; returns the final line.

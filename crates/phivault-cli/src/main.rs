@@ -18,6 +18,7 @@ mod breach_cmd;
 mod breach_notify;
 mod cli;
 mod cli_audit;
+mod client_cmd;
 mod commands;
 mod config;
 mod config_edge;

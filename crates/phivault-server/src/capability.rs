@@ -226,14 +226,17 @@ fn audit_event_entry() -> Value {
 
 /// `rest.security`: what protects the API, truthfully.
 fn security(base_url: &str) -> Value {
-    let root = crate::auth_routes::server_root(base_url);
+    let root = crate::routes::oauth::server_root(base_url);
     json!({
         "cors": false,
         "extension": [{
             "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
             "extension": [
+                { "url": "authorize", "valueUri": format!("{root}/oauth/authorize") },
                 { "url": "token", "valueUri": format!("{root}/oauth/token") },
                 { "url": "revoke", "valueUri": format!("{root}/oauth/revoke") },
+                { "url": "introspect", "valueUri": format!("{root}/oauth/introspect") },
+                { "url": "manage", "valueUri": format!("{root}/auth/apps") },
             ],
         }],
         "service": [{
@@ -242,15 +245,18 @@ fn security(base_url: &str) -> Value {
                 "code": "SMART-on-FHIR",
                 "display": "SMART-on-FHIR",
             }],
-            "text": "OAuth2 client credentials (client_secret_basic or client_secret_post) \
-                with SMART on FHIR v2 scopes; see /.well-known/smart-configuration",
+            "text": "SMART App Launch 2.x: authorization code with PKCE (S256) for standalone \
+                and EHR launches, OpenID Connect id_tokens, rotating refresh tokens; SMART \
+                Backend Services (client credentials with private_key_jwt, RS384 or ES384) and \
+                client secrets; SMART v2 scopes. See /.well-known/smart-configuration",
         }],
         "description": "HTTPS only (TLS via rustls; plain HTTP only on loopback when \
             explicitly enabled). Every request except this CapabilityStatement needs an \
             Authorization: Bearer token: a user session (password, and TOTP for staff, at \
-            POST /auth/login; 8 hours) or an OAuth2 access token (client credentials at \
-            /oauth/token; 15 minutes, bound to its client, limited to its SMART v2 scopes, \
-            revocable at /oauth/revoke). Tokens are random and stored only as hashes. \
+            POST /auth/login; 8 hours) or an OAuth2 access token (15 minutes, bound to its \
+            client, limited to its SMART v2 scopes and, for an app acting for a person, to \
+            what that person may do and approved on the consent screen; revocable at \
+            /oauth/revoke, and by the person at /auth/apps). Tokens are random and stored only as hashes. \
             Authorization: Cedar policies, default deny, decided for every interaction on the \
             resource's patient compartment, with the purpose of use (X-Purpose-Of-Use, an HL7 \
             PurposeOfUse code; the role's default otherwise; each role may assert only its \
@@ -439,10 +445,20 @@ mod tests {
         let s = security("https://h:1/fhir");
         assert_eq!(s["cors"], false);
         assert_eq!(s["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
-        assert_eq!(
-            s["extension"][0]["extension"][0]["valueUri"],
-            "https://h:1/oauth/token"
-        );
+        let uris: Vec<(&str, &str)> = s["extension"][0]["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["url"].as_str().unwrap(), e["valueUri"].as_str().unwrap()))
+            .collect();
+        for (name, uri) in [
+            ("authorize", "https://h:1/oauth/authorize"),
+            ("token", "https://h:1/oauth/token"),
+            ("revoke", "https://h:1/oauth/revoke"),
+            ("introspect", "https://h:1/oauth/introspect"),
+        ] {
+            assert!(uris.contains(&(name, uri)), "{name}");
+        }
         let d = s["description"].as_str().unwrap_or_default();
         for word in [
             "TLS",

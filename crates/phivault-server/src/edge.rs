@@ -97,6 +97,9 @@ struct AuditNotes {
     unauthenticated: bool,
     /// A research export's de-identification configuration (SHA-256, hex).
     configuration: Option<String>,
+    /// What the route did, when its template alone does not say (the OAuth2 grant type and
+    /// its result: `authorization_code`, `refresh_token reuse`): appended to the action.
+    action_detail: Option<String>,
 }
 
 /// The fixed facts of a request, known before it runs.
@@ -133,8 +136,9 @@ impl AuditSlot {
         extensions.get::<AuditSlot>().cloned()
     }
 
-    /// The authenticated principal.
-    fn note_principal(&self, who: &Authenticated) {
+    /// The authenticated principal (set by [`authenticate`], or by a route that
+    /// authenticates its caller itself: a sign-in cookie, OAuth2 client credentials).
+    pub(crate) fn note_principal(&self, who: &Authenticated) {
         let actor = Actor {
             id: who.principal.id().to_owned(),
             kind: match who.principal.kind() {
@@ -145,6 +149,34 @@ impl AuditSlot {
             default_purpose: who.principal.role().default_purpose(),
         };
         self.notes().actor = Some(actor);
+    }
+
+    /// An OAuth2 client that authenticated at the token, revocation or introspection
+    /// endpoint: the actor of the request's entry.
+    pub(crate) fn note_client(&self, client_id: &str) {
+        self.notes().actor = Some(Actor {
+            id: client_id.to_owned(),
+            kind: ActorKind::Client,
+            role: Some(phivault_policy::Role::App.as_str().to_owned()),
+            default_purpose: phivault_policy::Role::App.default_purpose(),
+        });
+    }
+
+    /// What the route did beyond its template (ids and fixed words only, never a token),
+    /// appended to the action of the request's entry: `POST /oauth/token refresh_token reuse`.
+    pub(crate) fn note_action_detail(&self, detail: &str) {
+        self.notes().action_detail = Some(detail.to_owned());
+    }
+
+    /// The route refused with this error code: appended to the action's detail
+    /// (`POST /oauth/token refresh_token refused invalid_grant`).
+    pub(crate) fn note_action_refused(&self, code: &str) {
+        let mut notes = self.notes();
+        let detail = match notes.action_detail.take() {
+            Some(d) => format!("{d} refused {code}"),
+            None => format!("refused {code}"),
+        };
+        notes.action_detail = Some(detail);
     }
 
     /// Who the actor is at this time: their linked Practitioner's current version.
@@ -231,6 +263,10 @@ impl AuditSlot {
             .or(self.facts.purpose_header)
             .or_else(|| notes.actor.as_ref().map(|a| a.default_purpose))
             .map(|p| p.as_str().to_owned());
+        let action = match &notes.action_detail {
+            Some(detail) if action == self.facts.action => format!("{action} {detail}"),
+            _ => action,
+        };
         let mut labels: BTreeSet<&str> = notes.labels.clone();
         if outcome != Outcome::Allowed {
             labels.extend(notes.denied_labels.iter().copied());
@@ -275,7 +311,7 @@ impl<S: Send + Sync> FromRequestParts<S> for AuditSlot {
 /// `X-Request-Id`.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Headers sent on every response.
+/// Headers sent on every response. A handler may set its own [`KEPT_IF_SET`] ones.
 const SECURITY_HEADERS: &[(HeaderName, &str)] = &[
     (header::CACHE_CONTROL, "no-store"),
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -287,6 +323,12 @@ const SECURITY_HEADERS: &[(HeaderName, &str)] = &[
     (header::REFERRER_POLICY, "no-referrer"),
     (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
 ];
+
+/// Security headers a handler may set for itself, kept as it set them: a web page's
+/// `Content-Security-Policy` lets it load the stylesheet and post its forms (still with
+/// `frame-ancestors 'none'`, see `crate::web::page`), and the stylesheet may be cached. Every
+/// other response, and every other header, gets the strict defaults above.
+const KEPT_IF_SET: [HeaderName; 2] = [header::CACHE_CONTROL, header::CONTENT_SECURITY_POLICY];
 
 /// Gives the request an id, runs it inside a span carrying that id, adds the security headers
 /// and `X-Request-Id` to the response, and logs one line: method, route template, status,
@@ -312,6 +354,9 @@ pub(crate) async fn request_edge(mut req: Request, next: Next) -> Response {
 
     let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {
+        if KEPT_IF_SET.contains(name) && headers.contains_key(name) {
+            continue;
+        }
         headers.insert(name.clone(), HeaderValue::from_static(value));
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -351,12 +396,29 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// states the security).
 fn is_public(method: &Method, path: &str) -> bool {
     match *method {
-        Method::POST => matches!(path, "/auth/login" | "/oauth/token" | "/oauth/revoke"),
+        // The sign-in pages authenticate people themselves (cookie, password, code); the
+        // OAuth2 endpoints authenticate the client.
+        Method::POST => matches!(
+            path,
+            "/auth/login"
+                | "/oauth/token"
+                | "/oauth/revoke"
+                | "/oauth/introspect"
+                | "/oauth/authorize/signin"
+                | "/oauth/authorize/totp"
+                | "/oauth/authorize/patient"
+                | "/oauth/authorize/consent"
+        ),
         Method::GET | Method::HEAD => matches!(
             path,
             "/fhir/metadata"
                 | "/.well-known/smart-configuration"
                 | "/fhir/.well-known/smart-configuration"
+                | "/.well-known/openid-configuration"
+                | "/fhir/.well-known/openid-configuration"
+                | "/oauth/authorize"
+                | "/oauth/jwks"
+                | "/static/phivault.css"
         ),
         _ => false,
     }

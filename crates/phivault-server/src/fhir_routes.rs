@@ -9,7 +9,7 @@
 
 mod chain;
 mod conditional;
-mod guard;
+pub(crate) mod guard;
 mod http;
 mod include;
 mod links;

@@ -58,6 +58,8 @@ mod retention;
 mod routes;
 mod tasks;
 pub mod tls;
+pub mod web;
+pub use web::Pages;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -156,6 +158,8 @@ pub struct AppState {
     pub consent_memo: Arc<ConsentMemo>,
     /// The detection rules the alert task runs while serving, and where alerts are sent.
     pub alerting: Arc<Alerting>,
+    /// The compiled page templates (sign-in, consent; later the portal and console).
+    pub pages: web::Pages,
 }
 
 impl AppState {
@@ -196,6 +200,8 @@ impl AppState {
             max_sorted: phivault_fhir::MAX_SORTED,
             consent_memo: Arc::new(ConsentMemo::default()),
             alerting: Arc::new(Alerting::default()),
+            pages: web::Pages::new()
+                .map_err(|e| ServerError::Config(format!("page templates: {e}")))?,
         })
     }
 
@@ -299,8 +305,21 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/auth/totp/confirm"),
     ("POST", "/oauth/token"),
     ("POST", "/oauth/revoke"),
+    ("POST", "/oauth/introspect"),
+    ("GET", "/oauth/authorize"),
+    ("POST", "/oauth/authorize/signin"),
+    ("POST", "/oauth/authorize/totp"),
+    ("POST", "/oauth/authorize/patient"),
+    ("POST", "/oauth/authorize/consent"),
+    ("GET", "/oauth/jwks"),
     ("GET", "/.well-known/smart-configuration"),
     ("GET", "/fhir/.well-known/smart-configuration"),
+    ("GET", "/.well-known/openid-configuration"),
+    ("GET", "/fhir/.well-known/openid-configuration"),
+    ("GET", "/auth/apps"),
+    ("DELETE", "/auth/apps/{client_id}"),
+    ("POST", "/smart/launch"),
+    ("GET", "/static/phivault.css"),
     ("POST", "/admin/users"),
     ("POST", "/admin/users/{username}/link-patient"),
     ("POST", "/admin/users/{username}/link-practitioner"),
@@ -340,6 +359,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn router(state: AppState) -> axum::Router {
     fhir_routes::routes()
         .merge(auth_routes::routes())
+        .merge(routes::oauth::routes())
+        .merge(web::routes())
         .merge(admin_routes::routes())
         .merge(routes::alerts::routes())
         .merge(audit_routes::routes())
@@ -458,6 +479,11 @@ pub async fn serve(
         state.store.clone(),
         tasks::statistics::CHECK_EVERY,
     )));
+    // OpenID Connect signing keys: one in force, rotated after its age, old ones retired.
+    let signing_keys = AbortOnDrop(tokio::spawn(tasks::signing_keys::signing_key_loop(
+        state.accounts.clone(),
+        tasks::signing_keys::CHECK_EVERY,
+    )));
     // Summaries of refused unauthenticated requests, at the end of every window.
     let refusals = state.refusals.clone();
     let refusal_flushes = AbortOnDrop(tokio::spawn(middleware::refusals::flush_loop(
@@ -477,6 +503,7 @@ pub async fn serve(
     let app = router(state);
     let _retention = retention;
     let _statistics = statistics;
+    let _signing_keys = signing_keys;
     let _evictions = evictions;
 
     let served = match tls {

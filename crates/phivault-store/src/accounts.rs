@@ -1,6 +1,7 @@
 //! Accounts at rest: users, recovery codes, tokens, OAuth2 clients, care grants and
 //! break-the-glass records, for the accounts service (phivault-auth), which decides; this
-//! module only keeps.
+//! module only keeps. The functions of clients, and the rest of OAuth2 (codes, token
+//! families, consents, signing keys), are in [`crate::oauth`].
 //!
 //! What is never stored in the clear:
 //! - **usernames**: a user row is found by a *directory token* of the normalized username
@@ -160,6 +161,12 @@ pub struct TokenRow {
     pub expires_at: i64,
     /// Unix time, if revoked.
     pub revoked_at: Option<i64>,
+    /// The authorization-code grant the token descends from: the access and refresh tokens
+    /// of one grant share it ([`Store::revoke_family`]). `None` for sessions and
+    /// client-credentials tokens.
+    pub family: Option<String>,
+    /// The SMART launch encounter.
+    pub encounter: Option<String>,
 }
 
 /// An OAuth2 client as stored.
@@ -169,7 +176,9 @@ pub struct ClientRow {
     pub client_id: String,
     /// Display name.
     pub name: String,
-    /// SHA-256 of the client secret.
+    /// SHA-256 of the client secret. A client without one (`public`, `confidential-jwt`)
+    /// holds a value no presented secret hashes to (empty, or the hash of a secret nobody
+    /// holds).
     pub secret_hash: Vec<u8>,
     /// Allowed scopes, space-separated.
     pub scopes: String,
@@ -179,6 +188,17 @@ pub struct ClientRow {
     pub created_at: i64,
     /// Unix time, if disabled.
     pub disabled_at: Option<i64>,
+    /// How the client authenticates: [`crate::oauth::CONFIDENTIAL_SECRET`],
+    /// [`crate::oauth::PUBLIC`] or [`crate::oauth::CONFIDENTIAL_JWT`] (rows registered
+    /// before client types read as the first).
+    pub client_type: String,
+    /// The redirect URIs an authorization may return to (exact match). None holds a line
+    /// break (they are stored one per line).
+    pub redirect_uris: Vec<String>,
+    /// The public keys (JWKS JSON) of a `confidential-jwt` client.
+    pub jwks: Option<String>,
+    /// Where `jwks` was fetched from at registration (recorded only).
+    pub jwks_url: Option<String>,
 }
 
 /// A care grant: a user may reach a patient's compartment (and these labels).
@@ -271,10 +291,10 @@ fn user_from(row: &AnyRow) -> Result<UserRow, StoreError> {
     })
 }
 
-const TOKEN_COLUMNS: &str = "token_hash, kind, principal_id, client_id, scopes, launch_patient, \
-     issued_at, expires_at, revoked_at";
+pub(crate) const TOKEN_COLUMNS: &str = "token_hash, kind, principal_id, client_id, scopes, \
+     launch_patient, issued_at, expires_at, revoked_at, family, encounter";
 
-fn token_from(row: &AnyRow) -> Result<TokenRow, StoreError> {
+pub(crate) fn token_from(row: &AnyRow) -> Result<TokenRow, StoreError> {
     Ok(TokenRow {
         token_hash: row.try_get("token_hash")?,
         kind: row.try_get("kind")?,
@@ -285,7 +305,39 @@ fn token_from(row: &AnyRow) -> Result<TokenRow, StoreError> {
         issued_at: row.try_get("issued_at")?,
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        family: row.try_get("family")?,
+        encounter: row.try_get("encounter")?,
     })
+}
+
+/// Inserts `token` for `tenant` through `conn` (a pool or a transaction).
+pub(crate) async fn insert_token_in<'c, E>(
+    conn: E,
+    tenant: &str,
+    token: &TokenRow,
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    sqlx::query(&format!(
+        "INSERT INTO tokens (tenant, {TOKEN_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    ))
+    .bind(tenant)
+    .bind(token.token_hash.as_slice())
+    .bind(&token.kind)
+    .bind(&token.principal_id)
+    .bind(token.client_id.as_deref())
+    .bind(&token.scopes)
+    .bind(token.launch_patient.as_deref())
+    .bind(token.issued_at)
+    .bind(token.expires_at)
+    .bind(token.revoked_at)
+    .bind(token.family.as_deref())
+    .bind(token.encounter.as_deref())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 fn grant_from(row: &AnyRow) -> Result<GrantRow, StoreError> {
@@ -322,7 +374,7 @@ impl Store {
             .await
     }
 
-    fn account_integrity(&self, id: &str, why: &'static str) -> StoreError {
+    pub(crate) fn account_integrity(&self, id: &str, why: &'static str) -> StoreError {
         tracing::error!(
             target: "phivault::integrity",
             tenant = %self.inner.tenant,
@@ -770,23 +822,7 @@ impl Store {
     /// Stores an issued token (its hash).
     pub async fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
-        sqlx::query(&format!(
-            "INSERT INTO tokens (tenant, {TOKEN_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        ))
-        .bind(&self.inner.tenant)
-        .bind(token.token_hash.as_slice())
-        .bind(&token.kind)
-        .bind(&token.principal_id)
-        .bind(token.client_id.as_deref())
-        .bind(&token.scopes)
-        .bind(token.launch_patient.as_deref())
-        .bind(token.issued_at)
-        .bind(token.expires_at)
-        .bind(token.revoked_at)
-        .execute(&self.inner.pool)
-        .await?;
-        Ok(())
+        insert_token_in(&self.inner.pool, &self.inner.tenant, token).await
     }
 
     /// The token with this hash.
@@ -818,84 +854,6 @@ impl Store {
         )
         .bind(now)
         .bind(token_hash)
-        .bind(&self.inner.tenant)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        commit_recorded_auth(tx, &self.inner.tenant, audit, change).await?;
-        Ok(true)
-    }
-
-    // ---- OAuth2 clients --------------------------------------------------------------------
-
-    /// Registers a client, committed with `audit`'s record of `change`.
-    pub async fn insert_client(
-        &self,
-        client: &ClientRow,
-        audit: &dyn AccountSink,
-        change: &AccountChange,
-    ) -> Result<(), StoreError> {
-        let _guard = self.write_guard().await;
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO oauth_clients (client_id, tenant, name, secret_hash, scopes, \
-             launch_patient, created_at, disabled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&client.client_id)
-        .bind(&self.inner.tenant)
-        .bind(&client.name)
-        .bind(client.secret_hash.as_slice())
-        .bind(&client.scopes)
-        .bind(client.launch_patient.as_deref())
-        .bind(client.created_at)
-        .bind(client.disabled_at)
-        .execute(&mut *tx)
-        .await?;
-        commit_recorded(tx, audit, change).await
-    }
-
-    /// The client with this id.
-    pub async fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT client_id, name, secret_hash, scopes, launch_patient, created_at, \
-             disabled_at FROM oauth_clients WHERE client_id = $1 AND tenant = $2",
-        )
-        .bind(client_id)
-        .bind(&self.inner.tenant)
-        .fetch_optional(&self.inner.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(ClientRow {
-            client_id: row.try_get("client_id")?,
-            name: row.try_get("name")?,
-            secret_hash: row.try_get("secret_hash")?,
-            scopes: row.try_get("scopes")?,
-            launch_patient: row.try_get("launch_patient")?,
-            created_at: row.try_get("created_at")?,
-            disabled_at: row.try_get("disabled_at")?,
-        }))
-    }
-
-    /// Disables a client at `now` (kept for the audit trail; its credentials and every token
-    /// bound to it stop working), committed with `audit`'s record of `change`. `false`
-    /// (nothing recorded) when there is no such client or it is disabled already.
-    pub async fn disable_client(
-        &self,
-        client_id: &str,
-        now: i64,
-        audit: &dyn AccountSink,
-        change: &AccountChange,
-    ) -> Result<bool, StoreError> {
-        let _guard = self.write_guard().await;
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE oauth_clients SET disabled_at = $1 WHERE client_id = $2 AND tenant = $3 \
-             AND disabled_at IS NULL",
-        )
-        .bind(now)
-        .bind(client_id)
         .bind(&self.inner.tenant)
         .execute(&mut *tx)
         .await?;
@@ -1089,7 +1047,7 @@ impl Store {
 /// Replaces the auth generation inside `tx` (the change alters what authenticating a token
 /// answers: see [`crate::Generation::Auth`]), has `audit` record `change` in `tx`, then
 /// commits.
-async fn commit_recorded_auth(
+pub(crate) async fn commit_recorded_auth(
     mut tx: sqlx::Transaction<'static, sqlx::Any>,
     tenant: &str,
     audit: &dyn AccountSink,
@@ -1101,7 +1059,7 @@ async fn commit_recorded_auth(
 
 /// Has `audit` record `change` in `tx`, then commits. A failing sink drops `tx`, which rolls
 /// the change back: no account change is committed without its audit entry.
-async fn commit_recorded(
+pub(crate) async fn commit_recorded(
     mut tx: sqlx::Transaction<'static, sqlx::Any>,
     audit: &dyn AccountSink,
     change: &AccountChange,

@@ -218,7 +218,9 @@ impl Store {
     /// would reach further, not less far), and the link of a patient account to the patient
     /// (the account stays, linked to no one, so it opens nothing), and the launch patient of
     /// OAuth2 clients registered for the patient (the client is disabled in the same
-    /// statement: like a token, a client without its launch patient would reach further).
+    /// statement: like a token, a client without its launch patient would reach further), and
+    /// the authorization codes and EHR launch contexts naming the patient (deleted: they
+    /// would give tokens launched for the patient).
     /// Returns the tables changed, whose residue is then purged from the files.
     async fn erase_traces(
         &self,
@@ -226,7 +228,7 @@ impl Store {
         patient: &Id,
     ) -> Result<Vec<&'static str>, StoreError> {
         let tenant = &self.inner.tenant;
-        let statements: [(&'static str, &str); 4] = [
+        let statements: [(&'static str, &str); 6] = [
             (
                 "break_glass",
                 "DELETE FROM break_glass WHERE tenant = $1 AND patient_id = $2",
@@ -242,6 +244,14 @@ impl Store {
             (
                 "users",
                 "UPDATE users SET patient_id = NULL WHERE tenant = $1 AND patient_id = $2",
+            ),
+            (
+                "oauth_codes",
+                "DELETE FROM oauth_codes WHERE tenant = $1 AND launch_patient = $2",
+            ),
+            (
+                "smart_launches",
+                "DELETE FROM smart_launches WHERE tenant = $1 AND patient_id = $2",
             ),
         ];
         let mut changed = Vec::new();

@@ -8,9 +8,11 @@
 //! soft delete, history, search and atomic transaction/batch Bundles. It also keeps the
 //! accounts ([`accounts`]): users found by blind username tokens, sealed TOTP secrets and
 //! usernames, hashed tokens, client secrets and recovery codes, care grants and sealed
-//! break-the-glass reasons. And it keeps the audit trail's bytes ([`audit`]): entries, signed
-//! checkpoints and the sealed checkpoint-signing key, whose hashes and signatures phivault-audit
-//! computes.
+//! break-the-glass reasons; and OAuth2 / SMART App Launch state ([`oauth`]): clients,
+//! one-time authorization codes, token families and refresh rotation, client-assertion ids,
+//! launch contexts, remembered consents and the sealed id_token signing keys. And it keeps the
+//! audit trail's bytes ([`audit`]): entries, signed checkpoints and the sealed
+//! checkpoint-signing key, whose hashes and signatures phivault-audit computes.
 //!
 //! Guarantees (DESIGN.md invariants 1, 4 and 7):
 //! - every resource version is sealed with AES-256-GCM under the data key of its patient
@@ -35,6 +37,7 @@ mod bundle;
 mod erasure;
 mod generations;
 mod keys;
+pub mod oauth;
 mod reindex;
 mod released;
 mod residue;

@@ -102,6 +102,13 @@ pub enum AccountChangeKind {
     TokenRevoked,
     /// An OAuth2 client was disabled.
     ClientDisabled,
+    /// An OAuth2 client's secret was replaced.
+    ClientSecretReplaced,
+    /// The tokens of an authorization-code grant were revoked (a replayed code or refresh
+    /// token).
+    TokenFamilyRevoked,
+    /// A user revoked an app's authorization (and the app's tokens).
+    AuthorizationRevoked,
 }
 
 impl AccountChangeKind {
@@ -118,6 +125,9 @@ impl AccountChangeKind {
             AccountChangeKind::TotpEnabled => "totp-enabled",
             AccountChangeKind::TokenRevoked => "token-revoked",
             AccountChangeKind::ClientDisabled => "client-disabled",
+            AccountChangeKind::ClientSecretReplaced => "client-secret-replaced",
+            AccountChangeKind::TokenFamilyRevoked => "token-family-revoked",
+            AccountChangeKind::AuthorizationRevoked => "authorization-revoked",
         }
     }
 }

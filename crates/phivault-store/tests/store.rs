@@ -21,6 +21,8 @@ mod date_range;
 mod erasure;
 #[path = "store/number_range.rs"]
 mod number_range;
+#[path = "store/oauth.rs"]
+mod oauth;
 #[path = "store/proofs.rs"]
 mod proofs;
 #[path = "store/rotation.rs"]

@@ -3,8 +3,8 @@
 use super::*;
 
 impl Accounts {
-    /// Registers an OAuth2 client with its allowed scopes, committed with `audit`'s entry;
-    /// returns (client_id, secret).
+    /// Registers a `confidential-secret` OAuth2 client (client credentials grant) with its
+    /// allowed scopes, committed with `audit`'s entry; returns (client_id, secret).
     pub async fn create_client(
         &self,
         name: &str,
@@ -12,43 +12,27 @@ impl Accounts {
         launch_patient: Option<&Id>,
         audit: &dyn AccountSink,
     ) -> Result<(String, IssuedToken), ServiceError> {
-        let name = name.trim();
-        let chars = name.chars().count();
-        if chars == 0 || chars > MAX_CLIENT_NAME_CHARS || name.chars().any(char::is_control) {
-            return Err(ServiceError::Invalid(format!(
-                "a client name has 1 to {MAX_CLIENT_NAME_CHARS} characters, no control characters"
-            )));
-        }
-        let set = ScopeSet::parse(scopes).map_err(|e| ServiceError::Invalid(e.to_string()))?;
-        if set.data_scopes().is_empty() && set.other_scopes().is_empty() {
-            return Err(ServiceError::Invalid(
-                "a client needs at least one scope".to_owned(),
-            ));
-        }
-        let client_id = format!("pvcl_{}", uuid::Uuid::new_v4());
-        let secret = IssuedToken::generate(TokenKind::ClientSecret).map_err(internal)?;
-        self.store
-            .insert_client(
-                &ClientRow {
-                    client_id: client_id.clone(),
+        let (client_id, secret) = self
+            .register_client(
+                &ClientRegistration {
                     name: name.to_owned(),
-                    secret_hash: secret.hash().as_bytes().to_vec(),
-                    scopes: set.to_string(),
-                    launch_patient: launch_patient.map(|p| p.as_str().to_owned()),
-                    created_at: self.now(),
-                    disabled_at: None,
+                    client_type: ClientType::ConfidentialSecret,
+                    scopes: scopes.to_owned(),
+                    redirect_uris: Vec::new(),
+                    jwks: None,
+                    jwks_url: None,
+                    launch_patient: launch_patient.cloned(),
                 },
                 audit,
-                &AccountChange::new(AccountChangeKind::ClientRegistered),
             )
             .await?;
-        tracing::info!(target: "phivault::auth", client_id, "OAuth2 client registered");
+        let secret = secret.ok_or_else(|| internal("a secret client without a secret"))?;
         Ok((client_id, secret))
     }
 
     /// The enabled client `client_id` whose secret is `secret` (compared in constant time; an
     /// unknown client compares a stand-in hash), else a credential failure.
-    async fn client_by_credentials(
+    pub(super) async fn client_by_credentials(
         &self,
         client_id: &str,
         secret: &str,
@@ -73,49 +57,25 @@ impl Accounts {
         }
     }
 
-    /// Checks an OAuth2 client's credentials (e.g. of a revocation request) without issuing
-    /// or changing anything.
-    pub async fn verify_client(&self, client_id: &str, secret: &str) -> Result<(), ServiceError> {
-        self.client_by_credentials(client_id, secret)
-            .await
-            .map(|_| ())
-    }
-
-    /// OAuth2 client credentials grant: (access token, lifetime seconds, granted scopes).
+    /// OAuth2 client credentials grant of a `confidential-secret` client: (access token,
+    /// lifetime seconds, granted scopes).
     pub async fn client_credentials(
         &self,
         client_id: &str,
         secret: &str,
         scope: Option<&str>,
     ) -> Result<(IssuedToken, i64, String), ServiceError> {
-        let now = self.now();
-        let client = self.client_by_credentials(client_id, secret).await?;
-        let allowed = ScopeSet::parse(&client.scopes).map_err(internal)?;
-        let granted = match scope.map(str::trim).filter(|s| !s.is_empty()) {
-            None => allowed,
-            Some(s) => {
-                let requested =
-                    ScopeSet::parse(s).map_err(|e| ServiceError::Invalid(e.to_string()))?;
-                if !scopes_within(&requested, &allowed) {
-                    return Err(ServiceError::Invalid(
-                        "the requested scope exceeds what the client is registered for".to_owned(),
-                    ));
-                }
-                requested
-            }
+        let credentials = ClientCredentials::Secret {
+            client_id: client_id.to_owned(),
+            secret: zeroize::Zeroizing::new(secret.to_owned()),
         };
-        let granted = granted.to_string();
-        let (token, record) = TokenRecord::issue(
-            TokenKind::Access,
-            &client.client_id,
-            Some(client.client_id.clone()),
-            granted.clone(),
-            now,
-        )
-        .map_err(internal)?;
-        self.store
-            .insert_token(&token_row(&record, client.launch_patient.clone()))
-            .await?;
-        Ok((token, record.expires_at.saturating_sub(now), granted))
+        // A secret needs no token endpoint URL (only assertions name it).
+        let client = self
+            .authenticate_client(&credentials, "")
+            .await
+            .map_err(GrantError::into_service)?;
+        self.client_credentials_for(&client, scope)
+            .await
+            .map_err(GrantError::into_service)
     }
 }

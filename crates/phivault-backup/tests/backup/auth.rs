@@ -4,6 +4,7 @@
 use super::*;
 use phivault_store::NoAudit;
 use phivault_store::accounts::{ClientRow, NewUser, TokenRow};
+use phivault_store::oauth::{AuthorizationRow, SigningKeyRow};
 use phivault_store::{AccountChange, AccountChangeKind};
 
 /// An account change for calls whose sink ([`NoAudit`]) records nothing.
@@ -149,6 +150,8 @@ fn token(n: u8, principal: &str) -> TokenRow {
         issued_at: 1_700_000_000,
         expires_at: 4_000_000_000,
         revoked_at: None,
+        family: None,
+        encounter: None,
     }
 }
 
@@ -200,6 +203,10 @@ async fn revocations_after_the_backup_survive_a_restore_over_the_installation() 
                         launch_patient: None,
                         created_at: 1_700_000_000,
                         disabled_at: None,
+                        client_type: "confidential-secret".to_owned(),
+                        redirect_uris: Vec::new(),
+                        jwks: None,
+                        jwks_url: None,
                     },
                     &NoAudit,
                     &any_change(),
@@ -212,6 +219,30 @@ async fn revocations_after_the_backup_survive_a_restore_over_the_installation() 
         }
         store
             .replace_recovery_codes("u-1", &[[1; 32], [2; 32]])
+            .await
+            .unwrap();
+        for client in ["c-1", "c-2"] {
+            store
+                .upsert_authorization(&AuthorizationRow {
+                    user_id: "u-1".to_owned(),
+                    client_id: client.to_owned(),
+                    scopes: "patient/*.rs".to_owned(),
+                    granted_at: 1_700_000_000,
+                    last_used_at: 1_700_000_000,
+                    revoked_at: None,
+                })
+                .await
+                .unwrap();
+        }
+        store
+            .insert_signing_key(&SigningKeyRow {
+                kid: "k-1".to_owned(),
+                alg: "RS256".to_owned(),
+                private_der: vec![1, 2, 3].into(),
+                public_jwk: "{}".to_owned(),
+                created_at: 1_700_000_000,
+                retired_at: None,
+            })
             .await
             .unwrap();
         let (archive, _) = backup(&store, &recipient, &key).await;
@@ -244,6 +275,20 @@ async fn revocations_after_the_backup_survive_a_restore_over_the_installation() 
                 .await
                 .unwrap()
         );
+        assert!(
+            store
+                .revoke_authorization("u-1", "c-1", now, &NoAudit, &any_change())
+                .await
+                .unwrap()
+        );
+        // Revoked before the archive's consent was given: that consent is newer and stays.
+        sqlx::query(
+            "UPDATE oauth_authorizations SET revoked_at = 1600000000 WHERE client_id = 'c-2'",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        assert!(store.retire_signing_key("k-1", now).await.unwrap());
         store.insert_token(&token(9, "u-1")).await.unwrap();
         assert!(
             store
@@ -273,9 +318,11 @@ async fn revocations_after_the_backup_survive_a_restore_over_the_installation() 
                 r.users,
                 r.clients,
                 r.recovery_codes,
-                r.passwords_differ
+                r.passwords_differ,
+                r.authorizations,
+                r.signing_keys
             ),
-            (1, 1, 1, 1, 1),
+            (1, 1, 1, 1, 1, 1, 1),
             "{backend}: {r:?}"
         );
         let restored = open(&url, &key).await;
@@ -307,6 +354,24 @@ async fn revocations_after_the_backup_survive_a_restore_over_the_installation() 
             restored.unused_recovery_codes("u-1").await.unwrap(),
             vec![[2; 32]],
             "{backend}: a spent recovery code is spendable again"
+        );
+        let authorization = |client: &'static str| {
+            let restored = restored.clone();
+            async move {
+                restored
+                    .authorization("u-1", client)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .revoked_at
+            }
+        };
+        assert_eq!(authorization("c-1").await, Some(now), "{backend}");
+        assert_eq!(authorization("c-2").await, None, "{backend}");
+        assert_eq!(
+            restored.signing_keys().await.unwrap()[0].retired_at,
+            Some(now),
+            "{backend}"
         );
         restored.close().await;
 

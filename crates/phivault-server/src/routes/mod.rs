@@ -2,4 +2,5 @@
 //! at the crate root move here as they are touched.
 
 pub(crate) mod alerts;
+pub(crate) mod oauth;
 pub(crate) mod research_export;

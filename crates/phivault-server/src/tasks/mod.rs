@@ -1,4 +1,5 @@
 //! Background tasks of a serving process.
 
 pub(crate) mod alerts;
+pub(crate) mod signing_keys;
 pub(crate) mod statistics;

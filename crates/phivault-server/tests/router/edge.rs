@@ -371,8 +371,11 @@ async fn metadata_is_a_capability_statement() {
     );
     assert_eq!(
         uri_of("authorize"),
-        None,
-        "no authorization endpoint is offered"
+        Some(json!("https://127.0.0.1:8443/oauth/authorize"))
+    );
+    assert_eq!(
+        uri_of("introspect"),
+        Some(json!("https://127.0.0.1:8443/oauth/introspect"))
     );
     let description = security["description"].as_str().unwrap();
     for claim in [
@@ -684,19 +687,56 @@ async fn smart_configuration_is_truthful() {
         v["revocation_endpoint"],
         "https://127.0.0.1:8443/oauth/revoke"
     );
-    assert_eq!(v["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(
+        v["grant_types_supported"],
+        json!(["authorization_code", "refresh_token", "client_credentials"])
+    );
     assert_eq!(
         v["token_endpoint_auth_methods_supported"],
-        json!(["client_secret_basic", "client_secret_post"])
+        json!([
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+            "none"
+        ])
     );
+    assert_eq!(v["code_challenge_methods_supported"], json!(["S256"]));
     assert_eq!(
-        v["capabilities"],
-        json!(["permission-v2", "client-confidential-symmetric"])
+        v["authorization_endpoint"],
+        "https://127.0.0.1:8443/oauth/authorize"
     );
-    assert!(v.get("authorization_endpoint").is_none());
+    let capabilities = v["capabilities"].as_array().unwrap();
+    for capability in [
+        "launch-standalone",
+        "launch-ehr",
+        "client-public",
+        "client-confidential-symmetric",
+        "client-confidential-asymmetric",
+        "context-standalone-patient",
+        "permission-v2",
+        "permission-offline",
+        "sso-openid-connect",
+    ] {
+        assert!(capabilities.contains(&json!(capability)), "{capability}");
+    }
     let scopes = v["scopes_supported"].as_array().unwrap();
     assert!(scopes.iter().any(|s| s == "system/*.rs"), "{v}");
-    assert!(scopes.iter().all(|s| s.as_str().unwrap().contains('/')));
+    // The OpenID Connect discovery document agrees on the issuer and keys.
+    let o = c
+        .send(
+            Request::get("/fhir/.well-known/openid-configuration")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(o.status, StatusCode::OK, "{o:?}");
+    let o = o.json();
+    assert_eq!(o["issuer"], "https://127.0.0.1:8443/fhir");
+    assert_eq!(o["jwks_uri"], v["jwks_uri"]);
+    let scopes: Vec<&Value> = scopes
+        .iter()
+        .filter(|s| s.as_str().unwrap().contains('/') && !s.as_str().unwrap().starts_with("launch"))
+        .collect();
     // Every advertised scope can be registered and requested.
     for scope in scopes {
         let (id, secret) = c.client("s", scope.as_str().unwrap(), Some("p1")).await;

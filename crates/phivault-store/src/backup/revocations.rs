@@ -1,5 +1,5 @@
 //! Revocations survive a restore: what the installation being replaced had revoked (tokens,
-//! users, clients, recovery codes) is applied over the restored rows in the restore's
+//! users, clients, recovery codes, apps' authorizations, id_token signing keys) is applied over the restored rows in the restore's
 //! transaction, as its erasure ledger is (DESIGN.md invariant 6 for erasures; the same
 //! reasoning for access that was taken away).
 
@@ -22,6 +22,10 @@ pub struct Revocations {
     codes: Vec<(String, Vec<u8>, i64)>,
     /// (user id, password hash): compared with the restored ones, never written.
     passwords: Vec<(String, String)>,
+    /// (tenant, user id, client id, revoked at).
+    authorizations: Vec<(String, String, String, i64)>,
+    /// (tenant, key id, retired at).
+    signing_keys: Vec<(String, String, i64)>,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -31,6 +35,8 @@ impl std::fmt::Debug for Revocations {
             .field("users", &self.users.len())
             .field("clients", &self.clients.len())
             .field("recovery_codes", &self.codes.len())
+            .field("authorizations", &self.authorizations.len())
+            .field("signing_keys", &self.signing_keys.len())
             .finish_non_exhaustive()
     }
 }
@@ -46,6 +52,10 @@ pub struct RevocationsReplayed {
     pub clients: u64,
     /// Recovery codes marked spent (again).
     pub recovery_codes: u64,
+    /// Apps' authorizations revoked (again).
+    pub authorizations: u64,
+    /// id_token signing keys retired (again).
+    pub signing_keys: u64,
     /// Restored users whose password hash differs from the replaced installation's (not
     /// changed: the operator decides whether to reset them).
     pub passwords_differ: u64,
@@ -97,6 +107,32 @@ impl RestoreTx {
                 row.try_get("used_at")?,
             ));
         }
+        for row in sqlx::query(
+            "SELECT tenant, user_id, client_id, revoked_at FROM oauth_authorizations \
+             WHERE revoked_at IS NOT NULL",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?
+        {
+            out.authorizations.push((
+                row.try_get("tenant")?,
+                row.try_get("user_id")?,
+                row.try_get("client_id")?,
+                row.try_get("revoked_at")?,
+            ));
+        }
+        for row in sqlx::query(
+            "SELECT tenant, kid, retired_at FROM oidc_signing_keys WHERE retired_at IS NOT NULL",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?
+        {
+            out.signing_keys.push((
+                row.try_get("tenant")?,
+                row.try_get("kid")?,
+                row.try_get("retired_at")?,
+            ));
+        }
         Ok(out)
     }
 
@@ -105,7 +141,9 @@ impl RestoreTx {
     /// (logout, revocation) stays revoked, a user or client disabled there stays disabled, a
     /// recovery code spent there stays spent. Each of these only ever goes one way (set
     /// once, never cleared, not even by the server's own code), so carrying them is right
-    /// whichever of the two copies is the newer. Password hashes are
+    /// whichever of the two copies is the newer. An app's authorization is the exception (a
+    /// new consent puts a revoked one in force again): its revocation is carried over a
+    /// restored authorization granted no later than it was revoked. Password hashes are
     /// not carried (no change time is recorded, so either side may be the newer one): the
     /// users whose hash differs are counted for the operator.
     pub async fn replay_revocations(
@@ -154,6 +192,31 @@ impl RestoreTx {
             .bind(*at)
             .bind(user_id)
             .bind(hash.as_slice())
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        }
+        for (tenant, user_id, client_id, at) in &other.authorizations {
+            done.authorizations += sqlx::query(
+                "UPDATE oauth_authorizations SET revoked_at = $1 WHERE tenant = $2 \
+                 AND user_id = $3 AND client_id = $4 AND revoked_at IS NULL AND granted_at <= $1",
+            )
+            .bind(*at)
+            .bind(tenant)
+            .bind(user_id)
+            .bind(client_id)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        }
+        for (tenant, kid, at) in &other.signing_keys {
+            done.signing_keys += sqlx::query(
+                "UPDATE oidc_signing_keys SET retired_at = $1 WHERE tenant = $2 AND kid = $3 \
+                 AND retired_at IS NULL",
+            )
+            .bind(*at)
+            .bind(tenant)
+            .bind(kid)
             .execute(&mut *self.tx)
             .await?
             .rows_affected();

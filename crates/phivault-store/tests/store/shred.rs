@@ -239,6 +239,8 @@ async fn erasure_removes_grants_break_glass_tokens_and_account_links() {
             issued_at: 1,
             expires_at: i64::MAX,
             revoked_at: None,
+            family: None,
+            encounter: None,
         };
         s.insert_token(&token(1, &p.id)).await.unwrap();
         s.insert_token(&token(2, &q.id)).await.unwrap();
@@ -250,6 +252,10 @@ async fn erasure_removes_grants_break_glass_tokens_and_account_links() {
             launch_patient: Some(who.to_string()),
             created_at: 1,
             disabled_at: None,
+            client_type: "confidential-secret".to_owned(),
+            redirect_uris: Vec::new(),
+            jwks: None,
+            jwks_url: None,
         };
         for (id, who) in [("app-p", &p.id), ("app-q", &q.id)] {
             s.insert_client(&client(id, who), &NoAudit, &any_change())
