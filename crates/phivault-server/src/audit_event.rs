@@ -173,6 +173,9 @@ fn event_type(action: &str) -> (Value, Option<Value>) {
         return (coding(DCM_SYSTEM, "110113", "Security Alert"), None);
     }
     let (verb, route) = action.split_once(' ').unwrap_or((action, ""));
+    // The OAuth2 routes follow their template with what they did
+    // (`POST /oauth/token refresh_token reuse: family revoked`).
+    let route = route.split(' ').next().unwrap_or(route);
     let rest_subtype = || interaction(action).map(|code| coding(INTERACTION_SYSTEM, code, code));
     if route.starts_with("/fhir/AuditEvent") || route == "/fhir/Patient/{id}/$access-log" {
         return (
@@ -194,13 +197,13 @@ fn event_type(action: &str) -> (Value, Option<Value>) {
     }
     let authentication = coding(DCM_SYSTEM, "110114", "User Authentication");
     match route {
-        "/auth/login" | "/oauth/token" => {
+        "/auth/login" | "/oauth/token" | "/oauth/authorize/signin" | "/oauth/authorize/totp" => {
             (authentication, Some(coding(DCM_SYSTEM, "110122", "Login")))
         }
         "/auth/logout" | "/oauth/revoke" => {
             (authentication, Some(coding(DCM_SYSTEM, "110123", "Logout")))
         }
-        r if r.starts_with("/auth/") => (authentication, None),
+        r if r.starts_with("/auth/") || r.starts_with("/oauth/") => (authentication, None),
         r if r.starts_with("/admin/break-glass") || r.starts_with("/audit/") => {
             (coding(DCM_SYSTEM, "110101", "Audit Log Used"), None)
         }

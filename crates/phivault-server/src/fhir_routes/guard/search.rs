@@ -21,7 +21,8 @@ impl Access {
         let principal = &self.who.principal;
         let patient = match principal.kind() {
             PrincipalKind::Client if !is_directory(rtype) => principal.launch_patient().cloned(),
-            _ => None,
+            PrincipalKind::User => self.app_patient(rtype),
+            PrincipalKind::Client => None,
         };
         let facts = Facts {
             patient,
@@ -31,6 +32,21 @@ impl Access {
         self.authorize_body(Action::Search, rtype, &facts)
             .await
             .map(|_| ())
+    }
+
+    /// The one patient a person's app may search `rtype` in: its launch patient (a patient's
+    /// own record by default) when its scopes reach that type only through `patient/` scopes.
+    /// `None` for a person's own session, for `user/` scopes, and for directory types.
+    fn app_patient(&self, rtype: ResourceType) -> Option<Id> {
+        let principal = &self.who.principal;
+        let scopes = principal.scopes()?;
+        if is_directory(rtype) || scopes.permits(Action::Search, Some(rtype), None, None) {
+            return None;
+        }
+        principal
+            .launch_patient()
+            .or(principal.linked_patient())
+            .cloned()
     }
 
     /// Runs a search of `rtype` restricted to what the principal may read: a query-level
@@ -217,7 +233,19 @@ impl Access {
                 exclude_labels: all_labels()?,
                 exclude_patients: Vec::new(),
             })),
-            (PrincipalKind::User, Role::Clinician) => self.clinician_plan(rtype, query).await,
+            (PrincipalKind::User, Role::Clinician) => {
+                let mut plan = self.clinician_plan(rtype, query).await?;
+                // An app the clinician launched for one patient searches only there.
+                if let Some(only) = self.app_patient(rtype) {
+                    for scope in &mut plan.scopes {
+                        scope.patients = Some(match scope.patients.take() {
+                            Some(list) => list.into_iter().filter(|p| *p == only).collect(),
+                            None => vec![only.clone()],
+                        });
+                    }
+                }
+                Ok(plan)
+            }
             // Other roles reach no clinical data by default; an operator's policy may grant
             // more, which the per-hit decisions then apply (labels left out).
             _ => Ok(one(self.across_patients(rtype, all_labels()?).await?)),

@@ -616,19 +616,13 @@ async fn after_signin(
         Err(e) => return service_page(e).respond(state, slot),
     };
     match context_patient(state, &who, request, None).await {
-        Ok(Some(patient)) => consent_page(
-            state,
-            slot,
-            headers,
-            request,
-            Some(&patient),
-            is_patient(&who),
-            None,
-        ),
+        Ok(Some(patient)) => {
+            consent_page(state, slot, headers, request, Some(&patient), &who, None).await
+        }
         Ok(None) if needs_picker(&who, request) => {
             picker_page(state, slot, headers, request, &who, None).await
         }
-        Ok(None) => consent_page(state, slot, headers, request, None, is_patient(&who), None),
+        Ok(None) => consent_page(state, slot, headers, request, None, &who, None).await,
         Err(refusal) => refusal.respond(state, slot),
     }
 }
@@ -839,15 +833,16 @@ fn approved_scopes<'a>(
     approved.into_iter().collect()
 }
 
-fn consent_page(
+async fn consent_page(
     state: &AppState,
     slot: &AuditSlot,
     headers: &HeaderMap,
     request: &AuthRequest,
     patient: Option<&Id>,
-    reader_is_patient: bool,
+    who: &Authenticated,
     error: Option<&str>,
 ) -> Response {
+    let reader_is_patient = is_patient(who);
     let (csrf, cookies) = match csrf_token(headers) {
         Ok(t) => t,
         Err(refusal) => return refusal.respond(state, slot),
@@ -855,7 +850,18 @@ fn consent_page(
     let items = consent_items(&request.scope, reader_is_patient);
     let redirect_origin = origin(&request.redirect_uri).unwrap_or_default();
     let patient_id = patient.map(|p| p.as_str().to_owned());
-    let patient_label = patient.map(|p| format!("Patient/{p}"));
+    // The patient in context, named as the picker names them (read as the signed-in
+    // person, audited); their id when the record cannot be read.
+    let patient_label = match patient {
+        Some(p) => Some(
+            match patient_choices(state, slot, who, std::slice::from_ref(p)).await {
+                Ok(mut choices) if !choices.is_empty() => choices.remove(0).label,
+                Ok(_) => format!("Patient/{p}"),
+                Err(e) => return service_page(e).respond(state, slot),
+            },
+        ),
+        None => None,
+    };
     let view = ConsentView {
         client_name: &request.client.name,
         scopes: &items,
@@ -911,9 +917,10 @@ async fn pick_patient(
                 &headers,
                 &request,
                 Some(&patient),
-                is_patient(&who),
+                &who,
                 None,
             )
+            .await
         }
         Ok(None) => {
             picker_page(
