@@ -620,13 +620,16 @@ pub(crate) async fn run_restore(config_file: Option<&Path>, args: RestoreArgs) -
         eprintln!(
             "phivault: replaced what the database held; replayed its ledgers: {} data keys of \
              erased patients deleted, {} resources disposed of, {} tokens revoked, {} users \
-             and {} clients disabled, {} recovery codes spent",
+             and {} clients disabled, {} recovery codes spent, {} app authorizations revoked, \
+             {} id_token signing keys retired",
             report.keys_erased,
             report.resources_disposed,
             r.tokens,
             r.users,
             r.clients,
-            r.recovery_codes
+            r.recovery_codes,
+            r.authorizations,
+            r.signing_keys
         );
         if r.passwords_differ > 0 {
             eprintln!(
