@@ -29,8 +29,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use phivault_auth::{
-    Accounts, Authenticated, CodeRequest, LoginRequest, LoginStep, OAuthClient, Password,
-    ServiceError, has_scope,
+    Accounts, Authenticated, CodeRequest, LoginOutcome, LoginRequest, LoginStep, OAuthClient,
+    Password, ServiceError, has_scope,
 };
 use phivault_fhir::Id;
 use zeroize::Zeroizing;
@@ -42,6 +42,10 @@ use crate::web::{
     ConsentView, ErrorView, Form, PatientChoice, PickerView, ScopeItem, SigninView, TotpView,
     cookie, csrf, form, origin,
 };
+
+mod pages;
+
+use pages::{approved_scopes, consent_page, picker_page};
 
 /// The session cookie of the sign-in pages (`__Host-phivault_session`).
 pub(crate) const SESSION_COOKIE: &str = "phivault_session";
@@ -388,96 +392,49 @@ async fn signin(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (form, request) = match posted(&state, &headers, body).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal.respond(&state, &slot),
-    };
-    let address = match address(&state, connect, &headers) {
-        Ok(a) => a,
-        Err(refusal) => return refusal.respond(&state, &slot),
-    };
-    let username = form.one("username").unwrap_or("").to_owned();
-    let password = Password::new(form.one("password").unwrap_or("").to_owned());
-    let step = state
-        .accounts
-        .login_first_factor(LoginRequest {
-            username,
-            password,
-            totp: None,
-            recovery_code: None,
-            address,
-        })
-        .await;
-    match step {
-        Ok(LoginStep::Done(outcome)) => {
-            let cookie = match cookie::set(
-                SESSION_COOKIE,
-                outcome.token.expose(),
-                Duration::from_secs(8 * 3600),
-            ) {
-                Ok(c) => c,
-                Err(_) => {
-                    return service_page(ServiceError::Internal("cookie".to_owned()))
-                        .respond(&state, &slot);
-                }
-            };
-            if outcome.enrolment_only {
-                return Refusal::Page(
-                    StatusCode::FORBIDDEN,
-                    "Set up your authenticator first",
-                    "Your account needs an authenticator app (a second factor) before it can \
-                     authorize apps. Set it up, then start again from the app."
-                        .to_owned(),
-                )
-                .respond(&state, &slot);
+    let step = async {
+        let (form, request) = posted(&state, &headers, body).await?;
+        let address = address(&state, connect, &headers)?;
+        let login = state
+            .accounts
+            .login_first_factor(LoginRequest {
+                username: form.one("username").unwrap_or("").to_owned(),
+                password: Password::new(form.one("password").unwrap_or("").to_owned()),
+                totp: None,
+                recovery_code: None,
+                address,
+            })
+            .await;
+        let outcome = match login {
+            Ok(LoginStep::Done(outcome)) => Ok(outcome),
+            Ok(LoginStep::SecondFactor(ticket)) => {
+                let (csrf, mut cookies) = csrf_token(&headers)?;
+                cookies.push(set_cookie(MFA_COOKIE, ticket.expose(), 300)?);
+                let view = TotpView {
+                    client_name: Some(&request.client.name),
+                    csrf: &csrf,
+                    request: &request.raw,
+                    error: None,
+                };
+                let page = state.pages.respond(StatusCode::OK, &view, &[]);
+                return Ok(with_cookies(page, &cookies));
             }
-            let response =
-                after_signin(&state, &slot, &headers, &request, outcome.token.expose()).await;
-            with_cookies(response, &[cookie])
-        }
-        Ok(LoginStep::SecondFactor(ticket)) => {
-            let (csrf, mut cookies) = match csrf_token(&headers) {
-                Ok(t) => t,
-                Err(refusal) => return refusal.respond(&state, &slot),
-            };
-            match cookie::set(MFA_COOKIE, ticket.expose(), Duration::from_secs(300)) {
-                Ok(c) => cookies.push(c),
-                Err(_) => {
-                    return service_page(ServiceError::Internal("cookie".to_owned()))
-                        .respond(&state, &slot);
-                }
-            }
-            let view = TotpView {
-                client_name: Some(&request.client.name),
-                csrf: &csrf,
-                request: &request.raw,
-                error: None,
-            };
-            with_cookies(state.pages.respond(StatusCode::OK, &view, &[]), &cookies)
-        }
-        Err(ServiceError::Throttled { retry_after }) => signin_page(
+            Err(e) => Err(e),
+        };
+        let wrong = "The username or password is not right.";
+        signed_in(
             &state,
             &slot,
             &headers,
             &request,
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(&format!(
-                "Too many attempts. Try again in {} seconds.",
-                retry_after.max(1)
-            )),
-            None,
-        ),
-        Err(ServiceError::CredentialFailure) => signin_page(
-            &state,
-            &slot,
-            &headers,
-            &request,
-            StatusCode::UNAUTHORIZED,
-            Some("The username or password is not right."),
-            None,
-        ),
-        Err(e) => service_page(e).respond(&state, &slot),
-    }
+            outcome,
+            Vec::new(),
+            wrong,
+        )
+        .await
+    };
+    step.await
+        .unwrap_or_else(|refusal| refusal.respond(&state, &slot))
 }
 
 /// `POST /oauth/authorize/totp`: the second factor (a TOTP code, or a recovery code).
@@ -488,83 +445,101 @@ async fn totp(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (form, request) = match posted(&state, &headers, body).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal.respond(&state, &slot),
+    let step = async {
+        let (form, request) = posted(&state, &headers, body).await?;
+        let address = address(&state, connect, &headers)?;
+        // The ticket is spent by this attempt, whatever its result.
+        let spent: Vec<HeaderValue> = cookie::clear(MFA_COOKIE).ok().into_iter().collect();
+        let Some(ticket) = cookie::get(&headers, MFA_COOKIE) else {
+            let expired = Some("Your sign-in expired. Please sign in again.");
+            return Ok(signin_page(
+                &state,
+                &slot,
+                &headers,
+                &request,
+                StatusCode::UNAUTHORIZED,
+                expired,
+                Some(spent),
+            ));
+        };
+        let code: String = form
+            .one("code")
+            .unwrap_or("")
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        // Recovery codes have dashes (`xxxx-xxxx-xxxx`); TOTP codes are digits.
+        let (totp_code, recovery) = if code.contains('-') {
+            (None, Some(code.as_str()))
+        } else {
+            (Some(code.as_str()), None)
+        };
+        let outcome = state
+            .accounts
+            .login_second_factor(&ticket, totp_code, recovery, address)
+            .await;
+        let wrong = "The code was not accepted. Please sign in again.";
+        signed_in(&state, &slot, &headers, &request, outcome, spent, wrong).await
     };
-    let address = match address(&state, connect, &headers) {
-        Ok(a) => a,
-        Err(refusal) => return refusal.respond(&state, &slot),
+    step.await
+        .unwrap_or_else(|refusal| refusal.respond(&state, &slot))
+}
+
+/// A `__Host-` cookie living `secs` seconds.
+fn set_cookie(name: &str, value: &str, secs: u64) -> Result<HeaderValue, Refusal> {
+    cookie::set(name, value, Duration::from_secs(secs))
+        .map_err(|_| service_page(ServiceError::Internal("cookie".to_owned())))
+}
+
+/// The end of a sign-in step: the session cookie and the next page, or the sign-in page again
+/// saying why (`wrong` for a refused credential), with `cookies` either way.
+async fn signed_in(
+    state: &AppState,
+    slot: &AuditSlot,
+    headers: &HeaderMap,
+    request: &AuthRequest,
+    outcome: Result<LoginOutcome, ServiceError>,
+    mut cookies: Vec<HeaderValue>,
+    wrong: &str,
+) -> Result<Response, Refusal> {
+    let again = |status, error: &str, cookies| {
+        Ok(signin_page(
+            state,
+            slot,
+            headers,
+            request,
+            status,
+            Some(error),
+            Some(cookies),
+        ))
     };
-    let spent = cookie::clear(MFA_COOKIE).ok();
-    let Some(ticket) = cookie::get(&headers, MFA_COOKIE) else {
-        return signin_page(
-            &state,
-            &slot,
-            &headers,
-            &request,
-            StatusCode::UNAUTHORIZED,
-            Some("Your sign-in expired. Please sign in again."),
-            None,
-        );
-    };
-    let code: String = form
-        .one("code")
-        .unwrap_or("")
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    // Recovery codes have dashes (`xxxx-xxxx-xxxx`); TOTP codes are digits.
-    let (totp_code, recovery) = if code.contains('-') {
-        (None, Some(code.as_str()))
-    } else {
-        (Some(code.as_str()), None)
-    };
-    match state
-        .accounts
-        .login_second_factor(&ticket, totp_code, recovery, address)
-        .await
-    {
-        Ok(outcome) => {
-            let mut cookies: Vec<HeaderValue> = spent.into_iter().collect();
-            match cookie::set(
-                SESSION_COOKIE,
-                outcome.token.expose(),
-                Duration::from_secs(8 * 3600),
-            ) {
-                Ok(c) => cookies.push(c),
-                Err(_) => {
-                    return service_page(ServiceError::Internal("cookie".to_owned()))
-                        .respond(&state, &slot);
-                }
-            }
-            let response =
-                after_signin(&state, &slot, &headers, &request, outcome.token.expose()).await;
-            with_cookies(response, &cookies)
-        }
-        Err(ServiceError::Throttled { retry_after }) => signin_page(
-            &state,
-            &slot,
-            &headers,
-            &request,
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(&format!(
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(ServiceError::Throttled { retry_after }) => {
+            let wait = format!(
                 "Too many attempts. Try again in {} seconds.",
                 retry_after.max(1)
-            )),
-            Some(spent.into_iter().collect()),
-        ),
-        Err(ServiceError::CredentialFailure) => signin_page(
-            &state,
-            &slot,
-            &headers,
-            &request,
-            StatusCode::UNAUTHORIZED,
-            Some("The code was not accepted. Please sign in again."),
-            Some(spent.into_iter().collect()),
-        ),
-        Err(e) => service_page(e).respond(&state, &slot),
+            );
+            return again(StatusCode::TOO_MANY_REQUESTS, &wait, cookies);
+        }
+        Err(ServiceError::CredentialFailure) => {
+            return again(StatusCode::UNAUTHORIZED, wrong, cookies);
+        }
+        Err(e) => return Err(service_page(e)),
+    };
+    if outcome.enrolment_only {
+        return Err(Refusal::Page(
+            StatusCode::FORBIDDEN,
+            "Set up your authenticator first",
+            "Your account needs an authenticator app (a second factor) before it can \
+             authorize apps. Set it up, then start again from the app."
+                .to_owned(),
+        ));
     }
+    let token = outcome.token.expose();
+    cookies.push(set_cookie(SESSION_COOKIE, token, 8 * 3600)?);
+    let response = after_signin(state, slot, headers, request, token).await;
+    Ok(with_cookies(response, &cookies))
 }
 
 /// The signed-in person of a post (the session cookie), named in the request's audit entry.
@@ -689,199 +664,6 @@ async fn context_patient(
     }
 }
 
-/// Most patients the picker lists (a clinician with more searches in the EHR instead).
-const MAX_PICKER_PATIENTS: usize = 200;
-
-/// The picker's choices: each patient's name and birth date, read as the clinician (decided,
-/// released and audited like any read); a patient the clinician may not read now is left
-/// out, and one whose record has no name shows its id.
-async fn patient_choices(
-    state: &AppState,
-    slot: &AuditSlot,
-    who: &Authenticated,
-    patients: &[Id],
-) -> Result<Vec<PatientChoice>, ServiceError> {
-    let to_service = |e: crate::ApiError| ServiceError::Internal(e.to_string());
-    let mut access = crate::fhir_routes::guard::Access::new(
-        state.clone(),
-        who.clone(),
-        &HeaderMap::new(),
-        slot.clone(),
-    )
-    .map_err(to_service)?;
-    let Ok(rtype) = phivault_fhir::ResourceType::parse("Patient") else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for id in patients.iter().take(MAX_PICKER_PATIENTS) {
-        let current = access.load(rtype, id).await.map_err(to_service)?;
-        let proof = match access
-            .authorize_current(phivault_policy::Action::Read, rtype, &current)
-            .await
-        {
-            Ok(Some(proof)) => proof,
-            Ok(None) | Err(crate::ApiError::Forbidden(_)) => continue,
-            Err(e) => return Err(to_service(e)),
-        };
-        let crate::fhir_routes::guard::Current::Live(stored) = current else {
-            continue;
-        };
-        let Ok(stored) = stored.release(&proof) else {
-            continue;
-        };
-        out.push(PatientChoice {
-            id: id.as_str().to_owned(),
-            label: patient_label(&stored.body).unwrap_or_else(|| format!("Patient/{id}")),
-        });
-    }
-    Ok(out)
-}
-
-/// "Ann Smith, born 1980-01-02" from a Patient's first name and birth date.
-fn patient_label(body: &serde_json::Value) -> Option<String> {
-    let name = body.get("name")?.as_array()?.first()?;
-    let mut parts: Vec<&str> = name
-        .get("given")
-        .and_then(|g| g.as_array())
-        .map(|g| g.iter().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
-    if let Some(family) = name.get("family").and_then(|f| f.as_str()) {
-        parts.push(family);
-    }
-    let text = name.get("text").and_then(|t| t.as_str());
-    let shown = if parts.is_empty() {
-        text?.to_owned()
-    } else {
-        parts.join(" ")
-    };
-    Some(match body.get("birthDate").and_then(|b| b.as_str()) {
-        Some(born) => format!("{shown}, born {born}"),
-        None => shown,
-    })
-}
-
-async fn picker_page(
-    state: &AppState,
-    slot: &AuditSlot,
-    headers: &HeaderMap,
-    request: &AuthRequest,
-    who: &Authenticated,
-    error: Option<&str>,
-) -> Response {
-    let (csrf, cookies) = match csrf_token(headers) {
-        Ok(t) => t,
-        Err(refusal) => return refusal.respond(state, slot),
-    };
-    let patients = match state.accounts.care_patients(who).await {
-        Ok(p) => p,
-        Err(e) => return service_page(e).respond(state, slot),
-    };
-    let choices = match patient_choices(state, slot, who, &patients).await {
-        Ok(c) => c,
-        Err(e) => return service_page(e).respond(state, slot),
-    };
-    let view = PickerView {
-        client_name: Some(&request.client.name),
-        patients: &choices,
-        csrf: &csrf,
-        request: &request.raw,
-        error,
-    };
-    with_cookies(state.pages.respond(StatusCode::OK, &view, &[]), &cookies)
-}
-
-/// Identity scopes shown as one choice: `openid` stands for `fhirUser` and `profile` too.
-const IDENTITY_COMPANIONS: [&str; 2] = ["fhirUser", "profile"];
-
-/// The consent page's list: one line per scope asked for, the identity scopes as one line,
-/// and `patient/` scopes worded for a clinician ("this patient's") when the reader is not
-/// the patient.
-fn consent_items(scope: &str, reader_is_patient: bool) -> Vec<ScopeItem> {
-    let openid = has_scope(scope, "openid");
-    scope
-        .split_ascii_whitespace()
-        .filter(|s| !(openid && IDENTITY_COMPANIONS.contains(s)))
-        .map(|s| {
-            let mut item = ScopeItem::new(s, true);
-            if !reader_is_patient && s.starts_with("patient/") {
-                item.description = item
-                    .description
-                    .replace("of your records", "of this patient's records")
-                    .replace(" your ", " this patient's ");
-            }
-            item
-        })
-        .collect()
-}
-
-/// The scopes approved on the consent page: the ticked ones the app asked for, with the
-/// identity companions of a ticked `openid`.
-fn approved_scopes<'a>(
-    request: &'a AuthRequest,
-    ticked: impl Iterator<Item = &'a str>,
-) -> Vec<&'a str> {
-    let mut approved: std::collections::BTreeSet<&str> =
-        ticked.filter(|s| request.wants(s)).collect();
-    if approved.contains("openid") {
-        approved.extend(
-            request
-                .scope
-                .split_ascii_whitespace()
-                .filter(|s| IDENTITY_COMPANIONS.contains(s)),
-        );
-    }
-    approved.into_iter().collect()
-}
-
-async fn consent_page(
-    state: &AppState,
-    slot: &AuditSlot,
-    headers: &HeaderMap,
-    request: &AuthRequest,
-    patient: Option<&Id>,
-    who: &Authenticated,
-    error: Option<&str>,
-) -> Response {
-    let reader_is_patient = is_patient(who);
-    let (csrf, cookies) = match csrf_token(headers) {
-        Ok(t) => t,
-        Err(refusal) => return refusal.respond(state, slot),
-    };
-    let items = consent_items(&request.scope, reader_is_patient);
-    let redirect_origin = origin(&request.redirect_uri).unwrap_or_default();
-    let patient_id = patient.map(|p| p.as_str().to_owned());
-    // The patient in context, named as the picker names them (read as the signed-in
-    // person, audited); their id when the record cannot be read.
-    let patient_label = match patient {
-        Some(p) => Some(
-            match patient_choices(state, slot, who, std::slice::from_ref(p)).await {
-                Ok(mut choices) if !choices.is_empty() => choices.remove(0).label,
-                Ok(_) => format!("Patient/{p}"),
-                Err(e) => return service_page(e).respond(state, slot),
-            },
-        ),
-        None => None,
-    };
-    let view = ConsentView {
-        client_name: &request.client.name,
-        scopes: &items,
-        redirect_origin: &redirect_origin,
-        csrf: &csrf,
-        request: &request.raw,
-        patient: patient_id.as_deref(),
-        patient_label: patient_label.as_deref(),
-        error,
-    };
-    // The approval's redirect to the app follows the form post: the app's origin must be
-    // a form target, or the browser stops the redirect.
-    with_cookies(
-        state
-            .pages
-            .respond(StatusCode::OK, &view, &[request.redirect_uri.as_str()]),
-        &cookies,
-    )
-}
-
 /// `POST /oauth/authorize/patient`: a clinician's choice of patient.
 async fn pick_patient(
     State(state): State<AppState>,
@@ -889,52 +671,32 @@ async fn pick_patient(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (form, request) = match posted(&state, &headers, body).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal.respond(&state, &slot),
-    };
-    let who = match session(&state, &slot, &headers).await {
-        Ok(w) => w,
-        Err(refusal) => return refusal.respond(&state, &slot),
-    };
-    let Some(chosen) = form.one("patient") else {
-        return picker_page(
+    let step = async {
+        let (form, request) = posted(&state, &headers, body).await?;
+        let who = session(&state, &slot, &headers).await?;
+        let chosen = form.one("patient");
+        let patient = match chosen {
+            Some(id) => context_patient(&state, &who, &request, Some(id)).await?,
+            None => None,
+        };
+        let Some(patient) = patient else {
+            let again = Some("Choose a patient.");
+            return Ok(picker_page(&state, &slot, &headers, &request, &who, again).await);
+        };
+        slot.note_patient(&patient);
+        Ok(consent_page(
             &state,
             &slot,
             &headers,
             &request,
+            Some(&patient),
             &who,
-            Some("Choose a patient."),
+            None,
         )
-        .await;
+        .await)
     };
-    match context_patient(&state, &who, &request, Some(chosen)).await {
-        Ok(Some(patient)) => {
-            slot.note_patient(&patient);
-            consent_page(
-                &state,
-                &slot,
-                &headers,
-                &request,
-                Some(&patient),
-                &who,
-                None,
-            )
-            .await
-        }
-        Ok(None) => {
-            picker_page(
-                &state,
-                &slot,
-                &headers,
-                &request,
-                &who,
-                Some("Choose a patient."),
-            )
-            .await
-        }
-        Err(refusal) => refusal.respond(&state, &slot),
-    }
+    step.await
+        .unwrap_or_else(|refusal: Refusal| refusal.respond(&state, &slot))
 }
 
 /// `POST /oauth/authorize/consent`: the person's decision; an approval redirects to the app
@@ -945,86 +707,67 @@ async fn consent(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (form, request) = match posted(&state, &headers, body).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal.respond(&state, &slot),
-    };
-    let who = match session(&state, &slot, &headers).await {
-        Ok(w) => w,
-        Err(refusal) => return refusal.respond(&state, &slot),
-    };
-    slot.note_action_detail(&format!("client {}", request.client.client_id));
-    let deny = Refusal::Redirect {
-        redirect_uri: request.redirect_uri.clone(),
-        state: Some(request.state.clone()),
-        error: "access_denied",
-        description: "the person did not authorize the app".to_owned(),
-    };
-    if form.one("decision") != Some("approve") {
-        return deny.respond(&state, &slot);
-    }
-    // Only scopes the app asked for count, whatever the form says.
-    let approved = approved_scopes(&request, form.all("scope"));
-    let has_data = approved
-        .iter()
-        .any(|s| s.contains('/') && !s.starts_with("launch"));
-    if !has_data && !approved.contains(&"openid") {
-        return deny.respond(&state, &slot);
-    }
-    let patient = match context_patient(&state, &who, &request, form.one("patient")).await {
-        Ok(p) => p,
-        Err(refusal) => return refusal.respond(&state, &slot),
-    };
-    if request.wants("launch/patient") && patient.is_none() {
-        return picker_page(
-            &state,
-            &slot,
-            &headers,
-            &request,
-            &who,
-            Some("Choose a patient first."),
-        )
-        .await;
-    }
-    if let Some(p) = &patient {
-        slot.note_patient(p);
-    }
-    let encounter = match (&request.launch, request.wants("launch")) {
-        (Some(launch), true) => match state
-            .accounts
-            .resolve_launch(who.principal.id(), launch)
-            .await
-        {
-            Ok(Some((_, encounter))) => encounter,
-            Ok(None) => None,
-            Err(e) => return service_page(e).respond(&state, &slot),
-        },
-        _ => None,
-    };
-    let code = state
-        .accounts
-        .issue_code(&CodeRequest {
-            client_id: request.client.client_id.clone(),
-            user_id: who.principal.id().to_owned(),
+    let step = async {
+        let (form, request) = posted(&state, &headers, body).await?;
+        let who = session(&state, &slot, &headers).await?;
+        slot.note_action_detail(&format!("client {}", request.client.client_id));
+        let deny = Refusal::Redirect {
             redirect_uri: request.redirect_uri.clone(),
-            scopes: approved.join(" "),
-            code_challenge: request.code_challenge.clone(),
-            launch_patient: patient,
-            launch_encounter: encounter,
-            nonce: request.nonce.clone(),
-        })
-        .await;
-    match code {
-        Ok(code) => {
-            slot.note_action_detail(&format!("client {} approved", request.client.client_id));
-            redirect(
-                &request.redirect_uri,
-                &[
-                    ("code", code.expose().to_owned()),
-                    ("state", request.state.clone()),
-                ],
-            )
+            state: Some(request.state.clone()),
+            error: "access_denied",
+            description: "the person did not authorize the app".to_owned(),
+        };
+        if form.one("decision") != Some("approve") {
+            return Err(deny);
         }
-        Err(e) => service_page(e).respond(&state, &slot),
-    }
+        // Only scopes the app asked for count, whatever the form says.
+        let approved = approved_scopes(&request, form.all("scope"));
+        let has_data = approved
+            .iter()
+            .any(|s| s.contains('/') && !s.starts_with("launch"));
+        if !has_data && !approved.contains(&"openid") {
+            return Err(deny);
+        }
+        let patient = context_patient(&state, &who, &request, form.one("patient")).await?;
+        if request.wants("launch/patient") && patient.is_none() {
+            let first = Some("Choose a patient first.");
+            return Ok(picker_page(&state, &slot, &headers, &request, &who, first).await);
+        }
+        if let Some(p) = &patient {
+            slot.note_patient(p);
+        }
+        let encounter = match (&request.launch, request.wants("launch")) {
+            (Some(launch), true) => state
+                .accounts
+                .resolve_launch(who.principal.id(), launch)
+                .await
+                .map_err(service_page)?
+                .and_then(|(_, encounter)| encounter),
+            _ => None,
+        };
+        let code = state
+            .accounts
+            .issue_code(&CodeRequest {
+                client_id: request.client.client_id.clone(),
+                user_id: who.principal.id().to_owned(),
+                redirect_uri: request.redirect_uri.clone(),
+                scopes: approved.join(" "),
+                code_challenge: request.code_challenge.clone(),
+                launch_patient: patient,
+                launch_encounter: encounter,
+                nonce: request.nonce.clone(),
+            })
+            .await
+            .map_err(service_page)?;
+        slot.note_action_detail(&format!("client {} approved", request.client.client_id));
+        Ok(redirect(
+            &request.redirect_uri,
+            &[
+                ("code", code.expose().to_owned()),
+                ("state", request.state.clone()),
+            ],
+        ))
+    };
+    step.await
+        .unwrap_or_else(|refusal: Refusal| refusal.respond(&state, &slot))
 }

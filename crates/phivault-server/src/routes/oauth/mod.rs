@@ -361,6 +361,15 @@ async fn token_inner(
 ) -> Result<Response, OAuthError> {
     let form = oauth_form(headers, body).await?;
     let grant_type = required(&form, "grant_type")?;
+    // The entry names the grant type from here on, so a refusal before the client
+    // authenticated (`invalid_client`) names it too. Only the known names: the value is the
+    // client's.
+    if matches!(
+        grant_type,
+        "authorization_code" | "refresh_token" | "client_credentials"
+    ) {
+        slot.note_action_detail(grant_type);
+    }
     match grant_type {
         "authorization_code" => {
             let client = authenticated_client(state, slot, headers, &form).await?;
