@@ -61,6 +61,7 @@ fn stream(gap_ms: u64) -> Vec<AuditEntry> {
                 configuration: None,
                 labels: Vec::new(),
                 alert: None,
+                via_client: None,
             };
             if search {
                 e.set_patients((0..5).map(|k| format!("p{:05}", (patient + k * 7) % 20_000)));

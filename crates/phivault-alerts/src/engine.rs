@@ -371,6 +371,7 @@ pub(crate) fn delivered_entry(alert: &AuditEntry) -> AuditEntry {
         action: ALERT_DELIVERED_ACTION.to_owned(),
         request_id: alert.request_id.clone(),
         alert: None,
+        via_client: None,
         ..system_entry()
     }
 }
@@ -413,6 +414,7 @@ pub(crate) async fn system_entries(
 pub fn alert_entry(alert: AlertRecord) -> AuditEntry {
     AuditEntry {
         alert: Some(alert),
+        via_client: None,
         ..system_entry()
     }
 }
@@ -439,5 +441,6 @@ fn system_entry() -> AuditEntry {
         configuration: None,
         labels: Vec::new(),
         alert: None,
+        via_client: None,
     }
 }

@@ -29,6 +29,7 @@ fn entry(seq: u64, time: i64, actor: &str, action: &str, patient: Option<&str>) 
         configuration: None,
         labels: Vec::new(),
         alert: None,
+        via_client: None,
     }
 }
 

@@ -59,6 +59,7 @@ fn entry(i: u64, size: u64) -> AuditEntry {
         configuration: None,
         labels: Vec::new(),
         alert: None,
+        via_client: None,
     }
 }
 

@@ -115,6 +115,12 @@ pub struct AuditEntry {
     /// Present only on an alert raised by a detection rule ([`AlertRecord`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert: Option<AlertRecord>,
+    /// The OAuth2 client (app) a person acted through, when the request came with an access
+    /// token a person authorized for that app: the actor is the person, this names the app.
+    /// Absent for a person's own session and for an app acting on its own (then the app is
+    /// the actor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via_client: Option<String>,
 }
 
 /// The action of an alert entry (actor `phivault`, kind system).
@@ -286,6 +292,7 @@ impl AuditEntry {
             configuration: None,
             labels: Vec::new(),
             alert: None,
+            via_client: None,
         }
     }
 
@@ -388,6 +395,7 @@ mod tests {
             configuration: None,
             labels: Vec::new(),
             alert: None,
+            via_client: None,
         }
     }
 

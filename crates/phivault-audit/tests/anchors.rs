@@ -103,6 +103,7 @@ fn entry(i: u64) -> AuditEntry {
         configuration: None,
         labels: Vec::new(),
         alert: None,
+        via_client: None,
     }
 }
 

@@ -116,10 +116,10 @@ pub use password::{Password, PasswordHasher, PasswordPolicy, PolicyViolation};
 pub use recovery::{RecoveryCode, RecoveryCodeHash, RecoveryCodes};
 pub use service::{
     Accounts, AppAuthorization, Authenticated, BreakGlassRecord, ClientCredentials,
-    ClientRegistration, ClientType, CodeRequest, GrantError, IdTokenClaims, LoginOutcome,
-    LoginRequest, LoginStep, OAuthClient, ServiceError, TokenGrant, TotpEnrolment, UserSummary,
-    LAUNCH_LIFETIME_SECS, ONLINE_REFRESH_SECS, SIGNING_KEY_OVERLAP_SECS, SIGNING_KEY_ROTATE_SECS,
-    default_hash_concurrency, has_scope,
+    ClientRegistration, ClientType, CodeRequest, GrantError, IdTokenClaims, LAUNCH_LIFETIME_SECS,
+    LoginOutcome, LoginRequest, LoginStep, OAuthClient, ONLINE_REFRESH_SECS,
+    SIGNING_KEY_OVERLAP_SECS, SIGNING_KEY_ROTATE_SECS, ServiceError, TokenGrant, TotpEnrolment,
+    UserSummary, default_hash_concurrency, has_scope,
 };
 pub use token::{IssuedToken, TokenError, TokenHash, TokenKind, TokenRecord};
 pub use totp::{Totp, TotpError, TotpSecret};

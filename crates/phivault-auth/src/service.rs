@@ -33,8 +33,8 @@ mod oidc;
 mod verified;
 
 pub use oauth::{
-    AppAuthorization, ClientCredentials, ClientRegistration, ClientType, CodeRequest,
-    GrantError, LAUNCH_LIFETIME_SECS, ONLINE_REFRESH_SECS, OAuthClient, TokenGrant, has_scope,
+    AppAuthorization, ClientCredentials, ClientRegistration, ClientType, CodeRequest, GrantError,
+    LAUNCH_LIFETIME_SECS, OAuthClient, ONLINE_REFRESH_SECS, TokenGrant, has_scope,
 };
 pub use oidc::{IdTokenClaims, SIGNING_KEY_OVERLAP_SECS, SIGNING_KEY_ROTATE_SECS};
 pub use verified::MAX_VERIFIED_TOKENS;

@@ -121,7 +121,9 @@ async fn signing_keys_rotate_with_an_overlap_and_never_rest_in_the_clear() {
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         assert!(
-            !bytes.windows(rsa_pkcs8_marker.len()).any(|w| w == rsa_pkcs8_marker),
+            !bytes
+                .windows(rsa_pkcs8_marker.len())
+                .any(|w| w == rsa_pkcs8_marker),
             "a private key in the clear on disk"
         );
     }
@@ -180,10 +182,7 @@ async fn a_two_step_login_asks_for_the_code_only_after_the_password_and_spends_i
     };
     assert!(first.enrolment_only);
     let who = accounts.authenticate(first.token.expose()).await.unwrap();
-    let enrolment = accounts
-        .begin_totp_enrolment(&who, &NoAudit)
-        .await
-        .unwrap();
+    let enrolment = accounts.begin_totp_enrolment(&who, &NoAudit).await.unwrap();
     let now = T0;
     accounts
         .confirm_totp(&who, &code_at(&enrolment.secret_base32, now), &NoAudit)

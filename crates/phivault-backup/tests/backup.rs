@@ -123,6 +123,7 @@ fn entry(action: &str, rtype: Option<String>, id: Option<String>) -> AuditEntry 
         configuration: None,
         labels: Vec::new(),
         alert: None,
+        via_client: None,
     }
 }
 

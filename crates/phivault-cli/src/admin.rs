@@ -26,8 +26,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::cli::{
-    BreakGlassCommand, BreakGlassListArgs, PolicyCommand,
-    RetentionCommand, StorageArgs, TopCommand, UserAddArgs, UserCommand, UserGrantArgs,
+    BreakGlassCommand, BreakGlassListArgs, PolicyCommand, RetentionCommand, StorageArgs,
+    TopCommand, UserAddArgs, UserCommand, UserGrantArgs,
 };
 use crate::cli_audit::CliAudit;
 use crate::config::{self, LogFormat, Settings};

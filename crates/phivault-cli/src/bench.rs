@@ -190,6 +190,7 @@ impl BenchAudit {
             configuration: None,
             labels: Vec::new(),
             alert: None,
+            via_client: None,
         }
     }
 }

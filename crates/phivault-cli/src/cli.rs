@@ -374,7 +374,11 @@ pub(crate) struct ClientAddArgs {
     /// How the client authenticates: `public` (a browser or phone app: PKCE, no secret),
     /// `confidential-jwt` (private_key_jwt with its own keys: SMART Backend Services) or
     /// `confidential-secret` (a shared secret).
-    #[arg(long = "type", value_name = "TYPE", default_value = "confidential-secret")]
+    #[arg(
+        long = "type",
+        value_name = "TYPE",
+        default_value = "confidential-secret"
+    )]
     pub(crate) client_type: String,
     /// The SMART scopes the client may get, space-separated (e.g. "system/*.cruds",
     /// "patient/Observation.rs", "openid fhirUser launch/patient offline_access").

@@ -129,6 +129,7 @@ impl CliAudit {
             configuration: None,
             labels: Vec::new(),
             alert: None,
+            via_client: None,
         }
     }
 

@@ -11,13 +11,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use phivault_testkit::fixtures::{self, ACT_CODE, BundleBuilder, LOINC, coding};
 use phivault_testkit::{
-    Api, Marker, Resp, Server, backends, query, random_username, totp_code, totp_step, unix_now,
+    Account, Api, Marker, Resp, Server, backends, query, random_username, totp_code, totp_step,
+    unix_now,
 };
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, RequestBuilder};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_phivault");
+
+/// The matrix again through SMART App Launch tokens.
+#[path = "e2e_authz/smart.rs"]
+mod smart;
 
 // ---------------------------------------------------------------------------------------
 // The matrix
@@ -507,6 +512,8 @@ struct World {
     apis: BTreeMap<Who, Api>,
     /// Usernames of the users.
     usernames: BTreeMap<Who, String>,
+    /// The users' accounts (passwords, TOTP enrolments), to sign them in again elsewhere.
+    accounts: BTreeMap<Who, Account>,
     p1: String,
     p2: String,
     o1: String,
@@ -566,6 +573,7 @@ impl World {
 
         let mut apis = BTreeMap::new();
         let mut usernames = BTreeMap::new();
+        let mut accounts = BTreeMap::new();
         let users = [
             (Who::Care, "clinician"),
             (Who::CarePsy, "clinician"),
@@ -595,6 +603,7 @@ impl World {
             );
             apis.insert(who, server.api_as(&account.token));
             usernames.insert(who, username);
+            accounts.insert(who, account);
         }
         let app = server
             .client_token("patient/Observation.rs", Some(&p1))
@@ -611,6 +620,7 @@ impl World {
             server,
             apis,
             usernames,
+            accounts,
             p1,
             p2,
             o1,

@@ -186,6 +186,39 @@ impl ConsentVerdict {
     }
 }
 
+/// Whether one of `consents` denies the requesting client by name: a `deny` provision (or
+/// exception) that lists `query.client` among its actors and applies to the query. For a
+/// patient's own access through an app: the patient's other provisions govern what others may
+/// do, not their own access, but an app the patient denied by name is refused even when it
+/// acts for them.
+pub fn denies_client_by_name<'c>(
+    consents: impl IntoIterator<Item = &'c Consent>,
+    query: &ConsentQuery<'_>,
+) -> bool {
+    let Some(client) = query.client else {
+        return false;
+    };
+    let names = |p: &Provision| {
+        p.kind == Some(ProvisionType::Deny)
+            && p.actors
+                .iter()
+                .any(|a| matches!(a, ConsentActor::Client(id) if id == client))
+    };
+    consents.into_iter().any(|c| {
+        let Some(root) = c.provision.as_ref().filter(|_| c.active) else {
+            return false;
+        };
+        if !c.applies(root, query) {
+            return false;
+        }
+        names(root)
+            || root
+                .exceptions
+                .iter()
+                .any(|e| names(e) && c.applies(e, query))
+    })
+}
+
 /// The verdict of all of a patient's consents (deny wins; see the module docs).
 pub fn evaluate<'c>(
     consents: impl IntoIterator<Item = &'c Consent>,

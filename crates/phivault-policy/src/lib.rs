@@ -53,8 +53,8 @@ mod scope;
 pub use action::Action;
 pub use consent::{
     CLIENT_ACTOR_SYSTEM, CONSENT_SCOPE_SYSTEM, Consent, ConsentActor, ConsentDefaults,
-    ConsentQuery, ConsentScope, ConsentVerdict, ProvisionType, RESOURCE_TYPES_SYSTEM, evaluate,
-    period_contains,
+    ConsentQuery, ConsentScope, ConsentVerdict, ProvisionType, RESOURCE_TYPES_SYSTEM,
+    denies_client_by_name, evaluate, period_contains,
 };
 pub use engine::{
     Authorized, DEFAULT_POLICIES, Denied, DenyReason, EXTRA_POLICY_PREFIX, PolicyEngine, SCHEMA,

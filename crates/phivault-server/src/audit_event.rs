@@ -51,6 +51,7 @@ use crate::error::fhir_json;
 use crate::fhir_routes::{Access, X_PURPOSE_OF_USE, base, parse_pairs, path_error};
 use crate::{ApiError, AppState};
 
+mod app;
 mod entity;
 
 use entity::entities;
@@ -341,6 +342,8 @@ struct Names<'a> {
     store: &'a Store,
     accounts: &'a Accounts,
     cache: HashMap<(u8, String, Option<String>), Option<String>>,
+    /// Apps' names by client id.
+    apps: HashMap<String, Option<String>>,
 }
 
 impl<'a> Names<'a> {
@@ -353,6 +356,7 @@ impl<'a> Names<'a> {
             store,
             accounts,
             cache: HashMap::new(),
+            apps: HashMap::new(),
         }
     }
 
@@ -809,8 +813,7 @@ pub(crate) async fn patient_log(
     let mut names = Names::over(store, accounts);
     let mut out = Vec::with_capacity(entries.len());
     for entry in &entries {
-        let name = names.of(entry).await?;
-        out.push(audit_event(entry, name.as_deref(), view));
+        out.push(names.event(entry, view).await?);
     }
     Ok((out, left_out))
 }
@@ -912,10 +915,9 @@ async fn bundle(
         }));
     }
     for entry in &page.entries {
-        let name = names.of(entry).await?;
         entries.push(json!({
             "fullUrl": format!("{}/AuditEvent/{}", base(state), entry.seq),
-            "resource": audit_event(entry, name.as_deref(), view),
+            "resource": names.event(entry, view).await?,
             "search": { "mode": "match" },
         }));
     }
@@ -986,11 +988,8 @@ async fn read(
             id: id.to_string(),
         })
     })?;
-    let name = Names::new(&state).of(&entry).await?;
-    let mut response = fhir_json(
-        StatusCode::OK,
-        &audit_event(&entry, name.as_deref(), &View::Auditor),
-    );
+    let event = Names::new(&state).event(&entry, &View::Auditor).await?;
+    let mut response = fhir_json(StatusCode::OK, &event);
     if let Some(p) = entry.patient_id.as_deref().and_then(|p| Id::parse(p).ok()) {
         response.extensions_mut().insert(AuditPatient(p));
     }

@@ -144,6 +144,7 @@ mod tests {
             configuration: None,
             labels: Vec::new(),
             alert: None,
+            via_client: None,
         }
     }
 

@@ -64,6 +64,8 @@ struct Actor {
     role: Option<String>,
     /// The role's default purpose of use (when the request names none).
     default_purpose: Purpose,
+    /// The app a person acts through (their access token's client).
+    via_client: Option<String>,
 }
 
 /// What the parts of a request tell the audit trail while it runs (ids only).
@@ -100,6 +102,10 @@ struct AuditNotes {
     /// What the route did, when its template alone does not say (the OAuth2 grant type and
     /// its result: `authorization_code`, `refresh_token reuse`): appended to the action.
     action_detail: Option<String>,
+    /// The RFC 6749 error code the route refused with, when it answered the refusal with a
+    /// redirect (an authorization request sent back to the app): the entry's outcome is then
+    /// not "allowed" whatever the status.
+    refused: Option<&'static str>,
 }
 
 /// The fixed facts of a request, known before it runs.
@@ -147,6 +153,10 @@ impl AuditSlot {
             },
             role: Some(who.principal.role().as_str().to_owned()),
             default_purpose: who.principal.role().default_purpose(),
+            via_client: who
+                .client_id
+                .clone()
+                .filter(|_| who.principal.kind() == PrincipalKind::User),
         };
         self.notes().actor = Some(actor);
     }
@@ -159,6 +169,7 @@ impl AuditSlot {
             kind: ActorKind::Client,
             role: Some(phivault_policy::Role::App.as_str().to_owned()),
             default_purpose: phivault_policy::Role::App.default_purpose(),
+            via_client: None,
         });
     }
 
@@ -170,8 +181,9 @@ impl AuditSlot {
 
     /// The route refused with this error code: appended to the action's detail
     /// (`POST /oauth/token refresh_token refused invalid_grant`).
-    pub(crate) fn note_action_refused(&self, code: &str) {
+    pub(crate) fn note_action_refused(&self, code: &'static str) {
         let mut notes = self.notes();
+        notes.refused = Some(code);
         let detail = match notes.action_detail.take() {
             Some(d) => format!("{d} refused {code}"),
             None => format!("refused {code}"),
@@ -293,6 +305,7 @@ impl AuditSlot {
             // Ascending and without repeats: a set's order.
             labels: labels.into_iter().map(str::to_owned).collect(),
             alert: None,
+            via_client: notes.actor.as_ref().and_then(|a| a.via_client.clone()),
         }
     }
 }
@@ -704,12 +717,18 @@ pub(crate) async fn audit_trail(
         .get::<AuditPatient>()
         .map(|p| p.0.to_string())
         .or(single_patient);
+    // A refusal answered with a redirect (back to an OAuth2 app) is no success.
+    let outcome = match (outcome_of(response.status()), slot.notes().refused) {
+        (Outcome::Allowed, Some("access_denied")) => Outcome::Denied,
+        (Outcome::Allowed, Some(_)) => Outcome::Error,
+        (outcome, _) => outcome,
+    };
     let mut entry = slot.entry(
         slot.action().to_owned(),
         slot.facts.resource_type.clone(),
         slot.facts.resource_id.clone(),
         patient_id,
-        outcome_of(response.status()),
+        outcome,
     );
     // Every other patient concerned is named in the entry too, so that each finds the
     // request in their access log (a search's hits, a Bundle's entries, `$everything`).

@@ -60,6 +60,7 @@ impl AuditSink for SystemSink {
                     configuration: None,
                     labels: Vec::new(),
                     alert: None,
+                    via_client: None,
                 })
                 .collect();
             self.audit

@@ -20,7 +20,10 @@
 //! - [`Forwarder`]: a TCP forwarder between the server and PostgreSQL, to take the database
 //!   away and give it back;
 //! - [`Marker`] and the byte scanners: unique strings to find plaintext PHI at rest;
-//! - [`fixtures`]: FHIR resources and Bundles.
+//! - [`fixtures`]: FHIR resources and Bundles;
+//! - [`oauth`]: SMART App Launch driven from outside: a form-driving [`Browser`], PKCE,
+//!   authorization requests, the token endpoint, `private_key_jwt` keys and bad assertions,
+//!   clients registered with `phivault client add --type`.
 //!
 //! Everything here is test code: failures panic with a message that says what was expected
 //! and includes the server's stderr where it helps.
@@ -33,6 +36,7 @@ pub mod fixtures;
 mod forwarder;
 mod identity;
 mod markers;
+pub mod oauth;
 mod server;
 
 pub use api::{Api, Resp, next_link, query, search_matches};
@@ -43,4 +47,8 @@ pub use identity::{
     random_username, totp_code, totp_secret_bytes, totp_step, unix_now,
 };
 pub use markers::{Finding, Marker, random_u64, scan_bytes, scan_dir};
+pub use oauth::{
+    AuthorizeUrl, BadAssertion, Browser, ClientAuth, ClientKey, ClientSpec, Decision, OAuthHttp,
+    Pkce, RegisteredClient,
+};
 pub use server::Server;

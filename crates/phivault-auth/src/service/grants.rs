@@ -246,8 +246,12 @@ impl Accounts {
         Ok(grant.grant)
     }
 
+    /// A revoked refresh token was presented. When tokens of its family are still in force,
+    /// someone else holds a successor (or the token itself was copied): every one of them is
+    /// revoked, with `audit`'s entry, and the answer is [`GrantError::RefreshReuse`]. When the
+    /// whole family is already dead (revoked by its client, a person, or an earlier reuse),
+    /// there is nothing to protect and nothing to raise: a plain `invalid_grant`.
     async fn refresh_reused(&self, family: &str, now: i64, audit: &dyn AccountSink) -> GrantError {
-        tracing::warn!(target: "phivault::auth", "a rotated refresh token was presented again: revoking its family (probable theft)");
         match self
             .store
             .revoke_family(
@@ -258,7 +262,11 @@ impl Accounts {
             )
             .await
         {
-            Ok(_) => GrantError::RefreshReuse,
+            Ok(0) => GrantError::InvalidGrant("the refresh token was revoked"),
+            Ok(_) => {
+                tracing::warn!(target: "phivault::auth", "a rotated refresh token was presented again: its family is revoked (probable theft)");
+                GrantError::RefreshReuse
+            }
             Err(e) => GrantError::from(e),
         }
     }

@@ -37,6 +37,7 @@ fn entry(seq: u64) -> AuditEntry {
         configuration: None,
         labels: Vec::new(),
         alert: None,
+        via_client: None,
     }
 }
 

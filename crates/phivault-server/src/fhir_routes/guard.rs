@@ -410,6 +410,11 @@ impl Access {
         if !facts.new_patient && !patient_user {
             ctx.consent_permits = self.consent_permits(patient, rtype).await?;
         }
+        // ...except that an app the patient denied by name is refused even acting for them.
+        if patient_user && self.who.client_id.is_some() && self.app_denied(patient, rtype).await? {
+            self.slot.note_patient(patient);
+            return Err(forbidden(DenyReason::ConsentDenies));
+        }
         // A patient's own record is the engine's business (linked patient); clients have no
         // care relationships.
         if self.is_user() && self.role() != Role::Patient {

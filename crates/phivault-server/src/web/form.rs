@@ -119,7 +119,6 @@ impl Form {
             .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
-
 }
 
 #[cfg(test)]

@@ -198,6 +198,27 @@ impl Access {
             .permits(&self.state.consent_defaults, self.purpose))
     }
 
+    /// Whether `patient`'s consents deny the app of this request by name (see
+    /// [`phivault_policy::denies_client_by_name`]).
+    pub(super) async fn app_denied(
+        &self,
+        patient: &Id,
+        rtype: ResourceType,
+    ) -> Result<bool, ApiError> {
+        let consents = self.consents_of(patient).await?;
+        let query = ConsentQuery {
+            purpose: self.purpose,
+            rtype: Some(rtype),
+            practitioner: None,
+            client: self.who.client_id.as_deref(),
+            now: self.now,
+        };
+        Ok(phivault_policy::denies_client_by_name(
+            consents.iter(),
+            &query,
+        ))
+    }
+
     /// The restriction consent puts on a search of `rtype` across patients: `(Some(only),
     /// _)` when the purpose is denied by default (only the patients whose consent permits),
     /// else `(None, excluded)` (the patients whose consent denies).

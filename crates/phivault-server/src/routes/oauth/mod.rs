@@ -629,7 +629,8 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_str(&format!("Basic {encoded}")).unwrap(),
         );
-        let Ok(ClientCredentials::Secret { client_id, secret }) = client_credentials(&h, &Vec::new())
+        let Ok(ClientCredentials::Secret { client_id, secret }) =
+            client_credentials(&h, &Vec::new())
         else {
             panic!("basic credentials")
         };
