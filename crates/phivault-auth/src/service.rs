@@ -30,6 +30,7 @@ mod launch;
 mod login;
 mod oauth;
 mod oidc;
+mod review;
 mod verified;
 
 pub use oauth::{

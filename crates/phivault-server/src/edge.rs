@@ -408,6 +408,17 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// itself there), SMART discovery and the CapabilityStatement (FHIR servers publish it; it
 /// states the security).
 fn is_public(method: &Method, path: &str) -> bool {
+    // The web pages authenticate the person by the session cookie themselves (and every form
+    // by its CSRF token); the JSON admin API under `/admin/` stays bearer-only.
+    let page = path == "/admin"
+        || path.starts_with("/admin/console/")
+        || path == "/portal"
+        || path.starts_with("/portal/")
+        || path.starts_with("/account/")
+        || matches!(path, "/signin" | "/signin/totp" | "/signout");
+    if page && matches!(*method, Method::GET | Method::HEAD | Method::POST) {
+        return true;
+    }
     match *method {
         // The sign-in pages authenticate people themselves (cookie, password, code); the
         // OAuth2 endpoints authenticate the client.

@@ -320,6 +320,46 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/auth/apps/{client_id}"),
     ("POST", "/smart/launch"),
     ("GET", "/static/phivault.css"),
+    ("GET", "/signin"),
+    ("POST", "/signin"),
+    ("POST", "/signin/totp"),
+    ("POST", "/signout"),
+    ("GET", "/account/totp"),
+    ("POST", "/account/totp/start"),
+    ("POST", "/account/totp/confirm"),
+    // The patient portal's pages (routes::portal).
+    ("GET", "/portal"),
+    ("GET", "/portal/access"),
+    ("GET", "/portal/apps"),
+    ("POST", "/portal/apps/revoke"),
+    ("GET", "/portal/consents"),
+    ("POST", "/portal/consents"),
+    ("GET", "/portal/download"),
+    ("POST", "/portal/download"),
+    ("GET", "/portal/requests"),
+    ("POST", "/portal/requests"),
+    ("GET", "/portal/privacy"),
+    // The admin console's pages: users, apps, break-the-glass, alerts (routes::console::people).
+    ("GET", "/admin/console/users"),
+    ("POST", "/admin/console/users"),
+    ("POST", "/admin/console/users/disable"),
+    ("GET", "/admin/console/clients"),
+    ("POST", "/admin/console/clients"),
+    ("POST", "/admin/console/clients/disable"),
+    ("POST", "/admin/console/clients/rotate"),
+    ("GET", "/admin/console/break-glass"),
+    ("POST", "/admin/console/break-glass/review"),
+    ("GET", "/admin/console/alerts"),
+    ("GET", "/admin/console/breach"),
+    ("POST", "/admin/console/breach"),
+    // The admin console's pages: overview, audit, keys, backups, settings (routes::console::system).
+    ("GET", "/admin"),
+    ("GET", "/admin/console/audit"),
+    ("POST", "/admin/console/audit/verify"),
+    ("GET", "/admin/console/keys"),
+    ("POST", "/admin/console/keys/rotate"),
+    ("GET", "/admin/console/backups"),
+    ("GET", "/admin/console/settings"),
     ("POST", "/admin/users"),
     ("POST", "/admin/users/{username}/link-patient"),
     ("POST", "/admin/users/{username}/link-practitioner"),
@@ -360,6 +400,9 @@ pub fn router(state: AppState) -> axum::Router {
     fhir_routes::routes()
         .merge(auth_routes::routes())
         .merge(routes::oauth::routes())
+        .merge(routes::account::routes())
+        .merge(routes::portal::routes())
+        .merge(routes::console::routes())
         .merge(web::routes())
         .merge(admin_routes::routes())
         .merge(routes::alerts::routes())

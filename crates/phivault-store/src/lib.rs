@@ -43,6 +43,7 @@ mod released;
 mod residue;
 mod resources;
 mod retention;
+pub mod review;
 mod rotation;
 mod search;
 mod statistics;

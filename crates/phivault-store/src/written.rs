@@ -109,6 +109,8 @@ pub enum AccountChangeKind {
     TokenFamilyRevoked,
     /// A user revoked an app's authorization (and the app's tokens).
     AuthorizationRevoked,
+    /// A break-the-glass access was reviewed (with a sealed note).
+    BreakGlassReviewed,
 }
 
 impl AccountChangeKind {
@@ -128,6 +130,7 @@ impl AccountChangeKind {
             AccountChangeKind::ClientSecretReplaced => "client-secret-replaced",
             AccountChangeKind::TokenFamilyRevoked => "token-family-revoked",
             AccountChangeKind::AuthorizationRevoked => "authorization-revoked",
+            AccountChangeKind::BreakGlassReviewed => "break-glass-reviewed",
         }
     }
 }

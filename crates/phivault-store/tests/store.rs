@@ -25,6 +25,8 @@ mod number_range;
 mod oauth;
 #[path = "store/proofs.rs"]
 mod proofs;
+#[path = "store/review.rs"]
+mod review;
 #[path = "store/rotation.rs"]
 mod rotation;
 #[path = "store/schema_upgrade.rs"]

@@ -261,4 +261,9 @@ impl Accounts {
         }
         Ok(())
     }
+
+    /// Whether the signed-in user has a confirmed second factor.
+    pub async fn totp_enabled(&self, who: &Authenticated) -> Result<bool, ServiceError> {
+        Ok(self.user_of(who).await?.totp_enabled)
+    }
 }

@@ -18,11 +18,13 @@
 //!   errors announced (`role="alert"`), visible focus, WCAG AA contrast, phone widths
 //!   (the stylesheet states its own rules).
 
+pub(crate) mod api;
 pub(crate) mod cookie;
 pub(crate) mod csrf;
 mod form;
 pub mod pages;
 mod scopes;
+pub(crate) mod session;
 
 use std::sync::LazyLock;
 

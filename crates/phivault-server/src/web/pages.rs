@@ -98,7 +98,17 @@ impl Pages {
                 .lstrip_blocks(true)
                 .build()?,
         );
-        for (name, source) in TEMPLATES {
+        // The sign-in pages' templates, then each area's (account, portal, console), each
+        // listed by the module that serves it.
+        let areas: [&[(&str, &str)]; 6] = [
+            TEMPLATES,
+            crate::routes::account::TEMPLATES,
+            crate::routes::portal::TEMPLATES,
+            crate::routes::console::TEMPLATES,
+            crate::routes::console::people::TEMPLATES,
+            crate::routes::console::system::TEMPLATES,
+        ];
+        for (name, source) in areas.into_iter().flatten() {
             env.add_template(name, source)?;
         }
         Ok(Pages { env: Arc::new(env) })
@@ -138,12 +148,38 @@ impl Pages {
     }
 }
 
+impl Pages {
+    /// The response of the template `name` with the values of `context` (pages of the portal
+    /// and console, whose values are built where they are served), through [`page`]. A
+    /// rendering failure is logged (template and line, no values) and answers a plain 500
+    /// page.
+    pub(crate) fn respond_template<S: Serialize>(
+        &self,
+        status: StatusCode,
+        name: &str,
+        context: S,
+        form_targets: &[&str],
+    ) -> Response {
+        match self.render_template(name, context) {
+            Ok(html) => page(status, html, form_targets),
+            Err(error) => {
+                tracing::error!(template = name, %error, "a page could not be rendered");
+                page(StatusCode::INTERNAL_SERVER_ERROR, FALLBACK.to_owned(), &[])
+            }
+        }
+    }
+}
+
 /// `signin.html`: the sign-in step of an authorization request. Posts `username`,
 /// `password`, `csrf` and `request` to `/oauth/authorize/signin`.
 #[derive(Serialize)]
 pub(crate) struct SigninView<'a> {
-    /// The app's name, shown.
+    /// The app's name, shown; empty for the portal's and console's sign-in.
     pub(crate) client_name: &'a str,
+    /// Where the form posts.
+    pub(crate) action: &'a str,
+    /// The name of the hidden field carrying `request` (`request`, or `next`).
+    pub(crate) carry: &'a str,
     /// The anti-forgery token ([`super::csrf::ensure`]).
     pub(crate) csrf: &'a str,
     /// The pending authorization request's handle, posted back as is.
@@ -164,6 +200,10 @@ impl View for SigninView<'_> {
 pub(crate) struct TotpView<'a> {
     /// The app's name, shown when given.
     pub(crate) client_name: Option<&'a str>,
+    /// Where the form posts.
+    pub(crate) action: &'a str,
+    /// The name of the hidden field carrying `request` (`request`, or `next`).
+    pub(crate) carry: &'a str,
     /// The anti-forgery token.
     pub(crate) csrf: &'a str,
     /// The pending authorization request's handle.

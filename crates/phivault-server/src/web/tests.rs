@@ -200,6 +200,8 @@ fn stylesheet_fetches_nothing_else() {
 fn signin<'a>(client_name: &'a str, error: Option<&'a str>) -> SigninView<'a> {
     SigninView {
         client_name,
+        action: "/oauth/authorize/signin",
+        carry: "request",
         csrf: "CSRF-TOKEN",
         request: "REQ-HANDLE",
         error,
@@ -262,6 +264,8 @@ fn all_pages() -> Vec<(&'static str, String)> {
             "totp.html",
             p.render(&TotpView {
                 client_name: Some("Growth Chart"),
+                action: "/oauth/authorize/totp",
+                carry: "request",
                 csrf: "CSRF-TOKEN",
                 request: "REQ-HANDLE",
                 error: Some("That code did not work."),
@@ -372,7 +376,10 @@ fn rendering_escapes_every_value() {
 #[test]
 fn signin_page_fields() {
     let html = pages().render(&signin("Growth Chart", None)).unwrap();
-    assert!(html.contains("<form method=\"post\" action=\"/oauth/authorize/signin\">"));
+    // Values are escaped, `/` included: the browser reads `&#x2f;` as `/`.
+    assert!(
+        html.contains("<form method=\"post\" action=\"&#x2f;oauth&#x2f;authorize&#x2f;signin\">")
+    );
     assert!(html.contains("name=\"username\" type=\"text\" autocomplete=\"username\""));
     assert!(html.contains("name=\"password\" type=\"password\" autocomplete=\"current-password\""));
     assert!(html.contains("<input type=\"hidden\" name=\"csrf\" value=\"CSRF-TOKEN\">"));
@@ -396,12 +403,14 @@ fn totp_page_fields() {
     let html = pages()
         .render(&TotpView {
             client_name: None,
+            action: "/oauth/authorize/totp",
+            carry: "request",
             csrf: "CSRF-TOKEN",
             request: "REQ-HANDLE",
             error: None,
         })
         .unwrap();
-    assert!(html.contains("action=\"/oauth/authorize/totp\""));
+    assert!(html.contains("action=\"&#x2f;oauth&#x2f;authorize&#x2f;totp\""));
     assert!(html.contains("name=\"code\""));
     assert!(html.contains("inputmode=\"numeric\" autocomplete=\"one-time-code\""));
     assert!(html.contains("name=\"csrf\" value=\"CSRF-TOKEN\""));
@@ -483,7 +492,10 @@ fn optional_values_may_be_left_out_but_required_ones_may_not() {
     let html = p
         .render_template(
             "signin.html",
-            context! { client_name => "App", csrf => "c", request => "r" },
+            context! {
+                client_name => "App", action => "/oauth/authorize/signin", carry => "request",
+                csrf => "c", request => "r",
+            },
         )
         .unwrap();
     assert!(html.contains("<strong>App</strong>"));

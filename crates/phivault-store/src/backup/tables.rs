@@ -306,6 +306,11 @@ pub const TABLES: &[Table] = &[
             bytes("reason_sealed"),
             int("started_at"),
             int("expires_at"),
+            // Schema v18 (break-the-glass review). Restored as NULL from an older archive:
+            // the claim is then unreviewed, as it was.
+            int("reviewed_at"),
+            text("reviewer_id"),
+            bytes("review_note_sealed"),
         ],
         order: &["id"],
     },

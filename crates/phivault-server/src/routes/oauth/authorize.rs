@@ -38,6 +38,7 @@ use zeroize::Zeroizing;
 use crate::AppState;
 use crate::edge::AuditSlot;
 use crate::fhir_routes::parse_pairs;
+use crate::web::session::SESSION_COOKIE;
 use crate::web::{
     ConsentView, ErrorView, Form, PatientChoice, PickerView, ScopeItem, SigninView, TotpView,
     cookie, csrf, form, origin,
@@ -47,8 +48,6 @@ mod pages;
 
 use pages::{approved_scopes, consent_page, picker_page};
 
-/// The session cookie of the sign-in pages (`__Host-phivault_session`).
-pub(crate) const SESSION_COOKIE: &str = "phivault_session";
 /// The second-step ticket cookie.
 const MFA_COOKIE: &str = "phivault_mfa";
 /// Largest form a page posts.
@@ -336,6 +335,8 @@ fn signin_page(
     cookies.extend(extra_cookies.unwrap_or_default());
     let view = SigninView {
         client_name: &request.client.name,
+        action: "/oauth/authorize/signin",
+        carry: "request",
         csrf: &csrf,
         request: &request.raw,
         error,
@@ -412,6 +413,8 @@ async fn signin(
                 cookies.push(set_cookie(MFA_COOKIE, ticket.expose(), 300)?);
                 let view = TotpView {
                     client_name: Some(&request.client.name),
+                    action: "/oauth/authorize/totp",
+                    carry: "request",
                     csrf: &csrf,
                     request: &request.raw,
                     error: None,
