@@ -25,6 +25,8 @@ mod form;
 pub mod pages;
 mod scopes;
 pub(crate) mod session;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use std::sync::LazyLock;
 
