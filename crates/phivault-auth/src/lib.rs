@@ -38,6 +38,8 @@
 //! | session / access token / MFA ticket | 8 h absolute / 15 min / 5 min |
 //! | account lockout | after 5 consecutive failures: 60 s, doubling per further failure, at most 1 h; success resets |
 //! | per-address limit | 20 login attempts per 5 minutes per IPv4 address or IPv6 /64 |
+//! | usernames without an account | locked like an account; the count forgotten a day after its last attempt |
+//! | where the counts are | in the store, by blind tokens: shared by every server on the database |
 //!
 //! The secret types have neither `Display` nor `Serialize`; these checks fail to compile, while
 //! the same code for a public type compiles:

@@ -7,21 +7,27 @@
 //! A successful login resets the count. Known accounts keep the count in the store, which
 //! checks the lock and counts the attempt in one statement *before* the password is checked
 //! (the accounts service clears it after a complete login), so parallel guesses cannot all
-//! read the same count. [`LoginThrottle`] is the same rule as a pure state machine, which the
-//! service uses in memory for usernames that do not exist (checked and counted under one
-//! lock, for the same reason).
+//! read the same count. Usernames that do not exist are counted and locked the same way, in
+//! the store too, by a blind token of the name, in one statement (so an unknown account locks
+//! like a known one and the two cannot be told apart); an unknown name's count is forgotten
+//! [`UNKNOWN_NAME_KEEP_SECS`] (a day) after its last counted attempt, where a known account's
+//! is kept until a complete login. [`LoginThrottle`] is the same rule as a pure state machine.
 //!
-//! **Per address** ([`AddressLimiter`], in memory, one per server process): at most
-//! [`ADDRESS_LIMIT`] (20) login attempts per [`ADDRESS_WINDOW_SECS`] (5 minutes) from one IPv4
-//! address or one IPv6 /64 (a single host usually holds a whole /64), sliding window. Refused
-//! attempts are not counted, so a client that waits gets in again. Only failures stay
-//! counted: an attempt is recorded when it starts (so parallel attempts cannot all pass) and
-//! [`AddressLimiter::forgive`] takes it back once it succeeded, so the users behind one
-//! address (a clinic's NAT, a trusted reverse proxy) are not locked out by their own logins.
+//! **Per address** ([`AddressLimiter`]): at most [`ADDRESS_LIMIT`] (20) login attempts per
+//! [`ADDRESS_WINDOW_SECS`] (5 minutes) from one IPv4 address or one IPv6 /64 (a single host
+//! usually holds a whole /64), sliding window. Refused attempts are not counted, so a client
+//! that waits gets in again. Only failures stay counted: an attempt is recorded when it starts
+//! (so parallel attempts cannot all pass) and [`AddressLimiter::forgive`] takes it back once it
+//! succeeded, so the users behind one address (a clinic's NAT, a trusted reverse proxy) are not
+//! locked out by their own logins.
+//!
+//! **Shared by every server on the database**: both the per-account and unknown-name counts
+//! and each address's attempts are kept in the store (by blind tokens: no client address and
+//! no username that was tried is stored), checked and counted in one statement or one
+//! transaction holding the row, so a guess on one node counts on every other and parallel
+//! guesses across nodes cannot all pass.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +41,11 @@ pub const MAX_LOCKOUT_SECS: i64 = 3_600;
 pub const ADDRESS_LIMIT: usize = 20;
 /// The per-address window, seconds.
 pub const ADDRESS_WINDOW_SECS: i64 = 300;
+/// How long the failed logins of a username without an account are remembered after its last
+/// counted attempt, seconds (a day). Telling an unknown name from a known one by waiting for
+/// its count to be forgotten costs a day per guess; the rows stay bounded by a day of attempts,
+/// which the per-address limit bounds in turn.
+pub const UNKNOWN_NAME_KEEP_SECS: i64 = 86_400;
 
 /// The account is locked until `until` (Unix seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -51,7 +62,9 @@ impl LockedUntil {
     }
 }
 
-/// Per-account failed-login state. Serializable so the store can keep it with the account.
+/// Per-account failed-login state: the lockout rule as a pure state machine. The store's
+/// statements keep the same rule for accounts and unknown usernames (as columns, not this
+/// value); it is serializable for tools and tests that keep it themselves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginThrottle {
     consecutive_failures: u32,
@@ -116,84 +129,79 @@ pub struct AddressLimited {
     pub retry_after_secs: i64,
 }
 
-/// Sliding-window limit of login attempts per client address, in memory.
+/// The per-address rule: at most `limit` attempts per `window_secs` (sliding) from one client
+/// address ([`AddressLimiter::key`]), refused attempts not counted, successful ones taken back.
 ///
-/// Memory is bounded by the addresses seen in the last window times the limit: idle addresses
-/// are pruned at most once per window.
-#[derive(Debug)]
+/// It decides on one address's list of counted attempts (Unix times, oldest first) and holds
+/// no state: the accounts service keeps each address's list in the store, which hands it to
+/// [`AddressLimiter::check_and_record`] or [`AddressLimiter::forgive`] and writes it back in
+/// one transaction holding the address's row, so every server on the database counts the same
+/// attempts and parallel attempts cannot all pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AddressLimiter {
     limit: usize,
     window_secs: i64,
-    state: Mutex<LimiterState>,
-}
-
-#[derive(Debug, Default)]
-struct LimiterState {
-    attempts: HashMap<IpAddr, VecDeque<i64>>,
-    last_prune: i64,
 }
 
 impl AddressLimiter {
     /// A limiter allowing `limit` attempts per `window_secs` per address.
     pub fn new(limit: usize, window_secs: i64) -> Self {
-        Self {
-            limit,
-            window_secs,
-            state: Mutex::new(LimiterState::default()),
+        Self { limit, window_secs }
+    }
+
+    /// Attempts allowed per window.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The window, seconds.
+    pub fn window_secs(&self) -> i64 {
+        self.window_secs
+    }
+
+    /// What is limited, as text (the value the store keeps a blind token of): an IPv4
+    /// address (also when mapped into IPv6) as is, any other IPv6 address by its /64
+    /// (`2001:db8:1:2::/64`), since a single host usually holds a whole /64.
+    pub fn key(addr: IpAddr) -> String {
+        match addr {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => {
+                    let s = v6.segments();
+                    format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+                }
+            },
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, LimiterState> {
-        // The state is a set of counters: one left half-updated by a panic is still usable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records an attempt from `addr` at `now`, or refuses it (without recording it) when the
-    /// address has used its attempts in the window.
-    pub fn check_and_record(&self, addr: IpAddr, now: i64) -> Result<(), AddressLimited> {
-        let key = address_key(addr);
-        let window = self.window_secs;
-        let mut state = self.state();
-        if now.saturating_sub(state.last_prune) >= window {
-            prune(&mut state.attempts, now, window);
-            state.last_prune = now;
-        }
-        let times = state.attempts.entry(key).or_default();
-        drop_expired(times, now, window);
-        if times.len() >= self.limit {
-            let oldest = times.front().copied().unwrap_or(now);
+    /// Records an attempt at `now` in `attempts` (one address's counted attempts, in any
+    /// order), or refuses it (without recording it) when the address has used its attempts in
+    /// the window. Attempts that left the window are dropped first.
+    pub fn check_and_record(
+        &self,
+        attempts: &mut Vec<i64>,
+        now: i64,
+    ) -> Result<(), AddressLimited> {
+        let horizon = now.saturating_sub(self.window_secs);
+        attempts.retain(|t| *t > horizon);
+        if attempts.len() >= self.limit {
+            let oldest = attempts.iter().copied().min().unwrap_or(now);
             return Err(AddressLimited {
-                retry_after_secs: oldest.saturating_add(window).saturating_sub(now).max(1),
+                retry_after_secs: oldest
+                    .saturating_add(self.window_secs)
+                    .saturating_sub(now)
+                    .max(1),
             });
         }
-        times.push_back(now);
+        attempts.push(now);
         Ok(())
     }
 
-    /// Takes back one attempt recorded for `addr` (the latest): the attempt succeeded, and
-    /// only failures count against an address.
-    pub fn forgive(&self, addr: IpAddr) {
-        let key = address_key(addr);
-        let mut state = self.state();
-        if let Some(times) = state.attempts.get_mut(&key) {
-            times.pop_back();
-            if times.is_empty() {
-                state.attempts.remove(&key);
-            }
-        }
-    }
-
-    /// Forgets addresses with no attempt in the window ending at `now`.
-    pub fn prune(&self, now: i64) {
-        let window = self.window_secs;
-        let mut state = self.state();
-        prune(&mut state.attempts, now, window);
-        state.last_prune = now;
-    }
-
-    /// How many addresses are tracked.
-    pub fn tracked_addresses(&self) -> usize {
-        self.state().attempts.len()
+    /// Takes back one attempt of `attempts` (the latest): the attempt succeeded, and only
+    /// failures count against an address. Harmless on an empty list.
+    pub fn forgive(attempts: &mut Vec<i64>) {
+        attempts.pop();
     }
 }
 
@@ -201,34 +209,6 @@ impl Default for AddressLimiter {
     /// 20 attempts per 5 minutes.
     fn default() -> Self {
         Self::new(ADDRESS_LIMIT, ADDRESS_WINDOW_SECS)
-    }
-}
-
-fn drop_expired(times: &mut VecDeque<i64>, now: i64, window: i64) {
-    let horizon = now.saturating_sub(window);
-    while times.front().is_some_and(|t| *t <= horizon) {
-        times.pop_front();
-    }
-}
-
-fn prune(attempts: &mut HashMap<IpAddr, VecDeque<i64>>, now: i64, window: i64) {
-    attempts.retain(|_, times| {
-        drop_expired(times, now, window);
-        !times.is_empty()
-    });
-}
-
-/// IPv4 (also when mapped into IPv6) as is; other IPv6 addresses by their /64.
-fn address_key(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V4(_) => addr,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
     }
 }
 
@@ -331,84 +311,119 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The store's part, in memory: each address's list of counted attempts.
+    #[derive(Default)]
+    struct Lists(std::collections::HashMap<String, Vec<i64>>);
+
+    impl Lists {
+        fn attempt(
+            &mut self,
+            l: &AddressLimiter,
+            a: IpAddr,
+            now: i64,
+        ) -> Result<(), AddressLimited> {
+            let list = self.0.entry(AddressLimiter::key(a)).or_default();
+            l.check_and_record(list, now)
+        }
+
+        fn forgive(&mut self, a: IpAddr) {
+            if let Some(list) = self.0.get_mut(&AddressLimiter::key(a)) {
+                AddressLimiter::forgive(list);
+            }
+        }
+
+        fn counted(&self, a: IpAddr) -> usize {
+            self.0.get(&AddressLimiter::key(a)).map_or(0, Vec::len)
+        }
+    }
+
     #[test]
     fn address_limit_in_window() {
         let limiter = AddressLimiter::default();
+        let mut lists = Lists::default();
         let a = ip("192.0.2.1");
         for i in 0..20 {
-            assert_eq!(limiter.check_and_record(a, T0 + i), Ok(()), "attempt {i}");
+            assert_eq!(lists.attempt(&limiter, a, T0 + i), Ok(()), "attempt {i}");
         }
         assert_eq!(
-            limiter.check_and_record(a, T0 + 20),
+            lists.attempt(&limiter, a, T0 + 20),
             Err(AddressLimited {
                 retry_after_secs: 280
             })
         );
         // Another address is not affected.
-        assert_eq!(limiter.check_and_record(ip("192.0.2.2"), T0 + 20), Ok(()));
+        assert_eq!(lists.attempt(&limiter, ip("192.0.2.2"), T0 + 20), Ok(()));
         // Refused attempts are not counted: once the first attempt leaves the window, one more
         // is allowed.
-        assert!(limiter.check_and_record(a, T0 + 299).is_err());
-        assert_eq!(limiter.check_and_record(a, T0 + 300), Ok(()));
-        assert!(limiter.check_and_record(a, T0 + 300).is_err());
-        assert_eq!(limiter.check_and_record(a, T0 + 301), Ok(()));
+        assert!(lists.attempt(&limiter, a, T0 + 299).is_err());
+        assert_eq!(lists.attempt(&limiter, a, T0 + 300), Ok(()));
+        assert!(lists.attempt(&limiter, a, T0 + 300).is_err());
+        assert_eq!(lists.attempt(&limiter, a, T0 + 301), Ok(()));
+        assert_eq!(lists.counted(a), 20);
     }
 
     #[test]
     fn forgiven_attempts_do_not_count() {
         let limiter = AddressLimiter::new(3, 300);
+        let mut lists = Lists::default();
         let a = ip("192.0.2.9");
         // A hundred successes from one address: each is forgiven, none is counted.
         for i in 0..100 {
-            limiter.check_and_record(a, T0 + i).unwrap();
-            limiter.forgive(a);
+            lists.attempt(&limiter, a, T0 + i).unwrap();
+            lists.forgive(a);
         }
-        assert_eq!(limiter.tracked_addresses(), 0);
-        // Three failures still lock it; forgiving an untracked address is harmless.
-        limiter.forgive(ip("192.0.2.10"));
+        assert_eq!(lists.counted(a), 0);
+        // Three failures still lock it; forgiving an address without attempts is harmless.
+        lists.forgive(ip("192.0.2.10"));
+        AddressLimiter::forgive(&mut Vec::new());
         for i in 0..3 {
-            limiter.check_and_record(a, T0 + 100 + i).unwrap();
+            lists.attempt(&limiter, a, T0 + 100 + i).unwrap();
         }
-        assert!(limiter.check_and_record(a, T0 + 103).is_err());
+        assert!(lists.attempt(&limiter, a, T0 + 103).is_err());
     }
 
     #[test]
     fn ipv6_is_limited_per_slash_64_and_mapped_ipv4_as_ipv4() {
         let limiter = AddressLimiter::new(2, 60);
-        assert!(limiter.check_and_record(ip("2001:db8:1:2::1"), T0).is_ok());
-        assert!(
-            limiter
-                .check_and_record(ip("2001:db8:1:2::ffff"), T0)
-                .is_ok()
+        let mut lists = Lists::default();
+        let mut attempt = |a: &str| lists.attempt(&limiter, ip(a), T0);
+        assert!(attempt("2001:db8:1:2::1").is_ok());
+        assert!(attempt("2001:db8:1:2::ffff").is_ok());
+        assert!(attempt("2001:db8:1:2:abcd::9").is_err());
+        assert!(attempt("2001:db8:1:3::1").is_ok());
+        assert!(attempt("198.51.100.7").is_ok());
+        assert!(attempt("::ffff:198.51.100.7").is_ok());
+        assert!(attempt("198.51.100.7").is_err());
+        assert_eq!(
+            AddressLimiter::key(ip("2001:db8:1:2:abcd::9")),
+            "2001:db8:1:2::/64"
         );
-        assert!(
-            limiter
-                .check_and_record(ip("2001:db8:1:2:abcd::9"), T0)
-                .is_err()
+        assert_eq!(
+            AddressLimiter::key(ip("::ffff:198.51.100.7")),
+            "198.51.100.7"
         );
-        assert!(limiter.check_and_record(ip("2001:db8:1:3::1"), T0).is_ok());
-        assert!(limiter.check_and_record(ip("198.51.100.7"), T0).is_ok());
-        assert!(
-            limiter
-                .check_and_record(ip("::ffff:198.51.100.7"), T0)
-                .is_ok()
-        );
-        assert!(limiter.check_and_record(ip("198.51.100.7"), T0).is_err());
+        assert_eq!(AddressLimiter::key(ip("198.51.100.7")), "198.51.100.7");
     }
 
     #[test]
-    fn idle_addresses_are_pruned() {
-        let limiter = AddressLimiter::new(5, 60);
-        for i in 0..100u8 {
-            limiter
-                .check_and_record(IpAddr::from([10, 0, 0, i]), T0)
-                .unwrap();
-        }
-        assert_eq!(limiter.tracked_addresses(), 100);
-        // The next attempt after a window prunes the idle ones.
-        limiter.check_and_record(ip("10.0.1.1"), T0 + 60).unwrap();
-        assert_eq!(limiter.tracked_addresses(), 1);
-        limiter.prune(T0 + 120);
-        assert_eq!(limiter.tracked_addresses(), 0);
+    fn attempts_leave_the_window_and_lists_need_not_be_sorted() {
+        let limiter = AddressLimiter::new(3, 60);
+        // Times another node wrote with a clock a little behind: the rule does not rely on
+        // the order.
+        let mut list = vec![T0 + 5, T0, T0 + 2];
+        assert_eq!(
+            limiter.check_and_record(&mut list, T0 + 10),
+            Err(AddressLimited {
+                retry_after_secs: 50
+            })
+        );
+        assert_eq!(list.len(), 3);
+        // At T0 + 60 the attempt of T0 has left the window.
+        limiter.check_and_record(&mut list, T0 + 60).unwrap();
+        assert_eq!(list, vec![T0 + 5, T0 + 2, T0 + 60]);
+        // After a whole window without attempts the list empties (the store then deletes it).
+        let mut list = vec![T0, T0 + 1];
+        let _ = AddressLimiter::new(0, 60).check_and_record(&mut list, T0 + 61);
+        assert!(list.is_empty());
     }
 }

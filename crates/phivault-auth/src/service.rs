@@ -8,8 +8,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use phivault_fhir::{Id, ResourceType, SearchQuery};
 use phivault_policy::{
@@ -41,13 +41,15 @@ pub use oidc::{IdTokenClaims, SIGNING_KEY_OVERLAP_SECS, SIGNING_KEY_ROTATE_SECS}
 pub use verified::MAX_VERIFIED_TOKENS;
 use verified::VerifiedTokens;
 
-use crate::lockout::{FAILURES_BEFORE_LOCKOUT, MAX_LOCKOUT_SECS, lockout_secs};
+use crate::lockout::{
+    FAILURES_BEFORE_LOCKOUT, MAX_LOCKOUT_SECS, UNKNOWN_NAME_KEEP_SECS, lockout_secs,
+};
 use crate::recovery::RECOVERY_CODE_COUNT;
 use crate::token;
 use crate::{
-    AddressLimiter, Clock, IssuedToken, LockedUntil, LoginThrottle, Password, PasswordHasher,
-    PasswordPolicy, RecoveryCodeHash, RecoveryCodes, SystemClock, TokenHash, TokenKind,
-    TokenRecord, Totp, TotpError, TotpSecret,
+    AddressLimiter, Clock, IssuedToken, LockedUntil, Password, PasswordHasher, PasswordPolicy,
+    RecoveryCodeHash, RecoveryCodes, SystemClock, TokenHash, TokenKind, TokenRecord, Totp,
+    TotpError, TotpSecret,
 };
 
 /// Errors of the service. Credential failures all display the same text.
@@ -226,9 +228,8 @@ pub const MAX_USERNAME_CHARS: usize = 128;
 pub const MAX_CLIENT_NAME_CHARS: usize = 200;
 /// Longest client id looked up (ours are `pvcl_` and a UUID).
 const MAX_CLIENT_ID_LEN: usize = 128;
-/// Unknown usernames whose failed logins are remembered (in memory) before the oldest state
-/// is dropped.
-const MAX_UNKNOWN_TRACKED: usize = 10_000;
+/// How often one service deletes the expired login-limit rows of the store, at most, seconds.
+const PRUNE_LOGIN_LIMITS_SECS: i64 = 60;
 /// CareTeam resources read per page, and at most this many pages.
 const CARE_TEAM_PAGE: usize = 1000;
 const MAX_CARE_TEAM_PAGES: usize = 100;
@@ -354,36 +355,6 @@ fn break_glass_record(row: BreakGlassRow) -> Result<BreakGlassRecord, ServiceErr
     })
 }
 
-/// Failed-login state of usernames that do not exist, keyed by their directory token, so an
-/// unknown account locks like a known one and the two cannot be told apart.
-#[derive(Default)]
-struct UnknownThrottles {
-    states: HashMap<Vec<u8>, LoginThrottle>,
-}
-
-impl UnknownThrottles {
-    /// Checks the lock and counts the attempt as a failure under one lock of the map, so
-    /// parallel attempts cannot all pass the check before any is counted.
-    fn claim(&mut self, key: Vec<u8>, now: i64) -> Result<(), LockedUntil> {
-        if let Some(t) = self.states.get(&key) {
-            t.check(now)?;
-        }
-        self.record_failure(key, now);
-        Ok(())
-    }
-
-    fn record_failure(&mut self, key: Vec<u8>, now: i64) {
-        if self.states.len() >= MAX_UNKNOWN_TRACKED && !self.states.contains_key(&key) {
-            // Forget states whose lock is over (or never started) first; then everything.
-            self.states.retain(|_, t| t.check(now).is_err());
-            if self.states.len() >= MAX_UNKNOWN_TRACKED {
-                self.states.clear();
-            }
-        }
-        self.states.entry(key).or_default().record_failure(now);
-    }
-}
-
 /// The accounts service. Cheap to clone.
 #[derive(Clone)]
 pub struct Accounts {
@@ -393,8 +364,10 @@ pub struct Accounts {
     hasher: Option<Arc<PasswordHasher>>,
     policy: PasswordPolicy,
     clock: Arc<dyn Clock>,
-    addresses: Arc<AddressLimiter>,
-    unknown: Arc<Mutex<UnknownThrottles>>,
+    /// The per-address rule; the attempts it counts are in the store, shared by every server.
+    addresses: AddressLimiter,
+    /// When this service last deleted expired login-limit rows (Unix seconds).
+    limits_pruned: Arc<AtomicI64>,
     lockout: Arc<LockoutSchedule>,
     /// Permits for argon2id runs (each takes tens of milliseconds of a core and 19 MiB): a
     /// burst of logins waits here, without holding a thread, instead of taking every core
@@ -453,8 +426,8 @@ impl Accounts {
             hasher,
             policy: PasswordPolicy::default(),
             clock: Arc::new(SystemClock),
-            addresses: Arc::new(AddressLimiter::default()),
-            unknown: Arc::new(Mutex::new(UnknownThrottles::default())),
+            addresses: AddressLimiter::default(),
+            limits_pruned: Arc::new(AtomicI64::new(i64::MIN)),
             lockout: Arc::new(lockout_schedule()),
             hashing: Arc::new(tokio::sync::Semaphore::new(default_hash_concurrency())),
             hashing_gauge: Arc::new(HashingGauge::default()),
@@ -469,10 +442,11 @@ impl Accounts {
         self
     }
 
-    /// The same service with another per-address login limiter (default: 20 attempts per 5
-    /// minutes per IPv4 address or IPv6 /64).
+    /// The same service with another per-address login limit (default: 20 attempts per 5
+    /// minutes per IPv4 address or IPv6 /64). The attempts counted are the store's, shared
+    /// with every service on the database; the limit applies to this service's checks.
     pub fn with_address_limiter(mut self, limiter: AddressLimiter) -> Self {
-        self.addresses = Arc::new(limiter);
+        self.addresses = limiter;
         self
     }
 
@@ -503,19 +477,58 @@ impl Accounts {
     }
 
     /// Takes back the attempt [`Accounts::check_address`] counted for `address`, once the
-    /// credential it carried was accepted: only failures count against an address.
-    pub fn forgive_address(&self, address: IpAddr) {
-        self.addresses.forgive(address);
+    /// credential it carried was accepted: only failures count against an address. A store
+    /// failure is logged, not returned: the credential was accepted, and the attempt then
+    /// stays counted (the safe side) until it leaves the window.
+    pub async fn forgive_address(&self, address: IpAddr) {
+        let key = AddressLimiter::key(address);
+        let window = self.addresses.window_secs();
+        let forgiven = self
+            .store
+            .update_address_attempts(&key, window, AddressLimiter::forgive)
+            .await;
+        if let Err(e) = forgiven {
+            // Neither the address nor anything else personal: the error names no row.
+            tracing::warn!(target: "phivault::auth", error = %e, "a successful attempt could not be taken back from its address's count");
+        }
     }
 
     /// Counts one credential attempt (login, OAuth2 token or revocation request) from
-    /// `address` against the per-address limit; `Throttled` once it is exceeded.
-    pub fn check_address(&self, address: IpAddr) -> Result<(), ServiceError> {
-        self.addresses
-            .check_and_record(address, self.now())
+    /// `address` against the per-address limit; `Throttled` once it is exceeded. The count
+    /// is the store's: attempts on every server sharing the database count together, and the
+    /// check and the count are one transaction, so parallel attempts cannot all pass.
+    pub async fn check_address(&self, address: IpAddr) -> Result<(), ServiceError> {
+        let now = self.now();
+        self.prune_login_limits(now).await;
+        let limiter = self.addresses;
+        self.store
+            .update_address_attempts(
+                &AddressLimiter::key(address),
+                limiter.window_secs(),
+                |attempts| limiter.check_and_record(attempts, now),
+            )
+            .await?
             .map_err(|e| ServiceError::Throttled {
                 retry_after: e.retry_after_secs,
             })
+    }
+
+    /// Deletes the store's expired login-limit rows, at most once per
+    /// [`PRUNE_LOGIN_LIMITS_SECS`] from this service (each server prunes on its own; the
+    /// delete is cheap and idempotent). A failure is logged: expired rows limit nothing.
+    async fn prune_login_limits(&self, now: i64) {
+        let last = self.limits_pruned.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < PRUNE_LOGIN_LIMITS_SECS
+            || self
+                .limits_pruned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Err(e) = self.store.prune_login_limits(now).await {
+            tracing::warn!(target: "phivault::auth", error = %e, "expired login limits could not be deleted");
+        }
     }
 
     /// The store this service keeps accounts in.
@@ -531,11 +544,6 @@ impl Accounts {
         self.hasher
             .clone()
             .ok_or_else(|| internal("password hasher unavailable"))
-    }
-
-    fn unknown(&self) -> MutexGuard<'_, UnknownThrottles> {
-        // Counters only: a state left half-updated by a panic is still usable.
-        self.unknown.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs `work` (an argon2id hash or verification) on a blocking thread once a hashing

@@ -38,6 +38,8 @@ struct Server {
     store: Store,
     hasher: PasswordHasher,
     addresses: AddressLimiter,
+    /// The attempts counted against each address (the store keeps these by blind token).
+    address_attempts: HashMap<String, Vec<i64>>,
     clock: FixedClock,
 }
 
@@ -49,6 +51,7 @@ impl Server {
             store: Store::default(),
             hasher: PasswordHasher::with_params(8, 1, 1).unwrap(),
             addresses: AddressLimiter::default(),
+            address_attempts: HashMap::new(),
             clock: FixedClock::new(1_760_000_000),
         }
     }
@@ -84,8 +87,9 @@ impl Server {
     /// First step: password. Returns an MFA ticket.
     fn login_password(&mut self, username: &str, password: &str) -> Result<String, AuthError> {
         let now = self.now();
+        let address = AddressLimiter::key(ADDR.parse::<IpAddr>().unwrap());
         self.addresses
-            .check_and_record(ADDR.parse::<IpAddr>().unwrap(), now)?;
+            .check_and_record(self.address_attempts.entry(address).or_default(), now)?;
         let password = Password::new(password);
         let Some(account) = self.store.accounts.get_mut(username) else {
             self.hasher.dummy_verify(&password);

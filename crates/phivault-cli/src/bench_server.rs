@@ -30,6 +30,7 @@ const PHIVAULT_ENV: &[&str] = &[
     "PHIVAULT_MAX_BUNDLE_ENTRIES",
     "PHIVAULT_PUBLIC_BASE_URL",
     "PHIVAULT_LOG_FORMAT",
+    "PHIVAULT_NODE_ID",
 ];
 /// The load generator opens up to 1,024 connections from 127.0.0.1; the default per-address
 /// limit (64) would refuse the 64-connection runs plus the ingest client.

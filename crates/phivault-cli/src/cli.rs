@@ -574,6 +574,16 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) policy_file: Option<PathBuf>,
 
+    /// This node's name in logs and in Bulk Data export URLs (letters, digits, `.`, `_`, `-`)
+    /// [toml: cluster.node_id] [default: <host name>-<process id>]
+    #[arg(
+        long,
+        env = "PHIVAULT_NODE_ID",
+        value_name = "NAME",
+        hide_env_values = true
+    )]
+    pub(crate) node_id: Option<String>,
+
     /// Print the merged settings (as a phivault.toml, passwords masked) and exit.
     #[arg(long)]
     pub(crate) print_config: bool,
@@ -594,6 +604,13 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             public_base_url: self.public_base_url.clone(),
             policy_file: self.policy_file.clone(),
+            cluster: self
+                .node_id
+                .clone()
+                .map(|node_id| crate::config_cluster::ClusterLayer {
+                    node_id: Some(node_id),
+                    ..Default::default()
+                }),
             ..self.storage.layer()
         }
     }
@@ -655,6 +672,10 @@ pub(crate) enum BenchSubcommand {
     /// written as one transaction Bundle file per patient, into a temporary store: rate, CPU
     /// per resource and the importer's peak resident memory.
     Import(BenchImportArgs),
+    /// Several `phivault serve` nodes (this binary, as child processes) on one PostgreSQL
+    /// database: throughput of audited reads and of writes at each node count, as ratios to
+    /// the first, and where the CPU went (nodes, PostgreSQL, load generator).
+    Cluster(crate::bench_cluster::BenchClusterArgs),
 }
 
 /// `phivault bench import`

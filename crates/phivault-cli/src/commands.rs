@@ -63,6 +63,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 None => bench(&args.store).await?,
                 Some(BenchSubcommand::Store(store)) => bench(store).await?,
                 Some(BenchSubcommand::Http(http)) => crate::bench_http::run(http).await?,
+                Some(BenchSubcommand::Cluster(c)) => crate::bench_cluster::run(c).await?,
                 Some(BenchSubcommand::Import(import)) => crate::bench_import::run(import).await?,
             }
         }
@@ -299,17 +300,23 @@ fn tighten_database_files(settings: &Settings) {
     }
 }
 
-/// Opens the store (never names the URL: it may hold a password).
+/// Opens the store (never names the URL: it may hold a password). `serving`: with the
+/// `[database]` pool and statement timeout of `serve`; otherwise (init, import) with the
+/// built-in pool and no statement timeout.
 async fn open_store(
     settings: &Settings,
     key: &MasterKeyFile,
     max_bundle_entries: usize,
+    serving: bool,
 ) -> Result<Store> {
     let backend = Backend::from_url(&settings.database_url)
         .map(|b| b.name())
         .unwrap_or("configured");
     let mut opts = StoreOptions::new(settings.database_url.clone());
     opts.max_bundle_entries = max_bundle_entries;
+    if serving {
+        settings.database.apply(&mut opts);
+    }
     let store = Store::open(&opts, &key.keys).await.map_err(|e| {
         let key_problem = matches!(e, StoreError::Crypto(_) | StoreError::Integrity { .. });
         let error = anyhow::Error::new(e).context(format!("opening the {backend} database"));
@@ -325,7 +332,16 @@ async fn open_store(
             error
         }
     })?;
-    tracing::info!(backend, "database open");
+    tracing::info!(
+        backend,
+        max_connections = opts.max_connections,
+        // SQLite has none.
+        statement_timeout_secs = opts
+            .statement_timeout
+            .filter(|_| backend == Backend::Postgres.name())
+            .map_or(0, |t| t.as_secs()),
+        "database open"
+    );
     Ok(store)
 }
 
@@ -448,7 +464,7 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
     check_transport(settings)?;
     let key = prepare_data_dir(settings)?;
     let validator = Arc::new(Validator::new().context("loading the FHIR R4 schema")?);
-    let store = open_store(settings, &key, settings.max_bundle_entries).await?;
+    let store = open_store(settings, &key, settings.max_bundle_entries, true).await?;
     let transport = if settings.insecure_http {
         tracing::warn!("serving plain HTTP (insecure_http): for local testing only");
         Transport::InsecureHttp
@@ -483,6 +499,7 @@ async fn serve(settings: &Settings, allow_broken_audit: bool) -> Result<()> {
         base_url: base_url.clone(),
         max_body_bytes: settings.max_body_bytes,
         limits: settings.edge.limits,
+        node: settings.cluster.node(),
     };
     let state = AppState::new(
         store.clone(),
@@ -575,7 +592,7 @@ fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
 async fn init(settings: &Settings) -> Result<()> {
     crate::bench_gate::refuse_bench_only_build()?;
     let key = prepare_data_dir(settings)?;
-    let store = open_store(settings, &key, settings.max_bundle_entries).await?;
+    let store = open_store(settings, &key, settings.max_bundle_entries, false).await?;
     store.close().await;
     certificates(settings)?;
     eprintln!(
@@ -597,7 +614,7 @@ async fn import(settings: &Settings, args: &ImportArgs) -> Result<ExitCode> {
         IMPORT_MAX_BUNDLE_ENTRIES
     };
     let validator = Validator::new().context("loading the FHIR R4 schema")?;
-    let store = open_store(settings, &key, limit).await?;
+    let store = open_store(settings, &key, limit, false).await?;
 
     let bar = ProgressBar::new(0);
     let style = ProgressStyle::with_template(

@@ -16,6 +16,8 @@ use phivault_server::{
 use phivault_store::RetentionRule;
 use serde::Deserialize;
 
+use crate::config_cluster::{ClusterLayer, ClusterSettings};
+use crate::config_database::{DatabaseLayer, DatabaseSettings};
 use crate::config_edge::{EdgeLayer, EdgeSettings};
 use crate::research_projects::{ResearchProjectSetting, check_research_projects};
 use phivault_alerts::{RuleSetting, WebhookSetting};
@@ -79,6 +81,10 @@ pub(crate) struct Layer {
     pub(crate) retention: Option<BTreeMap<String, String>>,
     /// `[edge]`: proxies, password hashing (file only; see `config_edge`).
     pub(crate) edge: Option<EdgeLayer>,
+    /// `[database]`: the connection pool of `serve` (file only; see `config_database`).
+    pub(crate) database: Option<DatabaseLayer>,
+    /// `[cluster]`: node id, checkpoint cadence (file only; see `config_cluster`).
+    pub(crate) cluster: Option<ClusterLayer>,
     /// `[[research_projects]]`: de-identified exports researchers may run (file only; see
     /// `research_projects`).
     pub(crate) research_projects: Option<Vec<ResearchProjectSetting>>,
@@ -108,6 +114,8 @@ impl Layer {
             processing_activities: self.processing_activities.or(lower.processing_activities),
             retention: self.retention.or(lower.retention),
             edge: self.edge.or(lower.edge),
+            database: self.database.or(lower.database),
+            cluster: ClusterLayer::merge(self.cluster, lower.cluster),
             research_projects: self.research_projects.or(lower.research_projects),
             alert_rules: self.alert_rules.or(lower.alert_rules),
             alert_webhook: self.alert_webhook.or(lower.alert_webhook),
@@ -145,6 +153,10 @@ pub(crate) struct Settings {
     pub(crate) retention: Vec<RetentionRule>,
     /// `[edge]`.
     pub(crate) edge: EdgeSettings,
+    /// `[database]`.
+    pub(crate) database: DatabaseSettings,
+    /// `[cluster]`.
+    pub(crate) cluster: ClusterSettings,
     /// The research projects (checked; their files are read when the server starts).
     pub(crate) research_projects: Vec<ResearchProjectSetting>,
     /// The breach-detection rules in force (the defaults unless configured; checked).
@@ -243,6 +255,8 @@ impl Settings {
             }
         }
         out.push_str(&self.edge.to_toml());
+        out.push_str(&self.database.to_toml());
+        out.push_str(&self.cluster.to_toml());
         for p in &self.research_projects {
             out.push_str("\n[[research_projects]]\n");
             out.push_str(&format!("name = {}\n", quote(&p.name)));
@@ -476,6 +490,8 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
     })?;
     let retention = parse_retention(merged.retention.unwrap_or_default())?;
     let edge = merged.edge.unwrap_or_default().resolve()?;
+    let database = merged.database.unwrap_or_default().resolve()?;
+    let cluster = merged.cluster.unwrap_or_default().resolve()?;
     let research_projects = check_research_projects(merged.research_projects.unwrap_or_default())?;
     let alert_rules = merged
         .alert_rules
@@ -502,6 +518,8 @@ pub(crate) fn resolve(cli: Layer, file: Layer) -> Result<Settings, ConfigError> 
         processing_activities,
         retention,
         edge,
+        database,
+        cluster,
         research_projects,
         alert_rules,
         alert_webhook: merged.alert_webhook,

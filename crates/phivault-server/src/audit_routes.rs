@@ -53,12 +53,19 @@ async fn latest_checkpoint(
 /// Makes checkpoints as `policy` says, only when entries were added since the last one. Runs
 /// until aborted; a failure is logged (no PHI: the errors name seqs and sizes) and retried at
 /// the next tick.
+///
+/// The interval is measured from the trail's last checkpoint, whoever signed it, not from
+/// when this task started: a node that takes the task over from one that died signs at once
+/// when the last checkpoint is older than the interval, so the trail is never left unsigned
+/// for much longer than one interval.
 pub(crate) async fn checkpoint_loop(audit: Arc<AuditLog>, policy: CheckpointPolicy) {
     let mut ticker = tokio::time::interval(policy.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick completes at once: skip it.
     ticker.tick().await;
-    let mut last = tokio::time::Instant::now();
+    // Until this task has seen a checkpoint: when it started (a trail with entries but no
+    // checkpoint yet gets its first one after one interval).
+    let started = now_millis();
     loop {
         ticker.tick().await;
         let entries = match audit.store().audit_tail().await {
@@ -68,24 +75,30 @@ pub(crate) async fn checkpoint_loop(audit: Arc<AuditLog>, policy: CheckpointPoli
                 continue;
             }
         };
-        let covered = match audit.last_checkpoint().await {
-            Ok(cp) => cp.map_or(0, |c| c.size),
+        let (covered, signed_at) = match audit.last_checkpoint().await {
+            Ok(cp) => cp.map_or((0, started), |c| (c.size, c.time)),
             Err(e) => {
                 tracing::error!(error = %e, "audit checkpoint: reading the checkpoints failed");
                 continue;
             }
         };
+        let interval_ms = i64::try_from(policy.interval.as_millis()).unwrap_or(i64::MAX);
         let due = entries - covered.min(entries) >= policy.every_entries
-            || last.elapsed() >= policy.interval;
+            || now_millis().saturating_sub(signed_at) >= interval_ms;
         if entries <= covered || !due {
             continue;
         }
-        last = tokio::time::Instant::now();
         match audit.checkpoint().await {
             Ok(cp) => tracing::info!(size = cp.size, "audit checkpoint made"),
             Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
         }
     }
+}
+
+/// Now, Unix milliseconds (the unit of [`Checkpoint::time`]).
+fn now_millis() -> i64 {
+    let t = time::OffsetDateTime::now_utc();
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// Makes a checkpoint when entries were added since the last one (at shutdown, once requests

@@ -30,6 +30,10 @@
 //! - **A job is its owner's.** Only the principal that started it (same kind and id) may
 //!   poll, download or cancel it; to everyone else its URLs answer 404, as for a job that
 //!   does not exist. Job ids are random UUIDs.
+//! - **A job lives on the node that ran the kick-off.** Behind a load balancer the job id
+//!   names that node (`<node id>.<uuid>`) so the balancer can send its status, download and
+//!   cancel requests there (docs/deploy.md has the rule); a node asked for another node's
+//!   job answers 404 naming the node, never another job.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -117,6 +121,8 @@ struct Job {
 /// The Bulk Data exports held in memory (see the module's rules).
 pub struct BulkJobs {
     limits: BulkLimits,
+    /// The node id the job ids begin with (none: bare UUIDs, a process not in a cluster).
+    node: Option<String>,
     jobs: Mutex<HashMap<String, Job>>,
 }
 
@@ -133,7 +139,54 @@ impl BulkJobs {
     pub fn new(limits: BulkLimits) -> BulkJobs {
         BulkJobs {
             limits,
+            node: None,
             jobs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// No exports yet, with the same bounds, job ids naming `node` (a serving node's).
+    pub(crate) fn for_node(&self, node: &str) -> BulkJobs {
+        BulkJobs {
+            limits: self.limits,
+            node: Some(node.to_owned()),
+            jobs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A fresh job id: `<node id>.<uuid>`, or a bare UUID outside a cluster.
+    fn new_job_id(&self) -> String {
+        let id = uuid::Uuid::new_v4();
+        match &self.node {
+            Some(node) => format!("{node}.{id}"),
+            None => id.to_string(),
+        }
+    }
+
+    /// The job id of a path's segment, or the 404 of an unknown job (naming the node that
+    /// holds it when that is another node, for the operator whose balancer sent it here).
+    fn job_of(&self, text: &str) -> Result<String, ApiError> {
+        let (node, id) = match text.rsplit_once('.') {
+            Some((node, id)) => (Some(node), id),
+            None => (None, text),
+        };
+        let id = uuid::Uuid::parse_str(id).map_err(|_| unknown_job())?;
+        match (node, self.node.as_deref()) {
+            (None, None) => Ok(id.to_string()),
+            (Some(asked), Some(mine)) if asked == mine => Ok(format!("{mine}.{id}")),
+            (Some(asked), _)
+                if !asked.is_empty()
+                    && asked.len() <= 64
+                    && asked
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) =>
+            {
+                Err(ApiError::Missing(format!(
+                    "no such export on this node: export jobs are held by the node that \
+                     started them ({asked}); the load balancer must send $export-status and \
+                     $export-file requests to that node"
+                )))
+            }
+            _ => Err(unknown_job()),
         }
     }
 
@@ -675,7 +728,7 @@ fn finish(
     out_files: BTreeMap<&'static str, (Zeroizing<Vec<u8>>, usize)>,
     extension: Option<Value>,
 ) -> Result<Response, ApiError> {
-    let job = uuid::Uuid::new_v4().to_string();
+    let job = state.bulk.new_job_id();
     let base = base(state);
     let mut output = Vec::with_capacity(out_files.len());
     let mut files = HashMap::with_capacity(out_files.len());
@@ -734,11 +787,9 @@ fn finish(
 }
 
 /// The job id of a path, or the 404 of an unknown job.
-fn job_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+fn job_of(state: &AppState, path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(job) = path.map_err(path_error)?;
-    uuid::Uuid::parse_str(&job)
-        .map(|u| u.to_string())
-        .map_err(|_| unknown_job())
+    state.bulk.job_of(&job)
 }
 
 fn unknown_job() -> ApiError {
@@ -751,7 +802,7 @@ async fn status(
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let result = (|| {
-        let job = job_of(path)?;
+        let job = job_of(&state, path)?;
         let jobs = state.bulk.lock();
         let found = jobs
             .get(&job)
@@ -778,7 +829,7 @@ async fn cancel(
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let result = (|| {
-        let job = job_of(path)?;
+        let job = job_of(&state, path)?;
         let mut jobs = state.bulk.lock();
         if !jobs.get(&job).is_some_and(|j| j.owner == Owner::of(&who)) {
             return Err(unknown_job());
@@ -807,7 +858,7 @@ async fn download(
 ) -> Response {
     let result = (|| {
         let Path((job, file)) = path.map_err(path_error)?;
-        let job = job_of(Ok(Path(job)))?;
+        let job = job_of(&state, Ok(Path(job)))?;
         let bytes = {
             let mut jobs = state.bulk.lock();
             let found = jobs
@@ -837,6 +888,29 @@ async fn download(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Job ids name the node holding the job; another node's id is refused by name, a
+    /// malformed one as unknown, and a bare UUID only outside a cluster.
+    #[test]
+    fn job_ids_name_their_node() {
+        let plain = BulkJobs::new(BulkLimits::default());
+        let n1 = plain.for_node("node-1");
+        let id = n1.new_job_id();
+        assert!(id.starts_with("node-1."), "{id}");
+        assert_eq!(n1.job_of(&id).ok(), Some(id.clone()));
+        let uuid = id.trim_start_matches("node-1.");
+        let elsewhere = n1.job_of(&format!("node-2.{uuid}")).unwrap_err();
+        assert!(matches!(&elsewhere, ApiError::Missing(m) if m.contains("(node-2)")));
+        for bad in ["node-1.x", "<script>.x", uuid, ""] {
+            assert!(
+                matches!(n1.job_of(bad), Err(ApiError::Missing(m)) if !m.contains("node-2")),
+                "{bad}"
+            );
+        }
+        let bare = plain.new_job_id();
+        assert_eq!(plain.job_of(&bare).ok(), Some(bare.clone()));
+        assert!(plain.job_of(&format!("node-1.{bare}")).is_err());
+    }
 
     #[test]
     fn parameters() {

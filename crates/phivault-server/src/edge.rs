@@ -352,6 +352,7 @@ pub(crate) async fn request_edge(mut req: Request, next: Next) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = req.method().clone();
+    let probe = is_probe(&method, req.uri().path());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -384,14 +385,26 @@ pub(crate) async fn request_edge(mut req: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     let latency_ms = (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
     span.in_scope(|| {
-        tracing::info!(
-            status,
-            latency_ms,
-            principal = %principal,
-            "request"
-        );
+        // A passing probe, every few seconds from each load balancer, only at debug level; a
+        // failing one is logged like any request.
+        if probe && status == 200 {
+            tracing::debug!(status, latency_ms, principal = %principal, "request");
+        } else {
+            tracing::info!(
+                status,
+                latency_ms,
+                principal = %principal,
+                "request"
+            );
+        }
     });
     response
+}
+
+/// A liveness or readiness probe (`crate::PROBE_ROUTES`, and `HEAD` of them).
+fn is_probe(method: &Method, path: &str) -> bool {
+    (*method == Method::GET || *method == Method::HEAD)
+        && crate::PROBE_ROUTES.iter().any(|(_, p)| *p == path)
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -406,8 +419,11 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The routes that need no token: login and the OAuth2 endpoints (the client authenticates
 /// itself there), SMART discovery and the CapabilityStatement (FHIR servers publish it; it
-/// states the security).
+/// states the security), and the health probes (a load balancer has no token).
 fn is_public(method: &Method, path: &str) -> bool {
+    if is_probe(method, path) {
+        return true;
+    }
     // The web pages authenticate the person by the session cookie themselves (and every form
     // by its CSRF token); the JSON admin API under `/admin/` stays bearer-only.
     let page = path == "/admin"
@@ -650,6 +666,13 @@ pub(crate) async fn audit_trail(
     mut req: Request,
     next: Next,
 ) -> Response {
+    // The health probes get no entry: they read no PHI, change nothing and name no one, and
+    // a load balancer calls them every few seconds on every node, which would bury the trail
+    // (and, with the database down, make every probe a failed append). They get no slot
+    // either, so a probe route that tried to note anything would fail loudly.
+    if is_probe(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
     let method = req.method().clone();
     let route = req
         .extensions()
@@ -902,6 +925,10 @@ mod tests {
         assert!(!is_public(&Method::GET, "/fhir/Patient"));
         assert!(!is_public(&Method::POST, "/auth/logout"));
         assert!(!is_public(&Method::GET, "/fhir/metadata/x"));
+        assert!(is_public(&Method::GET, "/healthz"));
+        assert!(is_public(&Method::HEAD, "/readyz"));
+        assert!(!is_public(&Method::POST, "/readyz"));
+        assert!(!is_public(&Method::GET, "/readyz/x"));
         assert!(enrolment_allows("/auth/totp/enroll"));
         assert!(enrolment_allows("/auth/logout"));
         assert!(!enrolment_allows("/auth/totp"));

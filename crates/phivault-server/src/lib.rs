@@ -22,8 +22,9 @@
 //!
 //! Guarantees:
 //! - **No route answers without a valid token**, except login, the OAuth2 endpoints (which
-//!   authenticate the client themselves), SMART discovery and the CapabilityStatement. Every
-//!   token failure is the same 401 "authentication failed".
+//!   authenticate the client themselves), SMART discovery, the CapabilityStatement and the
+//!   health probes ([`PROBE_ROUTES`]). Every token failure is the same 401 "authentication
+//!   failed".
 //! - **Default deny.** Every FHIR interaction is decided by the policy engine on the stored
 //!   resource's compartment and labels (and the new body's, for writes), with the purpose of
 //!   use; searches are restricted in SQL to what the principal may read, then every hit is
@@ -109,6 +110,51 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Connection caps and slow-client timeouts.
     pub limits: ConnectionLimits,
+    /// This node's name and the cadence of the work one node of a cluster does for all.
+    pub node: NodeSettings,
+}
+
+/// How a node takes part in a cluster of nodes serving one database.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The node's name in logs (no secret, no PHI: a host name and a process id by default).
+    pub node_id: String,
+    /// How often the leader signs an audit checkpoint when entries were added (also every
+    /// 10,000 entries).
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for NodeSettings {
+    /// A checkpoint every 60 s; the node named after the host and process.
+    fn default() -> NodeSettings {
+        NodeSettings {
+            node_id: default_node_id(),
+            checkpoint_interval: audit_routes::CHECKPOINTS.interval,
+        }
+    }
+}
+
+/// `<host name>-<process id>`: unique among the nodes of a cluster at any time (a restarted
+/// node gets a new one, which is what the logs should show).
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    // Only what a node id may hold (it goes into logs and export job URLs).
+    let host: String = host
+        .chars()
+        .take(48)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{host}-{}", std::process::id())
 }
 
 /// What every handler shares.
@@ -382,16 +428,23 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/fhir/$export-status/{job}"),
     ("DELETE", "/fhir/$export-status/{job}"),
     ("GET", "/fhir/$export-file/{job}/{file}"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
 ];
+
+/// The liveness and readiness probes of load balancers (`routes::health`): answered without a
+/// token and left out of the audit trail (they read no PHI and change nothing, and a probe
+/// every few seconds would bury the trail). Also in [`ROUTES`].
+pub const PROBE_ROUTES: &[(&str, &str)] = &[("GET", "/healthz"), ("GET", "/readyz")];
 
 /// The application's routes (usable without sockets, e.g. `Router::oneshot` in tests).
 ///
 /// Every route, the 404 fallback and the 405 answers pass through the same layers: security
 /// headers and a request id (outermost), request logging, the audit trail (one entry per
-/// request, committed with a single-resource write or appended before the response leaves;
-/// a failed append answers 503 instead and a write whose entry fails is rolled back),
-/// authentication, then a panic guard that turns a panicking handler into a 500
-/// OperationOutcome.
+/// request but the health probes of [`PROBE_ROUTES`], committed with a single-resource write
+/// or appended before the response leaves; a failed append answers 503 instead and a write
+/// whose entry fails is rolled back), authentication, then a panic guard that turns a
+/// panicking handler into a 500 OperationOutcome.
 ///
 /// Login reads the client's address (for per-address limiting) from the
 /// `ConnectInfo<SocketAddr>` extension: [`serve`] provides it; callers without sockets insert
@@ -413,6 +466,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(export_routes::routes())
         .merge(bulk_export::routes())
         .merge(request_routes::routes())
+        .merge(routes::health::routes())
         .fallback(fhir_routes::no_route)
         .method_not_allowed_fallback(fhir_routes::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -496,33 +550,75 @@ pub async fn serve(
     state.base_url = Arc::from(base_url.as_str());
     state.max_body_bytes = config.max_body_bytes;
     state.body_read_timeout = config.limits.body_read_timeout;
-    // Checkpoints while serving; stopped when serving ends.
-    let checkpoints = AbortOnDrop(tokio::spawn(audit_routes::checkpoint_loop(
-        state.audit.clone(),
-        audit_routes::CHECKPOINTS,
+    let node_id = config.node.node_id.clone();
+    // Export jobs are held in this process's memory: their ids name this node, for the load
+    // balancer to route their follow-up requests here.
+    state.bulk = Arc::new(state.bulk.for_node(&node_id));
+    tracing::info!(node_id = %node_id, backend = state.store.backend().name(), "node starting");
+    // Leadership: the work one node does for the cluster runs only while this node leads
+    // (always, on SQLite). Stopped when serving ends, which releases leadership.
+    let (leading_tx, leading) = tokio::sync::watch::channel(false);
+    let campaign = AbortOnDrop(tokio::spawn(tasks::leadership::campaign(
+        state.store.clone(),
+        node_id.clone(),
+        leading_tx,
+        tasks::leadership::POLL,
     )));
-    // Finishes the index sweep of erasures interrupted before (a crash, a failed sweep).
-    tokio::spawn(erasure_routes::sweep(state.store.clone()));
-    // Finishes a key-encryption key rotation interrupted before (`phivault keys rotate`).
-    tokio::spawn(finish_kek_rotation(state.store.clone()));
-    // Keys erased by another process (`phivault erase`) leave this one's memory too.
+    let checkpoint_policy = audit_routes::CheckpointPolicy {
+        interval: config.node.checkpoint_interval,
+        ..audit_routes::CHECKPOINTS
+    };
+    let audit_for_checkpoints = state.audit.clone();
+    let checkpoints = AbortOnDrop(tokio::spawn(tasks::leadership::while_leading(
+        leading.clone(),
+        move || audit_routes::checkpoint_loop(audit_for_checkpoints.clone(), checkpoint_policy),
+    )));
+    // Finishes the index sweep of erasures interrupted before (a crash, a failed sweep), and
+    // a key-encryption key rotation interrupted before (`phivault keys rotate`), each time
+    // this node becomes the leader.
+    let store = state.store.clone();
+    let interrupted = AbortOnDrop(tokio::spawn(tasks::leadership::while_leading(
+        leading.clone(),
+        move || {
+            let store = store.clone();
+            async move {
+                erasure_routes::sweep(store.clone()).await;
+                finish_kek_rotation(store).await;
+                // Done: wait here until leadership is lost (then this is aborted).
+                std::future::pending::<()>().await;
+            }
+        },
+    )));
+    // Keys erased by another process or node leave this one's memory too (every node).
     let evictions = AbortOnDrop(tokio::spawn(erasure_routes::evict_loop(
         state.store.clone(),
         erasure_routes::EVICT_EVERY,
     )));
-    // Retention: at start, then every hour.
-    let retention = AbortOnDrop(tokio::spawn(retention::retention_loop(
+    // Retention: when leadership is gained, then every hour.
+    let (store, audit, rules) = (
         state.store.clone(),
         state.audit.clone(),
         state.retention.clone(),
-        retention::RETENTION_EVERY,
+    );
+    let retention = AbortOnDrop(tokio::spawn(tasks::leadership::while_leading(
+        leading.clone(),
+        move || {
+            retention::retention_loop(
+                store.clone(),
+                audit.clone(),
+                rules.clone(),
+                retention::RETENTION_EVERY,
+            )
+        },
     )));
-    // PostgreSQL's planner statistics, refreshed as the server's writes make them stale.
+    // PostgreSQL's planner statistics, refreshed as this node's writes make them stale
+    // (every node counts its own writes).
     let statistics = AbortOnDrop(tokio::spawn(tasks::statistics::statistics_loop(
         state.store.clone(),
         tasks::statistics::CHECK_EVERY,
     )));
-    // OpenID Connect signing keys: one in force, rotated after its age, old ones retired.
+    // OpenID Connect signing keys: one in force, rotated after its age, old ones retired
+    // (every node: safe to repeat, and the JWKS is ready before this node's first sign-in).
     let signing_keys = AbortOnDrop(tokio::spawn(tasks::signing_keys::signing_key_loop(
         state.accounts.clone(),
         tasks::signing_keys::CHECK_EVERY,
@@ -534,13 +630,17 @@ pub async fn serve(
         state.audit.clone(),
     )));
     // Breach detection: follows the trail as it is written (unless no rule is configured).
+    // (on the leader: the trail is the engine's state, so a new leader replays the rules'
+    // windows and repeats no alert).
     let _alerts = if state.alerting.rules.is_empty() {
         tracing::warn!("no alert rules are configured: breach detection is off");
         None
     } else {
-        Some(AbortOnDrop(tokio::spawn(
-            tasks::alerts::engine(&state).run(),
-        )))
+        let alert_state = state.clone();
+        Some(AbortOnDrop(tokio::spawn(tasks::leadership::while_leading(
+            leading.clone(),
+            move || tasks::alerts::engine(&alert_state).run(),
+        ))))
     };
     let audit = state.audit.clone();
     let app = router(state);
@@ -548,6 +648,7 @@ pub async fn serve(
     let _statistics = statistics;
     let _signing_keys = signing_keys;
     let _evictions = evictions;
+    let _interrupted = interrupted;
 
     let served = match tls {
         Some(tls) => {
@@ -603,7 +704,10 @@ pub async fn serve(
         tracing::error!(error = %e, "writing the summary of refused requests at shutdown failed");
     }
     drop(checkpoints);
+    // Every node seals what it can at shutdown (safe alongside the leader's checkpoints),
+    // then gives leadership up for the next node.
     audit_routes::final_checkpoint(&audit).await;
+    drop(campaign);
     served
 }
 

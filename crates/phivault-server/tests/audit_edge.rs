@@ -196,6 +196,7 @@ async fn a_clean_shutdown_leaves_a_checkpoint_over_every_entry() {
         base_url: "http://127.0.0.1:0/fhir".to_owned(),
         max_body_bytes: 64 * 1024,
         limits: phivault_server::ConnectionLimits::default(),
+        node: phivault_server::NodeSettings::default(),
     };
     // Shut down at once: the periodic task (every 60 s) never ran, so only the shutdown
     // checkpoint can cover the entries.
@@ -354,6 +355,7 @@ async fn a_clean_shutdown_writes_the_window_summaries() {
         base_url: "http://127.0.0.1:0/fhir".to_owned(),
         max_body_bytes: 64 * 1024,
         limits: phivault_server::ConnectionLimits::default(),
+        node: phivault_server::NodeSettings::default(),
     };
     phivault_server::serve(config, c.state.clone(), std::future::ready(()))
         .await

@@ -126,7 +126,22 @@ pub struct LockoutSchedule {
     pub max_lock_secs: i64,
 }
 
-/// The answer of [`Store::claim_login_attempt`].
+impl LockoutSchedule {
+    /// The SQL expression of the lock a claim leaves when the failure count becomes `count`
+    /// (an SQL expression): `current` (the lock in force, an SQL expression) below
+    /// `lock_after`, else `$1` (now) plus the schedule's length. Only the schedule's integers
+    /// and the caller's constant expressions are formatted into it.
+    pub(crate) fn lock_sql(&self, count: &str, current: &str) -> String {
+        let mut lock = format!("CASE WHEN {count} < {} THEN {current}", self.lock_after);
+        for (failures, secs) in (self.lock_after..).zip(&self.lock_secs) {
+            lock.push_str(&format!(" WHEN {count} = {failures} THEN $1 + {secs}"));
+        }
+        lock.push_str(&format!(" ELSE $1 + {} END", self.max_lock_secs));
+        lock
+    }
+}
+
+/// The answer of [`Store::claim_login_attempt`] (and [`Store::claim_unknown_login`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginClaim {
     /// The attempt was counted; check the credentials.
@@ -602,17 +617,7 @@ impl Store {
         now: i64,
         schedule: &LockoutSchedule,
     ) -> Result<LoginClaim, StoreError> {
-        // Only integers from the schedule are formatted into the statement.
-        let mut lock = format!(
-            "CASE WHEN failed_logins + 1 < {} THEN locked_until",
-            schedule.lock_after
-        );
-        for (failures, secs) in (schedule.lock_after..).zip(&schedule.lock_secs) {
-            lock.push_str(&format!(
-                " WHEN failed_logins + 1 = {failures} THEN $1 + {secs}"
-            ));
-        }
-        lock.push_str(&format!(" ELSE $1 + {} END", schedule.max_lock_secs));
+        let lock = schedule.lock_sql("failed_logins + 1", "locked_until");
         let sql = format!(
             "UPDATE users SET failed_logins = failed_logins + 1, locked_until = {lock} \
              WHERE tenant = $2 AND user_id = $3 AND (locked_until IS NULL OR locked_until <= $1)"

@@ -48,7 +48,7 @@ const AUDIT_ROWS_PER_INSERT: usize = 100;
 const PATIENT_ROWS_PER_INSERT: usize = 120;
 
 /// The PostgreSQL advisory lock key serializing appends (`"phivaudt"` as a big-endian i64).
-const APPEND_LOCK_KEY: i64 = 0x7068_6976_6175_6474;
+pub(crate) const APPEND_LOCK_KEY: i64 = 0x7068_6976_6175_6474;
 
 /// What the audit log hands in for the next entry, once it knows the entry's seq and the
 /// previous entry's hash.
@@ -329,7 +329,7 @@ fn audit_where(query: &AuditQuery) -> Result<(String, Vec<AuditBind>), StoreErro
     Ok((clause, binds))
 }
 
-async fn tail(conn: &mut AnyConnection) -> Result<AuditTail, StoreError> {
+pub(crate) async fn tail(conn: &mut AnyConnection) -> Result<AuditTail, StoreError> {
     let row = sqlx::query("SELECT seq, entry_hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *conn)
         .await?;

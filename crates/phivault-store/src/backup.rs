@@ -3,7 +3,8 @@
 //!
 //! A backup is logical (rows, not database files), so an archive taken from SQLite restores
 //! into PostgreSQL and back. Every table of the schema is listed in [`TABLES`] with its
-//! columns (a test compares the list with both backends' schemas, so a migration that adds a
+//! columns, but the ephemeral login limits ([`EPHEMERAL_TABLES`]), which are not backed up (a
+//! test compares the lists with both backends' schemas, so a migration that adds a table or a
 //! column without listing it here fails). Rows travel as [`Value`]s in the encoding of
 //! [`encode_row`]; [`TableDigest`] hashes a table's rows in that encoding in key order, so a
 //! restored table can be read back and compared with the archive byte for byte.
@@ -23,7 +24,7 @@ use crate::{Backend, Store, StoreError, StoreOptions};
 mod revocations;
 mod tables;
 pub use revocations::{Revocations, RevocationsReplayed};
-pub use tables::TABLES;
+pub use tables::{EPHEMERAL_TABLES, TABLES};
 
 /// The type of a column, as both backends store it (BIGINT, TEXT, BLOB/BYTEA).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,9 @@
 //! usernames, hashed tokens, client secrets and recovery codes, care grants and sealed
 //! break-the-glass reasons; and OAuth2 / SMART App Launch state ([`oauth`]): clients,
 //! one-time authorization codes, token families and refresh rotation, client-assertion ids,
-//! launch contexts, remembered consents and the sealed id_token signing keys. And it keeps the
-//! audit trail's bytes ([`audit`]): entries, signed checkpoints and the sealed
+//! launch contexts, remembered consents and the sealed id_token signing keys; and the login
+//! limits every server on the database shares ([`login_limits`], by blind tokens). And it keeps
+//! the audit trail's bytes ([`audit`]): entries, signed checkpoints and the sealed
 //! checkpoint-signing key, whose hashes and signatures phivault-audit computes.
 //!
 //! Guarantees (DESIGN.md invariants 1, 4 and 7):
@@ -36,7 +37,10 @@ pub mod backup;
 mod bundle;
 mod erasure;
 mod generations;
+mod health;
 mod keys;
+mod leadership;
+pub mod login_limits;
 pub mod oauth;
 mod reindex;
 mod released;
@@ -61,6 +65,7 @@ pub use backend::Backend;
 pub use bundle::EntryDecision;
 pub use erasure::{ErasureRecord, SweepReport};
 pub use generations::{Generation, Generations};
+pub use leadership::LeaderLock;
 pub use released::{Facts, Unreleased};
 pub use retention::{DISPOSE_BATCH, RetentionCount, RetentionRule};
 pub use rotation::{KekStatus, KeyStatus, RotationProgress, RotationReport};
@@ -85,6 +90,11 @@ pub struct StoreOptions {
     pub tenant: String,
     /// Largest number of entries in a transaction or batch Bundle.
     pub max_bundle_entries: usize,
+    /// PostgreSQL only (SQLite ignores it): the longest a statement may run before the server
+    /// cancels it, which the store reports as [`StoreError::Unavailable`] (503). Set as the
+    /// session default of every pooled connection, so `RESET statement_timeout` returns to it.
+    /// `None` (the default here; `phivault serve` sets its own) or zero: no limit.
+    pub statement_timeout: Option<Duration>,
 }
 
 impl StoreOptions {
@@ -96,6 +106,7 @@ impl StoreOptions {
             acquire_timeout: Duration::from_secs(5),
             tenant: "default".to_owned(),
             max_bundle_entries: 1000,
+            statement_timeout: None,
         }
     }
 }
@@ -327,6 +338,19 @@ pub enum StoreError {
     /// Schema migration failed.
     #[error("schema migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database was migrated by a newer phivault: this build does not know its schema and
+    /// refuses to open it (an older node of a cluster after the others were upgraded).
+    #[error(
+        "the database schema is at version {database}, newer than this phivault build (knows \
+         up to {build}): run the newer phivault on every node, or restore the database from a \
+         backup made by this version"
+    )]
+    SchemaNewer {
+        /// The newest migration applied to the database.
+        database: i64,
+        /// The newest migration this build knows.
+        build: i64,
+    },
     /// Bad configuration.
     #[error("configuration: {0}")]
     Config(String),
@@ -341,9 +365,17 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
             sqlx::Error::Database(db) => {
-                // PostgreSQL shutdown / connection classes (08*, 57P0*), SQLite busy/locked.
+                // PostgreSQL connection and shutdown classes (08*, 57P0*), a statement
+                // cancelled by `statement_timeout` or by an operator (57014 query_canceled:
+                // the database is overloaded or stuck, not the request wrong), SQLite
+                // busy/locked.
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-                if code.starts_with("08") || code.starts_with("57P") || code == "5" || code == "6" {
+                if code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code == "57014"
+                    || code == "5"
+                    || code == "6"
+                {
                     StoreError::Unavailable(e)
                 } else {
                     StoreError::Database(e)
@@ -378,6 +410,7 @@ impl StoreError {
             | StoreError::Crypto(_)
             | StoreError::Database(_)
             | StoreError::Migrate(_)
+            | StoreError::SchemaNewer { .. }
             | StoreError::Config(_) => 500,
         }
     }
@@ -412,6 +445,7 @@ impl StoreError {
             StoreError::Crypto(_)
                 | StoreError::Database(_)
                 | StoreError::Migrate(_)
+                | StoreError::SchemaNewer { .. }
                 | StoreError::Config(_)
                 | StoreError::AuditKeyMissing { .. }
         ) || matches!(self, StoreError::Entry { source, .. } if source.is_internal())
@@ -451,10 +485,28 @@ impl Store {
     /// Opens (creating when needed) the database, applies migrations, and loads or creates
     /// the key-encryption key and the tenant's index and directory keys. The store keeps
     /// [`KeyProvider::shared`] to read the master key again if another process rotates it.
+    ///
+    /// Processes opening one PostgreSQL database at once (nodes of a cluster starting
+    /// together) do it one after the other: the first migrates and creates the keys, the
+    /// others wait for it, then find them (see `backend::Opening`).
     pub async fn open(opts: &StoreOptions, keys: &dyn KeyProvider) -> Result<Store, StoreError> {
         let backend = Backend::from_url(&opts.database_url)?;
         let pool = backend.connect(opts).await?;
-        backend.migrate(&pool).await?;
+        let mut opening = backend::Opening::begin(backend, &pool, &opts.tenant).await?;
+        let opened = Store::open_with(opts, keys, backend, pool, &mut opening).await;
+        opening.end().await;
+        opened
+    }
+
+    /// [`Store::open`] once the opening has begun.
+    async fn open_with(
+        opts: &StoreOptions,
+        keys: &dyn KeyProvider,
+        backend: Backend,
+        pool: AnyPool,
+        opening: &mut backend::Opening,
+    ) -> Result<Store, StoreError> {
+        opening.migrate().await?;
         let write_lock = match backend {
             Backend::Sqlite => Some(tokio::sync::Mutex::new(())),
             Backend::Postgres => None,

@@ -165,12 +165,17 @@ impl Store {
         }
         conn.execute(format!("SET lock_timeout = '{PG_LOCK_TIMEOUT}'").as_str())
             .await?;
+        // Not cut by the server's statement timeout: its cost grows with the key and account
+        // tables, and a purge cancelled each time would stay pending for ever. `RESET` below
+        // returns to the connection's configured default.
+        conn.execute("SET statement_timeout = 0").await?;
         let list: Vec<&str> = tables.iter().copied().collect();
         // Table names come from this crate's constants, never from input.
         let outcome = conn
             .execute(format!("VACUUM FULL {}", list.join(", ")).as_str())
             .await;
         conn.execute("RESET lock_timeout").await?;
+        conn.execute("RESET statement_timeout").await?;
         match outcome {
             Ok(_) => Ok(horizon_passed),
             Err(e) if is_lock_timeout(&e) => Ok(false),

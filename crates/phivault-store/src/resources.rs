@@ -325,9 +325,16 @@ impl Store {
 
     /// Reads the current version. Proof-free: for the master key's holder and tests; the
     /// server uses [`Store::read_unreleased`].
+    ///
+    /// The row is read on a pooled connection that goes back to the pool before the version
+    /// is opened: opening may read a data key that is not cached yet (on another pooled
+    /// connection), and a read holding one connection while waiting for a second would, with
+    /// as many concurrent reads as the pool has connections, wait for the pool's timeout.
     pub async fn read(&self, rtype: ResourceType, id: &Id) -> Result<StoredResource, StoreError> {
-        let mut conn = self.inner.pool.acquire().await?;
-        self.read_in(&mut conn, rtype, id).await
+        match self.current_row(&self.inner.pool, rtype, id).await? {
+            Some(row) => self.open_current(rtype, id, &row).await,
+            None => Err(self.not_current(&self.inner.pool, rtype, id).await),
+        }
     }
 
     /// Reads the current version, held until a decision on its facts releases it.
@@ -795,7 +802,24 @@ impl Store {
         rtype: ResourceType,
         id: &Id,
     ) -> Result<StoredResource, StoreError> {
-        let row = sqlx::query(
+        match self.current_row(&mut *conn, rtype, id).await? {
+            Some(row) => self.open_current(rtype, id, &row).await,
+            None => Err(self.not_current(&mut *conn, rtype, id).await),
+        }
+    }
+
+    /// The row of a resource's current version (pointer, version, sealed body, whether its
+    /// data key still exists), or None when it has no current pointer.
+    async fn current_row<'c, E>(
+        &self,
+        conn: E,
+        rtype: ResourceType,
+        id: &Id,
+    ) -> Result<Option<sqlx::any::AnyRow>, StoreError>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any>,
+    {
+        Ok(sqlx::query(
             "SELECT c.version AS cur, c.deleted AS cur_deleted, c.key_id AS cur_key, \
                     v.version AS v_version, v.key_id AS key_id, v.sealed AS sealed, \
                     v.deleted AS deleted, \
@@ -810,18 +834,24 @@ impl Store {
         .bind(&self.inner.tenant)
         .bind(rtype.as_str())
         .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(row) = row else {
-            if let Some(latest) = self.pointerless(&mut *conn, rtype, id).await? {
-                return Err(self.integrity(rtype, id, latest, NO_POINTER));
-            }
-            return Err(StoreError::NotFound {
+        .fetch_optional(conn)
+        .await?)
+    }
+
+    /// Why a resource without a current pointer cannot be read: an integrity failure when it
+    /// has versions (its pointer was deleted behind the store's back), else not found.
+    async fn not_current<'c, E>(&self, conn: E, rtype: ResourceType, id: &Id) -> StoreError
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any>,
+    {
+        match self.pointerless(conn, rtype, id).await {
+            Ok(Some(latest)) => self.integrity(rtype, id, latest, NO_POINTER),
+            Ok(None) => StoreError::NotFound {
                 rtype: rtype.to_string(),
                 id: id.to_string(),
-            });
-        };
-        self.open_current(rtype, id, &row).await
+            },
+            Err(e) => e,
+        }
     }
 
     /// The newest stored version of a resource that has versions but no current pointer

@@ -15,6 +15,8 @@ use sqlx::Row;
 mod all_types;
 #[path = "store/compartments.rs"]
 mod compartments;
+#[path = "store/connection.rs"]
+mod connection;
 #[path = "store/date_range.rs"]
 mod date_range;
 #[path = "store/erasure.rs"]

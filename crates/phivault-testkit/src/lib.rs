@@ -37,6 +37,7 @@ mod forwarder;
 mod identity;
 mod markers;
 pub mod oauth;
+mod private_pg;
 mod server;
 
 pub use api::{Api, Resp, next_link, query, search_matches};
@@ -51,4 +52,5 @@ pub use oauth::{
     AuthorizeUrl, BadAssertion, Browser, ClientAuth, ClientKey, ClientSpec, Decision, OAuthHttp,
     Pkce, RegisteredClient,
 };
+pub use private_pg::PrivatePostgres;
 pub use server::Server;

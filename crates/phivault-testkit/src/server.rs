@@ -34,6 +34,7 @@ pub(crate) const PHIVAULT_ENV: &[&str] = &[
     "PHIVAULT_MAX_BUNDLE_ENTRIES",
     "PHIVAULT_PUBLIC_BASE_URL",
     "PHIVAULT_LOG_FORMAT",
+    "PHIVAULT_NODE_ID",
 ];
 
 /// A running (or killed) `phivault serve`. Dropping it kills the process, removes the data
@@ -44,6 +45,9 @@ pub struct Server {
     extra_args: Vec<String>,
     /// What `--database-url` gets (possibly through a forwarder); `None`: the default SQLite.
     server_database_url: Option<String>,
+    /// The database a node shares with others (or the test's own server) reached directly,
+    /// when the schema is not this instance's.
+    shared_database_url: Option<String>,
     child: Option<Child>,
     readers: Vec<JoinHandle<()>>,
     stdout: Arc<Mutex<String>>,
@@ -98,16 +102,63 @@ impl Server {
         Self::start_inner(bin.as_ref(), backend, extra_args, Some(proxy)).await
     }
 
+    /// Starts the first node on a PostgreSQL database the test owns (`database_url`, e.g. a
+    /// [`crate::PrivatePostgres`]): no schema is made or dropped.
+    pub async fn start_on_database(
+        bin: impl AsRef<Path>,
+        database_url: &str,
+        extra_args: &[&str],
+    ) -> Server {
+        let mut server = Self::unlaunched(
+            bin.as_ref(),
+            &Backend::Postgres {
+                url: database_url.to_owned(),
+            },
+            extra_args,
+            None,
+            Some(database_url.to_owned()),
+        );
+        server.shared_database_url = Some(database_url.to_owned());
+        server.launch().await;
+        server
+    }
+
+    /// Starts another node of `first`'s cluster (PostgreSQL): its own data directory and TLS
+    /// certificate, the same database (through the same proxy, if any), a copy of `first`'s
+    /// master key, and `first`'s system app for its token.
+    pub async fn start_node(bin: impl AsRef<Path>, first: &Server, extra_args: &[&str]) -> Server {
+        assert!(
+            first.backend.is_postgres(),
+            "nodes share a PostgreSQL database"
+        );
+        let mut server = Self::unlaunched(
+            bin.as_ref(),
+            &first.backend,
+            extra_args,
+            None,
+            first.server_database_url.clone(),
+        );
+        server.shared_database_url = Some(first.database_url());
+        server.system_client = first.system_client.clone();
+        let key = server.data_dir.path().join("master.key");
+        std::fs::copy(first.data_dir.path().join("master.key"), &key)
+            .unwrap_or_else(|e| panic!("cannot copy the master key: {e}"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("cannot restrict the master key: {e}"));
+        }
+        server.launch().await;
+        server
+    }
+
     async fn start_inner(
         bin: &Path,
         backend: &Backend,
         extra_args: &[&str],
         proxy: Option<SocketAddr>,
     ) -> Server {
-        let data_dir = tempfile::Builder::new()
-            .prefix("phivault-e2e-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("cannot make a temporary data directory: {e}"));
         let schema = match backend {
             Backend::Sqlite => None,
             Backend::Postgres { url } => Some(PgSchema::create(url).await),
@@ -116,11 +167,29 @@ impl Server {
             Some(addr) => with_host(&s.url(), addr),
             None => s.url(),
         });
-        let mut server = Server {
+        let mut server = Self::unlaunched(bin, backend, extra_args, schema, server_database_url);
+        server.launch().await;
+        server
+    }
+
+    /// The instance, not started yet, with a fresh data directory.
+    fn unlaunched(
+        bin: &Path,
+        backend: &Backend,
+        extra_args: &[&str],
+        schema: Option<PgSchema>,
+        server_database_url: Option<String>,
+    ) -> Server {
+        let data_dir = tempfile::Builder::new()
+            .prefix("phivault-e2e-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot make a temporary data directory: {e}"));
+        Server {
             bin: bin.to_owned(),
             backend: backend.clone(),
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             server_database_url,
+            shared_database_url: None,
             child: None,
             readers: Vec::new(),
             stdout: Arc::default(),
@@ -130,9 +199,7 @@ impl Server {
             starts: 0,
             schema,
             data_dir,
-        };
-        server.launch().await;
-        server
+        }
     }
 
     /// Spawns the process and waits for its listening line.
@@ -352,6 +419,9 @@ impl Server {
     /// The database URL, reaching the database directly (not through a proxy):
     /// `sqlite://<data_dir>/phivault.db` or the PostgreSQL schema's URL.
     pub fn database_url(&self) -> String {
+        if let Some(url) = &self.shared_database_url {
+            return url.clone();
+        }
         match &self.schema {
             Some(s) => s.url(),
             None => format!(

@@ -43,20 +43,20 @@ impl Accounts {
             recovery_code,
             address,
         } = request;
-        self.addresses
-            .check_and_record(address, now)
-            .map_err(|e| ServiceError::Throttled {
-                retry_after: e.retry_after_secs,
-            })?;
+        self.check_address(address).await?;
         // Every attempt is counted as a failure before the password is checked, in the same
         // step as the lock is checked, and the count is cleared only by a complete login: so
         // parallel guesses get at most the allowed number of password checks.
         let Some(user) = self.store.user_by_username(&username).await? else {
-            let key = self.store.username_token(&username);
-            let claim = self.unknown().claim(key, now);
-            if let Err(lock) = claim {
+            // A name without an account is claimed like an account, in the store (shared by
+            // every server), so the two answer alike.
+            if let LoginClaim::Locked { until } = self
+                .store
+                .claim_unknown_login(&username, now, &self.lockout, UNKNOWN_NAME_KEEP_SECS)
+                .await?
+            {
                 return Err(ServiceError::Throttled {
-                    retry_after: lock.retry_after(now),
+                    retry_after: LockedUntil { until }.retry_after(now),
                 });
             }
             self.verify_password(password, None).await?;
@@ -120,12 +120,8 @@ impl Accounts {
         recovery_code: Option<&str>,
         address: IpAddr,
     ) -> Result<LoginOutcome, ServiceError> {
+        self.check_address(address).await?;
         let now = self.now();
-        self.addresses
-            .check_and_record(address, now)
-            .map_err(|e| ServiceError::Throttled {
-                retry_after: e.retry_after_secs,
-            })?;
         let Ok((TokenKind::Mfa, hash)) = token::parse(ticket) else {
             return Err(ServiceError::CredentialFailure);
         };
@@ -184,7 +180,7 @@ impl Accounts {
         now: i64,
     ) -> Result<LoginOutcome, ServiceError> {
         self.store.clear_login_failures(&user.user_id).await?;
-        self.addresses.forgive(address);
+        self.forgive_address(address).await;
         if let (Some(hasher), Some(password)) = (&self.hasher, password)
             && hasher.needs_rehash(&user.password_hash)
         {

@@ -4,6 +4,7 @@
 pub(crate) mod account;
 pub(crate) mod alerts;
 pub(crate) mod console;
+pub(crate) mod health;
 pub(crate) mod oauth;
 pub(crate) mod portal;
 pub(crate) mod research_export;

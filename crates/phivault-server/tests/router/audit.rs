@@ -44,6 +44,12 @@ async fn every_route_is_audited_once_by_its_template() {
             assert_ne!(a.diagnostics(), "no such endpoint", "{method} {uri}: {a:?}");
         }
         let entries = audit_entries_after(&c, before).await;
+        if phivault_server::PROBE_ROUTES.contains(&(*method, *template)) {
+            // The health probes are left out of the trail (see `PROBE_ROUTES`).
+            assert_eq!(a.status, StatusCode::OK, "{method} {uri}: {a:?}");
+            assert!(entries.is_empty(), "{method} {uri}: {entries:?}");
+            continue;
+        }
         assert_eq!(entries.len(), 1, "{method} {uri}: {entries:?}");
         // The OAuth2 routes add what they did after the template (`POST /oauth/token
         // refused invalid_request`).

@@ -436,6 +436,7 @@ async fn serves_https_and_refuses_plain_http_off_loopback() {
         base_url: "http://0.0.0.0:0/fhir".to_owned(),
         max_body_bytes: MAX_BODY,
         limits: phivault_server::ConnectionLimits::default(),
+        node: phivault_server::NodeSettings::default(),
     };
     let refused = phivault_server::serve(config, c.state.clone(), async {}).await;
     assert!(
@@ -459,6 +460,7 @@ async fn serves_https_and_refuses_plain_http_off_loopback() {
         base_url: format!("https://127.0.0.1:{port}/fhir"),
         max_body_bytes: MAX_BODY,
         limits: phivault_server::ConnectionLimits::default(),
+        node: phivault_server::NodeSettings::default(),
     };
     let server = tokio::spawn(phivault_server::serve(
         config,
@@ -532,6 +534,7 @@ async fn serves_https_and_refuses_plain_http_off_loopback() {
         base_url: format!("http://127.0.0.1:{port}/fhir"),
         max_body_bytes: MAX_BODY,
         limits: phivault_server::ConnectionLimits::default(),
+        node: phivault_server::NodeSettings::default(),
     };
     let server = tokio::spawn(phivault_server::serve(
         config,

@@ -21,6 +21,13 @@ const fn bytes(name: &'static str) -> Column {
     }
 }
 
+/// The tables a backup leaves out: the login limits ([`crate::login_limits`]). Their rows
+/// are ephemeral (each stops limiting within a day and is then deleted) and keyed by blind
+/// tokens of the live database's index key; a limit in force is not worth restoring, and a
+/// restore keeps the rows of the database it replaces, which expire on their own. Every other
+/// table of the schema is in [`TABLES`].
+pub const EPHEMERAL_TABLES: &[&str] = crate::login_limits::TABLES;
+
 /// Every table, parents before the tables whose foreign keys name them. The audit key and
 /// checkpoints come before the entries, so a reader of an archive can check the hash chain
 /// against the signed checkpoints as the entries stream by.

@@ -297,7 +297,7 @@ fn client_credentials(headers: &HeaderMap, form: &Form) -> Result<ClientCredenti
 
 /// Client authentication attempts count against the same per-address limit as logins (and
 /// are forgiven once they succeed): the client's address, or the refusal to send.
-fn limit_address(
+async fn limit_address(
     state: &AppState,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: &HeaderMap,
@@ -307,6 +307,7 @@ fn limit_address(
     state
         .accounts
         .check_address(address)
+        .await
         .map_err(|e| Box::new(OAuthError::from_service(e).into_response()))?;
     Ok(address)
 }
@@ -335,14 +336,14 @@ async fn token(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let address = match limit_address(&state, connect, &headers) {
+    let address = match limit_address(&state, connect, &headers).await {
         Ok(address) => address,
         Err(refusal) => return *refusal,
     };
     match token_inner(&state, &slot, &headers, body).await {
         Ok(response) => {
             // Only failures count against an address.
-            state.accounts.forgive_address(address);
+            state.accounts.forgive_address(address).await;
             response
         }
         Err(e) => {
@@ -507,7 +508,7 @@ async fn revoke(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let address = match limit_address(&state, connect, &headers) {
+    let address = match limit_address(&state, connect, &headers).await {
         Ok(address) => address,
         Err(refusal) => return *refusal,
     };
@@ -530,7 +531,7 @@ async fn revoke(
     .await;
     match result {
         Ok(()) => {
-            state.accounts.forgive_address(address);
+            state.accounts.forgive_address(address).await;
             StatusCode::OK.into_response()
         }
         Err(e) => e.into_response(),
@@ -547,7 +548,7 @@ async fn introspect(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let address = match limit_address(&state, connect, &headers) {
+    let address = match limit_address(&state, connect, &headers).await {
         Ok(address) => address,
         Err(refusal) => return *refusal,
     };
@@ -568,7 +569,7 @@ async fn introspect(
     .await;
     match result {
         Ok(body) => {
-            state.accounts.forgive_address(address);
+            state.accounts.forgive_address(address).await;
             no_cache(json_response(StatusCode::OK, &body))
         }
         Err(e) => e.into_response(),
