@@ -14,7 +14,7 @@ use std::time::Duration;
 use phivault_audit::AuditLog;
 use phivault_crypto::FileKeyProvider;
 use phivault_store::{Store, StoreOptions};
-use phivault_testkit::{Server, backends};
+use phivault_testkit::{PHIVAULT_ENV, Server, backends};
 use sqlx::Row;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
@@ -22,20 +22,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_phivault");
 
 /// How long a start may take before the test fails.
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Environment variables of the binary that must not leak in from the test's environment.
-const PHIVAULT_ENV: &[&str] = &[
-    "PHIVAULT_CONFIG",
-    "PHIVAULT_DATA_DIR",
-    "PHIVAULT_DATABASE_URL",
-    "PHIVAULT_LISTEN",
-    "PHIVAULT_MASTER_KEY_FILE",
-    "PHIVAULT_INSECURE_HTTP",
-    "PHIVAULT_MAX_BODY_BYTES",
-    "PHIVAULT_MAX_BUNDLE_ENTRIES",
-    "PHIVAULT_PUBLIC_BASE_URL",
-    "PHIVAULT_LOG_FORMAT",
-];
 
 /// `phivault serve` on the server's data directory and database, on a free port.
 fn serve_command(server: &Server, extra: &[&str]) -> tokio::process::Command {

@@ -26,12 +26,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use phivault_testkit::{Api, Marker, Server, random_username};
+use phivault_testkit::{Api, Marker, random_username};
 use serde_json::json;
 
 use nodes::{
-    BIN, audit_verifies, leaders, marker_of, node_config, nodes_of, observation, patient,
-    shared_postgres, the_leader,
+    audit_verifies, leaders, marker_of, observation, patient, shared_postgres, the_leader,
+    three_nodes,
 };
 
 /// How long the mixed load runs.
@@ -60,14 +60,7 @@ async fn three_nodes_share_one_database_under_mixed_load() {
     let Some(backend) = shared_postgres() else {
         return;
     };
-    let configs = tempfile::tempdir().unwrap();
-    let first = Server::start(
-        BIN,
-        &backend,
-        &["--config", &node_config(&configs, "node-0")],
-    )
-    .await;
-    let mut nodes = nodes_of(first, 2, &configs).await;
+    let (_configs, mut nodes) = three_nodes(&backend).await;
     let apis: Vec<Api> = nodes.iter().map(|n| n.api().clone()).collect();
 
     // ---- A lockout reached through several nodes holds on all of them.

@@ -11,25 +11,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use phivault_testkit::{
-    Api, Backend, Forwarder, Resp, Server, backends, fixtures, postgres_target,
+    Api, Backend, Forwarder, PHIVAULT_ENV, Resp, Server, backends, fixtures, postgres_target,
 };
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_phivault");
-
-/// Environment variables of the binary that must not leak in from the test's environment.
-const PHIVAULT_ENV: &[&str] = &[
-    "PHIVAULT_CONFIG",
-    "PHIVAULT_DATA_DIR",
-    "PHIVAULT_DATABASE_URL",
-    "PHIVAULT_LISTEN",
-    "PHIVAULT_MASTER_KEY_FILE",
-    "PHIVAULT_INSECURE_HTTP",
-    "PHIVAULT_MAX_BODY_BYTES",
-    "PHIVAULT_MAX_BUNDLE_ENTRIES",
-    "PHIVAULT_PUBLIC_BASE_URL",
-    "PHIVAULT_LOG_FORMAT",
-];
 
 /// `GET <origin><path>` without a token (the probes live beside `/fhir`, not under it).
 async fn probe(api: &Api, path: &str) -> Resp {

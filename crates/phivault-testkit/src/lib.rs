@@ -53,4 +53,4 @@ pub use oauth::{
     Pkce, RegisteredClient,
 };
 pub use private_pg::PrivatePostgres;
-pub use server::Server;
+pub use server::{PHIVAULT_ENV, Server};

@@ -23,7 +23,7 @@ const LISTENING_LINE: &str = "phivault: listening on ";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Environment variables of the binary that must not leak in from the test's environment.
-pub(crate) const PHIVAULT_ENV: &[&str] = &[
+pub const PHIVAULT_ENV: &[&str] = &[
     "PHIVAULT_CONFIG",
     "PHIVAULT_DATA_DIR",
     "PHIVAULT_DATABASE_URL",

@@ -6,7 +6,7 @@ use phivault_testkit::{Api, Marker, PrivatePostgres, Server};
 
 use crate::nodes::{
     BIN, CHECKPOINT_SECS, LEADING, audit_verifies, checkpoint, leaders, marker_of, node_config,
-    nodes_of, observation, patient, shared_postgres, the_leader,
+    nodes_of, observation, patient, shared_postgres, the_leader, three_nodes,
 };
 
 /// Unix milliseconds now.
@@ -27,14 +27,7 @@ async fn another_node_signs_checkpoints_after_the_leader_is_killed() {
     let Some(backend) = shared_postgres() else {
         return;
     };
-    let configs = tempfile::tempdir().unwrap();
-    let first = Server::start(
-        BIN,
-        &backend,
-        &["--config", &node_config(&configs, "node-0")],
-    )
-    .await;
-    let mut nodes = nodes_of(first, 2, &configs).await;
+    let (_configs, mut nodes) = three_nodes(&backend).await;
     let leader = the_leader(&mut nodes).await;
     let other = (leader + 1) % nodes.len();
 

@@ -55,6 +55,20 @@ pub(crate) async fn nodes_of(first: Server, more: usize, dir: &tempfile::TempDir
     nodes
 }
 
+/// Three nodes on a fresh schema of `backend` (the temporary directory holds their
+/// configuration files).
+pub(crate) async fn three_nodes(backend: &Backend) -> (tempfile::TempDir, Vec<Server>) {
+    let configs = tempfile::tempdir().unwrap();
+    let first = Server::start(
+        BIN,
+        backend,
+        &["--config", &node_config(&configs, "node-0")],
+    )
+    .await;
+    let nodes = nodes_of(first, 2, &configs).await;
+    (configs, nodes)
+}
+
 /// The indexes of the nodes whose logs say they lead now (the last leadership line of each
 /// node is "leading", not "lost leadership").
 pub(crate) fn leaders(nodes: &mut [Server]) -> Vec<usize> {
