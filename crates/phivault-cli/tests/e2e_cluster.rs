@@ -6,7 +6,8 @@
 //!   key-encryption key rotation in the middle, and wrong passwords spread over the nodes:
 //!   no acknowledged write is lost (each reads back at its last acknowledged version from
 //!   another node), the erased patient is never served by any node once the erasure has
-//!   answered, a lockout reached through several nodes holds on all of them, exactly one
+//!   answered, a lockout reached through several nodes holds on all of them, a token revoked
+//!   through one node and a client disabled beside another are refused by all, exactly one
 //!   node leads, and `audit verify` passes over the one chain all nodes appended to;
 //! - `kill -9` of the leader: another node takes over and signs the next checkpoint within
 //!   about one interval of the last one (`e2e_cluster/failover.rs`);
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use phivault_testkit::{Api, Marker, random_username};
+use phivault_testkit::{Api, ClientAuth, Marker, OAuthHttp, random_username};
 use serde_json::json;
 
 use nodes::{
@@ -81,6 +82,56 @@ async fn three_nodes_share_one_database_under_mixed_load() {
         assert_eq!(
             r.status, 429,
             "node {i}: the account locked through other nodes is locked here too: {r:?}"
+        );
+    }
+
+    // ---- A token revoked through one node, and a client disabled next to another, are
+    // refused by every node at its next request.
+    let (app, secret) = nodes[0]
+        .add_client("cluster-app", "system/Patient.r", None)
+        .await;
+    let revoked = nodes[1].client_credentials(&app, &secret, None).await;
+    let kept = nodes[2].client_credentials(&app, &secret, None).await;
+    let probe = patient(&apis[0], "Probe").await;
+    for api in &apis {
+        for token in [&revoked, &kept] {
+            api.with_token(token)
+                .get(&format!("Patient/{probe}"))
+                .await
+                .assert_status(200);
+        }
+    }
+    let auth = ClientAuth::Post {
+        id: app.clone(),
+        secret: secret.clone(),
+    };
+    OAuthHttp::new(&nodes[1])
+        .revoke(&auth, &revoked)
+        .await
+        .assert_status(200);
+    for (i, api) in apis.iter().enumerate() {
+        let r = api
+            .with_token(&revoked)
+            .get(&format!("Patient/{probe}"))
+            .await;
+        assert_eq!(
+            r.status, 401,
+            "node {i} after the revocation on node 1: {r:?}"
+        );
+        api.with_token(&kept)
+            .get(&format!("Patient/{probe}"))
+            .await
+            .assert_status(200);
+    }
+    nodes[2]
+        .cli(&["client", "disable", &app], None)
+        .await
+        .assert_ok("phivault client disable");
+    for (i, api) in apis.iter().enumerate() {
+        let r = api.with_token(&kept).get(&format!("Patient/{probe}")).await;
+        assert_eq!(
+            r.status, 401,
+            "node {i} after the client was disabled: {r:?}"
         );
     }
 
