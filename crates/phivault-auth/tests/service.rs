@@ -1072,6 +1072,41 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Asserts that none of `secrets` is in `bytes`: as UTF-8, as UTF-16, and (`hex_too`, for a
+/// `pg_dump`, which writes BYTEA columns as hex) as hex.
+fn assert_absent(bytes: &[u8], secrets: &[String], what: &str, hex_too: bool) {
+    for s in secrets {
+        assert!(!contains(bytes, s.as_bytes()), "{what}: found {s:?}");
+        assert!(
+            !contains(bytes, &utf16le(s)),
+            "{what}: found {s:?} (UTF-16)"
+        );
+        if hex_too {
+            let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+            assert!(
+                !contains(bytes, hex.as_bytes()),
+                "{what}: found {s:?} (hex)"
+            );
+        }
+    }
+}
+
+/// `pg_dump --data-only` of one schema (the rows as PostgreSQL holds them).
+fn pg_data_dump(base: &str, schema: &str) -> Vec<u8> {
+    let dump = std::process::Command::new("pg_dump")
+        .arg(format!("--dbname={base}"))
+        .arg(format!("--schema={schema}"))
+        .arg("--data-only")
+        .output()
+        .expect("pg_dump is needed to scan the PostgreSQL schema");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    dump.stdout
+}
+
 /// Every byte of the SQLite database files.
 fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
     let mut all = Vec::new();
@@ -1166,36 +1201,12 @@ async fn no_credential_username_or_reason_at_rest() {
             // The scan sees what is stored in the clear: ids are.
             assert!(contains(bytes, client_id.as_bytes()), "{what}");
             assert!(contains(bytes, uid.as_bytes()), "{what}");
-            for s in &secrets {
-                assert!(!contains(bytes, s.as_bytes()), "{what}: found {s:?}");
-                assert!(
-                    !contains(bytes, &utf16le(s)),
-                    "{what}: found {s:?} (UTF-16)"
-                );
-                if hex_too {
-                    // BYTEA columns are dumped as hex.
-                    let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
-                    assert!(
-                        !contains(bytes, hex.as_bytes()),
-                        "{what}: found {s:?} (hex)"
-                    );
-                }
-            }
+            assert_absent(bytes, &secrets, what, hex_too);
         };
         if let Some((base, schema)) = &f.pg {
-            let dump = std::process::Command::new("pg_dump")
-                .arg(format!("--dbname={base}"))
-                .arg(format!("--schema={schema}"))
-                .arg("--data-only")
-                .output()
-                .expect("pg_dump is needed to scan the PostgreSQL schema");
-            assert!(
-                dump.status.success(),
-                "{}",
-                String::from_utf8_lossy(&dump.stderr)
-            );
-            assert!(String::from_utf8_lossy(&dump.stdout).contains("recovery_codes"));
-            scan("pg_dump", &dump.stdout, true);
+            let dump = pg_data_dump(base, schema);
+            assert!(String::from_utf8_lossy(&dump).contains("recovery_codes"));
+            scan("pg_dump", &dump, true);
             continue;
         }
         let check = |when: &str| scan(when, &database_bytes(f.dir.path()), false);

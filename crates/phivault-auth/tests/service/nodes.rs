@@ -306,35 +306,12 @@ async fn login_limits_keep_no_address_or_username_and_expire() {
         ];
         assert!(secrets.iter().all(|s| s.len() >= 11), "{secrets:?}");
         let scan = |what: &str, bytes: &[u8], hex_too: bool| {
-            for s in &secrets {
-                assert!(!contains(bytes, s.as_bytes()), "{l} {what}: found {s:?}");
-                assert!(
-                    !contains(bytes, &utf16le(s)),
-                    "{l} {what}: found {s:?} (UTF-16)"
-                );
-                if hex_too {
-                    let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
-                    assert!(
-                        !contains(bytes, hex.as_bytes()),
-                        "{l} {what}: found {s:?} (hex)"
-                    );
-                }
-            }
+            assert_absent(bytes, &secrets, &format!("{l} {what}"), hex_too);
         };
         if let Some((base, schema)) = &n.pg {
-            let dump = std::process::Command::new("pg_dump")
-                .arg(format!("--dbname={base}"))
-                .arg(format!("--schema={schema}"))
-                .arg("--data-only")
-                .output()
-                .expect("pg_dump is needed to scan the PostgreSQL schema");
-            assert!(
-                dump.status.success(),
-                "{}",
-                String::from_utf8_lossy(&dump.stderr)
-            );
-            assert!(String::from_utf8_lossy(&dump.stdout).contains("login_unknown_names"));
-            scan("pg_dump", &dump.stdout, true);
+            let dump = pg_data_dump(base, schema);
+            assert!(String::from_utf8_lossy(&dump).contains("login_unknown_names"));
+            scan("pg_dump", &dump, true);
         } else {
             scan("open", &database_bytes(n.dir.path()), false);
         }
