@@ -39,7 +39,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::AppState;
+use crate::edge::AuditSlot;
 use crate::web::pages::ErrorView;
+use crate::web::session::{Area, signed_in};
 use crate::web::{Form, csrf, form};
 
 /// This part's templates.
@@ -267,6 +269,25 @@ async fn checked_form(
         ));
     }
     Ok(form)
+}
+
+/// An administrator's post on the console page `back`: its CSRF-checked form and who sent it,
+/// or the page to answer instead (the form is checked first, so a forged post is refused
+/// before the session is looked at; then the sign-in; then the role).
+async fn admin_post(
+    state: &AppState,
+    slot: &AuditSlot,
+    headers: &HeaderMap,
+    body: Body,
+    active: &'static str,
+    back: &str,
+) -> Result<(Form, Authenticated), Response> {
+    let form = checked_form(state, headers, body, active, back).await?;
+    let who = signed_in(state, slot, headers, Area::Console, back).await?;
+    if let Some(r) = admin_only(state, headers, &who, active, back) {
+        return Err(r);
+    }
+    Ok((form, who))
 }
 
 /// Whether `who` may change state here: administrators only.

@@ -16,8 +16,8 @@ use phivault_auth::{Authenticated, ServiceError};
 use serde::Serialize;
 
 use super::{
-    BREAK_GLASS, admin_only, can_change, checked_form, done_notice, done_path, failed, field,
-    now_secs, render, when,
+    BREAK_GLASS, admin_post, can_change, done_notice, done_path, failed, field, now_secs, render,
+    when,
 };
 use crate::AppState;
 use crate::audit_sink::RequestSink;
@@ -156,17 +156,10 @@ pub(super) async fn review(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let form = match checked_form(&state, &headers, body, ACTIVE, BREAK_GLASS).await {
-        Ok(f) => f,
+    let (form, who) = match admin_post(&state, &slot, &headers, body, ACTIVE, BREAK_GLASS).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match signed_in(&state, &slot, &headers, Area::Console, BREAK_GLASS).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    if let Some(r) = admin_only(&state, &headers, &who, ACTIVE, BREAK_GLASS) {
-        return r;
-    }
     let id = field(&form, "id");
     let note = form.one("note").unwrap_or("");
     let sink = RequestSink::account_change(&state, slot);

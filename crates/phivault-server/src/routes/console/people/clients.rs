@@ -14,8 +14,8 @@ use phivault_fhir::Id;
 use serde::Serialize;
 
 use super::{
-    CLIENTS, Problem, admin_only, can_change, checked_form, done_notice, done_path, failed, field,
-    problem, render, when,
+    CLIENTS, Problem, admin_post, can_change, done_notice, done_path, failed, field, problem,
+    render, when,
 };
 use crate::AppState;
 use crate::audit_sink::RequestSink;
@@ -217,17 +217,10 @@ pub(super) async fn add(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let form = match checked_form(&state, &headers, body, ACTIVE, CLIENTS).await {
-        Ok(f) => f,
+    let (form, who) = match admin_post(&state, &slot, &headers, body, ACTIVE, CLIENTS).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match signed_in(&state, &slot, &headers, Area::Console, CLIENTS).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    if let Some(r) = admin_only(&state, &headers, &who, ACTIVE, CLIENTS) {
-        return r;
-    }
     let redirect_text = form.all("redirect_uri").collect::<Vec<_>>().join("\n");
     let typed = AddForm {
         name: field(&form, "name"),
@@ -301,17 +294,10 @@ pub(super) async fn disable(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let form = match checked_form(&state, &headers, body, ACTIVE, CLIENTS).await {
-        Ok(f) => f,
+    let (form, _) = match admin_post(&state, &slot, &headers, body, ACTIVE, CLIENTS).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match signed_in(&state, &slot, &headers, Area::Console, CLIENTS).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    if let Some(r) = admin_only(&state, &headers, &who, ACTIVE, CLIENTS) {
-        return r;
-    }
     let client_id = field(&form, "client_id");
     let sink = RequestSink::account_change(&state, slot);
     match state.accounts.disable_client(client_id, &sink).await {
@@ -336,17 +322,10 @@ pub(super) async fn rotate(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let form = match checked_form(&state, &headers, body, ACTIVE, CLIENTS).await {
-        Ok(f) => f,
+    let (form, who) = match admin_post(&state, &slot, &headers, body, ACTIVE, CLIENTS).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match signed_in(&state, &slot, &headers, Area::Console, CLIENTS).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    if let Some(r) = admin_only(&state, &headers, &who, ACTIVE, CLIENTS) {
-        return r;
-    }
     let client_id = field(&form, "client_id");
     let sink = RequestSink::account_change(&state, slot);
     match state.accounts.rotate_client_secret(client_id, &sink).await {

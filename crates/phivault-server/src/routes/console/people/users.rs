@@ -14,8 +14,8 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::{
-    Problem, USERS, admin_only, can_change, checked_form, done_notice, done_path, failed, field,
-    now_secs, problem, render, when,
+    Problem, USERS, admin_post, can_change, done_notice, done_path, failed, field, now_secs,
+    problem, render, when,
 };
 use crate::AppState;
 use crate::audit_sink::RequestSink;
@@ -210,17 +210,10 @@ pub(super) async fn add(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let form = match checked_form(&state, &headers, body, ACTIVE, USERS).await {
-        Ok(f) => f,
+    let (form, who) = match admin_post(&state, &slot, &headers, body, ACTIVE, USERS).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match signed_in(&state, &slot, &headers, Area::Console, USERS).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    if let Some(r) = admin_only(&state, &headers, &who, ACTIVE, USERS) {
-        return r;
-    }
     let username = field(&form, "username");
     let role_text = field(&form, "role");
     let (status, error) = match create(&state, slot, username, role_text).await {
@@ -315,17 +308,10 @@ pub(super) async fn disable(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let form = match checked_form(&state, &headers, body, ACTIVE, USERS).await {
-        Ok(f) => f,
+    let (form, who) = match admin_post(&state, &slot, &headers, body, ACTIVE, USERS).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match signed_in(&state, &slot, &headers, Area::Console, USERS).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    if let Some(r) = admin_only(&state, &headers, &who, ACTIVE, USERS) {
-        return r;
-    }
     let not_found = || {
         problem(
             &state,
