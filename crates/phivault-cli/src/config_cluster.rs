@@ -48,12 +48,7 @@ impl ClusterLayer {
         let node_id = match self.node_id {
             None => None,
             Some(id) => {
-                let ok = !id.is_empty()
-                    && id.len() <= 64
-                    && id
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-                if !ok {
+                if !phivault_server::is_node_id(&id) {
                     return Err(ConfigError::Invalid {
                         key: "cluster.node_id",
                         message: "must be 1 to 64 letters, digits, '.', '_' or '-'".to_owned(),

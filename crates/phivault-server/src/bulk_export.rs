@@ -173,19 +173,11 @@ impl BulkJobs {
         match (node, self.node.as_deref()) {
             (None, None) => Ok(id.to_string()),
             (Some(asked), Some(mine)) if asked == mine => Ok(format!("{mine}.{id}")),
-            (Some(asked), _)
-                if !asked.is_empty()
-                    && asked.len() <= 64
-                    && asked
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) =>
-            {
-                Err(ApiError::Missing(format!(
-                    "no such export on this node: export jobs are held by the node that \
+            (Some(asked), _) if crate::is_node_id(asked) => Err(ApiError::Missing(format!(
+                "no such export on this node: export jobs are held by the node that \
                      started them ({asked}); the load balancer must send $export-status and \
                      $export-file requests to that node"
-                )))
-            }
+            ))),
             _ => Err(unknown_job()),
         }
     }

@@ -134,6 +134,17 @@ impl Default for NodeSettings {
     }
 }
 
+/// A character a node id may hold: letters, digits, `.`, `_`, `-` (node ids go into logs and
+/// into Bulk Data export URLs, so nothing else).
+fn node_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Whether `text` is a node id: 1 to 64 of [`node_id_char`].
+pub fn is_node_id(text: &str) -> bool {
+    (1..=64).contains(&text.len()) && text.chars().all(node_id_char)
+}
+
 /// `<host name>-<process id>`: unique among the nodes of a cluster at any time (a restarted
 /// node gets a new one, which is what the logs should show).
 pub fn default_node_id() -> String {
@@ -146,13 +157,7 @@ pub fn default_node_id() -> String {
     let host: String = host
         .chars()
         .take(48)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if node_id_char(c) { c } else { '-' })
         .collect();
     format!("{host}-{}", std::process::id())
 }
