@@ -17,7 +17,7 @@
 //! deployments in one PostgreSQL database (another schema, another tenant) each have their
 //! own leader. On SQLite one process serves the file: it always leads.
 
-use sqlx::{AnyConnection, Connection, Row};
+use sqlx::{AnyConnection, Row};
 
 use crate::{Backend, Store, StoreError};
 
@@ -82,13 +82,6 @@ impl LeaderLock {
             self.held = sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok();
         }
         self.held
-    }
-
-    /// Gives leadership up now (closing the session on PostgreSQL).
-    pub async fn release(mut self) {
-        if let Some(conn) = self.conn.take() {
-            let _ = conn.close().await;
-        }
     }
 }
 
